@@ -1,0 +1,45 @@
+/*
+ * profile.h — user style profiles (DESIGN §1): k-means (k <= 5, k-means++ init, OpenBLAS)
+ * over the embeddings of the stickers a user clicked; each centroid keeps a radius = the
+ * largest distance of a member to it.
+ *
+ * Distances are always ps_l2dist (double, sequential), so a radius and the test "distance <=
+ * radius" at query time agree bit for bit on the member that defined the radius.
+ */
+#ifndef PS_PROFILE_H
+#define PS_PROFILE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ps/err.h"
+
+#define PS_PROFILE_KMAX 5
+
+typedef struct ps_profile {
+    uint32_t k;   /* number of centroids, 0..PS_PROFILE_KMAX (0 = no profile) */
+    uint32_t dim; /* embedding dimension */
+    float *centroids; /* k * dim, owned */
+    double radius[PS_PROFILE_KMAX];
+} ps_profile;
+
+/* Euclidean distance, accumulated in double in index order: sqrt(sum((double)a_i - b_i)^2). */
+double ps_l2dist(const float *a, const float *b, size_t dim);
+
+/* Build a profile from the n embeddings at emb (row-major n × dim; the caller passes the
+ * user's distinct clicked stickers). k = min(kmax, n distinct points); k-means++ seeded by
+ * `seed`, Lloyd iterations until assignments are stable or 100 rounds; deterministic for the
+ * same input. An empty cluster is re-seeded with the point farthest from its centroid.
+ * n == 0 gives k == 0. OUT: prof (free with ps_profile_clear). Errors: PS_EINVAL, PS_ENOMEM. */
+int ps_profile_build(const float *emb, size_t n, size_t dim, uint32_t kmax, uint64_t seed,
+                     ps_profile *prof, ps_err *err);
+void ps_profile_clear(ps_profile *p);
+
+/* Serialized form (little-endian), the value stored per user:
+ *   u32 magic 'PSPF' | u32 k | u32 dim | f64 radius[k] | f32 centroids[k*dim]
+ * ps_profile_encode returns a malloc'd buffer in *buf (caller frees) of *len bytes.
+ * ps_profile_decode validates sizes (PS_ECORRUPT on any mismatch, k > KMAX, dim > 65536). */
+int ps_profile_encode(const ps_profile *p, uint8_t **buf, size_t *len, ps_err *err);
+int ps_profile_decode(const uint8_t *buf, size_t len, ps_profile *p, ps_err *err);
+
+#endif
