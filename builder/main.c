@@ -1,0 +1,42 @@
+/*
+ * main.c — `builder`, the offline pipeline as one CLI: dispatches to a subcommand.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "builder.h"
+
+static const struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *help;
+} commands[] = {
+    {"generate", builder_cmd_generate, "generate a synthetic corpus, embeddings and click log"},
+    {"build", builder_cmd_build, "build an index directory (RocksDB) from corpus + clicks"},
+    {"eval", builder_cmd_eval, "evaluate the paper's baselines on a seeded 80/20 split"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: builder COMMAND [options]   (builder COMMAND --help for its options)\n\n"
+               "commands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "builder: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
