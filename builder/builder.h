@@ -10,4 +10,7 @@ int builder_cmd_generate(int argc, char **argv);
 int builder_cmd_build(int argc, char **argv);
 int builder_cmd_eval(int argc, char **argv);
 
+/* Parse "A,B,C" (three numbers >= 0) into w; -1 if malformed. */
+int builder_parse_utility_w(const char *s, double w[3]);
+
 #endif

@@ -64,12 +64,17 @@ void ps_err_clear(ps_err *err)
 
 void ps_err_prefix(ps_err *err, const char *fmt, ...)
 {
-    char head[128], old[sizeof err->msg];
+    char head[128];
     va_list ap;
     if (!err) return;
     va_start(ap, fmt);
     vsnprintf(head, sizeof head, fmt, ap);
     va_end(ap);
-    memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", head, old);
+    size_t hl = strlen(head), ml = strlen(err->msg), cap = sizeof err->msg;
+    if (hl + 2 + ml >= cap) ml = cap - 1 - hl - 2; /* hl < 128, so this stays positive */
+    memmove(err->msg + hl + 2, err->msg, ml);
+    memcpy(err->msg, head, hl);
+    err->msg[hl] = ':';
+    err->msg[hl + 1] = ' ';
+    err->msg[hl + 2 + ml] = '\0';
 }

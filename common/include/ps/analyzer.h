@@ -47,7 +47,10 @@ void ps_analyzer_free(ps_analyzer_t *a);
 /* Analyze `len` bytes of `text` into `out` (reset first; repeated tokens kept, text order).
  * `what` names the field or parameter for error messages ("query", "field desc").
  * Errors: PS_EUTF8 when text is not valid UTF-8 (message names `what` and the byte offset),
- * PS_ENOMEM. An input with no token is not an error here: out->n == 0. */
+ * PS_ENOMEM, PS_ETOOBIG when the tokens would pass the 4 GiB that 32-bit offsets address (or
+ * the UTF-16 text ICU's int32_t lengths allow), PS_EINVAL for a NULL analyzer, list, or text
+ * with len > 0. On error out->n == 0. An input with no token is not an error here:
+ * out->n == 0. */
 int ps_analyze(ps_analyzer_t *a, const char *text, size_t len, const char *what, ps_tokens *out,
                ps_err *err);
 

@@ -44,7 +44,10 @@ int ps_jsonl_next(ps_jsonl_t *r, ps_sticker_rec *out, ps_err *err);
 /* Line number of the line last returned (1-based). */
 size_t ps_jsonl_lineno(const ps_jsonl_t *r);
 
-/* Write one sticker as a JSON line (fields as strings, id as an integer) to f. */
+/* Write one sticker as a JSON line to f: {"id":<integer>,"ocr":"…","keywords":"…","desc":"…",
+ * "emotion":"…","queries":"…"}, leaving out empty fields. field_len[f] is authoritative (a NULL
+ * field[f] with length 0 is empty). Errors: PS_EUTF8 / PS_EINVAL (invalid UTF-8 or a NUL byte
+ * in a field, named in the message), PS_EIO. */
 int ps_sticker_write(FILE *f, const ps_sticker_rec *r, ps_err *err);
 
 /* A float32 matrix, row-major. */
@@ -60,7 +63,9 @@ int ps_npy_read(const char *path, ps_matrix *out, ps_err *err);
 int ps_npy_write(const char *path, const float *data, size_t rows, size_t cols, ps_err *err);
 void ps_matrix_free(ps_matrix *m);
 
-/* The click log, with users and queries interned (string tables, first-appearance order). */
+/* The click log, with users and queries interned (string tables, first-appearance order).
+ * A zeroed struct is an empty log. The struct owns its arrays and strings: do not copy it by
+ * value and keep using both copies. */
 typedef struct ps_clicklog {
     size_t n;          /* clicks */
     uint32_t *user;    /* n: index into users */
@@ -70,6 +75,7 @@ typedef struct ps_clicklog {
     size_t nusers;
     char **queries;
     size_t nqueries;
+    struct ps__clicklog_tab *tab; /* private: interning tables and capacities (NULL when zeroed) */
 } ps_clicklog;
 
 /* Read a TSV click log: user \t query \t sticker_id per line; blank lines skipped. Errors name

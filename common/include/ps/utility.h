@@ -29,12 +29,17 @@ typedef struct ps_usage {
 
 /* Count Pop/Cross/QA for each of the n corpus stickers (ids[row]) from `log`.
  * Clicks on ids not in the corpus are counted in *unknown (may be NULL) and otherwise ignored.
- * OUT: usage (free with ps_usage_free). Errors: PS_ENOMEM. */
+ * An id repeated in `ids` gets its clicks on its first row only. Time and memory are linear in
+ * clicks and stickers. OUT: usage (free with ps_usage_free; holds nothing to free on error).
+ * Errors: PS_EINVAL (NULL argument, n >= UINT32_MAX), PS_ENOMEM. */
 int ps_usage_count(const ps_clicklog *log, const uint64_t *ids, size_t n, ps_usage *usage,
                    size_t *unknown, ps_err *err);
 void ps_usage_free(ps_usage *u);
 
-/* OUT util[n]: utility of each sticker (computed in double, stored as float). */
+/* OUT util[usage->n]: utility of each sticker (computed in double, stored as float).
+ * cfg NULL means ps_utility_default; a negative base is treated as 0. A component whose
+ * adjusted maximum over the corpus is 0 (all counts 0 and base == 0, or no stickers)
+ * contributes 0 to every sticker rather than 0/0. */
 void ps_utility_compute(const ps_utility_cfg *cfg, const ps_usage *usage, float *util);
 
 #endif

@@ -1,0 +1,241 @@
+/*
+ * bench_engine.c — single-node engine benchmark (one thread, warm).
+ *
+ *   bench_engine --data DIR [--index DIR] [--queries N] [--seed S] [--personalized X] [--json]
+ *
+ * DIR holds corpus.jsonl, embeddings.npy and clicks.tsv (from `builder generate`). The index
+ * is built in a child process (timed: that is the build time; the serving process never sees
+ * the build's memory) unless --index names an existing one. The parent opens the index like a
+ * serving node, runs N generated queries (1–2 phrases, 80% Chinese) once to warm up, then
+ * times each query of a second pass: p50/p90/p99 latency, QPS, postings visited; then the
+ * same queries exhaustively, for the pruning ratio. RSS is the serving process's.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "gen.h"
+#include "pipeline.h"
+#include "ps/search.h"
+#include "ps/store.h"
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double pct(const double *sorted, size_t n, double p)
+{
+    if (n == 0) return 0;
+    size_t i = (size_t)(p * (double)(n - 1) + 0.5);
+    return sorted[i];
+}
+
+static long status_kb(const char *key)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long v = -1;
+    if (!f) return -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, key, strlen(key)) == 0) v = strtol(line + strlen(key) + 1, NULL, 10);
+    fclose(f);
+    return v;
+}
+
+static long long du_bytes(const char *dir)
+{
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "du -sb '%s' 2>/dev/null", dir);
+    FILE *p = popen(cmd, "r");
+    long long n = -1;
+    if (p) {
+        if (fscanf(p, "%lld", &n) != 1) n = -1;
+        pclose(p);
+    }
+    return n;
+}
+
+/* Build DIR's corpus into `index` in a child process; returns wall seconds or -1. */
+static double build_in_child(const char *data, const char *index)
+{
+    double t0 = builder_now();
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        char pc[4096], pe[4096], pl[4096];
+        ps_err err = {0};
+        builder_corpus c;
+        builder_built b;
+        ps_clicklog log = {0};
+        builder_cfg cfg;
+        builder_cfg_defaults(&cfg);
+        snprintf(pc, sizeof pc, "%s/corpus.jsonl", data);
+        snprintf(pe, sizeof pe, "%s/embeddings.npy", data);
+        snprintf(pl, sizeof pl, "%s/clicks.tsv", data);
+        if (ps_clicklog_read(pl, &log, &err) || builder_corpus_load(pc, pe, 0, &c, &err) ||
+            builder_build_index(&c, &log, &cfg, 0, &b, &err)) {
+            fprintf(stderr, "bench_engine: build: %s\n", err.msg);
+            _exit(1);
+        }
+        ps_store_input in = {.ix = b.ix, .emb = c.emb.data, .emb_row = b.row_of_doc,
+                             .nprofiles = b.nusers, .users = (const char *const *)b.users,
+                             .profiles = b.profiles};
+        if (ps_store_write(index, &in, &err)) {
+            fprintf(stderr, "bench_engine: write: %s\n", err.msg);
+            _exit(1);
+        }
+        _exit(0);
+    }
+    int status;
+    if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return -1;
+    return builder_now() - t0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *data = NULL, *index = NULL;
+    size_t nq = 2500;
+    uint64_t seed = 1;
+    double personalized = 1.0;
+    int json = 0;
+    static const struct option opts[] = {
+        {"data", required_argument, 0, 'd'},    {"index", required_argument, 0, 'i'},
+        {"queries", required_argument, 0, 'q'}, {"seed", required_argument, 0, 's'},
+        {"personalized", required_argument, 0, 'p'}, {"json", no_argument, 0, 'j'},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    int ch;
+    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'd': data = optarg; break;
+        case 'i': index = optarg; break;
+        case 'q': nq = strtoul(optarg, NULL, 10); break;
+        case 's': seed = strtoull(optarg, NULL, 10); break;
+        case 'p': personalized = strtod(optarg, NULL); break;
+        case 'j': json = 1; break;
+        default:
+            fprintf(stderr, "usage: bench_engine --data DIR [--index DIR] [--queries N] "
+                            "[--seed S] [--personalized SHARE] [--json]\n");
+            return ch == 'h' ? 0 : 2;
+        }
+    }
+    if (!data && !index) {
+        fprintf(stderr, "bench_engine: --data or --index is required\n");
+        return 2;
+    }
+    char idx[4096];
+    double build_s = -1;
+    struct stat sb;
+    if (!index) {
+        snprintf(idx, sizeof idx, "%s/index.bench", data);
+        if (stat(idx, &sb) == 0) {
+            char cmd[4200];
+            snprintf(cmd, sizeof cmd, "rm -rf '%s'", idx);
+            if (system(cmd) != 0) return 1;
+        }
+        if ((build_s = build_in_child(data, idx)) < 0) return 1;
+        index = idx;
+    }
+
+    ps_err err = {0};
+    double t0 = builder_now();
+    ps_store_t *st = ps_store_open(index, &err);
+    if (!st) {
+        fprintf(stderr, "bench_engine: %s\n", err.msg);
+        return 1;
+    }
+    double load_s = builder_now() - t0;
+    const ps_index_t *ix = ps_store_index(st);
+    char **queries = NULL;
+    if (builder_gen_queries(seed, nq, 0.8, &queries, &err)) {
+        fprintf(stderr, "bench_engine: %s\n", err.msg);
+        return 1;
+    }
+    /* Profiles of the generated users u01..u08 (those that exist). */
+    ps_profile prof[64];
+    size_t nprof = 0;
+    for (int u = 1; u <= 64 && nprof < 64; u++) {
+        char name[16];
+        snprintf(name, sizeof name, "u%02d", u);
+        memset(&prof[nprof], 0, sizeof prof[nprof]);
+        if (ps_store_profile(st, name, &prof[nprof], NULL) == 0) nprof++;
+    }
+    ps_searcher_t *s = ps_searcher_new(ix, &err);
+    ps_hit *hits = malloc(100 * sizeof *hits);
+    double *lat = malloc(nq * sizeof *lat), *lat_ex = malloc(nq * sizeof *lat_ex);
+    uint64_t visited = 0, visited_ex = 0, npost = 0, scored = 0;
+    size_t errors = 0, nhits_total = 0;
+    double total = 0, total_ex = 0;
+    for (int pass = 0; pass < 3; pass++) {
+        for (size_t i = 0; i < nq; i++) {
+            ps_search_opts o;
+            ps_search_opts_default(&o);
+            o.R = 100;
+            o.k = 10;
+            if (nprof && (double)(i % 1000) < personalized * 1000) o.profile = &prof[i % nprof];
+            o.exhaustive = pass == 2;
+            ps_search_stats sst;
+            size_t nh = 0;
+            double q0 = builder_now();
+            int rc = ps_search(s, queries[i], strlen(queries[i]), &o, hits, &nh, &sst, NULL);
+            double dt = builder_now() - q0;
+            if (pass == 1) {
+                lat[i] = dt * 1e3;
+                total += dt;
+                visited += sst.visited;
+                npost += sst.npostings;
+                scored += sst.scored;
+                errors += rc != 0;
+                nhits_total += nh;
+            } else if (pass == 2) {
+                lat_ex[i] = dt * 1e3;
+                total_ex += dt;
+                visited_ex += sst.visited;
+            }
+        }
+    }
+    qsort(lat, nq, sizeof *lat, cmp_double);
+    qsort(lat_ex, nq, sizeof *lat_ex, cmp_double);
+    long rss = status_kb("VmRSS:"), hwm = status_kb("VmHWM:");
+    long long size = du_bytes(index);
+    if (json) {
+        printf("{\"bench\":\"engine\",\"stickers\":%u,\"dim\":%u,\"postings\":%llu,"
+               "\"queries\":%zu,\"personalized_share\":%.2f,\"R\":100,\"k\":10,"
+               "\"p50_ms\":%.4f,\"p90_ms\":%.4f,\"p99_ms\":%.4f,\"mean_ms\":%.4f,\"qps\":%.1f,"
+               "\"exhaustive_p50_ms\":%.4f,\"exhaustive_p99_ms\":%.4f,\"exhaustive_qps\":%.1f,"
+               "\"postings_in_lists_per_query\":%.0f,\"postings_visited_per_query\":%.0f,"
+               "\"exhaustive_postings_visited_per_query\":%.0f,\"scored_per_query\":%.0f,"
+               "\"errors\":%zu,\"hits_per_query\":%.2f,\"build_s\":%.2f,\"load_s\":%.2f,"
+               "\"index_bytes\":%lld,\"rss_bytes\":%ld,\"peak_rss_bytes\":%ld}\n",
+               ps_index_ndocs(ix), ps_index_dim(ix), (unsigned long long)ps_index_npostings(ix),
+               nq, personalized, pct(lat, nq, 0.5), pct(lat, nq, 0.9), pct(lat, nq, 0.99),
+               total * 1e3 / nq, nq / total, pct(lat_ex, nq, 0.5), pct(lat_ex, nq, 0.99),
+               nq / total_ex, (double)npost / nq, (double)visited / nq, (double)visited_ex / nq,
+               (double)scored / nq, errors, (double)nhits_total / nq, build_s, load_s, size,
+               rss * 1024, hwm * 1024);
+    } else {
+        printf("%u stickers, %zu queries (%.0f%% personalized), R=100 k=10, one thread\n",
+               ps_index_ndocs(ix), nq, personalized * 100);
+        printf("pruned:     p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  %.0f QPS  %.0f postings/query\n",
+               pct(lat, nq, 0.5), pct(lat, nq, 0.9), pct(lat, nq, 0.99), nq / total,
+               (double)visited / nq);
+        printf("exhaustive: p50 %.3f ms  p99 %.3f ms  %.0f QPS  %.0f postings/query\n",
+               pct(lat_ex, nq, 0.5), pct(lat_ex, nq, 0.99), nq / total_ex,
+               (double)visited_ex / nq);
+        printf("build %.1f s, load %.1f s, index %.1f MB, RSS %.1f MB (peak %.1f MB)\n", build_s,
+               load_s, size / 1e6, rss / 1024.0, hwm / 1024.0);
+    }
+    for (size_t i = 0; i < nprof; i++) ps_profile_clear(&prof[i]);
+    builder_gen_queries_free(queries, nq);
+    free(hits);
+    free(lat);
+    free(lat_ex);
+    ps_searcher_free(s);
+    ps_store_close(st);
+    return 0;
+}

@@ -1,0 +1,174 @@
+/*
+ * cmd_build.c — `builder build`: corpus + embeddings + training clicks -> an index directory.
+ */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "builder.h"
+#include "pipeline.h"
+#include "ps/log.h"
+#include "ps/store.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: builder build --corpus FILE.jsonl --embeddings FILE.npy --clicks FILE.tsv\n"
+            "                     --out DIR [options]\n\n"
+            "Builds an index directory (RocksDB) that `persrv search --index DIR` and the shards\n"
+            "open. Clicks are the training click log (user\\tquery\\tsticker_id).\n\n"
+            "options:\n"
+            "  --corpus FILE       stickers, JSON Lines (id, ocr, keywords, desc, emotion, queries)\n"
+            "  --embeddings FILE   float32 .npy matrix, one row per corpus line\n"
+            "  --clicks FILE       training click log (TSV); omit for no clicks\n"
+            "  --out DIR           index directory to create (must not exist or be empty)\n"
+            "  --kmax N            style centroids per user, 1..5 (default 5)\n"
+            "  --seed N            k-means seed (default 42)\n"
+            "  --utility-base X    base added to zero utility components (default 1)\n"
+            "  --utility-w A,B,C   weights of (Pop, Cross, QA) (default 1,1,1)\n"
+            "  --help              this text\n");
+}
+
+/* Stored text for the store writer: corpus fields, with the integrated queries. */
+typedef struct textctx {
+    const builder_corpus *c;
+    const builder_built *b;
+} textctx;
+
+static const char *stored_text(void *ctx, uint32_t doc, int f, size_t *len)
+{
+    const textctx *t = ctx;
+    uint32_t row = t->b->row_of_doc[doc];
+    if (f == PS_F_QUERIES) {
+        *len = t->b->queries_len[row];
+        return t->b->queries[row];
+    }
+    *len = t->c->recs[row].field_len[f];
+    return t->c->recs[row].field[f];
+}
+
+int builder_parse_utility_w(const char *s, double w[3])
+{
+    char *end;
+    for (int i = 0; i < 3; i++) {
+        w[i] = strtod(s, &end);
+        if (end == s || !(w[i] >= 0) || (i < 2 && *end != ',') || (i == 2 && *end)) return -1;
+        s = end + 1;
+    }
+    return 0;
+}
+
+int builder_cmd_build(int argc, char **argv)
+{
+    const char *corpus = NULL, *npy = NULL, *clicks = NULL, *out = NULL;
+    builder_cfg cfg;
+    builder_cfg_defaults(&cfg);
+    cfg.progress = 1;
+    static const struct option opts[] = {
+        {"corpus", required_argument, 0, 'c'},     {"embeddings", required_argument, 0, 'e'},
+        {"clicks", required_argument, 0, 'l'},     {"out", required_argument, 0, 'o'},
+        {"kmax", required_argument, 0, 'k'},       {"seed", required_argument, 0, 's'},
+        {"utility-base", required_argument, 0, 'b'}, {"utility-w", required_argument, 0, 'w'},
+        {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        char *end = NULL;
+        switch (ch) {
+        case 'c': corpus = optarg; break;
+        case 'e': npy = optarg; break;
+        case 'l': clicks = optarg; break;
+        case 'o': out = optarg; break;
+        case 'k':
+            cfg.kmax = (uint32_t)strtoul(optarg, &end, 10);
+            if (*end || cfg.kmax < 1 || cfg.kmax > PS_PROFILE_KMAX) {
+                fprintf(stderr, "builder build: --kmax must be 1..%d\n", PS_PROFILE_KMAX);
+                return 2;
+            }
+            break;
+        case 's':
+            cfg.seed = strtoull(optarg, &end, 10);
+            if (*end) {
+                fprintf(stderr, "builder build: --seed must be an unsigned integer\n");
+                return 2;
+            }
+            break;
+        case 'b':
+            cfg.utility.base = strtod(optarg, &end);
+            if (*end || !(cfg.utility.base >= 0)) {
+                fprintf(stderr, "builder build: --utility-base must be a number >= 0\n");
+                return 2;
+            }
+            break;
+        case 'w':
+            if (builder_parse_utility_w(optarg, cfg.utility.w)) {
+                fprintf(stderr, "builder build: --utility-w must be three numbers >= 0: A,B,C\n");
+                return 2;
+            }
+            break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!corpus || !npy || !out || optind != argc) {
+        fprintf(stderr, "builder build: --corpus, --embeddings and --out are required\n");
+        usage(stderr);
+        return 2;
+    }
+
+    ps_err err = {0};
+    builder_corpus c = {0};
+    builder_built b = {0};
+    ps_clicklog log = {0};
+    int rc = 1;
+    double t0 = builder_now();
+    if (clicks && ps_clicklog_read(clicks, &log, &err)) goto fail;
+    if (builder_corpus_load(corpus, npy, 1, &c, &err)) goto fail;
+    double t_read = builder_now();
+    if (builder_build_index(&c, &log, &cfg, 0, &b, &err)) goto fail;
+    double t_index = builder_now();
+
+    json_t *info = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:s, s:s?, s:f, s:f}",
+                             "stickers", (json_int_t)ps_index_ndocs(b.ix), "dim",
+                             (json_int_t)ps_index_dim(b.ix), "postings",
+                             (json_int_t)ps_index_npostings(b.ix), "users", (json_int_t)b.nusers,
+                             "clicks", (json_int_t)log.n, "unknown_clicks",
+                             (json_int_t)b.unknown_clicks, "corpus", corpus, "embeddings", npy,
+                             "clicks_file", clicks, "utility_base", cfg.utility.base,
+                             "read_seconds", t_read - t0);
+    char *info_s = info ? json_dumps(info, JSON_COMPACT) : NULL;
+    json_decref(info);
+    textctx tc = {&c, &b};
+    ps_store_input in = {.ix = b.ix,
+                         .emb = c.emb.data,
+                         .emb_row = b.row_of_doc,
+                         .text = stored_text,
+                         .text_ctx = &tc,
+                         .nprofiles = b.nusers,
+                         .users = (const char *const *)b.users,
+                         .profiles = b.profiles,
+                         .info_json = info_s};
+    int wrc = ps_store_write(out, &in, &err);
+    free(info_s);
+    if (wrc) goto fail;
+    double t_end = builder_now();
+    ps_log(PS_LOG_INFO, "builder", "build_done",
+           "out=%s stickers=%u postings=%llu users=%zu clicks=%zu unknown_clicks=%zu "
+           "read_s=%.2f index_s=%.2f write_s=%.2f total_s=%.2f",
+           out, ps_index_ndocs(b.ix), (unsigned long long)ps_index_npostings(b.ix), b.nusers,
+           log.n, b.unknown_clicks, t_read - t0, t_index - t_read, t_end - t_index, t_end - t0);
+    printf("built %s: %u stickers, %llu postings, %zu user profiles in %.1f s\n", out,
+           ps_index_ndocs(b.ix), (unsigned long long)ps_index_npostings(b.ix), b.nusers,
+           t_end - t0);
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "builder build: %s\n", err.msg);
+out:
+    builder_built_free(&b);
+    builder_corpus_free(&c);
+    ps_clicklog_free(&log);
+    return rc;
+}

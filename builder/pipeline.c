@@ -1,0 +1,421 @@
+/*
+ * pipeline.c — corpus loading, query integration, utility, doc numbering, indexing and
+ * profile building (see pipeline.h). Used by `builder build` and `builder eval` alike, so the
+ * evaluated engine is exactly the served one.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "pipeline.h"
+#include "ps/analyzer.h"
+#include "ps/log.h"
+#include "ps/hash.h"
+
+double builder_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+void builder_progress_start(builder_progress *p, const char *what, size_t total, int enabled)
+{
+    p->what = what;
+    p->total = total;
+    p->t0 = p->last = builder_now();
+    p->on = enabled && isatty(STDERR_FILENO);
+}
+
+void builder_progress_tick(builder_progress *p, size_t done)
+{
+    if (!p->on || (done & 1023) != 0) return;
+    double now = builder_now();
+    if (now - p->last < 0.25) return;
+    p->last = now;
+    double rate = done / (now - p->t0 > 1e-9 ? now - p->t0 : 1e-9);
+    if (p->total)
+        fprintf(stderr, "\r%s: %zu/%zu (%.0f/s, ETA %.0fs)   ", p->what, done, p->total, rate,
+                rate > 0 ? (p->total - done) / rate : 0.0);
+    else fprintf(stderr, "\r%s: %zu (%.0f/s)   ", p->what, done, rate);
+}
+
+void builder_progress_end(builder_progress *p, size_t done)
+{
+    if (!p->on) return;
+    double el = builder_now() - p->t0;
+    fprintf(stderr, "\r%s: %zu in %.1fs (%.0f/s)          \n", p->what, done, el,
+            el > 0 ? done / el : 0.0);
+}
+
+/**************************************************************************
+ * Corpus
+ */
+
+void builder_corpus_free(builder_corpus *c)
+{
+    for (size_t i = 0; i < c->n; i++) ps_sticker_rec_clear(&c->recs[i]);
+    free(c->recs);
+    ps_matrix_free(&c->emb);
+    memset(c, 0, sizeof *c);
+}
+
+int builder_corpus_load(const char *jsonl, const char *npy, int progress, builder_corpus *c,
+                        ps_err *err)
+{
+    size_t cap = 0;
+    int rc;
+    builder_progress pg;
+    memset(c, 0, sizeof *c);
+    ps_jsonl_t *r = ps_jsonl_open(jsonl, 0, err);
+    if (!r) return err ? err->code : PS_EIO;
+    builder_progress_start(&pg, "reading corpus", 0, progress);
+    for (;;) {
+        if (c->n == cap) {
+            cap = cap ? cap * 2 : 4096;
+            ps_sticker_rec *recs = realloc(c->recs, cap * sizeof *recs);
+            if (!recs) {
+                rc = ps_err_set(err, PS_ENOMEM, "out of memory reading %s", jsonl);
+                goto err;
+            }
+            c->recs = recs;
+        }
+        rc = ps_jsonl_next(r, &c->recs[c->n], err);
+        if (rc == 0) break;
+        if (rc < 0) goto err;
+        c->n++;
+        builder_progress_tick(&pg, c->n);
+    }
+    builder_progress_end(&pg, c->n);
+    ps_jsonl_close(r);
+    r = NULL;
+    if ((rc = ps_npy_read(npy, &c->emb, err))) goto err;
+    if (c->emb.rows != c->n) {
+        rc = ps_err_set(err, PS_EINVAL, "%s has %zu rows but %s has %zu stickers", npy,
+                        c->emb.rows, jsonl, c->n);
+        goto err;
+    }
+    if (c->emb.cols == 0 || c->emb.cols > 65536) {
+        rc = ps_err_set(err, PS_EINVAL, "%s: embedding dimension %zu is outside 1..65536", npy,
+                        c->emb.cols);
+        goto err;
+    }
+    return 0;
+err:
+    ps_jsonl_close(r);
+    builder_corpus_free(c);
+    return rc;
+}
+
+/**************************************************************************
+ * Building
+ */
+
+void builder_cfg_defaults(builder_cfg *cfg)
+{
+    cfg->utility = ps_utility_default;
+    cfg->kmax = PS_PROFILE_KMAX;
+    cfg->seed = 42;
+    cfg->progress = 0;
+}
+
+void builder_built_free(builder_built *b)
+{
+    ps_index_free(b->ix);
+    free(b->row_of_doc);
+    if (b->queries)
+        for (size_t i = 0; i < b->nrows; i++) free(b->queries[i]);
+    free(b->queries);
+    free(b->queries_len);
+    for (size_t u = 0; u < b->nusers; u++) {
+        free(b->users[u]);
+        ps_profile_clear(&b->profiles[u]);
+    }
+    free(b->users);
+    free(b->profiles);
+    free(b->pop);
+    memset(b, 0, sizeof *b);
+}
+
+/* Row of each sticker id, open addressing (row + 1, 0 = empty). */
+typedef struct idmap {
+    uint32_t *slot;
+    uint32_t mask;
+    const ps_sticker_rec *recs;
+} idmap;
+
+static int idmap_build(idmap *m, const builder_corpus *c, ps_err *err)
+{
+    uint32_t n = 16;
+    while (n < c->n * 2) n <<= 1;
+    m->slot = calloc(n, sizeof *m->slot);
+    if (!m->slot) return ps_err_set(err, PS_ENOMEM, "out of memory mapping ids");
+    m->mask = n - 1;
+    m->recs = c->recs;
+    for (size_t r = 0; r < c->n; r++) {
+        uint32_t i = (uint32_t)ps_hash_u64(c->recs[r].id) & m->mask;
+        for (; m->slot[i]; i = (i + 1) & m->mask)
+            if (c->recs[m->slot[i] - 1].id == c->recs[r].id)
+                return ps_err_set(err, PS_EINVAL, "sticker id %llu appears on corpus rows %u and %zu",
+                                  (unsigned long long)c->recs[r].id, m->slot[i], r + 1);
+        m->slot[i] = (uint32_t)r + 1;
+    }
+    return 0;
+}
+
+static int64_t idmap_row(const idmap *m, uint64_t id)
+{
+    uint32_t i = (uint32_t)ps_hash_u64(id) & m->mask;
+    for (; m->slot[i]; i = (i + 1) & m->mask)
+        if (m->recs[m->slot[i] - 1].id == id) return m->slot[i] - 1;
+    return -1;
+}
+
+typedef struct rowclick {
+    uint32_t row;
+    uint32_t click; /* position in the log */
+} rowclick;
+
+static int cmp_rowclick(const void *a, const void *b)
+{
+    const rowclick *x = a, *y = b;
+    if (x->row != y->row) return x->row < y->row ? -1 : 1;
+    return (x->click > y->click) - (x->click < y->click);
+}
+
+/* Append the line s[0..len) to the '\n'-joined list in *out unless already present. */
+static int add_distinct_line(char **out, size_t *outlen, const char *s, size_t len)
+{
+    if (len == 0) return 0;
+    const char *p = *out;
+    size_t left = *outlen;
+    while (p && left > 0) {
+        const char *nl = memchr(p, '\n', left);
+        size_t l = nl ? (size_t)(nl - p) : left;
+        if (l == len && memcmp(p, s, len) == 0) return 0;
+        if (!nl) break;
+        left -= l + 1;
+        p = nl + 1;
+    }
+    char *q = realloc(*out, *outlen + len + 2);
+    if (!q) return PS_ENOMEM;
+    if (*outlen) q[(*outlen)++] = '\n';
+    memcpy(q + *outlen, s, len);
+    *outlen += len;
+    q[*outlen] = '\0';
+    *out = q;
+    return 0;
+}
+
+/* The queries field of every row: the corpus's own lines, then training queries, distinct. */
+static int integrate_queries(const builder_corpus *c, const ps_clicklog *train, const idmap *m,
+                             builder_built *b, ps_err *err)
+{
+    rowclick *rc_ = malloc((train->n ? train->n : 1) * sizeof *rc_);
+    size_t nrc = 0;
+    int rc = 0;
+    if (!rc_) return ps_err_set(err, PS_ENOMEM, "out of memory integrating queries");
+    for (size_t i = 0; i < train->n; i++) {
+        int64_t row = idmap_row(m, train->sticker[i]);
+        if (row >= 0) rc_[nrc++] = (rowclick){(uint32_t)row, (uint32_t)i};
+    }
+    qsort(rc_, nrc, sizeof *rc_, cmp_rowclick);
+    size_t j = 0;
+    for (size_t r = 0; r < c->n && !rc; r++) {
+        const char *own = c->recs[r].field[PS_F_QUERIES];
+        size_t ownlen = c->recs[r].field_len[PS_F_QUERIES];
+        for (size_t s = 0; s < ownlen && !rc;) {
+            const char *nl = memchr(own + s, '\n', ownlen - s);
+            size_t l = nl ? (size_t)(nl - own - s) : ownlen - s;
+            rc = add_distinct_line(&b->queries[r], &b->queries_len[r], own + s, l);
+            s += l + 1;
+        }
+        for (; j < nrc && rc_[j].row == r && !rc; j++) {
+            const char *q = train->queries[train->query[rc_[j].click]];
+            rc = add_distinct_line(&b->queries[r], &b->queries_len[r], q, strlen(q));
+        }
+    }
+    free(rc_);
+    return rc ? ps_err_set(err, PS_ENOMEM, "out of memory integrating queries") : 0;
+}
+
+typedef struct docorder {
+    float util;
+    uint64_t id;
+    uint32_t row;
+} docorder;
+
+static int cmp_docorder(const void *a, const void *b)
+{
+    const docorder *x = a, *y = b;
+    if (x->util != y->util) return x->util > y->util ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+typedef struct userrow {
+    uint32_t user, row;
+} userrow;
+
+static int cmp_userrow(const void *a, const void *b)
+{
+    const userrow *x = a, *y = b;
+    if (x->user != y->user) return x->user < y->user ? -1 : 1;
+    return (x->row > y->row) - (x->row < y->row);
+}
+
+/* One profile per training user over the distinct stickers they clicked. */
+static int build_profiles(const builder_corpus *c, const ps_clicklog *train, const idmap *m,
+                          const builder_cfg *cfg, builder_built *b, ps_err *err)
+{
+    size_t dim = c->emb.cols, n = 0;
+    int rc = 0;
+    b->users = calloc(train->nusers ? train->nusers : 1, sizeof *b->users);
+    b->profiles = calloc(train->nusers ? train->nusers : 1, sizeof *b->profiles);
+    userrow *ur = malloc((train->n ? train->n : 1) * sizeof *ur);
+    float *pts = NULL;
+    if (!b->users || !b->profiles || !ur) {
+        rc = ps_err_set(err, PS_ENOMEM, "out of memory building profiles");
+        goto out;
+    }
+    b->nusers = train->nusers;
+    for (size_t i = 0; i < train->n; i++) {
+        int64_t row = idmap_row(m, train->sticker[i]);
+        if (row >= 0) ur[n++] = (userrow){train->user[i], (uint32_t)row};
+    }
+    qsort(ur, n, sizeof *ur, cmp_userrow);
+    size_t most = 0;
+    for (size_t i = 0, run = 0; i < n; i++) {
+        run = (i > 0 && ur[i].user == ur[i - 1].user) ? run + 1 : 1;
+        if (run > most) most = run;
+    }
+    if (!(pts = malloc((most ? most : 1) * dim * sizeof *pts))) {
+        rc = ps_err_set(err, PS_ENOMEM, "out of memory building profiles");
+        goto out;
+    }
+    size_t i = 0;
+    for (uint32_t u = 0; u < train->nusers && !rc; u++) {
+        size_t k = 0;
+        for (; i < n && ur[i].user == u; i++) {
+            if (k > 0 && i > 0 && ur[i].row == ur[i - 1].row) continue;
+            memcpy(pts + k * dim, c->emb.data + (size_t)ur[i].row * dim, dim * sizeof *pts);
+            k++;
+        }
+        if (!(b->users[u] = strdup(train->users[u]))) {
+            rc = ps_err_set(err, PS_ENOMEM, "out of memory building profiles");
+            break;
+        }
+        uint64_t seed = cfg->seed ^ ps_hash_bytes(train->users[u], strlen(train->users[u]));
+        rc = ps_profile_build(pts, k, dim, cfg->kmax, seed, &b->profiles[u], err);
+        if (rc) ps_err_prefix(err, "profile of user '%s'", train->users[u]);
+    }
+out:
+    free(ur);
+    free(pts);
+    return rc;
+}
+
+int builder_build_index(const builder_corpus *c, const ps_clicklog *train, const builder_cfg *cfg,
+                        int with_embeddings, builder_built *b, ps_err *err)
+{
+    idmap m = {0};
+    ps_usage usage = {0};
+    float *util = NULL;
+    docorder *order = NULL;
+    ps_analyzer_t *an = NULL;
+    ps_ixbuild_t *ib = NULL;
+    ps_tokens tok[PS_NFIELDS];
+    builder_progress pg;
+    int rc;
+
+    memset(b, 0, sizeof *b);
+    for (int f = 0; f < PS_NFIELDS; f++) ps_tokens_init(&tok[f]);
+    b->nrows = c->n;
+    b->queries = calloc(c->n ? c->n : 1, sizeof *b->queries);
+    b->queries_len = calloc(c->n ? c->n : 1, sizeof *b->queries_len);
+    b->row_of_doc = malloc((c->n ? c->n : 1) * sizeof *b->row_of_doc);
+    b->pop = malloc((c->n ? c->n : 1) * sizeof *b->pop);
+    util = malloc((c->n ? c->n : 1) * sizeof *util);
+    order = malloc((c->n ? c->n : 1) * sizeof *order);
+    if (!b->queries || !b->queries_len || !b->row_of_doc || !b->pop || !util || !order) {
+        rc = ps_err_set(err, PS_ENOMEM, "out of memory building an index of %zu stickers", c->n);
+        goto err;
+    }
+    if ((rc = idmap_build(&m, c, err))) goto err;
+
+    /* Utility from the training clicks, then doc numbers by (utility desc, id asc). */
+    uint64_t *ids = malloc((c->n ? c->n : 1) * sizeof *ids);
+    if (!ids) {
+        rc = ps_err_set(err, PS_ENOMEM, "out of memory");
+        goto err;
+    }
+    for (size_t r = 0; r < c->n; r++) ids[r] = c->recs[r].id;
+    rc = ps_usage_count(train, ids, c->n, &usage, &b->unknown_clicks, err);
+    free(ids);
+    if (rc) goto err;
+    ps_utility_compute(&cfg->utility, &usage, util);
+    for (size_t r = 0; r < c->n; r++) order[r] = (docorder){util[r], c->recs[r].id, (uint32_t)r};
+    qsort(order, c->n, sizeof *order, cmp_docorder);
+    for (size_t d = 0; d < c->n; d++) {
+        b->row_of_doc[d] = order[d].row;
+        b->pop[d] = usage.pop[order[d].row];
+    }
+
+    if ((rc = integrate_queries(c, train, &m, b, err))) goto err;
+
+    /* Analyze and index in doc order. */
+    if (!(an = ps_analyzer_new(err)) || !(ib = ps_ixbuild_new(c->n, (uint32_t)c->emb.cols, err))) {
+        rc = err ? err->code : PS_ENOMEM;
+        goto err;
+    }
+    builder_progress_start(&pg, "indexing", c->n, cfg->progress);
+    for (size_t d = 0; d < c->n; d++) {
+        const ps_sticker_rec *rec = &c->recs[order[d].row];
+        const ps_tokens *fields[PS_NFIELDS];
+        for (int f = 0; f < PS_NFIELDS; f++) {
+            const char *text = f == PS_F_QUERIES ? b->queries[order[d].row] : rec->field[f];
+            size_t len = f == PS_F_QUERIES ? b->queries_len[order[d].row] : rec->field_len[f];
+            rc = ps_analyze(an, text ? text : "", text ? len : 0, ps_field_names[f], &tok[f], err);
+            if (rc) {
+                ps_err_prefix(err, "sticker %llu", (unsigned long long)rec->id);
+                goto err;
+            }
+            fields[f] = &tok[f];
+        }
+        if ((rc = ps_ixbuild_add(ib, rec->id, order[d].util, fields, err))) goto err;
+        builder_progress_tick(&pg, d + 1);
+    }
+    builder_progress_end(&pg, c->n);
+    if (!(b->ix = ps_ixbuild_finish(&ib, err))) {
+        rc = err ? err->code : PS_ENOMEM;
+        goto err;
+    }
+
+    if ((rc = build_profiles(c, train, &m, cfg, b, err))) goto err;
+
+    if (with_embeddings) {
+        size_t dim = c->emb.cols;
+        float *emb = malloc((c->n ? c->n : 1) * dim * sizeof *emb);
+        if (!emb) {
+            rc = ps_err_set(err, PS_ENOMEM, "out of memory copying embeddings");
+            goto err;
+        }
+        for (size_t d = 0; d < c->n; d++)
+            memcpy(emb + d * dim, c->emb.data + (size_t)b->row_of_doc[d] * dim, dim * sizeof *emb);
+        ps_index_set_embeddings(b->ix, &emb);
+    }
+    rc = 0;
+    goto out;
+err:
+    builder_built_free(b);
+out:
+    ps_ixbuild_free(ib);
+    ps_analyzer_free(an);
+    for (int f = 0; f < PS_NFIELDS; f++) ps_tokens_free(&tok[f]);
+    ps_usage_free(&usage);
+    free(m.slot);
+    free(util);
+    free(order);
+    return rc;
+}

@@ -1,0 +1,85 @@
+/*
+ * search.h — online retrieval (DESIGN §1 steps 1–4) over a ps_index_t.
+ *
+ *   Relevance(q, s) = Σ_f w_f · Σ_t idf_f(t) · tfn_f(t, s)        (distinct query tokens t)
+ *   Recall          = Relevance + Utility, over stickers with Relevance > 0; keep the top R
+ *   Score           = max over centroids c with ‖c − e_s‖ ≤ radius_c of Recall·(1 + α·cos(c, e_s)),
+ *                     or Recall when no centroid is near (or the user has no profile)
+ *   result          = the top k of the R by Score
+ * Every ordering breaks ties by ascending sticker id.
+ *
+ * Two evaluation paths return identical hits (ids, order and bit-identical scores):
+ * the default document-at-a-time MaxScore with block-max bounds and the utility as an extra
+ * clause, and an exhaustive term-at-a-time scorer (opts.exhaustive) kept for verification.
+ * Both add a doc's (field, term) contributions in the same order, so their sums agree.
+ */
+#ifndef PS_SEARCH_H
+#define PS_SEARCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ps/err.h"
+#include "ps/fields.h"
+#include "ps/index.h"
+#include "ps/profile.h"
+
+#define PS_SEARCH_MAX_TERMS 256   /* distinct tokens a query may have */
+#define PS_SEARCH_MAX_R 10000     /* largest recall depth */
+
+typedef struct ps_search_opts {
+    float field_w[PS_NFIELDS]; /* default ps_field_default_weights; 0 switches a field off */
+    uint32_t R;                /* recall depth, default 100, 1..PS_SEARCH_MAX_R */
+    uint32_t k;                /* results, default 10, 1..R */
+    float alpha;               /* preference strength, default 0.3 */
+    int use_utility;           /* default 1; 0 ranks by Relevance alone (baselines) */
+    int exhaustive;            /* default 0; 1 scores every matching sticker */
+    const ps_profile *profile; /* the user's style profile (borrowed), NULL if none */
+} ps_search_opts;
+
+void ps_search_opts_default(ps_search_opts *o);
+
+typedef struct ps_hit {
+    uint64_t id;
+    uint32_t doc;
+    int32_t centroid;  /* centroid that gave the preference, -1 if none */
+    double relevance;
+    double utility;    /* 0 when use_utility == 0 */
+    double recall;     /* relevance + utility */
+    double preference; /* factor applied to recall: 1 + α·cos, or 1 */
+    double score;      /* recall · preference */
+} ps_hit;
+
+typedef struct ps_search_stats {
+    uint32_t nterms;     /* distinct query tokens */
+    uint32_t nlists;     /* (field, term) posting lists the query touches */
+    uint64_t npostings;  /* postings in those lists */
+    uint64_t visited;    /* postings the evaluation actually read */
+    uint64_t scored;     /* stickers fully scored */
+} ps_search_stats;
+
+typedef struct ps_searcher ps_searcher_t;
+
+/* Per-thread query state (analyzer, scratch arrays reused across queries) over a borrowed
+ * index, which must outlive it. Caller owns the result. */
+ps_searcher_t *ps_searcher_new(const ps_index_t *ix, ps_err *err);
+void ps_searcher_free(ps_searcher_t *s);
+
+/* Search for the `qlen` bytes of query text q. OUT hits[0..*nhits): best first; `hits` must
+ * hold opts->R entries (the top k are returned, k <= R). stats may be NULL.
+ * Errors: PS_EINVAL (bad R/k/weights), PS_EUTF8, PS_EQUERY (no token), PS_ETOOBIG (too many
+ * distinct tokens), PS_ENOMEM, and embedding fetch errors when a profile is given.
+ * A query whose tokens are all unknown is a success with *nhits == 0. */
+int ps_search(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts *opts,
+              ps_hit *hits, size_t *nhits, ps_search_stats *stats, ps_err *err);
+
+/* Step 2 alone: the top R by Recall (recall order; preference = 1, score = recall). */
+int ps_search_recall(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts *opts,
+                     ps_hit *hits, size_t *nhits, ps_search_stats *stats, ps_err *err);
+
+/* Steps 3–4 on hits[0..n) whose embeddings are emb (n × dim): set preference/score/centroid
+ * and sort by Score (ties by id). profile NULL or k == 0 leaves score = recall. */
+void ps_rank_preference(ps_hit *hits, size_t n, const float *emb, uint32_t dim,
+                        const ps_profile *profile, float alpha);
+
+#endif

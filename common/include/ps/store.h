@@ -1,0 +1,72 @@
+/*
+ * store.h — an index directory: one RocksDB database holding everything a node serves
+ * (postings, per-sticker data, stored fields, embeddings, user profiles), written in one
+ * sorted pass as an SST file and ingested, opened read-only and loaded into memory for
+ * scoring. Embeddings and stored fields stay on disk and are read per query for the few
+ * stickers that need them.
+ *
+ * Key layout (numbers big-endian in keys, little-endian in values; varint = LEB128):
+ *   'D' u32 doc      -> u64 sticker id | f32 utility | u32 dl[5]                 (32 bytes)
+ *   'E' u32 doc      -> f32 embedding[dim]
+ *   'I'              -> build information, a JSON object (for people and tools)
+ *   'M'              -> "PSIX" | u32 format (1) | u32 ndocs | u32 dim | u32 nlists |
+ *                       u64 npostings | per field: u32 N_f, u64 tokens_f
+ *   'P' u8 field term-> varint n | varint df | n × varint doc delta (first from 0) |
+ *                       n × varint tf
+ *   'T' u32 doc      -> per field: varint len | len bytes of UTF-8 text
+ *   'U' user         -> ps_profile encoding (profile.h)
+ *   'X' u64 id       -> u32 doc
+ */
+#ifndef PS_STORE_H
+#define PS_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ps/err.h"
+#include "ps/fields.h"
+#include "ps/index.h"
+#include "ps/profile.h"
+
+#define PS_STORE_FORMAT 1
+
+typedef struct ps_store_input {
+    const ps_index_t *ix;
+    const float *emb;       /* embeddings, one row of dim floats per sticker */
+    const uint32_t *emb_row; /* row of emb for each doc (NULL: row = doc) */
+    /* Stored text of field f of doc d (borrowed; NULL or len 0 = empty). */
+    const char *(*text)(void *ctx, uint32_t doc, int field, size_t *len);
+    void *text_ctx;
+    size_t nprofiles;
+    const char *const *users;    /* nprofiles user names */
+    const ps_profile *profiles;  /* nprofiles profiles */
+    const char *info_json;       /* build information (may be NULL) */
+} ps_store_input;
+
+/* Write a new index directory at `dir` (created; must not exist or be empty).
+ * Errors: PS_EEXIST, PS_EIO, PS_ESTORE, PS_ENOMEM, PS_EINVAL (e.g. a repeated user). */
+int ps_store_write(const char *dir, const ps_store_input *in, ps_err *err);
+
+typedef struct ps_store ps_store_t;
+
+/* Open an index directory read-only and load its index into memory.
+ * Errors: PS_ENOTFOUND (no index there), PS_ECORRUPT, PS_ESTORE, PS_ENOMEM.
+ * Caller owns the result (ps_store_close). */
+ps_store_t *ps_store_open(const char *dir, ps_err *err);
+void ps_store_close(ps_store_t *st);
+
+/* The loaded index (borrowed; valid until ps_store_close). Its embeddings are read from the
+ * store on demand. */
+const ps_index_t *ps_store_index(const ps_store_t *st);
+
+/* Profile of `user`. OUT prof (free with ps_profile_clear). PS_ENOTFOUND if none. */
+int ps_store_profile(ps_store_t *st, const char *user, ps_profile *prof, ps_err *err);
+
+/* Stored text of every field of doc `doc`. OUT fields[f]: malloc'd NUL-terminated strings
+ * (caller frees each). PS_ENOTFOUND for a doc out of range. */
+int ps_store_fields(ps_store_t *st, uint32_t doc, char *fields[PS_NFIELDS], ps_err *err);
+
+/* The build information JSON (malloc'd, caller frees), or NULL. */
+char *ps_store_info(ps_store_t *st);
+
+#endif

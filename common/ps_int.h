@@ -1,0 +1,95 @@
+/*
+ * ps_int.h — the engine's only internal header: structures shared by index.c (build and
+ * in-memory layout), search.c (query evaluation) and store.c (RocksDB persistence).
+ * One section per .c file. Nothing here is public API.
+ */
+#ifndef PS_INT_H
+#define PS_INT_H
+
+#include <stdint.h>
+
+#include "ps/hash.h"
+#include "ps/index.h"
+
+/**************************************************************************
+ * index.c
+ *
+ * In-memory layout. All postings of all lists live in two parallel arrays:
+ *   pdocs[i]  uint32  doc number, strictly increasing within a list
+ *   ptfn[i]   float   tf·(k1+1) / (tf + k1·(1 − b + b·dl/avgdl_f)), the doc-dependent BM25
+ *                     factor; a query multiplies it by w_f·idf_f(t)
+ * List L occupies [L.off, L.off + L.n). Lists are cut into blocks of PS_BLOCK postings;
+ * blk_max[L.blk + j] is the largest ptfn of block j and blk_last[L.blk + j] its last doc, for
+ * skipping and block-level upper bounds.
+ */
+#define PS_BLOCK 64
+#define PS_NOLIST UINT32_MAX
+
+typedef struct ps__plist {
+    uint32_t off;    /* first posting */
+    uint32_t n;      /* postings */
+    uint32_t df;     /* document frequency for idf: == n on a node holding the whole corpus */
+    uint32_t blk;    /* first block */
+    float max_tfn;   /* largest ptfn of the list */
+} ps__plist;
+
+typedef struct ps__term {
+    uint32_t str;                 /* offset of the NUL-terminated term in dict strs */
+    uint32_t len;                 /* bytes, without the NUL */
+    uint32_t list[PS_NFIELDS];    /* list number per field, PS_NOLIST if none */
+} ps__term;
+
+/* Term dictionary: open addressing over term numbers, strings in one arena. */
+typedef struct ps__dict {
+    char *strs;
+    size_t strs_len, strs_cap;
+    ps__term *terms;
+    uint32_t nterms, terms_cap;
+    uint32_t *slots; /* term number + 1, 0 = empty */
+    uint32_t mask;   /* slots - 1 (power of two) */
+} ps__dict;
+
+int ps__dict_init(ps__dict *d, uint32_t cap);
+void ps__dict_free(ps__dict *d);
+/* Term number of the `len` bytes at s, or -1. */
+int64_t ps__dict_find(const ps__dict *d, const char *s, size_t len);
+/* Term number of s, adding it (lists all PS_NOLIST) when new; -1 on out of memory. */
+int64_t ps__dict_intern(ps__dict *d, const char *s, size_t len);
+
+struct ps_index {
+    uint32_t ndocs, dim;
+    uint64_t *ids;     /* ndocs: sticker id of each doc */
+    float *utility;    /* ndocs: non-increasing */
+    uint32_t *dl;      /* ndocs × PS_NFIELDS: tokens per field */
+    ps_field_stats fs[PS_NFIELDS];
+
+    ps__dict dict;
+    ps__plist *lists;
+    uint32_t nlists;
+    uint32_t *pdocs;
+    float *ptfn;
+    uint64_t npostings;
+    float *blk_max;
+    uint32_t *blk_last;
+    uint32_t nblocks;
+
+    uint32_t *idmap; /* open addressing: doc + 1 keyed by hash of ids[doc]; 0 = empty */
+    uint32_t idmask;
+
+    float *emb; /* ndocs × dim, or NULL */
+    ps_emb_fetch_fn fetch;
+    void *fetch_ctx;
+};
+
+/* BM25's doc-dependent factor, shared by build and load so both give identical floats. */
+float ps__tfn(uint32_t tf, uint32_t dl, double avgdl);
+
+/* Allocate an empty index shell for ndocs docs (store.c fills it). */
+ps_index_t *ps__index_alloc(uint32_t ndocs, uint32_t dim);
+/* Build idmap from ids; PS_EINVAL on a repeated id. */
+int ps__index_build_idmap(ps_index_t *ix, ps_err *err);
+/* Lay out the blocks of every list once pdocs/ptfn are filled (allocates blk_*). */
+int ps__index_build_blocks(ps_index_t *ix, ps_err *err);
+
+
+#endif

@@ -1,0 +1,696 @@
+/*
+ * store.c — writing and loading index directories (format in store.h).
+ *
+ * Writing goes through one rocksdb SstFileWriter, keys emitted in ascending order by
+ * construction (the key prefixes D < E < I < M < P < T < U < X, and sorted within each), then
+ * the file is ingested into a fresh database. Loading scans the D and P ranges once and
+ * rebuilds the in-memory index with the same ps__tfn as the build, so a loaded index scores
+ * bit-identically to the one that was written.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <rocksdb/c.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <dirent.h>
+
+#include "ps/store.h"
+#include "ps_int.h"
+
+struct ps_store {
+    rocksdb_t *db;
+    rocksdb_options_t *opts;
+    rocksdb_readoptions_t *ropts;
+    rocksdb_block_based_table_options_t *topts;
+    rocksdb_cache_t *cache;
+    ps_index_t *ix;
+};
+
+/**************************************************************************
+ * Byte helpers
+ */
+
+typedef struct buf {
+    uint8_t *p;
+    size_t n, cap;
+    int oom;
+} buf;
+
+static void buf_need(buf *b, size_t extra)
+{
+    if (b->oom || b->n + extra <= b->cap) return;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->n + extra) cap *= 2;
+    uint8_t *p = realloc(b->p, cap);
+    if (!p) {
+        b->oom = 1;
+        return;
+    }
+    b->p = p;
+    b->cap = cap;
+}
+
+static void buf_put(buf *b, const void *src, size_t n)
+{
+    buf_need(b, n);
+    if (b->oom) return;
+    memcpy(b->p + b->n, src, n);
+    b->n += n;
+}
+
+static void buf_u32le(buf *b, uint32_t v)
+{
+    uint8_t x[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
+    buf_put(b, x, 4);
+}
+
+static void buf_u64le(buf *b, uint64_t v)
+{
+    buf_u32le(b, (uint32_t)v);
+    buf_u32le(b, (uint32_t)(v >> 32));
+}
+
+static void buf_f32le(buf *b, float f)
+{
+    uint32_t v;
+    memcpy(&v, &f, 4);
+    buf_u32le(b, v);
+}
+
+static void buf_varint(buf *b, uint64_t v)
+{
+    uint8_t x[10];
+    size_t n = 0;
+    do {
+        x[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        v >>= 7;
+    } while (v);
+    buf_put(b, x, n);
+}
+
+static uint32_t rd_u32le(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t rd_u64le(const uint8_t *p)
+{
+    return rd_u32le(p) | (uint64_t)rd_u32le(p + 4) << 32;
+}
+
+static float rd_f32le(const uint8_t *p)
+{
+    uint32_t v = rd_u32le(p);
+    float f;
+    memcpy(&f, &v, 4);
+    return f;
+}
+
+/* Decode a varint at *p (< end). Returns 0, or -1 when truncated or over 64 bits. */
+static int rd_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    uint64_t x = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (*p >= end) return -1;
+        uint8_t c = *(*p)++;
+        x |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) {
+            *v = x;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static void key_doc(uint8_t k[5], char prefix, uint32_t doc)
+{
+    k[0] = (uint8_t)prefix;
+    k[1] = (uint8_t)(doc >> 24);
+    k[2] = (uint8_t)(doc >> 16);
+    k[3] = (uint8_t)(doc >> 8);
+    k[4] = (uint8_t)doc;
+}
+
+/**************************************************************************
+ * Writing
+ */
+
+typedef struct wctx {
+    rocksdb_sstfilewriter_t *w;
+    char *rerr;
+    buf key, val;
+} wctx;
+
+static int put(wctx *c, ps_err *err)
+{
+    if (c->key.oom || c->val.oom) return ps_err_set(err, PS_ENOMEM, "out of memory writing index");
+    rocksdb_sstfilewriter_put(c->w, (const char *)c->key.p, c->key.n, (const char *)c->val.p,
+                              c->val.n, &c->rerr);
+    if (c->rerr) return ps_err_set(err, PS_ESTORE, "writing SST: %s", c->rerr);
+    c->key.n = c->val.n = 0;
+    return 0;
+}
+
+typedef struct lref {
+    const ps_index_t *ix;
+    uint32_t term;
+    uint8_t field;
+} lref;
+
+static int cmp_lref(const void *a, const void *b)
+{
+    const lref *x = a, *y = b;
+    if (x->field != y->field) return x->field < y->field ? -1 : 1;
+    const ps__term *tx = &x->ix->dict.terms[x->term], *ty = &y->ix->dict.terms[y->term];
+    size_t n = tx->len < ty->len ? tx->len : ty->len;
+    int c = memcmp(x->ix->dict.strs + tx->str, y->ix->dict.strs + ty->str, n);
+    if (c) return c;
+    return (tx->len > ty->len) - (tx->len < ty->len);
+}
+
+typedef struct uref {
+    const char *user;
+    size_t i;
+} uref;
+
+static int cmp_uref(const void *a, const void *b)
+{
+    return strcmp(((const uref *)a)->user, ((const uref *)b)->user);
+}
+
+typedef struct idref {
+    uint64_t id;
+    uint32_t doc;
+} idref;
+
+static int cmp_idref(const void *a, const void *b)
+{
+    const idref *x = a, *y = b;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+static int dir_usable(const char *dir, ps_err *err)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        if (errno != ENOENT) return ps_err_set(err, PS_EIO, "%s: %s", dir, strerror(errno));
+        if (mkdir(dir, 0755) != 0) return ps_err_set(err, PS_EIO, "mkdir %s: %s", dir, strerror(errno));
+        return 0;
+    }
+    struct dirent *de;
+    int empty = 1;
+    while ((de = readdir(d)) != NULL)
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) empty = 0;
+    closedir(d);
+    return empty ? 0 : ps_err_set(err, PS_EEXIST, "%s exists and is not empty", dir);
+}
+
+static int write_entries(wctx *c, const ps_store_input *in, ps_err *err)
+{
+    const ps_index_t *ix = in->ix;
+    uint8_t k[9];
+    int rc;
+
+    for (uint32_t d = 0; d < ix->ndocs; d++) { /* D */
+        key_doc(k, 'D', d);
+        buf_put(&c->key, k, 5);
+        buf_u64le(&c->val, ix->ids[d]);
+        buf_f32le(&c->val, ix->utility[d]);
+        for (int f = 0; f < PS_NFIELDS; f++) buf_u32le(&c->val, ix->dl[(size_t)d * PS_NFIELDS + f]);
+        if ((rc = put(c, err))) return rc;
+    }
+    for (uint32_t d = 0; d < ix->ndocs && in->emb; d++) { /* E */
+        key_doc(k, 'E', d);
+        buf_put(&c->key, k, 5);
+        const float *e = in->emb + (size_t)(in->emb_row ? in->emb_row[d] : d) * ix->dim;
+        for (uint32_t j = 0; j < ix->dim; j++) buf_f32le(&c->val, e[j]);
+        if ((rc = put(c, err))) return rc;
+    }
+    if (in->info_json) { /* I */
+        buf_put(&c->key, "I", 1);
+        buf_put(&c->val, in->info_json, strlen(in->info_json));
+        if ((rc = put(c, err))) return rc;
+    }
+    /* M */
+    buf_put(&c->key, "M", 1);
+    buf_put(&c->val, "PSIX", 4);
+    buf_u32le(&c->val, PS_STORE_FORMAT);
+    buf_u32le(&c->val, ix->ndocs);
+    buf_u32le(&c->val, ix->dim);
+    buf_u32le(&c->val, ix->nlists);
+    buf_u64le(&c->val, ix->npostings);
+    for (int f = 0; f < PS_NFIELDS; f++) {
+        buf_u32le(&c->val, ix->fs[f].ndocs);
+        buf_u64le(&c->val, ix->fs[f].ntokens);
+    }
+    if ((rc = put(c, err))) return rc;
+
+    /* P, in (field, term bytes) order */
+    lref *refs = malloc((ix->nlists ? ix->nlists : 1) * sizeof *refs);
+    if (!refs) return ps_err_set(err, PS_ENOMEM, "out of memory sorting lists");
+    size_t nref = 0;
+    for (uint32_t t = 0; t < ix->dict.nterms; t++)
+        for (int f = 0; f < PS_NFIELDS; f++)
+            if (ix->dict.terms[t].list[f] != PS_NOLIST)
+                refs[nref++] = (lref){ix, t, (uint8_t)f};
+    qsort(refs, nref, sizeof *refs, cmp_lref);
+    for (size_t r = 0; r < nref; r++) {
+        const ps__term *term = &ix->dict.terms[refs[r].term];
+        const ps__plist *pl = &ix->lists[term->list[refs[r].field]];
+        uint8_t f = refs[r].field;
+        buf_put(&c->key, "P", 1);
+        buf_put(&c->key, &f, 1);
+        buf_put(&c->key, ix->dict.strs + term->str, term->len);
+        buf_varint(&c->val, pl->n);
+        buf_varint(&c->val, pl->df);
+        uint32_t prev = 0;
+        for (uint32_t i = 0; i < pl->n; i++) {
+            buf_varint(&c->val, ix->pdocs[pl->off + i] - prev);
+            prev = ix->pdocs[pl->off + i];
+        }
+        /* tf is not kept in memory: recover it from ptfn, which is monotone in tf. */
+        for (uint32_t i = 0; i < pl->n; i++) {
+            uint32_t doc = ix->pdocs[pl->off + i];
+            uint32_t dl = ix->dl[(size_t)doc * PS_NFIELDS + f];
+            float want = ix->ptfn[pl->off + i];
+            uint32_t tf = 1;
+            while (tf < dl && ps__tfn(tf, dl, ix->fs[f].avgdl) < want) tf++;
+            buf_varint(&c->val, tf);
+        }
+        if ((rc = put(c, err))) {
+            free(refs);
+            return rc;
+        }
+    }
+    free(refs);
+
+    for (uint32_t d = 0; d < ix->ndocs; d++) { /* T */
+        key_doc(k, 'T', d);
+        buf_put(&c->key, k, 5);
+        for (int f = 0; f < PS_NFIELDS; f++) {
+            size_t len = 0;
+            const char *t = in->text ? in->text(in->text_ctx, d, f, &len) : NULL;
+            if (!t) len = 0;
+            buf_varint(&c->val, len);
+            buf_put(&c->val, t, len);
+        }
+        if ((rc = put(c, err))) return rc;
+    }
+
+    if (in->nprofiles) { /* U */
+        uref *u = malloc(in->nprofiles * sizeof *u);
+        if (!u) return ps_err_set(err, PS_ENOMEM, "out of memory sorting profiles");
+        for (size_t i = 0; i < in->nprofiles; i++) u[i] = (uref){in->users[i], i};
+        qsort(u, in->nprofiles, sizeof *u, cmp_uref);
+        for (size_t i = 0; i < in->nprofiles && !rc; i++) {
+            uint8_t *pb = NULL;
+            size_t plen = 0;
+            if (i > 0 && strcmp(u[i].user, u[i - 1].user) == 0) {
+                rc = ps_err_set(err, PS_EINVAL, "user '%s' has two profiles", u[i].user);
+                break;
+            }
+            if ((rc = ps_profile_encode(&in->profiles[u[i].i], &pb, &plen, err))) break;
+            buf_put(&c->key, "U", 1);
+            buf_put(&c->key, u[i].user, strlen(u[i].user));
+            buf_put(&c->val, pb, plen);
+            free(pb);
+            rc = put(c, err);
+        }
+        free(u);
+        if (rc) return rc;
+    }
+
+    idref *ids = malloc((ix->ndocs ? ix->ndocs : 1) * sizeof *ids); /* X */
+    if (!ids) return ps_err_set(err, PS_ENOMEM, "out of memory sorting ids");
+    for (uint32_t d = 0; d < ix->ndocs; d++) ids[d] = (idref){ix->ids[d], d};
+    qsort(ids, ix->ndocs, sizeof *ids, cmp_idref);
+    for (uint32_t i = 0; i < ix->ndocs && !rc; i++) {
+        uint8_t xk[9] = {'X'};
+        for (int j = 0; j < 8; j++) xk[1 + j] = (uint8_t)(ids[i].id >> (56 - 8 * j));
+        buf_put(&c->key, xk, 9);
+        buf_u32le(&c->val, ids[i].doc);
+        rc = put(c, err);
+    }
+    free(ids);
+    return rc;
+}
+
+int ps_store_write(const char *dir, const ps_store_input *in, ps_err *err)
+{
+    char sst[4096], *rerr = NULL;
+    int rc;
+    if ((rc = dir_usable(dir, err))) return rc;
+    snprintf(sst, sizeof sst, "%s/.build.sst", dir);
+
+    wctx c = {0};
+    rocksdb_envoptions_t *eo = rocksdb_envoptions_create();
+    rocksdb_options_t *o = rocksdb_options_create();
+    rocksdb_options_set_compression(o, rocksdb_lz4_compression);
+    c.w = rocksdb_sstfilewriter_create(eo, o);
+    rocksdb_sstfilewriter_open(c.w, sst, &c.rerr);
+    if (c.rerr) {
+        rc = ps_err_set(err, PS_ESTORE, "creating %s: %s", sst, c.rerr);
+        goto out;
+    }
+    if ((rc = write_entries(&c, in, err))) goto out;
+    rocksdb_sstfilewriter_finish(c.w, &c.rerr);
+    if (c.rerr) {
+        rc = ps_err_set(err, PS_ESTORE, "finishing %s: %s", sst, c.rerr);
+        goto out;
+    }
+
+    rocksdb_options_set_create_if_missing(o, 1);
+    rocksdb_options_set_error_if_exists(o, 1);
+    rocksdb_t *db = rocksdb_open(o, dir, &rerr);
+    if (!db) {
+        rc = ps_err_set(err, PS_ESTORE, "creating database %s: %s", dir, rerr);
+        goto out;
+    }
+    rocksdb_ingestexternalfileoptions_t *io = rocksdb_ingestexternalfileoptions_create();
+    rocksdb_ingestexternalfileoptions_set_move_files(io, 1);
+    const char *files[1] = {sst};
+    rocksdb_ingest_external_file(db, files, 1, io, &rerr);
+    rocksdb_ingestexternalfileoptions_destroy(io);
+    if (rerr) rc = ps_err_set(err, PS_ESTORE, "ingesting %s: %s", sst, rerr);
+    rocksdb_close(db);
+out:
+    if (rc) remove(sst);
+    free(rerr);
+    free(c.rerr);
+    free(c.key.p);
+    free(c.val.p);
+    rocksdb_sstfilewriter_destroy(c.w);
+    rocksdb_options_destroy(o);
+    rocksdb_envoptions_destroy(eo);
+    return rc;
+}
+
+/**************************************************************************
+ * Loading
+ */
+
+static int load_meta(ps_store_t *st, uint32_t *ndocs, uint32_t *dim, uint32_t *nlists,
+                     uint64_t *npost, ps_field_stats fs[PS_NFIELDS], ps_err *err)
+{
+    char *rerr = NULL;
+    size_t len = 0;
+    char *v = rocksdb_get(st->db, st->ropts, "M", 1, &len, &rerr);
+    if (rerr) {
+        int rc = ps_err_set(err, PS_ESTORE, "reading meta: %s", rerr);
+        free(rerr);
+        return rc;
+    }
+    if (!v) return ps_err_set(err, PS_ENOTFOUND, "no index metadata (not an index directory)");
+    const uint8_t *p = (const uint8_t *)v;
+    int rc = 0;
+    if (len != 4 + 4 * 4 + 8 + PS_NFIELDS * 12 || memcmp(p, "PSIX", 4) != 0)
+        rc = ps_err_set(err, PS_ECORRUPT, "index metadata has a bad size or magic");
+    else if (rd_u32le(p + 4) != PS_STORE_FORMAT)
+        rc = ps_err_set(err, PS_ECORRUPT, "index format %u; this build reads format %d",
+                        rd_u32le(p + 4), PS_STORE_FORMAT);
+    if (!rc) {
+        *ndocs = rd_u32le(p + 8);
+        *dim = rd_u32le(p + 12);
+        *nlists = rd_u32le(p + 16);
+        *npost = rd_u64le(p + 20);
+        for (int f = 0; f < PS_NFIELDS; f++) {
+            fs[f].ndocs = rd_u32le(p + 28 + 12 * f);
+            fs[f].ntokens = rd_u64le(p + 32 + 12 * f);
+            fs[f].avgdl = fs[f].ndocs ? (double)fs[f].ntokens / fs[f].ndocs : 0.0;
+        }
+        if (*npost >= UINT32_MAX || *dim > 65536)
+            rc = ps_err_set(err, PS_ECORRUPT, "index metadata out of range");
+    }
+    rocksdb_free(v);
+    return rc;
+}
+
+static int load_docs(ps_store_t *st, ps_err *err)
+{
+    ps_index_t *ix = st->ix;
+    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, st->ropts);
+    uint32_t d = 0;
+    int rc = 0;
+    for (rocksdb_iter_seek(it, "D", 1); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t kl, vl;
+        const uint8_t *k = (const uint8_t *)rocksdb_iter_key(it, &kl);
+        const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vl);
+        if (kl < 1 || k[0] != 'D') break;
+        uint32_t doc = kl == 5 ? (uint32_t)k[1] << 24 | k[2] << 16 | k[3] << 8 | k[4] : UINT32_MAX;
+        if (doc != d || d >= ix->ndocs || vl != 12 + 4 * PS_NFIELDS) {
+            rc = ps_err_set(err, PS_ECORRUPT, "doc record %u is out of sequence or malformed", d);
+            break;
+        }
+        ix->ids[d] = rd_u64le(v);
+        ix->utility[d] = rd_f32le(v + 8);
+        for (int f = 0; f < PS_NFIELDS; f++)
+            ix->dl[(size_t)d * PS_NFIELDS + f] = rd_u32le(v + 12 + 4 * f);
+        d++;
+    }
+    if (!rc && d != ix->ndocs)
+        rc = ps_err_set(err, PS_ECORRUPT, "index has %u doc records, metadata says %u", d,
+                        ix->ndocs);
+    rocksdb_iter_destroy(it);
+    return rc;
+}
+
+static int load_lists(ps_store_t *st, uint32_t nlists, uint64_t npost, ps_err *err)
+{
+    ps_index_t *ix = st->ix;
+    ix->lists = calloc(nlists ? nlists : 1, sizeof *ix->lists);
+    ix->pdocs = malloc((npost ? npost : 1) * sizeof *ix->pdocs);
+    ix->ptfn = malloc((npost ? npost : 1) * sizeof *ix->ptfn);
+    if (!ix->lists || !ix->pdocs || !ix->ptfn)
+        return ps_err_set(err, PS_ENOMEM, "out of memory loading %llu postings",
+                          (unsigned long long)npost);
+    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, st->ropts);
+    uint64_t off = 0;
+    uint32_t l = 0;
+    int rc = 0;
+    for (rocksdb_iter_seek(it, "P", 1); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t kl, vl;
+        const uint8_t *k = (const uint8_t *)rocksdb_iter_key(it, &kl);
+        const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vl), *end = v + vl;
+        if (kl < 1 || k[0] != 'P') break;
+        uint64_t n, df, x;
+        if (kl < 3 || k[1] >= PS_NFIELDS || l >= nlists || rd_varint(&v, end, &n) ||
+            rd_varint(&v, end, &df) || n == 0 || n > npost - off || df < n) {
+            rc = ps_err_set(err, PS_ECORRUPT, "posting list %u has a malformed header", l);
+            break;
+        }
+        int f = k[1];
+        int64_t t = ps__dict_intern(&ix->dict, (const char *)k + 2, kl - 2);
+        if (t < 0) {
+            rc = ps_err_set(err, PS_ENOMEM, "out of memory loading the dictionary");
+            break;
+        }
+        ix->dict.terms[t].list[f] = l;
+        ps__plist *pl = &ix->lists[l];
+        pl->off = (uint32_t)off;
+        pl->n = (uint32_t)n;
+        pl->df = (uint32_t)df;
+        uint64_t doc = 0;
+        for (uint64_t i = 0; i < n && !rc; i++) {
+            if (rd_varint(&v, end, &x) || (i > 0 && x == 0) || (doc += x) >= ix->ndocs)
+                rc = ps_err_set(err, PS_ECORRUPT, "posting list %u has a bad doc number", l);
+            else ix->pdocs[off + i] = (uint32_t)doc;
+        }
+        for (uint64_t i = 0; i < n && !rc; i++) {
+            if (rd_varint(&v, end, &x) || x == 0 || x > UINT16_MAX)
+                rc = ps_err_set(err, PS_ECORRUPT, "posting list %u has a bad tf", l);
+            else {
+                uint32_t d = ix->pdocs[off + i];
+                ix->ptfn[off + i] =
+                    ps__tfn((uint32_t)x, ix->dl[(size_t)d * PS_NFIELDS + f], ix->fs[f].avgdl);
+            }
+        }
+        if (rc) break;
+        off += n;
+        l++;
+    }
+    rocksdb_iter_destroy(it);
+    if (!rc && (l != nlists || off != npost))
+        rc = ps_err_set(err, PS_ECORRUPT, "index has %u lists / %llu postings, metadata says "
+                        "%u / %llu", l, (unsigned long long)off, nlists,
+                        (unsigned long long)npost);
+    ix->nlists = l;
+    ix->npostings = off;
+    return rc;
+}
+
+static int fetch_embeddings(void *ctx, const uint32_t *docs, size_t n, float *out, ps_err *err)
+{
+    ps_store_t *st = ctx;
+    uint32_t dim = st->ix->dim;
+    enum { BATCH = 128 };
+    uint8_t keys[BATCH][5];
+    const char *kp[BATCH];
+    size_t kl[BATCH], vl[BATCH];
+    char *vals[BATCH], *errs[BATCH];
+    int rc = 0;
+    for (size_t base = 0; base < n; base += BATCH) {
+        size_t m = n - base < BATCH ? n - base : BATCH;
+        for (size_t i = 0; i < m; i++) {
+            key_doc(keys[i], 'E', docs[base + i]);
+            kp[i] = (const char *)keys[i];
+            kl[i] = 5;
+        }
+        rocksdb_multi_get(st->db, st->ropts, m, kp, kl, vals, vl, errs);
+        for (size_t i = 0; i < m; i++) {
+            if (!rc && errs[i]) rc = ps_err_set(err, PS_ESTORE, "reading an embedding: %s", errs[i]);
+            else if (!rc && (!vals[i] || vl[i] != (size_t)dim * 4))
+                rc = ps_err_set(err, PS_ECORRUPT, "embedding of doc %u is missing or malformed",
+                                docs[base + i]);
+            else if (!rc) {
+                const uint8_t *v = (const uint8_t *)vals[i];
+                float *o = out + (base + i) * dim;
+                for (uint32_t j = 0; j < dim; j++) o[j] = rd_f32le(v + 4 * j);
+            }
+            rocksdb_free(vals[i]);
+            rocksdb_free(errs[i]);
+        }
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+ps_store_t *ps_store_open(const char *dir, ps_err *err)
+{
+    char *rerr = NULL;
+    uint32_t ndocs = 0, dim = 0, nlists = 0;
+    uint64_t npost = 0;
+    ps_field_stats fs[PS_NFIELDS];
+    struct stat sb;
+    if (stat(dir, &sb) != 0) {
+        ps_err_set(err, PS_ENOTFOUND, "index directory %s: %s", dir, strerror(errno));
+        return NULL;
+    }
+    ps_store_t *st = calloc(1, sizeof *st);
+    if (!st) {
+        ps_err_set(err, PS_ENOMEM, "out of memory opening %s", dir);
+        return NULL;
+    }
+    st->opts = rocksdb_options_create();
+    st->topts = rocksdb_block_based_options_create();
+    st->cache = rocksdb_cache_create_lru(32u << 20);
+    rocksdb_block_based_options_set_block_cache(st->topts, st->cache);
+    rocksdb_options_set_block_based_table_factory(st->opts, st->topts);
+    rocksdb_options_set_info_log_level(st->opts, 4); /* FATAL only: logs belong to us */
+    st->ropts = rocksdb_readoptions_create();
+    st->db = rocksdb_open_for_read_only(st->opts, dir, 0, &rerr);
+    if (!st->db) {
+        ps_err_set(err, PS_ENOTFOUND, "%s is not an index directory: %s", dir, rerr);
+        free(rerr);
+        goto err;
+    }
+    if (load_meta(st, &ndocs, &dim, &nlists, &npost, fs, err)) goto err;
+    if (!(st->ix = ps__index_alloc(ndocs, dim))) {
+        ps_err_set(err, PS_ENOMEM, "out of memory loading %u docs", ndocs);
+        goto err;
+    }
+    memcpy(st->ix->fs, fs, sizeof fs);
+    if (load_docs(st, err) || load_lists(st, nlists, npost, err) ||
+        ps__index_build_blocks(st->ix, err) || ps__index_build_idmap(st->ix, err))
+        goto err;
+    ps_index_set_emb_fetch(st->ix, fetch_embeddings, st);
+    return st;
+err:
+    ps_err_prefix(err, "%s", dir);
+    ps_store_close(st);
+    return NULL;
+}
+
+void ps_store_close(ps_store_t *st)
+{
+    if (!st) return;
+    ps_index_free(st->ix);
+    if (st->db) rocksdb_close(st->db);
+    if (st->ropts) rocksdb_readoptions_destroy(st->ropts);
+    if (st->opts) rocksdb_options_destroy(st->opts);
+    if (st->topts) rocksdb_block_based_options_destroy(st->topts);
+    if (st->cache) rocksdb_cache_destroy(st->cache);
+    free(st);
+}
+
+const ps_index_t *ps_store_index(const ps_store_t *st)
+{
+    return st->ix;
+}
+
+int ps_store_profile(ps_store_t *st, const char *user, ps_profile *prof, ps_err *err)
+{
+    char *rerr = NULL;
+    size_t len = 0, ul = strlen(user);
+    char *key = malloc(ul + 1);
+    if (!key) return ps_err_set(err, PS_ENOMEM, "out of memory reading a profile");
+    key[0] = 'U';
+    memcpy(key + 1, user, ul);
+    char *v = rocksdb_get(st->db, st->ropts, key, ul + 1, &len, &rerr);
+    free(key);
+    if (rerr) {
+        int rc = ps_err_set(err, PS_ESTORE, "reading profile of '%s': %s", user, rerr);
+        free(rerr);
+        return rc;
+    }
+    if (!v) return ps_err_set(err, PS_ENOTFOUND, "no profile for user '%s'", user);
+    int rc = ps_profile_decode((const uint8_t *)v, len, prof, err);
+    rocksdb_free(v);
+    return rc;
+}
+
+int ps_store_fields(ps_store_t *st, uint32_t doc, char *fields[PS_NFIELDS], ps_err *err)
+{
+    uint8_t k[5];
+    char *rerr = NULL;
+    size_t len = 0;
+    int rc = 0;
+    for (int f = 0; f < PS_NFIELDS; f++) fields[f] = NULL;
+    if (doc >= st->ix->ndocs) return ps_err_set(err, PS_ENOTFOUND, "no doc %u", doc);
+    key_doc(k, 'T', doc);
+    char *v = rocksdb_get(st->db, st->ropts, (const char *)k, 5, &len, &rerr);
+    if (rerr) {
+        rc = ps_err_set(err, PS_ESTORE, "reading fields of doc %u: %s", doc, rerr);
+        free(rerr);
+        return rc;
+    }
+    if (!v) return ps_err_set(err, PS_ECORRUPT, "doc %u has no stored fields", doc);
+    const uint8_t *p = (const uint8_t *)v, *end = p + len;
+    for (int f = 0; f < PS_NFIELDS && !rc; f++) {
+        uint64_t n;
+        if (rd_varint(&p, end, &n) || n > (uint64_t)(end - p)) {
+            rc = ps_err_set(err, PS_ECORRUPT, "stored fields of doc %u are malformed", doc);
+            break;
+        }
+        if (!(fields[f] = malloc(n + 1))) {
+            rc = ps_err_set(err, PS_ENOMEM, "out of memory reading fields");
+            break;
+        }
+        memcpy(fields[f], p, n);
+        fields[f][n] = '\0';
+        p += n;
+    }
+    rocksdb_free(v);
+    if (rc)
+        for (int f = 0; f < PS_NFIELDS; f++) {
+            free(fields[f]);
+            fields[f] = NULL;
+        }
+    return rc;
+}
+
+char *ps_store_info(ps_store_t *st)
+{
+    char *rerr = NULL;
+    size_t len = 0;
+    char *v = rocksdb_get(st->db, st->ropts, "I", 1, &len, &rerr);
+    free(rerr);
+    if (!v) return NULL;
+    char *s = malloc(len + 1);
+    if (s) {
+        memcpy(s, v, len);
+        s[len] = '\0';
+    }
+    rocksdb_free(v);
+    return s;
+}

@@ -1,0 +1,383 @@
+/*
+ * test_search.c — the engine against the reference scorer, and its two evaluation paths
+ * against each other, on a generated 20,000-sticker corpus with 300+ queries.
+ *
+ *  - exactness: engine top 100 == reference top 100 (ids, order, scores to 1e-5 relative),
+ *    personalization on and off, and for users without a profile; a position may differ only
+ *    where the reference itself has a tie within that tolerance;
+ *  - pruned == exhaustive: identical ids, order and bit-identical scores;
+ *  - an index written to RocksDB and opened again answers bit-identically.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "gen.h"
+#include "pipeline.h"
+#include "ps/search.h"
+#include "ps/store.h"
+#include "../ref/reference.h"
+
+#define NSTICKERS 20000
+#define NQUERIES 300
+#define TOPR 100
+#define TOL 1e-5
+
+static struct {
+    char dir[64];
+    builder_corpus corpus;
+    ps_clicklog log;
+    builder_built built;
+    ref_corpus *ref;
+    char **queries;
+    size_t nqueries;
+    size_t ngen;
+} F;
+
+static void rm_rf(const char *path)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", path);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    ps_err err = {0};
+    builder_gen_cfg g;
+    char p1[128], p2[128], p3[128];
+    strcpy(F.dir, "/tmp/ps_test_search_XXXXXX");
+    if (!mkdtemp(F.dir)) return -1;
+    builder_gen_defaults(&g);
+    g.seed = 7;
+    g.nstickers = NSTICKERS;
+    g.dim = 32;
+    g.nusers = 8;
+    g.nclicks = 4000;
+    g.npairs = 800;
+    g.nqueries = 500;
+    if (builder_generate(&g, F.dir, &err)) goto fail;
+    snprintf(p1, sizeof p1, "%s/corpus.jsonl", F.dir);
+    snprintf(p2, sizeof p2, "%s/embeddings.npy", F.dir);
+    snprintf(p3, sizeof p3, "%s/clicks.tsv", F.dir);
+    if (builder_corpus_load(p1, p2, 0, &F.corpus, &err) || ps_clicklog_read(p3, &F.log, &err))
+        goto fail;
+    builder_cfg cfg;
+    builder_cfg_defaults(&cfg);
+    if (builder_build_index(&F.corpus, &F.log, &cfg, 1, &F.built, &err)) goto fail;
+    F.ref = ref_new(F.corpus.recs, F.corpus.n, F.corpus.emb.data, F.corpus.emb.cols, &F.log);
+
+    /* Generated queries (1–2 phrases, 80% Chinese) plus every 10th click-log query, so the
+     * integrated queries field takes part too. */
+    F.ngen = NQUERIES;
+    if (builder_gen_queries(11, F.ngen, 0.8, &F.queries, &err)) goto fail;
+    size_t extra = F.log.nqueries / 10;
+    F.queries = realloc(F.queries, (F.ngen + extra) * sizeof *F.queries);
+    for (size_t i = 0; i < extra; i++) F.queries[F.ngen + i] = strdup(F.log.queries[i * 10]);
+    F.nqueries = F.ngen + extra;
+    return 0;
+fail:
+    fprintf(stderr, "setup: %s\n", err.msg);
+    return -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    for (size_t i = F.ngen; i < F.nqueries; i++) free(F.queries[i]);
+    builder_gen_queries_free(F.queries, F.ngen);
+    ref_free(F.ref);
+    builder_built_free(&F.built);
+    builder_corpus_free(&F.corpus);
+    ps_clicklog_free(&F.log);
+    rm_rf(F.dir);
+    return 0;
+}
+
+static int close_enough(double a, double b)
+{
+    return fabs(a - b) <= TOL * fmax(fabs(a), fabs(b));
+}
+
+static int cmp_ref_id(const void *a, const void *b)
+{
+    const ref_hit *x = a, *y = b;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+/* Compare the engine's hits with the reference's ranked recall set ref[0..nref). Returns the
+ * number of positions whose id differs (each one checked to be a reference near-tie). */
+static size_t compare(const char *q, const ps_hit *h, size_t nh, const ref_hit *ref, size_t nref)
+{
+    size_t moved = 0;
+    ref_hit *byid = malloc((nref ? nref : 1) * sizeof *byid);
+    memcpy(byid, ref, nref * sizeof *byid);
+    qsort(byid, nref, sizeof *byid, cmp_ref_id);
+    if (nh != nref) fail_msg("query '%s': engine %zu hits, reference %zu", q, nh, nref);
+    for (size_t i = 0; i < nh; i++) {
+        if (!close_enough(h[i].score, ref[i].score))
+            fail_msg("query '%s' rank %zu: engine score %.9g (id %llu), reference %.9g (id %llu)",
+                     q, i + 1, h[i].score, (unsigned long long)h[i].id, ref[i].score,
+                     (unsigned long long)ref[i].id);
+        ref_hit key = {.id = h[i].id};
+        const ref_hit *r = bsearch(&key, byid, nref, sizeof *byid, cmp_ref_id);
+        if (h[i].id != ref[i].id) {
+            moved++;
+            /* Allowed only where the reference has two scores within tolerance. */
+            if (!r && !close_enough(h[i].recall, ref[nref - 1].recall))
+                fail_msg("query '%s' rank %zu: id %llu is not in the reference top %zu", q,
+                         i + 1, (unsigned long long)h[i].id, nref);
+        }
+        if (r) {
+            if (!close_enough(h[i].relevance, r->relevance) ||
+                !close_enough(h[i].utility, r->utility) || !close_enough(h[i].recall, r->recall) ||
+                !close_enough(h[i].score, r->score))
+                fail_msg("query '%s' id %llu: engine rel %.9g util %.9g recall %.9g score %.9g; "
+                         "reference %.9g %.9g %.9g %.9g",
+                         q, (unsigned long long)h[i].id, h[i].relevance, h[i].utility,
+                         h[i].recall, h[i].score, r->relevance, r->utility, r->recall, r->score);
+        }
+    }
+    free(byid);
+    return moved;
+}
+
+/* Run every query through engine and reference with the given profile chooser. */
+static void run_exact(int personalize, int unknown_user)
+{
+    ps_searcher_t *s = ps_searcher_new(F.built.ix, NULL);
+    ps_hit *hits = malloc(TOPR * sizeof *hits);
+    size_t answered = 0, moved = 0, personalized_hits = 0, total = 0;
+    assert_non_null(s);
+    for (size_t qi = 0; qi < F.nqueries; qi++) {
+        const char *q = F.queries[qi];
+        const ps_profile *prof = NULL;
+        if (personalize) prof = &F.built.profiles[qi % F.built.nusers];
+        if (unknown_user) prof = NULL; /* a user the profile store does not know */
+        ps_search_opts o;
+        ps_search_opts_default(&o);
+        o.R = TOPR;
+        o.k = TOPR;
+        o.profile = prof;
+        size_t nh = 0, nall = 0;
+        ref_hit *all = NULL;
+        int rc = ps_search(s, q, strlen(q), &o, hits, &nh, NULL, NULL);
+        int rrc = ref_recall(F.ref, q, o.field_w, 1, &all, &nall);
+        assert_int_equal(rc == 0, rrc == 0);
+        if (rc) continue;
+        size_t nref = nall < TOPR ? nall : TOPR;
+        ref_prefer(F.ref, all, nref, prof, o.alpha);
+        moved += compare(q, hits, nh, all, nref);
+        for (size_t i = 0; i < nh; i++) personalized_hits += hits[i].centroid >= 0;
+        total += nh;
+        answered += nh > 0;
+        free(all);
+    }
+    printf("exact: %zu/%zu queries with hits, %zu hits compared, %zu near-tie swaps, "
+           "%zu hits with a preference\n",
+           answered, F.nqueries, total, moved, personalized_hits);
+    assert_true(answered >= NQUERIES * 9 / 10);
+    if (personalize && !unknown_user) assert_true(personalized_hits > total / 100);
+    else assert_int_equal(personalized_hits, 0);
+    free(hits);
+    ps_searcher_free(s);
+}
+
+static void test_exact_unpersonalized(void **state)
+{
+    (void)state;
+    run_exact(0, 0);
+}
+
+static void test_exact_personalized(void **state)
+{
+    (void)state;
+    run_exact(1, 0);
+}
+
+static void test_exact_unknown_user(void **state)
+{
+    (void)state;
+    run_exact(1, 1);
+}
+
+/* The engine must not depend on ranking order of equal-score stickers: check the reference
+ * top 100 has the documented tie order (recall desc, id asc) as the engine does. */
+static void assert_same_hits(const char *q, const ps_hit *a, size_t na, const ps_hit *b,
+                             size_t nb)
+{
+    if (na != nb) fail_msg("query '%s': pruned %zu hits, exhaustive %zu", q, na, nb);
+    for (size_t i = 0; i < na; i++)
+        if (a[i].id != b[i].id || a[i].score != b[i].score || a[i].recall != b[i].recall ||
+            a[i].relevance != b[i].relevance)
+            fail_msg("query '%s' rank %zu: pruned %llu %.17g, exhaustive %llu %.17g", q, i + 1,
+                     (unsigned long long)a[i].id, a[i].score, (unsigned long long)b[i].id,
+                     b[i].score);
+}
+
+static void test_pruned_equals_exhaustive(void **state)
+{
+    (void)state;
+    ps_searcher_t *s = ps_searcher_new(F.built.ix, NULL);
+    ps_hit *a = malloc(TOPR * sizeof *a), *b = malloc(TOPR * sizeof *b);
+    uint64_t vp = 0, ve = 0, nposting = 0;
+    static const uint32_t Rs[] = {1, 10, 100};
+    for (size_t qi = 0; qi < F.nqueries; qi++) {
+        const char *q = F.queries[qi];
+        for (int variant = 0; variant < 4; variant++) {
+            ps_search_opts o;
+            ps_search_opts_default(&o);
+            o.R = Rs[qi % 3];
+            o.k = o.R;
+            if (variant == 1) o.profile = &F.built.profiles[qi % F.built.nusers];
+            if (variant == 2) o.use_utility = 0;
+            if (variant == 3) o.field_w[PS_F_OCR] = 0.0f;
+            ps_search_stats sp, se;
+            size_t na = 0, nb = 0;
+            int rc = ps_search(s, q, strlen(q), &o, a, &na, &sp, NULL);
+            o.exhaustive = 1;
+            int rc2 = ps_search(s, q, strlen(q), &o, b, &nb, &se, NULL);
+            assert_int_equal(rc, rc2);
+            if (rc) continue;
+            assert_same_hits(q, a, na, b, nb);
+            vp += sp.visited;
+            ve += se.visited;
+            nposting += sp.npostings;
+        }
+    }
+    printf("postings visited: pruned %llu, exhaustive %llu (%.1f%%) of %llu in the lists\n",
+           (unsigned long long)vp, (unsigned long long)ve, 100.0 * (double)vp / (double)ve,
+           (unsigned long long)nposting);
+    assert_int_equal(ve, nposting);
+    assert_true(vp < ve);
+    free(a);
+    free(b);
+    ps_searcher_free(s);
+}
+
+static const char *stored_text(void *ctx, uint32_t doc, int f, size_t *len)
+{
+    (void)ctx;
+    uint32_t row = F.built.row_of_doc[doc];
+    if (f == PS_F_QUERIES) {
+        *len = F.built.queries_len[row];
+        return F.built.queries[row];
+    }
+    *len = F.corpus.recs[row].field_len[f];
+    return F.corpus.recs[row].field[f];
+}
+
+static void test_store_roundtrip(void **state)
+{
+    (void)state;
+    char path[128];
+    ps_err err = {0};
+    snprintf(path, sizeof path, "%s/index", F.dir);
+    ps_store_input in = {.ix = F.built.ix,
+                         .emb = F.corpus.emb.data,
+                         .emb_row = F.built.row_of_doc,
+                         .text = stored_text,
+                         .nprofiles = F.built.nusers,
+                         .users = (const char *const *)F.built.users,
+                         .profiles = F.built.profiles,
+                         .info_json = "{\"test\":true}"};
+    assert_int_equal(ps_store_write(path, &in, &err), 0);
+    /* Writing over an existing index is refused. */
+    assert_int_equal(ps_store_write(path, &in, &err), PS_EEXIST);
+    ps_store_t *st = ps_store_open(path, &err);
+    if (!st) fail_msg("open: %s", err.msg);
+    const ps_index_t *ix = ps_store_index(st);
+    assert_int_equal(ps_index_ndocs(ix), ps_index_ndocs(F.built.ix));
+    assert_int_equal(ps_index_npostings(ix), ps_index_npostings(F.built.ix));
+
+    ps_searcher_t *s1 = ps_searcher_new(F.built.ix, NULL), *s2 = ps_searcher_new(ix, NULL);
+    ps_hit *a = malloc(TOPR * sizeof *a), *b = malloc(TOPR * sizeof *b);
+    for (size_t qi = 0; qi < F.nqueries; qi += 3) {
+        const char *q = F.queries[qi];
+        ps_profile p = {0};
+        const char *user = F.built.users[qi % F.built.nusers];
+        assert_int_equal(ps_store_profile(st, user, &p, &err), 0);
+        ps_search_opts o;
+        ps_search_opts_default(&o);
+        o.k = TOPR;
+        o.profile = &F.built.profiles[qi % F.built.nusers];
+        size_t na = 0, nb = 0;
+        int rc = ps_search(s1, q, strlen(q), &o, a, &na, NULL, NULL);
+        o.profile = &p;
+        int rc2 = ps_search(s2, q, strlen(q), &o, b, &nb, NULL, NULL);
+        assert_int_equal(rc, rc2);
+        if (!rc) assert_same_hits(q, a, na, b, nb);
+        ps_profile_clear(&p);
+    }
+    /* Stored fields and unknown lookups. */
+    char *fields[PS_NFIELDS];
+    assert_int_equal(ps_store_fields(st, 0, fields, &err), 0);
+    uint32_t row = F.built.row_of_doc[0];
+    assert_string_equal(fields[PS_F_KEYWORDS], F.corpus.recs[row].field[PS_F_KEYWORDS]);
+    for (int f = 0; f < PS_NFIELDS; f++) free(fields[f]);
+    assert_int_equal(ps_store_fields(st, ps_index_ndocs(ix), fields, &err), PS_ENOTFOUND);
+    ps_profile p = {0};
+    assert_int_equal(ps_store_profile(st, "no-such-user", &p, &err), PS_ENOTFOUND);
+    char *info = ps_store_info(st);
+    assert_string_equal(info, "{\"test\":true}");
+    free(info);
+    free(a);
+    free(b);
+    ps_searcher_free(s1);
+    ps_searcher_free(s2);
+    ps_store_close(st);
+    assert_null(ps_store_open(F.dir, &err)); /* not an index directory */
+}
+
+static void test_bad_queries(void **state)
+{
+    (void)state;
+    ps_searcher_t *s = ps_searcher_new(F.built.ix, NULL);
+    ps_hit hits[TOPR];
+    size_t nh = 1;
+    ps_err err = {0};
+    ps_search_opts o;
+    ps_search_opts_default(&o);
+    assert_int_equal(ps_search(s, "", 0, &o, hits, &nh, NULL, &err), PS_EQUERY);
+    assert_int_equal(nh, 0);
+    assert_int_equal(ps_search(s, "~!?", 3, &o, hits, &nh, NULL, &err), PS_EQUERY);
+    assert_int_equal(ps_search(s, "\xff\xfe", 2, &o, hits, &nh, NULL, &err), PS_EUTF8);
+    assert_non_null(strstr(err.msg, "query"));
+    /* A query of only unknown words is a success with no hits. */
+    assert_int_equal(ps_search(s, "zzqqxxyy", 8, &o, hits, &nh, NULL, &err), 0);
+    assert_int_equal(nh, 0);
+    o.k = 0;
+    assert_int_equal(ps_search(s, "好", strlen("好"), &o, hits, &nh, NULL, &err), PS_EINVAL);
+    o.k = 10;
+    o.R = 5;
+    assert_int_equal(ps_search(s, "好", strlen("好"), &o, hits, &nh, NULL, &err), PS_EINVAL);
+    /* Too many distinct tokens. */
+    char big[4096];
+    size_t n = 0;
+    for (int i = 0; i < 400; i++) n += (size_t)snprintf(big + n, sizeof big - n, "w%d ", i);
+    ps_search_opts_default(&o);
+    assert_int_equal(ps_search(s, big, n, &o, hits, &nh, NULL, &err), PS_ETOOBIG);
+    ps_searcher_free(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_exact_unpersonalized),
+        cmocka_unit_test(test_exact_personalized),
+        cmocka_unit_test(test_exact_unknown_user),
+        cmocka_unit_test(test_pruned_equals_exhaustive),
+        cmocka_unit_test(test_store_roundtrip),
+        cmocka_unit_test(test_bad_queries),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
