@@ -14,21 +14,22 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: builder build --corpus FILE.jsonl --embeddings FILE.npy --clicks FILE.tsv\n"
-            "                     --out DIR [options]\n\n"
-            "Builds an index directory (RocksDB) that `persrv search --index DIR` and the shards\n"
-            "open. Clicks are the training click log (user\\tquery\\tsticker_id).\n\n"
-            "options:\n"
-            "  --corpus FILE       stickers, JSON Lines (id, ocr, keywords, desc, emotion, queries)\n"
-            "  --embeddings FILE   float32 .npy matrix, one row per corpus line\n"
-            "  --clicks FILE       training click log (TSV); omit for no clicks\n"
-            "  --out DIR           index directory to create (must not exist or be empty)\n"
-            "  --kmax N            style centroids per user, 1..5 (default 5)\n"
-            "  --seed N            k-means seed (default 42)\n"
-            "  --utility-base X    base added to zero utility components (default 1)\n"
-            "  --utility-w A,B,C   weights of (Pop, Cross, QA) (default 1,1,1)\n"
-            "  --help              this text\n");
+    fprintf(
+        f,
+        "usage: builder build --corpus FILE.jsonl --embeddings FILE.npy --clicks FILE.tsv\n"
+        "                     --out DIR [options]\n\n"
+        "Builds an index directory (RocksDB) that `persrv search --index DIR` and the shards\n"
+        "open. Clicks are the training click log (user\\tquery\\tsticker_id).\n\n"
+        "options:\n"
+        "  --corpus FILE       stickers, JSON Lines (id, ocr, keywords, desc, emotion, queries)\n"
+        "  --embeddings FILE   float32 .npy matrix, one row per corpus line\n"
+        "  --clicks FILE       training click log (TSV); omit for no clicks\n"
+        "  --out DIR           index directory to create (must not exist or be empty)\n"
+        "  --kmax N            style centroids per user, 1..5 (default 5)\n"
+        "  --seed N            k-means seed (default 42)\n"
+        "  --utility-base X    base added to zero utility components (default 1)\n"
+        "  --utility-w A,B,C   weights of (Pop, Cross, QA) (default 1,1,1)\n"
+        "  --help              this text\n");
 }
 
 /* Stored text for the store writer: corpus fields, with the integrated queries. */
@@ -66,21 +67,33 @@ int builder_cmd_build(int argc, char **argv)
     builder_cfg cfg;
     builder_cfg_defaults(&cfg);
     cfg.progress = 1;
-    static const struct option opts[] = {
-        {"corpus", required_argument, 0, 'c'},     {"embeddings", required_argument, 0, 'e'},
-        {"clicks", required_argument, 0, 'l'},     {"out", required_argument, 0, 'o'},
-        {"kmax", required_argument, 0, 'k'},       {"seed", required_argument, 0, 's'},
-        {"utility-base", required_argument, 0, 'b'}, {"utility-w", required_argument, 0, 'w'},
-        {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
+    static const struct option opts[] = {{"corpus", required_argument, 0, 'c'},
+                                         {"embeddings", required_argument, 0, 'e'},
+                                         {"clicks", required_argument, 0, 'l'},
+                                         {"out", required_argument, 0, 'o'},
+                                         {"kmax", required_argument, 0, 'k'},
+                                         {"seed", required_argument, 0, 's'},
+                                         {"utility-base", required_argument, 0, 'b'},
+                                         {"utility-w", required_argument, 0, 'w'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     int ch;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         char *end = NULL;
         switch (ch) {
-        case 'c': corpus = optarg; break;
-        case 'e': npy = optarg; break;
-        case 'l': clicks = optarg; break;
-        case 'o': out = optarg; break;
+        case 'c':
+            corpus = optarg;
+            break;
+        case 'e':
+            npy = optarg;
+            break;
+        case 'l':
+            clicks = optarg;
+            break;
+        case 'o':
+            out = optarg;
+            break;
         case 'k':
             cfg.kmax = (uint32_t)strtoul(optarg, &end, 10);
             if (*end || cfg.kmax < 1 || cfg.kmax > PS_PROFILE_KMAX) {
@@ -108,8 +121,12 @@ int builder_cmd_build(int argc, char **argv)
                 return 2;
             }
             break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (!corpus || !npy || !out || optind != argc) {
@@ -130,14 +147,13 @@ int builder_cmd_build(int argc, char **argv)
     if (builder_build_index(&c, &log, &cfg, 0, &b, &err)) goto fail;
     double t_index = builder_now();
 
-    json_t *info = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:s, s:s?, s:f, s:f}",
-                             "stickers", (json_int_t)ps_index_ndocs(b.ix), "dim",
-                             (json_int_t)ps_index_dim(b.ix), "postings",
-                             (json_int_t)ps_index_npostings(b.ix), "users", (json_int_t)b.nusers,
-                             "clicks", (json_int_t)log.n, "unknown_clicks",
-                             (json_int_t)b.unknown_clicks, "corpus", corpus, "embeddings", npy,
-                             "clicks_file", clicks, "utility_base", cfg.utility.base,
-                             "read_seconds", t_read - t0);
+    json_t *info =
+        json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:s, s:s?, s:f, s:f}", "stickers",
+                  (json_int_t)ps_index_ndocs(b.ix), "dim", (json_int_t)ps_index_dim(b.ix),
+                  "postings", (json_int_t)ps_index_npostings(b.ix), "users", (json_int_t)b.nusers,
+                  "clicks", (json_int_t)log.n, "unknown_clicks", (json_int_t)b.unknown_clicks,
+                  "corpus", corpus, "embeddings", npy, "clicks_file", clicks, "utility_base",
+                  cfg.utility.base, "read_seconds", t_read - t0);
     char *info_s = info ? json_dumps(info, JSON_COMPACT) : NULL;
     json_decref(info);
     textctx tc = {&c, &b};
@@ -157,8 +173,8 @@ int builder_cmd_build(int argc, char **argv)
     ps_log(PS_LOG_INFO, "builder", "build_done",
            "out=%s stickers=%u postings=%llu users=%zu clicks=%zu unknown_clicks=%zu "
            "read_s=%.2f index_s=%.2f write_s=%.2f total_s=%.2f",
-           out, ps_index_ndocs(b.ix), (unsigned long long)ps_index_npostings(b.ix), b.nusers,
-           log.n, b.unknown_clicks, t_read - t0, t_index - t_read, t_end - t_index, t_end - t0);
+           out, ps_index_ndocs(b.ix), (unsigned long long)ps_index_npostings(b.ix), b.nusers, log.n,
+           b.unknown_clicks, t_read - t0, t_index - t_read, t_end - t_index, t_end - t0);
     printf("built %s: %u stickers, %llu postings, %zu user profiles in %.1f s\n", out,
            ps_index_ndocs(b.ix), (unsigned long long)ps_index_npostings(b.ix), b.nusers,
            t_end - t0);

@@ -95,21 +95,33 @@ int builder_cmd_eval(int argc, char **argv)
     builder_cfg cfg;
     builder_cfg_defaults(&cfg);
     cfg.progress = 1;
-    static const struct option opts[] = {
-        {"data", required_argument, 0, 'd'},       {"corpus", required_argument, 0, 'c'},
-        {"embeddings", required_argument, 0, 'e'}, {"clicks", required_argument, 0, 'l'},
-        {"seed", required_argument, 0, 's'},       {"test-share", required_argument, 0, 't'},
-        {"kmax", required_argument, 0, 'k'},       {"json", no_argument, 0, 'j'},
-        {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
+    static const struct option opts[] = {{"data", required_argument, 0, 'd'},
+                                         {"corpus", required_argument, 0, 'c'},
+                                         {"embeddings", required_argument, 0, 'e'},
+                                         {"clicks", required_argument, 0, 'l'},
+                                         {"seed", required_argument, 0, 's'},
+                                         {"test-share", required_argument, 0, 't'},
+                                         {"kmax", required_argument, 0, 'k'},
+                                         {"json", no_argument, 0, 'j'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     int ch;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         char *end = NULL;
         switch (ch) {
-        case 'd': data = optarg; break;
-        case 'c': corpus = optarg; break;
-        case 'e': npy = optarg; break;
-        case 'l': clicks = optarg; break;
+        case 'd':
+            data = optarg;
+            break;
+        case 'c':
+            corpus = optarg;
+            break;
+        case 'e':
+            npy = optarg;
+            break;
+        case 'l':
+            clicks = optarg;
+            break;
         case 's':
             seed = strtoull(optarg, &end, 10);
             if (*end) goto bad;
@@ -122,9 +134,15 @@ int builder_cmd_eval(int argc, char **argv)
             cfg.kmax = (uint32_t)strtoul(optarg, &end, 10);
             if (*end || cfg.kmax < 1 || cfg.kmax > PS_PROFILE_KMAX) goto bad;
             break;
-        case 'j': json = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'j':
+            json = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     char pc[4096], pe[4096], pl[4096];
@@ -180,7 +198,8 @@ int builder_cmd_eval(int argc, char **argv)
     free(perm);
     int arc = 0;
     for (size_t i = 0; i < log.n && !arc; i++) {
-        if (is_test[i]) test[ntest++] = (tclick){log.user[i], log.query[i], log.sticker[i]};
+        if (is_test[i])
+            test[ntest++] = (tclick){log.user[i], log.query[i], log.sticker[i]};
         else
             arc = ps_clicklog_add(&train, log.users[log.user[i]], log.queries[log.query[i]],
                                   log.sticker[i], &err);
@@ -205,7 +224,8 @@ int builder_cmd_eval(int argc, char **argv)
     }
 
     /* Global Pop: one ranking for everybody. */
-    for (uint32_t d = 0; d < ndocs; d++) pe_all[d] = (popent){b.pop[d], b.pop[d], ps_index_id(ix, d)};
+    for (uint32_t d = 0; d < ndocs; d++)
+        pe_all[d] = (popent){b.pop[d], b.pop[d], ps_index_id(ix, d)};
     ngpop = top_pop(pe_all, ndocs, gpop_ranked);
 
     /* User Pop: each user's own training clicks, most clicked first. */
@@ -286,8 +306,8 @@ int builder_cmd_eval(int argc, char **argv)
     } else {
         printf("Table 3 — seed %llu, %zu training / %zu test clicks, %zu (user, query) groups\n\n",
                (unsigned long long)seed, train.n, ntest, ngroups);
-        printf("%-28s %8s %8s %8s %8s  %8s %8s %8s %8s\n", "method", "MMRR@1", "MMRR@5",
-               "MMRR@10", "MMRR@20", "R@1", "R@5", "R@10", "R@20");
+        printf("%-28s %8s %8s %8s %8s  %8s %8s %8s %8s\n", "method", "MMRR@1", "MMRR@5", "MMRR@10",
+               "MMRR@20", "R@1", "R@5", "R@10", "R@20");
         for (int m = 0; m < NMETHODS; m++) {
             printf("%-28s", method_names[m]);
             for (int k = 0; k < PS_EVAL_MAXK; k++) printf(" %8.4f", mmrr[m][k]);

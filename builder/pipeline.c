@@ -39,7 +39,8 @@ void builder_progress_tick(builder_progress *p, size_t done)
     if (p->total)
         fprintf(stderr, "\r%s: %zu/%zu (%.0f/s, ETA %.0fs)   ", p->what, done, p->total, rate,
                 rate > 0 ? (p->total - done) / rate : 0.0);
-    else fprintf(stderr, "\r%s: %zu (%.0f/s)   ", p->what, done, rate);
+    else
+        fprintf(stderr, "\r%s: %zu (%.0f/s)   ", p->what, done, rate);
 }
 
 void builder_progress_end(builder_progress *p, size_t done)
@@ -93,8 +94,8 @@ int builder_corpus_load(const char *jsonl, const char *npy, int progress, builde
     r = NULL;
     if ((rc = ps_npy_read(npy, &c->emb, err))) goto err;
     if (c->emb.rows != c->n) {
-        rc = ps_err_set(err, PS_EINVAL, "%s has %zu rows but %s has %zu stickers", npy,
-                        c->emb.rows, jsonl, c->n);
+        rc = ps_err_set(err, PS_EINVAL, "%s has %zu rows but %s has %zu stickers", npy, c->emb.rows,
+                        jsonl, c->n);
         goto err;
     }
     if (c->emb.cols == 0 || c->emb.cols > 65536) {
@@ -158,7 +159,8 @@ static int idmap_build(idmap *m, const builder_corpus *c, ps_err *err)
         uint32_t i = (uint32_t)ps_hash_u64(c->recs[r].id) & m->mask;
         for (; m->slot[i]; i = (i + 1) & m->mask)
             if (c->recs[m->slot[i] - 1].id == c->recs[r].id)
-                return ps_err_set(err, PS_EINVAL, "sticker id %llu appears on corpus rows %u and %zu",
+                return ps_err_set(err, PS_EINVAL,
+                                  "sticker id %llu appears on corpus rows %u and %zu",
                                   (unsigned long long)c->recs[r].id, m->slot[i], r + 1);
         m->slot[i] = (uint32_t)r + 1;
     }

@@ -53,6 +53,7 @@ static void buf_need(buf *b, size_t extra)
 
 static void buf_put(buf *b, const void *src, size_t n)
 {
+    if (n == 0) return;
     buf_need(b, n);
     if (b->oom) return;
     memcpy(b->p + b->n, src, n);
