@@ -168,7 +168,7 @@ int main(int argc, char **argv)
     ps_searcher_t *s = ps_searcher_new(ix, &err);
     ps_hit *hits = malloc(100 * sizeof *hits);
     double *lat = malloc(nq * sizeof *lat), *lat_ex = malloc(nq * sizeof *lat_ex);
-    uint64_t visited = 0, visited_ex = 0, npost = 0, scored = 0;
+    uint64_t visited = 0, visited_ex = 0, npost = 0, scored = 0, cands = 0, bounded = 0;
     size_t errors = 0, nhits_total = 0;
     double total = 0, total_ex = 0;
     for (int pass = 0; pass < 3; pass++) {
@@ -190,6 +190,8 @@ int main(int argc, char **argv)
                 visited += sst.visited;
                 npost += sst.npostings;
                 scored += sst.scored;
+                cands += sst.candidates;
+                bounded += sst.bounded;
                 errors += rc != 0;
                 nhits_total += nh;
             } else if (pass == 2) {
@@ -209,14 +211,15 @@ int main(int argc, char **argv)
                "\"p50_ms\":%.4f,\"p90_ms\":%.4f,\"p99_ms\":%.4f,\"mean_ms\":%.4f,\"qps\":%.1f,"
                "\"exhaustive_p50_ms\":%.4f,\"exhaustive_p99_ms\":%.4f,\"exhaustive_qps\":%.1f,"
                "\"postings_in_lists_per_query\":%.0f,\"postings_visited_per_query\":%.0f,"
-               "\"exhaustive_postings_visited_per_query\":%.0f,\"scored_per_query\":%.0f,"
+               "\"exhaustive_postings_visited_per_query\":%.0f,\"candidates_per_query\":%.0f,"
+               "\"bounded_per_query\":%.0f,\"scored_per_query\":%.0f,"
                "\"errors\":%zu,\"hits_per_query\":%.2f,\"build_s\":%.2f,\"load_s\":%.2f,"
                "\"index_bytes\":%lld,\"rss_bytes\":%ld,\"peak_rss_bytes\":%ld}\n",
                ps_index_ndocs(ix), ps_index_dim(ix), (unsigned long long)ps_index_npostings(ix),
                nq, personalized, pct(lat, nq, 0.5), pct(lat, nq, 0.9), pct(lat, nq, 0.99),
                total * 1e3 / nq, nq / total, pct(lat_ex, nq, 0.5), pct(lat_ex, nq, 0.99),
                nq / total_ex, (double)npost / nq, (double)visited / nq, (double)visited_ex / nq,
-               (double)scored / nq, errors, (double)nhits_total / nq, build_s, load_s, size,
+               (double)cands / nq, (double)bounded / nq, (double)scored / nq, errors, (double)nhits_total / nq, build_s, load_s, size,
                rss * 1024, hwm * 1024);
     } else {
         printf("%u stickers, %zu queries (%.0f%% personalized), R=100 k=10, one thread\n",

@@ -32,6 +32,7 @@ typedef struct clause {
     const float *bmax;    /* block maxima */
     const uint32_t *blast; /* block last docs */
     uint32_t n, pos;
+    uint32_t cur;         /* docs[pos], or END_DOC once the list is exhausted */
     uint32_t nblk, blk;   /* blocks and current block (of the block-max cursor) */
     float qw;             /* w_f · idf_f(t) */
     float ub;             /* qw · max ptfn */
@@ -278,25 +279,18 @@ static inline uint32_t gallop(const uint32_t *a, uint32_t lo, uint32_t n, uint32
 /* Move c to its first posting >= d, skipping whole blocks by their last doc. */
 static inline void seek(clause *c, uint32_t d, uint64_t *visited)
 {
-    if (c->pos >= c->n || c->docs[c->pos] >= d) return;
+    if (c->cur >= d) return;
     uint32_t b = gallop(c->blast, c->pos / PS_BLOCK, c->nblk, d);
     if (b == c->nblk) {
         c->pos = c->n;
+        c->cur = END_DOC;
         return;
     }
     uint32_t lo = b * PS_BLOCK > c->pos ? b * PS_BLOCK : c->pos;
     uint32_t hi = b * PS_BLOCK + PS_BLOCK < c->n ? b * PS_BLOCK + PS_BLOCK : c->n;
     c->pos = gallop(c->docs, lo, hi, d);
+    c->cur = c->docs[c->pos]; /* block b holds a doc >= d, so pos < hi */
     (*visited)++;
-}
-
-/* Block maximum of c's block that would hold d (0 if c has no posting >= d). Moves only c's
- * block cursor, never its posting cursor. */
-static inline float block_ub(clause *c, uint32_t d)
-{
-    if (c->blk < c->pos / PS_BLOCK) c->blk = c->pos / PS_BLOCK;
-    if (c->blk < c->nblk && c->blast[c->blk] < d) c->blk = gallop(c->blast, c->blk, c->nblk, d);
-    return c->blk < c->nblk ? c->qw * c->bmax[c->blk] : 0.0f;
 }
 
 /**************************************************************************
@@ -309,60 +303,69 @@ static size_t run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o,
     const ps_index_t *ix = s->ix;
     clause *cl = s->cl;
     const double *prefix = s->prefix;
-    double *bpre = s->bprefix;
     heapent *heap = s->heap;
     size_t nheap = 0, R = o->R, ne = 0;
     double theta = -INFINITY;
-    uint64_t visited = 0, scored = 0;
+    uint64_t visited = 0, scored = 0, candidates = 0, bounded = 0;
 
-    for (;;) {
-        uint32_t d = END_DOC;
-        for (size_t i = ne; i < m; i++)
-            if (cl[i].pos < cl[i].n && cl[i].docs[cl[i].pos] < d) d = cl[i].docs[cl[i].pos];
-        if (d == END_DOC) break;
+    for (size_t i = 0; i < m; i++) cl[i].cur = cl[i].n ? cl[i].docs[0] : END_DOC;
+    uint32_t d = END_DOC;
+    for (size_t i = 0; i < m; i++)
+        if (cl[i].cur < d) d = cl[i].cur;
+
+    while (d != END_DOC) {
         double u = o->use_utility ? (double)ix->utility[d] : 0.0;
 
         /* Lists that cannot lift a doc past theta even together stop producing candidates. */
         if (nheap == R && ne < m && prefix[ne + 1] + u < theta) {
             while (ne < m && prefix[ne + 1] + u < theta) ne++;
+            d = END_DOC;
+            for (size_t i = ne; i < m; i++)
+                if (cl[i].cur < d) d = cl[i].cur;
             continue;
         }
 
+        /* Score d on the essential lists and find the next candidate in the same pass. */
         double rel = 0.0;
+        uint32_t next = END_DOC;
+        candidates++;
         for (size_t i = m; i-- > ne;) {
             clause *c = &cl[i];
-            if (c->pos < c->n && c->docs[c->pos] == d) {
+            if (c->cur == d) {
                 rel += (double)(c->qw * c->tfn[c->pos]);
-                c->pos++;
+                c->cur = ++c->pos < c->n ? c->docs[c->pos] : END_DOC;
                 visited++;
             }
+            if (c->cur < next) next = c->cur;
         }
+        uint32_t doc = d;
+        d = next;
         if (ne > 0) {
             if (rel + prefix[ne] + u < theta) continue;
-            /* Tighter: the non-essential lists' maxima in the blocks around d. */
-            bpre[0] = 0.0;
-            for (size_t i = 0; i < ne; i++) bpre[i + 1] = bpre[i] + (double)block_ub(&cl[i], d);
+            bounded++;
+            /* Probe the non-essential lists, strongest first, while they can still matter. */
             int pruned = 0;
             for (size_t i = ne; i-- > 0;) {
-                if (rel + bpre[i + 1] + u < theta) {
+                if (rel + prefix[i + 1] + u < theta) {
                     pruned = 1;
                     break;
                 }
                 clause *c = &cl[i];
-                seek(c, d, &visited);
-                if (c->pos < c->n && c->docs[c->pos] == d)
-                    rel += (double)(c->qw * c->tfn[c->pos]);
+                seek(c, doc, &visited);
+                if (c->cur == doc) rel += (double)(c->qw * c->tfn[c->pos]);
             }
             if (pruned) continue;
         }
         if (!(rel > 0.0)) continue;
         scored++;
-        heapent e = {rel + u, rel, ix->ids[d], d};
+        heapent e = {rel + u, rel, ix->ids[doc], doc};
         heap_push(heap, &nheap, R, &e);
         if (nheap == R) theta = heap[0].recall;
     }
     st->visited += visited;
     st->scored += scored;
+    st->candidates += candidates;
+    st->bounded += bounded;
     return nheap;
 }
 

@@ -1,13 +1,15 @@
 /*
  * store.h — an index directory: one RocksDB database holding everything a node serves
- * (postings, per-sticker data, stored fields, embeddings, user profiles), written in one
+ * (postings, per-sticker data, stored fields, user profiles, and embeddings beside it), written in one
  * sorted pass as an SST file and ingested, opened read-only and loaded into memory for
  * scoring. Embeddings and stored fields stay on disk and are read per query for the few
  * stickers that need them.
  *
+ * Files: the RocksDB database, and embeddings.f32 = ndocs rows of dim little-endian float32 in
+ * doc order (read with pread for the ~R stickers a personalized query needs).
+ *
  * Key layout (numbers big-endian in keys, little-endian in values; varint = LEB128):
  *   'D' u32 doc      -> u64 sticker id | f32 utility | u32 dl[5]                 (32 bytes)
- *   'E' u32 doc      -> f32 embedding[dim]
  *   'I'              -> build information, a JSON object (for people and tools)
  *   'M'              -> "PSIX" | u32 format (1) | u32 ndocs | u32 dim | u32 nlists |
  *                       u64 npostings | per field: u32 N_f, u64 tokens_f
@@ -29,6 +31,7 @@
 #include "ps/profile.h"
 
 #define PS_STORE_FORMAT 1
+#define PS_STORE_EMB_FILE "embeddings.f32"
 
 typedef struct ps_store_input {
     const ps_index_t *ix;
