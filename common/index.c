@@ -290,22 +290,18 @@ int ps__index_build_blocks(ps_index_t *ix, ps_err *err)
         ix->lists[l].blk = nblocks;
         nblocks += (ix->lists[l].n + PS_BLOCK - 1) / PS_BLOCK;
     }
-    ix->blk_max = malloc((nblocks ? nblocks : 1) * sizeof *ix->blk_max);
     ix->blk_last = malloc((nblocks ? nblocks : 1) * sizeof *ix->blk_last);
-    if (!ix->blk_max || !ix->blk_last)
+    if (!ix->blk_last)
         return ps_err_set(err, PS_ENOMEM, "out of memory allocating %u blocks", nblocks);
     ix->nblocks = nblocks;
     for (uint32_t l = 0; l < ix->nlists; l++) {
         ps__plist *pl = &ix->lists[l];
         float lmax = 0.0f;
+        for (uint32_t i = 0; i < pl->n; i++)
+            if (ix->ptfn[pl->off + i] > lmax) lmax = ix->ptfn[pl->off + i];
         for (uint32_t i = 0; i < pl->n; i += PS_BLOCK) {
             uint32_t end = i + PS_BLOCK < pl->n ? i + PS_BLOCK : pl->n;
-            float m = 0.0f;
-            for (uint32_t j = i; j < end; j++)
-                if (ix->ptfn[pl->off + j] > m) m = ix->ptfn[pl->off + j];
-            ix->blk_max[pl->blk + i / PS_BLOCK] = m;
             ix->blk_last[pl->blk + i / PS_BLOCK] = ix->pdocs[pl->off + end - 1];
-            if (m > lmax) lmax = m;
         }
         pl->max_tfn = lmax;
     }
@@ -418,7 +414,6 @@ void ps_index_free(ps_index_t *ix)
     free(ix->lists);
     free(ix->pdocs);
     free(ix->ptfn);
-    free(ix->blk_max);
     free(ix->blk_last);
     free(ix->idmap);
     free(ix->emb);
@@ -474,7 +469,7 @@ size_t ps_index_memory(const ps_index_t *ix)
          ((size_t)ix->dict.mask + 1) * sizeof(uint32_t);
     n += (size_t)ix->nlists * sizeof(ps__plist);
     n += ix->npostings * (sizeof *ix->pdocs + sizeof *ix->ptfn);
-    n += (size_t)ix->nblocks * (sizeof *ix->blk_max + sizeof *ix->blk_last);
+    n += (size_t)ix->nblocks * sizeof *ix->blk_last;
     n += ((size_t)ix->idmask + 1) * sizeof *ix->idmap;
     if (ix->emb) n += (size_t)ix->ndocs * ix->dim * sizeof *ix->emb;
     return n;

@@ -19,8 +19,7 @@
  *   ptfn[i]   float   tf·(k1+1) / (tf + k1·(1 − b + b·dl/avgdl_f)), the doc-dependent BM25
  *                     factor; a query multiplies it by w_f·idf_f(t)
  * List L occupies [L.off, L.off + L.n). Lists are cut into blocks of PS_BLOCK postings;
- * blk_max[L.blk + j] is the largest ptfn of block j and blk_last[L.blk + j] its last doc, for
- * skipping and block-level upper bounds.
+ * blk_last[L.blk + j] is the last doc of block j, so a probe gallops over blocks first.
  */
 #define PS_BLOCK 64
 #define PS_NOLIST UINT32_MAX
@@ -69,7 +68,6 @@ struct ps_index {
     uint32_t *pdocs;
     float *ptfn;
     uint64_t npostings;
-    float *blk_max;
     uint32_t *blk_last;
     uint32_t nblocks;
 
