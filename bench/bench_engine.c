@@ -83,8 +83,11 @@ static double build_in_child(const char *data, const char *index)
             fprintf(stderr, "bench_engine: build: %s\n", err.msg);
             _exit(1);
         }
-        ps_store_input in = {.ix = b.ix, .emb = c.emb.data, .emb_row = b.row_of_doc,
-                             .nprofiles = b.nusers, .users = (const char *const *)b.users,
+        ps_store_input in = {.ix = b.ix,
+                             .emb = c.emb.data,
+                             .emb_row = b.row_of_doc,
+                             .nprofiles = b.nusers,
+                             .users = (const char *const *)b.users,
                              .profiles = b.profiles};
         if (ps_store_write(index, &in, &err)) {
             fprintf(stderr, "bench_engine: write: %s\n", err.msg);
@@ -104,20 +107,35 @@ int main(int argc, char **argv)
     uint64_t seed = 1;
     double personalized = 1.0;
     int json = 0;
-    static const struct option opts[] = {
-        {"data", required_argument, 0, 'd'},    {"index", required_argument, 0, 'i'},
-        {"queries", required_argument, 0, 'q'}, {"seed", required_argument, 0, 's'},
-        {"personalized", required_argument, 0, 'p'}, {"json", no_argument, 0, 'j'},
-        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    static const struct option opts[] = {{"data", required_argument, 0, 'd'},
+                                         {"index", required_argument, 0, 'i'},
+                                         {"queries", required_argument, 0, 'q'},
+                                         {"seed", required_argument, 0, 's'},
+                                         {"personalized", required_argument, 0, 'p'},
+                                         {"json", no_argument, 0, 'j'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
-        case 'd': data = optarg; break;
-        case 'i': index = optarg; break;
-        case 'q': nq = strtoul(optarg, NULL, 10); break;
-        case 's': seed = strtoull(optarg, NULL, 10); break;
-        case 'p': personalized = strtod(optarg, NULL); break;
-        case 'j': json = 1; break;
+        case 'd':
+            data = optarg;
+            break;
+        case 'i':
+            index = optarg;
+            break;
+        case 'q':
+            nq = strtoul(optarg, NULL, 10);
+            break;
+        case 's':
+            seed = strtoull(optarg, NULL, 10);
+            break;
+        case 'p':
+            personalized = strtod(optarg, NULL);
+            break;
+        case 'j':
+            json = 1;
+            break;
         default:
             fprintf(stderr, "usage: bench_engine --data DIR [--index DIR] [--queries N] "
                             "[--seed S] [--personalized SHARE] [--json]\n");
@@ -215,12 +233,12 @@ int main(int argc, char **argv)
                "\"bounded_per_query\":%.0f,\"scored_per_query\":%.0f,"
                "\"errors\":%zu,\"hits_per_query\":%.2f,\"build_s\":%.2f,\"load_s\":%.2f,"
                "\"index_bytes\":%lld,\"rss_bytes\":%ld,\"peak_rss_bytes\":%ld}\n",
-               ps_index_ndocs(ix), ps_index_dim(ix), (unsigned long long)ps_index_npostings(ix),
-               nq, personalized, pct(lat, nq, 0.5), pct(lat, nq, 0.9), pct(lat, nq, 0.99),
+               ps_index_ndocs(ix), ps_index_dim(ix), (unsigned long long)ps_index_npostings(ix), nq,
+               personalized, pct(lat, nq, 0.5), pct(lat, nq, 0.9), pct(lat, nq, 0.99),
                total * 1e3 / nq, nq / total, pct(lat_ex, nq, 0.5), pct(lat_ex, nq, 0.99),
                nq / total_ex, (double)npost / nq, (double)visited / nq, (double)visited_ex / nq,
-               (double)cands / nq, (double)bounded / nq, (double)scored / nq, errors, (double)nhits_total / nq, build_s, load_s, size,
-               rss * 1024, hwm * 1024);
+               (double)cands / nq, (double)bounded / nq, (double)scored / nq, errors,
+               (double)nhits_total / nq, build_s, load_s, size, rss * 1024, hwm * 1024);
     } else {
         printf("%u stickers, %zu queries (%.0f%% personalized), R=100 k=10, one thread\n",
                ps_index_ndocs(ix), nq, personalized * 100);
@@ -228,8 +246,7 @@ int main(int argc, char **argv)
                pct(lat, nq, 0.5), pct(lat, nq, 0.9), pct(lat, nq, 0.99), nq / total,
                (double)visited / nq);
         printf("exhaustive: p50 %.3f ms  p99 %.3f ms  %.0f QPS  %.0f postings/query\n",
-               pct(lat_ex, nq, 0.5), pct(lat_ex, nq, 0.99), nq / total_ex,
-               (double)visited_ex / nq);
+               pct(lat_ex, nq, 0.5), pct(lat_ex, nq, 0.99), nq / total_ex, (double)visited_ex / nq);
         printf("build %.1f s, load %.1f s, index %.1f MB, RSS %.1f MB (peak %.1f MB)\n", build_s,
                load_s, size / 1e6, rss / 1024.0, hwm / 1024.0);
     }

@@ -13,6 +13,7 @@
 #include "builder.h"
 #include "pipeline.h"
 #include "ps/eval.h"
+#include "ps/rand.h"
 #include "ps/search.h"
 
 enum { M_GLOBAL_POP, M_USER_POP, M_BM25, M_BM25_OCR, M_NOPERS, M_PERSRV, NMETHODS };
@@ -35,14 +36,6 @@ static void usage(FILE *f)
             "  --kmax N            style centroids per user (default 5)\n"
             "  --json              print JSON instead of a table\n"
             "  --help              this text\n");
-}
-
-static uint64_t splitmix64(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
 }
 
 typedef struct tclick {
@@ -188,7 +181,7 @@ int builder_cmd_eval(int argc, char **argv)
     uint64_t st = seed;
     for (size_t i = 0; i < log.n; i++) perm[i] = (uint32_t)i;
     for (size_t i = log.n; i > 1; i--) {
-        size_t j = splitmix64(&st) % i;
+        size_t j = ps_splitmix64(&st) % i;
         uint32_t t = perm[i - 1];
         perm[i - 1] = perm[j];
         perm[j] = t;

@@ -14,8 +14,9 @@
  *      (user, query) pairs with heavy-tailed click counts, and per click a sticker whose ocr
  *      (mostly) or keywords contain the query, chosen ∝ quality × a boost for the user's
  *      favourite series (see the click-model constants below).
- * Each part draws from its own PRNG stream (gen_rand.h), so the text does not depend on the
- * embedding dimension. Outputs are written to "<name>.tmp" and renamed when complete.
+ * Each part draws from its own PRNG stream (ps/rand.h, the STREAM_* below), so the text does
+ * not depend on the embedding dimension. Outputs are written to "<name>.tmp" and renamed when
+ * complete.
  *
  * Output formats (DESIGN §3):
  *   corpus.jsonl    {"id":<19 digits>,"ocr":"…","keywords":"…","desc":"…","emotion":"…"}\n
@@ -27,7 +28,10 @@
  *   clicks.tsv      user \t query \t sticker_id\n, users "u01", "u02", …, lines shuffled.
  */
 #include "gen.h"
-#include "gen_rand.h"
+#include "ps/corpus.h"
+#include "pipeline.h"
+#include "ps/hash.h"
+#include "ps/rand.h"
 
 #include <errno.h>
 #include <math.h>
@@ -35,7 +39,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------------------------------------
@@ -180,10 +183,14 @@ static int u64set_init(u64set *s, size_t n, ps_err *err)
     return s->slot ? 0 : PS_ENOMEM;
 }
 
+static size_t u64set_home(const u64set *s, uint64_t key)
+{
+    return (size_t)ps_hash_u64(key) & s->mask;
+}
+
 static size_t u64set_find(const u64set *s, uint64_t key)
 {
-    uint64_t h = key * 0x9E3779B97F4A7C15ull;
-    size_t i = (size_t)(h ^ (h >> 29)) & s->mask;
+    size_t i = u64set_home(s, key);
     while (s->slot[i] && s->slot[i] != key) i = (i + 1) & s->mask;
     return i;
 }
@@ -212,8 +219,7 @@ static void u64set_del(u64set *s, uint64_t key)
         for (;;) {
             j = (j + 1) & s->mask;
             if (!s->slot[j]) return;
-            uint64_t h = s->slot[j] * 0x9E3779B97F4A7C15ull;
-            size_t home = (size_t)(h ^ (h >> 29)) & s->mask;
+            size_t home = u64set_home(s, s->slot[j]);
             /* Move slot[j] into the hole at i unless its home lies cyclically in (i, j]. */
             if (i <= j ? (home <= i || home > j) : (home <= i && home > j)) break;
         }
@@ -229,9 +235,9 @@ static void u64set_free(u64set *s)
 }
 
 /* Cumulative weights; draw returns the first index whose cumulative weight exceeds u·total. */
-static size_t cdf_draw(const double *cdf, size_t n, gen__rng *r)
+static size_t cdf_draw(const double *cdf, size_t n, ps_rng *r)
 {
-    double u = gen__unif(r) * cdf[n - 1];
+    double u = ps_rng_unif(r) * cdf[n - 1];
     size_t lo = 0, hi = n - 1;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
@@ -298,49 +304,19 @@ static size_t utf8_chars(const char *s)
     return n;
 }
 
-/* ------------------------------------------------------------------------------------------
- * Progress on a terminal: one line, rewritten in place.
- */
-typedef struct progress {
-    int on;
-    const char *what;
-    size_t total;
-    double t0, last;
-} progress;
-
-static double now_sec(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void progress_start(progress *p, int enabled, const char *what, size_t total)
-{
-    p->on = enabled && isatty(STDERR_FILENO);
-    p->what = what;
-    p->total = total;
-    p->t0 = p->last = now_sec();
-}
-
-static void progress_tick(progress *p, size_t done)
-{
-    if (!p->on) return;
-    double t = now_sec();
-    if (t - p->last < 0.25) return;
-    p->last = t;
-    double rate = done / (t - p->t0 > 1e-9 ? t - p->t0 : 1e-9);
-    double eta = rate > 0 ? (p->total - done) / rate : 0;
-    fprintf(stderr, "\rgenerate: %s %zu/%zu  %.0f/s  ETA %.0fs\033[K", p->what, done, p->total,
-            rate, eta);
-}
-
-static void progress_end(progress *p)
-{
-    if (!p->on) return;
-    fprintf(stderr, "\rgenerate: %s %zu/%zu  done in %.1fs\033[K\n", p->what, p->total, p->total,
-            now_sec() - p->t0);
-}
+/* PRNG streams, ps_rng_seed(r, seed, STREAM_x): one per independent part of the output, so
+ * that e.g. the embedding dimension changes the embeddings and nothing else. The numbers are
+ * part of the output: renumbering one changes every file generated from a given seed. */
+enum {
+    STREAM_IDS = 1,
+    STREAM_SERIES,
+    STREAM_CENTRES,
+    STREAM_TEXT,
+    STREAM_EMBED,
+    STREAM_USERS,
+    STREAM_CLICKS,
+    STREAM_QUERIES,
+};
 
 /* ------------------------------------------------------------------------------------------
  * The generator's state.
@@ -446,7 +422,7 @@ static int gen_vocab(gen *g)
 static int gen_series(gen *g)
 {
     const builder_gen_cfg *cfg = g->cfg;
-    gen__rng r, rcen;
+    ps_rng r, rcen;
     double *cdf = NULL;
     int rc = 0;
 
@@ -461,16 +437,16 @@ static int gen_series(gen *g)
         goto out;
     }
 
-    gen__rng_seed(&r, cfg->seed, GEN__STREAM_SERIES);
+    ps_rng_seed(&r, cfg->seed, STREAM_SERIES);
     double acc = 0;
     for (size_t s = 0; s < g->nseries; s++) {
         series *se = &g->ser[s];
-        double w = pow(gen__unif_pos(&r), -1.0 / GEN_SERIES_ALPHA);
+        double w = pow(ps_rng_unif_pos(&r), -1.0 / GEN_SERIES_ALPHA);
         cdf[s] = acc += w < GEN_SERIES_MAXRATIO ? w : GEN_SERIES_MAXRATIO;
-        se->tau = (float)(GEN_TAU_MIN + (GEN_TAU_MAX - GEN_TAU_MIN) * gen__unif(&r));
-        se->subject = (uint8_t)gen__below(&r, NELEM(desc_subjects));
-        se->look = (uint8_t)gen__below(&r, NELEM(desc_looks));
-        se->ntheme = (uint8_t)(1 + gen__below(&r, 3));
+        se->tau = (float)(GEN_TAU_MIN + (GEN_TAU_MAX - GEN_TAU_MIN) * ps_rng_unif(&r));
+        se->subject = (uint8_t)ps_rng_below(&r, NELEM(desc_subjects));
+        se->look = (uint8_t)ps_rng_below(&r, NELEM(desc_looks));
+        se->ntheme = (uint8_t)(1 + ps_rng_below(&r, 3));
         for (int t = 0; t < se->ntheme; t++) {
             uint32_t p;
             int dup;
@@ -486,19 +462,19 @@ static int gen_series(gen *g)
     for (size_t i = 0; i < g->n; i++)
         g->sser[i] = (uint32_t)(i < g->nseries ? i : cdf_draw(cdf, g->nseries, &r));
     for (size_t i = g->n; i > 1; i--) {
-        size_t j = (size_t)gen__below(&r, i);
+        size_t j = (size_t)ps_rng_below(&r, i);
         uint32_t t = g->sser[i - 1];
         g->sser[i - 1] = g->sser[j];
         g->sser[j] = t;
     }
 
     /* Centres: isotropic Gaussian directions, from their own stream (they depend on dim). */
-    gen__rng_seed(&rcen, cfg->seed, GEN__STREAM_CENTRES);
+    ps_rng_seed(&rcen, cfg->seed, STREAM_CENTRES);
     for (size_t s = 0; s < g->nseries; s++) {
         float *c = g->centre + s * cfg->dim;
         double nn = 0;
         for (size_t d = 0; d < cfg->dim; d++) {
-            double x = gen__normal(&rcen);
+            double x = ps_rng_normal(&rcen);
             c[d] = (float)x;
             nn += x * x;
         }
@@ -513,7 +489,7 @@ out:
 static int gen_ids(gen *g)
 {
     u64set seen = {0};
-    gen__rng r;
+    ps_rng r;
     /* 19 digits and <= INT64_MAX, so JSON libraries with signed 64-bit integers read them. */
     const uint64_t base = 1000000000000000000ull, span = (uint64_t)INT64_MAX - base + 1;
 
@@ -522,9 +498,9 @@ static int gen_ids(gen *g)
         free(seen.slot);
         return PS_ENOMEM;
     }
-    gen__rng_seed(&r, g->cfg->seed, GEN__STREAM_IDS);
+    ps_rng_seed(&r, g->cfg->seed, STREAM_IDS);
     for (size_t i = 0; i < g->n; i++) {
-        do g->id[i] = base + gen__below(&r, span);
+        do g->id[i] = base + ps_rng_below(&r, span);
         while (!u64set_add(&seen, g->id[i]));
     }
     u64set_free(&seen);
@@ -537,13 +513,13 @@ static int gen_ids(gen *g)
 
 /* A phrase from the series theme with probability p_theme, else Zipf from the vocabulary,
  * distinct from the n phrases already in `have`. */
-static uint32_t draw_phrase(gen *g, gen__rng *r, const series *se, double p_theme,
+static uint32_t draw_phrase(gen *g, ps_rng *r, const series *se, double p_theme,
                             const uint32_t *have, int n)
 {
     for (int attempt = 0;; attempt++) {
         uint32_t p;
-        if (attempt < 4 && gen__unif(r) < p_theme)
-            p = se->theme[gen__below(r, se->ntheme)];
+        if (attempt < 4 && ps_rng_unif(r) < p_theme)
+            p = se->theme[ps_rng_below(r, se->ntheme)];
         else
             p = (uint32_t)cdf_draw(g->zipf_cdf, g->nvocab, r);
         int dup = 0;
@@ -574,10 +550,10 @@ static int desc_try(buf *d, size_t *chars, const char *s)
 
 /* A VLM-style description: a subject from the series, then actions, quoted phrases and
  * filler until a drawn length of 15–40 characters is reached. */
-static int make_desc(gen *g, gen__rng *r, const series *se, const uint32_t *ocr, int nocr, buf *d)
+static int make_desc(gen *g, ps_rng *r, const series *se, const uint32_t *ocr, int nocr, buf *d)
 {
     size_t chars = 0,
-           target = GEN_DESC_MIN + (size_t)gen__below(r, GEN_DESC_MAX - GEN_DESC_MIN + 1);
+           target = GEN_DESC_MIN + (size_t)ps_rng_below(r, GEN_DESC_MAX - GEN_DESC_MIN + 1);
     int quoted = 0, misses = 0, rc;
 
     d->n = 0;
@@ -586,21 +562,22 @@ static int make_desc(gen *g, gen__rng *r, const series *se, const uint32_t *ocr,
         desc_try(d, &chars, desc_subjects[se->subject].noun) < 0)
         return PS_ENOMEM;
     while (chars < target) {
-        double k = gen__unif(r);
+        double k = ps_rng_unif(r);
         char piece[256];
         if (k < 0.35 && quoted < nocr) {
             /* The text on the sticker, as a VLM would quote it. */
-            snprintf(piece, sizeof piece, "，%s“%s”", desc_says[gen__below(r, NELEM(desc_says))],
+            snprintf(piece, sizeof piece, "，%s“%s”", desc_says[ps_rng_below(r, NELEM(desc_says))],
                      g->phrase[ocr[quoted++]]);
         } else if (k < 0.60) {
-            snprintf(piece, sizeof piece, "，%s", desc_actions[gen__below(r, NELEM(desc_actions))]);
+            snprintf(piece, sizeof piece, "，%s",
+                     desc_actions[ps_rng_below(r, NELEM(desc_actions))]);
         } else if (k < 0.85) {
             uint32_t p = (uint32_t)cdf_draw(g->zipf_cdf, g->nvocab, r);
-            size_t m = (size_t)gen__below(r, NELEM(desc_moods));
+            size_t m = (size_t)ps_rng_below(r, NELEM(desc_moods));
             snprintf(piece, sizeof piece, "，%s%s%s", desc_moods[m].pre, g->phrase[p],
                      desc_moods[m].post);
         } else {
-            snprintf(piece, sizeof piece, "，%s", desc_fill[gen__below(r, NELEM(desc_fill))]);
+            snprintf(piece, sizeof piece, "，%s", desc_fill[ps_rng_below(r, NELEM(desc_fill))]);
         }
         /* No piece twice ("，在笑，在笑"): a repeat counts as a miss. */
         if (buf_reserve(d, 1)) return PS_ENOMEM;
@@ -609,7 +586,8 @@ static int make_desc(gen *g, gen__rng *r, const series *se, const uint32_t *ocr,
         if (rc < 0) return PS_ENOMEM;
         /* Nothing more fits: end with one character (the target is <= GEN_DESC_MAX). */
         if (rc == 0 && ++misses >= 4) {
-            if (desc_try(d, &chars, desc_end[gen__below(r, NELEM(desc_end))]) < 0) return PS_ENOMEM;
+            if (desc_try(d, &chars, desc_end[ps_rng_below(r, NELEM(desc_end))]) < 0)
+                return PS_ENOMEM;
             if (chars >= GEN_DESC_MIN) break;
         }
     }
@@ -618,9 +596,9 @@ static int make_desc(gen *g, gen__rng *r, const series *se, const uint32_t *ocr,
 
 static int gen_corpus(gen *g, FILE *f, const char *path)
 {
-    gen__rng r;
+    ps_rng r;
     buf line = {0}, desc = {0};
-    progress pr;
+    builder_progress pr;
     int rc = 0;
 
     g->quality = xmalloc(g->n * sizeof *g->quality, g->err, "the sticker qualities");
@@ -628,22 +606,22 @@ static int gen_corpus(gen *g, FILE *f, const char *path)
     g->kw = xmalloc(g->n * 4 * sizeof *g->kw, g->err, "the keywords");
     if (!g->quality || !g->ocr || !g->kw) return PS_ENOMEM;
 
-    gen__rng_seed(&r, g->cfg->seed, GEN__STREAM_TEXT);
-    progress_start(&pr, g->cfg->progress, "stickers", g->n);
+    ps_rng_seed(&r, g->cfg->seed, STREAM_TEXT);
+    builder_progress_start(&pr, "generating stickers", g->n, g->cfg->progress);
     for (size_t i = 0; i < g->n; i++) {
         const series *se = &g->ser[g->sser[i]];
         uint32_t *ocr = g->ocr + 2 * i, *kw = g->kw + 4 * i, emo[2];
         int nocr = 0, nkw, nemo;
         char head[64];
 
-        g->quality[i] = (float)exp(GEN_QUALITY_SIGMA * gen__normal(&r));
-        if (gen__unif(&r) < GEN_OCR_SHARE) nocr = gen__unif(&r) < GEN_OCR_TWO ? 2 : 1;
+        g->quality[i] = (float)exp(GEN_QUALITY_SIGMA * ps_rng_normal(&r));
+        if (ps_rng_unif(&r) < GEN_OCR_SHARE) nocr = ps_rng_unif(&r) < GEN_OCR_TWO ? 2 : 1;
         for (int k = 0; k < nocr; k++) ocr[k] = draw_phrase(g, &r, se, GEN_OCR_THEME, ocr, k);
         for (int k = nocr; k < 2; k++) ocr[k] = GEN_NONE;
-        nkw = 2 + (int)gen__below(&r, 3);
+        nkw = 2 + (int)ps_rng_below(&r, 3);
         for (int k = 0; k < nkw; k++) kw[k] = draw_phrase(g, &r, se, GEN_KW_THEME, kw, k);
         for (int k = nkw; k < 4; k++) kw[k] = GEN_NONE;
-        nemo = 1 + (int)gen__below(&r, 2);
+        nemo = 1 + (int)ps_rng_below(&r, 2);
         for (int k = 0; k < nemo; k++) {
             int dup;
             do {
@@ -674,9 +652,9 @@ static int gen_corpus(gen *g, FILE *f, const char *path)
             rc = ps_err_set(g->err, PS_EIO, "generate: writing %s: %s", path, strerror(errno));
             goto out;
         }
-        if ((i & 4095) == 0) progress_tick(&pr, i);
+        if ((i & 4095) == 0) builder_progress_tick(&pr, i);
     }
-    progress_end(&pr);
+    builder_progress_end(&pr, g->n);
     goto out;
 oom:
     rc = ps_err_set(g->err, PS_ENOMEM, "generate: out of memory formatting sticker lines");
@@ -691,19 +669,9 @@ out:
  */
 static int write_npy_header(FILE *f, size_t rows, size_t cols)
 {
-    char dict[128], hdr[256];
-    int n = snprintf(dict, sizeof dict,
-                     "{'descr': '<f4', 'fortran_order': False, 'shape': (%zu, %zu), }", rows, cols);
-    size_t total = 10 + (size_t)n + 1; /* magic+version+len, dict, '\n' */
-    size_t pad = (64 - total % 64) % 64, hlen = (size_t)n + pad + 1;
-
-    memcpy(hdr, "\x93NUMPY\x01\x00", 8);
-    hdr[8] = (char)(hlen & 0xff);
-    hdr[9] = (char)(hlen >> 8);
-    memcpy(hdr + 10, dict, (size_t)n);
-    memset(hdr + 10 + n, ' ', pad);
-    hdr[10 + hlen - 1] = '\n';
-    return fwrite(hdr, 1, 10 + hlen, f) == 10 + hlen ? 0 : -1;
+    char hdr[PS_NPY_HEADER_MAX];
+    size_t n = ps_npy_header(hdr, rows, cols);
+    return fwrite(hdr, 1, n, f) == n ? 0 : -1;
 }
 
 static int gen_embeddings(gen *g, FILE *f, const char *path)
@@ -711,8 +679,8 @@ static int gen_embeddings(gen *g, FILE *f, const char *path)
     const size_t dim = g->cfg->dim;
     float *row = xmalloc(dim * sizeof *row, g->err, "an embedding row");
     double *v = xmalloc(dim * sizeof *v, g->err, "an embedding row");
-    gen__rng r;
-    progress pr;
+    ps_rng r;
+    builder_progress pr;
     int rc = 0;
 
     if (!row || !v) {
@@ -720,13 +688,13 @@ static int gen_embeddings(gen *g, FILE *f, const char *path)
         goto out;
     }
     if (write_npy_header(f, g->n, dim)) goto io;
-    gen__rng_seed(&r, g->cfg->seed, GEN__STREAM_EMBED);
-    progress_start(&pr, g->cfg->progress, "embeddings", g->n);
+    ps_rng_seed(&r, g->cfg->seed, STREAM_EMBED);
+    builder_progress_start(&pr, "generating embeddings", g->n, g->cfg->progress);
     for (size_t i = 0; i < g->n; i++) {
         const float *c = g->centre + (size_t)g->sser[i] * dim;
         double sigma = sqrt(g->ser[g->sser[i]].tau / (double)dim), nn = 0;
         for (size_t d = 0; d < dim; d++) {
-            v[d] = c[d] + sigma * gen__normal(&r);
+            v[d] = c[d] + sigma * ps_rng_normal(&r);
             nn += v[d] * v[d];
         }
         double inv = 1.0 / sqrt(nn);
@@ -740,9 +708,9 @@ static int gen_embeddings(gen *g, FILE *f, const char *path)
         }
 #endif
         if (fwrite(row, sizeof *row, dim, f) != dim) goto io;
-        if ((i & 1023) == 0) progress_tick(&pr, i);
+        if ((i & 1023) == 0) builder_progress_tick(&pr, i);
     }
-    progress_end(&pr);
+    builder_progress_end(&pr, g->n);
     goto out;
 io:
     rc = ps_err_set(g->err, PS_EIO, "generate: writing %s: %s", path, strerror(errno));
@@ -796,7 +764,7 @@ static int gen_users(gen *g)
     size_t U = g->cfg->nusers, S = g->nseries;
     double *cdf = xmalloc(S * sizeof *cdf, g->err, "the series sizes");
     uint32_t *size = xcalloc(S, sizeof *size, g->err, "the series sizes");
-    gen__rng r;
+    ps_rng r;
     int rc = 0;
 
     g->fav = xmalloc(U * GEN_FAV_MAX * sizeof *g->fav, g->err, "the favourite series");
@@ -810,12 +778,12 @@ static int gen_users(gen *g)
     double acc = 0;
     for (size_t s = 0; s < S; s++) cdf[s] = acc += size[s];
 
-    gen__rng_seed(&r, g->cfg->seed, GEN__STREAM_USERS);
+    ps_rng_seed(&r, g->cfg->seed, STREAM_USERS);
     for (size_t u = 0; u < U; u++) {
         uint32_t *fav = g->fav + u * GEN_FAV_MAX;
-        size_t nfav = GEN_FAV_MIN + (size_t)gen__below(&r, GEN_FAV_MAX - GEN_FAV_MIN + 1);
+        size_t nfav = GEN_FAV_MIN + (size_t)ps_rng_below(&r, GEN_FAV_MAX - GEN_FAV_MIN + 1);
         if (nfav > S) nfav = S;
-        g->activity[u] = exp(GEN_USER_SIGMA * gen__normal(&r));
+        g->activity[u] = exp(GEN_USER_SIGMA * ps_rng_normal(&r));
         for (size_t k = 0; k < GEN_FAV_MAX; k++) fav[k] = GEN_NONE;
         for (size_t k = 0; k < nfav; k++) {
             uint32_t s;
@@ -907,7 +875,7 @@ static int keyed_desc(const void *a, const void *b)
  * log(u)/w) over the phrases some sticker answers; w = Zipf weight of the rank, × the bias
  * when a user's favourite series answers the phrase (people ask for what their favourite
  * characters say). Then favq. */
-static int pick_queries(gen *g, clicklog *L, gen__rng *r)
+static int pick_queries(gen *g, clicklog *L, ps_rng *r)
 {
     size_t V = g->nvocab, navail = 0, U = L->U;
     keyed *order = xmalloc(V * sizeof *order, g->err, "the query draw");
@@ -927,7 +895,7 @@ static int pick_queries(gen *g, clicklog *L, gen__rng *r)
             fanned[p] = g->sfan_off[s + 1] > g->sfan_off[s];
         }
     for (size_t p = 0; p < V; p++) {
-        double u = gen__unif_pos(r);
+        double u = ps_rng_unif_pos(r);
         if (g->cand_off[p + 1] == g->cand_off[p]) continue;
         double w = pow((double)(p + 1), -GEN_ZIPF_S) * (fanned[p] ? 1.0 + GEN_QUERY_FAV_BIAS : 1.0);
         order[navail].key = log(u) / w;
@@ -972,7 +940,7 @@ static void add_pair(clicklog *L, uint32_t j, uint32_t u)
 
 /* The user for a new pair on query j, ∝ user_weight among users not yet paired with j;
  * GEN_NONE when every user already is. */
-static uint32_t draw_user(const gen *g, clicklog *L, gen__rng *r, uint32_t j)
+static uint32_t draw_user(const gen *g, clicklog *L, ps_rng *r, uint32_t j)
 {
     double acc = 0;
     for (size_t u = 0; u < L->U; u++) {
@@ -984,7 +952,7 @@ static uint32_t draw_user(const gen *g, clicklog *L, gen__rng *r, uint32_t j)
 
 /* Exactly P distinct pairs: each query gets a user, users still without a pair get one,
  * then pairs are added on Zipf-drawn queries. */
-static int pick_pairs(gen *g, clicklog *L, gen__rng *r)
+static int pick_pairs(gen *g, clicklog *L, ps_rng *r)
 {
     size_t U = L->U, Q = L->Q, P = L->P, nzero = 0;
     uint32_t *zero = xmalloc(U * sizeof *zero, g->err, "the pairs");
@@ -1002,7 +970,7 @@ static int pick_pairs(gen *g, clicklog *L, gen__rng *r)
         if (!L->ucount[u]) zero[nzero++] = (uint32_t)u;
     /* Fewer spare pairs than idle users (P >= U was checked): move pairs over from users
      * who have several. */
-    for (size_t scan = (size_t)gen__below(r, L->np); nzero > P - L->np; scan++) {
+    for (size_t scan = (size_t)ps_rng_below(r, L->np); nzero > P - L->np; scan++) {
         pairv *pv = &L->pairs[scan % L->np];
         if (L->ucount[pv->u] < 2) continue;
         uint32_t u = zero[--nzero];
@@ -1015,7 +983,7 @@ static int pick_pairs(gen *g, clicklog *L, gen__rng *r)
     for (size_t z = 0; z < nzero; z++) {
         uint32_t u = zero[z], j; /* no pair yet, so any query is new for u */
         do j = (uint32_t)cdf_draw(L->qcdf, Q, r);
-        while (gen__unif(r) * (1.0 + GEN_PAIR_FAV_AFFINITY) * g->activity[u] >
+        while (ps_rng_unif(r) * (1.0 + GEN_PAIR_FAV_AFFINITY) * g->activity[u] >
                user_weight(g, L, j, u));
         add_pair(L, j, u);
     }
@@ -1077,7 +1045,7 @@ static uint32_t choice_table(const gen *g, uint32_t user, uint32_t off, uint32_t
  * Each click: with probability GEN_CLICK_OCR_SHARE a sticker that shows the query (if any
  * does), else any sticker whose ocr or keywords contain it; within that pool ∝ quality ×
  * favourite boost (choice_table). */
-static int pick_clicks(gen *g, clicklog *L, gen__rng *r)
+static int pick_clicks(gen *g, clicklog *L, ps_rng *r)
 {
     size_t maxcand = 1;
     double *pcdf = xmalloc(L->P * sizeof *pcdf, g->err, "the clicks"), acc = 0;
@@ -1103,7 +1071,7 @@ static int pick_clicks(gen *g, clicklog *L, gen__rng *r)
     for (size_t p = 0; p < L->P; p++) {
         double rank = (double)L->query[L->pairs[p].q] + 1;
         L->pclicks[p] = 1;
-        pcdf[p] = acc += pow(gen__unif_pos(r), -1.0 / GEN_PAIR_ALPHA) * pow(rank, -GEN_PAIR_POP);
+        pcdf[p] = acc += pow(ps_rng_unif_pos(r), -1.0 / GEN_PAIR_ALPHA) * pow(rank, -GEN_PAIR_POP);
     }
     for (size_t c = L->P; c < L->C; c++) L->pclicks[cdf_draw(pcdf, L->P, r)]++;
 
@@ -1113,14 +1081,14 @@ static int pick_clicks(gen *g, clicklog *L, gen__rng *r)
         n[0] = choice_table(g, u, off, len, 0, cdf[0], pick[0]);
         n[1] = choice_table(g, u, off, len, 1, cdf[1], pick[1]);
         for (uint32_t c = 0; c < L->pclicks[p]; c++) {
-            int t = n[1] > 0 && gen__unif(r) < GEN_CLICK_OCR_SHARE;
+            int t = n[1] > 0 && ps_rng_unif(r) < GEN_CLICK_OCR_SHARE;
             uint32_t k = (uint32_t)cdf_draw(cdf[t], n[t], r);
             L->clicks[L->nc++] = (clickv){(uint32_t)p, pick[t][k]};
         }
     }
     /* A log is in time order, not grouped by pair. */
     for (size_t i = L->nc; i > 1; i--) {
-        size_t j = (size_t)gen__below(r, i);
+        size_t j = (size_t)ps_rng_below(r, i);
         clickv t = L->clicks[i - 1];
         L->clicks[i - 1] = L->clicks[j];
         L->clicks[j] = t;
@@ -1138,11 +1106,11 @@ static int gen_clicks(gen *g, FILE *f, const char *path)
 {
     const builder_gen_cfg *cfg = g->cfg;
     clicklog L = {.U = cfg->nusers, .Q = cfg->nqueries, .P = cfg->npairs, .C = cfg->nclicks};
-    gen__rng r;
+    ps_rng r;
     int rc;
 
     if (L.C == 0) return 0;
-    gen__rng_seed(&r, cfg->seed, GEN__STREAM_CLICKS);
+    ps_rng_seed(&r, cfg->seed, STREAM_CLICKS);
     if ((rc = pick_queries(g, &L, &r)) || (rc = pick_pairs(g, &L, &r)) ||
         (rc = pick_clicks(g, &L, &r)))
         goto out;
@@ -1280,7 +1248,6 @@ int builder_generate(const builder_gen_cfg *cfg, const char *outdir, ps_err *err
         setvbuf(f[k], NULL, _IOFBF, 1 << 20);
     }
 
-    gen__normal_init();
     g.cfg = cfg;
     g.err = err;
     g.n = cfg->nstickers;
@@ -1327,7 +1294,7 @@ int builder_gen_queries(uint64_t seed, size_t n, double chinese_share, char ***q
     double *cdf[2] = {NULL, NULL};
     uint8_t *is_cn = NULL;
     char **out = NULL;
-    gen__rng r;
+    ps_rng r;
     int rc = 0;
 
     ps_err_clear(err);
@@ -1362,16 +1329,16 @@ int builder_gen_queries(uint64_t seed, size_t n, double chinese_share, char ***q
     is_cn = xcalloc(n, 1, err, "the queries");
     out = xcalloc(n, sizeof *out, err, "the queries");
     if (!is_cn || !out) goto oom;
-    gen__rng_seed(&r, seed, GEN__STREAM_QUERIES);
+    ps_rng_seed(&r, seed, STREAM_QUERIES);
     for (size_t i = 0; i < ncn; i++) is_cn[i] = 1;
     for (size_t i = n; i > 1; i--) {
-        size_t j = (size_t)gen__below(&r, i);
+        size_t j = (size_t)ps_rng_below(&r, i);
         uint8_t t = is_cn[i - 1];
         is_cn[i - 1] = is_cn[j];
         is_cn[j] = t;
     }
     for (size_t i = 0; i < n; i++) {
-        int l = is_cn[i], k = gen__unif(&r) < 0.3 ? 2 : 1;
+        int l = is_cn[i], k = ps_rng_unif(&r) < 0.3 ? 2 : 1;
         uint32_t p[2];
         p[0] = rank[l][cdf_draw(cdf[l], nlang[l], &r)];
         if (k == 2) do

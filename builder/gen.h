@@ -11,14 +11,14 @@
 #include "ps/err.h"
 
 typedef struct builder_gen_cfg {
-    uint64_t seed;      /* default 42 */
-    size_t nstickers;   /* default 543098 */
-    size_t dim;         /* embedding dimension, default 512 */
-    size_t nusers;      /* default 8 */
-    size_t nclicks;     /* default 12568 */
-    size_t npairs;      /* distinct (user, query) pairs, default 2308 */
-    size_t nqueries;    /* distinct queries, default 1891 */
-    int progress;       /* show items/s and ETA on stderr when it is a terminal (default 1) */
+    uint64_t seed;    /* default 42 */
+    size_t nstickers; /* default 543098 */
+    size_t dim;       /* embedding dimension, default 512 */
+    size_t nusers;    /* default 8 */
+    size_t nclicks;   /* default 12568 */
+    size_t npairs;    /* distinct (user, query) pairs, default 2308 */
+    size_t nqueries;  /* distinct queries, default 1891 */
+    int progress;     /* show items/s and ETA on stderr when it is a terminal (default 1) */
 } builder_gen_cfg;
 
 /* Fill cfg with the defaults above. */

@@ -29,25 +29,28 @@ void builder_progress_start(builder_progress *p, const char *what, size_t total,
     p->on = enabled && isatty(STDERR_FILENO);
 }
 
+/* Throttled by time alone (one clock read per call), so a small total still shows progress;
+ * callers with very cheap items tick every few thousand items. "\033[K" clears what a longer
+ * previous line left to the right. */
 void builder_progress_tick(builder_progress *p, size_t done)
 {
-    if (!p->on || (done & 1023) != 0) return;
+    if (!p->on) return;
     double now = builder_now();
     if (now - p->last < 0.25) return;
     p->last = now;
     double rate = done / (now - p->t0 > 1e-9 ? now - p->t0 : 1e-9);
     if (p->total)
-        fprintf(stderr, "\r%s: %zu/%zu (%.0f/s, ETA %.0fs)   ", p->what, done, p->total, rate,
-                rate > 0 ? (p->total - done) / rate : 0.0);
+        fprintf(stderr, "\r%s: %zu/%zu (%.0f/s, ETA %.0fs)\033[K", p->what, done, p->total, rate,
+                rate > 0 && done < p->total ? (p->total - done) / rate : 0.0);
     else
-        fprintf(stderr, "\r%s: %zu (%.0f/s)   ", p->what, done, rate);
+        fprintf(stderr, "\r%s: %zu (%.0f/s)\033[K", p->what, done, rate);
 }
 
 void builder_progress_end(builder_progress *p, size_t done)
 {
     if (!p->on) return;
     double el = builder_now() - p->t0;
-    fprintf(stderr, "\r%s: %zu in %.1fs (%.0f/s)          \n", p->what, done, el,
+    fprintf(stderr, "\r%s: %zu in %.1fs (%.0f/s)\033[K\n", p->what, done, el,
             el > 0 ? done / el : 0.0);
 }
 

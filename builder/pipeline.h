@@ -31,8 +31,8 @@ void builder_corpus_free(builder_corpus *c);
 
 typedef struct builder_cfg {
     ps_utility_cfg utility;
-    uint32_t kmax;  /* centroids per user, default 5 */
-    uint64_t seed;  /* k-means seed, default 42 */
+    uint32_t kmax; /* centroids per user, default 5 */
+    uint64_t seed; /* k-means seed, default 42 */
     int progress;
 } builder_cfg;
 
@@ -43,12 +43,12 @@ typedef struct builder_built {
     ps_index_t *ix;
     uint32_t *row_of_doc; /* ndocs: corpus row of each doc */
     size_t nrows;
-    char **queries;       /* per row: integrated queries field ('\n'-joined; owned) */
+    char **queries; /* per row: integrated queries field ('\n'-joined; owned) */
     size_t *queries_len;
     size_t nusers;
-    char **users;         /* user names (owned), in click-log order */
-    ps_profile *profiles; /* nusers */
-    uint32_t *pop;        /* per doc: training clicks (for popularity baselines) */
+    char **users;          /* user names (owned), in click-log order */
+    ps_profile *profiles;  /* nusers */
+    uint32_t *pop;         /* per doc: training clicks (for popularity baselines) */
     size_t unknown_clicks; /* clicks on ids absent from the corpus */
 } builder_built;
 
@@ -59,7 +59,9 @@ int builder_build_index(const builder_corpus *c, const ps_clicklog *train, const
                         int with_embeddings, builder_built *out, ps_err *err);
 void builder_built_free(builder_built *b);
 
-/* Progress line on stderr when it is a terminal: "what: done/total (rate/s, ETA)". */
+/* Progress line on stderr when enabled and stderr is a terminal: "what: done/total (rate/s,
+ * ETA)", rewritten in place at most every 0.25 s (total 0: "what: done (rate/s)"); _end
+ * prints the final count and a newline. what is borrowed until _end. */
 typedef struct builder_progress {
     const char *what;
     size_t total;

@@ -19,17 +19,16 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: persrv search --index DIR [options] QUERY\n\n"
-            "Searches an index directory built by `builder build`.\n\n"
-            "options:\n"
-            "  --index DIR   index directory\n"
-            "  --user U      personalize for user U (unknown users get unpersonalized results)\n"
-            "  --k N         results to print (default 10)\n"
-            "  --R N         recall depth (default 100)\n"
-            "  --explain     print the score breakdown and stored fields\n"
-            "  --json        print one JSON object\n"
-            "  --help        this text\n");
+    fprintf(f, "usage: persrv search --index DIR [options] QUERY\n\n"
+               "Searches an index directory built by `builder build`.\n\n"
+               "options:\n"
+               "  --index DIR   index directory\n"
+               "  --user U      personalize for user U (unknown users get unpersonalized results)\n"
+               "  --k N         results to print (default 10)\n"
+               "  --R N         recall depth (default 100)\n"
+               "  --explain     print the score breakdown and stored fields\n"
+               "  --json        print one JSON object\n"
+               "  --help        this text\n");
 }
 
 static double now(void)
@@ -66,8 +65,12 @@ static int cmd_search(int argc, char **argv)
         char *end = NULL;
         unsigned long v;
         switch (ch) {
-        case 'i': index = optarg; break;
-        case 'u': user = optarg; break;
+        case 'i':
+            index = optarg;
+            break;
+        case 'u':
+            user = optarg;
+            break;
         case 'k':
         case 'R':
             v = strtoul(optarg, &end, 10);
@@ -76,13 +79,23 @@ static int cmd_search(int argc, char **argv)
                         PS_SEARCH_MAX_R);
                 return 2;
             }
-            if (ch == 'k') o.k = (uint32_t)v;
-            else o.R = (uint32_t)v;
+            if (ch == 'k')
+                o.k = (uint32_t)v;
+            else
+                o.R = (uint32_t)v;
             break;
-        case 'x': explain = 1; break;
-        case 'j': json = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'x':
+            explain = 1;
+            break;
+        case 'j':
+            json = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (!index || optind != argc - 1) {
@@ -130,22 +143,22 @@ static int cmd_search(int argc, char **argv)
     for (size_t i = 0; i < nh; i++) {
         const ps_hit *h = &hits[i];
         char *fields[PS_NFIELDS] = {0};
-        if ((explain || json) &&
-            ps_store_fields(st, h->doc, fields, &err) != 0) {
+        if ((explain || json) && ps_store_fields(st, h->doc, fields, &err) != 0) {
             json_decref(out);
             json_decref(arr);
             goto fail;
         }
         if (json) {
-            json_t *hit = json_pack("{s:s, s:f, s:f, s:f, s:f, s:f, s:i}", "id", "", "score",
-                                    h->score, "recall", h->recall, "relevance", h->relevance,
-                                    "utility", h->utility, "preference", h->preference,
-                                    "centroid", (int)h->centroid);
+            json_t *hit =
+                json_pack("{s:s, s:f, s:f, s:f, s:f, s:f, s:i}", "id", "", "score", h->score,
+                          "recall", h->recall, "relevance", h->relevance, "utility", h->utility,
+                          "preference", h->preference, "centroid", (int)h->centroid);
             char idbuf[24];
             snprintf(idbuf, sizeof idbuf, "%llu", (unsigned long long)h->id);
             json_object_set_new(hit, "id", json_string(idbuf));
             for (int f = 0; f < PS_NFIELDS; f++)
-                json_object_set_new(hit, ps_field_names[f], json_string(fields[f] ? fields[f] : ""));
+                json_object_set_new(hit, ps_field_names[f],
+                                    json_string(fields[f] ? fields[f] : ""));
             json_array_append_new(arr, hit);
         } else {
             printf("%3zu. %llu  score %.4f", i + 1, (unsigned long long)h->id, h->score);

@@ -18,6 +18,7 @@
  * the order c1, c1c2, c2, c2c3, c3 without buffering the run.
  */
 #include "ps/analyzer.h"
+#include "ps/hash.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -105,13 +106,6 @@ static inline void tokens_push(ps_tokens *t, size_t start)
     t->n++;
 }
 
-static uint64_t hash_bytes(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a: tokens are short, this is plenty */
-    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 1099511628211ULL;
-    return h ^ (h >> 29);
-}
-
 static int token_eq(const ps_tokens *t, size_t i, size_t j)
 {
     return t->len[i] == t->len[j] &&
@@ -149,7 +143,7 @@ void ps_tokens_distinct(ps_tokens *t)
     }
     memset(slots, 0, nslots * sizeof *slots); /* slot value = kept index + 1; 0 is empty */
     for (size_t i = 0; i < t->n; i++) {
-        size_t h = (size_t)hash_bytes(t->text + t->off[i], t->len[i]) & (nslots - 1);
+        size_t h = (size_t)ps_hash_bytes(t->text + t->off[i], t->len[i]) & (nslots - 1);
         int dup = 0;
         /* Kept tokens are compacted towards the front, so slots refer to kept positions. */
         while (slots[h]) {

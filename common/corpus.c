@@ -13,6 +13,7 @@
  * npy.c holds the binary embedding matrix format.
  */
 #include "ps/corpus.h"
+#include "ps/hash.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -845,13 +846,6 @@ struct ps__clicklog_tab {
     size_t ccap; /* capacity of the click arrays */
 };
 
-static uint64_t str_hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h ^ (h >> 29);
-}
-
 /* Rebuild t's slots for n strings with room to double before the next rebuild. */
 static int strtab_rehash(strtab *t, char **strs, size_t n)
 {
@@ -860,7 +854,7 @@ static int strtab_rehash(strtab *t, char **strs, size_t n)
     uint32_t *slot = calloc(size, sizeof *slot);
     if (!slot) return -1;
     for (size_t j = 0; j < n; j++) {
-        size_t i = str_hash(strs[j]) & (size - 1);
+        size_t i = ps_hash_bytes(strs[j], strlen(strs[j])) & (size - 1);
         while (slot[i]) {
             if (strcmp(strs[slot[i] - 1], strs[j]) == 0) break; /* hand-made duplicate */
             i = (i + 1) & (size - 1);
@@ -877,7 +871,7 @@ static int strtab_rehash(strtab *t, char **strs, size_t n)
 static int intern(strtab *t, char ***strs, size_t *n, const char *s, const char *what,
                   uint32_t *out, ps_err *err)
 {
-    size_t i = str_hash(s) & t->mask;
+    size_t i = ps_hash_bytes(s, strlen(s)) & t->mask;
     while (t->slot[i]) {
         uint32_t j = t->slot[i] - 1;
         if (strcmp((*strs)[j], s) == 0) {

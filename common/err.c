@@ -9,9 +9,11 @@
 const char *ps_strerror(int code)
 {
     switch (code) {
-    case 0: return "ok";
+    case 0:
+        return "ok";
 #define PS__ERR_MSG(name, val, c, http, msg)                                                       \
-    case val: return msg;
+    case val:                                                                                      \
+        return msg;
         PS_ERRNO_MAP(PS__ERR_MSG)
 #undef PS__ERR_MSG
     }
@@ -21,9 +23,11 @@ const char *ps_strerror(int code)
 const char *ps_errname(int code)
 {
     switch (code) {
-    case 0: return "ok";
+    case 0:
+        return "ok";
 #define PS__ERR_NAME(name, val, c, http, msg)                                                      \
-    case val: return c;
+    case val:                                                                                      \
+        return c;
         PS_ERRNO_MAP(PS__ERR_NAME)
 #undef PS__ERR_NAME
     }
@@ -33,9 +37,11 @@ const char *ps_errname(int code)
 int ps_err_http_status(int code)
 {
     switch (code) {
-    case 0: return 200;
+    case 0:
+        return 200;
 #define PS__ERR_HTTP(name, val, c, http, msg)                                                      \
-    case val: return http;
+    case val:                                                                                      \
+        return http;
         PS_ERRNO_MAP(PS__ERR_HTTP)
 #undef PS__ERR_HTTP
     }

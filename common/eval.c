@@ -9,6 +9,7 @@
  * over users in the order they were first seen.
  */
 #include "ps/eval.h"
+#include "ps/hash.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -137,12 +138,6 @@ struct ps_eval {
     size_t mask;
 };
 
-static size_t hash_user(uint32_t u)
-{
-    uint64_t x = (uint64_t)u * 0x9e3779b97f4a7c15ULL;
-    return (size_t)(x ^ (x >> 32));
-}
-
 ps_eval_t *ps_eval_new(const size_t *ks, size_t nks, ps_err *err)
 {
     ps_eval_t *e;
@@ -186,7 +181,7 @@ static int grow_table(ps_eval_t *e)
     uint32_t *slot = calloc(mask + 1, sizeof *slot);
     if (!slot) return PS_ENOMEM;
     for (size_t r = 0; r < e->nrows; r++) {
-        size_t s = hash_user(e->row[r].user) & mask;
+        size_t s = (size_t)ps_hash_u64(e->row[r].user) & mask;
         while (slot[s]) s = (s + 1) & mask;
         slot[s] = (uint32_t)(r + 1);
     }
@@ -199,14 +194,14 @@ static int grow_table(ps_eval_t *e)
 /* The row of `user`, created on first sight; NULL when out of memory. */
 static user_sums *user_row(ps_eval_t *e, uint32_t user)
 {
-    size_t s = hash_user(user) & e->mask;
+    size_t s = (size_t)ps_hash_u64(user) & e->mask;
     for (; e->slot[s]; s = (s + 1) & e->mask)
         if (e->row[e->slot[s] - 1].user == user) return &e->row[e->slot[s] - 1];
 
     if (e->nrows >= UINT32_MAX - 1) return NULL;
     if ((e->nrows + 1) * 2 > e->mask + 1) {
         if (grow_table(e) < 0) return NULL;
-        s = hash_user(user) & e->mask;
+        s = (size_t)ps_hash_u64(user) & e->mask;
         while (e->slot[s]) s = (s + 1) & e->mask;
     }
     if (e->nrows == e->caprows) {

@@ -381,8 +381,8 @@ ps_index_t *ps_ixbuild_finish(ps_ixbuild_t **bp, ps_err *err)
         for (uint32_t i = 0; i < bl->n; i++) {
             uint32_t doc = bl->docs[i];
             ix->pdocs[off + i] = doc;
-            ix->ptfn[off + i] = ps__tfn(bl->tf[i], ix->dl[(size_t)doc * PS_NFIELDS + f],
-                                        ix->fs[f].avgdl);
+            ix->ptfn[off + i] =
+                ps__tfn(bl->tf[i], ix->dl[(size_t)doc * PS_NFIELDS + f], ix->fs[f].avgdl);
         }
         off += bl->n;
         free(bl->docs);
@@ -493,8 +493,7 @@ int ps_index_embeddings(const ps_index_t *ix, const uint32_t *docs, size_t n, fl
 {
     if (ix->emb) {
         for (size_t i = 0; i < n; i++)
-            memcpy(out + i * ix->dim, ix->emb + (size_t)docs[i] * ix->dim,
-                   ix->dim * sizeof *out);
+            memcpy(out + i * ix->dim, ix->emb + (size_t)docs[i] * ix->dim, ix->dim * sizeof *out);
         return 0;
     }
     if (ix->fetch) return ix->fetch(ix->fetch_ctx, docs, n, out, err);

@@ -279,9 +279,25 @@ void ps_matrix_free(ps_matrix *m)
 /**************************************************************************
  * Write: to "<path>.tmp.<pid>", then rename, so a reader never sees half a matrix.
  */
+
+size_t ps_npy_header(char hdr[PS_NPY_HEADER_MAX], size_t rows, size_t cols)
+{
+    /* Preamble (10 bytes) + dict + spaces + '\n', a multiple of 64 bytes in all. */
+    memcpy(hdr, NPY_MAGIC "\x01\x00", 8);
+    int dn =
+        snprintf(hdr + 10, PS_NPY_HEADER_MAX - 10,
+                 "{'descr': '<f4', 'fortran_order': False, 'shape': (%zu, %zu), }", rows, cols);
+    size_t total = (10 + (size_t)dn + 1 + 63) / 64 * 64;
+    memset(hdr + 10 + dn, ' ', total - 10 - (size_t)dn - 1);
+    hdr[total - 1] = '\n';
+    hdr[8] = (char)((total - 10) & 0xff);
+    hdr[9] = (char)((total - 10) >> 8);
+    return total;
+}
+
 int ps_npy_write(const char *path, const float *data, size_t rows, size_t cols, ps_err *err)
 {
-    char hdr[128], *tmp = NULL;
+    char hdr[PS_NPY_HEADER_MAX], *tmp = NULL;
     int rc = 0;
     FILE *f = NULL;
 
@@ -291,16 +307,7 @@ int ps_npy_write(const char *path, const float *data, size_t rows, size_t cols, 
     size_t nfloat = rows * cols;
     if (!data && nfloat) return ps_err_set(err, PS_EINVAL, "%s: data is NULL", path);
 
-    /* Preamble (10 bytes) + dict + spaces + '\n', a multiple of 64 bytes in all. */
-    memcpy(hdr, NPY_MAGIC "\x01\x00", 8);
-    int dn =
-        snprintf(hdr + 10, sizeof hdr - 10,
-                 "{'descr': '<f4', 'fortran_order': False, 'shape': (%zu, %zu), }", rows, cols);
-    size_t total = (10 + (size_t)dn + 1 + 63) / 64 * 64;
-    memset(hdr + 10 + dn, ' ', total - 10 - (size_t)dn - 1);
-    hdr[total - 1] = '\n';
-    hdr[8] = (char)((total - 10) & 0xff);
-    hdr[9] = (char)((total - 10) >> 8);
+    size_t total = ps_npy_header(hdr, rows, cols);
 
     size_t tn = strlen(path) + 32;
     if (!(tmp = malloc(tn))) return ps_err_set(err, PS_ENOMEM, "%s: out of memory", path);

@@ -2,8 +2,8 @@
  * profile.c — user style profiles (DESIGN §1): k-means over the embeddings of the stickers a
  * user clicked, and the byte format a profile is stored in.
  *
- * The build is deterministic for equal input: the only randomness is a splitmix64 stream
- * seeded by the caller (k-means++ picks), every tie goes to the lower index, and the
+ * The build is deterministic for equal input: the only randomness is a ps_splitmix64 stream
+ * (ps/rand.h) seeded by the caller (k-means++ picks), every tie goes to the lower index, and the
  * assignment step's dot products come from one cblas_sgemm call (n × dim by dim × k), whose
  * kernels reduce each dot product in a fixed order. Everything that defines the result's
  * geometry beyond assignment — k-means++ weights, empty-cluster reseeding, radii — uses
@@ -18,6 +18,7 @@
  *   offset 12 + 8k    f32      centroids[k][dim], row-major, finite
  */
 #include "ps/profile.h"
+#include "ps/rand.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -40,22 +41,6 @@ double ps_l2dist(const float *a, const float *b, size_t dim)
         s += d * d;
     }
     return sqrt(s);
-}
-
-/* --- seeded PRNG ---------------------------------------------------------------------- */
-
-static uint64_t splitmix64(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-/* Uniform in [0, 1). */
-static double uniform01(uint64_t *state)
-{
-    return (double)(splitmix64(state) >> 11) * 0x1.0p-53;
 }
 
 /* --- k-means ------------------------------------------------------------------------- */
@@ -108,7 +93,7 @@ static void init_plusplus(kmeans *km, uint64_t seed)
 {
     uint64_t rng = seed;
     double *d2 = km->dist;
-    size_t pick = (size_t)(uniform01(&rng) * (double)km->n);
+    size_t pick = (size_t)(ps_rand_unit(ps_splitmix64(&rng)) * (double)km->n);
     if (pick >= km->n) pick = km->n - 1;
     memcpy(km->c, km->x + pick * km->dim, km->dim * sizeof *km->c);
 
@@ -122,7 +107,7 @@ static void init_plusplus(kmeans *km, uint64_t seed)
             if (d * d < d2[i]) d2[i] = d * d;
             total += d2[i];
         }
-        r = uniform01(&rng) * total;
+        r = ps_rand_unit(ps_splitmix64(&rng)) * total;
         pick = SIZE_MAX;
         for (size_t i = 0; i < km->n; i++) {
             if (d2[i] <= 0) continue;

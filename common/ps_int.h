@@ -21,21 +21,21 @@
  * List L occupies [L.off, L.off + L.n). Lists are cut into blocks of PS_BLOCK postings;
  * blk_last[L.blk + j] is the last doc of block j, so a probe gallops over blocks first.
  */
-#define PS_BLOCK 64
+#define PS_BLOCK  64
 #define PS_NOLIST UINT32_MAX
 
 typedef struct ps__plist {
-    uint32_t off;    /* first posting */
-    uint32_t n;      /* postings */
-    uint32_t df;     /* document frequency for idf: == n on a node holding the whole corpus */
-    uint32_t blk;    /* first block */
-    float max_tfn;   /* largest ptfn of the list */
+    uint32_t off;  /* first posting */
+    uint32_t n;    /* postings */
+    uint32_t df;   /* document frequency for idf: == n on a node holding the whole corpus */
+    uint32_t blk;  /* first block */
+    float max_tfn; /* largest ptfn of the list */
 } ps__plist;
 
 typedef struct ps__term {
-    uint32_t str;                 /* offset of the NUL-terminated term in dict strs */
-    uint32_t len;                 /* bytes, without the NUL */
-    uint32_t list[PS_NFIELDS];    /* list number per field, PS_NOLIST if none */
+    uint32_t str;              /* offset of the NUL-terminated term in dict strs */
+    uint32_t len;              /* bytes, without the NUL */
+    uint32_t list[PS_NFIELDS]; /* list number per field, PS_NOLIST if none */
 } ps__term;
 
 /* Term dictionary: open addressing over term numbers, strings in one arena. */
@@ -57,9 +57,9 @@ int64_t ps__dict_intern(ps__dict *d, const char *s, size_t len);
 
 struct ps_index {
     uint32_t ndocs, dim;
-    uint64_t *ids;     /* ndocs: sticker id of each doc */
-    float *utility;    /* ndocs: non-increasing */
-    uint32_t *dl;      /* ndocs × PS_NFIELDS: tokens per field */
+    uint64_t *ids;  /* ndocs: sticker id of each doc */
+    float *utility; /* ndocs: non-increasing */
+    uint32_t *dl;   /* ndocs × PS_NFIELDS: tokens per field */
     ps_field_stats fs[PS_NFIELDS];
 
     ps__dict dict;
@@ -88,6 +88,5 @@ ps_index_t *ps__index_alloc(uint32_t ndocs, uint32_t dim);
 int ps__index_build_idmap(ps_index_t *ix, ps_err *err);
 /* Lay out the blocks of every list once pdocs/ptfn are filled (allocates blk_*). */
 int ps__index_build_blocks(ps_index_t *ix, ps_err *err);
-
 
 #endif

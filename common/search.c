@@ -34,11 +34,11 @@ typedef struct clause {
     const float *tfn;
     const uint32_t *blast; /* block last docs */
     uint32_t n, pos;
-    uint32_t cur;         /* docs[pos], or END_DOC once the list is exhausted */
-    uint32_t nblk;        /* blocks */
-    float qw;             /* w_f · idf_f(t) */
-    float ub;             /* qw · max ptfn */
-    uint32_t order;       /* tie-break for sorting: creation order */
+    uint32_t cur;   /* docs[pos], or END_DOC once the list is exhausted */
+    uint32_t nblk;  /* blocks */
+    float qw;       /* w_f · idf_f(t) */
+    float ub;       /* qw · max ptfn */
+    uint32_t order; /* tie-break for sorting: creation order */
 } clause;
 
 typedef struct heapent {
@@ -53,12 +53,12 @@ struct ps_searcher {
     ps_tokens tok;
     clause *cl;
     size_t cl_cap;
-    double *prefix;  /* prefix[i] = Σ ub of clauses [0, i) */
+    double *prefix; /* prefix[i] = Σ ub of clauses [0, i) */
     size_t prefix_cap;
     heapent *heap;
     size_t heap_cap;
-    double *acc;      /* exhaustive path: per-doc sums, all zero between queries */
-    uint8_t *seen;    /* exhaustive path: doc touched in this query */
+    double *acc;   /* exhaustive path: per-doc sums, all zero between queries */
+    uint8_t *seen; /* exhaustive path: doc touched in this query */
     uint32_t *touched;
     size_t ntouched_cap;
     float *emb; /* preference: R × dim */
@@ -198,8 +198,8 @@ static int check_opts(const ps_search_opts *o, ps_err *err)
 }
 
 /* Analyze q and fill s->cl with its clauses sorted by upper bound; *m = number of clauses. */
-static int setup(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts *o,
-                 size_t *m, ps_search_stats *st, ps_err *err)
+static int setup(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts *o, size_t *m,
+                 ps_search_stats *st, ps_err *err)
 {
     const ps_index_t *ix = s->ix;
     int rc = ps_analyze(s->an, q, qlen, "query", &s->tok, err);
@@ -207,8 +207,8 @@ static int setup(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_o
     ps_tokens_distinct(&s->tok);
     if (s->tok.n == 0) return ps_err_set(err, PS_EQUERY, "query has no searchable token");
     if (s->tok.n > PS_SEARCH_MAX_TERMS)
-        return ps_err_set(err, PS_ETOOBIG, "query has %zu distinct tokens; at most %d",
-                          s->tok.n, PS_SEARCH_MAX_TERMS);
+        return ps_err_set(err, PS_ETOOBIG, "query has %zu distinct tokens; at most %d", s->tok.n,
+                          PS_SEARCH_MAX_TERMS);
     if (grow((void **)&s->cl, &s->cl_cap, s->tok.n * PS_NFIELDS, sizeof *s->cl))
         return ps_err_set(err, PS_ENOMEM, "out of memory preparing a query");
 
@@ -267,8 +267,10 @@ static inline uint32_t gallop(const uint32_t *a, uint32_t lo, uint32_t n, uint32
     if (hi > n) hi = n;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        if (a[mid] < target) lo = mid + 1;
-        else hi = mid;
+        if (a[mid] < target)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return lo;
 }
@@ -294,8 +296,7 @@ static inline void seek(clause *c, uint32_t d, uint64_t *visited)
  * MaxScore with block-max bounds
  */
 
-static size_t run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o,
-                           ps_search_stats *st)
+static size_t run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stats *st)
 {
     const ps_index_t *ix = s->ix;
     clause *cl = s->cl;
@@ -370,8 +371,8 @@ static size_t run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o,
  * Exhaustive term-at-a-time scoring (verification path)
  */
 
-static int run_exhaustive(ps_searcher_t *s, size_t m, const ps_search_opts *o,
-                          ps_search_stats *st, size_t *nout, ps_err *err)
+static int run_exhaustive(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stats *st,
+                          size_t *nout, ps_err *err)
 {
     const ps_index_t *ix = s->ix;
     size_t nheap = 0, ntouched = 0;
@@ -447,8 +448,8 @@ int ps_search_recall(ps_searcher_t *s, const char *q, size_t qlen, const ps_sear
     return 0;
 }
 
-void ps_rank_preference(ps_hit *hits, size_t n, const float *emb, uint32_t dim,
-                        const ps_profile *p, float alpha)
+void ps_rank_preference(ps_hit *hits, size_t n, const float *emb, uint32_t dim, const ps_profile *p,
+                        float alpha)
 {
     if (p && p->k > 0 && p->dim == dim) {
         double cn2[PS_PROFILE_KMAX];
@@ -468,9 +469,12 @@ void ps_rank_preference(ps_hit *hits, size_t n, const float *emb, uint32_t dim,
                 double r = p->radius[c], d2 = en2 + cn2[c] - 2.0 * (double)dots[c];
                 double slack = 1e-4 * (en2 + cn2[c] + 1.0);
                 int near;
-                if (d2 + slack < r * r) near = 1;
-                else if (d2 - slack > r * r) near = 0;
-                else near = ps_l2dist(p->centroids + (size_t)c * dim, e, dim) <= r;
+                if (d2 + slack < r * r)
+                    near = 1;
+                else if (d2 - slack > r * r)
+                    near = 0;
+                else
+                    near = ps_l2dist(p->centroids + (size_t)c * dim, e, dim) <= r;
                 if (!near) continue;
                 double cosv = en2 > 0 && cn2[c] > 0 ? (double)dots[c] / sqrt(en2 * cn2[c]) : 0.0;
                 double pref = 1.0 + (double)alpha * cosv;
@@ -486,8 +490,8 @@ void ps_rank_preference(ps_hit *hits, size_t n, const float *emb, uint32_t dim,
     qsort(hits, n, sizeof *hits, cmp_hit_score);
 }
 
-int ps_search(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts *o,
-              ps_hit *hits, size_t *nhits, ps_search_stats *stats, ps_err *err)
+int ps_search(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts *o, ps_hit *hits,
+              size_t *nhits, ps_search_stats *stats, ps_err *err)
 {
     const ps_index_t *ix = s->ix;
     int rc = ps_search_recall(s, q, qlen, o, hits, nhits, stats, err);

@@ -203,7 +203,8 @@ static int dir_usable(const char *dir, ps_err *err)
     DIR *d = opendir(dir);
     if (!d) {
         if (errno != ENOENT) return ps_err_set(err, PS_EIO, "%s: %s", dir, strerror(errno));
-        if (mkdir(dir, 0755) != 0) return ps_err_set(err, PS_EIO, "mkdir %s: %s", dir, strerror(errno));
+        if (mkdir(dir, 0755) != 0)
+            return ps_err_set(err, PS_EIO, "mkdir %s: %s", dir, strerror(errno));
         return 0;
     }
     struct dirent *de;
@@ -253,8 +254,7 @@ static int write_entries(wctx *c, const ps_store_input *in, ps_err *err)
     size_t nref = 0;
     for (uint32_t t = 0; t < ix->dict.nterms; t++)
         for (int f = 0; f < PS_NFIELDS; f++)
-            if (ix->dict.terms[t].list[f] != PS_NOLIST)
-                refs[nref++] = (lref){ix, t, (uint8_t)f};
+            if (ix->dict.terms[t].list[f] != PS_NOLIST) refs[nref++] = (lref){ix, t, (uint8_t)f};
     qsort(refs, nref, sizeof *refs, cmp_lref);
     for (size_t r = 0; r < nref; r++) {
         const ps__term *term = &ix->dict.terms[refs[r].term];
@@ -514,7 +514,8 @@ static int load_lists(ps_store_t *st, uint32_t nlists, uint64_t npost, ps_err *e
         for (uint64_t i = 0; i < n && !rc; i++) {
             if (rd_varint(&v, end, &x) || (i > 0 && x == 0) || (doc += x) >= ix->ndocs)
                 rc = ps_err_set(err, PS_ECORRUPT, "posting list %u has a bad doc number", l);
-            else ix->pdocs[off + i] = (uint32_t)doc;
+            else
+                ix->pdocs[off + i] = (uint32_t)doc;
         }
         for (uint64_t i = 0; i < n && !rc; i++) {
             if (rd_varint(&v, end, &x) || x == 0 || x > UINT16_MAX)
@@ -531,9 +532,10 @@ static int load_lists(ps_store_t *st, uint32_t nlists, uint64_t npost, ps_err *e
     }
     rocksdb_iter_destroy(it);
     if (!rc && (l != nlists || off != npost))
-        rc = ps_err_set(err, PS_ECORRUPT, "index has %u lists / %llu postings, metadata says "
-                        "%u / %llu", l, (unsigned long long)off, nlists,
-                        (unsigned long long)npost);
+        rc = ps_err_set(err, PS_ECORRUPT,
+                        "index has %u lists / %llu postings, metadata says "
+                        "%u / %llu",
+                        l, (unsigned long long)off, nlists, (unsigned long long)npost);
     ix->nlists = l;
     ix->npostings = off;
     return rc;

@@ -14,6 +14,7 @@
  *             < UINT32_MAX, so a real key never equals the empty marker.
  */
 #include "ps/utility.h"
+#include "ps/hash.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -23,17 +24,6 @@ const ps_utility_cfg ps_utility_default = {.base = 1.0, .w = {1.0, 1.0, 1.0}};
 
 #define EMPTY_ROW UINT32_MAX
 #define EMPTY_KEY UINT64_MAX
-
-/* splitmix64 finalizer: spreads sequential ids and packed pairs over the table. */
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
 
 /* Smallest power of two >= 2 * n (at least 16), or 0 if that would overflow. */
 static size_t table_size(size_t n)
@@ -63,7 +53,7 @@ static int idmap_init(idmap *m, const uint64_t *ids, size_t n)
     memset(m->row, 0xff, cap * sizeof *m->row);
     m->mask = cap - 1;
     for (size_t r = 0; r < n; r++) {
-        size_t s = mix64(ids[r]) & m->mask;
+        size_t s = ps_hash_u64(ids[r]) & m->mask;
         while (m->row[s] != EMPTY_ROW && m->key[s] != ids[r]) s = (s + 1) & m->mask;
         if (m->row[s] == EMPTY_ROW) { /* a repeated id keeps its first row */
             m->key[s] = ids[r];
@@ -75,7 +65,7 @@ static int idmap_init(idmap *m, const uint64_t *ids, size_t n)
 
 static uint32_t idmap_get(const idmap *m, uint64_t id)
 {
-    size_t s = mix64(id) & m->mask;
+    size_t s = ps_hash_u64(id) & m->mask;
     while (m->row[s] != EMPTY_ROW) {
         if (m->key[s] == id) return m->row[s];
         s = (s + 1) & m->mask;
@@ -92,7 +82,7 @@ static void idmap_free(idmap *m)
 /* Insert key; returns 1 if it was new, 0 if already present. */
 static int pairset_add(uint64_t *key, size_t mask, uint64_t k)
 {
-    size_t s = mix64(k) & mask;
+    size_t s = ps_hash_u64(k) & mask;
     while (key[s] != EMPTY_KEY) {
         if (key[s] == k) return 0;
         s = (s + 1) & mask;

@@ -137,8 +137,10 @@ ref_corpus *ref_new(const ps_sticker_rec *recs, size_t n, const float *emb, size
         free(user_seen);
         free(query_seen);
         for (int f = 0; f < PS_NFIELDS; f++) {
-            if (f == PS_F_QUERIES) analyze_field(r->an, queries, qlen, &r->fields[s][f]);
-            else analyze_field(r->an, recs[s].field[f], recs[s].field_len[f], &r->fields[s][f]);
+            if (f == PS_F_QUERIES)
+                analyze_field(r->an, queries, qlen, &r->fields[s][f]);
+            else
+                analyze_field(r->an, recs[s].field[f], recs[s].field_len[f], &r->fields[s][f]);
         }
         free(queries);
     }

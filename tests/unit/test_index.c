@@ -189,8 +189,8 @@ static void write_store(const char *path, const ps_index_t *ix, const float *emb
     float c[DIM] = {1, 0, 0, 0};
     ps_profile p = {.k = 1, .dim = DIM, .centroids = c, .radius = {0.5}};
     const char *users[1] = {"alice"};
-    ps_store_input in = {.ix = ix, .emb = emb, .text = doc_text, .nprofiles = 1,
-                         .users = users, .profiles = &p};
+    ps_store_input in = {
+        .ix = ix, .emb = emb, .text = doc_text, .nprofiles = 1, .users = users, .profiles = &p};
     ps_err err = {0};
     if (ps_store_write(path, &in, &err)) fail_msg("write %s: %s", path, err.msg);
 }
@@ -217,8 +217,10 @@ static void rocks_put(const char *path, const char *k, size_t kl, const char *v,
     rocksdb_t *db = rocksdb_open(o, path, &e);
     assert_null(e);
     rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
-    if (v) rocksdb_put(db, wo, k, kl, v, vl, &e);
-    else rocksdb_delete(db, wo, k, kl, &e);
+    if (v)
+        rocksdb_put(db, wo, k, kl, v, vl, &e);
+    else
+        rocksdb_delete(db, wo, k, kl, &e);
     assert_null(e);
     rocksdb_writeoptions_destroy(wo);
     rocksdb_close(db);

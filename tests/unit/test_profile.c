@@ -14,19 +14,12 @@
 #include <string.h>
 
 #include "ps/profile.h"
-
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
+#include "ps/rand.h"
 
 /* Uniform in [-1, 1). */
 static float rng_sym(uint64_t *s)
 {
-    return (float)((double)(rng_next(s) >> 11) * 0x1.0p-52 - 1.0);
+    return (float)(2.0 * ps_rand_unit(ps_splitmix64(s)) - 1.0);
 }
 
 static float *random_points(size_t n, size_t dim, uint64_t seed)

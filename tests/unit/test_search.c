@@ -27,9 +27,9 @@
 #include "../ref/reference.h"
 
 #define NSTICKERS 20000
-#define NQUERIES 300
-#define TOPR 100
-#define TOL 1e-5
+#define NQUERIES  300
+#define TOPR      100
+#define TOL       1e-5
 
 static struct {
     char dir[64];
@@ -134,8 +134,8 @@ static size_t compare(const char *q, const ps_hit *h, size_t nh, const ref_hit *
             moved++;
             /* Allowed only where the reference has two scores within tolerance. */
             if (!r && !close_enough(h[i].recall, ref[nref - 1].recall))
-                fail_msg("query '%s' rank %zu: id %llu is not in the reference top %zu", q,
-                         i + 1, (unsigned long long)h[i].id, nref);
+                fail_msg("query '%s' rank %zu: id %llu is not in the reference top %zu", q, i + 1,
+                         (unsigned long long)h[i].id, nref);
         }
         if (r) {
             if (!close_enough(h[i].relevance, r->relevance) ||
@@ -143,8 +143,8 @@ static size_t compare(const char *q, const ps_hit *h, size_t nh, const ref_hit *
                 !close_enough(h[i].score, r->score))
                 fail_msg("query '%s' id %llu: engine rel %.9g util %.9g recall %.9g score %.9g; "
                          "reference %.9g %.9g %.9g %.9g",
-                         q, (unsigned long long)h[i].id, h[i].relevance, h[i].utility,
-                         h[i].recall, h[i].score, r->relevance, r->utility, r->recall, r->score);
+                         q, (unsigned long long)h[i].id, h[i].relevance, h[i].utility, h[i].recall,
+                         h[i].score, r->relevance, r->utility, r->recall, r->score);
         }
     }
     free(byid);
@@ -186,8 +186,10 @@ static void run_exact(int personalize, int unknown_user)
            "%zu hits with a preference\n",
            answered, F.nqueries, total, moved, personalized_hits);
     assert_true(answered >= NQUERIES * 9 / 10);
-    if (personalize && !unknown_user) assert_true(personalized_hits > total / 100);
-    else assert_int_equal(personalized_hits, 0);
+    if (personalize && !unknown_user)
+        assert_true(personalized_hits > total / 100);
+    else
+        assert_int_equal(personalized_hits, 0);
     free(hits);
     ps_searcher_free(s);
 }
@@ -212,8 +214,7 @@ static void test_exact_unknown_user(void **state)
 
 /* The engine must not depend on ranking order of equal-score stickers: check the reference
  * top 100 has the documented tie order (recall desc, id asc) as the engine does. */
-static void assert_same_hits(const char *q, const ps_hit *a, size_t na, const ps_hit *b,
-                             size_t nb)
+static void assert_same_hits(const char *q, const ps_hit *a, size_t na, const ps_hit *b, size_t nb)
 {
     if (na != nb) fail_msg("query '%s': pruned %zu hits, exhaustive %zu", q, na, nb);
     for (size_t i = 0; i < na; i++)

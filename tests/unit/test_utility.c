@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ps/rand.h"
 #include "ps/utility.h"
 
 #define EPS 1e-6
@@ -228,14 +229,6 @@ static void test_repeated_id(void **state)
     free_log(&log);
 }
 
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
 /* Random log over 19-digit-like ids, checked against a quadratic count. */
 static void test_random_vs_bruteforce(void **state)
 {
@@ -246,9 +239,9 @@ static void test_random_vs_bruteforce(void **state)
     uint64_t s = 42;
     size_t want_unknown = 0;
     assert_true(ids && sticker && user && query);
-    for (size_t r = 0; r < N; r++) ids[r] = 1000000000000000000ULL + rng_next(&s) % 1000000007;
+    for (size_t r = 0; r < N; r++) ids[r] = 1000000000000000000ULL + ps_splitmix64(&s) % 1000000007;
     for (size_t i = 0; i < M; i++) {
-        uint64_t x = rng_next(&s);
+        uint64_t x = ps_splitmix64(&s);
         user[i] = (uint32_t)(x % 9);
         query[i] = (uint32_t)((x >> 8) % 40);
         sticker[i] = (x >> 20) % 20 == 0 ? 3 : ids[(x >> 32) % (N / 3)]; /* skewed */

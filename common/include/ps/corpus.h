@@ -63,6 +63,11 @@ int ps_npy_read(const char *path, ps_matrix *out, ps_err *err);
 int ps_npy_write(const char *path, const float *data, size_t rows, size_t cols, ps_err *err);
 void ps_matrix_free(ps_matrix *m);
 
+#define PS_NPY_HEADER_MAX 128
+/* The NumPy v1.0 header of a float32 C-order rows × cols matrix, for writers that stream the
+ * rows themselves. Returns its length (a multiple of 64, at most PS_NPY_HEADER_MAX). */
+size_t ps_npy_header(char hdr[PS_NPY_HEADER_MAX], size_t rows, size_t cols);
+
 /* The click log, with users and queries interned (string tables, first-appearance order).
  * A zeroed struct is an empty log. The struct owns its arrays and strings: do not copy it by
  * value and keep using both copies. */

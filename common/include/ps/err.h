@@ -13,20 +13,20 @@
 
 /*      name        value  stable code          http  message */
 #define PS_ERRNO_MAP(X)                                                                            \
-    X(EINVAL,    -1,  "invalid_argument", 400, "invalid argument")                                 \
-    X(EUTF8,     -2,  "invalid_utf8",     400, "invalid UTF-8")                                    \
-    X(EQUERY,    -3,  "invalid_query",    400, "query has no searchable token")                    \
-    X(ETOOBIG,   -4,  "too_large",        413, "input exceeds a size cap")                         \
-    X(EPARSE,    -5,  "parse_error",      400, "malformed input")                                  \
-    X(ENOTFOUND, -6,  "not_found",        404, "not found")                                        \
-    X(ENOMEM,    -7,  "out_of_memory",    503, "out of memory")                                    \
-    X(EIO,       -8,  "io_error",         500, "input/output error")                               \
-    X(ECORRUPT,  -9,  "corrupt",          500, "stored data is corrupt")                           \
-    X(ESTORE,    -10, "storage_error",    500, "storage engine error")                             \
-    X(EINTERNAL, -11, "internal",         500, "internal error")                                   \
-    X(EEXIST,    -12, "already_exists",   409, "already exists")                                   \
-    X(EUNAVAIL,  -13, "unavailable",      503, "service unavailable")                              \
-    X(ETIMEDOUT, -14, "timed_out",        504, "timed out")
+    X(EINVAL, -1, "invalid_argument", 400, "invalid argument")                                     \
+    X(EUTF8, -2, "invalid_utf8", 400, "invalid UTF-8")                                             \
+    X(EQUERY, -3, "invalid_query", 400, "query has no searchable token")                           \
+    X(ETOOBIG, -4, "too_large", 413, "input exceeds a size cap")                                   \
+    X(EPARSE, -5, "parse_error", 400, "malformed input")                                           \
+    X(ENOTFOUND, -6, "not_found", 404, "not found")                                                \
+    X(ENOMEM, -7, "out_of_memory", 503, "out of memory")                                           \
+    X(EIO, -8, "io_error", 500, "input/output error")                                              \
+    X(ECORRUPT, -9, "corrupt", 500, "stored data is corrupt")                                      \
+    X(ESTORE, -10, "storage_error", 500, "storage engine error")                                   \
+    X(EINTERNAL, -11, "internal", 500, "internal error")                                           \
+    X(EEXIST, -12, "already_exists", 409, "already exists")                                        \
+    X(EUNAVAIL, -13, "unavailable", 503, "service unavailable")                                    \
+    X(ETIMEDOUT, -14, "timed_out", 504, "timed out")
 
 enum {
     PS_OK = 0,

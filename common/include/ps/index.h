@@ -21,22 +21,21 @@
 #include "ps/fields.h"
 
 #define PS_BM25_K1 1.2
-#define PS_BM25_B 0.75
+#define PS_BM25_B  0.75
 
 typedef struct ps_index ps_index_t;
 typedef struct ps_ixbuild ps_ixbuild_t;
 
 /* Corpus-wide statistics of one field. */
 typedef struct ps_field_stats {
-    uint32_t ndocs;      /* N_f: stickers whose field is non-empty */
-    uint64_t ntokens;    /* tokens in the field over all stickers */
-    double avgdl;        /* ntokens / ndocs (0 when ndocs == 0) */
+    uint32_t ndocs;   /* N_f: stickers whose field is non-empty */
+    uint64_t ntokens; /* tokens in the field over all stickers */
+    double avgdl;     /* ntokens / ndocs (0 when ndocs == 0) */
 } ps_field_stats;
 
 /* Embedding source: fills out[n*dim] with the embeddings of docs[0..n). Called once per
  * personalized query with the recall candidates, never per posting. */
-typedef int (*ps_emb_fetch_fn)(void *ctx, const uint32_t *docs, size_t n, float *out,
-                               ps_err *err);
+typedef int (*ps_emb_fetch_fn)(void *ctx, const uint32_t *docs, size_t n, float *out, ps_err *err);
 
 /* Start an index of up to `ndocs` stickers with `dim`-dimensional embeddings.
  * Caller owns the result (ps_ixbuild_free, or hand it to ps_ixbuild_finish). */

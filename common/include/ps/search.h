@@ -25,7 +25,7 @@
 #include "ps/profile.h"
 
 #define PS_SEARCH_MAX_TERMS 256   /* distinct tokens a query may have */
-#define PS_SEARCH_MAX_R 10000     /* largest recall depth */
+#define PS_SEARCH_MAX_R     10000 /* largest recall depth */
 
 typedef struct ps_search_opts {
     float field_w[PS_NFIELDS]; /* default ps_field_default_weights; 0 switches a field off */
@@ -42,7 +42,7 @@ void ps_search_opts_default(ps_search_opts *o);
 typedef struct ps_hit {
     uint64_t id;
     uint32_t doc;
-    int32_t centroid;  /* centroid that gave the preference, -1 if none */
+    int32_t centroid; /* centroid that gave the preference, -1 if none */
     double relevance;
     double utility;    /* 0 when use_utility == 0 */
     double recall;     /* relevance + utility */

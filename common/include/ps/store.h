@@ -1,9 +1,9 @@
 /*
  * store.h — an index directory: one RocksDB database holding everything a node serves
- * (postings, per-sticker data, stored fields, user profiles, and embeddings beside it), written in one
- * sorted pass as an SST file and ingested, opened read-only and loaded into memory for
- * scoring. Embeddings and stored fields stay on disk and are read per query for the few
- * stickers that need them.
+ * (postings, per-sticker data, stored fields, user profiles, and embeddings beside it), written in
+ * one sorted pass as an SST file and ingested, opened read-only and loaded into memory for scoring.
+ * Embeddings and stored fields stay on disk and are read per query for the few stickers that need
+ * them.
  *
  * Files: the RocksDB database, and embeddings.f32 = ndocs rows of dim little-endian float32 in
  * doc order (read with pread for the ~R stickers a personalized query needs).
@@ -30,20 +30,20 @@
 #include "ps/index.h"
 #include "ps/profile.h"
 
-#define PS_STORE_FORMAT 1
+#define PS_STORE_FORMAT   1
 #define PS_STORE_EMB_FILE "embeddings.f32"
 
 typedef struct ps_store_input {
     const ps_index_t *ix;
-    const float *emb;       /* embeddings, one row of dim floats per sticker */
+    const float *emb;        /* embeddings, one row of dim floats per sticker */
     const uint32_t *emb_row; /* row of emb for each doc (NULL: row = doc) */
     /* Stored text of field f of doc d (borrowed; NULL or len 0 = empty). */
     const char *(*text)(void *ctx, uint32_t doc, int field, size_t *len);
     void *text_ctx;
     size_t nprofiles;
-    const char *const *users;    /* nprofiles user names */
-    const ps_profile *profiles;  /* nprofiles profiles */
-    const char *info_json;       /* build information (may be NULL) */
+    const char *const *users;   /* nprofiles user names */
+    const ps_profile *profiles; /* nprofiles profiles */
+    const char *info_json;      /* build information (may be NULL) */
 } ps_store_input;
 
 /* Write a new index directory at `dir` (created; must not exist or be empty).

@@ -1,15 +1,17 @@
 /*
- * gen_rand.c — normal deviates for the demo data generator: a 128-layer ziggurat
- * (Marsaglia & Tsang, "The Ziggurat Method for Generating Random Variables", 2000).
+ * rand.c — normal deviates for ps_rng (rand.h): a 128-layer ziggurat (Marsaglia & Tsang,
+ * "The Ziggurat Method for Generating Random Variables", 2000).
  *
  * One 64-bit xoshiro draw gives the layer (low 7 bits) and a signed 32-bit abscissa (high
  * 32 bits), so the two are independent. ~99% of draws return after one compare and one
- * multiply; the rest take the wedge or tail path below. The tables are computed once.
+ * multiply; the rest take the wedge or tail path below. The tables are computed on first use;
+ * an acquire load of zig_ready keeps the fast path free of pthread_once calls.
  */
-#include "gen_rand.h"
+#include "ps/rand.h"
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #define ZIG_R 3.442619855899      /* start of the tail */
@@ -18,6 +20,7 @@
 static uint32_t zig_k[128];
 static double zig_w[128], zig_f[128];
 static pthread_once_t zig_once = PTHREAD_ONCE_INIT;
+static atomic_int zig_ready;
 
 static void zig_tables(void)
 {
@@ -37,37 +40,36 @@ static void zig_tables(void)
         zig_f[i] = exp(-0.5 * dn * dn);
         zig_w[i] = dn / m1;
     }
-}
-
-void gen__normal_init(void)
-{
-    pthread_once(&zig_once, zig_tables);
+    atomic_store_explicit(&zig_ready, 1, memory_order_release);
 }
 
 /* The rare path: the wedge of layer iz, or the tail beyond ZIG_R for layer 0. */
-static double zig_fix(gen__rng *r, int32_t hz, unsigned iz)
+static double zig_fix(ps_rng *r, int32_t hz, unsigned iz)
 {
     for (;;) {
         double x = hz * zig_w[iz];
         if (iz == 0) {
             double y;
             do {
-                x = -log(gen__unif_pos(r)) / ZIG_R;
-                y = -log(gen__unif_pos(r));
+                x = -log(ps_rng_unif_pos(r)) / ZIG_R;
+                y = -log(ps_rng_unif_pos(r));
             } while (y + y < x * x);
             return hz > 0 ? ZIG_R + x : -ZIG_R - x;
         }
-        if (zig_f[iz] + gen__unif(r) * (zig_f[iz - 1] - zig_f[iz]) < exp(-0.5 * x * x)) return x;
-        uint64_t u = gen__next(r);
+        if (zig_f[iz] + ps_rng_unif(r) * (zig_f[iz - 1] - zig_f[iz]) < exp(-0.5 * x * x)) return x;
+        uint64_t u = ps_rng_next(r);
         hz = (int32_t)(uint32_t)(u >> 32);
         iz = (unsigned)(u & 127);
         if ((uint32_t)labs((long)hz) < zig_k[iz]) return hz * zig_w[iz];
     }
 }
 
-double gen__normal(gen__rng *r)
+double ps_rng_normal(ps_rng *r)
 {
-    uint64_t u = gen__next(r);
+    if (!atomic_load_explicit(&zig_ready, memory_order_acquire))
+        pthread_once(&zig_once, zig_tables);
+
+    uint64_t u = ps_rng_next(r);
     int32_t hz = (int32_t)(uint32_t)(u >> 32);
     unsigned iz = (unsigned)(u & 127);
 
