@@ -451,38 +451,44 @@ int ps_search_recall(ps_searcher_t *s, const char *q, size_t qlen, const ps_sear
 void ps_rank_preference(ps_hit *hits, size_t n, const float *emb, uint32_t dim, const ps_profile *p,
                         float alpha)
 {
+    enum { CHUNK = 128 }; /* hits per sgemm: the dot products fit on the stack */
     if (p && p->k > 0 && p->dim == dim) {
         double cn2[PS_PROFILE_KMAX];
+        float dots[CHUNK * PS_PROFILE_KMAX];
         for (uint32_t c = 0; c < p->k; c++)
             cn2[c] = cblas_dsdot((int)dim, p->centroids + (size_t)c * dim, 1,
                                  p->centroids + (size_t)c * dim, 1);
-        for (size_t i = 0; i < n; i++) {
-            const float *e = emb + i * dim;
-            float dots[PS_PROFILE_KMAX];
-            double en2 = cblas_dsdot((int)dim, e, 1, e, 1);
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)p->k, (int)dim, 1.0f, p->centroids,
-                        (int)dim, e, 1, 0.0f, dots, 1);
-            ps_hit *h = &hits[i];
-            for (uint32_t c = 0; c < p->k; c++) {
-                /* ‖c − e‖² from the dot product decides all but borderline pairs; those are
-                 * settled with ps_l2dist, the function that defined the radius. */
-                double r = p->radius[c], d2 = en2 + cn2[c] - 2.0 * (double)dots[c];
-                double slack = 1e-4 * (en2 + cn2[c] + 1.0);
-                int near;
-                if (d2 + slack < r * r)
-                    near = 1;
-                else if (d2 - slack > r * r)
-                    near = 0;
-                else
-                    near = ps_l2dist(p->centroids + (size_t)c * dim, e, dim) <= r;
-                if (!near) continue;
-                double cosv = en2 > 0 && cn2[c] > 0 ? (double)dots[c] / sqrt(en2 * cn2[c]) : 0.0;
-                double pref = 1.0 + (double)alpha * cosv;
-                double score = h->recall * pref;
-                if (h->centroid < 0 || score > h->score) {
-                    h->score = score;
-                    h->preference = pref;
-                    h->centroid = (int32_t)c;
+        for (size_t base = 0; base < n; base += CHUNK) {
+            size_t m = n - base < CHUNK ? n - base : CHUNK;
+            /* dots[i][c] = e_i · c for the whole chunk in one call. */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)p->k, (int)dim, 1.0f,
+                        emb + base * dim, (int)dim, p->centroids, (int)dim, 0.0f, dots, (int)p->k);
+            for (size_t i = 0; i < m; i++) {
+                const float *e = emb + (base + i) * dim;
+                double en2 = cblas_dsdot((int)dim, e, 1, e, 1);
+                ps_hit *h = &hits[base + i];
+                for (uint32_t c = 0; c < p->k; c++) {
+                    /* ‖c − e‖² from the dot product decides all but borderline pairs; those
+                     * are settled with ps_l2dist, the function that defined the radius. */
+                    double dot = (double)dots[i * p->k + c];
+                    double r = p->radius[c], d2 = en2 + cn2[c] - 2.0 * dot;
+                    double slack = 1e-4 * (en2 + cn2[c] + 1.0);
+                    int near;
+                    if (d2 + slack < r * r)
+                        near = 1;
+                    else if (d2 - slack > r * r)
+                        near = 0;
+                    else
+                        near = ps_l2dist(p->centroids + (size_t)c * dim, e, dim) <= r;
+                    if (!near) continue;
+                    double cosv = en2 > 0 && cn2[c] > 0 ? dot / sqrt(en2 * cn2[c]) : 0.0;
+                    double pref = 1.0 + (double)alpha * cosv;
+                    double score = h->recall * pref;
+                    if (h->centroid < 0 || score > h->score) {
+                        h->score = score;
+                        h->preference = pref;
+                        h->centroid = (int32_t)c;
+                    }
                 }
             }
         }
