@@ -149,13 +149,13 @@ static int cmd_search(int argc, char **argv)
             goto fail;
         }
         if (json) {
-            json_t *hit =
-                json_pack("{s:s, s:f, s:f, s:f, s:f, s:f, s:i}", "id", "", "score", h->score,
-                          "recall", h->recall, "relevance", h->relevance, "utility", h->utility,
-                          "preference", h->preference, "centroid", (int)h->centroid);
+            /* Ids are strings: 19-digit ids exceed what JSON numbers carry exactly. */
             char idbuf[24];
             snprintf(idbuf, sizeof idbuf, "%llu", (unsigned long long)h->id);
-            json_object_set_new(hit, "id", json_string(idbuf));
+            json_t *hit =
+                json_pack("{s:s, s:f, s:f, s:f, s:f, s:f, s:i}", "id", idbuf, "score", h->score,
+                          "recall", h->recall, "relevance", h->relevance, "utility", h->utility,
+                          "preference", h->preference, "centroid", (int)h->centroid);
             for (int f = 0; f < PS_NFIELDS; f++)
                 json_object_set_new(hit, ps_field_names[f],
                                     json_string(fields[f] ? fields[f] : ""));
@@ -184,7 +184,7 @@ static int cmd_search(int argc, char **argv)
         json_object_set_new(out, "took", json_real(took));
         json_object_set_new(out, "personalized", json_boolean(personalized));
         json_object_set_new(out, "hits", arr);
-        char *sout = json_dumps(out, JSON_COMPACT | JSON_ENSURE_ASCII * 0);
+        char *sout = json_dumps(out, JSON_COMPACT);
         if (sout) puts(sout);
         free(sout);
         json_decref(out);
