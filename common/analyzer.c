@@ -106,6 +106,17 @@ static inline void tokens_push(ps_tokens *t, size_t start)
     t->n++;
 }
 
+int ps_tokens_push(ps_tokens *t, const char *s, size_t len)
+{
+    int rc = tokens_reserve(t, len + 1, 1);
+    if (rc) return rc;
+    size_t start = t->text_len;
+    memcpy(t->text + start, s, len);
+    t->text_len += len;
+    tokens_push(t, start);
+    return 0;
+}
+
 static int token_eq(const ps_tokens *t, size_t i, size_t j)
 {
     return t->len[i] == t->len[j] &&

@@ -401,6 +401,113 @@ err:
 }
 
 /**************************************************************************
+ * Partitioning
+ */
+
+uint32_t ps_jump_hash(uint64_t key, uint32_t nbuckets)
+{
+    int64_t b = -1, j = 0;
+    while (j < (int64_t)nbuckets) {
+        b = j;
+        key = key * 2862933555777941757ULL + 1;
+        j = (int64_t)((double)(b + 1) * ((double)(1LL << 31) / (double)((key >> 33) + 1)));
+    }
+    return (uint32_t)b;
+}
+
+ps_index_t *ps_index_partition(const ps_index_t *ix, uint32_t nshards, uint32_t shard,
+                               uint32_t **global_doc, ps_err *err)
+{
+    ps_index_t *sub = NULL;
+    uint32_t *gdoc = NULL, *local = NULL, *cnt = NULL, n = 0;
+    if (global_doc) *global_doc = NULL;
+    if (nshards == 0 || shard >= nshards) {
+        ps_err_set(err, PS_EINVAL, "shard %u of %u does not exist", shard, nshards);
+        return NULL;
+    }
+    gdoc = malloc((ix->ndocs ? ix->ndocs : 1) * sizeof *gdoc);
+    local = malloc((ix->ndocs ? ix->ndocs : 1) * sizeof *local);
+    cnt = calloc(ix->nlists ? ix->nlists : 1, sizeof *cnt);
+    if (!gdoc || !local || !cnt) goto oom;
+    for (uint32_t d = 0; d < ix->ndocs; d++) {
+        local[d] = UINT32_MAX;
+        if (ps_jump_hash(ix->ids[d], nshards) == shard) {
+            local[d] = n;
+            gdoc[n++] = d;
+        }
+    }
+    if (!(sub = ps__index_alloc(n, ix->dim))) goto oom;
+    memcpy(sub->fs, ix->fs, sizeof sub->fs);
+    for (uint32_t i = 0; i < n; i++) {
+        sub->ids[i] = ix->ids[gdoc[i]];
+        sub->utility[i] = ix->utility[gdoc[i]];
+        memcpy(sub->dl + (size_t)i * PS_NFIELDS, ix->dl + (size_t)gdoc[i] * PS_NFIELDS,
+               PS_NFIELDS * sizeof *sub->dl);
+    }
+
+    uint64_t total = 0;
+    uint32_t nlists = 0;
+    for (uint32_t l = 0; l < ix->nlists; l++) {
+        const ps__plist *pl = &ix->lists[l];
+        for (uint32_t i = 0; i < pl->n; i++) cnt[l] += local[ix->pdocs[pl->off + i]] != UINT32_MAX;
+        total += cnt[l];
+        nlists += cnt[l] > 0;
+    }
+    sub->lists = calloc(nlists ? nlists : 1, sizeof *sub->lists);
+    sub->pdocs = malloc((total ? total : 1) * sizeof *sub->pdocs);
+    sub->ptfn = malloc((total ? total : 1) * sizeof *sub->ptfn);
+    if (!sub->lists || !sub->pdocs || !sub->ptfn) goto oom;
+    uint32_t off = 0, nl = 0;
+    for (uint32_t t = 0; t < ix->dict.nterms; t++) {
+        const ps__term *term = &ix->dict.terms[t];
+        int64_t st = -1;
+        for (int f = 0; f < PS_NFIELDS; f++) {
+            uint32_t l = term->list[f];
+            if (l == PS_NOLIST || cnt[l] == 0) continue;
+            if (st < 0 &&
+                (st = ps__dict_intern(&sub->dict, ix->dict.strs + term->str, term->len)) < 0)
+                goto oom;
+            const ps__plist *pl = &ix->lists[l];
+            ps__plist *sl = &sub->lists[nl];
+            sl->off = off;
+            sl->n = cnt[l];
+            sl->df = pl->df; /* corpus-wide, not the slice's */
+            for (uint32_t i = 0; i < pl->n; i++) {
+                uint32_t d = local[ix->pdocs[pl->off + i]];
+                if (d == UINT32_MAX) continue;
+                sub->pdocs[off] = d;
+                sub->ptfn[off++] = ix->ptfn[pl->off + i];
+            }
+            sub->dict.terms[st].list[f] = nl++;
+        }
+    }
+    sub->nlists = nl;
+    sub->npostings = total;
+    if (ps__index_build_blocks(sub, err) || ps__index_build_idmap(sub, err)) goto fail;
+    if (ix->emb) {
+        if (!(sub->emb = malloc(((size_t)n ? n : 1) * ix->dim * sizeof *sub->emb))) goto oom;
+        for (uint32_t i = 0; i < n; i++)
+            memcpy(sub->emb + (size_t)i * ix->dim, ix->emb + (size_t)gdoc[i] * ix->dim,
+                   ix->dim * sizeof *sub->emb);
+    }
+    free(local);
+    free(cnt);
+    if (global_doc)
+        *global_doc = gdoc;
+    else
+        free(gdoc);
+    return sub;
+oom:
+    ps_err_set(err, PS_ENOMEM, "out of memory partitioning shard %u of %u", shard, nshards);
+fail:
+    ps_index_free(sub);
+    free(gdoc);
+    free(local);
+    free(cnt);
+    return NULL;
+}
+
+/**************************************************************************
  * Reading
  */
 

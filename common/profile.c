@@ -32,6 +32,17 @@
 
 static const uint8_t magic[4] = {'P', 'S', 'P', 'F'};
 
+double ps_dot(const float *a, const float *b, size_t dim)
+{
+    double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 8 <= dim; i += 8)
+        for (int j = 0; j < 8; j++) lane[j] += (double)a[i + j] * (double)b[i + j];
+    for (int j = 0; i < dim; i++, j++) lane[j] += (double)a[i] * (double)b[i];
+    return ((lane[0] + lane[4]) + (lane[1] + lane[5])) +
+           ((lane[2] + lane[6]) + (lane[3] + lane[7]));
+}
+
 double ps_l2dist(const float *a, const float *b, size_t dim)
 {
     /* Keep this a plain loop: other components re-implement it and compare bit for bit. */

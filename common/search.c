@@ -19,7 +19,6 @@
  * candidates: on this workload a 64-posting block's maximum is close to its list's maximum,
  * so they pruned nothing and cost ~10%.)
  */
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -198,17 +197,21 @@ static int check_opts(const ps_search_opts *o, ps_err *err)
 }
 
 /* Analyze q and fill s->cl with its clauses sorted by upper bound; *m = number of clauses. */
-static int setup(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts *o, size_t *m,
-                 ps_search_stats *st, ps_err *err)
+/* s->tok holds distinct tokens: check there are some, and not too many. */
+static int check_tokens(const ps_tokens *tok, ps_err *err)
+{
+    if (tok->n == 0) return ps_err_set(err, PS_EQUERY, "query has no searchable token");
+    if (tok->n > PS_SEARCH_MAX_TERMS)
+        return ps_err_set(err, PS_ETOOBIG, "query has %zu distinct tokens; at most %d", tok->n,
+                          PS_SEARCH_MAX_TERMS);
+    return 0;
+}
+
+/* Fill s->cl with the clauses of the tokens in s->tok, sorted by upper bound; *m = count. */
+static int setup(ps_searcher_t *s, const ps_search_opts *o, size_t *m, ps_search_stats *st,
+                 ps_err *err)
 {
     const ps_index_t *ix = s->ix;
-    int rc = ps_analyze(s->an, q, qlen, "query", &s->tok, err);
-    if (rc) return rc;
-    ps_tokens_distinct(&s->tok);
-    if (s->tok.n == 0) return ps_err_set(err, PS_EQUERY, "query has no searchable token");
-    if (s->tok.n > PS_SEARCH_MAX_TERMS)
-        return ps_err_set(err, PS_ETOOBIG, "query has %zu distinct tokens; at most %d", s->tok.n,
-                          PS_SEARCH_MAX_TERMS);
     if (grow((void **)&s->cl, &s->cl_cap, s->tok.n * PS_NFIELDS, sizeof *s->cl))
         return ps_err_set(err, PS_ENOMEM, "out of memory preparing a query");
 
@@ -416,16 +419,13 @@ static int run_exhaustive(ps_searcher_t *s, size_t m, const ps_search_opts *o, p
  * Entry points
  */
 
-int ps_search_recall(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts *o,
-                     ps_hit *hits, size_t *nhits, ps_search_stats *stats, ps_err *err)
+/* Step 2 on the tokens in s->tok: the top R by recall into hits, recall order. */
+static int recall(ps_searcher_t *s, const ps_search_opts *o, ps_hit *hits, size_t *nhits,
+                  ps_search_stats *st, ps_err *err)
 {
-    ps_search_stats local;
-    ps_search_stats *st = stats ? stats : &local;
     size_t m = 0, n = 0;
     int rc;
-    memset(st, 0, sizeof *st);
-    *nhits = 0;
-    if ((rc = check_opts(o, err)) || (rc = setup(s, q, qlen, o, &m, st, err))) return rc;
+    if ((rc = setup(s, o, &m, st, err))) return rc;
     if (o->exhaustive) {
         if ((rc = run_exhaustive(s, m, o, st, &n, err))) return rc;
     } else {
@@ -448,73 +448,136 @@ int ps_search_recall(ps_searcher_t *s, const char *q, size_t qlen, const ps_sear
     return 0;
 }
 
-void ps_rank_preference(ps_hit *hits, size_t n, const float *emb, uint32_t dim, const ps_profile *p,
-                        float alpha)
+/* Analyze q into s->tok (distinct tokens). */
+static int analyze(ps_searcher_t *s, const char *q, size_t qlen, ps_err *err)
 {
-    enum { CHUNK = 128 }; /* hits per sgemm: the dot products fit on the stack */
-    if (p && p->k > 0 && p->dim == dim) {
-        double cn2[PS_PROFILE_KMAX];
-        float dots[CHUNK * PS_PROFILE_KMAX];
-        for (uint32_t c = 0; c < p->k; c++)
-            cn2[c] = cblas_dsdot((int)dim, p->centroids + (size_t)c * dim, 1,
-                                 p->centroids + (size_t)c * dim, 1);
-        for (size_t base = 0; base < n; base += CHUNK) {
-            size_t m = n - base < CHUNK ? n - base : CHUNK;
-            /* dots[i][c] = e_i · c for the whole chunk in one call. */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)p->k, (int)dim, 1.0f,
-                        emb + base * dim, (int)dim, p->centroids, (int)dim, 0.0f, dots, (int)p->k);
-            for (size_t i = 0; i < m; i++) {
-                const float *e = emb + (base + i) * dim;
-                double en2 = cblas_dsdot((int)dim, e, 1, e, 1);
-                ps_hit *h = &hits[base + i];
-                for (uint32_t c = 0; c < p->k; c++) {
-                    /* ‖c − e‖² from the dot product decides all but borderline pairs; those
-                     * are settled with ps_l2dist, the function that defined the radius. */
-                    double dot = (double)dots[i * p->k + c];
-                    double r = p->radius[c], d2 = en2 + cn2[c] - 2.0 * dot;
-                    double slack = 1e-4 * (en2 + cn2[c] + 1.0);
-                    int near;
-                    if (d2 + slack < r * r)
-                        near = 1;
-                    else if (d2 - slack > r * r)
-                        near = 0;
-                    else
-                        near = ps_l2dist(p->centroids + (size_t)c * dim, e, dim) <= r;
-                    if (!near) continue;
-                    double cosv = en2 > 0 && cn2[c] > 0 ? dot / sqrt(en2 * cn2[c]) : 0.0;
-                    double pref = 1.0 + (double)alpha * cosv;
-                    double score = h->recall * pref;
-                    if (h->centroid < 0 || score > h->score) {
-                        h->score = score;
-                        h->preference = pref;
-                        h->centroid = (int32_t)c;
-                    }
-                }
+    int rc = ps_analyze(s->an, q, qlen, "query", &s->tok, err);
+    if (rc) return rc;
+    ps_tokens_distinct(&s->tok);
+    return check_tokens(&s->tok, err);
+}
+
+/* Copy tokens into s->tok, dropping repeats. */
+static int take_tokens(ps_searcher_t *s, const ps_tokens *tok, ps_err *err)
+{
+    s->tok.n = s->tok.text_len = 0;
+    for (size_t i = 0; i < tok->n; i++)
+        if (ps_tokens_push(&s->tok, tok->text + tok->off[i], tok->len[i]))
+            return ps_err_set(err, PS_ENOMEM, "out of memory copying query tokens");
+    ps_tokens_distinct(&s->tok);
+    return check_tokens(&s->tok, err);
+}
+
+static void clear_stats(ps_search_stats *st)
+{
+    memset(st, 0, sizeof *st);
+}
+
+int ps_search_recall(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts *o,
+                     ps_hit *hits, size_t *nhits, ps_search_stats *stats, ps_err *err)
+{
+    ps_search_stats local;
+    ps_search_stats *st = stats ? stats : &local;
+    int rc;
+    clear_stats(st);
+    *nhits = 0;
+    if ((rc = check_opts(o, err)) || (rc = analyze(s, q, qlen, err))) return rc;
+    return recall(s, o, hits, nhits, st, err);
+}
+
+/* Set preference and score of hits[0..n) for o->profile, fetching their embeddings. */
+static int prefer(ps_searcher_t *s, const ps_search_opts *o, ps_hit *hits, size_t n, ps_err *err)
+{
+    const ps_index_t *ix = s->ix;
+    const ps_profile *p = o->profile;
+    int rc;
+    if (!p || p->k == 0 || n == 0) return 0;
+    if (p->dim != ix->dim)
+        return ps_err_set(err, PS_EINVAL, "profile dimension %u differs from the index's %u",
+                          p->dim, ix->dim);
+    if (grow((void **)&s->emb, &s->emb_cap, n * ix->dim, sizeof *s->emb) ||
+        grow((void **)&s->docs, &s->docs_cap, n, sizeof *s->docs))
+        return ps_err_set(err, PS_ENOMEM, "out of memory fetching embeddings");
+    for (size_t i = 0; i < n; i++) s->docs[i] = hits[i].doc;
+    if ((rc = ps_index_embeddings(ix, s->docs, n, s->emb, err))) return rc;
+    ps_prefer(hits, n, s->emb, ix->dim, p, o->alpha);
+    return 0;
+}
+
+int ps_search_shard(ps_searcher_t *s, const ps_tokens *tok, const ps_search_opts *o, ps_hit *hits,
+                    size_t *nhits, ps_search_stats *stats, ps_err *err)
+{
+    ps_search_stats local;
+    ps_search_stats *st = stats ? stats : &local;
+    int rc;
+    clear_stats(st);
+    *nhits = 0;
+    if ((rc = check_opts(o, err)) || (rc = take_tokens(s, tok, err)) ||
+        (rc = recall(s, o, hits, nhits, st, err)))
+        return rc;
+    return prefer(s, o, hits, *nhits, err);
+}
+
+size_t ps_merge_hits(ps_hit *hits, size_t n, uint32_t R, uint32_t k)
+{
+    qsort(hits, n, sizeof *hits, cmp_hit_recall);
+    if (n > R) n = R;
+    qsort(hits, n, sizeof *hits, cmp_hit_score);
+    return n < k ? n : k;
+}
+
+void ps_prefer(ps_hit *hits, size_t n, const float *emb, uint32_t dim, const ps_profile *p,
+               float alpha)
+{
+    /* Dot products come from ps_dot, not BLAS: a BLAS kernel's summation order depends on the
+     * batch and on alignment, and a shard scoring 25 candidates must get the same bits as a
+     * single node scoring 100. */
+    if (!p || p->k == 0 || p->dim != dim) return;
+    double cn2[PS_PROFILE_KMAX];
+    for (uint32_t c = 0; c < p->k; c++)
+        cn2[c] = ps_dot(p->centroids + (size_t)c * dim, p->centroids + (size_t)c * dim, dim);
+    for (size_t i = 0; i < n; i++) {
+        const float *e = emb + i * dim;
+        double en2 = ps_dot(e, e, dim);
+        ps_hit *h = &hits[i];
+        for (uint32_t c = 0; c < p->k; c++) {
+            const float *cv = p->centroids + (size_t)c * dim;
+            /* ‖c − e‖² from the dot product decides all but borderline pairs; those are
+             * settled with ps_l2dist, the function that defined the radius. */
+            double dot = ps_dot(cv, e, dim);
+            double r = p->radius[c], d2 = en2 + cn2[c] - 2.0 * dot;
+            double slack = 1e-9 * (en2 + cn2[c] + 1.0);
+            int near;
+            if (d2 + slack < r * r)
+                near = 1;
+            else if (d2 - slack > r * r)
+                near = 0;
+            else
+                near = ps_l2dist(cv, e, dim) <= r;
+            if (!near) continue;
+            double cosv = en2 > 0 && cn2[c] > 0 ? dot / sqrt(en2 * cn2[c]) : 0.0;
+            double pref = 1.0 + (double)alpha * cosv;
+            double score = h->recall * pref;
+            if (h->centroid < 0 || score > h->score) {
+                h->score = score;
+                h->preference = pref;
+                h->centroid = (int32_t)c;
             }
         }
     }
-    qsort(hits, n, sizeof *hits, cmp_hit_score);
 }
 
 int ps_search(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts *o, ps_hit *hits,
               size_t *nhits, ps_search_stats *stats, ps_err *err)
 {
-    const ps_index_t *ix = s->ix;
-    int rc = ps_search_recall(s, q, qlen, o, hits, nhits, stats, err);
-    if (rc) return rc;
-    size_t n = *nhits;
-    const ps_profile *p = o->profile;
-    if (p && p->k > 0 && n > 0) {
-        if (p->dim != ix->dim)
-            return ps_err_set(err, PS_EINVAL, "profile dimension %u differs from the index's %u",
-                              p->dim, ix->dim);
-        if (grow((void **)&s->emb, &s->emb_cap, n * ix->dim, sizeof *s->emb) ||
-            grow((void **)&s->docs, &s->docs_cap, n, sizeof *s->docs))
-            return ps_err_set(err, PS_ENOMEM, "out of memory fetching embeddings");
-        for (size_t i = 0; i < n; i++) s->docs[i] = hits[i].doc;
-        if ((rc = ps_index_embeddings(ix, s->docs, n, s->emb, err))) return rc;
-        ps_rank_preference(hits, n, s->emb, ix->dim, p, o->alpha);
-    }
-    if (n > o->k) *nhits = o->k;
+    ps_search_stats local;
+    ps_search_stats *st = stats ? stats : &local;
+    int rc;
+    clear_stats(st);
+    *nhits = 0;
+    if ((rc = check_opts(o, err)) || (rc = analyze(s, q, qlen, err)) ||
+        (rc = recall(s, o, hits, nhits, st, err)) || (rc = prefer(s, o, hits, *nhits, err)))
+        return rc;
+    *nhits = ps_merge_hits(hits, *nhits, o->R, o->k);
     return 0;
 }

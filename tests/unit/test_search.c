@@ -339,6 +339,80 @@ static void test_store_roundtrip(void **state)
     assert_null(ps_store_open(F.dir, &err)); /* not an index directory */
 }
 
+/* DESIGN invariant 1 at the engine level: N shards (each a ps_index_partition slice answering
+ * ps_search_shard) merged by ps_merge_hits == one node, ids, order and bit-identical scores. */
+static void test_shards_equal_single_node(void **state)
+{
+    (void)state;
+    static const uint32_t Ns[] = {1, 2, 4, 7};
+    ps_analyzer_t *an = ps_analyzer_new(NULL);
+    ps_tokens tok;
+    ps_tokens_init(&tok);
+    ps_searcher_t *single = ps_searcher_new(F.built.ix, NULL);
+    ps_hit *want = malloc(TOPR * sizeof *want), *all = malloc(7 * TOPR * sizeof *all);
+    for (size_t ni = 0; ni < sizeof Ns / sizeof Ns[0]; ni++) {
+        uint32_t N = Ns[ni];
+        ps_index_t *shard[7];
+        ps_searcher_t *ss[7];
+        uint32_t total = 0, smallest = UINT32_MAX;
+        for (uint32_t i = 0; i < N; i++) {
+            ps_err err = {0};
+            shard[i] = ps_index_partition(F.built.ix, N, i, NULL, &err);
+            if (!shard[i]) fail_msg("partition %u/%u: %s", i, N, err.msg);
+            ss[i] = ps_searcher_new(shard[i], NULL);
+            total += ps_index_ndocs(shard[i]);
+            if (ps_index_ndocs(shard[i]) < smallest) smallest = ps_index_ndocs(shard[i]);
+        }
+        assert_int_equal(total, ps_index_ndocs(F.built.ix));
+        assert_true(smallest > total / N * 8 / 10); /* jump hash balances */
+        size_t compared = 0;
+        for (size_t qi = 0; qi < F.nqueries; qi++) {
+            const char *q = F.queries[qi];
+            ps_search_opts o;
+            ps_search_opts_default(&o);
+            o.k = qi % 2 ? 10 : TOPR;
+            o.profile = qi % 3 ? &F.built.profiles[qi % F.built.nusers] : NULL;
+            size_t nw = 0, n = 0;
+            int rc = ps_search(single, q, strlen(q), &o, want, &nw, NULL, NULL);
+            /* The broker analyzes once and sends distinct tokens. */
+            assert_int_equal(ps_analyze(an, q, strlen(q), "query", &tok, NULL), 0);
+            ps_tokens_distinct(&tok);
+            for (uint32_t i = 0; i < N; i++) {
+                size_t nh = 0;
+                int src = ps_search_shard(ss[i], &tok, &o, all + n, &nh, NULL, NULL);
+                assert_int_equal(src, rc);
+                n += nh;
+            }
+            if (rc) continue;
+            size_t got = ps_merge_hits(all, n, o.R, o.k);
+            if (got != nw) fail_msg("N=%u query '%s': %zu hits, single node %zu", N, q, got, nw);
+            for (size_t i = 0; i < nw; i++)
+                if (all[i].id != want[i].id || all[i].score != want[i].score ||
+                    all[i].recall != want[i].recall || all[i].centroid != want[i].centroid)
+                    fail_msg("N=%u query '%s' rank %zu: cluster %llu %.17g, single %llu %.17g", N,
+                             q, i + 1, (unsigned long long)all[i].id, all[i].score,
+                             (unsigned long long)want[i].id, want[i].score);
+            compared += nw;
+        }
+        printf("N=%u: %zu hits identical to the single node\n", N, compared);
+        assert_true(compared > F.nqueries);
+        for (uint32_t i = 0; i < N; i++) {
+            ps_searcher_free(ss[i]);
+            ps_index_free(shard[i]);
+        }
+    }
+    /* Shard numbers out of range are refused. */
+    ps_err err = {0};
+    assert_null(ps_index_partition(F.built.ix, 4, 4, NULL, &err));
+    assert_int_equal(err.code, PS_EINVAL);
+    assert_null(ps_index_partition(F.built.ix, 0, 0, NULL, &err));
+    free(want);
+    free(all);
+    ps_searcher_free(single);
+    ps_tokens_free(&tok);
+    ps_analyzer_free(an);
+}
+
 static void test_bad_queries(void **state)
 {
     (void)state;
@@ -378,6 +452,7 @@ int main(void)
         cmocka_unit_test(test_exact_unknown_user),
         cmocka_unit_test(test_pruned_equals_exhaustive),
         cmocka_unit_test(test_store_roundtrip),
+        cmocka_unit_test(test_shards_equal_single_node),
         cmocka_unit_test(test_bad_queries),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -67,6 +67,19 @@ uint64_t ps_index_npostings(const ps_index_t *ix);
 /* Bytes of memory held by the index structures (postings, dictionary, per-doc arrays). */
 size_t ps_index_memory(const ps_index_t *ix);
 
+/* Jump consistent hash (Lamping & Veach 2014): the bucket of key among nbuckets (>= 1).
+ * Growing nbuckets by one moves only 1/nbuckets of the keys. */
+uint32_t ps_jump_hash(uint64_t key, uint32_t nbuckets);
+
+/* The slice of ix that shard `shard` of `nshards` holds: the stickers whose
+ * ps_jump_hash(id, nshards) == shard, in the same relative doc order, with ix's corpus-wide
+ * statistics (N_f, tokens_f and every df_f(t)) kept, so each of them scores exactly as in ix.
+ * In-memory embeddings are copied. OUT global_doc (may be NULL): a malloc'd array giving, for
+ * each doc of the slice, its doc in ix (caller frees). Caller owns the result.
+ * Errors: PS_EINVAL (nshards 0, shard out of range), PS_ENOMEM. */
+ps_index_t *ps_index_partition(const ps_index_t *ix, uint32_t nshards, uint32_t shard,
+                               uint32_t **global_doc, ps_err *err);
+
 /* Give the index its embeddings. In-memory: `emb` is ndocs × dim floats in doc order; the
  * index takes ownership (*emb set to NULL). */
 void ps_index_set_embeddings(ps_index_t *ix, float **emb);

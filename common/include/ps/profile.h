@@ -26,6 +26,11 @@ typedef struct ps_profile {
 /* Euclidean distance, accumulated in double in index order: sqrt(sum((double)a_i - b_i)^2). */
 double ps_l2dist(const float *a, const float *b, size_t dim);
 
+/* Dot product a·b with products and sums in double over 8 interleaved lanes, combined in a
+ * fixed order: the result depends only on the values, never on batch size, alignment or BLAS
+ * kernel, so every node that scores a sticker for a centroid gets the same bits. */
+double ps_dot(const float *a, const float *b, size_t dim);
+
 /* Build a profile from the n embeddings at emb (row-major n × dim; the caller passes the
  * user's distinct clicked stickers). k = min(kmax, n distinct points); k-means++ seeded by
  * `seed`, Lloyd iterations until assignments are stable or 100 rounds; deterministic for the

@@ -8,6 +8,12 @@
  *   result          = the top k of the R by Score
  * Every ordering breaks ties by ascending sticker id.
  *
+ * A single node runs ps_search; a cluster runs ps_search_shard on every shard (each holding a
+ * slice with the corpus-wide statistics, see ps_index_partition) and ps_merge_hits on the
+ * union, which returns exactly what ps_search returns over the whole corpus: a shard's top R
+ * contains every one of its stickers that is in the global top R, and each sticker's scores
+ * are computed by the same code from the same statistics.
+ *
  * Two evaluation paths return identical hits (ids, order and bit-identical scores):
  * the default document-at-a-time MaxScore with block-max bounds and the utility as an extra
  * clause, and an exhaustive term-at-a-time scorer (opts.exhaustive) kept for verification.
@@ -79,9 +85,20 @@ int ps_search(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts
 int ps_search_recall(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts *opts,
                      ps_hit *hits, size_t *nhits, ps_search_stats *stats, ps_err *err);
 
-/* Steps 3–4 on hits[0..n) whose embeddings are emb (n × dim): set preference/score/centroid
- * and sort by Score (ties by id). profile NULL or k == 0 leaves score = recall. */
-void ps_rank_preference(ps_hit *hits, size_t n, const float *emb, uint32_t dim,
-                        const ps_profile *profile, float alpha);
+/* The shard side of a cluster query: steps 1–3 for already analyzed tokens (the broker
+ * analyzes once; repeats are dropped here). OUT hits: the top R by Recall, in recall order,
+ * each with its preference and score for opts->profile. Errors as ps_search. */
+int ps_search_shard(ps_searcher_t *s, const ps_tokens *tokens, const ps_search_opts *opts,
+                    ps_hit *hits, size_t *nhits, ps_search_stats *stats, ps_err *err);
+
+/* The broker side: hits[0..n) gathered from any number of shards (each a top R by recall
+ * with scores set) become the global answer: the top R by recall, ranked by score, cut to k.
+ * Reorders hits in place; returns the number of results (<= k). Ties break by id. */
+size_t ps_merge_hits(ps_hit *hits, size_t n, uint32_t R, uint32_t k);
+
+/* Step 3 on hits[0..n) whose embeddings are emb (n × dim): set preference, score and
+ * centroid (order unchanged). profile NULL or k == 0 leaves score = recall. */
+void ps_prefer(ps_hit *hits, size_t n, const float *emb, uint32_t dim, const ps_profile *profile,
+               float alpha);
 
 #endif
