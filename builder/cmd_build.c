@@ -1,7 +1,10 @@
 /*
  * cmd_build.c — `builder build`: corpus + embeddings + training clicks -> an index directory.
  */
+#include <dirent.h>
+#include <errno.h>
 #include <getopt.h>
+#include <sys/stat.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +32,8 @@ static void usage(FILE *f)
         "  --seed N            k-means seed (default 42)\n"
         "  --utility-base X    base added to zero utility components (default 1)\n"
         "  --utility-w A,B,C   weights of (Pop, Cross, QA) (default 1,1,1)\n"
+        "  --shards N          write N shard directories (DIR/shard-000 ...), a profiles\n"
+        "                      directory (DIR/profiles) and DIR/cluster.json instead of one index\n"
         "  --help              this text\n");
 }
 
@@ -36,18 +41,84 @@ static void usage(FILE *f)
 typedef struct textctx {
     const builder_corpus *c;
     const builder_built *b;
+    const uint32_t *gdoc; /* shard doc -> doc of the whole index (NULL: identity) */
 } textctx;
 
 static const char *stored_text(void *ctx, uint32_t doc, int f, size_t *len)
 {
     const textctx *t = ctx;
-    uint32_t row = t->b->row_of_doc[doc];
+    uint32_t row = t->b->row_of_doc[t->gdoc ? t->gdoc[doc] : doc];
     if (f == PS_F_QUERIES) {
         *len = t->b->queries_len[row];
         return t->b->queries[row];
     }
     *len = t->c->recs[row].field_len[f];
     return t->c->recs[row].field[f];
+}
+
+/* Create `dir` or accept it if empty. */
+static int make_empty_dir(const char *dir, ps_err *err)
+{
+    if (mkdir(dir, 0755) == 0) return 0;
+    if (errno != EEXIST) return ps_err_set(err, PS_EIO, "mkdir %s: %s", dir, strerror(errno));
+    DIR *d = opendir(dir);
+    if (!d) return ps_err_set(err, PS_EIO, "%s: %s", dir, strerror(errno));
+    struct dirent *de;
+    int empty = 1;
+    while ((de = readdir(d)) != NULL)
+        if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) empty = 0;
+    closedir(d);
+    return empty ? 0 : ps_err_set(err, PS_EEXIST, "%s exists and is not empty", dir);
+}
+
+/* DIR/shard-000 .. shard-(N-1): one index directory per jump-hash slice, each with the
+ * corpus-wide statistics; DIR/profiles: the user profiles; DIR/cluster.json: the layout. */
+static int write_sharded(const char *out, uint32_t nshards, const builder_corpus *c,
+                         const builder_built *b, const char *info, ps_err *err)
+{
+    char path[4096];
+    int rc = make_empty_dir(out, err);
+    for (uint32_t i = 0; i < nshards && !rc; i++) {
+        uint32_t *gdoc = NULL, *rows = NULL;
+        ps_index_t *sub = ps_index_partition(b->ix, nshards, i, &gdoc, err);
+        if (!sub) return err ? err->code : PS_ENOMEM;
+        uint32_t n = ps_index_ndocs(sub);
+        if (!(rows = malloc((n ? n : 1) * sizeof *rows))) {
+            rc = ps_err_set(err, PS_ENOMEM, "out of memory writing shard %u", i);
+        } else {
+            for (uint32_t d = 0; d < n; d++) rows[d] = b->row_of_doc[gdoc[d]];
+            textctx tc = {c, b, gdoc};
+            ps_store_input in = {.ix = sub,
+                                 .emb = c->emb.data,
+                                 .emb_row = rows,
+                                 .text = stored_text,
+                                 .text_ctx = &tc,
+                                 .info_json = info};
+            snprintf(path, sizeof path, "%s/shard-%03u", out, i);
+            rc = ps_store_write(path, &in, err);
+            if (!rc) printf("  %s: %u stickers\n", path, n);
+        }
+        free(rows);
+        free(gdoc);
+        ps_index_free(sub);
+    }
+    if (!rc && b->nusers) {
+        ps_store_input in = {.nprofiles = b->nusers,
+                             .users = (const char *const *)b->users,
+                             .profiles = b->profiles};
+        snprintf(path, sizeof path, "%s/profiles", out);
+        rc = ps_store_write(path, &in, err);
+    }
+    if (!rc) {
+        json_t *layout = json_pack("{s:i, s:s, s:I, s:s}", "shards", (int)nshards, "partition",
+                                   "jump_consistent_hash(sticker_id)", "stickers",
+                                   (json_int_t)ps_index_ndocs(b->ix), "profiles", "profiles");
+        snprintf(path, sizeof path, "%s/cluster.json", out);
+        if (!layout || json_dump_file(layout, path, JSON_INDENT(2)) != 0)
+            rc = ps_err_set(err, PS_EIO, "writing %s", path);
+        json_decref(layout);
+    }
+    return rc;
 }
 
 int builder_parse_utility_w(const char *s, double w[3])
@@ -64,6 +135,7 @@ int builder_parse_utility_w(const char *s, double w[3])
 int builder_cmd_build(int argc, char **argv)
 {
     const char *corpus = NULL, *npy = NULL, *clicks = NULL, *out = NULL;
+    uint32_t nshards = 0;
     builder_cfg cfg;
     builder_cfg_defaults(&cfg);
     cfg.progress = 1;
@@ -75,6 +147,7 @@ int builder_cmd_build(int argc, char **argv)
                                          {"seed", required_argument, 0, 's'},
                                          {"utility-base", required_argument, 0, 'b'},
                                          {"utility-w", required_argument, 0, 'w'},
+                                         {"shards", required_argument, 0, 'n'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int ch;
@@ -121,6 +194,13 @@ int builder_cmd_build(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'n':
+            nshards = (uint32_t)strtoul(optarg, &end, 10);
+            if (*end || nshards < 1 || nshards > 1024) {
+                fprintf(stderr, "builder build: --shards must be 1..1024\n");
+                return 2;
+            }
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -156,7 +236,7 @@ int builder_cmd_build(int argc, char **argv)
                   cfg.utility.base, "read_seconds", t_read - t0);
     char *info_s = info ? json_dumps(info, JSON_COMPACT) : NULL;
     json_decref(info);
-    textctx tc = {&c, &b};
+    textctx tc = {&c, &b, NULL};
     ps_store_input in = {.ix = b.ix,
                          .emb = c.emb.data,
                          .emb_row = b.row_of_doc,
@@ -166,7 +246,8 @@ int builder_cmd_build(int argc, char **argv)
                          .users = (const char *const *)b.users,
                          .profiles = b.profiles,
                          .info_json = info_s};
-    int wrc = ps_store_write(out, &in, &err);
+    int wrc = nshards ? write_sharded(out, nshards, &c, &b, info_s, &err)
+                      : ps_store_write(out, &in, &err);
     free(info_s);
     if (wrc) goto fail;
     double t_end = builder_now();

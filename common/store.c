@@ -215,7 +215,8 @@ static int dir_usable(const char *dir, ps_err *err)
     return empty ? 0 : ps_err_set(err, PS_EEXIST, "%s exists and is not empty", dir);
 }
 
-static int write_entries(wctx *c, const ps_store_input *in, ps_err *err)
+/* D, I, M, P and T: everything about the stickers of the index. */
+static int write_index(wctx *c, const ps_store_input *in, ps_err *err)
 {
     const ps_index_t *ix = in->ix;
     uint8_t k[9];
@@ -298,7 +299,13 @@ static int write_entries(wctx *c, const ps_store_input *in, ps_err *err)
         }
         if ((rc = put(c, err))) return rc;
     }
+    return 0;
+}
 
+/* U: one record per user, in name order. */
+static int write_profiles(wctx *c, const ps_store_input *in, ps_err *err)
+{
+    int rc = 0;
     if (in->nprofiles) { /* U */
         uref *u = malloc(in->nprofiles * sizeof *u);
         if (!u) return ps_err_set(err, PS_ENOMEM, "out of memory sorting profiles");
@@ -319,9 +326,15 @@ static int write_entries(wctx *c, const ps_store_input *in, ps_err *err)
             rc = put(c, err);
         }
         free(u);
-        if (rc) return rc;
     }
+    return rc;
+}
 
+/* X: sticker id -> doc, in id order. */
+static int write_ids(wctx *c, const ps_store_input *in, ps_err *err)
+{
+    const ps_index_t *ix = in->ix;
+    int rc = 0;
     idref *ids = malloc((ix->ndocs ? ix->ndocs : 1) * sizeof *ids); /* X */
     if (!ids) return ps_err_set(err, PS_ENOMEM, "out of memory sorting ids");
     for (uint32_t d = 0; d < ix->ndocs; d++) ids[d] = (idref){ix->ids[d], d};
@@ -335,6 +348,14 @@ static int write_entries(wctx *c, const ps_store_input *in, ps_err *err)
     }
     free(ids);
     return rc;
+}
+
+static int write_entries(wctx *c, const ps_store_input *in, ps_err *err)
+{
+    int rc = 0;
+    if (in->ix && (rc = write_index(c, in, err))) return rc;
+    if ((rc = write_profiles(c, in, err))) return rc;
+    return in->ix ? write_ids(c, in, err) : 0;
 }
 
 /* dir/embeddings.f32: ndocs rows of dim little-endian float32, in doc order, synced. */
@@ -360,7 +381,7 @@ int ps_store_write(const char *dir, const ps_store_input *in, ps_err *err)
     char sst[4096], *rerr = NULL;
     int rc;
     if ((rc = dir_usable(dir, err))) return rc;
-    if (in->emb && (rc = write_embeddings(dir, in, err))) return rc;
+    if (in->ix && in->emb && (rc = write_embeddings(dir, in, err))) return rc;
     snprintf(sst, sizeof sst, "%s/.build.sst", dir);
 
     wctx c = {0};
@@ -637,7 +658,9 @@ const ps_index_t *ps_store_index(const ps_store_t *st)
     return st->ix;
 }
 
-int ps_store_profile(ps_store_t *st, const char *user, ps_profile *prof, ps_err *err)
+/* Read and decode the profile of `user` from db. */
+static int get_profile(rocksdb_t *db, const rocksdb_readoptions_t *ro, const char *user,
+                       ps_profile *prof, ps_err *err)
 {
     char *rerr = NULL;
     size_t len = 0, ul = strlen(user);
@@ -645,7 +668,7 @@ int ps_store_profile(ps_store_t *st, const char *user, ps_profile *prof, ps_err 
     if (!key) return ps_err_set(err, PS_ENOMEM, "out of memory reading a profile");
     key[0] = 'U';
     memcpy(key + 1, user, ul);
-    char *v = rocksdb_get(st->db, st->ropts, key, ul + 1, &len, &rerr);
+    char *v = rocksdb_get(db, ro, key, ul + 1, &len, &rerr);
     free(key);
     if (rerr) {
         int rc = ps_err_set(err, PS_ESTORE, "reading profile of '%s': %s", user, rerr);
@@ -656,6 +679,52 @@ int ps_store_profile(ps_store_t *st, const char *user, ps_profile *prof, ps_err 
     int rc = ps_profile_decode((const uint8_t *)v, len, prof, err);
     rocksdb_free(v);
     return rc;
+}
+
+int ps_store_profile(ps_store_t *st, const char *user, ps_profile *prof, ps_err *err)
+{
+    return get_profile(st->db, st->ropts, user, prof, err);
+}
+
+struct ps_profiles {
+    rocksdb_t *db;
+    rocksdb_options_t *opts;
+    rocksdb_readoptions_t *ropts;
+};
+
+ps_profiles_t *ps_profiles_open(const char *dir, ps_err *err)
+{
+    char *rerr = NULL;
+    ps_profiles_t *p = calloc(1, sizeof *p);
+    if (!p) {
+        ps_err_set(err, PS_ENOMEM, "out of memory opening %s", dir);
+        return NULL;
+    }
+    p->opts = rocksdb_options_create();
+    rocksdb_options_set_info_log_level(p->opts, 4);
+    p->ropts = rocksdb_readoptions_create();
+    p->db = rocksdb_open_for_read_only(p->opts, dir, 0, &rerr);
+    if (!p->db) {
+        ps_err_set(err, PS_ENOTFOUND, "%s is not a profiles directory: %s", dir, rerr);
+        free(rerr);
+        ps_profiles_close(p);
+        return NULL;
+    }
+    return p;
+}
+
+int ps_profiles_get(ps_profiles_t *p, const char *user, ps_profile *prof, ps_err *err)
+{
+    return get_profile(p->db, p->ropts, user, prof, err);
+}
+
+void ps_profiles_close(ps_profiles_t *p)
+{
+    if (!p) return;
+    if (p->db) rocksdb_close(p->db);
+    rocksdb_readoptions_destroy(p->ropts);
+    rocksdb_options_destroy(p->opts);
+    free(p);
 }
 
 int ps_store_fields(ps_store_t *st, uint32_t doc, char *fields[PS_NFIELDS], ps_err *err)

@@ -413,6 +413,84 @@ static void test_shards_equal_single_node(void **state)
     ps_analyzer_free(an);
 }
 
+/* Shards written as index directories and opened again keep the corpus-wide statistics:
+ * merged, they still answer exactly as the single node. Profiles go to a profiles directory. */
+static void test_shard_stores(void **state)
+{
+    (void)state;
+    enum { N = 3 };
+    ps_store_t *st[N];
+    ps_searcher_t *ss[N];
+    ps_err err = {0};
+    char path[160];
+    for (uint32_t i = 0; i < N; i++) {
+        uint32_t *gdoc = NULL;
+        ps_index_t *sub = ps_index_partition(F.built.ix, N, i, &gdoc, &err);
+        assert_non_null(sub);
+        uint32_t n = ps_index_ndocs(sub);
+        uint32_t *rows = malloc(n * sizeof *rows);
+        for (uint32_t d = 0; d < n; d++) rows[d] = F.built.row_of_doc[gdoc[d]];
+        ps_store_input in = {.ix = sub, .emb = F.corpus.emb.data, .emb_row = rows};
+        snprintf(path, sizeof path, "%s/shard-%u", F.dir, i);
+        assert_int_equal(ps_store_write(path, &in, &err), 0);
+        free(rows);
+        free(gdoc);
+        ps_index_free(sub);
+        if (!(st[i] = ps_store_open(path, &err))) fail_msg("open %s: %s", path, err.msg);
+        ss[i] = ps_searcher_new(ps_store_index(st[i]), NULL);
+    }
+    snprintf(path, sizeof path, "%s/profiles", F.dir);
+    ps_store_input pin = {.nprofiles = F.built.nusers,
+                          .users = (const char *const *)F.built.users,
+                          .profiles = F.built.profiles};
+    assert_int_equal(ps_store_write(path, &pin, &err), 0);
+    ps_profiles_t *profs = ps_profiles_open(path, &err);
+    assert_non_null(profs);
+
+    ps_analyzer_t *an = ps_analyzer_new(NULL);
+    ps_tokens tok;
+    ps_tokens_init(&tok);
+    ps_searcher_t *single = ps_searcher_new(F.built.ix, NULL);
+    ps_hit *want = malloc(TOPR * sizeof *want), *all = malloc(N * TOPR * sizeof *all);
+    for (size_t qi = 0; qi < F.nqueries; qi += 2) {
+        const char *q = F.queries[qi];
+        ps_profile p = {0};
+        assert_int_equal(ps_profiles_get(profs, F.built.users[qi % F.built.nusers], &p, &err), 0);
+        ps_search_opts o;
+        ps_search_opts_default(&o);
+        o.profile = &p;
+        size_t nw = 0, n = 0;
+        int rc = ps_search(single, q, strlen(q), &o, want, &nw, NULL, NULL);
+        assert_int_equal(ps_analyze(an, q, strlen(q), "query", &tok, NULL), 0);
+        ps_tokens_distinct(&tok);
+        for (uint32_t i = 0; i < N; i++) {
+            size_t nh = 0;
+            assert_int_equal(ps_search_shard(ss[i], &tok, &o, all + n, &nh, NULL, NULL), rc);
+            n += nh;
+        }
+        if (!rc) {
+            assert_int_equal(ps_merge_hits(all, n, o.R, o.k), nw);
+            for (size_t i = 0; i < nw; i++)
+                if (all[i].id != want[i].id || all[i].score != want[i].score)
+                    fail_msg("query '%s' rank %zu: stored shards %llu, single %llu", q, i + 1,
+                             (unsigned long long)all[i].id, (unsigned long long)want[i].id);
+        }
+        ps_profile_clear(&p);
+    }
+    ps_profile p = {0};
+    assert_int_equal(ps_profiles_get(profs, "nobody", &p, &err), PS_ENOTFOUND);
+    ps_profiles_close(profs);
+    for (uint32_t i = 0; i < N; i++) {
+        ps_searcher_free(ss[i]);
+        ps_store_close(st[i]);
+    }
+    free(want);
+    free(all);
+    ps_searcher_free(single);
+    ps_tokens_free(&tok);
+    ps_analyzer_free(an);
+}
+
 static void test_bad_queries(void **state)
 {
     (void)state;
@@ -453,6 +531,7 @@ int main(void)
         cmocka_unit_test(test_pruned_equals_exhaustive),
         cmocka_unit_test(test_store_roundtrip),
         cmocka_unit_test(test_shards_equal_single_node),
+        cmocka_unit_test(test_shard_stores),
         cmocka_unit_test(test_bad_queries),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -46,7 +46,8 @@ typedef struct ps_store_input {
     const char *info_json;      /* build information (may be NULL) */
 } ps_store_input;
 
-/* Write a new index directory at `dir` (created; must not exist or be empty).
+/* Write a new index directory at `dir` (created; must not exist or be empty). With
+ * in->ix == NULL only the profiles are written: a profiles directory (ps_profiles_open).
  * Errors: PS_EEXIST, PS_EIO, PS_ESTORE, PS_ENOMEM, PS_EINVAL (e.g. a repeated user). */
 int ps_store_write(const char *dir, const ps_store_input *in, ps_err *err);
 
@@ -71,5 +72,14 @@ int ps_store_fields(ps_store_t *st, uint32_t doc, char *fields[PS_NFIELDS], ps_e
 
 /* The build information JSON (malloc'd, caller frees), or NULL. */
 char *ps_store_info(ps_store_t *st);
+
+/* A profiles directory (profiles only, read-only), e.g. the one `builder build --shards`
+ * writes for the broker. Caller owns the result (ps_profiles_close). PS_ENOTFOUND if dir
+ * holds no database. */
+typedef struct ps_profiles ps_profiles_t;
+ps_profiles_t *ps_profiles_open(const char *dir, ps_err *err);
+/* Profile of `user`; OUT prof (free with ps_profile_clear). PS_ENOTFOUND if none. */
+int ps_profiles_get(ps_profiles_t *p, const char *user, ps_profile *prof, ps_err *err);
+void ps_profiles_close(ps_profiles_t *p);
 
 #endif
