@@ -1,0 +1,150 @@
+/*
+ * wire.h — the cluster's wire layer (DESIGN §2, §3.2, §6): one ZeroMQ frame holds one
+ * protobuf-encoded persrv.Envelope (proto/persrv.proto, protobuf-c code generated into the
+ * build tree). Peers build frames with the ps_wire_encode_* helpers and read them with
+ * ps_wire_decode, which checks everything a peer could send wrong before the caller sees it.
+ *
+ * Caps (a frame is a peer's input: every size in it is bounded):
+ *   frame                          <= max_frame (PS_WIRE_MAX_FRAME unless configured)
+ *   search.tokens                  1..PS_WIRE_MAX_TOKENS, each 1..PS_WIRE_MAX_TOKEN_LEN bytes,
+ *                                  valid UTF-8, no NUL, distinct
+ *   search.field_weights           exactly 0 (shard defaults) or PS_NFIELDS, finite, >= 0
+ *   search.recall_depth            1..PS_SEARCH_MAX_R
+ *   search.alpha                   finite, >= 0
+ *   search.centroids               <= PS_WIRE_MAX_CENTROIDS; every vector the same length,
+ *                                  1..PS_WIRE_MAX_DIM, finite; radius finite, >= 0
+ *   search_reply.hits              <= PS_WIRE_MAX_HITS; scores finite; centroid -1..KMAX-1
+ *   every other string             <= PS_WIRE_MAX_STRING bytes, valid UTF-8, no NUL
+ *   unknown fields                 <= PS_WIRE_MAX_UNKNOWN per frame (newer peers' additions)
+ *   version                        == PS_WIRE_VERSION; exactly one body set
+ * Every message within these caps packs into less than PS_WIRE_MAX_FRAME bytes (the largest,
+ * a request with 5 centroids of 65536 floats, is about 1.3 MiB).
+ *
+ * Errors name the field at fault by its path in the envelope ("search.centroids[2].vector"):
+ * PS_ETOOBIG for a frame, count or length over its cap, PS_EPARSE for bytes that are not a
+ * well-formed envelope, PS_EUTF8 for a string that is not valid UTF-8, PS_EINVAL for any other
+ * value out of range (version, no body, R, non-finite floats, ...), PS_ENOMEM.
+ *
+ * All functions are reentrant; nothing here keeps state between calls.
+ */
+#ifndef PS_WIRE_H
+#define PS_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "persrv.pb-c.h"
+#include "ps/corpus.h"
+#include "ps/err.h"
+#include "ps/profile.h"
+#include "ps/search.h"
+
+#define PS_WIRE_VERSION       1                   /* major version this peer speaks */
+#define PS_WIRE_MAX_FRAME     (4u << 20)          /* default frame cap, bytes */
+#define PS_WIRE_MAX_TOKENS    PS_SEARCH_MAX_TERMS /* search.tokens entries */
+#define PS_WIRE_MAX_TOKEN_LEN 256                 /* bytes per token */
+#define PS_WIRE_MAX_CENTROIDS PS_PROFILE_KMAX     /* search.centroids entries */
+#define PS_WIRE_MAX_DIM       65536               /* floats per centroid vector */
+#define PS_WIRE_MAX_HITS      PS_SEARCH_MAX_R     /* search_reply.hits entries */
+#define PS_WIRE_MAX_STRING    65536               /* bytes of any other string */
+#define PS_WIRE_MAX_UNKNOWN   16384               /* unknown fields per frame */
+
+/* ---- decode ------------------------------------------------------------------------------ */
+
+/* Decode and check the `len` bytes at buf as one envelope. Order: len is compared with
+ * max_frame first (0 = PS_WIRE_MAX_FRAME), before a byte is read (PS_ETOOBIG); an empty frame
+ * is PS_EPARSE. Then one pass over the raw bytes checks the wire structure and enforces every
+ * count and length cap above, still before anything is allocated; only then does protobuf-c
+ * unpack, and the values are checked (version, body, ranges, UTF-8, finiteness).
+ *
+ * Memory: protobuf-c allocates in proportion to its input. With the counts capped first,
+ * one decode allocates at most about len bytes (copied strings, floats and unknown fields)
+ * plus PS_WIRE_MAX_HITS structures (~90 bytes each) plus ~56 bytes per unknown field: about
+ * len + 2 MiB in the worst case. The frame cap is what bounds it.
+ *
+ * OUT *out: the envelope, owned by the caller (free with ps_wire_free); it borrows nothing
+ * from buf. NULL on error. Errors: see the top of this file; PS_EINVAL also for a NULL out
+ * or a NULL buf with len > 0. */
+int ps_wire_decode(const void *buf, size_t len, size_t max_frame, Persrv__Envelope **out,
+                   ps_err *err);
+
+/* Free an envelope from ps_wire_decode (NULL is fine). Pointers into it die with it. */
+void ps_wire_free(Persrv__Envelope *env);
+
+/* ---- encode ------------------------------------------------------------------------------ */
+
+/* Every encoder builds one envelope (version = PS_WIRE_VERSION), checks it with the same
+ * rules as ps_wire_decode, so a peer never sends what the other side rejects, and packs it.
+ * OUT *buf: a malloc'd frame of *len bytes, owned by the caller (free()); NULL on error.
+ * Errors name the offending parameter by its wire path; PS_ENOMEM. Replies carry
+ * deadline_ms = 0 and must echo the request's request_id. */
+
+/* Check and pack an envelope the caller built (for a message no helper below covers). */
+int ps_wire_pack(const Persrv__Envelope *env, uint8_t **buf, size_t *len, ps_err *err);
+
+/* A SearchRequest for the ntokens distinct analyzed tokens (NUL-terminated UTF-8 strings;
+ * for a ps_tokens list, tokens[i] = t.text + t.off[i]). From opts it takes field_w (always
+ * sent), R, use_utility, alpha and profile (NULL or k == 0: no personalization); k and
+ * exhaustive stay local (a shard returns its top R by Recall). snapshot_version 0 asks for
+ * the shard's active version. */
+int ps_wire_encode_search(uint64_t request_id, uint32_t deadline_ms, const char *const *tokens,
+                          size_t ntokens, const ps_search_opts *opts, uint64_t snapshot_version,
+                          uint8_t **buf, size_t *len, ps_err *err);
+
+/* A SearchReply with hits[0..n) (recall order; hit.doc is not sent), the snapshot version that
+ * answered, and the postings the evaluation visited. */
+int ps_wire_encode_search_reply(uint64_t request_id, uint32_t shard, uint64_t snapshot_version,
+                                const ps_hit *hits, size_t n, uint64_t postings_visited,
+                                uint8_t **buf, size_t *len, ps_err *err);
+
+int ps_wire_encode_get_sticker(uint64_t request_id, uint32_t deadline_ms, uint64_t id,
+                               uint8_t **buf, size_t *len, ps_err *err);
+
+/* A GetStickerReply for sticker `id`: rec NULL means not found; otherwise rec->id must equal
+ * id, and each rec->field[f] (NULL = empty) must be NUL-terminated at rec->field_len[f] with no
+ * NUL before (PS_EINVAL otherwise). */
+int ps_wire_encode_sticker_reply(uint64_t request_id, uint32_t shard, uint64_t id,
+                                 const ps_sticker_rec *rec, double utility, uint8_t **buf,
+                                 size_t *len, ps_err *err);
+
+int ps_wire_encode_health(uint64_t request_id, uint32_t deadline_ms, uint8_t **buf, size_t *len,
+                          ps_err *err);
+
+typedef struct ps_wire_health {
+    uint32_t shard, nshards;
+    uint64_t snapshot_version; /* active version, 0 if none */
+    uint64_t stickers;         /* stickers in the active version */
+    int ready;                 /* 1 when the shard answers searches */
+} ps_wire_health;
+
+int ps_wire_encode_health_reply(uint64_t request_id, const ps_wire_health *h, uint8_t **buf,
+                                size_t *len, ps_err *err);
+
+/* An Error carrying ps_errname(code) (code must be a negative PS_E* code) and message (NULL =
+ * ""). The message never makes the encoding fail: it is cut to PS_WIRE_MAX_STRING bytes at a
+ * character boundary, and if it is not valid UTF-8 its non-ASCII bytes become '?'. */
+int ps_wire_encode_error(uint64_t request_id, int code, const char *message, uint8_t **buf,
+                         size_t *len, ps_err *err);
+
+/* ---- from the wire to engine types (on envelopes from ps_wire_decode) --------------------- */
+
+/* Copy r's hits into hits[0..*n) (cap entries; PS_WIRE_MAX_HITS always suffice). hit.doc is
+ * set to UINT32_MAX: doc numbers are local to a shard. Errors: PS_ETOOBIG if cap < r->n_hits. */
+int ps_wire_to_hits(const Persrv__SearchReply *r, ps_hit *hits, size_t cap, size_t *n, ps_err *err);
+
+/* Search options for q: defaults (ps_search_opts_default), then field_w (when q sends
+ * weights), R = k = q->recall_depth, use_utility, alpha; opts->profile = NULL (see
+ * ps_wire_to_profile). Errors: PS_EINVAL for values ps_wire_decode would reject. */
+int ps_wire_to_opts(const Persrv__SearchRequest *q, ps_search_opts *opts, ps_err *err);
+
+/* The user's centroids in q as a profile: k = q->n_centroids (0 = no personalization),
+ * dim = their length, fresh malloc'd centroids. OUT prof: caller frees with ps_profile_clear
+ * (nothing to free on error). Errors: PS_EINVAL (shape ps_wire_decode would reject),
+ * PS_ENOMEM. */
+int ps_wire_to_profile(const Persrv__SearchRequest *q, ps_profile *prof, ps_err *err);
+
+/* The PS_E* code named by an Error's code string; PS_EINTERNAL for a name this peer does not
+ * know (a newer peer's code). */
+int ps_wire_error_code(const Persrv__Error *e);
+
+#endif

@@ -1,0 +1,898 @@
+/*
+ * wire.c — frames between broker and shards: encode helpers, and a decoder that trusts
+ * nothing a peer sends (DESIGN §3.2, §6).
+ *
+ * Frame format. One ZeroMQ frame is one persrv.Envelope in protobuf wire format: a sequence
+ * of fields, each a key varint (field number << 3 | wire type) followed by
+ *   wire type 0  a varint: 1–10 bytes, 7 bits each, least significant group first, the high
+ *                bit set on every byte but the last
+ *   wire type 1  8 bytes, little-endian (double, fixed64)
+ *   wire type 2  a length varint, then that many bytes: a string (UTF-8, no NUL here), a
+ *                nested message, or a packed run of repeated scalars (floats: 4 bytes each)
+ *   wire type 5  4 bytes, little-endian (float, fixed32)
+ * Groups (wire types 3, 4) and types 6, 7 are rejected. A frame that protobuf-c packs:
+ *   08 01                 version = 1
+ *   10 2a                 request_id = 42
+ *   18 e8 07              deadline_ms = 1000
+ *   72 00                 field 14 (health), length 0: an empty HealthRequest
+ *
+ * Decoding happens in three steps so that nothing a peer controls can make us allocate or
+ * loop more than the frame size allows:
+ *   1. the frame length against the cap (nothing read yet);
+ *   2. scan(): one pass over the raw bytes, driven by the generated descriptors, checks the
+ *      wire structure and counts every repeated field, string length and unknown field
+ *      against its cap; nothing is allocated;
+ *   3. protobuf-c unpacks, and check_env() checks the values (version, body, ranges, UTF-8,
+ *      finite floats) — the same function the encoders run before they pack.
+ */
+#include "ps/wire.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ps/analyzer.h"
+#include "ps/fields.h"
+
+enum { WIRE_VARINT = 0, WIRE_I64 = 1, WIRE_LEN = 2, WIRE_I32 = 5 };
+
+#define WIRE_MAX_FIELDS 16 /* most fields of one message in persrv.proto */
+#define WIRE_MAX_DEPTH  8  /* the schema nests 3 deep and has no cycles */
+
+/* ---- caps of repeated fields and strings --------------------------------------------------- */
+
+/* Every repeated field of the schema needs a row here (a repeated field without one is an
+ * internal error at decode time, so no count goes uncapped). Strings without a row get
+ * PS_WIRE_MAX_STRING. */
+typedef struct field_cap {
+    const ProtobufCMessageDescriptor *msg;
+    const char *field;
+    uint32_t count; /* most entries of a repeated field */
+    uint32_t bytes; /* longest string, 0 = PS_WIRE_MAX_STRING */
+} field_cap;
+
+static const field_cap caps[] = {
+    {&persrv__search_request__descriptor, "tokens", PS_WIRE_MAX_TOKENS, PS_WIRE_MAX_TOKEN_LEN},
+    {&persrv__search_request__descriptor, "field_weights", PS_NFIELDS, 0},
+    {&persrv__search_request__descriptor, "centroids", PS_WIRE_MAX_CENTROIDS, 0},
+    {&persrv__centroid__descriptor, "vector", PS_WIRE_MAX_DIM, 0},
+    {&persrv__search_reply__descriptor, "hits", PS_WIRE_MAX_HITS, 0},
+};
+
+static const field_cap *cap_of(const ProtobufCMessageDescriptor *d, const char *field)
+{
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++)
+        if (caps[i].msg == d && strcmp(caps[i].field, field) == 0) return &caps[i];
+    return NULL;
+}
+
+/* ---- error paths ---------------------------------------------------------------------------- */
+
+/* Where the scanner is, as a chain from the envelope down ("search.centroids[2].vector"),
+ * formatted only when an error is reported. */
+typedef struct wpath {
+    const struct wpath *up;
+    const char *name;
+    size_t idx;
+    int indexed;
+} wpath;
+
+static void path_fmt(const wpath *p, char *out, size_t cap)
+{
+    const wpath *chain[WIRE_MAX_DEPTH + 2];
+    int n = 0;
+    size_t off = 0;
+    for (; p && n < WIRE_MAX_DEPTH + 2; p = p->up) chain[n++] = p;
+    snprintf(out, cap, "%s", n ? "" : "frame");
+    for (int i = n - 1; i >= 0 && off < cap; i--) {
+        int w = chain[i]->indexed
+                    ? snprintf(out + off, cap - off, "%s%s[%zu]", off ? "." : "", chain[i]->name,
+                               chain[i]->idx)
+                    : snprintf(out + off, cap - off, "%s%s", off ? "." : "", chain[i]->name);
+        if (w < 0) return;
+        off += (size_t)w;
+    }
+}
+
+static int fail_at(ps_err *err, int code, const wpath *at, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail_at(ps_err *err, int code, const wpath *at, const char *fmt, ...)
+{
+    char where[96], what[144];
+    va_list ap;
+    if (!err) return code;
+    path_fmt(at, where, sizeof where);
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return ps_err_set(err, code, "%s: %s", where, what);
+}
+
+/* ---- step 2: the raw scan ------------------------------------------------------------------- */
+
+typedef struct wfield {
+    uint32_t num;       /* field number */
+    unsigned wt;        /* wire type */
+    const uint8_t *val; /* the value (for wire type 0, its varint) */
+    size_t vlen;        /* bytes of the value for wire types 1, 2, 5; 0 for type 0 */
+} wfield;
+
+/* A varint of at most 10 bytes whose value fits 64 bits. 0, or -1 if malformed. */
+static int get_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v)
+{
+    const uint8_t *p = *pp;
+    uint64_t x = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (p == end) return -1;
+        uint8_t b = *p++;
+        if (shift == 63 && b > 1) return -1;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *pp = p;
+            *v = x;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Read the field at *pp (advancing past it) into f. 0, or -1 if malformed. */
+static int next_field(const uint8_t **pp, const uint8_t *end, wfield *f)
+{
+    uint64_t key, v;
+    const uint8_t *p = *pp;
+    if (get_varint(&p, end, &key) || key > UINT32_MAX || (key >> 3) == 0) return -1;
+    f->num = (uint32_t)(key >> 3);
+    f->wt = (unsigned)(key & 7);
+    f->val = p;
+    switch (f->wt) {
+    case WIRE_VARINT:
+        if (get_varint(&p, end, &v)) return -1;
+        f->vlen = 0;
+        break;
+    case WIRE_I64:
+    case WIRE_I32:
+        f->vlen = f->wt == WIRE_I64 ? 8 : 4;
+        if ((size_t)(end - p) < f->vlen) return -1;
+        p += f->vlen;
+        break;
+    case WIRE_LEN:
+        if (get_varint(&p, end, &v) || v > (uint64_t)(end - p)) return -1;
+        f->val = p;
+        f->vlen = (size_t)v;
+        p += v;
+        break;
+    default:
+        return -1; /* groups and the undefined types 6, 7 */
+    }
+    *pp = p;
+    return 0;
+}
+
+static unsigned wire_type_of(ProtobufCType t)
+{
+    switch (t) {
+    case PROTOBUF_C_TYPE_SFIXED32:
+    case PROTOBUF_C_TYPE_FIXED32:
+    case PROTOBUF_C_TYPE_FLOAT:
+        return WIRE_I32;
+    case PROTOBUF_C_TYPE_SFIXED64:
+    case PROTOBUF_C_TYPE_FIXED64:
+    case PROTOBUF_C_TYPE_DOUBLE:
+        return WIRE_I64;
+    case PROTOBUF_C_TYPE_STRING:
+    case PROTOBUF_C_TYPE_BYTES:
+    case PROTOBUF_C_TYPE_MESSAGE:
+        return WIRE_LEN;
+    default:
+        return WIRE_VARINT; /* integers, bool, enum */
+    }
+}
+
+typedef struct scanner {
+    const uint8_t *base; /* the frame, for byte offsets in messages */
+    size_t unknown;      /* unknown fields so far */
+    ps_err *err;
+} scanner;
+
+static int scan_msg(scanner *sc, const ProtobufCMessageDescriptor *d, const uint8_t *p,
+                    const uint8_t *end, int depth, const wpath *at);
+
+/* Number of elements one occurrence of field f carries: 1, or the length of a packed run. */
+static int field_elems(scanner *sc, const ProtobufCFieldDescriptor *f, const wfield *w,
+                       const wpath *at, size_t *n)
+{
+    unsigned want = wire_type_of(f->type);
+    if (w->wt == want) {
+        *n = 1;
+        return 0;
+    }
+    if (w->wt != WIRE_LEN || want == WIRE_LEN || f->label != PROTOBUF_C_LABEL_REPEATED)
+        return fail_at(sc->err, PS_EPARSE, at, "wire type %u where %u belongs (byte %zu)", w->wt,
+                       want, (size_t)(w->val - sc->base));
+    if (want == WIRE_VARINT) {
+        size_t k = 0;
+        for (size_t i = 0; i < w->vlen; i++) k += !(w->val[i] & 0x80);
+        if (w->vlen && (w->val[w->vlen - 1] & 0x80))
+            return fail_at(sc->err, PS_EPARSE, at, "packed varints cut short (byte %zu)",
+                           (size_t)(w->val - sc->base));
+        *n = k;
+        return 0;
+    }
+    size_t size = want == WIRE_I64 ? 8 : 4;
+    if (w->vlen % size)
+        return fail_at(sc->err, PS_EPARSE, at, "packed run of %zu bytes is not a multiple of %zu",
+                       w->vlen, size);
+    *n = w->vlen / size;
+    return 0;
+}
+
+static int scan_msg(scanner *sc, const ProtobufCMessageDescriptor *d, const uint8_t *p,
+                    const uint8_t *end, int depth, const wpath *at)
+{
+    size_t count[WIRE_MAX_FIELDS] = {0};
+    uint32_t maxn[WIRE_MAX_FIELDS] = {0}, maxb[WIRE_MAX_FIELDS] = {0};
+    int rc;
+
+    if (d->n_fields > WIRE_MAX_FIELDS)
+        return fail_at(sc->err, PS_EINTERNAL, at, "message %s has more than %d fields",
+                       d->short_name, WIRE_MAX_FIELDS);
+    if (depth > WIRE_MAX_DEPTH)
+        return fail_at(sc->err, PS_EPARSE, at, "nested more than %d deep", WIRE_MAX_DEPTH);
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        const field_cap *c;
+        if (f->label != PROTOBUF_C_LABEL_REPEATED && f->type != PROTOBUF_C_TYPE_STRING &&
+            f->type != PROTOBUF_C_TYPE_BYTES)
+            continue;
+        c = cap_of(d, f->name);
+        if (f->label == PROTOBUF_C_LABEL_REPEATED && !c)
+            return ps_err_set(sc->err, PS_EINTERNAL, "wire.c: %s.%s has no cap", d->short_name,
+                              f->name);
+        maxn[i] = c ? c->count : 0;
+        maxb[i] = c && c->bytes ? c->bytes : PS_WIRE_MAX_STRING;
+    }
+
+    while (p < end) {
+        wfield w;
+        size_t off = (size_t)(p - sc->base), n = 0;
+        if (next_field(&p, end, &w))
+            return fail_at(sc->err, PS_EPARSE, at, "malformed or truncated field at byte %zu", off);
+        const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(d, w.num);
+        if (!f) {
+            if (++sc->unknown > PS_WIRE_MAX_UNKNOWN)
+                return fail_at(sc->err, PS_ETOOBIG, NULL, "more than %d unknown fields",
+                               PS_WIRE_MAX_UNKNOWN);
+            continue;
+        }
+        size_t i = (size_t)(f - d->fields);
+        int rep = f->label == PROTOBUF_C_LABEL_REPEATED;
+        wpath field = {at, f->name, 0, 0}, elem = {at, f->name, count[i], rep};
+        if ((rc = field_elems(sc, f, &w, &field, &n))) return rc;
+        if (rep && count[i] + n > maxn[i])
+            return fail_at(sc->err, PS_ETOOBIG, &field, "more than %u entries", maxn[i]);
+        if (!rep && f->type == PROTOBUF_C_TYPE_MESSAGE && count[i])
+            return fail_at(sc->err, PS_EPARSE, &field, "set twice (byte %zu)", off);
+        if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+            /* members of one oneof share the quantifier (the case enum) */
+            for (unsigned j = 0; j < d->n_fields; j++)
+                if (j != i && count[j] && (d->fields[j].flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+                    d->fields[j].quantifier_offset == f->quantifier_offset)
+                    return fail_at(sc->err, PS_EPARSE, &field, "set together with %s",
+                                   d->fields[j].name);
+        }
+        count[i] += n;
+        switch (f->type) {
+        case PROTOBUF_C_TYPE_STRING:
+            if (w.vlen > maxb[i])
+                return fail_at(sc->err, PS_ETOOBIG, &elem, "%zu bytes, at most %u", w.vlen,
+                               maxb[i]);
+            if (memchr(w.val, 0, w.vlen))
+                return fail_at(sc->err, PS_EINVAL, &elem, "contains a NUL byte");
+            break;
+        case PROTOBUF_C_TYPE_BYTES:
+            if (w.vlen > maxb[i])
+                return fail_at(sc->err, PS_ETOOBIG, &elem, "%zu bytes, at most %u", w.vlen,
+                               maxb[i]);
+            break;
+        case PROTOBUF_C_TYPE_MESSAGE:
+            rc = scan_msg(sc, f->descriptor, w.val, w.val + w.vlen, depth + 1, &elem);
+            if (rc) return rc;
+            break;
+        default:
+            break;
+        }
+    }
+    return 0;
+}
+
+/* The envelope's version if the top level is well-formed enough to find it (else 0), so a
+ * peer of another major version hears about the version rather than about some cap. */
+static uint32_t peek_version(const uint8_t *p, const uint8_t *end)
+{
+    uint32_t version = 0;
+    while (p < end) {
+        wfield w;
+        uint64_t v;
+        if (next_field(&p, end, &w)) return 0;
+        if (w.num == 1 && w.wt == WIRE_VARINT && get_varint(&w.val, end, &v) == 0)
+            version = (uint32_t)v; /* the last one counts, as in protobuf-c */
+    }
+    return version;
+}
+
+/* ---- step 3: values ------------------------------------------------------------------------- */
+
+/* 0, or the code for a string that is NULL, longer than max bytes or not valid UTF-8.
+ * OUT *len: its length when not NULL. */
+static int text_status(const char *s, size_t max, size_t *len)
+{
+    if (!s) return PS_EINVAL;
+    *len = strnlen(s, max + 1);
+    if (*len > max) return PS_ETOOBIG;
+    if (!ps_utf8_valid(s, *len)) return PS_EUTF8;
+    return 0;
+}
+
+static int text_fail(ps_err *err, int code, const char *path, size_t max)
+{
+    if (code == PS_ETOOBIG) return ps_err_set(err, code, "%s: longer than %zu bytes", path, max);
+    if (code == PS_EUTF8) return ps_err_set(err, code, "%s: not valid UTF-8", path);
+    return ps_err_set(err, code, "%s: NULL string", path);
+}
+
+static int check_text(const char *s, size_t max, const char *path, ps_err *err)
+{
+    size_t n;
+    int rc = text_status(s, max, &n);
+    return rc ? text_fail(err, rc, path, max) : 0;
+}
+
+typedef struct tok_ref {
+    const char *s;
+    uint32_t i;
+} tok_ref;
+
+static int tok_cmp(const void *a, const void *b)
+{
+    const tok_ref *x = a, *y = b;
+    int c = strcmp(x->s, y->s);
+    return c ? c : (x->i > y->i) - (x->i < y->i);
+}
+
+static int check_search(const Persrv__SearchRequest *q, ps_err *err)
+{
+    tok_ref ref[PS_WIRE_MAX_TOKENS];
+    char path[64];
+    size_t dim = 0;
+    int rc;
+
+    if (q->n_tokens == 0)
+        return ps_err_set(err, PS_EINVAL, "search.tokens: empty (a query needs a token)");
+    if (q->n_tokens > PS_WIRE_MAX_TOKENS)
+        return ps_err_set(err, PS_ETOOBIG, "search.tokens: %zu entries, at most %d", q->n_tokens,
+                          PS_WIRE_MAX_TOKENS);
+    if (!q->tokens) return ps_err_set(err, PS_EINVAL, "search.tokens: NULL");
+    for (size_t i = 0; i < q->n_tokens; i++) {
+        size_t n = 0;
+        snprintf(path, sizeof path, "search.tokens[%zu]", i);
+        if ((rc = text_status(q->tokens[i], PS_WIRE_MAX_TOKEN_LEN, &n)))
+            return text_fail(err, rc, path, PS_WIRE_MAX_TOKEN_LEN);
+        if (n == 0) return ps_err_set(err, PS_EINVAL, "%s: empty", path);
+        ref[i] = (tok_ref){q->tokens[i], (uint32_t)i};
+    }
+    /* the shard sums over the tokens it is sent: a repeat would count a term twice */
+    qsort(ref, q->n_tokens, sizeof ref[0], tok_cmp);
+    for (size_t i = 1; i < q->n_tokens; i++)
+        if (strcmp(ref[i - 1].s, ref[i].s) == 0)
+            return ps_err_set(err, PS_EINVAL, "search.tokens[%u]: repeats tokens[%u]", ref[i].i,
+                              ref[i - 1].i);
+
+    if (q->n_field_weights > PS_NFIELDS)
+        return ps_err_set(err, PS_ETOOBIG, "search.field_weights: %zu entries, at most %d",
+                          q->n_field_weights, PS_NFIELDS);
+    if (q->n_field_weights != 0 && q->n_field_weights != PS_NFIELDS)
+        return ps_err_set(err, PS_EINVAL, "search.field_weights: %zu entries, need 0 or %d",
+                          q->n_field_weights, PS_NFIELDS);
+    if (q->n_field_weights && !q->field_weights)
+        return ps_err_set(err, PS_EINVAL, "search.field_weights: NULL");
+    for (size_t f = 0; f < q->n_field_weights; f++)
+        if (!isfinite(q->field_weights[f]) || q->field_weights[f] < 0)
+            return ps_err_set(err, PS_EINVAL, "search.field_weights[%zu] (%s): %g, need >= 0", f,
+                              ps_field_names[f], (double)q->field_weights[f]);
+    if (q->recall_depth < 1 || q->recall_depth > PS_SEARCH_MAX_R)
+        return ps_err_set(err, PS_EINVAL, "search.recall_depth: %u, need 1..%d", q->recall_depth,
+                          PS_SEARCH_MAX_R);
+    if (!isfinite(q->alpha) || q->alpha < 0)
+        return ps_err_set(err, PS_EINVAL, "search.alpha: %g, need finite >= 0", (double)q->alpha);
+
+    if (q->n_centroids > PS_WIRE_MAX_CENTROIDS)
+        return ps_err_set(err, PS_ETOOBIG, "search.centroids: %zu entries, at most %d",
+                          q->n_centroids, PS_WIRE_MAX_CENTROIDS);
+    if (q->n_centroids && !q->centroids)
+        return ps_err_set(err, PS_EINVAL, "search.centroids: NULL");
+    for (size_t c = 0; c < q->n_centroids; c++) {
+        const Persrv__Centroid *ct = q->centroids[c];
+        if (!ct) return ps_err_set(err, PS_EINVAL, "search.centroids[%zu]: NULL", c);
+        if (ct->n_vector > PS_WIRE_MAX_DIM)
+            return ps_err_set(err, PS_ETOOBIG,
+                              "search.centroids[%zu].vector: %zu floats, at most %d", c,
+                              ct->n_vector, PS_WIRE_MAX_DIM);
+        if (ct->n_vector == 0 || !ct->vector)
+            return ps_err_set(err, PS_EINVAL, "search.centroids[%zu].vector: empty", c);
+        if (c == 0) dim = ct->n_vector;
+        if (ct->n_vector != dim)
+            return ps_err_set(err, PS_EINVAL,
+                              "search.centroids[%zu].vector: %zu floats, centroids[0] has %zu", c,
+                              ct->n_vector, dim);
+        for (size_t j = 0; j < dim; j++)
+            if (!isfinite(ct->vector[j]))
+                return ps_err_set(err, PS_EINVAL, "search.centroids[%zu].vector[%zu]: not finite",
+                                  c, j);
+        if (!isfinite(ct->radius) || ct->radius < 0)
+            return ps_err_set(err, PS_EINVAL, "search.centroids[%zu].radius: %g, need finite >= 0",
+                              c, ct->radius);
+    }
+    return 0;
+}
+
+static int check_search_reply(const Persrv__SearchReply *r, ps_err *err)
+{
+    if (r->n_hits > PS_WIRE_MAX_HITS)
+        return ps_err_set(err, PS_ETOOBIG, "search_reply.hits: %zu entries, at most %d", r->n_hits,
+                          PS_WIRE_MAX_HITS);
+    if (r->n_hits && !r->hits) return ps_err_set(err, PS_EINVAL, "search_reply.hits: NULL");
+    for (size_t i = 0; i < r->n_hits; i++) {
+        const Persrv__Hit *h = r->hits[i];
+        if (!h) return ps_err_set(err, PS_EINVAL, "search_reply.hits[%zu]: NULL", i);
+        const struct {
+            const char *name;
+            double v;
+        } val[] = {{"relevance", h->relevance},
+                   {"utility", h->utility},
+                   {"recall", h->recall},
+                   {"preference", h->preference},
+                   {"score", h->score}};
+        for (size_t j = 0; j < sizeof val / sizeof val[0]; j++)
+            if (!isfinite(val[j].v))
+                return ps_err_set(err, PS_EINVAL, "search_reply.hits[%zu].%s: not finite", i,
+                                  val[j].name);
+        if (h->centroid < -1 || h->centroid >= PS_PROFILE_KMAX)
+            return ps_err_set(err, PS_EINVAL, "search_reply.hits[%zu].centroid: %d, need -1..%d", i,
+                              (int)h->centroid, PS_PROFILE_KMAX - 1);
+    }
+    return 0;
+}
+
+static int check_sticker_reply(const Persrv__GetStickerReply *r, ps_err *err)
+{
+    const char *text[PS_NFIELDS] = {r->ocr, r->queries, r->keywords, r->desc, r->emotion};
+    char path[64];
+    int rc;
+    for (int f = 0; f < PS_NFIELDS; f++) {
+        snprintf(path, sizeof path, "sticker_reply.%s", ps_field_names[f]);
+        if ((rc = check_text(text[f], PS_WIRE_MAX_STRING, path, err))) return rc;
+    }
+    if (!isfinite(r->utility))
+        return ps_err_set(err, PS_EINVAL, "sticker_reply.utility: not finite");
+    return 0;
+}
+
+static int check_error(const Persrv__Error *e, ps_err *err)
+{
+    int rc;
+    if ((rc = check_text(e->code, PS_WIRE_MAX_STRING, "error.code", err))) return rc;
+    if (!e->code[0]) return ps_err_set(err, PS_EINVAL, "error.code: empty");
+    return check_text(e->message, PS_WIRE_MAX_STRING, "error.message", err);
+}
+
+static int check_env(const Persrv__Envelope *e, ps_err *err)
+{
+    if (e->version == 0) return ps_err_set(err, PS_EINVAL, "version: missing");
+    if (e->version != PS_WIRE_VERSION)
+        return ps_err_set(err, PS_EINVAL, "version: %u not supported (this peer speaks %d)",
+                          e->version, PS_WIRE_VERSION);
+    switch (e->body_case) {
+    case PERSRV__ENVELOPE__BODY_SEARCH:
+        return e->search ? check_search(e->search, err)
+                         : ps_err_set(err, PS_EINVAL, "search: NULL");
+    case PERSRV__ENVELOPE__BODY_SEARCH_REPLY:
+        return e->search_reply ? check_search_reply(e->search_reply, err)
+                               : ps_err_set(err, PS_EINVAL, "search_reply: NULL");
+    case PERSRV__ENVELOPE__BODY_GET_STICKER:
+        return e->get_sticker ? 0 : ps_err_set(err, PS_EINVAL, "get_sticker: NULL");
+    case PERSRV__ENVELOPE__BODY_STICKER_REPLY:
+        return e->sticker_reply ? check_sticker_reply(e->sticker_reply, err)
+                                : ps_err_set(err, PS_EINVAL, "sticker_reply: NULL");
+    case PERSRV__ENVELOPE__BODY_HEALTH:
+        return e->health ? 0 : ps_err_set(err, PS_EINVAL, "health: NULL");
+    case PERSRV__ENVELOPE__BODY_HEALTH_REPLY:
+        return e->health_reply ? 0 : ps_err_set(err, PS_EINVAL, "health_reply: NULL");
+    case PERSRV__ENVELOPE__BODY_ERROR:
+        return e->error ? check_error(e->error, err) : ps_err_set(err, PS_EINVAL, "error: NULL");
+    default:
+        return ps_err_set(err, PS_EINVAL, "body: no message set");
+    }
+}
+
+/* ---- decode --------------------------------------------------------------------------------- */
+
+/* malloc for protobuf-c that remembers a failure, so out of memory is told apart from bad
+ * input (unpack returns NULL for both). Frees go through plain free(). */
+static void *wire_alloc(void *data, size_t size)
+{
+    void *p = malloc(size);
+    if (!p && size) *(int *)data = 1;
+    return p;
+}
+
+static void wire_dealloc(void *data, void *p)
+{
+    (void)data;
+    free(p);
+}
+
+int ps_wire_decode(const void *buf, size_t len, size_t max_frame, Persrv__Envelope **out,
+                   ps_err *err)
+{
+    const uint8_t *b = buf;
+    int oom = 0, rc;
+    ProtobufCAllocator alloc = {wire_alloc, wire_dealloc, &oom};
+
+    ps_err_clear(err);
+    if (!out) return ps_err_set(err, PS_EINVAL, "ps_wire_decode: out is NULL");
+    *out = NULL;
+    if (!max_frame) max_frame = PS_WIRE_MAX_FRAME;
+    if (len > max_frame)
+        return ps_err_set(err, PS_ETOOBIG, "frame: %zu bytes, at most %zu", len, max_frame);
+    if (len == 0) return ps_err_set(err, PS_EPARSE, "frame: empty");
+    if (!buf) return ps_err_set(err, PS_EINVAL, "ps_wire_decode: buf is NULL");
+
+    uint32_t version = peek_version(b, b + len);
+    if (version && version != PS_WIRE_VERSION)
+        return ps_err_set(err, PS_EINVAL, "version: %u not supported (this peer speaks %d)",
+                          version, PS_WIRE_VERSION);
+    scanner sc = {b, 0, err};
+    if ((rc = scan_msg(&sc, &persrv__envelope__descriptor, b, b + len, 0, NULL))) return rc;
+
+    Persrv__Envelope *env = persrv__envelope__unpack(&alloc, len, b);
+    if (!env) {
+        if (oom) return ps_err_set(err, PS_ENOMEM, "frame: out of memory unpacking %zu bytes", len);
+        return ps_err_set(err, PS_EPARSE, "frame: protobuf-c cannot unpack it");
+    }
+    if ((rc = check_env(env, err))) {
+        ps_wire_free(env);
+        return rc;
+    }
+    *out = env;
+    return 0;
+}
+
+void ps_wire_free(Persrv__Envelope *env)
+{
+    if (env) protobuf_c_message_free_unpacked(&env->base, NULL);
+}
+
+/* ---- encode --------------------------------------------------------------------------------- */
+
+int ps_wire_pack(const Persrv__Envelope *env, uint8_t **buf, size_t *len, ps_err *err)
+{
+    int rc;
+    ps_err_clear(err);
+    if (!buf || !len) return ps_err_set(err, PS_EINVAL, "ps_wire_pack: buf or len is NULL");
+    *buf = NULL;
+    *len = 0;
+    if (!env || env->base.descriptor != &persrv__envelope__descriptor)
+        return ps_err_set(err, PS_EINVAL, "ps_wire_pack: not an Envelope");
+    if ((rc = check_env(env, err))) return rc;
+    size_t n = protobuf_c_message_get_packed_size(&env->base);
+    if (n > PS_WIRE_MAX_FRAME)
+        return ps_err_set(err, PS_ETOOBIG, "frame: %zu bytes, at most %u", n, PS_WIRE_MAX_FRAME);
+    uint8_t *b = malloc(n ? n : 1);
+    if (!b) return ps_err_set(err, PS_ENOMEM, "frame: out of memory packing %zu bytes", n);
+    if (protobuf_c_message_pack(&env->base, b) != n) {
+        free(b);
+        return ps_err_set(err, PS_EINTERNAL, "frame: packed size changed while packing");
+    }
+    *buf = b;
+    *len = n;
+    return 0;
+}
+
+static void env_init(Persrv__Envelope *e, uint64_t request_id, uint32_t deadline_ms)
+{
+    persrv__envelope__init(e);
+    e->version = PS_WIRE_VERSION;
+    e->request_id = request_id;
+    e->deadline_ms = deadline_ms;
+}
+
+int ps_wire_encode_search(uint64_t request_id, uint32_t deadline_ms, const char *const *tokens,
+                          size_t ntokens, const ps_search_opts *opts, uint64_t snapshot_version,
+                          uint8_t **buf, size_t *len, ps_err *err)
+{
+    Persrv__Envelope e;
+    Persrv__SearchRequest q;
+    Persrv__Centroid cs[PS_PROFILE_KMAX], *cp[PS_PROFILE_KMAX];
+    const ps_profile *p;
+
+    if (buf) *buf = NULL;
+    if (len) *len = 0;
+    if (!opts) return ps_err_set(err, PS_EINVAL, "ps_wire_encode_search: opts is NULL");
+    if (ntokens && !tokens) return ps_err_set(err, PS_EINVAL, "search.tokens: NULL");
+    persrv__search_request__init(&q);
+    q.n_tokens = ntokens;
+    q.tokens = (char **)tokens;
+    q.n_field_weights = PS_NFIELDS;
+    q.field_weights = (float *)opts->field_w;
+    q.recall_depth = opts->R;
+    q.use_utility = opts->use_utility != 0;
+    q.alpha = opts->alpha;
+    q.snapshot_version = snapshot_version;
+    p = opts->profile;
+    if (p && p->k) {
+        if (p->k > PS_PROFILE_KMAX)
+            return ps_err_set(err, PS_ETOOBIG, "search.centroids: %u entries, at most %d", p->k,
+                              PS_PROFILE_KMAX);
+        if (!p->centroids) return ps_err_set(err, PS_EINVAL, "search.centroids: profile has none");
+        for (uint32_t c = 0; c < p->k; c++) {
+            persrv__centroid__init(&cs[c]);
+            cs[c].n_vector = p->dim;
+            cs[c].vector = p->centroids + (size_t)c * p->dim;
+            cs[c].radius = p->radius[c];
+            cp[c] = &cs[c];
+        }
+        q.n_centroids = p->k;
+        q.centroids = cp;
+    }
+    env_init(&e, request_id, deadline_ms);
+    e.body_case = PERSRV__ENVELOPE__BODY_SEARCH;
+    e.search = &q;
+    return ps_wire_pack(&e, buf, len, err);
+}
+
+int ps_wire_encode_search_reply(uint64_t request_id, uint32_t shard, uint64_t snapshot_version,
+                                const ps_hit *hits, size_t n, uint64_t postings_visited,
+                                uint8_t **buf, size_t *len, ps_err *err)
+{
+    Persrv__Envelope e;
+    Persrv__SearchReply r;
+    Persrv__Hit *hv = NULL, **hp = NULL;
+    int rc;
+
+    if (buf) *buf = NULL;
+    if (len) *len = 0;
+    if (n > PS_WIRE_MAX_HITS)
+        return ps_err_set(err, PS_ETOOBIG, "search_reply.hits: %zu entries, at most %d", n,
+                          PS_WIRE_MAX_HITS);
+    if (n && !hits) return ps_err_set(err, PS_EINVAL, "search_reply.hits: NULL");
+    if (n) {
+        /* one block: the messages, then the pointer array protobuf-c wants */
+        hv = malloc(n * (sizeof *hv + sizeof *hp));
+        if (!hv) return ps_err_set(err, PS_ENOMEM, "search_reply.hits: out of memory");
+        hp = (Persrv__Hit **)(hv + n);
+    }
+    for (size_t i = 0; i < n; i++) {
+        persrv__hit__init(&hv[i]);
+        hv[i].id = hits[i].id;
+        hv[i].relevance = hits[i].relevance;
+        hv[i].utility = hits[i].utility;
+        hv[i].recall = hits[i].recall;
+        hv[i].preference = hits[i].preference;
+        hv[i].score = hits[i].score;
+        hv[i].centroid = hits[i].centroid;
+        hp[i] = &hv[i];
+    }
+    persrv__search_reply__init(&r);
+    r.shard = shard;
+    r.snapshot_version = snapshot_version;
+    r.n_hits = n;
+    r.hits = hp;
+    r.postings_visited = postings_visited;
+    env_init(&e, request_id, 0);
+    e.body_case = PERSRV__ENVELOPE__BODY_SEARCH_REPLY;
+    e.search_reply = &r;
+    rc = ps_wire_pack(&e, buf, len, err);
+    free(hv);
+    return rc;
+}
+
+int ps_wire_encode_get_sticker(uint64_t request_id, uint32_t deadline_ms, uint64_t id,
+                               uint8_t **buf, size_t *len, ps_err *err)
+{
+    Persrv__Envelope e;
+    Persrv__GetStickerRequest q;
+    persrv__get_sticker_request__init(&q);
+    q.id = id;
+    env_init(&e, request_id, deadline_ms);
+    e.body_case = PERSRV__ENVELOPE__BODY_GET_STICKER;
+    e.get_sticker = &q;
+    return ps_wire_pack(&e, buf, len, err);
+}
+
+int ps_wire_encode_sticker_reply(uint64_t request_id, uint32_t shard, uint64_t id,
+                                 const ps_sticker_rec *rec, double utility, uint8_t **buf,
+                                 size_t *len, ps_err *err)
+{
+    Persrv__Envelope e;
+    Persrv__GetStickerReply r;
+    char **dst[PS_NFIELDS] = {&r.ocr, &r.queries, &r.keywords, &r.desc, &r.emotion};
+
+    if (buf) *buf = NULL;
+    if (len) *len = 0;
+    persrv__get_sticker_reply__init(&r);
+    r.shard = shard;
+    r.id = id;
+    r.utility = utility;
+    if (rec) {
+        if (rec->id != id)
+            return ps_err_set(err, PS_EINVAL,
+                              "sticker_reply.id: record is sticker %llu, reply for %llu",
+                              (unsigned long long)rec->id, (unsigned long long)id);
+        r.found = 1;
+        for (int f = 0; f < PS_NFIELDS; f++) {
+            const char *s = rec->field[f];
+            size_t n = rec->field_len[f];
+            if (!s && n)
+                return ps_err_set(err, PS_EINVAL, "sticker_reply.%s: NULL with length %zu",
+                                  ps_field_names[f], n);
+            if (s && memchr(s, 0, n))
+                return ps_err_set(err, PS_EINVAL, "sticker_reply.%s: contains a NUL byte",
+                                  ps_field_names[f]);
+            if (s) *dst[f] = (char *)s;
+        }
+    }
+    env_init(&e, request_id, 0);
+    e.body_case = PERSRV__ENVELOPE__BODY_STICKER_REPLY;
+    e.sticker_reply = &r;
+    return ps_wire_pack(&e, buf, len, err);
+}
+
+int ps_wire_encode_health(uint64_t request_id, uint32_t deadline_ms, uint8_t **buf, size_t *len,
+                          ps_err *err)
+{
+    Persrv__Envelope e;
+    Persrv__HealthRequest q;
+    persrv__health_request__init(&q);
+    env_init(&e, request_id, deadline_ms);
+    e.body_case = PERSRV__ENVELOPE__BODY_HEALTH;
+    e.health = &q;
+    return ps_wire_pack(&e, buf, len, err);
+}
+
+int ps_wire_encode_health_reply(uint64_t request_id, const ps_wire_health *h, uint8_t **buf,
+                                size_t *len, ps_err *err)
+{
+    Persrv__Envelope e;
+    Persrv__HealthReply r;
+    if (buf) *buf = NULL;
+    if (len) *len = 0;
+    if (!h) return ps_err_set(err, PS_EINVAL, "ps_wire_encode_health_reply: h is NULL");
+    persrv__health_reply__init(&r);
+    r.shard = h->shard;
+    r.nshards = h->nshards;
+    r.snapshot_version = h->snapshot_version;
+    r.stickers = h->stickers;
+    r.ready = h->ready != 0;
+    env_init(&e, request_id, 0);
+    e.body_case = PERSRV__ENVELOPE__BODY_HEALTH_REPLY;
+    e.health_reply = &r;
+    return ps_wire_pack(&e, buf, len, err);
+}
+
+int ps_wire_encode_error(uint64_t request_id, int code, const char *message, uint8_t **buf,
+                         size_t *len, ps_err *err)
+{
+    Persrv__Envelope e;
+    Persrv__Error r;
+    char *copy = NULL;
+    size_t n;
+    int rc;
+
+    if (buf) *buf = NULL;
+    if (len) *len = 0;
+    if (code >= 0)
+        return ps_err_set(err, PS_EINVAL, "error.code: %d is not a PS_E* error code", code);
+    if (!message) message = "";
+    n = strnlen(message, PS_WIRE_MAX_STRING + 1);
+    if (n > PS_WIRE_MAX_STRING) {
+        n = PS_WIRE_MAX_STRING; /* message[n] is the first byte left out: cut before its char */
+        while (n > 0 && ((unsigned char)message[n] & 0xC0) == 0x80) n--;
+    }
+    if (message[n] != '\0' || !ps_utf8_valid(message, n)) {
+        copy = malloc(n + 1);
+        if (!copy) return ps_err_set(err, PS_ENOMEM, "error.message: out of memory");
+        memcpy(copy, message, n);
+        copy[n] = '\0';
+        if (!ps_utf8_valid(copy, n))
+            for (size_t i = 0; i < n; i++)
+                if ((unsigned char)copy[i] >= 0x80) copy[i] = '?';
+        message = copy;
+    }
+    persrv__error__init(&r);
+    r.code = (char *)ps_errname(code);
+    r.message = (char *)message;
+    env_init(&e, request_id, 0);
+    e.body_case = PERSRV__ENVELOPE__BODY_ERROR;
+    e.error = &r;
+    rc = ps_wire_pack(&e, buf, len, err);
+    free(copy);
+    return rc;
+}
+
+/* ---- to engine types ------------------------------------------------------------------------ */
+
+int ps_wire_to_hits(const Persrv__SearchReply *r, ps_hit *hits, size_t cap, size_t *n, ps_err *err)
+{
+    int rc;
+    if (n) *n = 0;
+    if (!r || !n || (cap && !hits))
+        return ps_err_set(err, PS_EINVAL, "ps_wire_to_hits: NULL argument");
+    if ((rc = check_search_reply(r, err))) return rc;
+    if (r->n_hits > cap)
+        return ps_err_set(err, PS_ETOOBIG, "search_reply.hits: %zu entries, room for %zu",
+                          r->n_hits, cap);
+    for (size_t i = 0; i < r->n_hits; i++) {
+        const Persrv__Hit *h = r->hits[i];
+        hits[i] = (ps_hit){.id = h->id,
+                           .doc = UINT32_MAX,
+                           .centroid = h->centroid,
+                           .relevance = h->relevance,
+                           .utility = h->utility,
+                           .recall = h->recall,
+                           .preference = h->preference,
+                           .score = h->score};
+    }
+    *n = r->n_hits;
+    return 0;
+}
+
+int ps_wire_to_opts(const Persrv__SearchRequest *q, ps_search_opts *opts, ps_err *err)
+{
+    int rc;
+    if (!q || !opts) return ps_err_set(err, PS_EINVAL, "ps_wire_to_opts: NULL argument");
+    if ((rc = check_search(q, err))) return rc;
+    ps_search_opts_default(opts);
+    if (q->n_field_weights == PS_NFIELDS)
+        for (int f = 0; f < PS_NFIELDS; f++) opts->field_w[f] = q->field_weights[f];
+    opts->R = q->recall_depth;
+    opts->k = q->recall_depth;
+    opts->use_utility = q->use_utility != 0;
+    opts->alpha = q->alpha;
+    opts->profile = NULL;
+    return 0;
+}
+
+int ps_wire_to_profile(const Persrv__SearchRequest *q, ps_profile *prof, ps_err *err)
+{
+    int rc;
+    if (!prof) return ps_err_set(err, PS_EINVAL, "ps_wire_to_profile: prof is NULL");
+    memset(prof, 0, sizeof *prof);
+    if (!q) return ps_err_set(err, PS_EINVAL, "ps_wire_to_profile: q is NULL");
+    if ((rc = check_search(q, err))) return rc;
+    if (q->n_centroids == 0) return 0;
+    size_t k = q->n_centroids, dim = q->centroids[0]->n_vector;
+    float *c = malloc(k * dim * sizeof *c);
+    if (!c) return ps_err_set(err, PS_ENOMEM, "search.centroids: out of memory");
+    for (size_t i = 0; i < k; i++) {
+        memcpy(c + i * dim, q->centroids[i]->vector, dim * sizeof *c);
+        prof->radius[i] = q->centroids[i]->radius;
+    }
+    prof->k = (uint32_t)k;
+    prof->dim = (uint32_t)dim;
+    prof->centroids = c;
+    return 0;
+}
+
+int ps_wire_error_code(const Persrv__Error *e)
+{
+    if (!e || !e->code) return PS_EINTERNAL;
+#define PS__WIRE_ERR_LOOKUP(name, val, c, http, msg)                                               \
+    if (strcmp(e->code, c) == 0) return val;
+    PS_ERRNO_MAP(PS__WIRE_ERR_LOOKUP)
+#undef PS__WIRE_ERR_LOOKUP
+    return PS_EINTERNAL;
+}
