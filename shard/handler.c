@@ -1,0 +1,177 @@
+/*
+ * handler.c — the shard's request logic: decode one frame (ps_wire_decode checks every cap
+ * before protobuf-c unpacks it), run it against the shard's index, encode one reply. Every
+ * failure becomes an Error envelope with the stable code (ps_errname) and a message naming
+ * what was wrong, so a peer's bad input never takes the daemon down.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ps/log.h"
+#include "ps/wire.h"
+#include "shard.h"
+
+struct shard_handler {
+    const shard_ctx *ctx;
+    ps_searcher_t *searcher;
+    ps_tokens tokens;
+    ps_hit *hits; /* PS_SEARCH_MAX_R entries */
+};
+
+shard_handler_t *shard_handler_new(const shard_ctx *ctx, ps_err *err)
+{
+    shard_handler_t *h = calloc(1, sizeof *h);
+    if (!h) {
+        ps_err_set(err, PS_ENOMEM, "out of memory for a worker");
+        return NULL;
+    }
+    h->ctx = ctx;
+    ps_tokens_init(&h->tokens);
+    if (!(h->hits = malloc(PS_SEARCH_MAX_R * sizeof *h->hits))) {
+        ps_err_set(err, PS_ENOMEM, "out of memory for a worker");
+        shard_handler_free(h);
+        return NULL;
+    }
+    if (!(h->searcher = ps_searcher_new(ctx->ix, err))) {
+        shard_handler_free(h);
+        return NULL;
+    }
+    return h;
+}
+
+void shard_handler_free(shard_handler_t *h)
+{
+    if (!h) return;
+    ps_searcher_free(h->searcher);
+    ps_tokens_free(&h->tokens);
+    free(h->hits);
+    free(h);
+}
+
+static int do_search(shard_handler_t *h, const Persrv__Envelope *env, uint8_t **out,
+                     size_t *out_len, ps_err *err)
+{
+    const Persrv__SearchRequest *q = env->search;
+    ps_search_opts opts;
+    ps_profile prof = {0};
+    ps_search_stats st;
+    size_t n = 0;
+    int rc;
+    if (q->snapshot_version != 0)
+        return ps_err_set(err, PS_ENOTFOUND,
+                          "search.snapshot_version: %llu is not served here (this shard serves "
+                          "only the index it loaded; send 0)",
+                          (unsigned long long)q->snapshot_version);
+    if ((rc = ps_wire_to_opts(q, &opts, err)) || (rc = ps_wire_to_profile(q, &prof, err)))
+        return rc;
+    opts.profile = prof.k ? &prof : NULL;
+    h->tokens.n = 0;
+    h->tokens.text_len = 0;
+    for (size_t i = 0; i < q->n_tokens && !rc; i++)
+        rc = ps_tokens_push(&h->tokens, q->tokens[i], strlen(q->tokens[i]));
+    if (rc)
+        ps_err_set(err, rc, "out of memory for query tokens");
+    else
+        rc = ps_search_shard(h->searcher, &h->tokens, &opts, h->hits, &n, &st, err);
+    if (!rc)
+        rc = ps_wire_encode_search_reply(env->request_id, h->ctx->shard, 0, h->hits, n, st.visited,
+                                         out, out_len, err);
+    if (!rc)
+        ps_log(PS_LOG_DEBUG, "shard", "search", "request_id=%llu tokens=%zu hits=%zu visited=%llu",
+               (unsigned long long)env->request_id, q->n_tokens, n, (unsigned long long)st.visited);
+    ps_profile_clear(&prof);
+    return rc;
+}
+
+static int do_get_sticker(shard_handler_t *h, const Persrv__Envelope *env, uint8_t **out,
+                          size_t *out_len, ps_err *err)
+{
+    uint64_t id = env->get_sticker->id;
+    uint32_t doc;
+    if (ps_index_doc(h->ctx->ix, id, &doc) != 0) {
+        ps_log(PS_LOG_DEBUG, "shard", "get_sticker", "request_id=%llu id=%llu found=0",
+               (unsigned long long)env->request_id, (unsigned long long)id);
+        return ps_wire_encode_sticker_reply(env->request_id, h->ctx->shard, id, NULL, 0, out,
+                                            out_len, err);
+    }
+    ps_sticker_rec rec = {.id = id};
+    int rc = ps_store_fields(h->ctx->store, doc, rec.field, err);
+    if (!rc) {
+        for (int f = 0; f < PS_NFIELDS; f++) rec.field_len[f] = strlen(rec.field[f]);
+        rc = ps_wire_encode_sticker_reply(env->request_id, h->ctx->shard, id, &rec,
+                                          ps_index_utility(h->ctx->ix, doc), out, out_len, err);
+    }
+    for (int f = 0; f < PS_NFIELDS; f++) free(rec.field[f]);
+    if (!rc)
+        ps_log(PS_LOG_DEBUG, "shard", "get_sticker", "request_id=%llu id=%llu found=1",
+               (unsigned long long)env->request_id, (unsigned long long)id);
+    return rc;
+}
+
+static int do_health(shard_handler_t *h, const Persrv__Envelope *env, uint8_t **out,
+                     size_t *out_len, ps_err *err)
+{
+    ps_wire_health hr = {.shard = h->ctx->shard,
+                         .nshards = h->ctx->nshards,
+                         .snapshot_version = 0,
+                         .stickers = ps_index_ndocs(h->ctx->ix),
+                         .ready = 1};
+    ps_log(PS_LOG_DEBUG, "shard", "health", "request_id=%llu", (unsigned long long)env->request_id);
+    return ps_wire_encode_health_reply(env->request_id, &hr, out, out_len, err);
+}
+
+static const char *body_name(Persrv__Envelope__BodyCase c)
+{
+    switch (c) {
+    case PERSRV__ENVELOPE__BODY_SEARCH_REPLY:
+        return "search_reply";
+    case PERSRV__ENVELOPE__BODY_STICKER_REPLY:
+        return "sticker_reply";
+    case PERSRV__ENVELOPE__BODY_HEALTH_REPLY:
+        return "health_reply";
+    case PERSRV__ENVELOPE__BODY_ERROR:
+        return "error";
+    default:
+        return "unknown";
+    }
+}
+
+int shard_handle(shard_handler_t *h, const void *req, size_t len, uint8_t **reply,
+                 size_t *reply_len)
+{
+    Persrv__Envelope *env = NULL;
+    ps_err err = {0, ""};
+    uint64_t request_id = 0;
+    int rc = ps_wire_decode(req, len, h->ctx->max_frame, &env, &err);
+    if (!rc) {
+        request_id = env->request_id;
+        switch (env->body_case) {
+        case PERSRV__ENVELOPE__BODY_SEARCH:
+            rc = do_search(h, env, reply, reply_len, &err);
+            break;
+        case PERSRV__ENVELOPE__BODY_GET_STICKER:
+            rc = do_get_sticker(h, env, reply, reply_len, &err);
+            break;
+        case PERSRV__ENVELOPE__BODY_HEALTH:
+            rc = do_health(h, env, reply, reply_len, &err);
+            break;
+        default:
+            rc = ps_err_set(&err, PS_EINVAL, "body: a shard does not take %s messages",
+                            body_name(env->body_case));
+            break;
+        }
+    }
+    ps_wire_free(env);
+    if (rc == 0) return 0;
+
+    /* Client errors are the peer's business: warn, answer, keep serving. */
+    ps_log(rc == PS_ENOMEM || ps_err_http_status(rc) >= 500 ? PS_LOG_ERROR : PS_LOG_WARN, "shard",
+           "request_failed", "request_id=%llu bytes=%zu code=%s msg=\"%s\"",
+           (unsigned long long)request_id, len, ps_errname(rc), err.msg);
+    ps_err eerr = {0, ""};
+    int erc = ps_wire_encode_error(request_id, rc, err.msg, reply, reply_len, &eerr);
+    if (erc)
+        ps_log(PS_LOG_ERROR, "shard", "reply_failed", "request_id=%llu code=%s msg=\"%s\"",
+               (unsigned long long)request_id, ps_errname(erc), eerr.msg);
+    return erc;
+}

@@ -1,0 +1,173 @@
+/*
+ * main.c — the `shard` daemon: configuration (one table, ps/config.h), the index, signals,
+ * pid and ready files; shard_serve does the serving.
+ *
+ * Exit status: 0 after a clean stop (SIGTERM or SIGINT), 1 when the daemon could not start
+ * (bad index, endpoint in use ...), 2 for a configuration error.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ps/config.h"
+#include "ps/log.h"
+#include "ps/wire.h"
+#include "shard.h"
+
+/* The default of max-frame, as text for the table. */
+#define SHARD_MAX_FRAME_DEFAULT "4194304"
+_Static_assert(PS_WIRE_MAX_FRAME == 4194304, "update SHARD_MAX_FRAME_DEFAULT");
+
+static const ps_cfg_opt shard_opts[] = {
+    {"index", PS_CFG_STRING, NULL,
+     "index directory of this shard (builder build --shards: DIR/shard-NNN)", PS_CFG_REQUIRED, 0,
+     0},
+    {"listen", PS_CFG_STRING, NULL,
+     "ZeroMQ endpoint to bind, e.g. tcp://127.0.0.1:7101 (no default: pick the port)",
+     PS_CFG_REQUIRED, 0, 0},
+    {"shard", PS_CFG_UINT, "0", "this shard's number, echoed in replies", 0, 0, 1023},
+    {"shards", PS_CFG_UINT, "1", "shards in the cluster (reported in health replies)", 0, 1, 1024},
+    {"workers", PS_CFG_UINT, "2", "worker threads, each with its own searcher", 0, 1, 256},
+    {"max-frame", PS_CFG_UINT, SHARD_MAX_FRAME_DEFAULT,
+     "largest request frame in bytes (ZMQ_MAXMSGSIZE; a larger one drops the connection)", 0, 64,
+     1u << 30},
+    {"max-inflight", PS_CFG_UINT, "256",
+     "requests queued to workers before the shard stops reading the socket", 0, 1, 100000},
+    {"hwm", PS_CFG_UINT, "1000", "ZeroMQ high water mark of the listening socket, messages", 0, 1,
+     1000000},
+    {"drain-ms", PS_CFG_UINT, "1000",
+     "on shutdown, how long replies still queued may take to leave (ms)", 0, 0, 60000},
+    {"log-level", PS_CFG_STRING, "info", "debug, info, warn, error or off", 0, 0, 0},
+    {"pid-file", PS_CFG_STRING, NULL, "write the process id here (removed on exit)", 0, 0, 0},
+    {"ready-file", PS_CFG_STRING, NULL,
+     "write the bound endpoint here once the index is loaded and the socket bound (removed "
+     "on exit)",
+     0, 0, 0},
+};
+
+static const char shard_about[] =
+    "Holds one slice of the stickers (an index directory from `builder build --shards N`) in\n"
+    "memory and answers search, get-sticker and health requests over ZeroMQ (persrv.proto).\n"
+    "Stops cleanly on SIGTERM or SIGINT: in-flight requests finish first.";
+
+static int stop_pipe[2] = {-1, -1};
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    int e = errno;
+    ssize_t n = write(stop_pipe[1], "x", 1);
+    (void)n;
+    errno = e;
+}
+
+static int write_pid_file(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    fprintf(f, "%ld\n", (long)getpid());
+    return fclose(f);
+}
+
+int main(int argc, char **argv)
+{
+    ps_err err = {0, ""};
+    ps_store_t *st = NULL;
+    int status = 1, pid_written = 0;
+    ps_cfg_t *cfg = ps_cfg_new("shard", shard_about, shard_opts,
+                               sizeof shard_opts / sizeof shard_opts[0], &err);
+    if (!cfg) {
+        fprintf(stderr, "shard: %s\n", err.msg);
+        return 2;
+    }
+    int prc = ps_cfg_parse(cfg, argc, argv, NULL, &err);
+    if (prc == 1) {
+        ps_cfg_help(cfg, stdout);
+        ps_cfg_free(cfg);
+        return 0;
+    }
+    int level = prc ? 0 : ps_log_parse_level(ps_cfg_str(cfg, "log-level"));
+    if (!prc && level < 0)
+        prc = ps_err_set(&err, PS_EINVAL, "log-level: '%s' is not debug, info, warn, error or off",
+                         ps_cfg_str(cfg, "log-level"));
+    if (prc) {
+        fprintf(stderr, "shard: %s\n", err.msg);
+        ps_cfg_free(cfg);
+        return 2;
+    }
+    ps_log_level = level;
+    ps_cfg_log(cfg, "shard");
+
+    const char *pid_file = ps_cfg_str(cfg, "pid-file");
+    const char *ready_file = ps_cfg_str(cfg, "ready-file");
+    if (ready_file) unlink(ready_file);
+
+    if (pipe(stop_pipe) || fcntl(stop_pipe[0], F_SETFL, O_NONBLOCK) ||
+        fcntl(stop_pipe[1], F_SETFL, O_NONBLOCK) || fcntl(stop_pipe[0], F_SETFD, FD_CLOEXEC) ||
+        fcntl(stop_pipe[1], F_SETFD, FD_CLOEXEC)) {
+        ps_log(PS_LOG_ERROR, "shard", "start_failed", "msg=\"pipe: %s\"", strerror(errno));
+        goto out;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (pid_file) {
+        if (write_pid_file(pid_file)) {
+            ps_log(PS_LOG_ERROR, "shard", "start_failed", "msg=\"pid-file %s: %s\"", pid_file,
+                   strerror(errno));
+            goto out;
+        }
+        pid_written = 1;
+    }
+
+    const char *index = ps_cfg_str(cfg, "index");
+    if (!(st = ps_store_open(index, &err))) {
+        ps_log(PS_LOG_ERROR, "shard", "start_failed", "index=%s code=%s msg=\"%s\"", index,
+               ps_errname(err.code), err.msg);
+        goto out;
+    }
+    shard_ctx ctx = {.store = st,
+                     .ix = ps_store_index(st),
+                     .shard = (uint32_t)ps_cfg_uint(cfg, "shard"),
+                     .nshards = (uint32_t)ps_cfg_uint(cfg, "shards"),
+                     .max_frame = (size_t)ps_cfg_uint(cfg, "max-frame")};
+    if (ctx.shard >= ctx.nshards) {
+        ps_log(PS_LOG_ERROR, "shard", "start_failed", "msg=\"shard %u is not below shards %u\"",
+               ctx.shard, ctx.nshards);
+        goto out;
+    }
+    ps_log(PS_LOG_INFO, "shard", "index_loaded", "index=%s stickers=%u postings=%llu dim=%u", index,
+           ps_index_ndocs(ctx.ix), (unsigned long long)ps_index_npostings(ctx.ix),
+           ps_index_dim(ctx.ix));
+    shard_server_cfg scfg = {.listen = ps_cfg_str(cfg, "listen"),
+                             .workers = (uint32_t)ps_cfg_uint(cfg, "workers"),
+                             .max_inflight = (uint32_t)ps_cfg_uint(cfg, "max-inflight"),
+                             .drain_ms = (uint32_t)ps_cfg_uint(cfg, "drain-ms"),
+                             .hwm = (uint32_t)ps_cfg_uint(cfg, "hwm"),
+                             .ready_file = ready_file};
+    if (shard_serve(&ctx, &scfg, stop_pipe[0], &err)) {
+        ps_log(PS_LOG_ERROR, "shard", "start_failed", "code=%s msg=\"%s\"", ps_errname(err.code),
+               err.msg);
+        goto out;
+    }
+    status = 0;
+
+out:
+    if (ready_file) unlink(ready_file);
+    if (pid_written) unlink(pid_file);
+    ps_store_close(st);
+    for (int i = 0; i < 2; i++)
+        if (stop_pipe[i] >= 0) close(stop_pipe[i]);
+    ps_log(status ? PS_LOG_ERROR : PS_LOG_INFO, "shard", "exit", "status=%d", status);
+    ps_cfg_free(cfg);
+    return status;
+}
