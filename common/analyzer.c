@@ -106,6 +106,12 @@ static inline void tokens_push(ps_tokens *t, size_t start)
     t->n++;
 }
 
+void ps_tokens_reset(ps_tokens *t)
+{
+    t->n = 0;
+    t->text_len = 0;
+}
+
 int ps_tokens_push(ps_tokens *t, const char *s, size_t len)
 {
     int rc = tokens_reserve(t, len + 1, 1);

@@ -460,7 +460,7 @@ static int analyze(ps_searcher_t *s, const char *q, size_t qlen, ps_err *err)
 /* Copy tokens into s->tok, dropping repeats. */
 static int take_tokens(ps_searcher_t *s, const ps_tokens *tok, ps_err *err)
 {
-    s->tok.n = s->tok.text_len = 0;
+    ps_tokens_reset(&s->tok);
     for (size_t i = 0; i < tok->n; i++)
         if (ps_tokens_push(&s->tok, tok->text + tok->off[i], tok->len[i]))
             return ps_err_set(err, PS_ENOMEM, "out of memory copying query tokens");

@@ -371,7 +371,7 @@ static int check_search(const Persrv__SearchRequest *q, ps_err *err)
     int rc;
 
     if (q->n_tokens == 0)
-        return ps_err_set(err, PS_EINVAL, "search.tokens: empty (a query needs a token)");
+        return ps_err_set(err, PS_EQUERY, "search.tokens: empty (a query needs a token)");
     if (q->n_tokens > PS_WIRE_MAX_TOKENS)
         return ps_err_set(err, PS_ETOOBIG, "search.tokens: %zu entries, at most %d", q->n_tokens,
                           PS_WIRE_MAX_TOKENS);

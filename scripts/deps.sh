@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages PerSRV builds and tests with (needs root or sudo).
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libicu-dev libjansson-dev librocksdb-dev
+pkgs=(build-essential cmake pkg-config curl jq libicu-dev libjansson-dev librocksdb-dev
       libopenblas-dev libcmocka-dev libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
       libevent-dev libcurl4-openssl-dev)
 missing=()

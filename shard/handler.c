@@ -65,8 +65,7 @@ static int do_search(shard_handler_t *h, const Persrv__Envelope *env, uint8_t **
     if ((rc = ps_wire_to_opts(q, &opts, err)) || (rc = ps_wire_to_profile(q, &prof, err)))
         return rc;
     opts.profile = prof.k ? &prof : NULL;
-    h->tokens.n = 0;
-    h->tokens.text_len = 0;
+    ps_tokens_reset(&h->tokens);
     for (size_t i = 0; i < q->n_tokens && !rc; i++)
         rc = ps_tokens_push(&h->tokens, q->tokens[i], strlen(q->tokens[i]));
     if (rc)

@@ -669,7 +669,7 @@ typedef struct cap_case {
 
 static const cap_case cases[] = {
     {"too many tokens", fx_search, m_tokens_many, PS_ETOOBIG, "search.tokens"},
-    {"no token", fx_search, m_tokens_none, PS_EINVAL, "search.tokens"},
+    {"no token", fx_search, m_tokens_none, PS_EQUERY, "search.tokens"},
     {"long token", fx_search, m_token_long, PS_ETOOBIG, "search.tokens[1]"},
     {"empty token", fx_search, m_token_empty, PS_EINVAL, "search.tokens[0]"},
     {"bad UTF-8 token", fx_search, m_token_utf8, PS_EUTF8, "search.tokens[0]"},
@@ -1000,7 +1000,7 @@ static void test_encode_rejects(void **state)
     assert_int_equal(ps_wire_encode_search(1, 0, tokens, 2, NULL, 0, &buf, &len, &err), PS_EINVAL);
     assert_null(buf);
     assert_int_equal(ps_wire_encode_search(1, 0, NULL, 2, &opts, 0, &buf, &len, &err), PS_EINVAL);
-    assert_int_equal(ps_wire_encode_search(1, 0, tokens, 0, &opts, 0, &buf, &len, &err), PS_EINVAL);
+    assert_int_equal(ps_wire_encode_search(1, 0, tokens, 0, &opts, 0, &buf, &len, &err), PS_EQUERY);
     opts.R = 0;
     assert_int_equal(ps_wire_encode_search(1, 0, tokens, 2, &opts, 0, &buf, &len, &err), PS_EINVAL);
     assert_non_null(strstr(err.msg, "recall_depth"));

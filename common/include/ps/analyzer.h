@@ -35,6 +35,8 @@ typedef struct ps_tokens {
 void ps_tokens_init(ps_tokens *t);
 /* Release the buffers; the list can be initialized again afterwards. */
 void ps_tokens_free(ps_tokens *t);
+/* Empty the list, keeping its buffers. */
+void ps_tokens_reset(ps_tokens *t);
 /* Append the `len` bytes at s as one more token (no analysis). PS_ENOMEM on failure. */
 int ps_tokens_push(ps_tokens *t, const char *s, size_t len);
 /* Remove repeated tokens, keeping the first occurrence of each, in order. */

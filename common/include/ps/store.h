@@ -51,6 +51,9 @@ typedef struct ps_store_input {
  * Errors: PS_EEXIST, PS_EIO, PS_ESTORE, PS_ENOMEM, PS_EINVAL (e.g. a repeated user). */
 int ps_store_write(const char *dir, const ps_store_input *in, ps_err *err);
 
+/* Threads: once opened, a store may be read from any number of threads at once
+ * (ps_store_index, ps_store_profile, ps_store_fields and the index's embedding fetch are
+ * RocksDB reads and pread); opening and closing belong to one owner. */
 typedef struct ps_store ps_store_t;
 
 /* Open an index directory read-only and load its index into memory.
