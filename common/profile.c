@@ -34,13 +34,23 @@ static const uint8_t magic[4] = {'P', 'S', 'P', 'F'};
 
 double ps_dot(const float *a, const float *b, size_t dim)
 {
-    double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    /* Eight named lanes (not an array) so they live in registers; products of floats are
+     * exact in double, so only the lane sums round, always in this order. */
+    double l0 = 0, l1 = 0, l2 = 0, l3 = 0, l4 = 0, l5 = 0, l6 = 0, l7 = 0;
     size_t i = 0;
-    for (; i + 8 <= dim; i += 8)
-        for (int j = 0; j < 8; j++) lane[j] += (double)a[i + j] * (double)b[i + j];
-    for (int j = 0; i < dim; i++, j++) lane[j] += (double)a[i] * (double)b[i];
-    return ((lane[0] + lane[4]) + (lane[1] + lane[5])) +
-           ((lane[2] + lane[6]) + (lane[3] + lane[7]));
+    for (; i + 8 <= dim; i += 8) {
+        l0 += (double)a[i] * (double)b[i];
+        l1 += (double)a[i + 1] * (double)b[i + 1];
+        l2 += (double)a[i + 2] * (double)b[i + 2];
+        l3 += (double)a[i + 3] * (double)b[i + 3];
+        l4 += (double)a[i + 4] * (double)b[i + 4];
+        l5 += (double)a[i + 5] * (double)b[i + 5];
+        l6 += (double)a[i + 6] * (double)b[i + 6];
+        l7 += (double)a[i + 7] * (double)b[i + 7];
+    }
+    double tail = 0;
+    for (; i < dim; i++) tail += (double)a[i] * (double)b[i];
+    return (((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))) + tail;
 }
 
 double ps_l2dist(const float *a, const float *b, size_t dim)
