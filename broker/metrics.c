@@ -1,0 +1,176 @@
+/*
+ * metrics.c — the broker's Prometheus metrics (text exposition format 0.0.4):
+ *   persrv_http_requests_total{endpoint,code}          counter
+ *   persrv_http_request_duration_seconds{endpoint}     histogram
+ *   persrv_shard_request_duration_seconds{shard}       histogram (answered calls)
+ *   persrv_shard_failovers_total{shard}                counter
+ *   persrv_shard_failures_total{shard}                 counter (calls no replica answered)
+ * Buckets span 0.5 ms .. 1 s around the latency targets (DESIGN §7). No per-user labels.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+
+#define NBUCKETS 12
+static const double bucket_le[NBUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                           0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
+#define MAX_CODES 16 /* distinct HTTP status codes counted per endpoint */
+
+typedef struct histo {
+    uint64_t bucket[NBUCKETS]; /* per bucket, not cumulative */
+    uint64_t count;
+    double sum;
+} histo;
+
+typedef struct endpoint_stats {
+    int code[MAX_CODES];
+    uint64_t count[MAX_CODES];
+    int ncodes;
+    histo latency;
+} endpoint_stats;
+
+typedef struct shard_stats {
+    histo latency;
+    uint64_t failovers, failures;
+} shard_stats;
+
+struct broker_metrics {
+    endpoint_stats ep[BROKER_NEP];
+    shard_stats *shard;
+    uint32_t nshards;
+};
+
+static const char *const ep_names[BROKER_NEP] = {"search", "sticker", "healthz",
+                                                 "readyz", "metrics", "other"};
+
+broker_metrics_t *broker_metrics_new(uint32_t nshards)
+{
+    broker_metrics_t *m = calloc(1, sizeof *m);
+    if (!m || !(m->shard = calloc(nshards ? nshards : 1, sizeof *m->shard))) {
+        free(m);
+        return NULL;
+    }
+    m->nshards = nshards;
+    return m;
+}
+
+void broker_metrics_free(broker_metrics_t *m)
+{
+    if (!m) return;
+    free(m->shard);
+    free(m);
+}
+
+static void observe(histo *h, double v)
+{
+    int b = 0;
+    while (b < NBUCKETS && v > bucket_le[b]) b++;
+    if (b < NBUCKETS) h->bucket[b]++;
+    h->count++;
+    h->sum += v;
+}
+
+void broker_metrics_http(broker_metrics_t *m, int endpoint, int status, double seconds)
+{
+    endpoint_stats *e = &m->ep[endpoint];
+    int i = 0;
+    while (i < e->ncodes && e->code[i] != status) i++;
+    if (i == e->ncodes && e->ncodes < MAX_CODES) e->code[e->ncodes++] = status;
+    if (i < e->ncodes) e->count[i]++;
+    observe(&e->latency, seconds);
+}
+
+void broker_metrics_shard(broker_metrics_t *m, uint32_t shard, int ok, double seconds,
+                          uint32_t failovers)
+{
+    if (shard >= m->nshards) return;
+    shard_stats *s = &m->shard[shard];
+    s->failovers += failovers;
+    if (ok)
+        observe(&s->latency, seconds);
+    else
+        s->failures++;
+}
+
+/* A growing text buffer; on out of memory `s` becomes NULL and stays so. */
+typedef struct sbuf {
+    char *s;
+    size_t len, cap;
+} sbuf;
+
+static void put(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(sbuf *b, const char *fmt, ...)
+{
+    if (!b->s) return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->s + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) return;
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        char *t = realloc(b->s, b->cap * 2 + (size_t)n);
+        if (!t) {
+            free(b->s);
+            b->s = NULL;
+            return;
+        }
+        b->s = t;
+        b->cap = b->cap * 2 + (size_t)n;
+    }
+}
+
+static void put_histo(sbuf *b, const char *name, const char *label, const histo *h)
+{
+    uint64_t cum = 0;
+    for (int i = 0; i < NBUCKETS; i++) {
+        cum += h->bucket[i];
+        put(b, "%s_bucket{%s,le=\"%g\"} %llu\n", name, label, bucket_le[i],
+            (unsigned long long)cum);
+    }
+    put(b, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, label, (unsigned long long)h->count);
+    put(b, "%s_sum{%s} %.9g\n", name, label, h->sum);
+    put(b, "%s_count{%s} %llu\n", name, label, (unsigned long long)h->count);
+}
+
+char *broker_metrics_render(const broker_metrics_t *m)
+{
+    sbuf b = {malloc(4096), 0, 4096};
+    char label[64];
+    put(&b, "# HELP persrv_http_requests_total HTTP requests by endpoint and status code.\n"
+            "# TYPE persrv_http_requests_total counter\n");
+    for (int e = 0; e < BROKER_NEP; e++)
+        for (int i = 0; i < m->ep[e].ncodes; i++)
+            put(&b, "persrv_http_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n", ep_names[e],
+                m->ep[e].code[i], (unsigned long long)m->ep[e].count[i]);
+    put(&b, "# HELP persrv_http_request_duration_seconds HTTP request latency.\n"
+            "# TYPE persrv_http_request_duration_seconds histogram\n");
+    for (int e = 0; e < BROKER_NEP; e++) {
+        if (!m->ep[e].latency.count) continue;
+        snprintf(label, sizeof label, "endpoint=\"%s\"", ep_names[e]);
+        put_histo(&b, "persrv_http_request_duration_seconds", label, &m->ep[e].latency);
+    }
+    put(&b, "# HELP persrv_shard_request_duration_seconds Latency of answered shard calls.\n"
+            "# TYPE persrv_shard_request_duration_seconds histogram\n");
+    for (uint32_t s = 0; s < m->nshards; s++) {
+        snprintf(label, sizeof label, "shard=\"%u\"", s);
+        put_histo(&b, "persrv_shard_request_duration_seconds", label, &m->shard[s].latency);
+    }
+    put(&b, "# HELP persrv_shard_failovers_total Attempts moved to another replica.\n"
+            "# TYPE persrv_shard_failovers_total counter\n");
+    for (uint32_t s = 0; s < m->nshards; s++)
+        put(&b, "persrv_shard_failovers_total{shard=\"%u\"} %llu\n", s,
+            (unsigned long long)m->shard[s].failovers);
+    put(&b, "# HELP persrv_shard_failures_total Shard calls that no replica answered.\n"
+            "# TYPE persrv_shard_failures_total counter\n");
+    for (uint32_t s = 0; s < m->nshards; s++)
+        put(&b, "persrv_shard_failures_total{shard=\"%u\"} %llu\n", s,
+            (unsigned long long)m->shard[s].failures);
+    return b.s;
+}

@@ -1,0 +1,425 @@
+/*
+ * pool.c — the broker's ZeroMQ side: one DEALER socket per shard replica, and calls that
+ * fan out to several shards at once with a deadline per attempt and failover to the next
+ * replica (ZeroMQ guide, "Lazy Pirate": on a timeout the socket is closed and reopened, so
+ * whatever the slow replica sends later is dropped with the old socket).
+ *
+ * A DEALER talking to the shard's ROUTER sends and receives single frames: [envelope]. Every
+ * attempt carries a fresh request_id and a reply is taken only if it echoes the current one.
+ * Sockets have ZMQ_MAXMSGSIZE (a larger reply drops the connection; the attempt then times
+ * out) and ZMQ_LINGER 0 (closing never waits for unsent requests).
+ *
+ * Replica choice: round robin over the replicas that answered their last probe or call,
+ * falling back to all of them when none did; a failover goes to the next replica in order.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "broker.h"
+#include "ps/log.h"
+#include "ps/wire.h"
+
+typedef struct replica {
+    char endpoint[BROKER_MAX_ENDPOINT];
+    void *sock; /* NULL when it could not be (re)opened: every attempt on it fails */
+    int up;     /* answered its last probe or call */
+} replica;
+
+typedef struct shard_slot {
+    replica *rep;
+    uint32_t nrep;
+    uint32_t rr; /* round-robin position */
+} shard_slot;
+
+struct broker_pool {
+    void *zctx;
+    shard_slot *shards;
+    uint32_t nshards;
+    uint32_t deadline_ms, retries;
+    size_t max_frame;
+    uint64_t next_id;
+};
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* (Re)open the DEALER of r. Returns 0, or -1 (logged) with r->sock NULL. */
+static int replica_open(broker_pool_t *p, replica *r)
+{
+    if (r->sock) zmq_close(r->sock);
+    r->sock = zmq_socket(p->zctx, ZMQ_DEALER);
+    int zero = 0;
+    int64_t maxmsg = (int64_t)p->max_frame;
+    if (!r->sock || zmq_setsockopt(r->sock, ZMQ_LINGER, &zero, sizeof zero) ||
+        zmq_setsockopt(r->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+        zmq_connect(r->sock, r->endpoint)) {
+        ps_log(PS_LOG_ERROR, "broker", "socket_failed", "endpoint=%s msg=\"%s\"", r->endpoint,
+               zmq_strerror(zmq_errno()));
+        if (r->sock) zmq_close(r->sock);
+        r->sock = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+void broker_pool_free(broker_pool_t *p)
+{
+    if (!p) return;
+    for (uint32_t s = 0; p->shards && s < p->nshards; s++) {
+        for (uint32_t i = 0; i < p->shards[s].nrep; i++)
+            if (p->shards[s].rep[i].sock) zmq_close(p->shards[s].rep[i].sock);
+        free(p->shards[s].rep);
+    }
+    free(p->shards);
+    if (p->zctx) zmq_ctx_term(p->zctx);
+    free(p);
+}
+
+/* Split `s` (len bytes) at `sep` into at most `cap` parts; OUT starts/lengths. Returns the
+ * number of parts, or cap + 1 when there are more. */
+static size_t split(const char *s, size_t len, char sep, const char **start, size_t *plen,
+                    size_t cap)
+{
+    size_t n = 0, i = 0;
+    for (;;) {
+        size_t j = i;
+        while (j < len && s[j] != sep) j++;
+        if (n == cap) return cap + 1;
+        start[n] = s + i;
+        plen[n++] = j - i;
+        if (j == len) return n;
+        i = j + 1;
+    }
+}
+
+broker_pool_t *broker_pool_new(const char *topology, uint32_t deadline_ms, uint32_t retries,
+                               size_t max_frame, ps_err *err)
+{
+    const char *sh[BROKER_MAX_SHARDS];
+    size_t shlen[BROKER_MAX_SHARDS];
+    broker_pool_t *p = calloc(1, sizeof *p);
+    if (!p) {
+        ps_err_set(err, PS_ENOMEM, "out of memory for the shard pool");
+        return NULL;
+    }
+    p->deadline_ms = deadline_ms;
+    p->retries = retries;
+    p->max_frame = max_frame;
+    p->next_id = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
+    size_t n = split(topology, strlen(topology), ',', sh, shlen, BROKER_MAX_SHARDS);
+    if (n > BROKER_MAX_SHARDS) {
+        ps_err_set(err, PS_EINVAL, "shards: more than %d shards", BROKER_MAX_SHARDS);
+        goto fail;
+    }
+    if (!(p->zctx = zmq_ctx_new()) || !(p->shards = calloc(n, sizeof *p->shards))) {
+        ps_err_set(err, PS_ENOMEM, "out of memory for the shard pool");
+        goto fail;
+    }
+    p->nshards = (uint32_t)n;
+    for (size_t s = 0; s < n; s++) {
+        const char *rs[BROKER_MAX_REPLICAS];
+        size_t rlen[BROKER_MAX_REPLICAS];
+        size_t nr = split(sh[s], shlen[s], '|', rs, rlen, BROKER_MAX_REPLICAS);
+        if (nr > BROKER_MAX_REPLICAS) {
+            ps_err_set(err, PS_EINVAL, "shards: shard %zu has more than %d replicas", s,
+                       BROKER_MAX_REPLICAS);
+            goto fail;
+        }
+        if (!(p->shards[s].rep = calloc(nr, sizeof(replica)))) {
+            ps_err_set(err, PS_ENOMEM, "out of memory for the shard pool");
+            goto fail;
+        }
+        p->shards[s].nrep = (uint32_t)nr;
+        for (size_t i = 0; i < nr; i++) {
+            replica *r = &p->shards[s].rep[i];
+            if (rlen[i] == 0 || rlen[i] >= sizeof r->endpoint) {
+                ps_err_set(err, PS_EINVAL, "shards: shard %zu replica %zu: %s endpoint", s, i,
+                           rlen[i] ? "too long an" : "empty");
+                goto fail;
+            }
+            memcpy(r->endpoint, rs[i], rlen[i]);
+            r->endpoint[rlen[i]] = '\0';
+            if (replica_open(p, r)) {
+                ps_err_set(err, PS_EINVAL, "shards: shard %zu replica %zu: cannot connect to '%s'",
+                           s, i, r->endpoint);
+                goto fail;
+            }
+        }
+    }
+    return p;
+fail:
+    broker_pool_free(p);
+    return NULL;
+}
+
+uint32_t broker_pool_nshards(const broker_pool_t *p)
+{
+    return p->nshards;
+}
+
+uint32_t broker_pool_nreplicas(const broker_pool_t *p, uint32_t shard)
+{
+    return shard < p->nshards ? p->shards[shard].nrep : 0;
+}
+
+int broker_pool_shard_up(const broker_pool_t *p, uint32_t shard)
+{
+    if (shard >= p->nshards) return 0;
+    for (uint32_t i = 0; i < p->shards[shard].nrep; i++)
+        if (p->shards[shard].rep[i].up) return 1;
+    return 0;
+}
+
+/* The replica a failover call starts on: the next one that is up in round-robin order. */
+static int pick_replica(shard_slot *sl)
+{
+    uint32_t start = sl->rr++ % sl->nrep;
+    for (uint32_t i = 0; i < sl->nrep; i++)
+        if (sl->rep[(start + i) % sl->nrep].up) return (int)((start + i) % sl->nrep);
+    return (int)start;
+}
+
+/* Encode and send the current attempt of c. Returns 0, -1 when the send failed (the attempt
+ * has failed: reason set), or a PS_E* code from the encoder. */
+static int send_attempt(broker_pool_t *p, broker_call *c, double now, ps_err *err)
+{
+    replica *r = &p->shards[c->shard].rep[c->cur];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    c->request_id = p->next_id++;
+    c->deadline = now + p->deadline_ms;
+    int rc = c->encode(c->arg, c->request_id, p->deadline_ms, &buf, &len, err);
+    if (rc) return rc;
+    if (!r->sock) {
+        free(buf);
+        snprintf(c->reason, sizeof c->reason, "replica %d (%s): no socket", c->cur, r->endpoint);
+        return -1;
+    }
+    int sent = zmq_send(r->sock, buf, len, ZMQ_DONTWAIT);
+    free(buf);
+    if (sent != (int)len) {
+        snprintf(c->reason, sizeof c->reason, "replica %d (%s): send: %s", c->cur, r->endpoint,
+                 zmq_strerror(zmq_errno()));
+        return -1;
+    }
+    c->pending = 1;
+    return 0;
+}
+
+/* The current attempt of c failed (c->reason says why): move to the next replica while
+ * attempts remain, else give up. */
+static void next_attempt(broker_pool_t *p, broker_call *c, double now)
+{
+    c->pending = 0;
+    c->timed_out = 0;
+    for (;;) {
+        uint32_t max_attempts = c->replica >= 0 ? 1 : p->retries + 1;
+        if (c->attempt + 1 >= max_attempts) {
+            c->seconds = (now - c->t0) / 1e3;
+            return; /* failed: reason set by the last attempt */
+        }
+        c->attempt++;
+        c->failovers++;
+        c->cur = (c->cur + 1) % (int)p->shards[c->shard].nrep;
+        ps_err e = {0, ""};
+        int rc = send_attempt(p, c, now, &e);
+        if (rc == 0) return;
+        if (rc != -1) { /* the encoder built this frame before: only memory can fail it */
+            ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=request msg=\"%s\"", e.msg);
+            abort();
+        }
+    }
+}
+
+/* Read every frame waiting on the socket of c; settle c if one answers it. */
+static void drain(broker_pool_t *p, broker_call *c, double now)
+{
+    replica *r = &p->shards[c->shard].rep[c->cur];
+    while (c->pending) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, r->sock, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            return; /* EAGAIN: nothing more */
+        }
+        int more = zmq_msg_more(&m);
+        Persrv__Envelope *env = NULL;
+        ps_err e = {0, ""};
+        int rc = more ? PS_EPARSE
+                      : ps_wire_decode(zmq_msg_data(&m), zmq_msg_size(&m), p->max_frame, &env, &e);
+        zmq_msg_close(&m);
+        while (more) { /* a multipart message is not ours: discard the rest */
+            zmq_msg_init(&m);
+            if (zmq_msg_recv(&m, r->sock, ZMQ_DONTWAIT) < 0)
+                more = 0;
+            else
+                more = zmq_msg_more(&m);
+            zmq_msg_close(&m);
+        }
+        if (rc) {
+            ps_log(PS_LOG_WARN, "broker", "bad_reply", "shard=%u endpoint=%s code=%s msg=\"%s\"",
+                   c->shard, r->endpoint, ps_errname(rc), e.msg);
+            continue;
+        }
+        if (env->request_id != c->request_id) { /* stale: an earlier request's answer */
+            ps_log(PS_LOG_DEBUG, "broker", "stale_reply", "shard=%u request_id=%llu", c->shard,
+                   (unsigned long long)env->request_id);
+            ps_wire_free(env);
+            continue;
+        }
+        r->up = 1;
+        if (env->body_case == c->expect) {
+            c->pending = 0;
+            c->reply = env;
+            c->reason[0] = '\0';
+            c->seconds = (now - c->t0) / 1e3;
+            return;
+        }
+        if (env->body_case == PERSRV__ENVELOPE__BODY_ERROR)
+            snprintf(c->reason, sizeof c->reason, "replica %d: %s: %s", c->cur, env->error->code,
+                     env->error->message);
+        else
+            snprintf(c->reason, sizeof c->reason, "replica %d: unexpected reply body %d", c->cur,
+                     (int)env->body_case);
+        ps_wire_free(env);
+        next_attempt(p, c, now);
+        return; /* the next attempt (if any) uses another socket: poll again */
+    }
+}
+
+int broker_pool_run(broker_pool_t *p, broker_call *calls, size_t n, ps_err *err)
+{
+    double now = now_ms();
+    for (size_t i = 0; i < n; i++) {
+        broker_call *c = &calls[i];
+        shard_slot *sl = &p->shards[c->shard];
+        c->reply = NULL;
+        c->failovers = 0;
+        c->seconds = 0;
+        c->timed_out = 0;
+        c->reason[0] = '\0';
+        c->pending = 0;
+        c->attempt = 0;
+        c->t0 = now;
+        c->cur = c->replica >= 0 ? c->replica : pick_replica(sl);
+    }
+    for (size_t i = 0; i < n; i++) {
+        int rc = send_attempt(p, &calls[i], now, err);
+        if (rc == -1) {
+            next_attempt(p, &calls[i], now);
+        } else if (rc) {
+            /* Nothing answered yet: forget what was sent (reopen those sockets). */
+            for (size_t j = 0; j < i; j++)
+                if (calls[j].pending) {
+                    replica_open(p, &p->shards[calls[j].shard].rep[calls[j].cur]);
+                    calls[j].pending = 0;
+                }
+            return rc;
+        }
+    }
+    zmq_pollitem_t *items = malloc((n ? n : 1) * sizeof *items);
+    size_t *which = malloc((n ? n : 1) * sizeof *which);
+    if (!items || !which) {
+        ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=poll");
+        abort();
+    }
+    for (;;) {
+        size_t np = 0;
+        double first = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (!calls[i].pending) continue;
+            items[np] = (zmq_pollitem_t){p->shards[calls[i].shard].rep[calls[i].cur].sock, 0,
+                                         ZMQ_POLLIN, 0};
+            which[np++] = i;
+            if (np == 1 || calls[i].deadline < first) first = calls[i].deadline;
+        }
+        if (np == 0) break;
+        now = now_ms();
+        long wait = first > now ? (long)(first - now) + 1 : 0;
+        if (zmq_poll(items, (int)np, wait) < 0 && errno != EINTR) {
+            ps_log(PS_LOG_ERROR, "broker", "poll_failed", "msg=\"%s\"", zmq_strerror(errno));
+            abort();
+        }
+        now = now_ms();
+        for (size_t k = 0; k < np; k++)
+            if (items[k].revents & ZMQ_POLLIN) drain(p, &calls[which[k]], now);
+        for (size_t k = 0; k < np; k++) {
+            broker_call *c = &calls[which[k]];
+            if (!c->pending || c->deadline > now) continue;
+            replica *r = &p->shards[c->shard].rep[c->cur];
+            r->up = 0;
+            replica_open(p, r); /* Lazy Pirate: a late reply dies with the old socket */
+            snprintf(c->reason, sizeof c->reason, "replica %d (%s): no reply in %u ms", c->cur,
+                     r->endpoint, p->deadline_ms);
+            ps_log(PS_LOG_WARN, "broker", "shard_timeout", "shard=%u replica=%d endpoint=%s",
+                   c->shard, c->cur, r->endpoint);
+            next_attempt(p, c, now);
+            if (!c->pending && !c->reply) c->timed_out = 1;
+        }
+    }
+    free(items);
+    free(which);
+    return 0;
+}
+
+static int encode_health(void *arg, uint64_t request_id, uint32_t deadline_ms, uint8_t **buf,
+                         size_t *len, ps_err *err)
+{
+    (void)arg;
+    return ps_wire_encode_health(request_id, deadline_ms, buf, len, err);
+}
+
+uint32_t broker_pool_probe(broker_pool_t *p)
+{
+    size_t n = 0;
+    for (uint32_t s = 0; s < p->nshards; s++) n += p->shards[s].nrep;
+    broker_call *calls = calloc(n, sizeof *calls);
+    int *was = calloc(n, sizeof *was);
+    if (!calls || !was) {
+        ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=probe");
+        abort();
+    }
+    n = 0;
+    for (uint32_t s = 0; s < p->nshards; s++)
+        for (uint32_t i = 0; i < p->shards[s].nrep; i++)
+            was[n] = p->shards[s].rep[i].up,
+            calls[n++] = (broker_call){.shard = s,
+                                       .replica = (int)i,
+                                       .expect = PERSRV__ENVELOPE__BODY_HEALTH_REPLY,
+                                       .encode = encode_health};
+    if (broker_pool_run(p, calls, n, NULL)) abort(); /* a health request always encodes */
+    uint32_t down = 0;
+    for (size_t i = 0; i < n; i++) {
+        broker_call *c = &calls[i];
+        replica *r = &p->shards[c->shard].rep[c->replica];
+        r->up = 0;
+        if (c->reply) {
+            const Persrv__HealthReply *h = c->reply->health_reply;
+            if (h->shard != c->shard || h->nshards != p->nshards)
+                ps_log(PS_LOG_WARN, "broker", "shard_mismatch",
+                       "endpoint=%s expected=%u/%u reported=%u/%u", r->endpoint, c->shard,
+                       p->nshards, h->shard, h->nshards);
+            else
+                r->up = h->ready;
+            ps_wire_free(c->reply);
+        }
+        if (was[i] != r->up)
+            ps_log(r->up ? PS_LOG_INFO : PS_LOG_WARN, "broker",
+                   r->up ? "replica_up" : "replica_down", "shard=%u replica=%d endpoint=%s%s%s%s",
+                   c->shard, c->replica, r->endpoint, c->reason[0] ? " reason=\"" : "", c->reason,
+                   c->reason[0] ? "\"" : "");
+    }
+    for (uint32_t s = 0; s < p->nshards; s++) down += !broker_pool_shard_up(p, s);
+    free(calls);
+    free(was);
+    return down;
+}
