@@ -93,21 +93,6 @@ typedef struct broker_main {
     struct timeval drain;
 } broker_main;
 
-static int write_file_atomic(const char *path, const char *text)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return -1;
-    fprintf(f, "%s\n", text);
-    if (fflush(f) || fsync(fileno(f))) {
-        fclose(f);
-        return -1;
-    }
-    if (fclose(f)) return -1;
-    return rename(tmp, path);
-}
-
 static void on_health(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -116,7 +101,7 @@ static void on_health(evutil_socket_t fd, short what, void *arg)
     uint32_t down = broker_pool_probe(m->pool);
     if (down == 0 && !m->ready_written && !m->stopping) {
         m->ready_written = 1;
-        if (m->ready_file && write_file_atomic(m->ready_file, m->addr))
+        if (m->ready_file && ps_write_file_atomic(m->ready_file, m->addr))
             ps_log(PS_LOG_ERROR, "broker", "ready_file_failed", "path=%s msg=\"%s\"", m->ready_file,
                    strerror(errno));
         ps_log(PS_LOG_INFO, "broker", "ready", "http=%s shards=%u", m->addr,
@@ -164,22 +149,11 @@ int main(int argc, char **argv)
     broker_profcache_t *profiles = NULL;
     broker_metrics_t *metrics = NULL;
     broker_http_t *handlers = NULL;
-    ps_cfg_t *cfg = ps_cfg_new("broker", broker_about, broker_opts,
-                               sizeof broker_opts / sizeof broker_opts[0], &err);
-    if (!cfg) {
-        fprintf(stderr, "broker: %s\n", err.msg);
-        return 2;
-    }
-    int prc = ps_cfg_parse(cfg, argc, argv, NULL, &err);
-    if (prc == 1) {
-        ps_cfg_help(cfg, stdout);
-        ps_cfg_free(cfg);
-        return 0;
-    }
-    int level = prc ? 0 : ps_log_parse_level(ps_cfg_str(cfg, "log-level"));
-    if (!prc && level < 0)
-        prc = ps_err_set(&err, PS_EINVAL, "log-level: '%s' is not debug, info, warn, error or off",
-                         ps_cfg_str(cfg, "log-level"));
+    ps_cfg_t *cfg = ps_cfg_daemon("broker", broker_about, broker_opts,
+                                  sizeof broker_opts / sizeof broker_opts[0], argc, argv, &status);
+    if (!cfg) return status;
+    status = 1;
+    int prc = 0;
     char host[128];
     uint16_t port = 0;
     if (!prc && split_addr(ps_cfg_str(cfg, "http"), host, sizeof host, &port))
@@ -194,8 +168,6 @@ int main(int argc, char **argv)
         ps_cfg_free(cfg);
         return 2;
     }
-    ps_log_level = level;
-    ps_cfg_log(cfg, "broker");
 
     const char *pid_file = ps_cfg_str(cfg, "pid-file");
     m.ready_file = ps_cfg_str(cfg, "ready-file");
@@ -264,7 +236,7 @@ int main(int argc, char **argv)
     if (pid_file) {
         char pid[32];
         snprintf(pid, sizeof pid, "%ld", (long)getpid());
-        if (write_file_atomic(pid_file, pid)) {
+        if (ps_write_file_atomic(pid_file, pid)) {
             ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"pid-file %s: %s\"", pid_file,
                    strerror(errno));
             goto out;

@@ -3,6 +3,7 @@
  * file, PERSRV_* environment variables and flags, applied in that order so the later source
  * wins; --help and the startup log line are generated from the same table.
  */
+#include <unistd.h>
 #include "ps/config.h"
 
 #include <ctype.h>
@@ -466,4 +467,51 @@ const char *ps_cfg_source(const ps_cfg_t *c, const char *name)
     if (!c || !name) return src_names[SRC_UNSET];
     int i = find_opt(c, name, strlen(name));
     return i < 0 ? src_names[SRC_UNSET] : src_names[c->val[i].src];
+}
+
+ps_cfg_t *ps_cfg_daemon(const char *prog, const char *about, const ps_cfg_opt *table, size_t n,
+                        int argc, char **argv, int *exit_code)
+{
+    ps_err err = {0, ""};
+    ps_cfg_t *c = ps_cfg_new(prog, about, table, n, &err);
+    int rc = c ? ps_cfg_parse(c, argc, argv, NULL, &err) : err.code;
+    if (c && rc == 1) {
+        ps_cfg_help(c, stdout);
+        ps_cfg_free(c);
+        *exit_code = 0;
+        return NULL;
+    }
+    int level = rc ? 0 : ps_log_parse_level(ps_cfg_str(c, "log-level"));
+    if (!rc && level < 0)
+        rc = ps_err_set(&err, PS_EINVAL, "log-level: '%s' is not debug, info, warn, error or off",
+                        ps_cfg_str(c, "log-level"));
+    if (rc) {
+        fprintf(stderr, "%s: %s\n", prog, err.msg);
+        ps_cfg_free(c);
+        *exit_code = 2;
+        return NULL;
+    }
+    ps_log_level = level;
+    ps_cfg_log(c, prog);
+    return c;
+}
+
+int ps_write_file_atomic(const char *path, const char *text)
+{
+    char tmp[4096];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    FILE *f = fopen(tmp, "w");
+    if (!f) return -1;
+    int ok = fprintf(f, "%s\n", text) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (fclose(f) != 0) ok = 0;
+    if (!ok || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        errno = e;
+        return -1;
+    }
+    return 0;
 }

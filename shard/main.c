@@ -65,42 +65,15 @@ static void on_signal(int sig)
     errno = e;
 }
 
-static int write_pid_file(const char *path)
-{
-    FILE *f = fopen(path, "w");
-    if (!f) return -1;
-    fprintf(f, "%ld\n", (long)getpid());
-    return fclose(f);
-}
-
 int main(int argc, char **argv)
 {
     ps_err err = {0, ""};
     ps_store_t *st = NULL;
     int status = 1, pid_written = 0;
-    ps_cfg_t *cfg = ps_cfg_new("shard", shard_about, shard_opts,
-                               sizeof shard_opts / sizeof shard_opts[0], &err);
-    if (!cfg) {
-        fprintf(stderr, "shard: %s\n", err.msg);
-        return 2;
-    }
-    int prc = ps_cfg_parse(cfg, argc, argv, NULL, &err);
-    if (prc == 1) {
-        ps_cfg_help(cfg, stdout);
-        ps_cfg_free(cfg);
-        return 0;
-    }
-    int level = prc ? 0 : ps_log_parse_level(ps_cfg_str(cfg, "log-level"));
-    if (!prc && level < 0)
-        prc = ps_err_set(&err, PS_EINVAL, "log-level: '%s' is not debug, info, warn, error or off",
-                         ps_cfg_str(cfg, "log-level"));
-    if (prc) {
-        fprintf(stderr, "shard: %s\n", err.msg);
-        ps_cfg_free(cfg);
-        return 2;
-    }
-    ps_log_level = level;
-    ps_cfg_log(cfg, "shard");
+    ps_cfg_t *cfg = ps_cfg_daemon("shard", shard_about, shard_opts,
+                                  sizeof shard_opts / sizeof shard_opts[0], argc, argv, &status);
+    if (!cfg) return status;
+    status = 1;
 
     const char *pid_file = ps_cfg_str(cfg, "pid-file");
     const char *ready_file = ps_cfg_str(cfg, "ready-file");
@@ -121,7 +94,9 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     if (pid_file) {
-        if (write_pid_file(pid_file)) {
+        char pid[32];
+        snprintf(pid, sizeof pid, "%ld", (long)getpid());
+        if (ps_write_file_atomic(pid_file, pid)) {
             ps_log(PS_LOG_ERROR, "shard", "start_failed", "msg=\"pid-file %s: %s\"", pid_file,
                    strerror(errno));
             goto out;

@@ -28,6 +28,7 @@
 #include <zmq.h>
 
 #include "ps/log.h"
+#include "ps/config.h"
 #include "shard.h"
 
 #define SHARD_BACKEND   "inproc://shard-workers"
@@ -128,23 +129,6 @@ static int set_int(void *sock, int opt, int v)
     return zmq_setsockopt(sock, opt, &v, sizeof v);
 }
 
-static int write_ready_file(const char *path, const char *endpoint, ps_err *err)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return ps_err_set(err, PS_EIO, "ready-file %s: %s", tmp, strerror(errno));
-    fprintf(f, "%s\n", endpoint);
-    if (fflush(f) || fsync(fileno(f))) {
-        fclose(f);
-        return ps_err_set(err, PS_EIO, "ready-file %s: %s", tmp, strerror(errno));
-    }
-    fclose(f);
-    if (rename(tmp, path))
-        return ps_err_set(err, PS_EIO, "ready-file %s: %s", path, strerror(errno));
-    return 0;
-}
-
 int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, ps_err *err)
 {
     int rc = 0;
@@ -191,7 +175,8 @@ int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, 
             ws[i].started = 1;
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (!rc && cfg->ready_file) rc = write_ready_file(cfg->ready_file, endpoint, err);
+    if (!rc && cfg->ready_file && ps_write_file_atomic(cfg->ready_file, endpoint))
+        rc = ps_err_set(err, PS_EIO, "ready-file %s: %s", cfg->ready_file, strerror(errno));
     if (rc) goto out;
     ps_log(PS_LOG_INFO, "shard", "ready", "endpoint=%s shard=%u stickers=%u workers=%u", endpoint,
            ctx->shard, ps_index_ndocs(ctx->ix), cfg->workers);

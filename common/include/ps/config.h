@@ -89,4 +89,17 @@ int ps_cfg_bool(const ps_cfg_t *c, const char *name);
 /* Where the value of `name` came from: "default", "file", "env", "flag", or "unset". */
 const char *ps_cfg_source(const ps_cfg_t *c, const char *name);
 
+/* The start of every daemon's main: build the table, parse flags / environment / file, print
+ * --help, set ps_log_level from the "log-level" setting (which the table must have) and log
+ * the effective configuration. Returns the config (caller frees with ps_cfg_free), or NULL
+ * with *exit_code set: 0 after --help, 2 after a configuration error printed on stderr as
+ * "<prog>: <message>". */
+ps_cfg_t *ps_cfg_daemon(const char *prog, const char *about, const ps_cfg_opt *table, size_t n,
+                        int argc, char **argv, int *exit_code);
+
+/* Write `text` and a newline to `path` through a synced temporary file renamed into place, so
+ * a reader (a test, a script, a healthcheck) never sees half of it: pid and ready files.
+ * Returns 0, or -1 with errno set. */
+int ps_write_file_atomic(const char *path, const char *text);
+
 #endif
