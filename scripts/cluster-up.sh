@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# Starts a local PerSRV cluster on 127.0.0.1 and answers one query through it: builds the tree
+# if needed, generates the demo corpus (or reuses one of the same size), builds it into 2
+# shards (`builder build --shards 2`), starts 2 shards x 2 replicas (4 `shard` processes) and
+# the `broker` (HTTP/JSON), waits until every one is ready, runs a sample search with curl and
+# prints how to query and how to stop the cluster (scripts/cluster-down.sh).
+#
+#   PERSRV_DEMO_STICKERS  corpus size (default 543098, the paper's)
+#   PERSRV_DEMO_DIR       data, index and run directory (default ./demo in the source tree)
+#   PERSRV_BASE_PORT      shard replicas listen on BASE+1 .. BASE+4 (default 7100)
+#   PERSRV_HTTP_PORT      broker HTTP port (default 8080; 0 picks a free one)
+#   PERSRV_SKIP_BUILD=1   do not run deps.sh / cmake: use the binaries already built
+#   PERSRV_BIN_DIR        build tree holding shard/shard, broker/broker, builder/builder,
+#                         client/persrv (default ./build in the source tree)
+#   PERSRV_READY_TIMEOUT  seconds each daemon may take to become ready (default 600)
+#   PERSRV_DEMO_QUERY     the sample query (default 好累)
+#
+# Layout of PERSRV_DEMO_DIR:
+#   data/           corpus.jsonl, embeddings.npy, clicks.tsv (builder generate)
+#   cluster/        shard-000, shard-001, profiles, cluster.json (builder build --shards 2)
+#   run/            NAME.log (NAME.log.prev: the run before), NAME.pid, NAME.ready for
+#                   shard0a shard0b shard1a shard1b broker
+#   .stickers       the corpus size data/ was generated with
+# Exit status: 0 when the cluster is up and answered; 1 on any failure (the processes this
+# run started are stopped again); 3 when a port is already in use or a cluster already runs.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+abspath() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+N=${PERSRV_DEMO_STICKERS:-543098}
+DIR=$(abspath "${PERSRV_DEMO_DIR:-$ROOT/demo}")
+BIN=$(abspath "${PERSRV_BIN_DIR:-$ROOT/build}")
+BASE_PORT=${PERSRV_BASE_PORT:-7100}
+HTTP_PORT=${PERSRV_HTTP_PORT:-8080}
+READY_TIMEOUT=${PERSRV_READY_TIMEOUT:-600}
+QUERY=${PERSRV_DEMO_QUERY:-好累}
+RUN=$DIR/run
+NAMES=(shard0a shard0b shard1a shard1b broker)
+
+die() {
+  echo "cluster-up: $*" >&2
+  exit 1
+}
+isnum() { [[ $1 =~ ^[0-9]+$ ]]; }
+if ! isnum "$N" || [ "$N" -lt 1 ]; then
+  die "PERSRV_DEMO_STICKERS='$N' is not a positive integer"
+fi
+if ! isnum "$BASE_PORT" || [ "$BASE_PORT" -lt 1 ] || [ "$BASE_PORT" -gt 65531 ]; then
+  die "PERSRV_BASE_PORT='$BASE_PORT' must be 1..65531 (shards use BASE+1 .. BASE+4)"
+fi
+if ! isnum "$HTTP_PORT" || [ "$HTTP_PORT" -gt 65535 ]; then
+  die "PERSRV_HTTP_PORT='$HTTP_PORT' must be 0..65535"
+fi
+isnum "$READY_TIMEOUT" || die "PERSRV_READY_TIMEOUT='$READY_TIMEOUT' is not a number of seconds"
+declare -A PORT=([shard0a]=$((BASE_PORT + 1)) [shard0b]=$((BASE_PORT + 2))
+                 [shard1a]=$((BASE_PORT + 3)) [shard1b]=$((BASE_PORT + 4)))
+declare -A INDEX=([shard0a]=shard-000 [shard0b]=shard-000 [shard1a]=shard-001 [shard1b]=shard-001)
+declare -A SHARDNO=([shard0a]=0 [shard0b]=0 [shard1a]=1 [shard1b]=1)
+for p in "${PORT[@]}"; do
+  [ "$p" -ne "$HTTP_PORT" ] || die "PERSRV_HTTP_PORT=$HTTP_PORT collides with a shard port (BASE+1 .. BASE+4)"
+done
+
+# alive PID: true if PID is a running (not zombie) shard or broker process.
+alive() {
+  local pid=$1 stat comm
+  isnum "$pid" || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  [ -r "/proc/$pid/stat" ] || return 0
+  stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ] || return 1
+  comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
+  [ "$comm" = shard ] || [ "$comm" = broker ]
+}
+
+# ---- refuse a second cluster in the same directory; ports must be free --------------------
+running=()
+for n in "${NAMES[@]}"; do
+  f=$RUN/$n.pid
+  [ -e "$f" ] || continue
+  if alive "$(cat "$f" 2>/dev/null)"; then
+    running+=("$n (pid $(cat "$f"))")
+  else
+    rm -f "$f" "$RUN/$n.ready" # left behind by a process that was killed
+  fi
+done
+if [ ${#running[@]} -gt 0 ]; then
+  echo "cluster-up: a cluster is already running from $DIR: ${running[*]}" >&2
+  echo "cluster-up: stop it first: PERSRV_DEMO_DIR=$DIR $ROOT/scripts/cluster-down.sh" >&2
+  exit 3
+fi
+
+# port_in_use PORT: something accepts TCP connections on 127.0.0.1:PORT.
+port_in_use() { (: <>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+check_ports() {
+  local n p
+  for n in shard0a shard0b shard1a shard1b; do
+    p=${PORT[$n]}
+    if port_in_use "$p"; then
+      echo "cluster-up: port $p ($n) on 127.0.0.1 is already in use; free it or set PERSRV_BASE_PORT (shards use BASE+1 .. BASE+4, now $BASE_PORT)" >&2
+      exit 3
+    fi
+  done
+  if [ "$HTTP_PORT" -ne 0 ] && port_in_use "$HTTP_PORT"; then
+    echo "cluster-up: port $HTTP_PORT (broker HTTP) on 127.0.0.1 is already in use; free it or set PERSRV_HTTP_PORT" >&2
+    exit 3
+  fi
+}
+check_ports
+
+# ---- binaries ------------------------------------------------------------------------------
+if [ "${PERSRV_SKIP_BUILD:-0}" != 1 ]; then
+  "$ROOT/scripts/deps.sh"
+  cmake -S "$ROOT" -B "$BIN" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build "$BIN" -j"$(nproc)" --target builder shard broker persrv
+fi
+B=$BIN/builder/builder
+S=$BIN/shard/shard
+BR=$BIN/broker/broker
+for x in "$B" "$S" "$BR"; do
+  [ -x "$x" ] || die "$x is missing: build the tree (unset PERSRV_SKIP_BUILD) or point PERSRV_BIN_DIR at a build directory"
+done
+command -v curl >/dev/null || die "curl is required (scripts/deps.sh installs it)"
+
+# ---- data: corpus (reused when its size matches) and the 2-shard cluster -------------------
+mkdir -p "$DIR"
+if [ "$(cat "$DIR/.stickers" 2>/dev/null)" != "$N" ] || [ ! -s "$DIR/data/clicks.tsv" ]; then
+  rm -rf "$DIR/data" "$DIR/index" "$DIR/cluster" "$DIR/cluster.tmp" "$DIR/.stickers"
+  echo "cluster-up: generating a $N-sticker corpus into $DIR/data"
+  "$B" generate --out "$DIR/data" --stickers "$N"
+  echo "$N" >"$DIR/.stickers"
+fi
+if [ "$(cat "$DIR/cluster/.stickers" 2>/dev/null)" != "$N" ] || [ ! -e "$DIR/cluster/cluster.json" ]; then
+  rm -rf "$DIR/cluster" "$DIR/cluster.tmp"
+  echo "cluster-up: building 2 shards into $DIR/cluster"
+  "$B" build --corpus "$DIR/data/corpus.jsonl" --embeddings "$DIR/data/embeddings.npy" \
+    --clicks "$DIR/data/clicks.tsv" --out "$DIR/cluster.tmp" --shards 2
+  echo "$N" >"$DIR/cluster.tmp/.stickers"
+  mv "$DIR/cluster.tmp" "$DIR/cluster" # only a complete build is ever reused
+fi
+
+# ---- start the daemons -----------------------------------------------------------------------
+check_ports # again: building can take minutes
+mkdir -p "$RUN"
+declare -A PID=()
+up=0
+# On any failure, stop what this run started (the pid files go with the processes).
+on_exit() {
+  [ $up = 1 ] && return
+  local n
+  for n in "${!PID[@]}"; do kill -TERM "${PID[$n]}" 2>/dev/null || true; done
+  sleep 1
+  for n in "${!PID[@]}"; do
+    if kill -0 "${PID[$n]}" 2>/dev/null; then kill -KILL "${PID[$n]}" 2>/dev/null || true; fi
+    rm -f "$RUN/$n.pid" "$RUN/$n.ready"
+  done
+}
+trap on_exit EXIT
+
+# Detach the daemons from this terminal's session: they outlive the script (and its Ctrl-C).
+SETSID=()
+command -v setsid >/dev/null && SETSID=(setsid)
+
+# launch NAME PROGRAM ARGS...: start one daemon with its pid/ready files and its log.
+launch() {
+  local n=$1
+  shift
+  rm -f "$RUN/$n.ready" "$RUN/$n.pid"
+  [ ! -e "$RUN/$n.log" ] || mv -f "$RUN/$n.log" "$RUN/$n.log.prev" # the previous run's
+  echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) cluster-up: $*" >"$RUN/$n.log"
+  "${SETSID[@]}" "$@" --pid-file "$RUN/$n.pid" --ready-file "$RUN/$n.ready" \
+    </dev/null >>"$RUN/$n.log" 2>&1 &
+  PID[$n]=$!
+}
+
+# wait_ready NAME...: wait until every NAME wrote its ready file, or fail pointing at its log.
+wait_ready() {
+  local n deadline=$((SECONDS + READY_TIMEOUT)) pending
+  while :; do
+    pending=0
+    for n in "$@"; do
+      [ -e "$RUN/$n.ready" ] && continue
+      pending=1
+      if ! kill -0 "${PID[$n]}" 2>/dev/null; then
+        echo "cluster-up: $n exited before it was ready; the end of $RUN/$n.log:" >&2
+        tail -n 15 "$RUN/$n.log" >&2
+        exit 1
+      fi
+    done
+    [ $pending = 0 ] && return 0
+    if [ $SECONDS -ge $deadline ]; then
+      for n in "$@"; do
+        [ -e "$RUN/$n.ready" ] && continue
+        echo "cluster-up: $n not ready after ${READY_TIMEOUT} s (PERSRV_READY_TIMEOUT); the end of $RUN/$n.log:" >&2
+        tail -n 15 "$RUN/$n.log" >&2
+      done
+      exit 1
+    fi
+    sleep 0.1
+  done
+}
+
+TOPO=""
+for n in shard0a shard0b shard1a shard1b; do
+  launch "$n" "$S" --index "$DIR/cluster/${INDEX[$n]}" --listen "tcp://127.0.0.1:${PORT[$n]}" \
+    --shard "${SHARDNO[$n]}" --shards 2
+done
+TOPO="tcp://127.0.0.1:${PORT[shard0a]}|tcp://127.0.0.1:${PORT[shard0b]}"
+TOPO+=",tcp://127.0.0.1:${PORT[shard1a]}|tcp://127.0.0.1:${PORT[shard1b]}"
+echo "cluster-up: starting 4 shards (ports ${PORT[shard0a]}..${PORT[shard1b]}), logs in $RUN"
+wait_ready shard0a shard0b shard1a shard1b
+launch broker "$BR" --shards "$TOPO" --profiles "$DIR/cluster/profiles" --http "127.0.0.1:$HTTP_PORT"
+wait_ready broker
+URL="http://$(cat "$RUN/broker.ready")"
+up=1
+echo "cluster-up: broker ready at $URL (shards $TOPO)"
+
+# ---- one sample query --------------------------------------------------------------------------
+echo
+echo "\$ curl '$URL/v1/search?q=$QUERY&user=u01&k=5'"
+body=$(curl -sS -G --data-urlencode "q=$QUERY" --data-urlencode user=u01 --data-urlencode k=5 \
+  "$URL/v1/search") || die "the sample query failed (is the broker up? see $RUN/broker.log)"
+if command -v jq >/dev/null; then
+  # Ids are strings in the reply; should one be a number, jq 1.6 (doubles) would round it.
+  sed -E 's/"id":([0-9]+)/"id":"\1"/g' <<<"$body" | jq .
+else
+  echo "$body"
+fi
+ids=$(grep -oE '"id":"?[0-9]+' <<<"$body" | tr -dc '0-9\n') || true
+nhits=$(grep -c . <<<"$ids") || true
+echo "cluster-up: the sample query returned $nhits hits"
+id=${ids%%$'\n'*}
+[ -n "$id" ] || id=4397462724807453333
+
+stop="$ROOT/scripts/cluster-down.sh"
+[ "$DIR" = "$ROOT/demo" ] || stop="PERSRV_DEMO_DIR=$DIR $stop"
+cat <<MSG
+
+The PerSRV cluster is up: 2 shards x 2 replicas and a broker at $URL
+(logs, pid and ready files in $RUN). Try:
+  curl '$URL/v1/search?q=$QUERY&user=u01&k=5'
+  curl '$URL/v1/search?q=thumbs%20up&user=u03&k=10&explain=1'
+  curl '$URL/v1/stickers/$id'
+  curl '$URL/metrics'          # also /healthz and /readyz
+Stop it with:
+  $stop
+MSG

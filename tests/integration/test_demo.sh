@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The README's local cluster end to end, small and on ports picked at run time:
+# scripts/cluster-up.sh with a 20,000-sticker corpus in a temporary directory and the
+# binaries of this build tree (no rebuild) must start 2 shards x 2 replicas and the broker,
+# print a sample query with hits; the broker then answers /v1/search (complete, 2 shards),
+# /v1/stickers/{id} and /metrics; a second cluster-up in the same directory and one on a port
+# already taken are refused; scripts/cluster-down.sh stops every process (their pids are
+# gone) and removes the pid files. The cluster is always stopped on exit. When the
+# docker-compose command exists, docker-compose.yml must pass `docker-compose config -q`.
+# usage: test_demo.sh BUILD_DIR   (the build tree: BUILD_DIR/shard/shard, BUILD_DIR/broker/broker ...)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=$(cd "$1" && pwd)
+T=$(mktemp -d /tmp/ps_test_demo_XXXXXX)
+export PERSRV_DEMO_STICKERS=20000 PERSRV_DEMO_DIR=$T/demo PERSRV_SKIP_BUILD=1 PERSRV_BIN_DIR=$BIN
+export PERSRV_READY_TIMEOUT=120 PERSRV_STOP_TIMEOUT=20
+RUN=$T/demo/run
+cleanup() {
+  "$ROOT/scripts/cluster-down.sh" >/dev/null 2>&1 || true
+  local f
+  for f in "$RUN"/*.pid; do [ -e "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null; done
+  rm -rf "$T"
+}
+trap cleanup EXIT
+fail() {
+  echo "FAIL: $*" >&2
+  for f in "$T"/*.out "$RUN"/*.log; do [ -e "$f" ] && { echo "--- $f"; tail -n 20 "$f"; } >&2; done
+  exit 1
+}
+command -v curl >/dev/null || fail "curl is required (scripts/deps.sh installs it)"
+command -v jq >/dev/null || fail "jq is required (scripts/deps.sh installs it)"
+port_in_use() { (: <>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# alive PID: running and not a zombie
+alive() {
+  kill -0 "$1" 2>/dev/null || return 1
+  [ ! -r "/proc/$1/stat" ] || [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
+
+# ---- cluster-up on free ports (another process may take one between the pick and the bind:
+# retry then) --------------------------------------------------------------------------------
+started=0
+for attempt in 1 2 3 4 5; do
+  base=$((20000 + RANDOM % 30000))
+  http=$((base + 5))
+  busy=0
+  for p in $((base + 1)) $((base + 2)) $((base + 3)) $((base + 4)) $http; do
+    port_in_use "$p" && busy=1
+  done
+  [ $busy = 0 ] || continue
+  rc=0
+  PERSRV_BASE_PORT=$base PERSRV_HTTP_PORT=$http "$ROOT/scripts/cluster-up.sh" >"$T/up.out" 2>&1 || rc=$?
+  if [ $rc = 0 ]; then
+    started=1
+    break
+  fi
+  [ $rc = 3 ] || grep -q "Address already in use" "$RUN"/*.log 2>/dev/null \
+    || fail "cluster-up.sh exited with status $rc (attempt $attempt)"
+  echo "  attempt $attempt: a port was taken, retrying"
+done
+[ $started = 1 ] || fail "cluster-up.sh: no free ports in 5 attempts"
+echo "  cluster-up.sh: shards on $((base + 1))..$((base + 4)), broker on $http"
+
+# ---- what it printed and left ----------------------------------------------------------------
+grep -qF "/v1/search?q=" "$T/up.out" || fail "cluster-up.sh did not print the sample query"
+grep -qE '"hits": \[' "$T/up.out" || fail "cluster-up.sh printed no hits array"
+grep -qE '"id": "[0-9]+"' "$T/up.out" || fail "the sample query printed no hit"
+grep -qE 'sample query returned [1-9][0-9]* hits' "$T/up.out" || fail "no hit count printed"
+for w in "curl 'http://127.0.0.1:$http/v1/search" "/v1/stickers/" "/metrics" "cluster-down.sh"; do
+  grep -qF -- "$w" "$T/up.out" || fail "cluster-up.sh does not tell how to use: $w"
+done
+declare -A PIDS=()
+for n in shard0a shard0b shard1a shard1b broker; do
+  [ -s "$RUN/$n.pid" ] || fail "no pid file $RUN/$n.pid"
+  [ -e "$RUN/$n.ready" ] || fail "no ready file $RUN/$n.ready"
+  [ -s "$RUN/$n.log" ] || fail "no log $RUN/$n.log"
+  PIDS[$n]=$(cat "$RUN/$n.pid")
+  alive "${PIDS[$n]}" || fail "$n (pid ${PIDS[$n]}) is not running"
+done
+[ "$(cat "$RUN/broker.ready")" = "127.0.0.1:$http" ] || fail "broker.ready: $(cat "$RUN/broker.ready")"
+URL="http://127.0.0.1:$http"
+
+# ---- the cluster answers ---------------------------------------------------------------------
+st=$(curl -s -o "$T/body" -w '%{http_code}' -G --data-urlencode "q=thumbs up" \
+  --data-urlencode user=u02 --data-urlencode k=5 "$URL/v1/search") || fail "curl /v1/search"
+[ "$st" = 200 ] || fail "/v1/search: status $st: $(head -c 300 "$T/body")"
+jq -e '.partial == false and .shards.total == 2 and .shards.successful == 2 and
+       (.hits | length) > 0 and (.hits[0].score | type) == "number"' "$T/body" >/dev/null \
+  || fail "/v1/search: not a complete answer with hits: $(head -c 400 "$T/body")"
+id=$(grep -oE '"id":"?[0-9]+' "$T/body" | head -n 1 | tr -dc 0-9)
+st=$(curl -s -o "$T/body" -w '%{http_code}' "$URL/v1/stickers/$id")
+{ [ "$st" = 200 ] && grep -q "$id" "$T/body"; } || fail "/v1/stickers/$id: status $st"
+st=$(curl -s -o "$T/body" -w '%{http_code}' "$URL/metrics")
+{ [ "$st" = 200 ] && grep -q '^persrv_http_requests_total' "$T/body"; } || fail "/metrics: status $st"
+echo "  /v1/search, /v1/stickers/$id, /metrics answer"
+
+# ---- a second cluster is refused ------------------------------------------------------------
+rc=0
+PERSRV_BASE_PORT=$base PERSRV_HTTP_PORT=$http "$ROOT/scripts/cluster-up.sh" >"$T/again.out" 2>&1 || rc=$?
+{ [ $rc = 3 ] && grep -q "already running" "$T/again.out"; } \
+  || fail "a second cluster-up in the same directory: status $rc: $(cat "$T/again.out")"
+rc=0
+PERSRV_DEMO_DIR=$T/other PERSRV_BASE_PORT=$((base + 10)) PERSRV_HTTP_PORT=$http \
+  "$ROOT/scripts/cluster-up.sh" >"$T/taken.out" 2>&1 || rc=$?
+{ [ $rc = 3 ] && grep -q "port $http (broker HTTP) on 127.0.0.1 is already in use" "$T/taken.out"; } \
+  || fail "cluster-up with the HTTP port taken: status $rc: $(cat "$T/taken.out")"
+[ ! -e "$T/other/data" ] || fail "cluster-up with a port taken generated data anyway"
+for n in "${!PIDS[@]}"; do alive "${PIDS[$n]}" || fail "$n died after the refused starts"; done
+echo "  a second cluster and a taken port are refused"
+
+# ---- cluster-down --------------------------------------------------------------------------
+"$ROOT/scripts/cluster-down.sh" >"$T/down.out" 2>&1 || fail "cluster-down.sh failed: $(cat "$T/down.out")"
+grep -q "SIGKILL" "$T/down.out" && fail "cluster-down.sh needed SIGKILL: $(cat "$T/down.out")"
+for n in "${!PIDS[@]}"; do
+  ! alive "${PIDS[$n]}" || fail "$n (pid ${PIDS[$n]}) still runs after cluster-down.sh"
+  [ ! -e "$RUN/$n.pid" ] || fail "$RUN/$n.pid left behind"
+  [ ! -e "$RUN/$n.ready" ] || fail "$RUN/$n.ready left behind"
+  grep -q "event=exit status=0" "$RUN/$n.log" || fail "$n did not log a clean exit"
+done
+! port_in_use "$http" || fail "port $http still answers after cluster-down.sh"
+"$ROOT/scripts/cluster-down.sh" >"$T/down2.out" 2>&1 || fail "a second cluster-down.sh failed"
+echo "  cluster-down.sh: $(cat "$T/down.out")"
+
+# ---- docker-compose.yml ------------------------------------------------------------------------
+if command -v docker-compose >/dev/null; then
+  (cd "$ROOT" && docker-compose -f docker-compose.yml config -q) >"$T/compose.out" 2>&1 \
+    || fail "docker-compose.yml is invalid: $(cat "$T/compose.out")"
+  echo "  docker-compose.yml: docker-compose config -q passes"
+else
+  echo "  docker-compose.yml not validated: the docker-compose command is not installed"
+fi
+echo "test_demo: all checks passed"
