@@ -12,8 +12,8 @@
  *
  * This first version is single-threaded: a request handler sends to every shard, then
  * blocks in zmq_poll until all have answered or given up, so one HTTP request may hold the
- * event loop for at most deadline-ms × (retries + 1). Health probes run on a timer in the same
- * loop and block it for at most deadline-ms.
+ * event loop for at most deadline-ms × (retries + 1), and never waits on a replica known to be
+ * down. Health probes run on a timer in the same loop without blocking it (but the first).
  */
 #ifndef BROKER_H
 #define BROKER_H
@@ -73,11 +73,14 @@ typedef struct broker_call {
     int cur;
     uint32_t attempt;
     uint64_t request_id;
-    double t0, deadline;
+    double t0, deadline, budget_end;
 } broker_call;
 
 /* Run calls[0..n) concurrently: send every request, then poll until each has an answer or has
- * used up its attempts (retries + 1 for replica == -1), each attempt getting deadline-ms.
+ * used up its attempts (retries + 1 for replica == -1), each attempt getting deadline-ms and the
+ * whole call at most deadline-ms × attempts. A call with replica == -1 only goes to replicas
+ * that are up (answered their last call or probe): when none of its shard is, it fails at once
+ * ("no replica up") without sending, and a failover with no other replica up gives up.
  * A replica that misses its deadline has its socket closed and reopened, so a late reply can
  * never be taken for a later request; replies are also matched by request_id. An Error reply
  * counts as a failed attempt. No two calls of one run may use the same replica at once: give
@@ -86,8 +89,12 @@ typedef struct broker_call {
  * first request cannot be built (then nothing was sent and no call holds a reply). */
 int broker_pool_run(broker_pool_t *p, broker_call *calls, size_t n, ps_err *err);
 
-/* Probe every replica with a HealthRequest (one attempt each) and record which answered as
- * shard `s` of nshards and ready. Returns the number of shards with no replica up. */
+/* Health probes, one round per call (on a timer): take the previous round's answers without
+ * blocking (a replica that answered as shard `s` of nshards and ready is up; one that did not
+ * answer is down and its socket reopened), then send every replica a HealthRequest. Only the
+ * first round waits for the answers, at most deadline-ms in all (one zmq_poll over every
+ * socket), so that readiness is known at start. Returns the number of shards with no replica
+ * up. */
 uint32_t broker_pool_probe(broker_pool_t *p);
 
 /* ---- profcache.c: read-only user profiles, cached in memory ----------------------------- */

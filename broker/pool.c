@@ -9,8 +9,18 @@
  * Sockets have ZMQ_MAXMSGSIZE (a larger reply drops the connection; the attempt then times
  * out) and ZMQ_LINGER 0 (closing never waits for unsent requests).
  *
- * Replica choice: round robin over the replicas that answered their last probe or call,
- * falling back to all of them when none did; a failover goes to the next replica in order.
+ * Replica choice: round robin over the replicas that are up (answered their last probe or
+ * call); a failover goes to the next replica in order that is up. A replica that is down (it
+ * missed its last deadline or probe) is never waited on by a call: when no replica of a shard
+ * is up the call fails at once, and the health probes bring the replica back.
+ *
+ * Every call keeps within deadline-ms × (retries + 1) from its first send, whatever happens.
+ *
+ * Health probes are asynchronous (after the first round, which waits so that the broker can
+ * report readiness at start): each round collects the answers to the previous round's
+ * HealthRequests without blocking, marks a replica that did not answer within one health
+ * interval down (its socket reopened, Lazy Pirate), and sends the next round. A probe answer
+ * that a search finds on the socket it is reading is taken as the probe's answer.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -26,8 +36,11 @@
 
 typedef struct replica {
     char endpoint[BROKER_MAX_ENDPOINT];
-    void *sock; /* NULL when it could not be (re)opened: every attempt on it fails */
-    int up;     /* answered its last probe or call */
+    void *sock;        /* NULL when it could not be (re)opened: every attempt on it fails */
+    int up;            /* answered its last probe or call */
+    int probe_pending; /* a HealthRequest with probe_id awaits its answer */
+    uint64_t probe_id;
+    char last_err[160]; /* why it went down ("" when unknown) */
 } replica;
 
 typedef struct shard_slot {
@@ -43,6 +56,7 @@ struct broker_pool {
     uint32_t deadline_ms, retries;
     size_t max_frame;
     uint64_t next_id;
+    int probed; /* a probe round ran: later rounds do not wait */
 };
 
 static double now_ms(void)
@@ -56,6 +70,7 @@ static double now_ms(void)
 static int replica_open(broker_pool_t *p, replica *r)
 {
     if (r->sock) zmq_close(r->sock);
+    r->probe_pending = 0; /* its answer, if any, dies with the old socket */
     r->sock = zmq_socket(p->zctx, ZMQ_DEALER);
     int zero = 0;
     int64_t maxmsg = (int64_t)p->max_frame;
@@ -179,13 +194,33 @@ int broker_pool_shard_up(const broker_pool_t *p, uint32_t shard)
     return 0;
 }
 
-/* The replica a failover call starts on: the next one that is up in round-robin order. */
+/* The replica a failover call starts on: the next one that is up in round-robin order, or -1
+ * when none is. */
 static int pick_replica(shard_slot *sl)
 {
     uint32_t start = sl->rr++ % sl->nrep;
     for (uint32_t i = 0; i < sl->nrep; i++)
-        if (sl->rep[(start + i) % sl->nrep].up) return (int)((start + i) % sl->nrep);
-    return (int)start;
+        if (sl->rep[(start + i) % sl->nrep].up && sl->rep[(start + i) % sl->nrep].sock)
+            return (int)((start + i) % sl->nrep);
+    return -1;
+}
+
+/* The replica after `cur` (cur itself last) that is up, or -1 when none is. */
+static int next_up(const shard_slot *sl, int cur)
+{
+    for (uint32_t k = 1; k <= sl->nrep; k++) {
+        int i = (int)((cur + k) % sl->nrep);
+        if (sl->rep[i].up && sl->rep[i].sock) return i;
+    }
+    return -1;
+}
+
+/* The reason a call finds no replica of its shard up. */
+static void no_replica_reason(const shard_slot *sl, broker_call *c)
+{
+    const replica *r = &sl->rep[0];
+    snprintf(c->reason, sizeof c->reason, "no replica up (replica 0 (%.200s): %.120s)", r->endpoint,
+             r->last_err[0] ? r->last_err : "down");
 }
 
 /* Encode and send the current attempt of c. Returns 0, -1 when the send failed (the attempt
@@ -197,11 +232,14 @@ static int send_attempt(broker_pool_t *p, broker_call *c, double now, ps_err *er
     size_t len = 0;
     c->request_id = p->next_id++;
     c->deadline = now + p->deadline_ms;
-    int rc = c->encode(c->arg, c->request_id, p->deadline_ms, &buf, &len, err);
+    if (c->deadline > c->budget_end) c->deadline = c->budget_end;
+    uint32_t ms = c->deadline > now ? (uint32_t)(c->deadline - now + 0.5) : 1;
+    int rc = c->encode(c->arg, c->request_id, ms ? ms : 1, &buf, &len, err);
     if (rc) return rc;
     if (!r->sock) {
         free(buf);
         snprintf(c->reason, sizeof c->reason, "replica %d (%s): no socket", c->cur, r->endpoint);
+        r->up = 0;
         return -1;
     }
     int sent = zmq_send(r->sock, buf, len, ZMQ_DONTWAIT);
@@ -209,27 +247,30 @@ static int send_attempt(broker_pool_t *p, broker_call *c, double now, ps_err *er
     if (sent != (int)len) {
         snprintf(c->reason, sizeof c->reason, "replica %d (%s): send: %s", c->cur, r->endpoint,
                  zmq_strerror(zmq_errno()));
+        snprintf(r->last_err, sizeof r->last_err, "send: %s", zmq_strerror(zmq_errno()));
+        r->up = 0;
         return -1;
     }
     c->pending = 1;
     return 0;
 }
 
-/* The current attempt of c failed (c->reason says why): move to the next replica while
- * attempts remain, else give up. */
+/* The current attempt of c failed (c->reason says why): move to the next replica that is up
+ * while attempts and budget remain, else give up. */
 static void next_attempt(broker_pool_t *p, broker_call *c, double now)
 {
     c->pending = 0;
     c->timed_out = 0;
     for (;;) {
         uint32_t max_attempts = c->replica >= 0 ? 1 : p->retries + 1;
-        if (c->attempt + 1 >= max_attempts) {
+        int nxt = c->replica >= 0 ? -1 : next_up(&p->shards[c->shard], c->cur);
+        if (c->attempt + 1 >= max_attempts || nxt < 0 || now >= c->budget_end) {
             c->seconds = (now - c->t0) / 1e3;
             return; /* failed: reason set by the last attempt */
         }
         c->attempt++;
         c->failovers++;
-        c->cur = (c->cur + 1) % (int)p->shards[c->shard].nrep;
+        c->cur = nxt;
         ps_err e = {0, ""};
         int rc = send_attempt(p, c, now, &e);
         if (rc == 0) return;
@@ -240,16 +281,56 @@ static void next_attempt(broker_pool_t *p, broker_call *c, double now)
     }
 }
 
-/* Read every frame waiting on the socket of c; settle c if one answers it. */
-static void drain(broker_pool_t *p, broker_call *c, double now)
+/* Log a change of r's state (was -> r->up). */
+static void log_change(uint32_t s, int i, const replica *r, int was)
 {
-    replica *r = &p->shards[c->shard].rep[c->cur];
-    while (c->pending) {
+    if (was != r->up)
+        ps_log(r->up ? PS_LOG_INFO : PS_LOG_WARN, "broker", r->up ? "replica_up" : "replica_down",
+               "shard=%u replica=%d endpoint=%s%s%s%s", s, i, r->endpoint,
+               !r->up && r->last_err[0] ? " reason=\"" : "", r->up ? "" : r->last_err,
+               !r->up && r->last_err[0] ? "\"" : "");
+}
+
+/* Take env (freed here) as the answer to the pending probe of replica i of shard s. */
+static void probe_answer(broker_pool_t *p, uint32_t s, int i, Persrv__Envelope *env)
+{
+    replica *r = &p->shards[s].rep[i];
+    int was = r->up;
+    r->probe_pending = 0;
+    r->up = 0;
+    if (env->body_case != PERSRV__ENVELOPE__BODY_HEALTH_REPLY) {
+        snprintf(r->last_err, sizeof r->last_err, "health probe: unexpected reply body %d",
+                 (int)env->body_case);
+    } else {
+        const Persrv__HealthReply *h = env->health_reply;
+        if (h->shard != s || h->nshards != p->nshards) {
+            ps_log(PS_LOG_WARN, "broker", "shard_mismatch",
+                   "endpoint=%s expected=%u/%u reported=%u/%u", r->endpoint, s, p->nshards,
+                   h->shard, h->nshards);
+            snprintf(r->last_err, sizeof r->last_err, "reports shard %u/%u", h->shard, h->nshards);
+        } else if (!h->ready) {
+            snprintf(r->last_err, sizeof r->last_err, "not ready");
+        } else {
+            r->up = 1;
+            r->last_err[0] = '\0';
+        }
+    }
+    ps_wire_free(env);
+    log_change(s, i, r, was);
+}
+
+/* Receive the next well-formed envelope waiting on replica i of shard s (frames that do not
+ * decode are logged and dropped); a probe answer is settled on the way. Returns 1 with *env
+ * set, or 0 when nothing more is waiting. */
+static int recv_env(broker_pool_t *p, uint32_t s, int i, Persrv__Envelope **out)
+{
+    replica *r = &p->shards[s].rep[i];
+    for (;;) {
         zmq_msg_t m;
         zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, r->sock, ZMQ_DONTWAIT) < 0) {
+        if (!r->sock || zmq_msg_recv(&m, r->sock, ZMQ_DONTWAIT) < 0) {
             zmq_msg_close(&m);
-            return; /* EAGAIN: nothing more */
+            return 0; /* EAGAIN: nothing more */
         }
         int more = zmq_msg_more(&m);
         Persrv__Envelope *env = NULL;
@@ -266,10 +347,26 @@ static void drain(broker_pool_t *p, broker_call *c, double now)
             zmq_msg_close(&m);
         }
         if (rc) {
-            ps_log(PS_LOG_WARN, "broker", "bad_reply", "shard=%u endpoint=%s code=%s msg=\"%s\"",
-                   c->shard, r->endpoint, ps_errname(rc), e.msg);
+            ps_log(PS_LOG_WARN, "broker", "bad_reply", "shard=%u endpoint=%s code=%s msg=\"%s\"", s,
+                   r->endpoint, ps_errname(rc), e.msg);
             continue;
         }
+        if (r->probe_pending && env->request_id == r->probe_id) {
+            probe_answer(p, s, i, env);
+            continue;
+        }
+        *out = env;
+        return 1;
+    }
+}
+
+/* Read every frame waiting on the socket of c; settle c if one answers it. */
+static void drain(broker_pool_t *p, broker_call *c, double now)
+{
+    replica *r = &p->shards[c->shard].rep[c->cur];
+    while (c->pending) {
+        Persrv__Envelope *env = NULL;
+        if (!recv_env(p, c->shard, c->cur, &env)) return;
         if (env->request_id != c->request_id) { /* stale: an earlier request's answer */
             ps_log(PS_LOG_DEBUG, "broker", "stale_reply", "shard=%u request_id=%llu", c->shard,
                    (unsigned long long)env->request_id);
@@ -277,6 +374,7 @@ static void drain(broker_pool_t *p, broker_call *c, double now)
             continue;
         }
         r->up = 1;
+        r->last_err[0] = '\0';
         if (env->body_case == c->expect) {
             c->pending = 0;
             c->reply = env;
@@ -310,9 +408,14 @@ int broker_pool_run(broker_pool_t *p, broker_call *calls, size_t n, ps_err *err)
         c->pending = 0;
         c->attempt = 0;
         c->t0 = now;
+        c->budget_end = now + (double)p->deadline_ms * (c->replica >= 0 ? 1 : p->retries + 1);
         c->cur = c->replica >= 0 ? c->replica : pick_replica(sl);
     }
     for (size_t i = 0; i < n; i++) {
+        if (calls[i].cur < 0) { /* no replica up: fail now, the probes will bring one back */
+            no_replica_reason(&p->shards[calls[i].shard], &calls[i]);
+            continue;
+        }
         int rc = send_attempt(p, &calls[i], now, err);
         if (rc == -1) {
             next_attempt(p, &calls[i], now);
@@ -356,10 +459,13 @@ int broker_pool_run(broker_pool_t *p, broker_call *calls, size_t n, ps_err *err)
             broker_call *c = &calls[which[k]];
             if (!c->pending || c->deadline > now) continue;
             replica *r = &p->shards[c->shard].rep[c->cur];
+            int was = r->up;
             r->up = 0;
             replica_open(p, r); /* Lazy Pirate: a late reply dies with the old socket */
             snprintf(c->reason, sizeof c->reason, "replica %d (%s): no reply in %u ms", c->cur,
                      r->endpoint, p->deadline_ms);
+            snprintf(r->last_err, sizeof r->last_err, "no reply in %u ms", p->deadline_ms);
+            log_change(c->shard, c->cur, r, was);
             ps_log(PS_LOG_WARN, "broker", "shard_timeout", "shard=%u replica=%d endpoint=%s",
                    c->shard, c->cur, r->endpoint);
             next_attempt(p, c, now);
@@ -371,55 +477,89 @@ int broker_pool_run(broker_pool_t *p, broker_call *calls, size_t n, ps_err *err)
     return 0;
 }
 
-static int encode_health(void *arg, uint64_t request_id, uint32_t deadline_ms, uint8_t **buf,
-                         size_t *len, ps_err *err)
+/* Send a HealthRequest to replica i of shard s. */
+static void probe_send(broker_pool_t *p, uint32_t s, int i)
 {
-    (void)arg;
-    return ps_wire_encode_health(request_id, deadline_ms, buf, len, err);
+    replica *r = &p->shards[s].rep[i];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    ps_err e = {0, ""};
+    if (!r->sock && replica_open(p, r)) return;
+    r->probe_id = p->next_id++;
+    if (ps_wire_encode_health(r->probe_id, p->deadline_ms, &buf, &len, &e)) {
+        ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=probe msg=\"%s\"", e.msg);
+        abort(); /* a health request always encodes */
+    }
+    int sent = zmq_send(r->sock, buf, len, ZMQ_DONTWAIT);
+    free(buf);
+    if (sent == (int)len) r->probe_pending = 1;
+}
+
+/* Read what waits on replica i of shard s: probe answers are taken, anything else is stale. */
+static void probe_collect(broker_pool_t *p, uint32_t s, int i)
+{
+    Persrv__Envelope *env = NULL;
+    while (recv_env(p, s, i, &env)) {
+        ps_log(PS_LOG_DEBUG, "broker", "stale_reply", "shard=%u request_id=%llu", s,
+               (unsigned long long)env->request_id);
+        ps_wire_free(env);
+    }
 }
 
 uint32_t broker_pool_probe(broker_pool_t *p)
 {
-    size_t n = 0;
-    for (uint32_t s = 0; s < p->nshards; s++) n += p->shards[s].nrep;
-    broker_call *calls = calloc(n, sizeof *calls);
-    int *was = calloc(n, sizeof *was);
-    if (!calls || !was) {
-        ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=probe");
-        abort();
-    }
-    n = 0;
+    /* The previous round's answers, taken without waiting; silence for a whole health
+     * interval marks a replica down (Lazy Pirate: its socket is reopened). */
     for (uint32_t s = 0; s < p->nshards; s++)
-        for (uint32_t i = 0; i < p->shards[s].nrep; i++)
-            was[n] = p->shards[s].rep[i].up,
-            calls[n++] = (broker_call){.shard = s,
-                                       .replica = (int)i,
-                                       .expect = PERSRV__ENVELOPE__BODY_HEALTH_REPLY,
-                                       .encode = encode_health};
-    if (broker_pool_run(p, calls, n, NULL)) abort(); /* a health request always encodes */
-    uint32_t down = 0;
-    for (size_t i = 0; i < n; i++) {
-        broker_call *c = &calls[i];
-        replica *r = &p->shards[c->shard].rep[c->replica];
-        r->up = 0;
-        if (c->reply) {
-            const Persrv__HealthReply *h = c->reply->health_reply;
-            if (h->shard != c->shard || h->nshards != p->nshards)
-                ps_log(PS_LOG_WARN, "broker", "shard_mismatch",
-                       "endpoint=%s expected=%u/%u reported=%u/%u", r->endpoint, c->shard,
-                       p->nshards, h->shard, h->nshards);
-            else
-                r->up = h->ready;
-            ps_wire_free(c->reply);
+        for (uint32_t i = 0; i < p->shards[s].nrep; i++) {
+            replica *r = &p->shards[s].rep[i];
+            probe_collect(p, s, (int)i);
+            if (!r->probe_pending) continue;
+            int was = r->up;
+            r->up = 0;
+            snprintf(r->last_err, sizeof r->last_err, "no answer to the last health probe");
+            replica_open(p, r);
+            log_change(s, (int)i, r, was);
         }
-        if (was[i] != r->up)
-            ps_log(r->up ? PS_LOG_INFO : PS_LOG_WARN, "broker",
-                   r->up ? "replica_up" : "replica_down", "shard=%u replica=%d endpoint=%s%s%s%s",
-                   c->shard, c->replica, r->endpoint, c->reason[0] ? " reason=\"" : "", c->reason,
-                   c->reason[0] ? "\"" : "");
+    for (uint32_t s = 0; s < p->nshards; s++)
+        for (uint32_t i = 0; i < p->shards[s].nrep; i++) probe_send(p, s, (int)i);
+    if (!p->probed) {
+        /* The first round waits (one zmq_poll over every socket) so that the broker knows
+         * which replicas are up before it serves; later rounds never block the loop. */
+        p->probed = 1;
+        size_t n = 0;
+        for (uint32_t s = 0; s < p->nshards; s++) n += p->shards[s].nrep;
+        zmq_pollitem_t *items = malloc((n ? n : 1) * sizeof *items);
+        uint32_t *ws = malloc((n ? n : 1) * sizeof *ws);
+        int *wi = malloc((n ? n : 1) * sizeof *wi);
+        if (!items || !ws || !wi) {
+            ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=probe");
+            abort();
+        }
+        double end = now_ms() + p->deadline_ms;
+        for (;;) {
+            size_t np = 0;
+            for (uint32_t s = 0; s < p->nshards; s++)
+                for (uint32_t i = 0; i < p->shards[s].nrep; i++)
+                    if (p->shards[s].rep[i].probe_pending) {
+                        items[np] = (zmq_pollitem_t){p->shards[s].rep[i].sock, 0, ZMQ_POLLIN, 0};
+                        ws[np] = s;
+                        wi[np++] = (int)i;
+                    }
+            double now = now_ms();
+            if (np == 0 || now >= end) break;
+            if (zmq_poll(items, (int)np, (long)(end - now) + 1) < 0 && errno != EINTR) {
+                ps_log(PS_LOG_ERROR, "broker", "poll_failed", "msg=\"%s\"", zmq_strerror(errno));
+                abort();
+            }
+            for (size_t k = 0; k < np; k++)
+                if (items[k].revents & ZMQ_POLLIN) probe_collect(p, ws[k], wi[k]);
+        }
+        free(items);
+        free(ws);
+        free(wi);
     }
+    uint32_t down = 0;
     for (uint32_t s = 0; s < p->nshards; s++) down += !broker_pool_shard_up(p, s);
-    free(calls);
-    free(was);
     return down;
 }
