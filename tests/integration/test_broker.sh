@@ -19,42 +19,10 @@ S=$2
 C=$3
 BR=$4
 P=$5
-T=$(mktemp -d /tmp/ps_test_broker_XXXXXX)
-declare -A PID EP
-cleanup() {
-  for n in "${!PID[@]}"; do kill -9 "${PID[$n]}" 2>/dev/null || true; done
-  rm -rf "$T"
-}
-trap cleanup EXIT
-fail() {
-  echo "FAIL: $*" >&2
-  for f in "$T"/*.log; do [ -e "$f" ] && { echo "--- $f"; tail -n 20 "$f"; } >&2; done
-  exit 1
-}
+. "$(dirname "$0")/lib.sh"
+ps_test_init broker
 command -v curl >/dev/null || fail "curl is required (scripts/deps.sh installs it)"
 command -v jq >/dev/null || fail "jq is required (scripts/deps.sh installs it)"
-
-# start_shard NAME [shard flags...]: start a shard on a free port, wait until it is ready.
-start_shard() {
-  local name=$1 port pid
-  shift
-  for _ in 1 2 3 4 5; do
-    port=$($C freeport)
-    rm -f "$T/$name.ready"
-    "$S" --listen "tcp://127.0.0.1:$port" --ready-file "$T/$name.ready" --workers 1 "$@" \
-      2>>"$T/$name.log" &
-    pid=$!
-    while [ ! -e "$T/$name.ready" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
-    if [ -e "$T/$name.ready" ]; then
-      PID[$name]=$pid
-      EP[$name]="tcp://127.0.0.1:$port"
-      return 0
-    fi
-    wait "$pid" || true
-    grep -q "Address already in use" "$T/$name.log" || fail "$name did not start"
-  done
-  fail "$name: no free port in 5 attempts"
-}
 
 $B generate --out "$T/data" --stickers 20000 --dim 32 --users 4 --clicks 3000 --pairs 500 \
   --queries 300 --no-progress
@@ -84,24 +52,13 @@ $BR --shards tcp://127.0.0.1:1 --profiles "$T/nowhere" --http 127.0.0.1:0 2>"$T/
 set -e
 
 # ---- the cluster -------------------------------------------------------------------------
-start_shard s0a --index "$T/cluster/shard-000" --shard 0 --shards 3
-start_shard s0b --index "$T/cluster/shard-000" --shard 0 --shards 3
-start_shard s1 --index "$T/cluster/shard-001" --shard 1 --shards 3
-start_shard s2 --index "$T/cluster/shard-002" --shard 2 --shards 3
+start_shard s0a --workers 1 --index "$T/cluster/shard-000" --shard 0 --shards 3
+start_shard s0b --workers 1 --index "$T/cluster/shard-000" --shard 0 --shards 3
+start_shard s1 --workers 1 --index "$T/cluster/shard-001" --shard 1 --shards 3
+start_shard s2 --workers 1 --index "$T/cluster/shard-002" --shard 2 --shards 3
 TOPO="${EP[s0a]}|${EP[s0b]},${EP[s1]},${EP[s2]}"
-"$BR" --shards "$TOPO" --profiles "$T/cluster/profiles" --http 127.0.0.1:0 --deadline-ms 300 \
-  --retries 1 --health-interval-ms 200 --ready-file "$T/broker.ready" --pid-file "$T/broker.pid" \
-  2>>"$T/broker.log" &
-PID[broker]=$!
-for _ in $(seq 1 600); do
-  [ -e "$T/broker.ready" ] && break
-  kill -0 "${PID[broker]}" 2>/dev/null || fail "broker exited before it was ready"
-  sleep 0.05
-done
-[ -e "$T/broker.ready" ] || fail "broker not ready after 30 s"
-[ "$(cat "$T/broker.pid")" = "${PID[broker]}" ] || fail "pid file does not hold ${PID[broker]}"
-ADDR=$(cat "$T/broker.ready")
-URL="http://$ADDR"
+start_broker broker "$TOPO" --profiles "$T/cluster/profiles" --deadline-ms 300 --retries 1 \
+  --health-interval-ms 200
 echo "broker at $URL, shards $TOPO"
 
 # get PATH_AND_QUERY [curl args...]: body to $T/body, prints the status code.

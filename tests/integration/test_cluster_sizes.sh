@@ -21,52 +21,11 @@ NQ=300
 K=10
 SINGLE_K=${PS_TEST_SINGLE_K:-10}
 USERS=(u01 u02 u03 u04)
-T=$(mktemp -d /tmp/ps_test_cluster_sizes_XXXXXX)
-declare -A PID EP
-cleanup() {
-  for n in "${!PID[@]}"; do kill -9 "${PID[$n]}" 2>/dev/null || true; done
-  rm -rf "$T"
-}
-trap cleanup EXIT
-fail() {
-  echo "FAIL: $*" >&2
-  for f in "$T"/*.log; do [ -e "$f" ] && { echo "--- $f"; tail -n 20 "$f"; } >&2; done
-  exit 1
-}
+. "$(dirname "$0")/lib.sh"
+ps_test_init cluster_sizes
 command -v curl >/dev/null || fail "curl is required (scripts/deps.sh installs it)"
 command -v jq >/dev/null || fail "jq is required (scripts/deps.sh installs it)"
 START=$SECONDS
-
-# start_shard NAME [shard flags...]: start a shard on a free port, wait until it is ready.
-start_shard() {
-  local name=$1 port pid
-  shift
-  for _ in 1 2 3 4 5; do
-    port=$($C freeport)
-    rm -f "$T/$name.ready"
-    "$S" --listen "tcp://127.0.0.1:$port" --ready-file "$T/$name.ready" --workers 1 "$@" \
-      2>>"$T/$name.log" &
-    pid=$!
-    while [ ! -e "$T/$name.ready" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
-    if [ -e "$T/$name.ready" ]; then
-      PID[$name]=$pid
-      EP[$name]="tcp://127.0.0.1:$port"
-      return 0
-    fi
-    wait "$pid" || true
-    grep -q "Address already in use" "$T/$name.log" || fail "$name did not start"
-  done
-  fail "$name: no free port in 5 attempts"
-}
-
-# stop NAME: SIGTERM by pid, the exit status must be 0.
-stop() {
-  local name=$1 rc=0
-  kill -TERM "${PID[$name]}"
-  wait "${PID[$name]}" || rc=$?
-  unset "PID[$name]"
-  [ $rc -eq 0 ] || fail "$name exited with status $rc after SIGTERM"
-}
 
 # ---- data and indexes --------------------------------------------------------------------
 $B generate --out "$T/data" --stickers 20000 --dim 32 --users 4 --clicks 3000 --pairs 500 \
@@ -121,21 +80,11 @@ echo "single node: ${#WANT[@]} reference answers ($nq queries x (no user, user))
 for n in "${SIZES[@]}"; do
   topo=""
   for ((s = 0; s < n; s++)); do
-    start_shard "n${n}s$s" --index "$T/cluster$n/shard-$(printf %03d $s)" --shard $s --shards "$n"
+    start_shard "n${n}s$s" --workers 1 --index "$T/cluster$n/shard-$(printf %03d $s)" --shard $s --shards "$n"
     topo+="${topo:+,}${EP[n${n}s$s]}"
   done
-  rm -f "$T/broker$n.ready"
-  "$BR" --shards "$topo" --profiles "$T/cluster$n/profiles" --http 127.0.0.1:0 \
-    --deadline-ms 5000 --retries 1 --health-interval-ms 200 --ready-file "$T/broker$n.ready" \
-    2>>"$T/broker$n.log" &
-  PID[broker$n]=$!
-  for _ in $(seq 1 600); do
-    [ -e "$T/broker$n.ready" ] && break
-    kill -0 "${PID[broker$n]}" 2>/dev/null || fail "broker ($n shards) exited before it was ready"
-    sleep 0.05
-  done
-  [ -e "$T/broker$n.ready" ] || fail "broker ($n shards) not ready after 30 s"
-  URL="http://$(cat "$T/broker$n.ready")"
+  start_broker "broker$n" "$topo" --profiles "$T/cluster$n/profiles" --deadline-ms 5000 \
+    --retries 1 --health-interval-ms 200
 
   matched=0
   personalized=0

@@ -14,53 +14,8 @@ set -euo pipefail
 B=$1
 S=$2
 C=$3
-T=$(mktemp -d /tmp/ps_test_shard_XXXXXX)
-declare -A PID EP
-cleanup() {
-  for n in "${!PID[@]}"; do kill -9 "${PID[$n]}" 2>/dev/null || true; done
-  rm -rf "$T"
-}
-trap cleanup EXIT
-fail() {
-  echo "FAIL: $*" >&2
-  for f in "$T"/*.log; do [ -e "$f" ] && { echo "--- $f"; tail -n 20 "$f"; } >&2; done
-  exit 1
-}
-
-# start NAME [shard flags...]: start a shard on a free port, wait until it is ready.
-start() {
-  local name=$1 port pid
-  shift
-  for _ in 1 2 3 4 5; do
-    port=$($C freeport)
-    rm -f "$T/$name.ready"
-    "$S" --listen "tcp://127.0.0.1:$port" --ready-file "$T/$name.ready" \
-      --pid-file "$T/$name.pid" "$@" 2>>"$T/$name.log" &
-    pid=$!
-    while [ ! -e "$T/$name.ready" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
-    if [ -e "$T/$name.ready" ]; then
-      PID[$name]=$pid
-      EP[$name]="tcp://127.0.0.1:$port"
-      grep -qx "${EP[$name]}" "$T/$name.ready" || fail "$name: ready file does not name its endpoint"
-      [ "$(cat "$T/$name.pid")" = "$pid" ] || fail "$name: pid file does not hold $pid"
-      return 0
-    fi
-    wait "$pid" || true
-    grep -q "Address already in use" "$T/$name.log" || fail "$name did not start"
-  done
-  fail "$name: no free port in 5 attempts"
-}
-
-# stop NAME: SIGTERM, expect exit status 0 and the pid/ready files gone.
-stop() {
-  local name=$1 rc=0
-  kill -TERM "${PID[$name]}"
-  wait "${PID[$name]}" || rc=$?
-  unset "PID[$name]"
-  [ $rc -eq 0 ] || fail "$name exited with status $rc after SIGTERM"
-  [ ! -e "$T/$name.pid" ] && [ ! -e "$T/$name.ready" ] || fail "$name left its pid/ready file"
-  grep -q "event=exit status=0" "$T/$name.log" || fail "$name did not log a clean exit"
-}
+. "$(dirname "$0")/lib.sh"
+ps_test_init shard
 
 $B generate --out "$T/data" --stickers 20000 --dim 32 --users 4 --clicks 3000 --pairs 500 \
   --queries 300 --no-progress
@@ -93,7 +48,7 @@ set -e
 # ---- a 1-shard cluster on the single-node index, configured by file + env + flag ----------
 printf 'index = %s   # the whole corpus\nworkers = 1\nlog-level = warn\nshards = 1\n' \
   "$T/single" >"$T/one.conf"
-PERSRV_WORKERS=3 PERSRV_LOG_LEVEL=info start one --config "$T/one.conf" --workers 2
+PERSRV_WORKERS=3 PERSRV_LOG_LEVEL=info start_shard one --config "$T/one.conf" --workers 2
 grep "event=config" "$T/one.log" | grep -q "workers=2 .*log_level=info" \
   || fail "precedence flag > env > file not in the effective config: $(grep config "$T/one.log")"
 $C health "${EP[one]}" --expect-shard 0 --expect-stickers 20000 >/dev/null
@@ -104,7 +59,7 @@ stop one
 # ---- the 3-shard cluster ---------------------------------------------------------------
 total=0
 for i in 0 1 2; do
-  start "s$i" --index "$T/cluster/shard-00$i" --shard $i --shards 3 --max-frame 262144 \
+  start_shard "s$i" --index "$T/cluster/shard-00$i" --shard $i --shards 3 --max-frame 262144 \
     --workers 2
   n=$(sed -n "s|.*shard-00$i: \([0-9]*\) stickers.*|\1|p" "$T/build.out")
   [ -n "$n" ] || fail "builder did not report shard $i"

@@ -1,0 +1,76 @@
+# lib.sh — helpers the integration tests share (sourced, not run). The caller sets S (the
+# shard binary), C (shard_client, for free ports) and BR (the broker binary) as it needs them.
+#
+#   ps_test_init NAME        temp dir $T, process maps PID/EP, kill-and-remove on exit
+#   fail MESSAGE             print MESSAGE and the tail of every log in $T, exit 1
+#   start_shard NAME FLAGS…  a shard on a free port (retried), pid/ready files in $T; sets
+#                            PID[NAME] and EP[NAME]
+#   start_broker NAME TOPOLOGY FLAGS…  a broker on a free HTTP port; sets PID[NAME], URL
+#   stop NAME                SIGTERM; exit status 0, pid/ready files gone, clean exit logged
+
+ps_test_init() {
+  T=$(mktemp -d "/tmp/ps_test_$1_XXXXXX")
+  declare -gA PID EP
+  trap ps_test_cleanup EXIT
+}
+
+ps_test_cleanup() {
+  for n in "${!PID[@]}"; do kill -9 "${PID[$n]}" 2>/dev/null || true; done
+  rm -rf "$T"
+}
+
+fail() {
+  echo "FAIL: $*" >&2
+  for f in "$T"/*.log; do [ -e "$f" ] && { echo "--- $f"; tail -n 20 "$f"; } >&2; done
+  exit 1
+}
+
+start_shard() {
+  local name=$1 port pid
+  shift
+  for _ in 1 2 3 4 5; do
+    port=$($C freeport)
+    rm -f "$T/$name.ready"
+    "$S" --listen "tcp://127.0.0.1:$port" --ready-file "$T/$name.ready" \
+      --pid-file "$T/$name.pid" "$@" 2>>"$T/$name.log" &
+    pid=$!
+    while [ ! -e "$T/$name.ready" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    if [ -e "$T/$name.ready" ]; then
+      PID[$name]=$pid
+      EP[$name]="tcp://127.0.0.1:$port"
+      grep -qx "${EP[$name]}" "$T/$name.ready" || fail "$name: ready file does not name its endpoint"
+      [ "$(cat "$T/$name.pid")" = "$pid" ] || fail "$name: pid file does not hold $pid"
+      return 0
+    fi
+    wait "$pid" || true
+    grep -q "Address already in use" "$T/$name.log" || fail "$name did not start"
+  done
+  fail "$name: no free port in 5 attempts"
+}
+
+start_broker() {
+  local name=$1 topo=$2
+  shift 2
+  rm -f "$T/$name.ready"
+  "$BR" --shards "$topo" --http 127.0.0.1:0 --ready-file "$T/$name.ready" \
+    --pid-file "$T/$name.pid" "$@" 2>>"$T/$name.log" &
+  PID[$name]=$!
+  for _ in $(seq 1 600); do
+    [ -e "$T/$name.ready" ] && break
+    kill -0 "${PID[$name]}" 2>/dev/null || fail "$name exited before it was ready"
+    sleep 0.05
+  done
+  [ -e "$T/$name.ready" ] || fail "$name not ready after 30 s"
+  [ "$(cat "$T/$name.pid")" = "${PID[$name]}" ] || fail "$name: pid file does not hold ${PID[$name]}"
+  URL="http://$(cat "$T/$name.ready")"
+}
+
+stop() {
+  local name=$1 rc=0
+  kill -TERM "${PID[$name]}"
+  wait "${PID[$name]}" || rc=$?
+  unset "PID[$name]"
+  [ $rc -eq 0 ] || fail "$name exited with status $rc after SIGTERM"
+  [ ! -e "$T/$name.pid" ] && [ ! -e "$T/$name.ready" ] || fail "$name left its pid/ready file"
+  grep -q "event=exit status=0" "$T/$name.log" || fail "$name did not log a clean exit"
+}
