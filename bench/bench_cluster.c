@@ -26,6 +26,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_stats.h"
+#include "pipeline.h"
 #include "gen.h"
 
 #define MAX_LEVELS 16
@@ -58,32 +60,6 @@ struct bench {
     size_t errors, partial;
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double pct(const double *sorted, size_t n, double p)
-{
-    if (n == 0) return 0;
-    size_t i = (size_t)(p * (double)(n - 1) + 0.5);
-    return sorted[i];
-}
-
-static double median(double *v, size_t n)
-{
-    qsort(v, n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 /* Append the RFC 3986 percent-encoding of s to out (size cap); returns 0 or -1 if too long. */
 static int url_encode(const char *s, char *out, size_t cap, size_t *len)
 {
@@ -109,7 +85,7 @@ static void on_response(struct evhttp_request *req, void *arg)
 {
     conn *c = arg;
     bench *b = c->b;
-    double dt = (now_s() - c->t0) * 1e3;
+    double dt = (builder_now() - c->t0) * 1e3;
     int code = req ? evhttp_request_get_response_code(req) : 0;
     if (code != 200) {
         b->errors++;
@@ -147,7 +123,7 @@ static void send_next(conn *c)
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Host", b->host);
     evhttp_add_header(h, "Connection", "keep-alive");
-    c->t0 = now_s();
+    c->t0 = builder_now();
     if (evhttp_make_request(c->evcon, req, EVHTTP_REQ_GET, path) != 0) {
         /* libevent frees req on failure; count it and move on without recursion. */
         b->errors++;
@@ -163,12 +139,12 @@ static double run(bench *b, size_t nconn, size_t requests)
     b->next = b->done = 0;
     b->want = requests;
     b->active = nconn;
-    double t0 = now_s();
+    double t0 = builder_now();
     for (size_t i = 0; i < nconn; i++) send_next(&b->conns[i]);
     if (b->active) event_base_dispatch(b->base);
-    double wall = now_s() - t0;
+    double wall = builder_now() - t0;
     b->path_off = (b->path_off + requests) % b->npaths;
-    qsort(b->lat, b->done, sizeof *b->lat, cmp_double);
+    qsort(b->lat, b->done, sizeof *b->lat, bench_cmp_double);
     return wall;
 }
 
@@ -353,12 +329,12 @@ int main(int argc, char **argv)
         for (size_t r = 0; r < repeat; r++) {
             double wall = run(&b, levels[l], requests);
             qps[r] = wall > 0 ? (double)b.done / wall : 0;
-            p50[r] = pct(b.lat, b.done, 0.5);
-            p90[r] = pct(b.lat, b.done, 0.9);
-            p99[r] = pct(b.lat, b.done, 0.99);
+            p50[r] = bench_pct(b.lat, b.done, 0.5);
+            p90[r] = bench_pct(b.lat, b.done, 0.9);
+            p99[r] = bench_pct(b.lat, b.done, 0.99);
         }
-        double mq = median(qps, repeat), m50 = median(p50, repeat), m90 = median(p90, repeat),
-               m99 = median(p99, repeat);
+        double mq = bench_median(qps, repeat), m50 = bench_median(p50, repeat),
+               m90 = bench_median(p90, repeat), m99 = bench_median(p99, repeat);
         if (json)
             printf("{\"bench\":\"cluster\",\"url\":\"%s\",\"connections\":%zu,\"requests\":%zu,"
                    "\"repeat\":%zu,\"queries\":%zu,\"users\":%zu,\"k\":%zu,\"qps\":%.1f,"

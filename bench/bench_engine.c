@@ -18,23 +18,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bench_stats.h"
 #include "gen.h"
 #include "pipeline.h"
 #include "ps/search.h"
 #include "ps/store.h"
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double pct(const double *sorted, size_t n, double p)
-{
-    if (n == 0) return 0;
-    size_t i = (size_t)(p * (double)(n - 1) + 0.5);
-    return sorted[i];
-}
 
 static long status_kb(const char *key)
 {
@@ -219,8 +207,8 @@ int main(int argc, char **argv)
             }
         }
     }
-    qsort(lat, nq, sizeof *lat, cmp_double);
-    qsort(lat_ex, nq, sizeof *lat_ex, cmp_double);
+    qsort(lat, nq, sizeof *lat, bench_cmp_double);
+    qsort(lat_ex, nq, sizeof *lat_ex, bench_cmp_double);
     long rss = status_kb("VmRSS:"), hwm = status_kb("VmHWM:");
     long long size = du_bytes(index);
     if (json) {
@@ -234,19 +222,21 @@ int main(int argc, char **argv)
                "\"errors\":%zu,\"hits_per_query\":%.2f,\"build_s\":%.2f,\"load_s\":%.2f,"
                "\"index_bytes\":%lld,\"rss_bytes\":%ld,\"peak_rss_bytes\":%ld}\n",
                ps_index_ndocs(ix), ps_index_dim(ix), (unsigned long long)ps_index_npostings(ix), nq,
-               personalized, pct(lat, nq, 0.5), pct(lat, nq, 0.9), pct(lat, nq, 0.99),
-               total * 1e3 / nq, nq / total, pct(lat_ex, nq, 0.5), pct(lat_ex, nq, 0.99),
-               nq / total_ex, (double)npost / nq, (double)visited / nq, (double)visited_ex / nq,
-               (double)cands / nq, (double)bounded / nq, (double)scored / nq, errors,
-               (double)nhits_total / nq, build_s, load_s, size, rss * 1024, hwm * 1024);
+               personalized, bench_pct(lat, nq, 0.5), bench_pct(lat, nq, 0.9),
+               bench_pct(lat, nq, 0.99), total * 1e3 / nq, nq / total, bench_pct(lat_ex, nq, 0.5),
+               bench_pct(lat_ex, nq, 0.99), nq / total_ex, (double)npost / nq, (double)visited / nq,
+               (double)visited_ex / nq, (double)cands / nq, (double)bounded / nq,
+               (double)scored / nq, errors, (double)nhits_total / nq, build_s, load_s, size,
+               rss * 1024, hwm * 1024);
     } else {
         printf("%u stickers, %zu queries (%.0f%% personalized), R=100 k=10, one thread\n",
                ps_index_ndocs(ix), nq, personalized * 100);
         printf("pruned:     p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  %.0f QPS  %.0f postings/query\n",
-               pct(lat, nq, 0.5), pct(lat, nq, 0.9), pct(lat, nq, 0.99), nq / total,
-               (double)visited / nq);
+               bench_pct(lat, nq, 0.5), bench_pct(lat, nq, 0.9), bench_pct(lat, nq, 0.99),
+               nq / total, (double)visited / nq);
         printf("exhaustive: p50 %.3f ms  p99 %.3f ms  %.0f QPS  %.0f postings/query\n",
-               pct(lat_ex, nq, 0.5), pct(lat_ex, nq, 0.99), nq / total_ex, (double)visited_ex / nq);
+               bench_pct(lat_ex, nq, 0.5), bench_pct(lat_ex, nq, 0.99), nq / total_ex,
+               (double)visited_ex / nq);
         printf("build %.1f s, load %.1f s, index %.1f MB, RSS %.1f MB (peak %.1f MB)\n", build_s,
                load_s, size / 1e6, rss / 1024.0, hwm / 1024.0);
     }
