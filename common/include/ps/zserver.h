@@ -1,0 +1,83 @@
+/*
+ * zserver.h — the ZeroMQ request server shared by the shard and the broker's front door: a
+ * ROUTER front socket for peers, an inproc DEALER back socket that spreads the requests over
+ * worker sockets (round robin), and the loop between the two.
+ *
+ *   peers (DEALER or REQ) ──tcp──▶ ROUTER front ──▶ ps_zserver_run ──inproc──▶ DEALER back
+ *                                                                                │
+ *                                            workers: DEALERs connected to cfg->backend
+ *
+ * Messages: a DEALER peer's request arrives on the front as [identity][payload], a REQ peer's
+ * as [identity][empty][payload]. Every frame but the last is the route; a worker receives the
+ * whole message, answers with the same route frames and its reply in place of the payload
+ * (ps_zmsg_recv_multi / ps_zmsg_send_multi), and the ROUTER sends the reply back along the
+ * route. The loop counts requests handed to workers and not yet answered ("in flight"): it
+ * stops reading the front at max_inflight (the peers' queues fill and TCP pushes back) and,
+ * when stopping, waits for that count to reach zero, so no accepted request goes unanswered.
+ *
+ * The front socket has ZMQ_MAXMSGSIZE (a larger frame makes ZeroMQ drop the connection, the
+ * server never sees it), ZMQ_ROUTER_MANDATORY (a reply to a peer that is gone, or whose queue
+ * is full, fails visibly instead of vanishing: it is logged and dropped) and ZMQ_LINGER 0,
+ * raised to drain_ms only when closing so the last replies get out. A request of more than
+ * PS_ZMSG_MAX_PARTS frames is dropped (logged).
+ *
+ * Threads: the server's sockets belong to the thread that calls ps_zserver_run; each worker
+ * socket to its worker.
+ */
+#ifndef PS_ZSERVER_H
+#define PS_ZSERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <zmq.h>
+
+#include "ps/err.h"
+
+#define PS_ZMSG_MAX_PARTS 8 /* route frames + payload a request may have */
+
+/* Receive one whole multipart message into parts[0..*n). Parts beyond `cap` are received and
+ * discarded (*n = cap + 1 tells the caller; parts[0..cap) are then closed already). flags: 0
+ * or ZMQ_DONTWAIT (only the first part may then fail with EAGAIN). Returns 0 or -1 with errno
+ * (EAGAIN, ETERM, EINTR ...) and nothing held. */
+int ps_zmsg_recv_multi(void *sock, zmq_msg_t *parts, int cap, int *n, int flags);
+
+/* Close parts[0..n). */
+void ps_zmsg_close(zmq_msg_t *parts, int n);
+
+/* Send parts[0..n) as one message (the messages are consumed either way). flags: ZMQ_DONTWAIT
+ * or 0. Returns 0 or -1 with errno; on failure of the first part nothing was sent. */
+int ps_zmsg_send_multi(void *sock, zmq_msg_t *parts, int n, int flags);
+
+/* Replace the payload (last part) of parts[0..n) with a copy of the len bytes at buf.
+ * Returns 0 or -1 (out of memory; the old payload is closed either way). */
+int ps_zmsg_set_payload(zmq_msg_t *parts, int n, const void *buf, size_t len);
+
+typedef struct ps_zserver_cfg {
+    const char *component;  /* log component ("shard", "broker") */
+    const char *listen;     /* ZeroMQ endpoint of the ROUTER front */
+    const char *backend;    /* inproc endpoint the workers connect to */
+    size_t max_frame;       /* request frame cap (ZMQ_MAXMSGSIZE of the front) */
+    uint32_t max_inflight;  /* requests handed to workers and not yet answered */
+    uint32_t drain_ms;      /* linger for replies still queued when closing */
+    uint32_t hwm;           /* ZMQ_SNDHWM / ZMQ_RCVHWM of the front socket */
+} ps_zserver_cfg;
+
+typedef struct ps_zserver ps_zserver_t;
+
+/* Create both sockets in zctx and bind them (the back first, so workers may connect as soon as
+ * this returns). cfg's strings are copied. Errors: PS_EUNAVAIL when the front cannot bind
+ * (address in use, bad endpoint), PS_EINTERNAL, PS_ENOMEM. Caller owns the result. */
+ps_zserver_t *ps_zserver_bind(void *zctx, const ps_zserver_cfg *cfg, ps_err *err);
+
+/* The front's bound endpoint ("tcp://127.0.0.1:41234" when the port was '*'). */
+const char *ps_zserver_endpoint(const ps_zserver_t *s);
+
+/* Forward requests and replies until a byte arrives on stop_fd (a self-pipe), then stop
+ * reading the front and return once nothing is in flight. Returns 0, or PS_EINTERNAL (err set)
+ * when the sockets fail. */
+int ps_zserver_run(ps_zserver_t *s, int stop_fd, ps_err *err);
+
+/* Close the front (lingering drain_ms for queued replies) and the back. NULL is ignored. */
+void ps_zserver_close(ps_zserver_t *s);
+
+#endif

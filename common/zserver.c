@@ -1,0 +1,194 @@
+/*
+ * zserver.c — the ZeroMQ request server loop (ps/zserver.h): ROUTER front, inproc DEALER back.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ps/log.h"
+#include "ps/zserver.h"
+
+struct ps_zserver {
+    void *front, *back;
+    ps_zserver_cfg cfg;
+    char *component, *listen, *backend;
+    char endpoint[1024];
+};
+
+int ps_zmsg_recv_multi(void *sock, zmq_msg_t *parts, int cap, int *n, int flags)
+{
+    *n = 0;
+    for (;;) {
+        zmq_msg_t tmp, *m = *n < cap ? &parts[*n] : &tmp;
+        zmq_msg_init(m);
+        /* Only the first part may be missing: the others arrive with it. */
+        if (zmq_msg_recv(m, sock, *n == 0 ? flags : 0) < 0) {
+            int e = errno;
+            zmq_msg_close(m);
+            ps_zmsg_close(parts, *n < cap ? *n : cap);
+            *n = 0;
+            errno = e;
+            return -1;
+        }
+        int more = zmq_msg_more(m);
+        if (m == &tmp) zmq_msg_close(&tmp);
+        if (*n <= cap) (*n)++;
+        if (!more) {
+            if (*n > cap) ps_zmsg_close(parts, cap);
+            return 0;
+        }
+    }
+}
+
+void ps_zmsg_close(zmq_msg_t *parts, int n)
+{
+    for (int i = 0; i < n; i++) zmq_msg_close(&parts[i]);
+}
+
+int ps_zmsg_send_multi(void *sock, zmq_msg_t *parts, int n, int flags)
+{
+    for (int i = 0; i < n; i++) {
+        if (zmq_msg_send(&parts[i], sock, flags | (i + 1 < n ? ZMQ_SNDMORE : 0)) < 0) {
+            int e = errno;
+            ps_zmsg_close(parts + i, n - i);
+            errno = e;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int ps_zmsg_set_payload(zmq_msg_t *parts, int n, const void *buf, size_t len)
+{
+    zmq_msg_t *payload = &parts[n - 1];
+    zmq_msg_close(payload);
+    if (zmq_msg_init_size(payload, len)) {
+        zmq_msg_init(payload);
+        return -1;
+    }
+    if (len) memcpy(zmq_msg_data(payload), buf, len);
+    return 0;
+}
+
+static int set_int(void *sock, int opt, int v)
+{
+    return zmq_setsockopt(sock, opt, &v, sizeof v);
+}
+
+void ps_zserver_close(ps_zserver_t *s)
+{
+    if (!s) return;
+    if (s->front) {
+        set_int(s->front, ZMQ_LINGER, (int)s->cfg.drain_ms);
+        zmq_close(s->front);
+    }
+    if (s->back) zmq_close(s->back);
+    free(s->component);
+    free(s->listen);
+    free(s->backend);
+    free(s);
+}
+
+ps_zserver_t *ps_zserver_bind(void *zctx, const ps_zserver_cfg *cfg, ps_err *err)
+{
+    ps_zserver_t *s = calloc(1, sizeof *s);
+    if (!s || !(s->component = strdup(cfg->component)) || !(s->listen = strdup(cfg->listen)) ||
+        !(s->backend = strdup(cfg->backend))) {
+        ps_zserver_close(s);
+        ps_err_set(err, PS_ENOMEM, "out of memory starting the server");
+        return NULL;
+    }
+    s->cfg = *cfg;
+    s->cfg.component = s->component;
+    s->cfg.listen = s->listen;
+    s->cfg.backend = s->backend;
+    s->front = zmq_socket(zctx, ZMQ_ROUTER);
+    s->back = zmq_socket(zctx, ZMQ_DEALER);
+    int64_t maxmsg = (int64_t)cfg->max_frame;
+    if (!s->front || !s->back ||
+        zmq_setsockopt(s->front, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+        set_int(s->front, ZMQ_ROUTER_MANDATORY, 1) || set_int(s->front, ZMQ_LINGER, 0) ||
+        set_int(s->front, ZMQ_SNDHWM, (int)cfg->hwm) ||
+        set_int(s->front, ZMQ_RCVHWM, (int)cfg->hwm) || set_int(s->back, ZMQ_LINGER, 0) ||
+        set_int(s->back, ZMQ_SNDHWM, 0) || set_int(s->back, ZMQ_RCVHWM, 0) ||
+        zmq_bind(s->back, cfg->backend)) {
+        ps_err_set(err, PS_EINTERNAL, "creating sockets: %s", zmq_strerror(zmq_errno()));
+        ps_zserver_close(s);
+        return NULL;
+    }
+    if (zmq_bind(s->front, cfg->listen)) {
+        ps_err_set(err, PS_EUNAVAIL, "listen %s: %s", cfg->listen, zmq_strerror(zmq_errno()));
+        ps_zserver_close(s);
+        return NULL;
+    }
+    size_t elen = sizeof s->endpoint;
+    if (zmq_getsockopt(s->front, ZMQ_LAST_ENDPOINT, s->endpoint, &elen))
+        snprintf(s->endpoint, sizeof s->endpoint, "%s", cfg->listen);
+    return s;
+}
+
+const char *ps_zserver_endpoint(const ps_zserver_t *s)
+{
+    return s->endpoint;
+}
+
+int ps_zserver_run(ps_zserver_t *s, int stop_fd, ps_err *err)
+{
+    const char *who = s->cfg.component;
+    zmq_msg_t parts[PS_ZMSG_MAX_PARTS];
+    uint64_t inflight = 0, served = 0, dropped = 0;
+    int stopping = 0, rc = 0;
+    while (!stopping || inflight > 0) {
+        zmq_pollitem_t items[3] = {{s->back, 0, ZMQ_POLLIN, 0},
+                                   {NULL, stop_fd, ZMQ_POLLIN, 0},
+                                   {s->front, 0, ZMQ_POLLIN, 0}};
+        int nitems = (!stopping && inflight < s->cfg.max_inflight) ? 3 : 2;
+        if (zmq_poll(items, nitems, -1) < 0) {
+            if (errno == EINTR) continue;
+            rc = ps_err_set(err, PS_EINTERNAL, "zmq_poll: %s", zmq_strerror(errno));
+            break;
+        }
+        if (items[1].revents & ZMQ_POLLIN) {
+            char b;
+            ssize_t got = read(stop_fd, &b, 1);
+            (void)got;
+            if (!stopping) {
+                stopping = 1;
+                ps_log(PS_LOG_INFO, who, "stopping", "inflight=%llu",
+                       (unsigned long long)inflight);
+            }
+        }
+        if (items[0].revents & ZMQ_POLLIN) { /* a worker's reply */
+            int n;
+            if (ps_zmsg_recv_multi(s->back, parts, PS_ZMSG_MAX_PARTS, &n, 0) < 0) continue;
+            if (inflight) inflight--;
+            served++;
+            if (n > PS_ZMSG_MAX_PARTS) continue; /* cannot happen: workers echo the route */
+            if (ps_zmsg_send_multi(s->front, parts, n, ZMQ_DONTWAIT) < 0) {
+                dropped++;
+                ps_log(PS_LOG_WARN, who, "reply_dropped", "reason=\"%s\"",
+                       errno == EHOSTUNREACH ? "peer gone" : zmq_strerror(errno));
+            }
+        }
+        if (nitems == 3 && (items[2].revents & ZMQ_POLLIN)) { /* a peer's request */
+            int n;
+            if (ps_zmsg_recv_multi(s->front, parts, PS_ZMSG_MAX_PARTS, &n, 0) < 0) continue;
+            if (n < 2 || n > PS_ZMSG_MAX_PARTS) {
+                /* A ROUTER always prepends the identity, so n < 2 cannot happen; too many
+                 * parts is a peer we do not understand: drop it. */
+                if (n <= PS_ZMSG_MAX_PARTS) ps_zmsg_close(parts, n);
+                ps_log(PS_LOG_WARN, who, "request_dropped", "reason=\"%d frames\"", n);
+                continue;
+            }
+            if (ps_zmsg_send_multi(s->back, parts, n, 0) < 0) {
+                rc = ps_err_set(err, PS_EINTERNAL, "to workers: %s", zmq_strerror(errno));
+                break;
+            }
+            inflight++;
+        }
+    }
+    ps_log(PS_LOG_INFO, who, "drained", "served=%llu replies_dropped=%llu",
+           (unsigned long long)served, (unsigned long long)dropped);
+    return rc;
+}
