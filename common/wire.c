@@ -1,6 +1,6 @@
 /*
- * wire.c — frames between broker and shards: encode helpers, and a decoder that trusts
- * nothing a peer sends (DESIGN §3.2, §6).
+ * wire.c — frames between broker and shards, and between clients and the broker's front door:
+ * encode helpers, and a decoder that trusts nothing a peer sends (DESIGN §3.2, §6).
  *
  * Frame format. One ZeroMQ frame is one persrv.Envelope in protobuf wire format: a sequence
  * of fields, each a key varint (field number << 3 | wire type) followed by
@@ -59,6 +59,10 @@ static const field_cap caps[] = {
     {&persrv__search_request__descriptor, "centroids", PS_WIRE_MAX_CENTROIDS, 0},
     {&persrv__centroid__descriptor, "vector", PS_WIRE_MAX_DIM, 0},
     {&persrv__search_reply__descriptor, "hits", PS_WIRE_MAX_HITS, 0},
+    {&persrv__query_request__descriptor, "user", 0, PS_WIRE_MAX_USER},
+    {&persrv__query_reply__descriptor, "hits", PS_WIRE_MAX_HITS, 0},
+    {&persrv__query_reply__descriptor, "fields", PS_WIRE_MAX_HITS, 0},
+    {&persrv__query_reply__descriptor, "failures", PS_WIRE_MAX_SHARDS, 0},
 };
 
 static const field_cap *cap_of(const ProtobufCMessageDescriptor *d, const char *field)
@@ -439,15 +443,16 @@ static int check_search(const Persrv__SearchRequest *q, ps_err *err)
     return 0;
 }
 
-static int check_search_reply(const Persrv__SearchReply *r, ps_err *err)
+/* hits[0..n) under the wire path `at` ("search_reply.hits"): finite scores, centroid in range.
+ * Shared by the shard's SearchReply and the broker's QueryReply. */
+static int check_hits(Persrv__Hit *const *hits, size_t n, const char *at, ps_err *err)
 {
-    if (r->n_hits > PS_WIRE_MAX_HITS)
-        return ps_err_set(err, PS_ETOOBIG, "search_reply.hits: %zu entries, at most %d", r->n_hits,
-                          PS_WIRE_MAX_HITS);
-    if (r->n_hits && !r->hits) return ps_err_set(err, PS_EINVAL, "search_reply.hits: NULL");
-    for (size_t i = 0; i < r->n_hits; i++) {
-        const Persrv__Hit *h = r->hits[i];
-        if (!h) return ps_err_set(err, PS_EINVAL, "search_reply.hits[%zu]: NULL", i);
+    if (n > PS_WIRE_MAX_HITS)
+        return ps_err_set(err, PS_ETOOBIG, "%s: %zu entries, at most %d", at, n, PS_WIRE_MAX_HITS);
+    if (n && !hits) return ps_err_set(err, PS_EINVAL, "%s: NULL", at);
+    for (size_t i = 0; i < n; i++) {
+        const Persrv__Hit *h = hits[i];
+        if (!h) return ps_err_set(err, PS_EINVAL, "%s[%zu]: NULL", at, i);
         const struct {
             const char *name;
             double v;
@@ -458,26 +463,79 @@ static int check_search_reply(const Persrv__SearchReply *r, ps_err *err)
                    {"score", h->score}};
         for (size_t j = 0; j < sizeof val / sizeof val[0]; j++)
             if (!isfinite(val[j].v))
-                return ps_err_set(err, PS_EINVAL, "search_reply.hits[%zu].%s: not finite", i,
-                                  val[j].name);
+                return ps_err_set(err, PS_EINVAL, "%s[%zu].%s: not finite", at, i, val[j].name);
         if (h->centroid < -1 || h->centroid >= PS_PROFILE_KMAX)
-            return ps_err_set(err, PS_EINVAL, "search_reply.hits[%zu].centroid: %d, need -1..%d", i,
+            return ps_err_set(err, PS_EINVAL, "%s[%zu].centroid: %d, need -1..%d", at, i,
                               (int)h->centroid, PS_PROFILE_KMAX - 1);
     }
     return 0;
 }
 
-static int check_sticker_reply(const Persrv__GetStickerReply *r, ps_err *err)
+static int check_search_reply(const Persrv__SearchReply *r, ps_err *err)
+{
+    return check_hits(r->hits, r->n_hits, "search_reply.hits", err);
+}
+
+/* A GetStickerReply under the wire path `at` ("sticker_reply", "query_reply.fields[3]"). */
+static int check_sticker_at(const Persrv__GetStickerReply *r, const char *at, ps_err *err)
 {
     const char *text[PS_NFIELDS] = {r->ocr, r->queries, r->keywords, r->desc, r->emotion};
-    char path[64];
+    char path[96];
     int rc;
     for (int f = 0; f < PS_NFIELDS; f++) {
-        snprintf(path, sizeof path, "sticker_reply.%s", ps_field_names[f]);
+        snprintf(path, sizeof path, "%s.%s", at, ps_field_names[f]);
         if ((rc = check_text(text[f], PS_WIRE_MAX_STRING, path, err))) return rc;
     }
-    if (!isfinite(r->utility))
-        return ps_err_set(err, PS_EINVAL, "sticker_reply.utility: not finite");
+    if (!isfinite(r->utility)) return ps_err_set(err, PS_EINVAL, "%s.utility: not finite", at);
+    return 0;
+}
+
+static int check_sticker_reply(const Persrv__GetStickerReply *r, ps_err *err)
+{
+    return check_sticker_at(r, "sticker_reply", err);
+}
+
+/* Only sizes and text: an empty q, or k out of the broker's range, is the broker's to reject
+ * (with its own configured caps), as GET /v1/search does. */
+static int check_query(const Persrv__QueryRequest *q, ps_err *err)
+{
+    int rc;
+    if ((rc = check_text(q->q, PS_WIRE_MAX_STRING, "query.q", err))) return rc;
+    return check_text(q->user, PS_WIRE_MAX_USER, "query.user", err);
+}
+
+static int check_query_reply(const Persrv__QueryReply *r, ps_err *err)
+{
+    char path[64];
+    int rc;
+    if ((rc = check_hits(r->hits, r->n_hits, "query_reply.hits", err))) return rc;
+    if (r->n_fields > PS_WIRE_MAX_HITS)
+        return ps_err_set(err, PS_ETOOBIG, "query_reply.fields: %zu entries, at most %d",
+                          r->n_fields, PS_WIRE_MAX_HITS);
+    if (r->n_fields != 0 && r->n_fields != r->n_hits)
+        return ps_err_set(err, PS_EINVAL, "query_reply.fields: %zu entries, need 0 or %zu (hits)",
+                          r->n_fields, r->n_hits);
+    if (r->n_fields && !r->fields) return ps_err_set(err, PS_EINVAL, "query_reply.fields: NULL");
+    for (size_t i = 0; i < r->n_fields; i++) {
+        const Persrv__GetStickerReply *s = r->fields[i];
+        snprintf(path, sizeof path, "query_reply.fields[%zu]", i);
+        if (!s) return ps_err_set(err, PS_EINVAL, "%s: NULL", path);
+        if ((rc = check_sticker_at(s, path, err))) return rc;
+        if (s->id != r->hits[i]->id)
+            return ps_err_set(err, PS_EINVAL, "%s.id: %llu, hits[%zu] is %llu", path,
+                              (unsigned long long)s->id, i, (unsigned long long)r->hits[i]->id);
+    }
+    if (r->n_failures > PS_WIRE_MAX_SHARDS)
+        return ps_err_set(err, PS_ETOOBIG, "query_reply.failures: %zu entries, at most %d",
+                          r->n_failures, PS_WIRE_MAX_SHARDS);
+    if (r->n_failures && !r->failures)
+        return ps_err_set(err, PS_EINVAL, "query_reply.failures: NULL");
+    for (size_t i = 0; i < r->n_failures; i++) {
+        if (!r->failures[i])
+            return ps_err_set(err, PS_EINVAL, "query_reply.failures[%zu]: NULL", i);
+        snprintf(path, sizeof path, "query_reply.failures[%zu].reason", i);
+        if ((rc = check_text(r->failures[i]->reason, PS_WIRE_MAX_STRING, path, err))) return rc;
+    }
     return 0;
 }
 
@@ -513,6 +571,11 @@ static int check_env(const Persrv__Envelope *e, ps_err *err)
         return e->health_reply ? 0 : ps_err_set(err, PS_EINVAL, "health_reply: NULL");
     case PERSRV__ENVELOPE__BODY_ERROR:
         return e->error ? check_error(e->error, err) : ps_err_set(err, PS_EINVAL, "error: NULL");
+    case PERSRV__ENVELOPE__BODY_QUERY:
+        return e->query ? check_query(e->query, err) : ps_err_set(err, PS_EINVAL, "query: NULL");
+    case PERSRV__ENVELOPE__BODY_QUERY_REPLY:
+        return e->query_reply ? check_query_reply(e->query_reply, err)
+                              : ps_err_set(err, PS_EINVAL, "query_reply: NULL");
     default:
         return ps_err_set(err, PS_EINVAL, "body: no message set");
     }
@@ -578,6 +641,8 @@ void ps_wire_free(Persrv__Envelope *env)
 
 /* ---- encode --------------------------------------------------------------------------------- */
 
+static int pack_checked(const Persrv__Envelope *env, uint8_t **buf, size_t *len, ps_err *err);
+
 int ps_wire_pack(const Persrv__Envelope *env, uint8_t **buf, size_t *len, ps_err *err)
 {
     int rc;
@@ -588,6 +653,12 @@ int ps_wire_pack(const Persrv__Envelope *env, uint8_t **buf, size_t *len, ps_err
     if (!env || env->base.descriptor != &persrv__envelope__descriptor)
         return ps_err_set(err, PS_EINVAL, "ps_wire_pack: not an Envelope");
     if ((rc = check_env(env, err))) return rc;
+    return pack_checked(env, buf, len, err);
+}
+
+/* Pack an envelope whose values were checked (buf, len set to NULL, 0 by the caller). */
+static int pack_checked(const Persrv__Envelope *env, uint8_t **buf, size_t *len, ps_err *err)
+{
     size_t n = protobuf_c_message_get_packed_size(&env->base);
     if (n > PS_WIRE_MAX_FRAME)
         return ps_err_set(err, PS_ETOOBIG, "frame: %zu bytes, at most %u", n, PS_WIRE_MAX_FRAME);
@@ -777,6 +848,7 @@ int ps_wire_encode_health_reply(uint64_t request_id, const ps_wire_health *h, ui
     r.snapshot_version = h->snapshot_version;
     r.stickers = h->stickers;
     r.ready = h->ready != 0;
+    r.shards_up = h->shards_up;
     env_init(&e, request_id, 0);
     e.body_case = PERSRV__ENVELOPE__BODY_HEALTH_REPLY;
     e.health_reply = &r;
@@ -821,6 +893,64 @@ int ps_wire_encode_error(uint64_t request_id, int code, const char *message, uin
     rc = ps_wire_pack(&e, buf, len, err);
     free(copy);
     return rc;
+}
+
+/* The encoder checks sizes and NUL bytes but not UTF-8: the broker is the one to reject a
+ * query that is not text (invalid_utf8), so a client hears its answer rather than a local one. */
+int ps_wire_encode_query(uint64_t request_id, uint32_t deadline_ms, const char *q, size_t qlen,
+                         const char *user, uint32_t k, int explain, uint8_t **buf, size_t *len,
+                         ps_err *err)
+{
+    Persrv__Envelope e;
+    Persrv__QueryRequest r;
+    char *copy = NULL;
+    size_t ulen;
+    int rc;
+
+    ps_err_clear(err);
+    if (!buf || !len) return ps_err_set(err, PS_EINVAL, "ps_wire_encode_query: buf or len is NULL");
+    *buf = NULL;
+    *len = 0;
+    if (!q && qlen) return ps_err_set(err, PS_EINVAL, "query.q: NULL with length %zu", qlen);
+    if (qlen > PS_WIRE_MAX_STRING)
+        return ps_err_set(err, PS_ETOOBIG, "query.q: %zu bytes, at most %d", qlen,
+                          PS_WIRE_MAX_STRING);
+    if (qlen && memchr(q, 0, qlen))
+        return ps_err_set(err, PS_EINVAL, "query.q: contains a NUL byte");
+    if (!user) user = "";
+    ulen = strnlen(user, PS_WIRE_MAX_USER + 1);
+    if (ulen > PS_WIRE_MAX_USER)
+        return ps_err_set(err, PS_ETOOBIG, "query.user: longer than %d bytes", PS_WIRE_MAX_USER);
+    /* protobuf-c packs a string up to its NUL: q needs one at qlen */
+    if (!(copy = malloc(qlen + 1))) return ps_err_set(err, PS_ENOMEM, "query.q: out of memory");
+    if (qlen) memcpy(copy, q, qlen);
+    copy[qlen] = '\0';
+    persrv__query_request__init(&r);
+    r.q = copy;
+    r.user = (char *)user;
+    r.k = k;
+    r.explain = explain != 0;
+    env_init(&e, request_id, deadline_ms);
+    e.body_case = PERSRV__ENVELOPE__BODY_QUERY;
+    e.query = &r;
+    rc = pack_checked(&e, buf, len, err);
+    free(copy);
+    return rc;
+}
+
+uint64_t ps_wire_peek_request_id(const void *buf, size_t len)
+{
+    const uint8_t *p = buf, *end = p + len;
+    uint64_t id = 0;
+    if (!buf) return 0;
+    while (p < end) {
+        wfield w;
+        uint64_t v;
+        if (next_field(&p, end, &w)) return 0;
+        if (w.num == 2 && w.wt == WIRE_VARINT && get_varint(&w.val, end, &v) == 0)
+            id = v; /* the last one counts, as in protobuf-c */
+    }
+    return id;
 }
 
 /* ---- to engine types ------------------------------------------------------------------------ */

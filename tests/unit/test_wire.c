@@ -1,6 +1,7 @@
 /*
- * test_wire.c — the wire layer (ps/wire.h): every message kind round-trips with its values
- * intact (ids up to 2^64-1, a 5 × 512 profile bit for bit); every cap and value check fails
+ * test_wire.c — the wire layer (ps/wire.h): every message kind (broker ↔ shard and client ↔
+ * front door) round-trips with its values intact (ids up to 2^64-1, a 5 × 512 profile bit for
+ * bit, a query that is not UTF-8 sent as it is); every cap and value check fails
  * with the right code and a message naming the field, on decode and on encode alike; and
  * malformed frames — truncated, random, empty, over the frame cap, wrong version, no body,
  * two bodies, wrong wire types, NUL bytes in strings, too many unknown fields — are rejected
@@ -420,6 +421,176 @@ static void test_error_message_sanitized(void **state)
     free(buf);
 }
 
+/* A query goes out as given: any bytes but NUL, not NUL-terminated, UTF-8 or not — the
+ * broker is the one to say invalid_utf8. */
+static void test_query_round_trip(void **state)
+{
+    (void)state;
+    const char text[] = "好累 so tired!!"; /* sent without its last 2 bytes */
+    uint8_t *buf;
+    size_t len;
+    ps_err err;
+
+    assert_int_equal(ps_wire_encode_query(UINT64_MAX, 750, text, sizeof text - 3, "u01", 25, 1,
+                                          &buf, &len, &err),
+                     0);
+    Persrv__Envelope *env = decode_ok(buf, len);
+    assert_int_equal(env->body_case, PERSRV__ENVELOPE__BODY_QUERY);
+    assert_true(env->request_id == UINT64_MAX);
+    assert_int_equal(env->deadline_ms, 750);
+    assert_string_equal(env->query->q, "好累 so tired");
+    assert_string_equal(env->query->user, "u01");
+    assert_int_equal(env->query->k, 25);
+    assert_true(env->query->explain);
+    ps_wire_free(env);
+    free(buf);
+
+    /* empty query, no user, k 0: the wire carries it, the broker judges it */
+    assert_int_equal(ps_wire_encode_query(1, 0, NULL, 0, NULL, 0, 0, &buf, &len, &err), 0);
+    env = decode_ok(buf, len);
+    assert_string_equal(env->query->q, "");
+    assert_string_equal(env->query->user, "");
+    assert_int_equal(env->query->k, 0);
+    assert_false(env->query->explain);
+    ps_wire_free(env);
+    free(buf);
+
+    /* invalid UTF-8 is sent, and the decoder names it */
+    assert_int_equal(ps_wire_encode_query(2, 0, "\xff\xfe", 2, "u\xc3", 1, 0, &buf, &len, &err), 0);
+    expect_decode_fail(buf, len, PS_EUTF8, "query.q: not valid UTF-8");
+    assert_int_equal(ps_wire_peek_request_id(buf, len), 2); /* for the Error the broker sends */
+    free(buf);
+
+    /* what cannot be sent */
+    buf = (uint8_t *)1;
+    assert_int_equal(ps_wire_encode_query(3, 0, "a\0b", 3, NULL, 1, 0, &buf, &len, &err),
+                     PS_EINVAL);
+    assert_non_null(strstr(err.msg, "query.q: contains a NUL"));
+    assert_null(buf);
+    assert_int_equal(ps_wire_encode_query(3, 0, NULL, 4, NULL, 1, 0, &buf, &len, &err), PS_EINVAL);
+    char *big = malloc(PS_WIRE_MAX_STRING + 1);
+    assert_non_null(big);
+    memset(big, 'a', PS_WIRE_MAX_STRING + 1);
+    assert_int_equal(
+        ps_wire_encode_query(3, 0, big, PS_WIRE_MAX_STRING + 1, NULL, 1, 0, &buf, &len, &err),
+        PS_ETOOBIG);
+    assert_non_null(strstr(err.msg, "query.q"));
+    big[PS_WIRE_MAX_USER + 1] = '\0';
+    assert_int_equal(ps_wire_encode_query(3, 0, "hi", 2, big, 1, 0, &buf, &len, &err), PS_ETOOBIG);
+    assert_non_null(strstr(err.msg, "query.user"));
+    big[PS_WIRE_MAX_USER] = '\0'; /* at the cap is fine */
+    assert_int_equal(ps_wire_encode_query(3, 0, "hi", 2, big, 1, 0, &buf, &len, &err), 0);
+    ps_wire_free(decode_ok(buf, len));
+    free(buf);
+    free(big);
+    assert_int_equal(ps_wire_encode_query(3, 0, "hi", 2, NULL, 1, 0, NULL, &len, &err), PS_EINVAL);
+}
+
+static void test_query_reply_round_trip(void **state)
+{
+    (void)state;
+    Persrv__Hit h[2] = {PERSRV__HIT__INIT, PERSRV__HIT__INIT}, *hp[2] = {&h[0], &h[1]};
+    Persrv__GetStickerReply st[2] = {PERSRV__GET_STICKER_REPLY__INIT,
+                                     PERSRV__GET_STICKER_REPLY__INIT},
+                            *sp[2] = {&st[0], &st[1]};
+    Persrv__ShardFailure fl = PERSRV__SHARD_FAILURE__INIT, *flp[1] = {&fl};
+    Persrv__QueryReply r = PERSRV__QUERY_REPLY__INIT;
+    Persrv__Envelope e = PERSRV__ENVELOPE__INIT;
+    uint8_t *buf;
+    size_t len;
+    ps_err err;
+
+    h[0].id = UINT64_MAX;
+    h[0].score = h[0].recall = 15.75;
+    h[0].relevance = 14.25;
+    h[0].utility = 1.5;
+    h[0].preference = 1.0;
+    h[0].centroid = -1;
+    h[1].id = 1234567890123456789ull;
+    h[1].score = 1e-300;
+    h[1].centroid = 4;
+    st[0].found = 1;
+    st[0].id = UINT64_MAX;
+    st[0].ocr = "好累";
+    st[0].utility = 0.25;
+    st[1].id = h[1].id; /* fields the broker could not fetch: an empty, not-found entry */
+    fl.shard = 3;
+    fl.reason = "timed_out: no replica answered within 200 ms";
+    r.n_hits = 2;
+    r.hits = hp;
+    r.n_fields = 2;
+    r.fields = sp;
+    r.partial = r.timed_out = r.personalized = 1;
+    r.snapshot_version = UINT64_MAX;
+    r.shards_total = 4;
+    r.n_failures = 1;
+    r.failures = flp;
+    r.took_us = UINT32_MAX;
+    e.version = PS_WIRE_VERSION;
+    e.request_id = 77;
+    e.body_case = PERSRV__ENVELOPE__BODY_QUERY_REPLY;
+    e.query_reply = &r;
+
+    assert_int_equal(ps_wire_pack(&e, &buf, &len, &err), 0);
+    Persrv__Envelope *env = decode_ok(buf, len);
+    const Persrv__QueryReply *q = env->query_reply;
+    assert_int_equal(q->n_hits, 2);
+    assert_true(q->hits[0]->id == UINT64_MAX);
+    assert_memory_equal(&q->hits[0]->relevance, &h[0].relevance, 5 * sizeof(double));
+    assert_int_equal(q->hits[1]->centroid, 4);
+    assert_true(q->hits[1]->score == 1e-300);
+    assert_int_equal(q->n_fields, 2);
+    assert_true(q->fields[0]->found);
+    assert_string_equal(q->fields[0]->ocr, "好累");
+    assert_true(q->fields[0]->utility == 0.25);
+    assert_false(q->fields[1]->found);
+    assert_int_equal(q->n_failures, 1);
+    assert_int_equal(q->failures[0]->shard, 3);
+    assert_string_equal(q->failures[0]->reason, fl.reason);
+    assert_true(q->partial && q->timed_out && q->personalized);
+    assert_true(q->snapshot_version == UINT64_MAX);
+    assert_int_equal(q->shards_total, 4);
+    assert_int_equal(q->took_us, UINT32_MAX);
+    ps_wire_free(env);
+    free(buf);
+
+    /* without explain: no fields at all */
+    r.n_fields = 0;
+    r.n_failures = 0;
+    assert_int_equal(ps_wire_pack(&e, &buf, &len, &err), 0);
+    env = decode_ok(buf, len);
+    assert_int_equal(env->query_reply->n_fields, 0);
+    assert_int_equal(env->query_reply->n_hits, 2);
+    ps_wire_free(env);
+    free(buf);
+
+    /* the broker's health: shards_up */
+    ps_wire_health hh = {.nshards = 4, .shards_up = 3};
+    assert_int_equal(ps_wire_encode_health_reply(5, &hh, &buf, &len, &err), 0);
+    env = decode_ok(buf, len);
+    assert_int_equal(env->health_reply->shards_up, 3);
+    assert_int_equal(env->health_reply->nshards, 4);
+    assert_false(env->health_reply->ready);
+    ps_wire_free(env);
+    free(buf);
+}
+
+/* The request id of a frame that does not decode, for the Error that answers it. */
+static void test_peek_request_id(void **state)
+{
+    (void)state;
+    wbuf w = {.n = 0};
+    put_u(&w, 1, PS_WIRE_VERSION);
+    put_u(&w, 2, 123456789);
+    put_bytes(&w, 17, "\x0a\x01\xff", 3); /* a query whose q is not UTF-8 */
+    expect_decode_fail(w.b, w.n, PS_EUTF8, "query.q");
+    assert_int_equal(ps_wire_peek_request_id(w.b, w.n), 123456789);
+    assert_int_equal(ps_wire_peek_request_id(w.b, 3), 0); /* cut inside the id */
+    assert_int_equal(ps_wire_peek_request_id(NULL, 5), 0);
+    const uint8_t junk[] = {0xff, 0xff, 0xff};
+    assert_int_equal(ps_wire_peek_request_id(junk, sizeof junk), 0);
+}
+
 /* ---- caps and value checks: one case per rule ------------------------------------------- */
 
 #define NTOK_BIG 300
@@ -444,6 +615,13 @@ typedef struct fx {
     Persrv__Hit h[NHIT_BIG];
     Persrv__Hit *hp[NHIT_BIG];
     char *bigstr;
+    Persrv__QueryRequest qq;
+    char longuser[PS_WIRE_MAX_USER + 2];
+    Persrv__QueryReply qr;
+    Persrv__GetStickerReply fs[NHIT_BIG];
+    Persrv__GetStickerReply *fsp[NHIT_BIG];
+    Persrv__ShardFailure fl[PS_WIRE_MAX_SHARDS + 1];
+    Persrv__ShardFailure *flp[PS_WIRE_MAX_SHARDS + 1];
 } fx;
 
 static void fx_env(fx *f, int body)
@@ -516,6 +694,102 @@ static void fx_error(fx *f)
     f->e.message = "no token";
     fx_env(f, PERSRV__ENVELOPE__BODY_ERROR);
     f->env.error = &f->e;
+}
+
+static void fx_query(fx *f)
+{
+    persrv__query_request__init(&f->qq);
+    f->qq.q = "好累 so tired";
+    f->qq.user = "u01";
+    f->qq.k = 10;
+    f->qq.explain = 1;
+    fx_env(f, PERSRV__ENVELOPE__BODY_QUERY);
+    f->env.query = &f->qq;
+}
+
+/* A QueryReply of 3 hits with their fields and 2 shard failures. */
+static void fx_query_reply(fx *f)
+{
+    fx_reply(f);
+    persrv__query_reply__init(&f->qr);
+    for (int i = 0; i < NHIT_BIG; i++) {
+        persrv__get_sticker_reply__init(&f->fs[i]);
+        f->fs[i].found = 1;
+        f->fs[i].id = (uint64_t)i;
+        f->fs[i].desc = "a cat";
+        f->fsp[i] = &f->fs[i];
+    }
+    for (int i = 0; i <= PS_WIRE_MAX_SHARDS; i++) {
+        persrv__shard_failure__init(&f->fl[i]);
+        f->fl[i].shard = (uint32_t)i;
+        f->fl[i].reason = "deadline";
+        f->flp[i] = &f->fl[i];
+    }
+    f->qr.n_hits = 3;
+    f->qr.hits = f->hp;
+    f->qr.n_fields = 3;
+    f->qr.fields = f->fsp;
+    f->qr.n_failures = 2;
+    f->qr.failures = f->flp;
+    f->qr.partial = 1;
+    fx_env(f, PERSRV__ENVELOPE__BODY_QUERY_REPLY);
+    f->env.query_reply = &f->qr;
+}
+
+static void m_query_utf8(fx *f)
+{
+    f->qq.q = "tired \xff";
+}
+static void m_query_long(fx *f)
+{
+    f->qq.q = f->bigstr;
+}
+static void m_user_long(fx *f)
+{
+    memset(f->longuser, 'u', PS_WIRE_MAX_USER + 1);
+    f->longuser[PS_WIRE_MAX_USER + 1] = '\0';
+    f->qq.user = f->longuser;
+}
+static void m_user_utf8(fx *f)
+{
+    f->qq.user = "\xc0\xaf"; /* overlong '/' */
+}
+static void m_qr_hits_many(fx *f)
+{
+    f->qr.n_hits = NHIT_BIG;
+    f->qr.n_fields = 0;
+}
+static void m_qr_hit_nan(fx *f)
+{
+    f->h[1].relevance = NAN;
+}
+static void m_qr_fields_many(fx *f)
+{
+    f->qr.n_fields = NHIT_BIG;
+}
+static void m_qr_fields_two(fx *f)
+{
+    f->qr.n_fields = 2;
+}
+static void m_qr_field_utf8(fx *f)
+{
+    f->fs[1].emotion = "sad \xe5\xa5"; /* cut inside a character */
+}
+static void m_qr_field_utility(fx *f)
+{
+    f->fs[2].utility = NAN;
+}
+static void m_qr_field_id(fx *f)
+{
+    f->fs[0].id = 99;
+}
+static void m_qr_failures_many(fx *f)
+{
+    f->qr.n_failures = PS_WIRE_MAX_SHARDS + 1;
+}
+static void m_qr_failure_utf8(fx *f)
+{
+    f->fl[1].reason = "\x80";
 }
 
 static void m_tokens_many(fx *f)
@@ -698,6 +972,26 @@ static const cap_case cases[] = {
     {"infinite utility", fx_sticker, m_sticker_utility, PS_EINVAL, "sticker_reply.utility"},
     {"empty error code", fx_error, m_error_code_empty, PS_EINVAL, "error.code"},
     {"long error message", fx_error, m_error_long, PS_ETOOBIG, "error.message"},
+    {"query not UTF-8", fx_query, m_query_utf8, PS_EUTF8, "query.q"},
+    {"long query", fx_query, m_query_long, PS_ETOOBIG, "query.q"},
+    {"long user", fx_query, m_user_long, PS_ETOOBIG, "query.user"},
+    {"user not UTF-8", fx_query, m_user_utf8, PS_EUTF8, "query.user"},
+    {"query reply: too many hits", fx_query_reply, m_qr_hits_many, PS_ETOOBIG, "query_reply.hits"},
+    {"query reply: NaN", fx_query_reply, m_qr_hit_nan, PS_EINVAL, "query_reply.hits[1].relevance"},
+    {"query reply: too many fields", fx_query_reply, m_qr_fields_many, PS_ETOOBIG,
+     "query_reply.fields"},
+    {"query reply: fields != hits", fx_query_reply, m_qr_fields_two, PS_EINVAL,
+     "query_reply.fields: 2 entries"},
+    {"query reply: field not UTF-8", fx_query_reply, m_qr_field_utf8, PS_EUTF8,
+     "query_reply.fields[1].emotion"},
+    {"query reply: field utility", fx_query_reply, m_qr_field_utility, PS_EINVAL,
+     "query_reply.fields[2].utility"},
+    {"query reply: field of another hit", fx_query_reply, m_qr_field_id, PS_EINVAL,
+     "query_reply.fields[0].id"},
+    {"query reply: too many failures", fx_query_reply, m_qr_failures_many, PS_ETOOBIG,
+     "query_reply.failures"},
+    {"query reply: reason not UTF-8", fx_query_reply, m_qr_failure_utf8, PS_EUTF8,
+     "query_reply.failures[1].reason"},
     {"version 2", fx_search, m_version_two, PS_EINVAL, "version"},
     {"version missing", fx_search, m_version_zero, PS_EINVAL, "version"},
     {"version before caps", fx_search, m_version_two_and_caps, PS_EINVAL, "version"},
@@ -751,9 +1045,11 @@ static void test_caps_and_values(void **state)
 static void test_counts_capped_before_unpack(void **state)
 {
     (void)state;
-    static void (*const over[])(fx *) = {m_tokens_many, m_weights_six, m_centroids_many,
-                                         m_vector_long, m_hits_many};
-    static void (*const base[])(fx *) = {fx_search, fx_search, fx_search, fx_search, fx_reply};
+    static void (*const over[])(fx *) = {m_tokens_many,    m_weights_six,     m_centroids_many,
+                                         m_vector_long,    m_hits_many,       m_qr_hits_many,
+                                         m_qr_fields_many, m_qr_failures_many};
+    static void (*const base[])(fx *) = {fx_search, fx_search,      fx_search,      fx_search,
+                                         fx_reply,  fx_query_reply, fx_query_reply, fx_query_reply};
     fx *f = calloc(1, sizeof *f);
     assert_non_null(f);
     f->bigvec = calloc(BIGDIM, sizeof *f->bigvec);
@@ -1061,6 +1357,9 @@ int main(void)
         cmocka_unit_test(test_health_round_trip),
         cmocka_unit_test(test_error_round_trip),
         cmocka_unit_test(test_error_message_sanitized),
+        cmocka_unit_test(test_query_round_trip),
+        cmocka_unit_test(test_query_reply_round_trip),
+        cmocka_unit_test(test_peek_request_id),
         cmocka_unit_test(test_caps_and_values),
         cmocka_unit_test(test_counts_capped_before_unpack),
         cmocka_unit_test(test_nul_in_string),

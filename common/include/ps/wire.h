@@ -1,5 +1,6 @@
 /*
- * wire.h — the cluster's wire layer (DESIGN §2, §3.2, §6): one ZeroMQ frame holds one
+ * wire.h — the cluster's wire layer (DESIGN §2, §3.2, §6): broker ↔ shards and client ↔ the
+ * broker's front door (libpersrv). One ZeroMQ frame holds one
  * protobuf-encoded persrv.Envelope (proto/persrv.proto, protobuf-c code generated into the
  * build tree). Peers build frames with the ps_wire_encode_* helpers and read them with
  * ps_wire_decode, which checks everything a peer could send wrong before the caller sees it.
@@ -14,6 +15,13 @@
  *   search.centroids               <= PS_WIRE_MAX_CENTROIDS; every vector the same length,
  *                                  1..PS_WIRE_MAX_DIM, finite; radius finite, >= 0
  *   search_reply.hits              <= PS_WIRE_MAX_HITS; scores finite; centroid -1..KMAX-1
+ *   query.q                        <= PS_WIRE_MAX_STRING bytes, valid UTF-8, no NUL (empty is
+ *                                  the broker's to reject, as are k and its own size caps)
+ *   query.user                     <= PS_WIRE_MAX_USER bytes, valid UTF-8, no NUL
+ *   query_reply.hits               as search_reply.hits
+ *   query_reply.fields             exactly 0 or n_hits; fields[i].id == hits[i].id; each as
+ *                                  a sticker_reply
+ *   query_reply.failures           <= PS_WIRE_MAX_SHARDS; reason as any other string
  *   every other string             <= PS_WIRE_MAX_STRING bytes, valid UTF-8, no NUL
  *   unknown fields                 <= PS_WIRE_MAX_UNKNOWN per frame (newer peers' additions)
  *   version                        == PS_WIRE_VERSION; exactly one body set
@@ -46,6 +54,8 @@
 #define PS_WIRE_MAX_CENTROIDS PS_PROFILE_KMAX     /* search.centroids entries */
 #define PS_WIRE_MAX_DIM       65536               /* floats per centroid vector */
 #define PS_WIRE_MAX_HITS      PS_SEARCH_MAX_R     /* search_reply.hits entries */
+#define PS_WIRE_MAX_SHARDS    1024                /* query_reply.failures entries */
+#define PS_WIRE_MAX_USER      256                 /* bytes of query.user */
 #define PS_WIRE_MAX_STRING    65536               /* bytes of any other string */
 #define PS_WIRE_MAX_UNKNOWN   16384               /* unknown fields per frame */
 
@@ -115,6 +125,7 @@ typedef struct ps_wire_health {
     uint64_t snapshot_version; /* active version, 0 if none */
     uint64_t stickers;         /* stickers in the active version */
     int ready;                 /* 1 when the shard answers searches */
+    uint32_t shards_up;        /* broker only: shards with a replica answering */
 } ps_wire_health;
 
 int ps_wire_encode_health_reply(uint64_t request_id, const ps_wire_health *h, uint8_t **buf,
@@ -125,6 +136,22 @@ int ps_wire_encode_health_reply(uint64_t request_id, const ps_wire_health *h, ui
  * character boundary, and if it is not valid UTF-8 its non-ASCII bytes become '?'. */
 int ps_wire_encode_error(uint64_t request_id, int code, const char *message, uint8_t **buf,
                          size_t *len, ps_err *err);
+
+/* A QueryRequest (client → broker front door) for the qlen bytes at q, sent as they are: the
+ * encoder does not check UTF-8 (of q or user), so a client sends what it was given and the
+ * broker answers invalid_utf8 — a decoder rejects it. q is a proto `string`, which protobuf-c
+ * packs up to a NUL: a q with a NUL byte cannot be sent (PS_EINVAL, "query.q"). q need not be
+ * NUL-terminated. user NULL = "" (no personalization). k 0 lets the broker pick (10); explain
+ * asks for the stored fields of every hit. Errors: PS_ETOOBIG for q over PS_WIRE_MAX_STRING or
+ * user over PS_WIRE_MAX_USER bytes, PS_EINVAL, PS_ENOMEM. */
+int ps_wire_encode_query(uint64_t request_id, uint32_t deadline_ms, const char *q, size_t qlen,
+                         const char *user, uint32_t k, int explain, uint8_t **buf, size_t *len,
+                         ps_err *err);
+
+/* The request_id of a frame that may not decode (the last well-formed field 2 at the top
+ * level), 0 if none can be found: lets a server echo the id in the Error it answers an
+ * undecodable request with. Reads no more than len bytes; checks nothing else. */
+uint64_t ps_wire_peek_request_id(const void *buf, size_t len);
 
 /* ---- from the wire to engine types (on envelopes from ps_wire_decode) --------------------- */
 
