@@ -1,19 +1,23 @@
 /*
  * broker.h — the broker daemon's internal header, one section per .c file.
  *
- * The broker is the cluster's front door (DESIGN §2): HTTP/JSON on a libevent evhttp loop,
+ * The broker is the cluster's front door (DESIGN §2): HTTP/JSON and ZeroMQ for clients,
  * ZeroMQ DEALER sockets to every replica of every shard.
  *
- *   client ──HTTP──▶ evhttp (one thread) ──▶ http.c: parse, analyze once, profile (cached)
- *                                              │ one SearchRequest per shard
- *                                              ▼
- *                                 pool.c: DEALER per replica, deadline, failover
- *                                 (Lazy Pirate: a timed-out socket is closed and reopened)
+ *   HTTP clients ──▶ one listening socket, accepted by every lane
+ *   libpersrv ──▶ ROUTER front (main thread, ps/zserver.h) ──inproc──▶ a lane's DEALER
  *
- * This first version is single-threaded: a request handler sends to every shard, then
- * blocks in zmq_poll until all have answered or given up, so one HTTP request may hold the
- * event loop for at most deadline-ms × (retries + 1), and never waits on a replica known to be
- * down. Health probes run on a timer in the same loop without blocking it (but the first).
+ *   lane 0..L-1 (lane.c; a thread, its own libevent loop, shares nothing but the metrics):
+ *     http.c / front.c: parse ──▶ core.c: check, analyze once, profile (cached)
+ *                                   │ one SearchRequest per shard
+ *                                   ▼
+ *                   pool.c: DEALER per replica, deadline, failover, health probes
+ *                   (Lazy Pirate: a timed-out socket is closed and reopened)
+ *
+ * A lane handles one request at a time: it sends to every shard, then blocks in zmq_poll until
+ * all have answered or given up (at most deadline-ms × (retries + 1)), and never waits on a
+ * replica known to be down. L lanes serve L requests at once; HTTP connections are spread
+ * over the lanes by whichever accepts them first, ZeroMQ requests round robin.
  */
 #ifndef BROKER_H
 #define BROKER_H
@@ -31,18 +35,30 @@
 #define BROKER_MAX_SHARDS   1024
 #define BROKER_MAX_REPLICAS 16
 #define BROKER_MAX_ENDPOINT 256 /* bytes of one ZeroMQ endpoint */
+#define BROKER_MAX_USER_BYTES 256 /* a user name longer than this is an error */
+#define BROKER_DEFAULT_K    10
+#define BROKER_MAX_LANES    64
 
 /* ---- pool.c: topology, sockets, calls with deadline and failover ------------------------ */
 
 typedef struct broker_pool broker_pool_t;
 
+/* Which replicas are up, shared by the pools of every lane (one flag per replica, atomics), so
+ * that a replica one lane finds down is skipped by all, and one lane's probes serve all. */
+typedef struct broker_upmap broker_upmap_t;
+
+/* A map for p's topology, every replica down. NULL when out of memory. */
+broker_upmap_t *broker_upmap_new(const broker_pool_t *p);
+void broker_upmap_free(broker_upmap_t *u);
+
 /* Parse a topology "ep0a|ep0b,ep1,ep2" (',' between shards in shard order, '|' between the
  * replicas of one shard) and connect a DEALER to every replica (ZMQ_LINGER 0,
  * ZMQ_MAXMSGSIZE max_frame). Errors: PS_EINVAL naming the shard/replica at fault (empty
  * element, endpoint too long, too many shards or replicas, zmq_connect refusing it),
- * PS_ENOMEM. Caller owns the result (broker_pool_free). */
+ * PS_ENOMEM. shared: the up/down map of the same topology to use (it must outlive the pool),
+ * NULL for one of its own. Caller owns the result (broker_pool_free). */
 broker_pool_t *broker_pool_new(const char *topology, uint32_t deadline_ms, uint32_t retries,
-                               size_t max_frame, ps_err *err);
+                               size_t max_frame, broker_upmap_t *shared, ps_err *err);
 void broker_pool_free(broker_pool_t *p);
 
 uint32_t broker_pool_nshards(const broker_pool_t *p);
@@ -120,6 +136,10 @@ enum {
     BROKER_EP_READYZ,
     BROKER_EP_METRICS,
     BROKER_EP_OTHER,
+    BROKER_EP_ZMQ_SEARCH,
+    BROKER_EP_ZMQ_STICKER,
+    BROKER_EP_ZMQ_HEALTH,
+    BROKER_EP_ZMQ_OTHER,
     BROKER_NEP
 };
 
@@ -132,9 +152,9 @@ void broker_metrics_http(broker_metrics_t *m, int endpoint, int status, double s
 void broker_metrics_shard(broker_metrics_t *m, uint32_t shard, int ok, double seconds,
                           uint32_t failovers);
 /* The exposition text (malloc'd, caller frees), NULL when out of memory. */
-char *broker_metrics_render(const broker_metrics_t *m);
+char *broker_metrics_render(broker_metrics_t *m);
 
-/* ---- http.c: the HTTP/JSON endpoints ---------------------------------------------------- */
+/* ---- core.c: search and sticker lookup, whichever door they came in by --------------- */
 
 typedef struct broker_limits {
     uint32_t R;
@@ -143,14 +163,109 @@ typedef struct broker_limits {
     uint32_t deadline_ms;
 } broker_limits;
 
+typedef struct broker_query {
+    const char *q; /* not NUL-terminated necessarily: qlen bytes */
+    size_t qlen;
+    const char *user; /* NUL-terminated, user_len bytes; NULL or "" = none */
+    size_t user_len;
+    uint32_t k; /* 0 = BROKER_DEFAULT_K */
+    int explain; /* also fetch every hit's stored fields */
+} broker_query;
+
+typedef struct broker_failure {
+    uint32_t shard;
+    char reason[384];
+} broker_failure;
+
+/* A search's answer; everything borrowed from the core until its next call. */
+typedef struct broker_result {
+    const ps_hit *hits; /* ranked by score */
+    size_t nhits;
+    Persrv__GetStickerReply *const *fields; /* explain: fields[i] of hits[i] (NULL: not fetched) */
+    uint32_t nshards, ok;                    /* shards asked, shards that answered */
+    int timed_out, personalized;
+    uint64_t version;
+    const broker_failure *failures; /* the shards that did not answer */
+    size_t nfailures;
+} broker_result;
+
+typedef struct broker_core broker_core_t;
+
+double broker_now(void); /* monotonic seconds */
+
+/* One lane's search state over its pool and profile cache (borrowed, like metrics).
+ * Caller owns the result; NULL with err set (out of memory, analyzer). */
+broker_core_t *broker_core_new(broker_pool_t *pool, broker_profcache_t *profiles,
+                               broker_metrics_t *metrics, const broker_limits *lim, ps_err *err);
+void broker_core_free(broker_core_t *c);
+broker_pool_t *broker_core_pool(broker_core_t *c);
+
+/* Search the cluster. Errors (err set, res holds the failures when PS_EUNAVAIL): PS_EINVAL
+ * (k over max-k, a bad user name), PS_EQUERY (empty query, no searchable token), PS_ETOOBIG
+ * (q over max-query-bytes, too many tokens), PS_EUTF8, PS_EUNAVAIL (no shard answered),
+ * PS_ENOMEM. A shard that does not answer makes the result partial (res->ok < res->nshards). */
+int broker_core_search(broker_core_t *c, const broker_query *q, broker_result *res, ps_err *err);
+
+/* The stored fields of sticker `id` from the shard holding it. OUT *reply: an envelope whose
+ * sticker_reply is the answer (caller frees with ps_wire_free). Errors: PS_ENOTFOUND,
+ * PS_EUNAVAIL (no replica of its shard answered), PS_ENOMEM. */
+int broker_core_sticker(broker_core_t *c, uint64_t id, Persrv__Envelope **reply, ps_err *err);
+
+/* Shards with a replica up; the first `cap` of the others into down[0..*ndown). */
+uint32_t broker_core_shards_up(broker_core_t *c, uint32_t *down, uint32_t cap, uint32_t *ndown);
+
+/* ---- http.c: the HTTP/JSON endpoints ---------------------------------------------------- */
+
 typedef struct broker_http broker_http_t;
 struct evhttp;
 
-/* Attach the endpoints to `http` (all borrowed; they must outlive the result).
- * Caller owns the result. NULL when out of memory or the analyzer fails (err says why). */
-broker_http_t *broker_http_new(struct evhttp *http, broker_pool_t *pool,
-                               broker_profcache_t *profiles, broker_metrics_t *metrics,
-                               const broker_limits *lim, ps_err *err);
+/* Attach the endpoints to `http` (core and metrics borrowed; they must outlive the result).
+ * Caller owns the result. NULL when out of memory. */
+broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core,
+                               broker_metrics_t *metrics, uint32_t max_k, ps_err *err);
 void broker_http_free(broker_http_t *h);
+
+/* ---- front.c: the ZeroMQ front door's requests ------------------------------------------ */
+
+/* Answer one client frame (an Envelope with query, get_sticker or health) with one reply
+ * frame: query_reply, sticker_reply, health_reply, or an Error envelope for anything that
+ * fails (request_id 0 when the frame cannot be decoded). OUT *reply: malloc'd (caller frees).
+ * Returns 0, or PS_ENOMEM when not even an Error could be built. */
+int broker_front_handle(broker_core_t *core, broker_metrics_t *metrics, size_t max_frame,
+                        const void *req, size_t len, uint8_t **reply, size_t *reply_len);
+
+/* ---- lane.c: one thread serving HTTP connections and front-door requests ---------------- */
+
+typedef struct broker_lane_cfg {
+    int id;
+    const char *topology;
+    uint32_t deadline_ms, retries;
+    size_t max_frame;    /* shard reply frames and front-door request frames */
+    const char *profiles; /* NULL: none */
+    size_t profile_cache;
+    broker_limits lim;
+    uint32_t health_interval_ms;
+    int probe;            /* this lane runs the health probes (and reports readiness) */
+    broker_upmap_t *upmap; /* shared by every lane */
+    int http_fd;         /* listening socket to accept on (the lane dups it), -1: none */
+    size_t max_body, max_headers;
+    int http_timeout_s;
+    void *zctx;          /* for the front door's inproc socket (NULL: no front door) */
+    const char *backend; /* inproc endpoint of the front door */
+    int stop_fd;         /* readable: stop (main writes it once the front door drained) */
+    uint32_t drain_ms;
+    broker_metrics_t *metrics;
+    void (*on_ready)(void *arg); /* called (from the lane) the first time every shard is up */
+    void *ready_arg;
+} broker_lane_cfg;
+
+typedef struct broker_lane broker_lane_t;
+
+/* Build the lane's state (pool, profile cache, core, HTTP handlers; the first health probe
+ * round, waiting at most deadline-ms) in the calling thread, then start its thread. cfg's
+ * strings and the fds must outlive the lane. NULL with err set when it cannot start. */
+broker_lane_t *broker_lane_start(const broker_lane_cfg *cfg, ps_err *err);
+/* Wait for the lane's thread to leave (after stop_fd became readable) and free it. */
+void broker_lane_join(broker_lane_t *l);
 
 #endif

@@ -15,14 +15,9 @@
  * JSON number carries exactly; scores are doubles printed by jansson ("%.17g"), so they
  * round-trip bit for bit.
  *
- * Search: the query is analyzed once (ps_analyze + ps_tokens_distinct) and checked here, so
- * a shard never sees a query it would reject; then one SearchRequest (R, the tokens, the
- * user's centroids) goes to one replica of every shard (pool.c), and the replies' hits are
- * merged with ps_merge_hits, exactly as a single node ranks them. A shard that no replica
- * answered in time makes the answer partial (200, named in shards.failures); when no shard
- * answers the request fails with 503 unavailable. The handler blocks the event loop while the
- * shards work (at most deadline-ms × (retries + 1)): this first version serves one request
- * at a time.
+ * The work behind /v1/search and /v1/stickers is core.c's (shared with the ZeroMQ front door);
+ * this file parses the query string and renders JSON. explain=1 adds every hit's stored
+ * fields (ocr, queries, keywords, desc, emotion), fetched from the shards holding them.
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -36,31 +31,15 @@
 #include <time.h>
 
 #include "broker.h"
-#include "ps/index.h"
+#include "ps/fields.h"
 #include "ps/log.h"
 #include "ps/wire.h"
 
-#define MAX_USER_BYTES 256 /* a user name longer than this is an error */
-
 struct broker_http {
-    broker_pool_t *pool;
-    broker_profcache_t *profiles;
+    broker_core_t *core;
     broker_metrics_t *metrics;
-    broker_limits lim;
-    ps_analyzer_t *analyzer;
-    ps_tokens tokens;
-    const char **tok; /* PS_WIRE_MAX_TOKENS pointers into tokens */
-    ps_hit *hits;     /* nshards × R_max */
-    size_t hits_cap;
-    broker_call *calls; /* one per shard */
+    uint32_t max_k;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* ---- replies ----------------------------------------------------------------------------- */
 
@@ -183,27 +162,28 @@ static int parse_uint(const char *s, size_t len, uint64_t lo, uint64_t hi, uint6
 
 /* ---- search ------------------------------------------------------------------------------ */
 
-typedef struct search_args {
-    const char *const *tokens;
-    size_t ntokens;
-    ps_search_opts opts;
-} search_args;
-
-static int encode_search(void *arg, uint64_t request_id, uint32_t deadline_ms, uint8_t **buf,
-                         size_t *len, ps_err *err)
-{
-    const search_args *a = arg;
-    return ps_wire_encode_search(request_id, deadline_ms, a->tokens, a->ntokens, &a->opts, 0, buf,
-                                 len, err);
-}
-
-static json_t *hit_json(const ps_hit *h)
+static json_t *hit_json(const ps_hit *h, const Persrv__GetStickerReply *f)
 {
     char id[24];
     snprintf(id, sizeof id, "%llu", (unsigned long long)h->id);
-    return json_pack("{s:s, s:f, s:f, s:f, s:f, s:f, s:i}", "id", id, "score", h->score, "recall",
-                     h->recall, "relevance", h->relevance, "utility", h->utility, "preference",
-                     h->preference, "centroid", (int)h->centroid);
+    json_t *o = json_pack("{s:s, s:f, s:f, s:f, s:f, s:f, s:i}", "id", id, "score", h->score,
+                          "recall", h->recall, "relevance", h->relevance, "utility", h->utility,
+                          "preference", h->preference, "centroid", (int)h->centroid);
+    if (o && f) {
+        const char *text[PS_NFIELDS] = {f->ocr, f->queries, f->keywords, f->desc, f->emotion};
+        for (int i = 0; i < PS_NFIELDS; i++)
+            json_object_set_new(o, ps_field_names[i], json_string(text[i]));
+    }
+    return o;
+}
+
+static json_t *failures_json(const broker_result *r)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < r->nfailures; i++)
+        json_array_append_new(a, json_pack("{s:i, s:s}", "shard", (int)r->failures[i].shard,
+                                           "reason", r->failures[i].reason));
+    return a;
 }
 
 static int handle_search(broker_http_t *h, struct evhttp_request *req, const char *query, double t0)
@@ -211,122 +191,46 @@ static int handle_search(broker_http_t *h, struct evhttp_request *req, const cha
     params p;
     ps_err err = {0, ""};
     int status;
+    uint64_t k = BROKER_DEFAULT_K;
     if (params_parse(query, &p, &err)) {
         status = reply_err(req, &err);
         goto out;
     }
-    uint64_t k = 10;
-    if (p.v[P_K] && parse_uint(p.v[P_K], p.len[P_K], 1, h->lim.max_k, &k)) {
+    if (p.v[P_K] && parse_uint(p.v[P_K], p.len[P_K], 1, h->max_k, &k)) {
         status = reply_error(req, 400, "invalid_argument", "k: must be an integer in 1..%u",
-                             h->lim.max_k);
+                             h->max_k);
         goto out;
     }
-    if (p.v[P_EXPLAIN] && strcmp(p.v[P_EXPLAIN], "0") && strcmp(p.v[P_EXPLAIN], "1") &&
-        strcmp(p.v[P_EXPLAIN], "true") && strcmp(p.v[P_EXPLAIN], "false")) {
-        status = reply_error(req, 400, "invalid_argument", "explain: must be 0, 1, true or false");
-        goto out;
+    int explain = 0;
+    if (p.v[P_EXPLAIN]) {
+        if (!strcmp(p.v[P_EXPLAIN], "1") || !strcmp(p.v[P_EXPLAIN], "true")) {
+            explain = 1;
+        } else if (strcmp(p.v[P_EXPLAIN], "0") && strcmp(p.v[P_EXPLAIN], "false")) {
+            status =
+                reply_error(req, 400, "invalid_argument", "explain: must be 0, 1, true or false");
+            goto out;
+        }
     }
-    if (!p.v[P_Q] || p.len[P_Q] == 0) {
-        status = reply_error(req, 400, "invalid_query", "q: a query is required");
-        goto out;
-    }
-    if (p.len[P_Q] > h->lim.max_query_bytes) {
-        status = reply_error(req, 413, "too_large", "q: %zu bytes, more than max-query-bytes %zu",
-                             p.len[P_Q], h->lim.max_query_bytes);
-        goto out;
-    }
-    const char *user = p.v[P_USER] && p.len[P_USER] ? p.v[P_USER] : NULL;
-    if (user && (p.len[P_USER] > MAX_USER_BYTES || strlen(user) != p.len[P_USER] ||
-                 !ps_utf8_valid(user, p.len[P_USER]))) {
-        status =
-            reply_error(req, 400, "invalid_argument",
-                        "user: must be valid UTF-8 without NUL, at most %d bytes", MAX_USER_BYTES);
-        goto out;
-    }
-
-    /* Analyze once; the shards take the distinct tokens as they are. */
-    if (ps_analyze(h->analyzer, p.v[P_Q], p.len[P_Q], "q", &h->tokens, &err)) {
+    broker_query q = {.q = p.v[P_Q],
+                      .qlen = p.len[P_Q],
+                      .user = p.v[P_USER],
+                      .user_len = p.len[P_USER],
+                      .k = (uint32_t)k,
+                      .explain = explain};
+    broker_result r;
+    if (broker_core_search(h->core, &q, &r, &err)) {
         status = reply_err(req, &err);
         goto out;
     }
-    ps_tokens_distinct(&h->tokens);
-    if (h->tokens.n == 0) {
-        status = reply_error(req, 400, "invalid_query", "q: the query has no searchable token");
-        goto out;
-    }
-    if (h->tokens.n > PS_WIRE_MAX_TOKENS) {
-        status = reply_error(req, 413, "too_large", "q: %zu distinct tokens, more than %d",
-                             h->tokens.n, PS_WIRE_MAX_TOKENS);
-        goto out;
-    }
-    for (size_t i = 0; i < h->tokens.n; i++) h->tok[i] = h->tokens.text + h->tokens.off[i];
-
-    search_args a = {.tokens = h->tok, .ntokens = h->tokens.n};
-    ps_search_opts_default(&a.opts);
-    a.opts.R = h->lim.R > k ? h->lim.R : (uint32_t)k;
-    a.opts.k = (uint32_t)k;
-    a.opts.profile = user ? broker_profcache_get(h->profiles, user) : NULL;
-
-    uint32_t ns = broker_pool_nshards(h->pool);
-    for (uint32_t s = 0; s < ns; s++)
-        h->calls[s] = (broker_call){.shard = s,
-                                    .replica = -1,
-                                    .expect = PERSRV__ENVELOPE__BODY_SEARCH_REPLY,
-                                    .encode = encode_search,
-                                    .arg = &a};
-    if (broker_pool_run(h->pool, h->calls, ns, &err)) {
-        status = reply_err(req, &err); /* the request could not be encoded: the client's input */
-        goto out;
-    }
-
-    size_t nh = 0;
-    uint32_t ok = 0;
-    int timed_out = 0;
-    uint64_t version = 0;
-    json_t *failures = json_array();
-    for (uint32_t s = 0; s < ns; s++) {
-        broker_call *c = &h->calls[s];
-        if (c->reply) {
-            size_t got = 0;
-            ps_err e = {0, ""};
-            const Persrv__SearchReply *r = c->reply->search_reply;
-            if (r->shard != s) {
-                snprintf(c->reason, sizeof c->reason, "reply from shard %u, not %u", r->shard, s);
-            } else if (r->n_hits > a.opts.R) {
-                snprintf(c->reason, sizeof c->reason, "%zu hits, more than R = %u", r->n_hits,
-                         a.opts.R);
-            } else if (ps_wire_to_hits(r, h->hits + nh, h->hits_cap - nh, &got, &e)) {
-                snprintf(c->reason, sizeof c->reason, "%s", e.msg);
-            } else {
-                nh += got;
-                ok++;
-                if (r->snapshot_version > version) version = r->snapshot_version;
-            }
-            ps_wire_free(c->reply);
-            c->reply = NULL;
-        }
-        broker_metrics_shard(h->metrics, s, c->reason[0] == '\0', c->seconds, c->failovers);
-        if (c->reason[0]) {
-            timed_out |= c->timed_out;
-            json_array_append_new(failures,
-                                  json_pack("{s:i, s:s}", "shard", (int)s, "reason", c->reason));
-        }
-    }
-    if (ok == 0) {
-        json_decref(failures);
-        status = reply_error(req, 503, "unavailable", "no shard answered (shard 0: %s)",
-                             h->calls[0].reason);
-        goto out;
-    }
-    size_t nres = ps_merge_hits(h->hits, nh, a.opts.R, a.opts.k);
     json_t *hits = json_array();
-    for (size_t i = 0; i < nres; i++) json_array_append_new(hits, hit_json(&h->hits[i]));
+    for (size_t i = 0; i < r.nhits; i++)
+        json_array_append_new(hits, hit_json(&r.hits[i], r.fields ? r.fields[i] : NULL));
     json_t *body = json_pack("{s:I, s:b, s:b, s:I, s:b, s:{s:i, s:i, s:i, s:o}, s:o}", "took",
-                             (json_int_t)((now_s() - t0) * 1e3), "timed_out", timed_out, "partial",
-                             ok < ns, "version", (json_int_t)version, "personalized",
-                             a.opts.profile != NULL, "shards", "total", (int)ns, "successful",
-                             (int)ok, "failed", (int)(ns - ok), "failures", failures, "hits", hits);
-    if (ok < ns) ps_log(PS_LOG_WARN, "broker", "partial", "shards=%u failed=%u", ns, ns - ok);
+                             (json_int_t)((broker_now() - t0) * 1e3), "timed_out", r.timed_out,
+                             "partial", r.ok < r.nshards, "version", (json_int_t)r.version,
+                             "personalized", r.personalized, "shards", "total", (int)r.nshards,
+                             "successful", (int)r.ok, "failed", (int)(r.nshards - r.ok),
+                             "failures", failures_json(&r), "hits", hits);
     status = reply_json(req, 200, body);
 out:
     params_free(&p);
@@ -335,46 +239,24 @@ out:
 
 /* ---- stickers ---------------------------------------------------------------------------- */
 
-static int encode_get_sticker(void *arg, uint64_t request_id, uint32_t deadline_ms, uint8_t **buf,
-                              size_t *len, ps_err *err)
-{
-    return ps_wire_encode_get_sticker(request_id, deadline_ms, *(const uint64_t *)arg, buf, len,
-                                      err);
-}
-
 static int handle_sticker(broker_http_t *h, struct evhttp_request *req, const char *idtext)
 {
     uint64_t id;
     if (parse_uint(idtext, strlen(idtext), 0, UINT64_MAX, &id))
         return reply_error(req, 400, "invalid_argument",
                            "id: must be an unsigned 64-bit decimal integer");
-    uint32_t s = ps_jump_hash(id, broker_pool_nshards(h->pool));
-    broker_call c = {.shard = s,
-                     .replica = -1,
-                     .expect = PERSRV__ENVELOPE__BODY_STICKER_REPLY,
-                     .encode = encode_get_sticker,
-                     .arg = &id};
     ps_err err = {0, ""};
-    if (broker_pool_run(h->pool, &c, 1, &err)) return reply_err(req, &err);
-    broker_metrics_shard(h->metrics, s, c.reply != NULL, c.seconds, c.failovers);
-    if (!c.reply)
-        return reply_error(req, 503, "unavailable", "shard %u holding sticker %llu: %s", s,
-                           (unsigned long long)id, c.reason);
-    const Persrv__GetStickerReply *r = c.reply->sticker_reply;
-    int status;
-    if (!r->found || r->id != id) {
-        status = reply_error(req, 404, "not_found", "sticker %llu: no such sticker",
-                             (unsigned long long)id);
-    } else {
-        char idbuf[24];
-        snprintf(idbuf, sizeof idbuf, "%llu", (unsigned long long)id);
-        status = reply_json(req, 200,
+    Persrv__Envelope *env;
+    if (broker_core_sticker(h->core, id, &env, &err)) return reply_err(req, &err);
+    const Persrv__GetStickerReply *r = env->sticker_reply;
+    char idbuf[24];
+    snprintf(idbuf, sizeof idbuf, "%llu", (unsigned long long)id);
+    int status = reply_json(req, 200,
                             json_pack("{s:s, s:i, s:f, s:s, s:s, s:s, s:s, s:s}", "id", idbuf,
-                                      "shard", (int)s, "utility", r->utility, "ocr", r->ocr,
+                                      "shard", (int)r->shard, "utility", r->utility, "ocr", r->ocr,
                                       "queries", r->queries, "keywords", r->keywords, "desc",
                                       r->desc, "emotion", r->emotion));
-    }
-    ps_wire_free(c.reply);
+    ps_wire_free(env);
     return status;
 }
 
@@ -382,14 +264,11 @@ static int handle_sticker(broker_http_t *h, struct evhttp_request *req, const ch
 
 static int handle_readyz(broker_http_t *h, struct evhttp_request *req)
 {
-    uint32_t ns = broker_pool_nshards(h->pool), up = 0;
+    uint32_t ns = broker_pool_nshards(broker_core_pool(h->core)), ndown;
+    uint32_t downs[BROKER_MAX_SHARDS];
+    uint32_t up = broker_core_shards_up(h->core, downs, BROKER_MAX_SHARDS, &ndown);
     json_t *down = json_array();
-    for (uint32_t s = 0; s < ns; s++) {
-        if (broker_pool_shard_up(h->pool, s))
-            up++;
-        else
-            json_array_append_new(down, json_integer(s));
-    }
+    for (uint32_t i = 0; i < ndown; i++) json_array_append_new(down, json_integer(downs[i]));
     return reply_json(req, up == ns ? 200 : 503,
                       json_pack("{s:s, s:i, s:i, s:o}", "status",
                                 up == ns ? "ready" : "unavailable", "shards", (int)ns, "up",
@@ -417,7 +296,7 @@ static int handle_metrics(broker_http_t *h, struct evhttp_request *req)
 static void on_request(struct evhttp_request *req, void *arg)
 {
     broker_http_t *h = arg;
-    double t0 = now_s();
+    double t0 = broker_now();
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
@@ -462,49 +341,28 @@ static void on_request(struct evhttp_request *req, void *arg)
             break;
         }
     }
-    double secs = now_s() - t0;
+    double secs = broker_now() - t0;
     broker_metrics_http(h->metrics, ep, status, secs);
     ps_log(status >= 500 ? PS_LOG_WARN : PS_LOG_DEBUG, "broker", "request",
            "method=%d path=\"%.64s\" status=%d took_ms=%.3f", (int)cmd, path, status, secs * 1e3);
 }
 
-broker_http_t *broker_http_new(struct evhttp *http, broker_pool_t *pool,
-                               broker_profcache_t *profiles, broker_metrics_t *metrics,
-                               const broker_limits *lim, ps_err *err)
+broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core,
+                               broker_metrics_t *metrics, uint32_t max_k, ps_err *err)
 {
     broker_http_t *h = calloc(1, sizeof *h);
-    uint32_t ns = broker_pool_nshards(pool);
-    uint32_t rmax = lim->R > lim->max_k ? lim->R : lim->max_k;
-    if (!h) goto oom;
-    ps_tokens_init(&h->tokens);
-    h->pool = pool;
-    h->profiles = profiles;
-    h->metrics = metrics;
-    h->lim = *lim;
-    h->hits_cap = (size_t)ns * rmax;
-    if (!(h->tok = calloc(PS_WIRE_MAX_TOKENS, sizeof *h->tok)) ||
-        !(h->hits = malloc(h->hits_cap * sizeof *h->hits)) ||
-        !(h->calls = calloc(ns, sizeof *h->calls)))
-        goto oom;
-    if (!(h->analyzer = ps_analyzer_new(err))) {
-        broker_http_free(h);
+    if (!h) {
+        ps_err_set(err, PS_ENOMEM, "out of memory for the HTTP handlers");
         return NULL;
     }
+    h->core = core;
+    h->metrics = metrics;
+    h->max_k = max_k;
     evhttp_set_gencb(http, on_request, h);
     return h;
-oom:
-    broker_http_free(h);
-    ps_err_set(err, PS_ENOMEM, "out of memory for the HTTP handlers");
-    return NULL;
 }
 
 void broker_http_free(broker_http_t *h)
 {
-    if (!h) return;
-    ps_analyzer_free(h->analyzer);
-    ps_tokens_free(&h->tokens);
-    free(h->tok);
-    free(h->hits);
-    free(h->calls);
     free(h);
 }

@@ -1,15 +1,16 @@
 /*
- * main.c — the `broker` daemon: configuration (one table, ps/config.h), the shard pool, the
- * profile cache, the libevent loop with its HTTP listener, health probes on a timer, signals,
- * pid and ready files.
+ * main.c — the `broker` daemon: configuration (one table, ps/config.h), the listening HTTP
+ * socket, the ZeroMQ front door (ps/zserver.h, served by this thread), the lanes (lane.c),
+ * signals, pid and ready files.
  *
  * Ready file: written (atomically: temp file, fsync, rename) once the HTTP port listens and
- * every shard has a replica that answered a health probe; it holds the HTTP address
- * ("127.0.0.1:8080", the real port when the configured one is 0).
+ * every shard has answered a health probe. Line 1: the HTTP address
+ * ("127.0.0.1:8080", the real port when the configured one is 0); line 2: the front door's
+ * ZeroMQ endpoint (the real port when it was '*'), when there is one.
  *
- * Stopping: SIGTERM or SIGINT closes the listening socket and stops the probes; since requests
- * are answered inside their callback, nothing is in flight then but replies still being
- * written, which get drain-ms to leave before the loop ends and everything is freed.
+ * Stopping: SIGTERM or SIGINT (a self-pipe) makes the front door stop reading and wait for the
+ * requests it handed to lanes; then every lane closes its listener and leaves its loop after
+ * drain-ms (replies still being written get out), the lanes are joined and everything freed.
  *
  * Exit status: 0 after a clean stop, 1 when the daemon could not start (profiles unreadable,
  * port in use ...), 2 for a configuration error.
@@ -17,8 +18,11 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/event.h>
-#include <event2/http.h>
+#include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +34,9 @@
 #include "ps/config.h"
 #include "ps/log.h"
 #include "ps/wire.h"
+#include "ps/zserver.h"
+
+#define BROKER_BACKEND "inproc://broker-lanes"
 
 #define BROKER_MAX_FRAME_DEFAULT "4194304"
 _Static_assert(PS_WIRE_MAX_FRAME == 4194304, "update BROKER_MAX_FRAME_DEFAULT");
@@ -44,6 +51,17 @@ static const ps_cfg_opt broker_opts[] = {
      0, 0},
     {"http", PS_CFG_STRING, "127.0.0.1:8080", "HTTP listen address host:port (port 0: any)", 0, 0,
      0},
+    {"zmq", PS_CFG_STRING, NULL,
+     "ZeroMQ front door for libpersrv and the persrv CLI (tcp://127.0.0.1:5600; port '*': any); "
+     "unset: HTTP only",
+     0, 0, 0},
+    {"lanes", PS_CFG_UINT, "4",
+     "lanes: threads each serving one request at a time (HTTP and ZeroMQ alike)", 0, 1,
+     BROKER_MAX_LANES},
+    {"max-inflight", PS_CFG_UINT, "1024",
+     "front-door requests handed to lanes and not yet answered (more wait in ZeroMQ queues)", 0, 1,
+     1000000},
+    {"hwm", PS_CFG_UINT, "1000", "front-door ZMQ_SNDHWM / ZMQ_RCVHWM per client", 0, 1, 1000000},
     {"deadline-ms", PS_CFG_UINT, "100", "time a shard replica gets per attempt (ms)", 0, 1, 60000},
     {"retries", PS_CFG_UINT, "1", "attempts on other replicas after a shard misses its deadline", 0,
      0, 16},
@@ -58,7 +76,8 @@ static const ps_cfg_opt broker_opts[] = {
      "largest HTTP request line + headers in bytes (a query string counts here)", 0, 1024,
      1u << 24},
     {"max-frame", PS_CFG_UINT, BROKER_MAX_FRAME_DEFAULT,
-     "largest reply frame from a shard in bytes (ZMQ_MAXMSGSIZE)", 0, 64, 1u << 30},
+     "largest frame from a shard or a front-door client in bytes (ZMQ_MAXMSGSIZE)", 0, 64,
+     1u << 30},
     {"profile-cache", PS_CFG_UINT, "100000", "users whose profiles are kept in memory", 0, 1,
      100000000},
     {"health-interval-ms", PS_CFG_UINT, "1000", "time between health probes of every replica", 0,
@@ -76,50 +95,92 @@ static const ps_cfg_opt broker_opts[] = {
 };
 
 static const char broker_about[] =
-    "The front door of a PerSRV cluster: HTTP/JSON search over the shards (ZeroMQ), with\n"
-    "deadlines, replica failover and partial answers. Endpoints: GET /v1/search?q=&user=&k=,\n"
-    "GET /v1/stickers/{id}, GET /healthz, GET /readyz, GET /metrics.\n"
-    "Stops cleanly on SIGTERM or SIGINT.";
+    "The front door of a PerSRV cluster: search over the shards (ZeroMQ), with deadlines,\n"
+    "replica failover and partial answers. HTTP/JSON: GET /v1/search?q=&user=&k=&explain=,\n"
+    "GET /v1/stickers/{id}, GET /healthz, GET /readyz, GET /metrics. ZeroMQ (--zmq): the\n"
+    "protocol of proto/persrv.proto that libpersrv speaks. Stops cleanly on SIGTERM or SIGINT.";
 
-typedef struct broker_main {
-    struct event_base *base;
-    struct evhttp *http;
-    struct evhttp_bound_socket *listener;
-    struct event *health_ev, *sig_term, *sig_int;
-    broker_pool_t *pool;
-    const char *ready_file;
-    char addr[128];
-    int ready_written, stopping;
-    struct timeval drain;
-} broker_main;
+static int sig_pipe[2] = {-1, -1};  /* signal handler → main thread */
+static int lane_pipe[2] = {-1, -1}; /* main thread → lanes: stop */
 
-static void on_health(evutil_socket_t fd, short what, void *arg)
+static void on_signal(int sig)
 {
-    (void)fd;
-    (void)what;
-    broker_main *m = arg;
-    uint32_t down = broker_pool_probe(m->pool);
-    if (down == 0 && !m->ready_written && !m->stopping) {
-        m->ready_written = 1;
-        if (m->ready_file && ps_write_file_atomic(m->ready_file, m->addr))
-            ps_log(PS_LOG_ERROR, "broker", "ready_file_failed", "path=%s msg=\"%s\"", m->ready_file,
-                   strerror(errno));
-        ps_log(PS_LOG_INFO, "broker", "ready", "http=%s shards=%u", m->addr,
-               broker_pool_nshards(m->pool));
-    }
+    int saved = errno;
+    ssize_t n = write(sig_pipe[1], "x", 1);
+    (void)n;
+    (void)sig;
+    errno = saved;
 }
 
-static void on_signal(evutil_socket_t sig, short what, void *arg)
+/* Readiness: the ready file is written when the probing lane (0) first sees every shard up. */
+typedef struct readiness {
+    pthread_mutex_t mu;
+    uint32_t lanes, ready;
+    const char *file;
+    char text[1200];
+} readiness;
+
+static void on_lane_ready(void *arg)
 {
-    (void)what;
-    broker_main *m = arg;
-    if (m->stopping) return;
-    m->stopping = 1;
-    ps_log(PS_LOG_INFO, "broker", "stopping", "signal=%d", (int)sig);
-    if (m->listener) evhttp_del_accept_socket(m->http, m->listener);
-    m->listener = NULL;
-    event_del(m->health_ev);
-    event_base_loopexit(m->base, &m->drain);
+    readiness *r = arg;
+    pthread_mutex_lock(&r->mu);
+    if (++r->ready == r->lanes) {
+        if (r->file && ps_write_file_atomic(r->file, r->text))
+            ps_log(PS_LOG_ERROR, "broker", "ready_file_failed", "path=%s msg=\"%s\"", r->file,
+                   strerror(errno));
+        ps_log(PS_LOG_INFO, "broker", "ready", "lanes=%u", r->lanes);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+static int make_pipe(int p[2])
+{
+    if (pipe(p)) return -1;
+    for (int i = 0; i < 2; i++)
+        if (fcntl(p[i], F_SETFL, O_NONBLOCK) || fcntl(p[i], F_SETFD, FD_CLOEXEC)) return -1;
+    return 0;
+}
+
+/* A non-blocking listening TCP socket on host:port; its address into addr. -1 with errno. */
+static int listen_tcp(const char *host, uint16_t port, char *addr, size_t cap)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    char ps[8];
+    snprintf(ps, sizeof ps, "%u", port);
+    int gai = getaddrinfo(host, ps, &hints, &ai);
+    if (gai) {
+        errno = EINVAL;
+        return -1;
+    }
+    int fd = -1, one = 1;
+    for (struct addrinfo *a = ai; a; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) continue;
+        if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0 &&
+            bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 1024) == 0)
+            break;
+        int e = errno;
+        close(fd);
+        errno = e;
+        fd = -1;
+    }
+    freeaddrinfo(ai);
+    if (fd < 0) return -1;
+    struct sockaddr_storage sa;
+    socklen_t salen = sizeof sa;
+    char ip[INET6_ADDRSTRLEN] = "";
+    if (getsockname(fd, (struct sockaddr *)&sa, &salen) == 0 && sa.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&sa;
+        inet_ntop(AF_INET6, &a6->sin6_addr, ip, sizeof ip);
+        snprintf(addr, cap, "[%s]:%u", ip, ntohs(a6->sin6_port));
+    } else {
+        struct sockaddr_in *a4 = (struct sockaddr_in *)&sa;
+        inet_ntop(AF_INET, &a4->sin_addr, ip, sizeof ip);
+        snprintf(addr, cap, "%s:%u", ip, ntohs(a4->sin_port));
+    }
+    return fd;
 }
 
 /* Split "host:port" ("[v6]:port" too). Returns 0 or -1. */
@@ -144,135 +205,160 @@ static int split_addr(const char *s, char *host, size_t cap, uint16_t *port)
 int main(int argc, char **argv)
 {
     ps_err err = {0, ""};
-    int status = 1, pid_written = 0;
-    broker_main m = {0};
-    broker_profcache_t *profiles = NULL;
+    int status = 1, pid_written = 0, http_fd = -1;
     broker_metrics_t *metrics = NULL;
-    broker_http_t *handlers = NULL;
+    broker_lane_t *lanes[BROKER_MAX_LANES] = {0};
+    void *zctx = NULL;
+    ps_zserver_t *front = NULL;
+    readiness rd = {.mu = PTHREAD_MUTEX_INITIALIZER};
     ps_cfg_t *cfg = ps_cfg_daemon("broker", broker_about, broker_opts,
                                   sizeof broker_opts / sizeof broker_opts[0], argc, argv, &status);
     if (!cfg) return status;
     status = 1;
-    int prc = 0;
-    char host[128];
+    char host[128], addr[128];
     uint16_t port = 0;
-    if (!prc && split_addr(ps_cfg_str(cfg, "http"), host, sizeof host, &port))
-        prc = ps_err_set(&err, PS_EINVAL, "http: '%s' is not host:port", ps_cfg_str(cfg, "http"));
-    if (!prc && !(m.pool = broker_pool_new(ps_cfg_str(cfg, "shards"),
-                                           (uint32_t)ps_cfg_uint(cfg, "deadline-ms"),
-                                           (uint32_t)ps_cfg_uint(cfg, "retries"),
-                                           (size_t)ps_cfg_uint(cfg, "max-frame"), &err)))
-        prc = err.code;
-    if (prc) {
+    if (split_addr(ps_cfg_str(cfg, "http"), host, sizeof host, &port)) {
+        fprintf(stderr, "broker: http: '%s' is not host:port\n", ps_cfg_str(cfg, "http"));
+        ps_cfg_free(cfg);
+        return 2;
+    }
+    /* The topology is checked once here, so that a bad one is a configuration error. */
+    broker_pool_t *check = broker_pool_new(ps_cfg_str(cfg, "shards"), 1, 0, 64, NULL, &err);
+    if (!check) {
         fprintf(stderr, "broker: %s\n", err.msg);
         ps_cfg_free(cfg);
         return 2;
     }
+    uint32_t nshards = broker_pool_nshards(check);
+    broker_upmap_t *upmap = broker_upmap_new(check);
+    broker_pool_free(check);
+    if (!upmap) {
+        fprintf(stderr, "broker: out of memory\n");
+        ps_cfg_free(cfg);
+        return 1;
+    }
 
     const char *pid_file = ps_cfg_str(cfg, "pid-file");
-    m.ready_file = ps_cfg_str(cfg, "ready-file");
-    uint64_t drain = ps_cfg_uint(cfg, "drain-ms");
-    m.drain = (struct timeval){(time_t)(drain / 1000), (suseconds_t)(drain % 1000) * 1000};
-    if (m.ready_file) unlink(m.ready_file);
+    rd.file = ps_cfg_str(cfg, "ready-file");
+    if (rd.file) unlink(rd.file);
     signal(SIGPIPE, SIG_IGN);
-
-    const char *pdir = ps_cfg_str(cfg, "profiles");
-    if (!(profiles = broker_profcache_new(pdir, (size_t)ps_cfg_uint(cfg, "profile-cache"), &err))) {
-        ps_log(PS_LOG_ERROR, "broker", "start_failed", "profiles=%s code=%s msg=\"%s\"",
-               pdir ? pdir : "", ps_errname(err.code), err.msg);
+    if (make_pipe(sig_pipe) || make_pipe(lane_pipe)) {
+        ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"pipe: %s\"", strerror(errno));
         goto out;
     }
-    if (!(metrics = broker_metrics_new(broker_pool_nshards(m.pool)))) {
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    if (!(metrics = broker_metrics_new(nshards))) {
         ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"out of memory\"");
         goto out;
     }
-    if (!(m.base = event_base_new()) || !(m.http = evhttp_new(m.base))) {
-        ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"libevent setup failed\"");
-        goto out;
-    }
-    evhttp_set_max_body_size(m.http, (ev_ssize_t)ps_cfg_uint(cfg, "max-body"));
-    evhttp_set_max_headers_size(m.http, (ev_ssize_t)ps_cfg_uint(cfg, "max-headers"));
-    evhttp_set_timeout(m.http, (int)ps_cfg_uint(cfg, "http-timeout-s"));
-    /* Every method reaches the handler, so a wrong one gets a JSON 405; a body over max-body
-     * is read and dropped (lingering close) so the client sees the 413. */
-    evhttp_set_allowed_methods(m.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-                                           EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
-                                           EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT |
-                                           EVHTTP_REQ_PATCH);
-    evhttp_set_flags(m.http, EVHTTP_SERVER_LINGERING_CLOSE);
-    broker_limits lim = {.R = (uint32_t)ps_cfg_uint(cfg, "recall-depth"),
-                         .max_k = (uint32_t)ps_cfg_uint(cfg, "max-k"),
-                         .max_query_bytes = (size_t)ps_cfg_uint(cfg, "max-query-bytes"),
-                         .deadline_ms = (uint32_t)ps_cfg_uint(cfg, "deadline-ms")};
-    if (!(handlers = broker_http_new(m.http, m.pool, profiles, metrics, &lim, &err))) {
-        ps_log(PS_LOG_ERROR, "broker", "start_failed", "code=%s msg=\"%s\"", ps_errname(err.code),
-               err.msg);
-        goto out;
-    }
-    if (!(m.listener = evhttp_bind_socket_with_handle(m.http, host, port))) {
+    if ((http_fd = listen_tcp(host, port, addr, sizeof addr)) < 0) {
         ps_log(PS_LOG_ERROR, "broker", "start_failed", "http=%s msg=\"cannot listen: %s\"",
                ps_cfg_str(cfg, "http"), strerror(errno));
         goto out;
     }
-    struct sockaddr_storage sa;
-    socklen_t salen = sizeof sa;
-    char ip[INET6_ADDRSTRLEN] = "";
-    if (getsockname(evhttp_bound_socket_get_fd(m.listener), (struct sockaddr *)&sa, &salen) == 0) {
-        if (sa.ss_family == AF_INET6) {
-            struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&sa;
-            inet_ntop(AF_INET6, &a6->sin6_addr, ip, sizeof ip);
-            snprintf(m.addr, sizeof m.addr, "[%s]:%u", ip, ntohs(a6->sin6_port));
-        } else {
-            struct sockaddr_in *a4 = (struct sockaddr_in *)&sa;
-            inet_ntop(AF_INET, &a4->sin_addr, ip, sizeof ip);
-            snprintf(m.addr, sizeof m.addr, "%s:%u", ip, ntohs(a4->sin_port));
+    const char *zmq_listen = ps_cfg_str(cfg, "zmq");
+    size_t max_frame = (size_t)ps_cfg_uint(cfg, "max-frame");
+    if (zmq_listen) {
+        ps_zserver_cfg zc = {.component = "broker",
+                             .listen = zmq_listen,
+                             .backend = BROKER_BACKEND,
+                             .max_frame = max_frame,
+                             .max_inflight = (uint32_t)ps_cfg_uint(cfg, "max-inflight"),
+                             .drain_ms = (uint32_t)ps_cfg_uint(cfg, "drain-ms"),
+                             .hwm = (uint32_t)ps_cfg_uint(cfg, "hwm")};
+        if (!(zctx = zmq_ctx_new()) || !(front = ps_zserver_bind(zctx, &zc, &err))) {
+            ps_log(PS_LOG_ERROR, "broker", "start_failed", "zmq=%s code=%s msg=\"%s\"", zmq_listen,
+                   ps_errname(zctx ? err.code : PS_ENOMEM), zctx ? err.msg : "zmq_ctx_new");
+            goto out;
         }
-    } else {
-        snprintf(m.addr, sizeof m.addr, "%s", ps_cfg_str(cfg, "http"));
     }
-    ps_log(PS_LOG_INFO, "broker", "listening", "http=%s shards=%u", m.addr,
-           broker_pool_nshards(m.pool));
+    snprintf(rd.text, sizeof rd.text, "%s%s%s", addr, front ? "\n" : "",
+             front ? ps_zserver_endpoint(front) : "");
+    uint32_t nlanes = (uint32_t)ps_cfg_uint(cfg, "lanes");
+    rd.lanes = 1; /* lane 0 probes for all */
+    ps_log(PS_LOG_INFO, "broker", "listening", "http=%s zmq=%s shards=%u lanes=%u", addr,
+           front ? ps_zserver_endpoint(front) : "-", nshards, nlanes);
 
+    broker_lane_cfg lc = {
+        .topology = ps_cfg_str(cfg, "shards"),
+        .deadline_ms = (uint32_t)ps_cfg_uint(cfg, "deadline-ms"),
+        .retries = (uint32_t)ps_cfg_uint(cfg, "retries"),
+        .max_frame = max_frame,
+        .profiles = ps_cfg_str(cfg, "profiles"),
+        .profile_cache = (size_t)ps_cfg_uint(cfg, "profile-cache"),
+        .lim = {.R = (uint32_t)ps_cfg_uint(cfg, "recall-depth"),
+                .max_k = (uint32_t)ps_cfg_uint(cfg, "max-k"),
+                .max_query_bytes = (size_t)ps_cfg_uint(cfg, "max-query-bytes"),
+                .deadline_ms = (uint32_t)ps_cfg_uint(cfg, "deadline-ms")},
+        .health_interval_ms = (uint32_t)ps_cfg_uint(cfg, "health-interval-ms"),
+        .upmap = upmap,
+        .http_fd = http_fd,
+        .max_body = (size_t)ps_cfg_uint(cfg, "max-body"),
+        .max_headers = (size_t)ps_cfg_uint(cfg, "max-headers"),
+        .http_timeout_s = (int)ps_cfg_uint(cfg, "http-timeout-s"),
+        .zctx = zctx,
+        .backend = BROKER_BACKEND,
+        .stop_fd = lane_pipe[0],
+        .drain_ms = (uint32_t)ps_cfg_uint(cfg, "drain-ms"),
+        .metrics = metrics,
+        .on_ready = on_lane_ready,
+        .ready_arg = &rd};
+    for (uint32_t i = 0; i < nlanes; i++) {
+        lc.id = (int)i;
+        lc.probe = i == 0;
+        if (!(lanes[i] = broker_lane_start(&lc, &err))) {
+            ps_log(PS_LOG_ERROR, "broker", "start_failed", "lane=%u code=%s msg=\"%s\"", i,
+                   ps_errname(err.code), err.msg);
+            goto stop;
+        }
+    }
     if (pid_file) {
         char pid[32];
         snprintf(pid, sizeof pid, "%ld", (long)getpid());
         if (ps_write_file_atomic(pid_file, pid)) {
             ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"pid-file %s: %s\"", pid_file,
                    strerror(errno));
-            goto out;
+            goto stop;
         }
         pid_written = 1;
     }
 
-    uint64_t hi = ps_cfg_uint(cfg, "health-interval-ms");
-    struct timeval every = {(time_t)(hi / 1000), (suseconds_t)(hi % 1000) * 1000};
-    if (!(m.health_ev = event_new(m.base, -1, EV_PERSIST, on_health, &m)) ||
-        !(m.sig_term = evsignal_new(m.base, SIGTERM, on_signal, &m)) ||
-        !(m.sig_int = evsignal_new(m.base, SIGINT, on_signal, &m)) ||
-        event_add(m.health_ev, &every) || event_add(m.sig_term, NULL) ||
-        event_add(m.sig_int, NULL)) {
-        ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"libevent events failed\"");
-        goto out;
-    }
-    on_health(-1, 0, &m); /* the first probe now: ready as soon as every shard answers */
-    if (event_base_dispatch(m.base) < 0) {
-        ps_log(PS_LOG_ERROR, "broker", "loop_failed", "msg=\"event_base_dispatch\"");
-        goto out;
+    /* Serve the front door (or just wait) until a signal; the front door drains first. */
+    if (front) {
+        if (ps_zserver_run(front, sig_pipe[0], &err)) {
+            ps_log(PS_LOG_ERROR, "broker", "front_failed", "msg=\"%s\"", err.msg);
+            goto stop;
+        }
+    } else {
+        struct pollfd pfd = {.fd = sig_pipe[0], .events = POLLIN};
+        while (poll(&pfd, 1, -1) < 0 && errno == EINTR) {
+        }
+        ps_log(PS_LOG_INFO, "broker", "stopping", "lanes=%u", nlanes);
     }
     status = 0;
 
+stop:
+    if (lane_pipe[1] >= 0) {
+        ssize_t n = write(lane_pipe[1], "x", 1);
+        (void)n;
+    }
+    for (uint32_t i = 0; i < BROKER_MAX_LANES; i++) broker_lane_join(lanes[i]);
 out:
-    if (m.ready_file) unlink(m.ready_file);
+    if (rd.file) unlink(rd.file);
     if (pid_written) unlink(pid_file);
-    if (m.health_ev) event_free(m.health_ev);
-    if (m.sig_term) event_free(m.sig_term);
-    if (m.sig_int) event_free(m.sig_int);
-    if (m.http) evhttp_free(m.http);
-    broker_http_free(handlers);
-    if (m.base) event_base_free(m.base);
+    ps_zserver_close(front);
+    if (zctx) zmq_ctx_term(zctx);
+    if (http_fd >= 0) close(http_fd);
+    for (int i = 0; i < 2; i++) {
+        if (sig_pipe[i] >= 0) close(sig_pipe[i]);
+        if (lane_pipe[i] >= 0) close(lane_pipe[i]);
+    }
     broker_metrics_free(metrics);
-    broker_profcache_free(profiles);
-    broker_pool_free(m.pool);
+    broker_upmap_free(upmap);
     libevent_global_shutdown();
     ps_log(status ? PS_LOG_ERROR : PS_LOG_INFO, "broker", "exit", "status=%d", status);
     ps_cfg_free(cfg);

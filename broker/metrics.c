@@ -6,7 +6,13 @@
  *   persrv_shard_failovers_total{shard}                counter
  *   persrv_shard_failures_total{shard}                 counter (calls no replica answered)
  * Buckets span 0.5 ms .. 1 s around the latency targets (DESIGN §7). No per-user labels.
+ * The front door's requests count under the same names with endpoint="zmq_search",
+ * "zmq_sticker", "zmq_health" (code: the HTTP status the same outcome would have).
+ *
+ * Every lane thread records into one broker_metrics_t: a mutex guards it (a few counter
+ * increments per request; rendering holds it while it formats).
  */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,13 +44,15 @@ typedef struct shard_stats {
 } shard_stats;
 
 struct broker_metrics {
+    pthread_mutex_t mu;
     endpoint_stats ep[BROKER_NEP];
     shard_stats *shard;
     uint32_t nshards;
 };
 
-static const char *const ep_names[BROKER_NEP] = {"search", "sticker", "healthz",
-                                                 "readyz", "metrics", "other"};
+static const char *const ep_names[BROKER_NEP] = {
+    "search", "sticker", "healthz", "readyz", "metrics", "other",
+    "zmq_search", "zmq_sticker", "zmq_health", "zmq_other"};
 
 broker_metrics_t *broker_metrics_new(uint32_t nshards)
 {
@@ -54,12 +62,14 @@ broker_metrics_t *broker_metrics_new(uint32_t nshards)
         return NULL;
     }
     m->nshards = nshards;
+    pthread_mutex_init(&m->mu, NULL);
     return m;
 }
 
 void broker_metrics_free(broker_metrics_t *m)
 {
     if (!m) return;
+    pthread_mutex_destroy(&m->mu);
     free(m->shard);
     free(m);
 }
@@ -76,11 +86,13 @@ static void observe(histo *h, double v)
 void broker_metrics_http(broker_metrics_t *m, int endpoint, int status, double seconds)
 {
     endpoint_stats *e = &m->ep[endpoint];
+    pthread_mutex_lock(&m->mu);
     int i = 0;
     while (i < e->ncodes && e->code[i] != status) i++;
     if (i == e->ncodes && e->ncodes < MAX_CODES) e->code[e->ncodes++] = status;
     if (i < e->ncodes) e->count[i]++;
     observe(&e->latency, seconds);
+    pthread_mutex_unlock(&m->mu);
 }
 
 void broker_metrics_shard(broker_metrics_t *m, uint32_t shard, int ok, double seconds,
@@ -88,11 +100,13 @@ void broker_metrics_shard(broker_metrics_t *m, uint32_t shard, int ok, double se
 {
     if (shard >= m->nshards) return;
     shard_stats *s = &m->shard[shard];
+    pthread_mutex_lock(&m->mu);
     s->failovers += failovers;
     if (ok)
         observe(&s->latency, seconds);
     else
         s->failures++;
+    pthread_mutex_unlock(&m->mu);
 }
 
 /* A growing text buffer; on out of memory `s` becomes NULL and stays so. */
@@ -139,9 +153,10 @@ static void put_histo(sbuf *b, const char *name, const char *label, const histo 
     put(b, "%s_count{%s} %llu\n", name, label, (unsigned long long)h->count);
 }
 
-char *broker_metrics_render(const broker_metrics_t *m)
+char *broker_metrics_render(broker_metrics_t *m)
 {
     sbuf b = {malloc(4096), 0, 4096};
+    pthread_mutex_lock(&m->mu);
     char label[64];
     put(&b, "# HELP persrv_http_requests_total HTTP requests by endpoint and status code.\n"
             "# TYPE persrv_http_requests_total counter\n");
@@ -172,5 +187,6 @@ char *broker_metrics_render(const broker_metrics_t *m)
     for (uint32_t s = 0; s < m->nshards; s++)
         put(&b, "persrv_shard_failures_total{shard=\"%u\"} %llu\n", s,
             (unsigned long long)m->shard[s].failures);
+    pthread_mutex_unlock(&m->mu);
     return b.s;
 }

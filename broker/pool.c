@@ -23,6 +23,7 @@
  * that a search finds on the socket it is reading is taken as the probe's answer.
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,7 +38,7 @@
 typedef struct replica {
     char endpoint[BROKER_MAX_ENDPOINT];
     void *sock;        /* NULL when it could not be (re)opened: every attempt on it fails */
-    int up;            /* answered its last probe or call */
+    atomic_int *up;    /* answered its last probe or call (in the map shared by the lanes) */
     int probe_pending; /* a HealthRequest with probe_id awaits its answer */
     uint64_t probe_id;
     char last_err[160]; /* why it went down ("" when unknown) */
@@ -49,8 +50,14 @@ typedef struct shard_slot {
     uint32_t rr; /* round-robin position */
 } shard_slot;
 
+struct broker_upmap {
+    size_t n;
+    atomic_int *up;
+};
+
 struct broker_pool {
     void *zctx;
+    broker_upmap_t *own; /* the map when none was shared */
     shard_slot *shards;
     uint32_t nshards;
     uint32_t deadline_ms, retries;
@@ -58,6 +65,28 @@ struct broker_pool {
     uint64_t next_id;
     int probed; /* a probe round ran: later rounds do not wait */
 };
+
+#define UP(r) atomic_load_explicit((r)->up, memory_order_relaxed)
+
+broker_upmap_t *broker_upmap_new(const broker_pool_t *p)
+{
+    broker_upmap_t *u = calloc(1, sizeof *u);
+    if (!u) return NULL;
+    for (uint32_t s = 0; s < p->nshards; s++) u->n += p->shards[s].nrep;
+    if (!(u->up = calloc(u->n ? u->n : 1, sizeof *u->up))) {
+        free(u);
+        return NULL;
+    }
+    for (size_t i = 0; i < u->n; i++) atomic_init(&u->up[i], 0);
+    return u;
+}
+
+void broker_upmap_free(broker_upmap_t *u)
+{
+    if (!u) return;
+    free(u->up);
+    free(u);
+}
 
 static double now_ms(void)
 {
@@ -96,6 +125,7 @@ void broker_pool_free(broker_pool_t *p)
     }
     free(p->shards);
     if (p->zctx) zmq_ctx_term(p->zctx);
+    broker_upmap_free(p->own);
     free(p);
 }
 
@@ -117,7 +147,7 @@ static size_t split(const char *s, size_t len, char sep, const char **start, siz
 }
 
 broker_pool_t *broker_pool_new(const char *topology, uint32_t deadline_ms, uint32_t retries,
-                               size_t max_frame, ps_err *err)
+                               size_t max_frame, broker_upmap_t *shared, ps_err *err)
 {
     const char *sh[BROKER_MAX_SHARDS];
     size_t shlen[BROKER_MAX_SHARDS];
@@ -163,8 +193,27 @@ broker_pool_t *broker_pool_new(const char *topology, uint32_t deadline_ms, uint3
             }
             memcpy(r->endpoint, rs[i], rlen[i]);
             r->endpoint[rlen[i]] = '\0';
+        }
+    }
+    broker_upmap_t *u = shared;
+    if (!u && !(u = p->own = broker_upmap_new(p))) {
+        ps_err_set(err, PS_ENOMEM, "out of memory for the shard pool");
+        goto fail;
+    }
+    size_t at = 0;
+    for (uint32_t s = 0; s < p->nshards; s++)
+        for (uint32_t i = 0; i < p->shards[s].nrep; i++) {
+            if (at == u->n) {
+                ps_err_set(err, PS_EINVAL, "shards: the shared replica map is too small");
+                goto fail;
+            }
+            p->shards[s].rep[i].up = &u->up[at++];
+        }
+    for (uint32_t s = 0; s < p->nshards; s++) {
+        for (uint32_t i = 0; i < p->shards[s].nrep; i++) {
+            replica *r = &p->shards[s].rep[i];
             if (replica_open(p, r)) {
-                ps_err_set(err, PS_EINVAL, "shards: shard %zu replica %zu: cannot connect to '%s'",
+                ps_err_set(err, PS_EINVAL, "shards: shard %u replica %u: cannot connect to '%s'",
                            s, i, r->endpoint);
                 goto fail;
             }
@@ -190,7 +239,7 @@ int broker_pool_shard_up(const broker_pool_t *p, uint32_t shard)
 {
     if (shard >= p->nshards) return 0;
     for (uint32_t i = 0; i < p->shards[shard].nrep; i++)
-        if (p->shards[shard].rep[i].up) return 1;
+        if (UP(&p->shards[shard].rep[i])) return 1;
     return 0;
 }
 
@@ -200,7 +249,7 @@ static int pick_replica(shard_slot *sl)
 {
     uint32_t start = sl->rr++ % sl->nrep;
     for (uint32_t i = 0; i < sl->nrep; i++)
-        if (sl->rep[(start + i) % sl->nrep].up && sl->rep[(start + i) % sl->nrep].sock)
+        if (UP(&sl->rep[(start + i) % sl->nrep]) && sl->rep[(start + i) % sl->nrep].sock)
             return (int)((start + i) % sl->nrep);
     return -1;
 }
@@ -210,7 +259,7 @@ static int next_up(const shard_slot *sl, int cur)
 {
     for (uint32_t k = 1; k <= sl->nrep; k++) {
         int i = (int)((cur + k) % sl->nrep);
-        if (sl->rep[i].up && sl->rep[i].sock) return i;
+        if (UP(&sl->rep[i]) && sl->rep[i].sock) return i;
     }
     return -1;
 }
@@ -239,7 +288,7 @@ static int send_attempt(broker_pool_t *p, broker_call *c, double now, ps_err *er
     if (!r->sock) {
         free(buf);
         snprintf(c->reason, sizeof c->reason, "replica %d (%s): no socket", c->cur, r->endpoint);
-        r->up = 0;
+        atomic_store_explicit(r->up, 0, memory_order_relaxed);
         return -1;
     }
     int sent = zmq_send(r->sock, buf, len, ZMQ_DONTWAIT);
@@ -248,7 +297,7 @@ static int send_attempt(broker_pool_t *p, broker_call *c, double now, ps_err *er
         snprintf(c->reason, sizeof c->reason, "replica %d (%s): send: %s", c->cur, r->endpoint,
                  zmq_strerror(zmq_errno()));
         snprintf(r->last_err, sizeof r->last_err, "send: %s", zmq_strerror(zmq_errno()));
-        r->up = 0;
+        atomic_store_explicit(r->up, 0, memory_order_relaxed);
         return -1;
     }
     c->pending = 1;
@@ -281,23 +330,24 @@ static void next_attempt(broker_pool_t *p, broker_call *c, double now)
     }
 }
 
-/* Log a change of r's state (was -> r->up). */
+/* Log a change of r's state (was -> now). */
 static void log_change(uint32_t s, int i, const replica *r, int was)
 {
-    if (was != r->up)
-        ps_log(r->up ? PS_LOG_INFO : PS_LOG_WARN, "broker", r->up ? "replica_up" : "replica_down",
+    int up = UP(r);
+    if (was != up)
+        ps_log(up ? PS_LOG_INFO : PS_LOG_WARN, "broker", up ? "replica_up" : "replica_down",
                "shard=%u replica=%d endpoint=%s%s%s%s", s, i, r->endpoint,
-               !r->up && r->last_err[0] ? " reason=\"" : "", r->up ? "" : r->last_err,
-               !r->up && r->last_err[0] ? "\"" : "");
+               !up && r->last_err[0] ? " reason=\"" : "", up ? "" : r->last_err,
+               !up && r->last_err[0] ? "\"" : "");
 }
 
 /* Take env (freed here) as the answer to the pending probe of replica i of shard s. */
 static void probe_answer(broker_pool_t *p, uint32_t s, int i, Persrv__Envelope *env)
 {
     replica *r = &p->shards[s].rep[i];
-    int was = r->up;
+    int was = UP(r);
     r->probe_pending = 0;
-    r->up = 0;
+    atomic_store_explicit(r->up, 0, memory_order_relaxed);
     if (env->body_case != PERSRV__ENVELOPE__BODY_HEALTH_REPLY) {
         snprintf(r->last_err, sizeof r->last_err, "health probe: unexpected reply body %d",
                  (int)env->body_case);
@@ -311,7 +361,7 @@ static void probe_answer(broker_pool_t *p, uint32_t s, int i, Persrv__Envelope *
         } else if (!h->ready) {
             snprintf(r->last_err, sizeof r->last_err, "not ready");
         } else {
-            r->up = 1;
+            atomic_store_explicit(r->up, 1, memory_order_relaxed);
             r->last_err[0] = '\0';
         }
     }
@@ -373,7 +423,7 @@ static void drain(broker_pool_t *p, broker_call *c, double now)
             ps_wire_free(env);
             continue;
         }
-        r->up = 1;
+        atomic_store_explicit(r->up, 1, memory_order_relaxed);
         r->last_err[0] = '\0';
         if (env->body_case == c->expect) {
             c->pending = 0;
@@ -459,8 +509,8 @@ int broker_pool_run(broker_pool_t *p, broker_call *calls, size_t n, ps_err *err)
             broker_call *c = &calls[which[k]];
             if (!c->pending || c->deadline > now) continue;
             replica *r = &p->shards[c->shard].rep[c->cur];
-            int was = r->up;
-            r->up = 0;
+            int was = UP(r);
+            atomic_store_explicit(r->up, 0, memory_order_relaxed);
             replica_open(p, r); /* Lazy Pirate: a late reply dies with the old socket */
             snprintf(c->reason, sizeof c->reason, "replica %d (%s): no reply in %u ms", c->cur,
                      r->endpoint, p->deadline_ms);
@@ -515,8 +565,8 @@ uint32_t broker_pool_probe(broker_pool_t *p)
             replica *r = &p->shards[s].rep[i];
             probe_collect(p, s, (int)i);
             if (!r->probe_pending) continue;
-            int was = r->up;
-            r->up = 0;
+            int was = UP(r);
+            atomic_store_explicit(r->up, 0, memory_order_relaxed);
             snprintf(r->last_err, sizeof r->last_err, "no answer to the last health probe");
             replica_open(p, r);
             log_change(s, (int)i, r, was);

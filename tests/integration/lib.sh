@@ -5,7 +5,8 @@
 #   fail MESSAGE             print MESSAGE and the tail of every log in $T, exit 1
 #   start_shard NAME FLAGS…  a shard on a free port (retried), pid/ready files in $T; sets
 #                            PID[NAME] and EP[NAME]
-#   start_broker NAME TOPOLOGY FLAGS…  a broker on a free HTTP port; sets PID[NAME], URL
+#   start_broker NAME TOPOLOGY FLAGS…  a broker on a free HTTP port with its ZeroMQ front door
+#                            on a free port; sets PID[NAME], URL (HTTP), ZEP (ZeroMQ endpoint)
 #   stop NAME                SIGTERM; exit status 0, pid/ready files gone, clean exit logged
 
 ps_test_init() {
@@ -52,7 +53,7 @@ start_broker() {
   local name=$1 topo=$2
   shift 2
   rm -f "$T/$name.ready"
-  "$BR" --shards "$topo" --http 127.0.0.1:0 --ready-file "$T/$name.ready" \
+  "$BR" --shards "$topo" --http 127.0.0.1:0 --zmq 'tcp://127.0.0.1:*' --ready-file "$T/$name.ready" \
     --pid-file "$T/$name.pid" "$@" 2>>"$T/$name.log" &
   PID[$name]=$!
   for _ in $(seq 1 600); do
@@ -62,7 +63,9 @@ start_broker() {
   done
   [ -e "$T/$name.ready" ] || fail "$name not ready after 30 s"
   [ "$(cat "$T/$name.pid")" = "${PID[$name]}" ] || fail "$name: pid file does not hold ${PID[$name]}"
-  URL="http://$(cat "$T/$name.ready")"
+  URL="http://$(sed -n 1p "$T/$name.ready")"
+  ZEP=$(sed -n 2p "$T/$name.ready")
+  [ -n "$ZEP" ] || fail "$name: ready file does not name its ZeroMQ endpoint"
 }
 
 stop() {

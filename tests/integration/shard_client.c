@@ -19,6 +19,11 @@
  *   shard_client bad EP MAX_FRAME
  *       malformed and hostile requests each get an Error (or a defined fallback), an
  *       oversized frame is dropped, and the shard still answers afterwards
+ *   shard_client front-bad EP MAX_FRAME QUERY
+ *       the same for the broker's ZeroMQ front door (EP): garbage, empty and oversized
+ *       frames, a wrong version, empty / token-less / invalid UTF-8 / 10 KB queries, k =
+ *       100000, a bad user name, a shard's request, an unknown sticker; an unknown user gets
+ *       the unpersonalized answer; QUERY (which has hits) is answered before and after
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -437,6 +442,25 @@ static Persrv__Envelope *send_raw(void *s, const Persrv__Envelope *e)
     return r;
 }
 
+/* An oversized frame: ZeroMQ drops the peer's connection; the daemon must not care. Its own
+ * context, terminated with a linger, makes sure the frame left before the caller goes on. */
+static void send_oversized(const char *ep, size_t max_frame)
+{
+    void *zc2 = zmq_ctx_new();
+    void *big = zmq_socket(zc2, ZMQ_DEALER);
+    int linger = TIMEOUT_MS;
+    zmq_setsockopt(big, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_connect(big, ep)) die("connect: %s", zmq_strerror(zmq_errno()));
+    size_t biglen = max_frame + 4096;
+    uint8_t *bigbuf = calloc(1, biglen);
+    if (!bigbuf) die("out of memory");
+    send_frame(big, bigbuf, biglen);
+    free(bigbuf);
+    zmq_close(big);
+    zmq_ctx_term(zc2);
+    printf("  %-28s -> sent %zu bytes (cap %zu)\n", "oversized frame", biglen, max_frame);
+}
+
 static int cmd_bad(int argc, char **argv)
 {
     if (argc != 2) die("usage: bad EP MAX_FRAME");
@@ -528,21 +552,7 @@ static int cmd_bad(int argc, char **argv)
     printf("  %-28s -> found=false\n", "unknown sticker id");
     ps_wire_free(r);
 
-    /* An oversized frame: ZeroMQ drops the peer's connection; the daemon must not care. Its own
-     * context, terminated with a linger, makes sure the frame left before we go on. */
-    void *zc2 = zmq_ctx_new();
-    void *big = zmq_socket(zc2, ZMQ_DEALER);
-    int linger = TIMEOUT_MS;
-    zmq_setsockopt(big, ZMQ_LINGER, &linger, sizeof linger);
-    if (zmq_connect(big, argv[0])) die("connect: %s", zmq_strerror(zmq_errno()));
-    size_t biglen = max_frame + 4096;
-    uint8_t *bigbuf = calloc(1, biglen);
-    if (!bigbuf) die("out of memory");
-    send_frame(big, bigbuf, biglen);
-    free(bigbuf);
-    zmq_close(big);
-    zmq_ctx_term(zc2);
-    printf("  %-28s -> sent %zu bytes (cap %zu)\n", "oversized frame", biglen, max_frame);
+    send_oversized(argv[0], max_frame);
 
     /* Still serving: health, and a real search with hits. */
     health(s, &henv);
@@ -606,9 +616,104 @@ static int cmd_freeport(void)
     return 0;
 }
 
+/* ---- the broker's front door ---------------------------------------------------------- */
+
+static Persrv__Envelope *query_env(const char *q, const char *user, uint32_t k, uint64_t id)
+{
+    static Persrv__Envelope e;
+    static Persrv__QueryRequest qr;
+    persrv__envelope__init(&e);
+    persrv__query_request__init(&qr);
+    qr.q = (char *)q;
+    qr.user = (char *)user;
+    qr.k = k;
+    e.version = PS_WIRE_VERSION;
+    e.request_id = id;
+    e.body_case = PERSRV__ENVELOPE__BODY_QUERY;
+    e.query = &qr;
+    return &e;
+}
+
+/* A valid query must get a query_reply with hits. */
+static void expect_hits(void *s, const char *q, const char *user, const char *what)
+{
+    Persrv__Envelope *r = send_raw(s, query_env(q, user, 5, 77));
+    if (r->body_case != PERSRV__ENVELOPE__BODY_QUERY_REPLY || r->request_id != 77)
+        die("%s: body %d%s%s", what, r->body_case,
+            r->body_case == PERSRV__ENVELOPE__BODY_ERROR ? " " : "",
+            r->body_case == PERSRV__ENVELOPE__BODY_ERROR ? r->error->message : "");
+    if (r->query_reply->n_hits == 0 || r->query_reply->partial)
+        die("%s: %zu hits, partial %d", what, r->query_reply->n_hits, r->query_reply->partial);
+    printf("  %-28s -> %zu hits, personalized %d\n", what, r->query_reply->n_hits,
+           r->query_reply->personalized);
+    ps_wire_free(r);
+}
+
+static int cmd_front_bad(int argc, char **argv)
+{
+    if (argc != 3) die("usage: front-bad EP MAX_FRAME QUERY");
+    size_t max_frame = (size_t)atol(argv[1]);
+    const char *good = argv[2];
+    void *s = connect_to(argv[0], ZMQ_DEALER);
+    Persrv__Envelope *henv;
+    Persrv__HealthReply *h = health(s, &henv);
+    if (!h->ready || h->shards_up != h->nshards || h->nshards == 0)
+        die("front door health: ready %d, %u of %u shards up", h->ready, h->shards_up, h->nshards);
+    ps_wire_free(henv);
+    expect_hits(s, good, "", "valid query");
+
+    uint8_t garbage[64];
+    for (size_t i = 0; i < sizeof garbage; i++) garbage[i] = (uint8_t)(0xff - 7 * i);
+    expect_error(rpc(s, garbage, sizeof garbage), "garbage frame", "parse_error", NULL, 0);
+    expect_error(rpc(s, "", 0), "empty frame", "parse_error", NULL, 0);
+    Persrv__Envelope *e = query_env(good, "", 5, 21);
+    e->version = 99;
+    expect_error(send_raw(s, e), "version 99", "invalid_argument", NULL, 0);
+    expect_error(send_raw(s, query_env("", "", 5, 22)), "empty query", "invalid_query", NULL, 22);
+    expect_error(send_raw(s, query_env("!!! ... ???", "", 5, 23)), "query without tokens",
+                 "invalid_query", NULL, 23);
+    expect_error(send_raw(s, query_env("\xff\xfe\xfd", "", 5, 24)), "invalid UTF-8 query",
+                 "invalid_utf8", NULL, 0);
+    static char big[10 * 1024 + 1];
+    memset(big, 'a', sizeof big - 1);
+    for (size_t i = 0; i + 1 < sizeof big; i += 2) big[i] = ' ';
+    expect_error(send_raw(s, query_env(big, "", 5, 25)), "10 KB query", "too_large", NULL, 25);
+    expect_error(send_raw(s, query_env(good, "", 100000, 26)), "k = 100000", "invalid_argument",
+                 NULL, 26);
+    expect_error(send_raw(s, query_env(good, "\xc0\xaf", 5, 27)), "invalid UTF-8 user",
+                 "invalid_utf8", "invalid_argument", 0);
+    Persrv__SearchRequest q = PERSRV__SEARCH_REQUEST__INIT;
+    char tok[] = "好", *toks[] = {tok};
+    q.n_tokens = 1;
+    q.tokens = toks;
+    q.recall_depth = 10;
+    expect_error(send_raw(s, search_env(&q, 28)), "a shard's request", "invalid_argument", NULL,
+                 28);
+    uint64_t rid;
+    Persrv__Envelope *r = NULL;
+    {
+        uint8_t *buf;
+        size_t len;
+        rid = next_id++;
+        if (ps_wire_encode_get_sticker(rid, 0, UINT64_MAX - 12345, &buf, &len, NULL))
+            die("encode get_sticker");
+        r = rpc(s, buf, len);
+        free(buf);
+    }
+    expect_error(r, "unknown sticker id", "not_found", NULL, rid);
+    send_oversized(argv[0], max_frame);
+
+    /* Defined fallback: an unknown user gets the unpersonalized answer. */
+    expect_hits(s, good, "no-such-user-42", "unknown user");
+    expect_hits(s, good, "", "valid query afterwards");
+    zmq_close(s);
+    printf("front-bad: all bad requests answered, broker still serving\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc < 2) die("usage: shard_client freeport|health|compare|stickers|bad ...");
+    if (argc < 2) die("usage: shard_client freeport|health|compare|stickers|flood|bad|front-bad ...");
     const char *cmd = argv[1];
     if (!strcmp(cmd, "freeport")) return cmd_freeport();
     zctx = zmq_ctx_new();
@@ -623,6 +728,8 @@ int main(int argc, char **argv)
         rc = cmd_flood(argc - 2, argv + 2);
     else if (!strcmp(cmd, "bad"))
         rc = cmd_bad(argc - 2, argv + 2);
+    else if (!strcmp(cmd, "front-bad"))
+        rc = cmd_front_bad(argc - 2, argv + 2);
     else
         die("unknown command %s", cmd);
     zmq_ctx_term(zctx);

@@ -1,0 +1,185 @@
+/*
+ * front.c — the broker's ZeroMQ front door, one frame in and one frame out (the sockets are
+ * lane.c's and ps/zserver.h's): what libpersrv and the `persrv` CLI speak.
+ *
+ *   query        → query_reply  (the search of GET /v1/search: same checks, same answer)
+ *   get_sticker  → sticker_reply (found = true), or Error not_found
+ *   health       → health_reply (nshards, shards_up, ready = every shard has a replica up)
+ *   anything else, or a frame that does not decode → Error (code from ps_errname)
+ *
+ * The reply echoes the request's request_id (0 when the frame could not be decoded, since the
+ * id could not be read). The request's deadline_ms is not used to cut the fan-out short: the
+ * broker's own deadline (deadline-ms × attempts) bounds every search.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "ps/log.h"
+#include "ps/wire.h"
+
+static int error_reply(uint64_t request_id, const ps_err *e, uint8_t **reply, size_t *reply_len)
+{
+    ps_err err2 = {0, ""};
+    return ps_wire_encode_error(request_id, e->code, e->msg, reply, reply_len, &err2) ? PS_ENOMEM
+                                                                                       : 0;
+}
+
+static int pack(Persrv__Envelope *env, uint8_t **reply, size_t *reply_len, ps_err *err)
+{
+    return ps_wire_pack(env, reply, reply_len, err);
+}
+
+static int do_query(broker_core_t *core, const Persrv__Envelope *in, uint8_t **reply,
+                    size_t *reply_len, ps_err *err)
+{
+    const Persrv__QueryRequest *qr = in->query;
+    double t0 = broker_now();
+    broker_query q = {.q = qr->q,
+                      .qlen = strlen(qr->q),
+                      .user = qr->user,
+                      .user_len = strlen(qr->user),
+                      .k = qr->k,
+                      .explain = qr->explain};
+    broker_result r;
+    int rc;
+    if ((rc = broker_core_search(core, &q, &r, err))) return rc;
+
+    Persrv__Hit *hits = calloc(r.nhits ? r.nhits : 1, sizeof *hits);
+    Persrv__Hit **hitp = calloc(r.nhits ? r.nhits : 1, sizeof *hitp);
+    Persrv__GetStickerReply *empty = calloc(r.nhits ? r.nhits : 1, sizeof *empty);
+    Persrv__GetStickerReply **fieldp = calloc(r.nhits ? r.nhits : 1, sizeof *fieldp);
+    Persrv__ShardFailure *fail = calloc(r.nfailures ? r.nfailures : 1, sizeof *fail);
+    Persrv__ShardFailure **failp = calloc(r.nfailures ? r.nfailures : 1, sizeof *failp);
+    if (!hits || !hitp || !empty || !fieldp || !fail || !failp) {
+        rc = ps_err_set(err, PS_ENOMEM, "out of memory for the reply");
+        goto out;
+    }
+    for (size_t i = 0; i < r.nhits; i++) {
+        const ps_hit *h = &r.hits[i];
+        persrv__hit__init(&hits[i]);
+        hits[i].id = h->id;
+        hits[i].relevance = h->relevance;
+        hits[i].utility = h->utility;
+        hits[i].recall = h->recall;
+        hits[i].preference = h->preference;
+        hits[i].score = h->score;
+        hits[i].centroid = h->centroid;
+        hitp[i] = &hits[i];
+        if (r.fields) {
+            /* A hit whose fields could not be fetched gets an empty, not-found entry, so
+             * fields[i] stays hits[i]'s. */
+            persrv__get_sticker_reply__init(&empty[i]);
+            empty[i].id = h->id;
+            fieldp[i] = r.fields[i] ? r.fields[i] : &empty[i];
+        }
+    }
+    for (size_t i = 0; i < r.nfailures; i++) {
+        persrv__shard_failure__init(&fail[i]);
+        fail[i].shard = r.failures[i].shard;
+        fail[i].reason = (char *)r.failures[i].reason;
+        failp[i] = &fail[i];
+    }
+    Persrv__QueryReply qrep = PERSRV__QUERY_REPLY__INIT;
+    qrep.n_hits = r.nhits;
+    qrep.hits = hitp;
+    qrep.n_fields = r.fields ? r.nhits : 0;
+    qrep.fields = fieldp;
+    qrep.partial = r.ok < r.nshards;
+    qrep.timed_out = r.timed_out;
+    qrep.personalized = r.personalized;
+    qrep.snapshot_version = r.version;
+    qrep.shards_total = r.nshards;
+    qrep.n_failures = r.nfailures;
+    qrep.failures = failp;
+    double took = (broker_now() - t0) * 1e6;
+    qrep.took_us = took > 4e9 ? 4000000000u : (uint32_t)took;
+    Persrv__Envelope env = PERSRV__ENVELOPE__INIT;
+    env.version = PS_WIRE_VERSION;
+    env.request_id = in->request_id;
+    env.body_case = PERSRV__ENVELOPE__BODY_QUERY_REPLY;
+    env.query_reply = &qrep;
+    rc = pack(&env, reply, reply_len, err);
+out:
+    free(hits);
+    free(hitp);
+    free(empty);
+    free(fieldp);
+    free(fail);
+    free(failp);
+    return rc;
+}
+
+static int do_sticker(broker_core_t *core, const Persrv__Envelope *in, uint8_t **reply,
+                      size_t *reply_len, ps_err *err)
+{
+    Persrv__Envelope *got;
+    int rc;
+    if ((rc = broker_core_sticker(core, in->get_sticker->id, &got, err))) return rc;
+    got->request_id = in->request_id;
+    got->deadline_ms = 0;
+    rc = pack(got, reply, reply_len, err);
+    ps_wire_free(got);
+    return rc;
+}
+
+static int do_health(broker_core_t *core, const Persrv__Envelope *in, uint8_t **reply,
+                     size_t *reply_len, ps_err *err)
+{
+    uint32_t ndown, down[1];
+    Persrv__HealthReply h = PERSRV__HEALTH_REPLY__INIT;
+    h.nshards = broker_pool_nshards(broker_core_pool(core));
+    h.shards_up = broker_core_shards_up(core, down, 0, &ndown);
+    h.ready = h.shards_up == h.nshards;
+    Persrv__Envelope env = PERSRV__ENVELOPE__INIT;
+    env.version = PS_WIRE_VERSION;
+    env.request_id = in->request_id;
+    env.body_case = PERSRV__ENVELOPE__BODY_HEALTH_REPLY;
+    env.health_reply = &h;
+    return pack(&env, reply, reply_len, err);
+}
+
+int broker_front_handle(broker_core_t *core, broker_metrics_t *metrics, size_t max_frame,
+                        const void *req, size_t len, uint8_t **reply, size_t *reply_len)
+{
+    double t0 = broker_now();
+    ps_err err = {0, ""};
+    Persrv__Envelope *in = NULL;
+    int rc, ep = BROKER_EP_ZMQ_OTHER;
+    uint64_t request_id = 0;
+    *reply = NULL;
+    *reply_len = 0;
+    if ((rc = ps_wire_decode(req, len, max_frame, &in, &err)) == 0) {
+        request_id = in->request_id;
+        switch (in->body_case) {
+        case PERSRV__ENVELOPE__BODY_QUERY:
+            ep = BROKER_EP_ZMQ_SEARCH;
+            rc = do_query(core, in, reply, reply_len, &err);
+            break;
+        case PERSRV__ENVELOPE__BODY_GET_STICKER:
+            ep = BROKER_EP_ZMQ_STICKER;
+            rc = do_sticker(core, in, reply, reply_len, &err);
+            break;
+        case PERSRV__ENVELOPE__BODY_HEALTH:
+            ep = BROKER_EP_ZMQ_HEALTH;
+            rc = do_health(core, in, reply, reply_len, &err);
+            break;
+        default:
+            rc = ps_err_set(&err, PS_EINVAL,
+                            "body: the broker answers query, get_sticker and health, not %d",
+                            (int)in->body_case);
+            break;
+        }
+    }
+    ps_wire_free(in);
+    int status = rc ? ps_err_http_status(rc) : 200;
+    if (rc) {
+        ps_log(status >= 500 ? PS_LOG_WARN : PS_LOG_DEBUG, "broker", "zmq_request_failed",
+               "code=%s msg=\"%.200s\"", ps_errname(rc), err.msg);
+        free(*reply);
+        *reply = NULL;
+        if (error_reply(request_id, &err, reply, reply_len)) return PS_ENOMEM;
+    }
+    broker_metrics_http(metrics, ep, status, broker_now() - t0);
+    return 0;
+}

@@ -1,0 +1,254 @@
+/*
+ * lane.c — one lane of the broker: a thread with its own libevent loop, shard pool, profile
+ * cache and search state, serving
+ *   - HTTP connections it accepts from the shared listening socket (every lane listens on a
+ *     dup of the same socket; whichever lane is idle accepts the next connection, and the
+ *     connection stays with that lane). A lane takes one connection per turn of its loop (its
+ *     listener pauses after each accept), so a burst of connections spreads over the idle
+ *     lanes instead of landing on the first to wake,
+ *   - front-door requests on a DEALER connected to the ZeroMQ server's inproc back socket
+ *     (the server spreads them round robin), read through ZMQ_FD,
+ *   - on one lane (cfg->probe), the health probes of every replica on a timer: which replicas
+ *     are up is one map shared by all lanes' pools.
+ * Nothing is shared between lanes but the metrics (locked) and the read-only configuration.
+ *
+ * ZMQ_FD is edge-triggered: it signals that the socket's state may have changed, and stays
+ * quiet until ZMQ_EVENTS is read again. So the callback reads ZMQ_EVENTS and takes messages
+ * until none is left, and the health timer does the same as a safety net.
+ *
+ * Stopping: when stop_fd becomes readable (main writes it once the front door has drained)
+ * the lane closes its listener, stops probing and reading the front door, and leaves its loop
+ * after drain-ms, so replies still being written get out.
+ */
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/listener.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "ps/log.h"
+#include "ps/zserver.h"
+
+struct broker_lane {
+    broker_lane_cfg cfg;
+    pthread_t tid;
+    struct event_base *base;
+    struct evhttp *http;
+    struct evhttp_bound_socket *listener;
+    broker_pool_t *pool;
+    broker_profcache_t *profiles;
+    broker_core_t *core;
+    broker_http_t *handlers;
+    void *zsock;
+    struct event *zev, *health_ev, *stop_ev, *resume_ev;
+    int ready;
+};
+
+static void serve_front(broker_lane_t *l)
+{
+    zmq_msg_t parts[PS_ZMSG_MAX_PARTS];
+    for (;;) {
+        int events = 0;
+        size_t sz = sizeof events;
+        if (zmq_getsockopt(l->zsock, ZMQ_EVENTS, &events, &sz) || !(events & ZMQ_POLLIN)) return;
+        int n;
+        if (ps_zmsg_recv_multi(l->zsock, parts, PS_ZMSG_MAX_PARTS, &n, ZMQ_DONTWAIT) < 0) return;
+        if (n < 2 || n > PS_ZMSG_MAX_PARTS) { /* the server forwards 2..MAX parts only */
+            if (n <= PS_ZMSG_MAX_PARTS) ps_zmsg_close(parts, n);
+            continue;
+        }
+        zmq_msg_t *payload = &parts[n - 1];
+        uint8_t *reply = NULL;
+        size_t reply_len = 0;
+        if (broker_front_handle(l->core, l->cfg.metrics, l->cfg.max_frame, zmq_msg_data(payload),
+                                zmq_msg_size(payload), &reply, &reply_len) ||
+            ps_zmsg_set_payload(parts, n, reply, reply_len)) {
+            ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=front_reply");
+            abort();
+        }
+        free(reply);
+        if (ps_zmsg_send_multi(l->zsock, parts, n, ZMQ_DONTWAIT) < 0)
+            ps_log(PS_LOG_WARN, "broker", "reply_dropped", "lane=%d reason=\"%s\"", l->cfg.id,
+                   zmq_strerror(errno));
+    }
+}
+
+/* A new connection (evhttp's bufferevent hook): pause accepting until the next loop turn. */
+static struct bufferevent *on_accept(struct event_base *base, void *arg)
+{
+    (void)base;
+    broker_lane_t *l = arg;
+    if (l->listener) {
+        evconnlistener_disable(evhttp_bound_socket_get_listener(l->listener));
+        struct timeval now = {0, 0};
+        event_add(l->resume_ev, &now);
+    }
+    return NULL; /* evhttp makes its usual bufferevent */
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    broker_lane_t *l = arg;
+    if (l->listener) evconnlistener_enable(evhttp_bound_socket_get_listener(l->listener));
+}
+
+static void on_front(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    serve_front(arg);
+}
+
+static void on_health(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    broker_lane_t *l = arg;
+    uint32_t down = l->cfg.probe ? broker_pool_probe(l->pool) : 0;
+    if (l->cfg.probe && down == 0 && !l->ready) {
+        l->ready = 1;
+        if (l->cfg.on_ready) l->cfg.on_ready(l->cfg.ready_arg);
+    }
+    if (l->zsock) serve_front(l);
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    broker_lane_t *l = arg;
+    if (l->listener) evhttp_del_accept_socket(l->http, l->listener);
+    l->listener = NULL;
+    event_del(l->resume_ev);
+    event_del(l->stop_ev);
+    event_del(l->health_ev);
+    if (l->zev) event_del(l->zev);
+    struct timeval drain = {(time_t)(l->cfg.drain_ms / 1000),
+                            (suseconds_t)(l->cfg.drain_ms % 1000) * 1000};
+    event_base_loopexit(l->base, &drain);
+}
+
+static void *lane_main(void *arg)
+{
+    broker_lane_t *l = arg;
+    if (event_base_dispatch(l->base) < 0)
+        ps_log(PS_LOG_ERROR, "broker", "loop_failed", "lane=%d", l->cfg.id);
+    return NULL;
+}
+
+static void lane_free(broker_lane_t *l)
+{
+    if (l->zev) event_free(l->zev);
+    if (l->health_ev) event_free(l->health_ev);
+    if (l->stop_ev) event_free(l->stop_ev);
+    if (l->resume_ev) event_free(l->resume_ev);
+    if (l->http) evhttp_free(l->http); /* closes the listener's dup and the connections */
+    broker_http_free(l->handlers);
+    if (l->base) event_base_free(l->base);
+    if (l->zsock) zmq_close(l->zsock);
+    broker_core_free(l->core);
+    broker_profcache_free(l->profiles);
+    broker_pool_free(l->pool);
+    free(l);
+}
+
+broker_lane_t *broker_lane_start(const broker_lane_cfg *cfg, ps_err *err)
+{
+    broker_lane_t *l = calloc(1, sizeof *l);
+    if (!l) {
+        ps_err_set(err, PS_ENOMEM, "out of memory for a lane");
+        return NULL;
+    }
+    l->cfg = *cfg;
+    if (!(l->pool = broker_pool_new(cfg->topology, cfg->deadline_ms, cfg->retries, cfg->max_frame,
+                                    cfg->upmap, err)) ||
+        !(l->profiles = broker_profcache_new(cfg->profiles, cfg->profile_cache, err)) ||
+        !(l->core = broker_core_new(l->pool, l->profiles, cfg->metrics, &cfg->lim, err)))
+        goto fail;
+    if (!(l->base = event_base_new()) || !(l->http = evhttp_new(l->base))) {
+        ps_err_set(err, PS_EINTERNAL, "libevent setup failed");
+        goto fail;
+    }
+    evhttp_set_max_body_size(l->http, (ev_ssize_t)cfg->max_body);
+    evhttp_set_max_headers_size(l->http, (ev_ssize_t)cfg->max_headers);
+    evhttp_set_timeout(l->http, cfg->http_timeout_s);
+    /* Every method reaches the handler, so a wrong one gets a JSON 405; a body over max-body
+     * is read and dropped (lingering close) so the client sees the 413. */
+    evhttp_set_allowed_methods(l->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                            EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
+                                            EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+    evhttp_set_flags(l->http, EVHTTP_SERVER_LINGERING_CLOSE);
+    if (!(l->handlers = broker_http_new(l->http, l->core, cfg->metrics, cfg->lim.max_k, err)))
+        goto fail;
+    if (!(l->resume_ev = event_new(l->base, -1, 0, on_resume, l))) {
+        ps_err_set(err, PS_ENOMEM, "out of memory for a lane");
+        goto fail;
+    }
+    evhttp_set_bevcb(l->http, on_accept, l);
+    if (cfg->http_fd >= 0) {
+        int fd = dup(cfg->http_fd);
+        if (fd < 0 || !(l->listener = evhttp_accept_socket_with_handle(l->http, fd))) {
+            if (fd >= 0) close(fd);
+            ps_err_set(err, PS_EINTERNAL, "lane %d: cannot accept HTTP: %s", cfg->id,
+                       strerror(errno));
+            goto fail;
+        }
+    }
+    if (cfg->zctx) {
+        int zero = 0, zfd;
+        size_t sz = sizeof zfd;
+        int64_t maxmsg = (int64_t)cfg->max_frame;
+        if (!(l->zsock = zmq_socket(cfg->zctx, ZMQ_DEALER)) ||
+            zmq_setsockopt(l->zsock, ZMQ_LINGER, &zero, sizeof zero) ||
+            zmq_setsockopt(l->zsock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+            zmq_connect(l->zsock, cfg->backend) ||
+            zmq_getsockopt(l->zsock, ZMQ_FD, &zfd, &sz) ||
+            !(l->zev = event_new(l->base, zfd, EV_READ | EV_PERSIST, on_front, l)) ||
+            event_add(l->zev, NULL)) {
+            ps_err_set(err, PS_EINTERNAL, "lane %d: front door socket: %s", cfg->id,
+                       zmq_strerror(zmq_errno()));
+            goto fail;
+        }
+    }
+    struct timeval every = {(time_t)(cfg->health_interval_ms / 1000),
+                            (suseconds_t)(cfg->health_interval_ms % 1000) * 1000};
+    if (!(l->health_ev = event_new(l->base, -1, EV_PERSIST, on_health, l)) ||
+        !(l->stop_ev = event_new(l->base, cfg->stop_fd, EV_READ | EV_PERSIST, on_stop, l)) ||
+        event_add(l->health_ev, &every) || event_add(l->stop_ev, NULL)) {
+        ps_err_set(err, PS_EINTERNAL, "lane %d: libevent events failed", cfg->id);
+        goto fail;
+    }
+    on_health(-1, 0, l); /* the first probe now: ready as soon as every shard answers */
+
+    /* Lanes must not take the signals: the main thread's self-pipe does. */
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    int rc = pthread_create(&l->tid, NULL, lane_main, l);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc) {
+        ps_err_set(err, PS_EINTERNAL, "lane %d: cannot start its thread", cfg->id);
+        goto fail;
+    }
+    return l;
+fail:
+    lane_free(l);
+    return NULL;
+}
+
+void broker_lane_join(broker_lane_t *l)
+{
+    if (!l) return;
+    pthread_join(l->tid, NULL);
+    lane_free(l);
+}
