@@ -1,0 +1,550 @@
+/*
+ * libpersrv.c — the client library (include/persrv.h): one DEALER socket to the broker's front
+ * door, Lazy Pirate timeouts and retries, and the conversion of decoded replies into the plain
+ * public structs.
+ *
+ * A call is one exchange: encode the request with a fresh request_id (ps_wire_encode_*), send
+ * it as one frame, wait for the frame whose request_id matches, ps_wire_decode it (every cap
+ * and value checked before we look at it), then either map an Error to a PERSRV_E* code or
+ * copy the reply's numbers into the result. A result keeps the decoded envelope and points its
+ * strings into it, so nothing is copied twice: one allocation holds the public struct, its
+ * arrays and the envelope pointer.
+ *
+ * Replies with another request_id are dropped, with one exception: the broker answers a frame
+ * it could not decode with an Error of request_id 0 (it could not read the id). Since a socket
+ * carries one request at a time (it is replaced after every timeout), such an Error can only
+ * be about the request in flight, and is taken as its answer.
+ */
+#include "persrv.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "ps/err.h"
+#include "ps/rand.h"
+#include "ps/wire.h"
+
+struct persrv {
+    int err;          /* PERSRV_OK or the last call's PERSRV_E* code */
+    char errstr[256]; /* what failed, "" after success */
+    char errname[32]; /* the broker's Error.code, "" unless the broker sent an error */
+    char *endpoint;   /* owned copy */
+    void *zctx;       /* this context's own ZeroMQ context */
+    void *sock;       /* DEALER; NULL before the first call and after a timeout */
+    uint32_t timeout_ms, retries;
+    size_t max_frame;
+    uint64_t next_id; /* request ids: a per-context random start, never 0 */
+};
+
+/* ---- errors --------------------------------------------------------------------------------- */
+
+const char *persrv_strerror(int code)
+{
+    if (code == PERSRV_OK) return "success";
+#define PERSRV__ERR_MSG(name, val, str, retry, msg)                                                \
+    if (code == (val)) return msg;
+    PERSRV_ERRNO_MAP(PERSRV__ERR_MSG)
+#undef PERSRV__ERR_MSG
+    return "unknown error";
+}
+
+const char *persrv_errname(int code)
+{
+    if (code == PERSRV_OK) return "ok";
+#define PERSRV__ERR_NAME(name, val, str, retry, msg)                                               \
+    if (code == (val)) return str;
+    PERSRV_ERRNO_MAP(PERSRV__ERR_NAME)
+#undef PERSRV__ERR_NAME
+    return "unknown";
+}
+
+int persrv_retriable(int code)
+{
+#define PERSRV__ERR_RETRY(name, val, str, retry, msg)                                              \
+    if (code == (val)) return retry;
+    PERSRV_ERRNO_MAP(PERSRV__ERR_RETRY)
+#undef PERSRV__ERR_RETRY
+    return 0;
+}
+
+static int set_err(persrv_t *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int set_err(persrv_t *c, int code, const char *fmt, ...)
+{
+    va_list ap;
+    c->err = code;
+    va_start(ap, fmt);
+    vsnprintf(c->errstr, sizeof c->errstr, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+static void clear_err(persrv_t *c)
+{
+    c->err = PERSRV_OK;
+    c->errstr[0] = '\0';
+    c->errname[0] = '\0';
+}
+
+/* The client's code for a ps_* code (from the local encoder or decoder, or named by the
+ * broker's Error). */
+static int from_ps(int ps)
+{
+    switch (ps) {
+    case PS_EINVAL:
+    case PS_EUTF8:
+    case PS_EQUERY:
+        return PERSRV_EINVAL;
+    case PS_ETOOBIG:
+        return PERSRV_ETOOBIG;
+    case PS_ENOTFOUND:
+        return PERSRV_ENOTFOUND;
+    case PS_ENOMEM: /* the broker out of memory is a passing condition, like overload */
+    case PS_EUNAVAIL:
+        return PERSRV_EUNAVAIL;
+    case PS_ETIMEDOUT:
+        return PERSRV_ETIMEDOUT;
+    case PS_EPARSE:
+        return PERSRV_EPROTO;
+    default:
+        return PERSRV_ESERVER;
+    }
+}
+
+int persrv_errcode(const persrv_t *ctx)
+{
+    return ctx ? ctx->err : PERSRV_EINVAL;
+}
+
+const char *persrv_errstr(const persrv_t *ctx)
+{
+    return ctx ? ctx->errstr : "persrv_errstr: ctx is NULL";
+}
+
+const char *persrv_errname_last(const persrv_t *ctx)
+{
+    if (!ctx) return persrv_errname(PERSRV_EINVAL);
+    return ctx->errname[0] ? ctx->errname : persrv_errname(ctx->err);
+}
+
+/* ---- context -------------------------------------------------------------------------------- */
+
+void persrv_options_init(persrv_options *opt)
+{
+    if (!opt) return;
+    opt->timeout_ms = PERSRV_DEFAULT_TIMEOUT_MS;
+    opt->retries = PERSRV_DEFAULT_RETRIES;
+    opt->max_frame = PERSRV_DEFAULT_MAX_FRAME;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void close_sock(persrv_t *c)
+{
+    if (c->sock) zmq_close(c->sock);
+    c->sock = NULL;
+}
+
+/* A fresh DEALER connected to the endpoint in c->sock. */
+static int open_sock(persrv_t *c)
+{
+    int zero = 0;
+    int64_t maxmsg = (int64_t)c->max_frame;
+    if (c->sock) return 0;
+    if (!c->zctx && !(c->zctx = zmq_ctx_new()))
+        return set_err(c, PERSRV_ECONNECT, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
+    if (!(c->sock = zmq_socket(c->zctx, ZMQ_DEALER)))
+        return set_err(c, PERSRV_ECONNECT, "zmq_socket: %s", zmq_strerror(zmq_errno()));
+    if (zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero) ||
+        zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg)) {
+        int e = zmq_errno();
+        close_sock(c);
+        return set_err(c, PERSRV_ECONNECT, "zmq_setsockopt: %s", zmq_strerror(e));
+    }
+    if (zmq_connect(c->sock, c->endpoint)) {
+        int e = zmq_errno();
+        close_sock(c);
+        return set_err(c, PERSRV_ECONNECT, "connect %.200s: %s", c->endpoint, zmq_strerror(e));
+    }
+    return 0;
+}
+
+persrv_t *persrv_connect(const char *endpoint, const persrv_options *opt)
+{
+    persrv_options o;
+    persrv_t *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    persrv_options_init(&o);
+    if (opt) {
+        if (opt->timeout_ms) o.timeout_ms = opt->timeout_ms;
+        o.retries = opt->retries;
+        if (opt->max_frame) o.max_frame = opt->max_frame;
+    }
+    c->timeout_ms = o.timeout_ms;
+    c->retries = o.retries;
+    c->max_frame = o.max_frame;
+    uint64_t seed = now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)c;
+    c->next_id = ps_splitmix64(&seed) >> 1; /* room to count up without wrapping to 0 */
+    if (!endpoint) {
+        set_err(c, PERSRV_EINVAL, "persrv_connect: endpoint is NULL");
+        return c;
+    }
+    if (!(c->endpoint = strdup(endpoint))) {
+        free(c);
+        return NULL;
+    }
+    if (!(c->zctx = zmq_ctx_new())) {
+        if (errno == ENOMEM) {
+            free(c->endpoint);
+            free(c);
+            return NULL;
+        }
+        set_err(c, PERSRV_ECONNECT, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
+        return c;
+    }
+    open_sock(c);
+    return c;
+}
+
+void persrv_close(persrv_t *ctx)
+{
+    if (!ctx) return;
+    close_sock(ctx);
+    if (ctx->zctx) zmq_ctx_term(ctx->zctx);
+    free(ctx->endpoint);
+    free(ctx);
+}
+
+int persrv_set_timeout(persrv_t *ctx, uint32_t timeout_ms)
+{
+    if (!ctx) return PERSRV_EINVAL;
+    ctx->timeout_ms = timeout_ms ? timeout_ms : PERSRV_DEFAULT_TIMEOUT_MS;
+    return PERSRV_OK;
+}
+
+/* ---- one exchange --------------------------------------------------------------------------- */
+
+typedef struct request {
+    int body; /* PERSRV__ENVELOPE__BODY_QUERY, _GET_STICKER or _HEALTH */
+    const persrv_query *q;
+    size_t qlen;
+    uint64_t id; /* get_sticker */
+} request;
+
+static int encode(const request *r, uint64_t rid, uint32_t deadline, uint8_t **buf, size_t *len,
+                  ps_err *e)
+{
+    switch (r->body) {
+    case PERSRV__ENVELOPE__BODY_QUERY:
+        return ps_wire_encode_query(rid, deadline, r->q->text, r->qlen, r->q->user, r->q->k,
+                                    r->q->explain, buf, len, e);
+    case PERSRV__ENVELOPE__BODY_GET_STICKER:
+        return ps_wire_encode_get_sticker(rid, deadline, r->id, buf, len, e);
+    default:
+        return ps_wire_encode_health(rid, deadline, buf, len, e);
+    }
+}
+
+static const char *body_name(int body)
+{
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field(&persrv__envelope__descriptor, (unsigned)body);
+    return f ? f->name : "no body";
+}
+
+/* Outcome of waiting for one reply frame. */
+enum { GOT_REPLY, GOT_NOTHING, GOT_ERROR };
+
+/* Receive frames until the one answering rid arrives or the attempt's deadline (end_ns)
+ * passes. OUT *out: the decoded reply on GOT_REPLY. GOT_ERROR: c's error is set. */
+static int await(persrv_t *c, uint64_t rid, uint64_t end_ns, Persrv__Envelope **out)
+{
+    *out = NULL;
+    for (;;) {
+        uint64_t t = now_ns();
+        if (t >= end_ns) return GOT_NOTHING;
+        long wait_ms = (long)((end_ns - t + 999999) / 1000000);
+        zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
+        int n = zmq_poll(&it, 1, wait_ms);
+        if (n < 0) {
+            if (zmq_errno() == EINTR) continue;
+            set_err(c, PERSRV_ECONNECT, "zmq_poll: %s", zmq_strerror(zmq_errno()));
+            return GOT_ERROR;
+        }
+        if (n == 0) continue; /* the loop head decides whether time is up */
+
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, c->sock, ZMQ_DONTWAIT) < 0) {
+            int e = zmq_errno();
+            zmq_msg_close(&m);
+            if (e == EAGAIN || e == EINTR) continue;
+            set_err(c, PERSRV_ECONNECT, "receive: %s", zmq_strerror(e));
+            return GOT_ERROR;
+        }
+        int more = zmq_msg_more(&m);
+        const void *data = zmq_msg_data(&m);
+        size_t size = zmq_msg_size(&m);
+        uint64_t peek = ps_wire_peek_request_id(data, size);
+        if (more) {
+            /* the front door speaks single frames: drain the message, then judge it */
+            while (more) {
+                zmq_msg_t rest;
+                zmq_msg_init(&rest);
+                if (zmq_msg_recv(&rest, c->sock, 0) < 0)
+                    more = 0;
+                else
+                    more = zmq_msg_more(&rest);
+                zmq_msg_close(&rest);
+            }
+            zmq_msg_close(&m);
+            if (peek && peek != rid) continue;
+            set_err(c, PERSRV_EPROTO, "reply: more than one frame");
+            return GOT_ERROR;
+        }
+        Persrv__Envelope *env = NULL;
+        ps_err e = {0, ""};
+        int rc = ps_wire_decode(data, size, c->max_frame, &env, &e);
+        zmq_msg_close(&m);
+        if (rc) {
+            if (peek && peek != rid) continue; /* someone else's broken frame */
+            set_err(c, rc == PS_ENOMEM ? PERSRV_ENOMEM : PERSRV_EPROTO, "reply: %s", e.msg);
+            return GOT_ERROR;
+        }
+        if (env->request_id != rid &&
+            !(env->request_id == 0 && env->body_case == PERSRV__ENVELOPE__BODY_ERROR)) {
+            ps_wire_free(env); /* a late answer to an earlier request */
+            continue;
+        }
+        *out = env;
+        return GOT_REPLY;
+    }
+}
+
+/* Send r and wait for its answer, with retries after timeouts (Lazy Pirate). OUT *out: the
+ * decoded reply, whose body is `want` (the caller frees it with ps_wire_free). An Error reply
+ * becomes the matching PERSRV_E* code. */
+static int call(persrv_t *c, const request *r, int want, Persrv__Envelope **out)
+{
+    uint32_t attempts = c->retries < UINT32_MAX ? c->retries + 1 : UINT32_MAX;
+    int rc;
+    *out = NULL;
+    for (uint32_t a = 0; a < attempts; a++) {
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        ps_err e = {0, ""};
+        uint64_t rid = ++c->next_id ? c->next_id : ++c->next_id;
+        uint64_t end = now_ns() + (uint64_t)c->timeout_ms * 1000000u;
+        Persrv__Envelope *env;
+
+        if ((rc = encode(r, rid, c->timeout_ms, &buf, &len, &e)))
+            return set_err(c, rc == PS_ENOMEM ? PERSRV_ENOMEM : from_ps(rc), "%s", e.msg);
+        if ((rc = open_sock(c))) {
+            free(buf);
+            return rc;
+        }
+        /* a fresh DEALER queues the frame even before the connection is up; should its queue
+         * be full, sending counts against the attempt's time */
+        int snd = (int)(c->timeout_ms > INT32_MAX ? INT32_MAX : c->timeout_ms);
+        zmq_setsockopt(c->sock, ZMQ_SNDTIMEO, &snd, sizeof snd);
+        rc = zmq_send(c->sock, buf, len, 0);
+        free(buf);
+        if (rc < 0 && zmq_errno() != EAGAIN) {
+            int err = zmq_errno();
+            close_sock(c);
+            return set_err(c, PERSRV_ECONNECT, "send to %.200s: %s", c->endpoint,
+                           zmq_strerror(err));
+        }
+        switch (rc < 0 ? GOT_NOTHING : await(c, rid, end, &env)) {
+        case GOT_NOTHING:
+            close_sock(c); /* the request, and any late reply to it, go with the socket */
+            continue;
+        case GOT_ERROR:
+            close_sock(c);
+            return c->err;
+        default:
+            break;
+        }
+        if (env->body_case == PERSRV__ENVELOPE__BODY_ERROR) {
+            const Persrv__Error *er = env->error;
+            snprintf(c->errname, sizeof c->errname, "%s", er->code);
+            set_err(c, from_ps(ps_wire_error_code(er)), "broker: %.200s", er->message);
+            if (!er->message[0]) snprintf(c->errstr, sizeof c->errstr, "broker: %s", er->code);
+            ps_wire_free(env);
+            return c->err;
+        }
+        if ((int)env->body_case != want) {
+            int body = (int)env->body_case;
+            ps_wire_free(env);
+            close_sock(c);
+            return set_err(c, PERSRV_EPROTO, "reply: %s where %s belongs", body_name(body),
+                           body_name(want));
+        }
+        *out = env;
+        return PERSRV_OK;
+    }
+    return set_err(c, PERSRV_ETIMEDOUT, "no reply from %.200s within %u ms (%u attempt%s)",
+                   c->endpoint, c->timeout_ms, attempts, attempts == 1 ? "" : "s");
+}
+
+/* ---- results -------------------------------------------------------------------------------- */
+
+/* Results and stickers: the public struct first, so the pointer the caller frees is the block. */
+typedef struct result_block {
+    persrv_result pub;
+    Persrv__Envelope *env; /* the strings' owner */
+} result_block;
+
+typedef struct sticker_block {
+    persrv_sticker pub;
+    Persrv__Envelope *env;
+} sticker_block;
+
+#define ALIGN_UP(n) (((n) + sizeof(max_align_t) - 1) & ~(sizeof(max_align_t) - 1))
+
+static void sticker_from(persrv_sticker *s, const Persrv__GetStickerReply *r)
+{
+    s->id = r->id;
+    s->ocr = r->ocr;
+    s->queries = r->queries;
+    s->keywords = r->keywords;
+    s->desc = r->desc;
+    s->emotion = r->emotion;
+    s->utility = r->utility;
+}
+
+int persrv_search(persrv_t *ctx, const persrv_query *q, persrv_result **out)
+{
+    Persrv__Envelope *env;
+    int rc;
+    if (out) *out = NULL;
+    if (!ctx) return PERSRV_EINVAL;
+    clear_err(ctx);
+    if (!q || !out) return set_err(ctx, PERSRV_EINVAL, "persrv_search: q or out is NULL");
+    if (!q->text) return set_err(ctx, PERSRV_EINVAL, "persrv_search: q->text is NULL");
+    request r = {PERSRV__ENVELOPE__BODY_QUERY, q, q->len ? q->len : strlen(q->text), 0};
+    if ((rc = call(ctx, &r, PERSRV__ENVELOPE__BODY_QUERY_REPLY, &env))) return rc;
+
+    const Persrv__QueryReply *qr = env->query_reply;
+    size_t off_hits = ALIGN_UP(sizeof(result_block));
+    size_t off_st = off_hits + ALIGN_UP(qr->n_hits * sizeof(persrv_hit));
+    size_t off_fail = off_st + ALIGN_UP(qr->n_fields * sizeof(persrv_sticker));
+    size_t total = off_fail + qr->n_failures * sizeof(persrv_shard_failure);
+    char *mem = calloc(1, total);
+    if (!mem) {
+        ps_wire_free(env);
+        return set_err(ctx, PERSRV_ENOMEM, "persrv_search: out of memory for %zu hits", qr->n_hits);
+    }
+    result_block *b = (result_block *)mem;
+    persrv_hit *hits = (persrv_hit *)(mem + off_hits);
+    persrv_sticker *st = (persrv_sticker *)(mem + off_st);
+    persrv_shard_failure *fail = (persrv_shard_failure *)(mem + off_fail);
+    for (size_t i = 0; i < qr->n_hits; i++) {
+        const Persrv__Hit *h = qr->hits[i];
+        hits[i] = (persrv_hit){.id = h->id,
+                               .score = h->score,
+                               .recall = h->recall,
+                               .relevance = h->relevance,
+                               .utility = h->utility,
+                               .preference = h->preference,
+                               .centroid = h->centroid,
+                               .fields = NULL};
+        /* ps_wire_decode checked: n_fields is 0 or n_hits, fields[i] is hits[i]'s */
+        if (qr->n_fields && qr->fields[i]->found) {
+            sticker_from(&st[i], qr->fields[i]);
+            hits[i].fields = &st[i];
+        }
+    }
+    for (size_t i = 0; i < qr->n_failures; i++)
+        fail[i] = (persrv_shard_failure){qr->failures[i]->shard, qr->failures[i]->reason};
+    b->env = env;
+    b->pub = (persrv_result){.hits = hits,
+                             .nhits = qr->n_hits,
+                             .partial = qr->partial,
+                             .timed_out = qr->timed_out,
+                             .personalized = qr->personalized,
+                             .version = qr->snapshot_version,
+                             .shards_total = qr->shards_total,
+                             .failures = fail,
+                             .nfailures = qr->n_failures,
+                             .took_us = qr->took_us};
+    *out = &b->pub;
+    return PERSRV_OK;
+}
+
+void persrv_result_free(persrv_result *r)
+{
+    if (!r) return;
+    result_block *b = (result_block *)r;
+    ps_wire_free(b->env);
+    free(b);
+}
+
+int persrv_get_sticker(persrv_t *ctx, uint64_t id, persrv_sticker **out)
+{
+    Persrv__Envelope *env;
+    int rc;
+    if (out) *out = NULL;
+    if (!ctx) return PERSRV_EINVAL;
+    clear_err(ctx);
+    if (!out) return set_err(ctx, PERSRV_EINVAL, "persrv_get_sticker: out is NULL");
+    request r = {PERSRV__ENVELOPE__BODY_GET_STICKER, NULL, 0, id};
+    if ((rc = call(ctx, &r, PERSRV__ENVELOPE__BODY_STICKER_REPLY, &env))) return rc;
+    const Persrv__GetStickerReply *s = env->sticker_reply;
+    if (!s->found) {
+        ps_wire_free(env);
+        return set_err(ctx, PERSRV_ENOTFOUND, "sticker %llu: not found", (unsigned long long)id);
+    }
+    if (s->id != id) {
+        unsigned long long got = s->id;
+        ps_wire_free(env);
+        return set_err(ctx, PERSRV_EPROTO, "sticker_reply.id: %llu, asked for %llu", got,
+                       (unsigned long long)id);
+    }
+    sticker_block *b = malloc(sizeof *b);
+    if (!b) {
+        ps_wire_free(env);
+        return set_err(ctx, PERSRV_ENOMEM, "persrv_get_sticker: out of memory");
+    }
+    sticker_from(&b->pub, s);
+    b->env = env;
+    *out = &b->pub;
+    return PERSRV_OK;
+}
+
+void persrv_sticker_free(persrv_sticker *s)
+{
+    if (!s) return;
+    sticker_block *b = (sticker_block *)s;
+    ps_wire_free(b->env);
+    free(b);
+}
+
+int persrv_health(persrv_t *ctx, persrv_health_info *out)
+{
+    Persrv__Envelope *env;
+    int rc;
+    if (!ctx) return PERSRV_EINVAL;
+    clear_err(ctx);
+    if (!out) return set_err(ctx, PERSRV_EINVAL, "persrv_health: out is NULL");
+    memset(out, 0, sizeof *out);
+    request r = {PERSRV__ENVELOPE__BODY_HEALTH, NULL, 0, 0};
+    if ((rc = call(ctx, &r, PERSRV__ENVELOPE__BODY_HEALTH_REPLY, &env))) return rc;
+    out->nshards = env->health_reply->nshards;
+    out->shards_up = env->health_reply->shards_up;
+    out->ready = env->health_reply->ready;
+    ps_wire_free(env);
+    return PERSRV_OK;
+}
