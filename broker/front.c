@@ -7,8 +7,8 @@
  *   health       → health_reply (nshards, shards_up, ready = every shard has a replica up)
  *   anything else, or a frame that does not decode → Error (code from ps_errname)
  *
- * The reply echoes the request's request_id (0 when the frame could not be decoded, since the
- * id could not be read). The request's deadline_ms is not used to cut the fan-out short: the
+ * The reply echoes the request's request_id, also when the frame does not decode (as far as
+ * ps_wire_peek_request_id can read it; else 0), so a client can match its Error. The request's deadline_ms is not used to cut the fan-out short: the
  * broker's own deadline (deadline-ms × attempts) bounds every search.
  */
 #include <stdlib.h>
@@ -149,7 +149,9 @@ int broker_front_handle(broker_core_t *core, broker_metrics_t *metrics, size_t m
     uint64_t request_id = 0;
     *reply = NULL;
     *reply_len = 0;
-    if ((rc = ps_wire_decode(req, len, max_frame, &in, &err)) == 0) {
+    if ((rc = ps_wire_decode(req, len, max_frame, &in, &err)) != 0) {
+        request_id = ps_wire_peek_request_id(req, len);
+    } else {
         request_id = in->request_id;
         switch (in->body_case) {
         case PERSRV__ENVELOPE__BODY_QUERY:

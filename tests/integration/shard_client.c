@@ -664,16 +664,17 @@ static int cmd_front_bad(int argc, char **argv)
 
     uint8_t garbage[64];
     for (size_t i = 0; i < sizeof garbage; i++) garbage[i] = (uint8_t)(0xff - 7 * i);
-    expect_error(rpc(s, garbage, sizeof garbage), "garbage frame", "parse_error", NULL, 0);
+    expect_error(rpc(s, garbage, sizeof garbage), "garbage frame", "parse_error", NULL,
+                 ps_wire_peek_request_id(garbage, sizeof garbage));
     expect_error(rpc(s, "", 0), "empty frame", "parse_error", NULL, 0);
     Persrv__Envelope *e = query_env(good, "", 5, 21);
     e->version = 99;
-    expect_error(send_raw(s, e), "version 99", "invalid_argument", NULL, 0);
+    expect_error(send_raw(s, e), "version 99", "invalid_argument", NULL, 21);
     expect_error(send_raw(s, query_env("", "", 5, 22)), "empty query", "invalid_query", NULL, 22);
     expect_error(send_raw(s, query_env("!!! ... ???", "", 5, 23)), "query without tokens",
                  "invalid_query", NULL, 23);
     expect_error(send_raw(s, query_env("\xff\xfe\xfd", "", 5, 24)), "invalid UTF-8 query",
-                 "invalid_utf8", NULL, 0);
+                 "invalid_utf8", NULL, 24);
     static char big[10 * 1024 + 1];
     memset(big, 'a', sizeof big - 1);
     for (size_t i = 0; i + 1 < sizeof big; i += 2) big[i] = ' ';
@@ -681,7 +682,7 @@ static int cmd_front_bad(int argc, char **argv)
     expect_error(send_raw(s, query_env(good, "", 100000, 26)), "k = 100000", "invalid_argument",
                  NULL, 26);
     expect_error(send_raw(s, query_env(good, "\xc0\xaf", 5, 27)), "invalid UTF-8 user",
-                 "invalid_utf8", "invalid_argument", 0);
+                 "invalid_utf8", "invalid_argument", 27);
     Persrv__SearchRequest q = PERSRV__SEARCH_REQUEST__INIT;
     char tok[] = "好", *toks[] = {tok};
     q.n_tokens = 1;

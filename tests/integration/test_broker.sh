@@ -8,6 +8,11 @@
 #   - bad input: invalid UTF-8, empty/symbol-only/10 KB q, k = 0/100000/abc, unknown user
 #     (200, unpersonalized), unknown and non-numeric sticker ids, unknown path, wrong method,
 #     a 10 MB body (413), each a JSON error with the right status, and the broker still answers;
+#   - the ZeroMQ front door (shard_client front-bad): garbage, empty and oversized frames, wrong
+#     version, empty / invalid UTF-8 / 10 KB queries, k = 100000, unknown sticker -> Error;
+#     unknown user -> unpersonalized; still serving afterwards;
+#   - the persrv CLI over libpersrv (--broker): the same hits and stored fields as the single
+#     node and as HTTP explain=1; sticker, health, and errors with their codes;
 #   - /v1/stickers/{id}, /healthz, /readyz, /metrics;
 #   - kill -9 of one replica of shard 0: still complete answers; of both: partial, shard 0
 #     named; of every shard: 503 unavailable;
@@ -150,6 +155,40 @@ st=$(get "/v1/search?q=a" --data-binary "@$T/big.bin" -H "Content-Type: applicat
 [ "$st" = 413 ] || [ "$st" = 405 ] || fail "10 MB body: status $st"
 echo "  10 MB body -> $st"
 [ "$(get /healthz)" = 200 ] || fail "the broker does not answer after the 10 MB body"
+
+# ---- (b2) the ZeroMQ front door: bad input, and the persrv CLI over libpersrv ------------------
+"$C" front-bad "$ZEP" 4194304 "$q1" >"$T/front.out" 2>&1 || fail "front door bad input: $(cat "$T/front.out")"
+sed 's/^/  zmq: /' "$T/front.out" | tail -n 18
+FIELDS='[.hits[] | [.id, .score, .recall, .relevance, .utility, .preference, .centroid, .ocr, .queries, .keywords, .desc, .emotion]]'
+n=0
+while IFS= read -r q && [ $n -lt 20 ]; do
+  u=${USERS[$((n % ${#USERS[@]}))]}
+  "$P" search --broker "$ZEP" --json --k 10 --user "$u" -- "$q" >"$T/z.json" 2>"$T/z.err" \
+    || fail "persrv --broker '$q': $(cat "$T/z.err")"
+  "$P" search --index "$T/single" --json --k 10 --user "$u" -- "$q" >"$T/single.json"
+  [ "$(jq -c "$FIELDS" "$T/z.json")" = "$(jq -c "$FIELDS" "$T/single.json")" ] \
+    || fail "persrv --broker '$q' user $u: hits or stored fields differ from the single node"
+  st=$(get /v1/search -G --data-urlencode "q=$q" --data-urlencode "user=$u" --data-urlencode explain=1)
+  [ "$st" = 200 ] && [ "$(jq -c "$FIELDS" "$T/body")" = "$(jq -c "$FIELDS" "$T/single.json")" ] \
+    || fail "HTTP explain=1 '$q' user $u: hits or stored fields differ from the single node"
+  n=$((n + 1))
+done <"$T/queries"
+echo "  persrv --broker and HTTP explain=1: $n queries, hits and stored fields equal the single node"
+id1=$(jq -r '.hits[0].id' "$T/single.json")
+"$P" sticker --broker "$ZEP" --json "$id1" >"$T/z.json" || fail "persrv sticker $id1"
+[ "$(jq -r .id "$T/z.json")" = "$id1" ] && [ "$(jq -r .keywords "$T/z.json")" = "$(jq -r '.hits[0].keywords' "$T/single.json")" ] \
+  || fail "persrv sticker $id1: $(head -c 300 "$T/z.json")"
+"$P" health --broker "$ZEP" >"$T/z.out" || fail "persrv health: $(cat "$T/z.out")"
+rc=0
+"$P" sticker --broker "$ZEP" 18446744073709551615 >"$T/z.out" 2>&1 || rc=$?
+[ $rc -eq 1 ] && grep -q "not_found" "$T/z.out" || fail "persrv sticker of an unknown id: rc=$rc $(cat "$T/z.out")"
+rc=0
+"$P" search --broker "$ZEP" -- "~~ !!" >"$T/z.out" 2>&1 || rc=$?
+[ $rc -eq 1 ] && grep -q "invalid_query" "$T/z.out" || fail "persrv search without tokens: rc=$rc $(cat "$T/z.out")"
+rc=0
+"$P" search --broker "$ZEP" --k 100000 -- "$q1" >"$T/z.out" 2>&1 || rc=$?
+[ $rc -ne 0 ] || fail "persrv search --k 100000 succeeded"
+echo "  persrv sticker, health and errors over the front door"
 
 # ---- stickers ----------------------------------------------------------------------------
 for id in $(jq -r '.hits[].id' "$T/single.json" | head -n 5); do

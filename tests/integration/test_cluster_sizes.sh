@@ -3,9 +3,10 @@
 # built once single-node and once per N in {1, 2, 4, 7} with `builder build --shards N`. For
 # each N, N `shard` processes (one replica each) and a `broker` run on 127.0.0.1 (shard ports
 # picked at run time, the broker on port 0, readiness from --ready-file); >= 300 distinct
-# queries, each without and with a user (u01..u04 in turn), must give over /v1/search exactly
-# the ids, order and scores of `persrv search --index SINGLE --json --k 10` (read with jq),
-# as complete answers from all N shards. The single-node answers are computed once and reused
+# queries, each without and with a user (u01..u04 in turn), must give over /v1/search, and
+# through libpersrv over the broker's ZeroMQ front door (`persrv search --broker EP --json`),
+# exactly the ids, order and scores of `persrv search --index SINGLE --json --k 10` (read with
+# jq), as complete answers from all N shards. The single-node answers are computed once and reused
 # for every N. Each cluster is stopped with SIGTERM (exit status 0) before the next starts.
 # usage: test_cluster_sizes.sh BUILDER SHARD SHARD_CLIENT BROKER PERSRV
 # PS_TEST_SINGLE_K (default 10) is the k of the single-node reference; set it to another
@@ -113,6 +114,28 @@ for n in "${SIZES[@]}"; do
   [ $personalized -gt 0 ] || fail "$n shards: no search was personalized"
   echo "N=$n: $matched/${#WANT[@]} searches ($nq queries x (no user, user)) equal the single node" \
     "($personalized personalized)"
+
+  # The same searches through libpersrv (the persrv CLI over the ZeroMQ front door).
+  zmatched=0
+  for ((j = 0; j < ${#WANT[@]}; j++)); do
+    q=${Q[$((j / 2))]}
+    who=${WHO[$j]}
+    pargs=()
+    [ -n "$who" ] && pargs=(--user "$who")
+    "$P" search --broker "$ZEP" --json --k "$K" --timeout 10000 "${pargs[@]}" -- "$q" \
+      >"$T/zbody" 2>"$T/zerr" || fail "$n shards: persrv --broker '$q' user '$who': $(cat "$T/zerr")"
+    line=$(jq -r --argjson n "$n" "(.partial == false and .shards.total == \$n and
+           .shards.successful == \$n) as \$ok | \"\(\$ok) \($HITS | tojson)\"" "$T/zbody") \
+      || fail "$n shards: persrv --broker '$q': not JSON: $(head -c 300 "$T/zbody")"
+    read -r ok got <<<"$line"
+    [ "$ok" = true ] || fail "$n shards: persrv --broker '$q': not complete: $(head -c 300 "$T/zbody")"
+    [ "$got" = "${WANT[$j]}" ] || fail "$n shards: persrv --broker '$q' user '$who' differs from the single node
+  ($zmatched of ${#WANT[@]} matched before it):
+  libpersrv: $got
+  single:    ${WANT[$j]}"
+    zmatched=$((zmatched + 1))
+  done
+  echo "N=$n: $zmatched/${#WANT[@]} searches through libpersrv equal the single node"
 
   stop "broker$n"
   [ ! -e "$T/broker$n.ready" ] || fail "broker ($n shards) left its ready file"
