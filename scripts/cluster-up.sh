@@ -2,12 +2,14 @@
 # Starts a local PerSRV cluster on 127.0.0.1 and answers one query through it: builds the tree
 # if needed, generates the demo corpus (or reuses one of the same size), builds it into 2
 # shards (`builder build --shards 2`), starts 2 shards x 2 replicas (4 `shard` processes) and
-# the `broker` (HTTP/JSON), waits until every one is ready, runs a sample search with curl and
-# prints how to query and how to stop the cluster (scripts/cluster-down.sh).
+# the `broker` (HTTP/JSON and the ZeroMQ front door), waits until every one is ready, runs a
+# sample search with curl and with the `persrv` CLI (libpersrv) and prints how to query and how
+# to stop the cluster (scripts/cluster-down.sh).
 #
 #   PERSRV_DEMO_STICKERS  corpus size (default 543098, the paper's)
 #   PERSRV_DEMO_DIR       data, index and run directory (default ./demo in the source tree)
-#   PERSRV_BASE_PORT      shard replicas listen on BASE+1 .. BASE+4 (default 7100)
+#   PERSRV_BASE_PORT      shard replicas listen on BASE+1 .. BASE+4, the broker's ZeroMQ
+#                         front door on BASE (default 7100)
 #   PERSRV_HTTP_PORT      broker HTTP port (default 8080; 0 picks a free one)
 #   PERSRV_SKIP_BUILD=1   do not run deps.sh / cmake: use the binaries already built
 #   PERSRV_BIN_DIR        build tree holding shard/shard, broker/broker, builder/builder,
@@ -52,6 +54,8 @@ if ! isnum "$HTTP_PORT" || [ "$HTTP_PORT" -gt 65535 ]; then
   die "PERSRV_HTTP_PORT='$HTTP_PORT' must be 0..65535"
 fi
 isnum "$READY_TIMEOUT" || die "PERSRV_READY_TIMEOUT='$READY_TIMEOUT' is not a number of seconds"
+ZMQ_PORT=$BASE_PORT
+[ "$ZMQ_PORT" -ne "$HTTP_PORT" ] || die "PERSRV_HTTP_PORT=$HTTP_PORT collides with the front door port (BASE)"
 declare -A PORT=([shard0a]=$((BASE_PORT + 1)) [shard0b]=$((BASE_PORT + 2))
                  [shard1a]=$((BASE_PORT + 3)) [shard1b]=$((BASE_PORT + 4)))
 declare -A INDEX=([shard0a]=shard-000 [shard0b]=shard-000 [shard1a]=shard-001 [shard1b]=shard-001)
@@ -101,6 +105,10 @@ check_ports() {
       exit 3
     fi
   done
+  if port_in_use "$ZMQ_PORT"; then
+    echo "cluster-up: port $ZMQ_PORT (broker ZeroMQ front door) on 127.0.0.1 is already in use; free it or set PERSRV_BASE_PORT (the front door uses BASE, now $BASE_PORT)" >&2
+    exit 3
+  fi
   if [ "$HTTP_PORT" -ne 0 ] && port_in_use "$HTTP_PORT"; then
     echo "cluster-up: port $HTTP_PORT (broker HTTP) on 127.0.0.1 is already in use; free it or set PERSRV_HTTP_PORT" >&2
     exit 3
@@ -209,11 +217,13 @@ TOPO="tcp://127.0.0.1:${PORT[shard0a]}|tcp://127.0.0.1:${PORT[shard0b]}"
 TOPO+=",tcp://127.0.0.1:${PORT[shard1a]}|tcp://127.0.0.1:${PORT[shard1b]}"
 echo "cluster-up: starting 4 shards (ports ${PORT[shard0a]}..${PORT[shard1b]}), logs in $RUN"
 wait_ready shard0a shard0b shard1a shard1b
-launch broker "$BR" --shards "$TOPO" --profiles "$DIR/cluster/profiles" --http "127.0.0.1:$HTTP_PORT"
+ZEP="tcp://127.0.0.1:$ZMQ_PORT"
+launch broker "$BR" --shards "$TOPO" --profiles "$DIR/cluster/profiles" --http "127.0.0.1:$HTTP_PORT" \
+  --zmq "$ZEP"
 wait_ready broker
-URL="http://$(cat "$RUN/broker.ready")"
+URL="http://$(sed -n 1p "$RUN/broker.ready")"
 up=1
-echo "cluster-up: broker ready at $URL (shards $TOPO)"
+echo "cluster-up: broker ready at $URL and $ZEP (shards $TOPO)"
 
 # ---- one sample query --------------------------------------------------------------------------
 echo
@@ -232,16 +242,25 @@ echo "cluster-up: the sample query returned $nhits hits"
 id=${ids%%$'\n'*}
 [ -n "$id" ] || id=4397462724807453333
 
+# ---- the same through libpersrv: the persrv CLI over the ZeroMQ front door ------------------
+echo
+echo "\$ persrv search --broker $ZEP --user u01 --k 5 --explain '$QUERY'"
+"$BIN/client/persrv" search --broker "$ZEP" --user u01 --k 5 --explain -- "$QUERY" \
+  || die "the sample query through the persrv CLI failed (see $RUN/broker.log)"
+
 stop="$ROOT/scripts/cluster-down.sh"
 [ "$DIR" = "$ROOT/demo" ] || stop="PERSRV_DEMO_DIR=$DIR $stop"
 cat <<MSG
 
-The PerSRV cluster is up: 2 shards x 2 replicas and a broker at $URL
-(logs, pid and ready files in $RUN). Try:
+The PerSRV cluster is up: 2 shards x 2 replicas and a broker at $URL (HTTP)
+and $ZEP (ZeroMQ, libpersrv); logs, pid and ready files in $RUN. Try:
   curl '$URL/v1/search?q=$QUERY&user=u01&k=5'
   curl '$URL/v1/search?q=thumbs%20up&user=u03&k=10&explain=1'
   curl '$URL/v1/stickers/$id'
   curl '$URL/metrics'          # also /healthz and /readyz
+  $BIN/client/persrv search --broker $ZEP --user u01 '$QUERY'
+  $BIN/client/persrv sticker --broker $ZEP $id
+  $BIN/client/persrv health --broker $ZEP
 Stop it with:
   $stop
 MSG

@@ -3,7 +3,8 @@
 # scripts/cluster-up.sh with a 20,000-sticker corpus in a temporary directory and the
 # binaries of this build tree (no rebuild) must start 2 shards x 2 replicas and the broker,
 # print a sample query with hits; the broker then answers /v1/search (complete, 2 shards),
-# /v1/stickers/{id} and /metrics; a second cluster-up in the same directory and one on a port
+# /v1/stickers/{id} and /metrics, and the persrv CLI (libpersrv) answers search, sticker and
+# health over the broker's ZeroMQ front door; a second cluster-up in the same directory and one on a port
 # already taken are refused; scripts/cluster-down.sh stops every process (their pids are
 # gone) and removes the pid files. The cluster is always stopped on exit. When the
 # docker-compose command exists, docker-compose.yml must pass `docker-compose config -q`.
@@ -43,7 +44,7 @@ for attempt in 1 2 3 4 5; do
   base=$((20000 + RANDOM % 30000))
   http=$((base + 5))
   busy=0
-  for p in $((base + 1)) $((base + 2)) $((base + 3)) $((base + 4)) $http; do
+  for p in $base $((base + 1)) $((base + 2)) $((base + 3)) $((base + 4)) $http; do
     port_in_use "$p" && busy=1
   done
   [ $busy = 0 ] || continue
@@ -76,7 +77,23 @@ for n in shard0a shard0b shard1a shard1b broker; do
   PIDS[$n]=$(cat "$RUN/$n.pid")
   alive "${PIDS[$n]}" || fail "$n (pid ${PIDS[$n]}) is not running"
 done
-[ "$(cat "$RUN/broker.ready")" = "127.0.0.1:$http" ] || fail "broker.ready: $(cat "$RUN/broker.ready")"
+[ "$(sed -n 1p "$RUN/broker.ready")" = "127.0.0.1:$http" ] || fail "broker.ready: $(cat "$RUN/broker.ready")"
+[ "$(sed -n 2p "$RUN/broker.ready")" = "tcp://127.0.0.1:$base" ] || fail "broker.ready: $(cat "$RUN/broker.ready")"
+ZEP="tcp://127.0.0.1:$base"
+grep -qF "persrv search --broker $ZEP" "$T/up.out" || fail "cluster-up.sh does not tell how to use the persrv CLI"
+
+# ---- the persrv CLI (libpersrv) against the running cluster -----------------------------------
+P=$BIN/client/persrv
+"$P" search --broker "$ZEP" --json --user u01 --k 5 -- "${PERSRV_DEMO_QUERY:-好累}" >"$T/cli.json" 2>"$T/cli.err" \
+  || fail "persrv search --broker: $(cat "$T/cli.err")"
+jq -e '.partial == false and .shards.total == 2 and .shards.successful == 2 and (.hits | length) == 5
+       and all(.hits[]; (.id | test("^[0-9]+$")) and (.score | type) == "number")' "$T/cli.json" >/dev/null \
+  || fail "persrv search --broker: $(head -c 400 "$T/cli.json")"
+cid=$(jq -r '.hits[0].id' "$T/cli.json")
+"$P" sticker --broker "$ZEP" --json "$cid" >"$T/cli.json" || fail "persrv sticker --broker $cid"
+[ "$(jq -r .id "$T/cli.json")" = "$cid" ] || fail "persrv sticker: $(head -c 300 "$T/cli.json")"
+"$P" health --broker "$ZEP" --json >"$T/cli.json" || fail "persrv health --broker: $(cat "$T/cli.json")"
+echo "  persrv CLI over the front door: search (5 hits, 2 shards), sticker, health"
 URL="http://127.0.0.1:$http"
 
 # ---- the cluster answers ---------------------------------------------------------------------
