@@ -112,24 +112,31 @@ static void on_signal(int sig)
     errno = saved;
 }
 
-/* Readiness: the ready file is written when the probing lane (0) first sees every shard up. */
+/* Readiness: the ready file is written once every lane has started and the probing lane (0)
+ * has seen every shard up, whichever comes last. */
 typedef struct readiness {
     pthread_mutex_t mu;
-    uint32_t lanes, ready;
+    int started, ready, written;
     const char *file;
     char text[1200];
 } readiness;
+
+static void ready_write_locked(readiness *r)
+{
+    if (r->written || !r->started || !r->ready) return;
+    r->written = 1;
+    if (r->file && ps_write_file_atomic(r->file, r->text))
+        ps_log(PS_LOG_ERROR, "broker", "ready_file_failed", "path=%s msg=\"%s\"", r->file,
+               strerror(errno));
+    ps_log(PS_LOG_INFO, "broker", "ready", "every shard answers");
+}
 
 static void on_lane_ready(void *arg)
 {
     readiness *r = arg;
     pthread_mutex_lock(&r->mu);
-    if (++r->ready == r->lanes) {
-        if (r->file && ps_write_file_atomic(r->file, r->text))
-            ps_log(PS_LOG_ERROR, "broker", "ready_file_failed", "path=%s msg=\"%s\"", r->file,
-                   strerror(errno));
-        ps_log(PS_LOG_INFO, "broker", "ready", "lanes=%u", r->lanes);
-    }
+    r->ready = 1;
+    ready_write_locked(r);
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -279,7 +286,6 @@ int main(int argc, char **argv)
     snprintf(rd.text, sizeof rd.text, "%s%s%s", addr, front ? "\n" : "",
              front ? ps_zserver_endpoint(front) : "");
     uint32_t nlanes = (uint32_t)ps_cfg_uint(cfg, "lanes");
-    rd.lanes = 1; /* lane 0 probes for all */
     ps_log(PS_LOG_INFO, "broker", "listening", "http=%s zmq=%s shards=%u lanes=%u", addr,
            front ? ps_zserver_endpoint(front) : "-", nshards, nlanes);
 
@@ -307,6 +313,17 @@ int main(int argc, char **argv)
         .metrics = metrics,
         .on_ready = on_lane_ready,
         .ready_arg = &rd};
+    if (pid_file) {
+        char pid[32];
+        snprintf(pid, sizeof pid, "%ld", (long)getpid());
+        if (ps_write_file_atomic(pid_file, pid)) {
+            ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"pid-file %s: %s\"", pid_file,
+                   strerror(errno));
+            goto out;
+        }
+        pid_written = 1;
+    }
+
     for (uint32_t i = 0; i < nlanes; i++) {
         lc.id = (int)i;
         lc.probe = i == 0;
@@ -316,16 +333,10 @@ int main(int argc, char **argv)
             goto stop;
         }
     }
-    if (pid_file) {
-        char pid[32];
-        snprintf(pid, sizeof pid, "%ld", (long)getpid());
-        if (ps_write_file_atomic(pid_file, pid)) {
-            ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"pid-file %s: %s\"", pid_file,
-                   strerror(errno));
-            goto stop;
-        }
-        pid_written = 1;
-    }
+    pthread_mutex_lock(&rd.mu);
+    rd.started = 1;
+    ready_write_locked(&rd);
+    pthread_mutex_unlock(&rd.mu);
 
     /* Serve the front door (or just wait) until a signal; the front door drains first. */
     if (front) {
