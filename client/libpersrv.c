@@ -14,6 +14,10 @@
  * it could not decode with an Error of request_id 0 (it could not read the id). Since a socket
  * carries one request at a time (it is replaced after every timeout), such an Error can only
  * be about the request in flight, and is taken as its answer.
+ *
+ * Receiving and decoding a reply (persrv__recv), judging it (persrv__reply_check) and turning a
+ * query_reply into a persrv_result (persrv__result_from) are shared with the libevent adapter
+ * (persrv_event.c) through persrv_int.h.
  */
 #include "persrv.h"
 
@@ -26,6 +30,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "persrv_int.h"
 #include "ps/err.h"
 #include "ps/rand.h"
 #include "ps/wire.h"
@@ -93,9 +98,7 @@ static void clear_err(persrv_t *c)
     c->errname[0] = '\0';
 }
 
-/* The client's code for a ps_* code (from the local encoder or decoder, or named by the
- * broker's Error). */
-static int from_ps(int ps)
+int persrv__from_ps(int ps)
 {
     switch (ps) {
     case PS_EINVAL:
@@ -144,11 +147,26 @@ void persrv_options_init(persrv_options *opt)
     opt->max_frame = PERSRV_DEFAULT_MAX_FRAME;
 }
 
+void persrv__options_fill(persrv_options *o, const persrv_options *opt)
+{
+    persrv_options_init(o);
+    if (!opt) return;
+    if (opt->timeout_ms) o->timeout_ms = opt->timeout_ms;
+    o->retries = opt->retries;
+    if (opt->max_frame) o->max_frame = opt->max_frame;
+}
+
 static uint64_t now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t persrv__id_seed(const void *salt)
+{
+    uint64_t seed = now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)salt;
+    return ps_splitmix64(&seed) >> 1; /* room to count up without wrapping to 0 */
 }
 
 static void close_sock(persrv_t *c)
@@ -186,17 +204,11 @@ persrv_t *persrv_connect(const char *endpoint, const persrv_options *opt)
     persrv_options o;
     persrv_t *c = calloc(1, sizeof *c);
     if (!c) return NULL;
-    persrv_options_init(&o);
-    if (opt) {
-        if (opt->timeout_ms) o.timeout_ms = opt->timeout_ms;
-        o.retries = opt->retries;
-        if (opt->max_frame) o.max_frame = opt->max_frame;
-    }
+    persrv__options_fill(&o, opt);
     c->timeout_ms = o.timeout_ms;
     c->retries = o.retries;
     c->max_frame = o.max_frame;
-    uint64_t seed = now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)c;
-    c->next_id = ps_splitmix64(&seed) >> 1; /* room to count up without wrapping to 0 */
+    c->next_id = persrv__id_seed(c);
     if (!endpoint) {
         set_err(c, PERSRV_EINVAL, "persrv_connect: endpoint is NULL");
         return c;
@@ -264,6 +276,58 @@ static const char *body_name(int body)
     return f ? f->name : "no body";
 }
 
+int persrv__recv(void *sock, size_t max_frame, Persrv__Envelope **out, uint64_t *peek, ps_err *e)
+{
+    zmq_msg_t m;
+    *out = NULL;
+    *peek = 0;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, sock, ZMQ_DONTWAIT) < 0) {
+        int err = zmq_errno();
+        zmq_msg_close(&m);
+        if (err == EAGAIN || err == EINTR) return PERSRV__AGAIN;
+        return ps_err_set(e, PERSRV_ECONNECT, "receive: %s", zmq_strerror(err));
+    }
+    int more = zmq_msg_more(&m);
+    const void *data = zmq_msg_data(&m);
+    size_t size = zmq_msg_size(&m);
+    *peek = ps_wire_peek_request_id(data, size);
+    if (more) {
+        /* the front door speaks single frames: drain the message, then reject it */
+        while (more) {
+            zmq_msg_t rest;
+            zmq_msg_init(&rest);
+            if (zmq_msg_recv(&rest, sock, 0) < 0)
+                more = 0;
+            else
+                more = zmq_msg_more(&rest);
+            zmq_msg_close(&rest);
+        }
+        zmq_msg_close(&m);
+        return ps_err_set(e, PERSRV_EPROTO, "reply: more than one frame");
+    }
+    ps_err de = {0, ""};
+    int rc = ps_wire_decode(data, size, max_frame, out, &de);
+    zmq_msg_close(&m);
+    if (rc)
+        return ps_err_set(e, rc == PS_ENOMEM ? PERSRV_ENOMEM : PERSRV_EPROTO, "reply: %s", de.msg);
+    return PERSRV_OK;
+}
+
+int persrv__reply_check(const Persrv__Envelope *env, int want, ps_err *e)
+{
+    if (env->body_case == PERSRV__ENVELOPE__BODY_ERROR) {
+        const Persrv__Error *er = env->error;
+        int code = persrv__from_ps(ps_wire_error_code(er));
+        if (!er->message[0]) return ps_err_set(e, code, "broker: %s", er->code);
+        return ps_err_set(e, code, "broker: %.200s", er->message);
+    }
+    if ((int)env->body_case != want)
+        return ps_err_set(e, PERSRV_EPROTO, "reply: %s where %s belongs",
+                          body_name((int)env->body_case), body_name(want));
+    return PERSRV_OK;
+}
+
 /* Outcome of waiting for one reply frame. */
 enum { GOT_REPLY, GOT_NOTHING, GOT_ERROR };
 
@@ -285,42 +349,15 @@ static int await(persrv_t *c, uint64_t rid, uint64_t end_ns, Persrv__Envelope **
         }
         if (n == 0) continue; /* the loop head decides whether time is up */
 
-        zmq_msg_t m;
-        zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, c->sock, ZMQ_DONTWAIT) < 0) {
-            int e = zmq_errno();
-            zmq_msg_close(&m);
-            if (e == EAGAIN || e == EINTR) continue;
-            set_err(c, PERSRV_ECONNECT, "receive: %s", zmq_strerror(e));
-            return GOT_ERROR;
-        }
-        int more = zmq_msg_more(&m);
-        const void *data = zmq_msg_data(&m);
-        size_t size = zmq_msg_size(&m);
-        uint64_t peek = ps_wire_peek_request_id(data, size);
-        if (more) {
-            /* the front door speaks single frames: drain the message, then judge it */
-            while (more) {
-                zmq_msg_t rest;
-                zmq_msg_init(&rest);
-                if (zmq_msg_recv(&rest, c->sock, 0) < 0)
-                    more = 0;
-                else
-                    more = zmq_msg_more(&rest);
-                zmq_msg_close(&rest);
-            }
-            zmq_msg_close(&m);
-            if (peek && peek != rid) continue;
-            set_err(c, PERSRV_EPROTO, "reply: more than one frame");
-            return GOT_ERROR;
-        }
         Persrv__Envelope *env = NULL;
+        uint64_t peek = 0;
         ps_err e = {0, ""};
-        int rc = ps_wire_decode(data, size, c->max_frame, &env, &e);
-        zmq_msg_close(&m);
+        int rc = persrv__recv(c->sock, c->max_frame, &env, &peek, &e);
+        if (rc == PERSRV__AGAIN) continue;
         if (rc) {
-            if (peek && peek != rid) continue; /* someone else's broken frame */
-            set_err(c, rc == PS_ENOMEM ? PERSRV_ENOMEM : PERSRV_EPROTO, "reply: %s", e.msg);
+            if (rc != PERSRV_ECONNECT && peek && peek != rid)
+                continue; /* someone else's broken frame */
+            set_err(c, rc, "%s", e.msg);
             return GOT_ERROR;
         }
         if (env->request_id != rid &&
@@ -350,7 +387,7 @@ static int call(persrv_t *c, const request *r, int want, Persrv__Envelope **out)
         Persrv__Envelope *env;
 
         if ((rc = encode(r, rid, c->timeout_ms, &buf, &len, &e)))
-            return set_err(c, rc == PS_ENOMEM ? PERSRV_ENOMEM : from_ps(rc), "%s", e.msg);
+            return set_err(c, rc == PS_ENOMEM ? PERSRV_ENOMEM : persrv__from_ps(rc), "%s", e.msg);
         if ((rc = open_sock(c))) {
             free(buf);
             return rc;
@@ -377,20 +414,13 @@ static int call(persrv_t *c, const request *r, int want, Persrv__Envelope **out)
         default:
             break;
         }
-        if (env->body_case == PERSRV__ENVELOPE__BODY_ERROR) {
-            const Persrv__Error *er = env->error;
-            snprintf(c->errname, sizeof c->errname, "%s", er->code);
-            set_err(c, from_ps(ps_wire_error_code(er)), "broker: %.200s", er->message);
-            if (!er->message[0]) snprintf(c->errstr, sizeof c->errstr, "broker: %s", er->code);
+        if ((rc = persrv__reply_check(env, want, &e))) {
+            if (env->body_case == PERSRV__ENVELOPE__BODY_ERROR)
+                snprintf(c->errname, sizeof c->errname, "%s", env->error->code);
+            else
+                close_sock(c); /* a confused peer: start afresh */
             ps_wire_free(env);
-            return c->err;
-        }
-        if ((int)env->body_case != want) {
-            int body = (int)env->body_case;
-            ps_wire_free(env);
-            close_sock(c);
-            return set_err(c, PERSRV_EPROTO, "reply: %s where %s belongs", body_name(body),
-                           body_name(want));
+            return set_err(c, rc, "%s", e.msg);
         }
         *out = env;
         return PERSRV_OK;
@@ -425,27 +455,20 @@ static void sticker_from(persrv_sticker *s, const Persrv__GetStickerReply *r)
     s->utility = r->utility;
 }
 
-int persrv_search(persrv_t *ctx, const persrv_query *q, persrv_result **out)
+int persrv__result_from(Persrv__Envelope **penv, persrv_result **out)
 {
-    Persrv__Envelope *env;
-    int rc;
-    if (out) *out = NULL;
-    if (!ctx) return PERSRV_EINVAL;
-    clear_err(ctx);
-    if (!q || !out) return set_err(ctx, PERSRV_EINVAL, "persrv_search: q or out is NULL");
-    if (!q->text) return set_err(ctx, PERSRV_EINVAL, "persrv_search: q->text is NULL");
-    request r = {PERSRV__ENVELOPE__BODY_QUERY, q, q->len ? q->len : strlen(q->text), 0};
-    if ((rc = call(ctx, &r, PERSRV__ENVELOPE__BODY_QUERY_REPLY, &env))) return rc;
-
+    Persrv__Envelope *env = *penv;
     const Persrv__QueryReply *qr = env->query_reply;
     size_t off_hits = ALIGN_UP(sizeof(result_block));
     size_t off_st = off_hits + ALIGN_UP(qr->n_hits * sizeof(persrv_hit));
     size_t off_fail = off_st + ALIGN_UP(qr->n_fields * sizeof(persrv_sticker));
     size_t total = off_fail + qr->n_failures * sizeof(persrv_shard_failure);
-    char *mem = calloc(1, total);
-    if (!mem) {
+    char *mem;
+    *penv = NULL;
+    *out = NULL;
+    if (!(mem = calloc(1, total))) {
         ps_wire_free(env);
-        return set_err(ctx, PERSRV_ENOMEM, "persrv_search: out of memory for %zu hits", qr->n_hits);
+        return PERSRV_ENOMEM;
     }
     result_block *b = (result_block *)mem;
     persrv_hit *hits = (persrv_hit *)(mem + off_hits);
@@ -481,6 +504,22 @@ int persrv_search(persrv_t *ctx, const persrv_query *q, persrv_result **out)
                              .nfailures = qr->n_failures,
                              .took_us = qr->took_us};
     *out = &b->pub;
+    return PERSRV_OK;
+}
+
+int persrv_search(persrv_t *ctx, const persrv_query *q, persrv_result **out)
+{
+    Persrv__Envelope *env;
+    int rc;
+    if (out) *out = NULL;
+    if (!ctx) return PERSRV_EINVAL;
+    clear_err(ctx);
+    if (!q || !out) return set_err(ctx, PERSRV_EINVAL, "persrv_search: q or out is NULL");
+    if (!q->text) return set_err(ctx, PERSRV_EINVAL, "persrv_search: q->text is NULL");
+    request r = {PERSRV__ENVELOPE__BODY_QUERY, q, q->len ? q->len : strlen(q->text), 0};
+    if ((rc = call(ctx, &r, PERSRV__ENVELOPE__BODY_QUERY_REPLY, &env))) return rc;
+    if ((rc = persrv__result_from(&env, out)))
+        return set_err(ctx, rc, "persrv_search: out of memory for the result");
     return PERSRV_OK;
 }
 

@@ -59,7 +59,8 @@ extern "C" {
     X(EPROTO, -6, "protocol_error", 0, "malformed or unexpected reply")                            \
     X(ENOMEM, -7, "out_of_memory", 0, "out of memory")                                             \
     X(ECONNECT, -8, "connect_error", 0, "cannot connect")                                          \
-    X(ESERVER, -9, "server_error", 0, "the broker failed")
+    X(ESERVER, -9, "server_error", 0, "the broker failed")                                         \
+    X(ECANCELED, -10, "canceled", 0, "request canceled")
 
 enum {
     PERSRV_OK = 0,
@@ -73,7 +74,7 @@ const char *persrv_strerror(int code);
 /* Stable name of a code ("timed_out"; "ok" for 0, "unknown" outside the table). */
 const char *persrv_errname(int code);
 /* 1 if the same call may succeed when repeated later (PERSRV_ETIMEDOUT, PERSRV_EUNAVAIL),
- * 0 otherwise (bad input, not found, too big, protocol and server errors). */
+ * 0 otherwise (bad input, not found, too big, protocol and server errors, canceled). */
 int persrv_retriable(int code);
 
 /* ---- context ------------------------------------------------------------------------------ */
