@@ -38,7 +38,7 @@
 
 enum { WIRE_VARINT = 0, WIRE_I64 = 1, WIRE_LEN = 2, WIRE_I32 = 5 };
 
-#define WIRE_MAX_FIELDS 16 /* most fields of one message in persrv.proto */
+#define WIRE_MAX_FIELDS 32 /* most fields of one message in persrv.proto (Envelope) */
 #define WIRE_MAX_DEPTH  8  /* the schema nests 3 deep and has no cycles */
 
 /* ---- caps of repeated fields and strings --------------------------------------------------- */
@@ -63,6 +63,23 @@ static const field_cap caps[] = {
     {&persrv__query_reply__descriptor, "hits", PS_WIRE_MAX_HITS, 0},
     {&persrv__query_reply__descriptor, "fields", PS_WIRE_MAX_HITS, 0},
     {&persrv__query_reply__descriptor, "failures", PS_WIRE_MAX_SHARDS, 0},
+    {&persrv__get_sticker_reply__descriptor, "embedding", PS_WIRE_MAX_DIM, 0},
+    {&persrv__click_request__descriptor, "user", 0, PS_WIRE_MAX_USER},
+    {&persrv__click_request__descriptor, "embedding", PS_WIRE_MAX_DIM, 0},
+    {&persrv__profile_request__descriptor, "user", 0, PS_WIRE_MAX_USER},
+    {&persrv__profile_reply__descriptor, "centroids", PS_WIRE_MAX_CENTROIDS, 0},
+    {&persrv__load_profile_request__descriptor, "user", 0, PS_WIRE_MAX_USER},
+    {&persrv__load_profile_request__descriptor, "centroids", PS_WIRE_MAX_CENTROIDS, 0},
+    {&persrv__load_profile_request__descriptor, "history", PS_WIRE_MAX_HISTORY, 0},
+    {&persrv__history_item__descriptor, "embedding", PS_WIRE_MAX_DIM, 0},
+    {&persrv__clicks_request__descriptor, "user", 0, PS_WIRE_MAX_USER},
+    {&persrv__clicks_reply__descriptor, "sticker_ids", PS_WIRE_MAX_CLICKS, 0},
+    {&persrv__wal_reply__descriptor, "batches", PS_WIRE_MAX_BATCHES, 0},
+    {&persrv__wal_batch__descriptor, "data", 0, PS_WIRE_MAX_FRAME},
+    {&persrv__checkpoint_request__descriptor, "file", 0, 255},
+    {&persrv__checkpoint_reply__descriptor, "files", PS_WIRE_MAX_BATCHES, 0},
+    {&persrv__checkpoint_file__descriptor, "name", 0, 255},
+    {&persrv__checkpoint_reply__descriptor, "data", 0, PS_WIRE_MAX_FRAME},
 };
 
 static const field_cap *cap_of(const ProtobufCMessageDescriptor *d, const char *field)
@@ -367,11 +384,54 @@ static int tok_cmp(const void *a, const void *b)
     return c ? c : (x->i > y->i) - (x->i < y->i);
 }
 
+/* centroids[0..n) under the wire path `at`: at most PS_WIRE_MAX_CENTROIDS, every vector the
+ * same length 1..PS_WIRE_MAX_DIM, finite, radius finite >= 0. */
+static int check_centroids(Persrv__Centroid *const *cs, size_t n, const char *at, ps_err *err)
+{
+    size_t dim = 0;
+    if (n > PS_WIRE_MAX_CENTROIDS)
+        return ps_err_set(err, PS_ETOOBIG, "%s: %zu entries, at most %d", at, n,
+                          PS_WIRE_MAX_CENTROIDS);
+    if (n && !cs) return ps_err_set(err, PS_EINVAL, "%s: NULL", at);
+    for (size_t c = 0; c < n; c++) {
+        const Persrv__Centroid *ct = cs[c];
+        if (!ct) return ps_err_set(err, PS_EINVAL, "%s[%zu]: NULL", at, c);
+        if (ct->n_vector > PS_WIRE_MAX_DIM)
+            return ps_err_set(err, PS_ETOOBIG, "%s[%zu].vector: %zu floats, at most %d", at, c,
+                              ct->n_vector, PS_WIRE_MAX_DIM);
+        if (ct->n_vector == 0 || !ct->vector)
+            return ps_err_set(err, PS_EINVAL, "%s[%zu].vector: empty", at, c);
+        if (c == 0) dim = ct->n_vector;
+        if (ct->n_vector != dim)
+            return ps_err_set(err, PS_EINVAL, "%s[%zu].vector: %zu floats, %s[0] has %zu", at, c,
+                              ct->n_vector, at, dim);
+        for (size_t j = 0; j < dim; j++)
+            if (!isfinite(ct->vector[j]))
+                return ps_err_set(err, PS_EINVAL, "%s[%zu].vector[%zu]: not finite", at, c, j);
+        if (!isfinite(ct->radius) || ct->radius < 0)
+            return ps_err_set(err, PS_EINVAL, "%s[%zu].radius: %g, need finite >= 0", at, c,
+                              ct->radius);
+    }
+    return 0;
+}
+
+/* An embedding of n floats under `at`: 0 (none) or 1..PS_WIRE_MAX_DIM finite values; with
+ * required, at least one. */
+static int check_embedding(const float *v, size_t n, int required, const char *at, ps_err *err)
+{
+    if (n > PS_WIRE_MAX_DIM)
+        return ps_err_set(err, PS_ETOOBIG, "%s: %zu floats, at most %d", at, n, PS_WIRE_MAX_DIM);
+    if (required && n == 0) return ps_err_set(err, PS_EINVAL, "%s: empty", at);
+    if (n && !v) return ps_err_set(err, PS_EINVAL, "%s: NULL", at);
+    for (size_t j = 0; j < n; j++)
+        if (!isfinite(v[j])) return ps_err_set(err, PS_EINVAL, "%s[%zu]: not finite", at, j);
+    return 0;
+}
+
 static int check_search(const Persrv__SearchRequest *q, ps_err *err)
 {
     tok_ref ref[PS_WIRE_MAX_TOKENS];
     char path[64];
-    size_t dim = 0;
     int rc;
 
     if (q->n_tokens == 0)
@@ -413,34 +473,7 @@ static int check_search(const Persrv__SearchRequest *q, ps_err *err)
     if (!isfinite(q->alpha) || q->alpha < 0)
         return ps_err_set(err, PS_EINVAL, "search.alpha: %g, need finite >= 0", (double)q->alpha);
 
-    if (q->n_centroids > PS_WIRE_MAX_CENTROIDS)
-        return ps_err_set(err, PS_ETOOBIG, "search.centroids: %zu entries, at most %d",
-                          q->n_centroids, PS_WIRE_MAX_CENTROIDS);
-    if (q->n_centroids && !q->centroids)
-        return ps_err_set(err, PS_EINVAL, "search.centroids: NULL");
-    for (size_t c = 0; c < q->n_centroids; c++) {
-        const Persrv__Centroid *ct = q->centroids[c];
-        if (!ct) return ps_err_set(err, PS_EINVAL, "search.centroids[%zu]: NULL", c);
-        if (ct->n_vector > PS_WIRE_MAX_DIM)
-            return ps_err_set(err, PS_ETOOBIG,
-                              "search.centroids[%zu].vector: %zu floats, at most %d", c,
-                              ct->n_vector, PS_WIRE_MAX_DIM);
-        if (ct->n_vector == 0 || !ct->vector)
-            return ps_err_set(err, PS_EINVAL, "search.centroids[%zu].vector: empty", c);
-        if (c == 0) dim = ct->n_vector;
-        if (ct->n_vector != dim)
-            return ps_err_set(err, PS_EINVAL,
-                              "search.centroids[%zu].vector: %zu floats, centroids[0] has %zu", c,
-                              ct->n_vector, dim);
-        for (size_t j = 0; j < dim; j++)
-            if (!isfinite(ct->vector[j]))
-                return ps_err_set(err, PS_EINVAL, "search.centroids[%zu].vector[%zu]: not finite",
-                                  c, j);
-        if (!isfinite(ct->radius) || ct->radius < 0)
-            return ps_err_set(err, PS_EINVAL, "search.centroids[%zu].radius: %g, need finite >= 0",
-                              c, ct->radius);
-    }
-    return 0;
+    return check_centroids(q->centroids, q->n_centroids, "search.centroids", err);
 }
 
 /* hits[0..n) under the wire path `at` ("search_reply.hits"): finite scores, centroid in range.
@@ -487,7 +520,8 @@ static int check_sticker_at(const Persrv__GetStickerReply *r, const char *at, ps
         if ((rc = check_text(text[f], PS_WIRE_MAX_STRING, path, err))) return rc;
     }
     if (!isfinite(r->utility)) return ps_err_set(err, PS_EINVAL, "%s.utility: not finite", at);
-    return 0;
+    snprintf(path, sizeof path, "%s.embedding", at);
+    return check_embedding(r->embedding, r->n_embedding, 0, path, err);
 }
 
 static int check_sticker_reply(const Persrv__GetStickerReply *r, ps_err *err)
@@ -547,6 +581,89 @@ static int check_error(const Persrv__Error *e, ps_err *err)
     return check_text(e->message, PS_WIRE_MAX_STRING, "error.message", err);
 }
 
+/* A checkpoint file name: 1..255 bytes, no '/', not "." or "..": a peer cannot make a replica
+ * write outside its checkpoint directory. */
+static int check_file_name(const char *name, const char *at, ps_err *err)
+{
+    int rc;
+    if ((rc = check_text(name, 255, at, err))) return rc;
+    if (!name[0] || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, ".."))
+        return ps_err_set(err, PS_EINVAL, "%s: '%s' is not a plain file name", at, name);
+    return 0;
+}
+
+/* ---- the profile service ---- */
+
+/* A user name: 1..PS_WIRE_MAX_USER bytes of UTF-8 without NUL. */
+static int check_user(const char *user, const char *at, ps_err *err)
+{
+    int rc;
+    if ((rc = check_text(user, PS_WIRE_MAX_USER, at, err))) return rc;
+    return user[0] ? 0 : ps_err_set(err, PS_EINVAL, "%s: empty", at);
+}
+
+static int check_click(const Persrv__ClickRequest *c, ps_err *err)
+{
+    int rc;
+    if ((rc = check_user(c->user, "click.user", err)) ||
+        (rc = check_text(c->query, PS_WIRE_MAX_STRING, "click.query", err)))
+        return rc;
+    return check_embedding(c->embedding, c->n_embedding, 1, "click.embedding", err);
+}
+
+static int check_load_profile(const Persrv__LoadProfileRequest *l, ps_err *err)
+{
+    int rc;
+    char path[64];
+    if ((rc = check_user(l->user, "load_profile.user", err)) ||
+        (rc = check_centroids(l->centroids, l->n_centroids, "load_profile.centroids", err)))
+        return rc;
+    if (l->n_history > PS_WIRE_MAX_HISTORY)
+        return ps_err_set(err, PS_ETOOBIG, "load_profile.history: %zu entries, at most %d",
+                          l->n_history, PS_WIRE_MAX_HISTORY);
+    if (l->n_history && !l->history) return ps_err_set(err, PS_EINVAL, "load_profile.history: NULL");
+    for (size_t i = 0; i < l->n_history; i++) {
+        if (!l->history[i]) return ps_err_set(err, PS_EINVAL, "load_profile.history[%zu]: NULL", i);
+        snprintf(path, sizeof path, "load_profile.history[%zu].embedding", i);
+        if ((rc = check_embedding(l->history[i]->embedding, l->history[i]->n_embedding, 1, path,
+                                  err)))
+            return rc;
+    }
+    return 0;
+}
+
+static int check_profile_reply(const Persrv__ProfileReply *r, ps_err *err)
+{
+    return check_centroids(r->centroids, r->n_centroids, "profile_reply.centroids", err);
+}
+
+static int check_wal_reply(const Persrv__WalReply *r, ps_err *err)
+{
+    if (r->n_batches > PS_WIRE_MAX_BATCHES)
+        return ps_err_set(err, PS_ETOOBIG, "wal_reply.batches: %zu entries, at most %d",
+                          r->n_batches, PS_WIRE_MAX_BATCHES);
+    for (size_t i = 0; i < r->n_batches; i++)
+        if (!r->batches || !r->batches[i] || r->batches[i]->seq == 0)
+            return ps_err_set(err, PS_EINVAL, "wal_reply.batches[%zu]: missing or seq 0", i);
+    return 0;
+}
+
+static int check_checkpoint_reply(const Persrv__CheckpointReply *r, ps_err *err)
+{
+    int rc;
+    char path[64];
+    if (r->n_files > PS_WIRE_MAX_BATCHES)
+        return ps_err_set(err, PS_ETOOBIG, "checkpoint_reply.files: %zu entries, at most %d",
+                          r->n_files, PS_WIRE_MAX_BATCHES);
+    for (size_t i = 0; i < r->n_files; i++) {
+        if (!r->files || !r->files[i])
+            return ps_err_set(err, PS_EINVAL, "checkpoint_reply.files[%zu]: NULL", i);
+        snprintf(path, sizeof path, "checkpoint_reply.files[%zu].name", i);
+        if ((rc = check_file_name(r->files[i]->name, path, err))) return rc;
+    }
+    return 0;
+}
+
 static int check_env(const Persrv__Envelope *e, ps_err *err)
 {
     if (e->version == 0) return ps_err_set(err, PS_EINVAL, "version: missing");
@@ -576,6 +693,40 @@ static int check_env(const Persrv__Envelope *e, ps_err *err)
     case PERSRV__ENVELOPE__BODY_QUERY_REPLY:
         return e->query_reply ? check_query_reply(e->query_reply, err)
                               : ps_err_set(err, PS_EINVAL, "query_reply: NULL");
+    case PERSRV__ENVELOPE__BODY_CLICK:
+        return e->click ? check_click(e->click, err) : ps_err_set(err, PS_EINVAL, "click: NULL");
+    case PERSRV__ENVELOPE__BODY_CLICK_REPLY:
+        return e->click_reply ? 0 : ps_err_set(err, PS_EINVAL, "click_reply: NULL");
+    case PERSRV__ENVELOPE__BODY_GET_PROFILE:
+        return e->get_profile ? check_user(e->get_profile->user, "get_profile.user", err)
+                              : ps_err_set(err, PS_EINVAL, "get_profile: NULL");
+    case PERSRV__ENVELOPE__BODY_PROFILE_REPLY:
+        return e->profile_reply ? check_profile_reply(e->profile_reply, err)
+                                : ps_err_set(err, PS_EINVAL, "profile_reply: NULL");
+    case PERSRV__ENVELOPE__BODY_LOAD_PROFILE:
+        return e->load_profile ? check_load_profile(e->load_profile, err)
+                               : ps_err_set(err, PS_EINVAL, "load_profile: NULL");
+    case PERSRV__ENVELOPE__BODY_GET_CLICKS:
+        return e->get_clicks ? check_user(e->get_clicks->user, "get_clicks.user", err)
+                             : ps_err_set(err, PS_EINVAL, "get_clicks: NULL");
+    case PERSRV__ENVELOPE__BODY_CLICKS_REPLY:
+        return e->clicks_reply ? 0 : ps_err_set(err, PS_EINVAL, "clicks_reply: NULL");
+    case PERSRV__ENVELOPE__BODY_CHECKSUM:
+        return e->checksum ? 0 : ps_err_set(err, PS_EINVAL, "checksum: NULL");
+    case PERSRV__ENVELOPE__BODY_CHECKSUM_REPLY:
+        return e->checksum_reply ? 0 : ps_err_set(err, PS_EINVAL, "checksum_reply: NULL");
+    case PERSRV__ENVELOPE__BODY_WAL:
+        return e->wal ? 0 : ps_err_set(err, PS_EINVAL, "wal: NULL");
+    case PERSRV__ENVELOPE__BODY_WAL_REPLY:
+        return e->wal_reply ? check_wal_reply(e->wal_reply, err)
+                            : ps_err_set(err, PS_EINVAL, "wal_reply: NULL");
+    case PERSRV__ENVELOPE__BODY_CHECKPOINT:
+        if (!e->checkpoint) return ps_err_set(err, PS_EINVAL, "checkpoint: NULL");
+        return e->checkpoint->file[0] ? check_file_name(e->checkpoint->file, "checkpoint.file", err)
+                                      : 0;
+    case PERSRV__ENVELOPE__BODY_CHECKPOINT_REPLY:
+        return e->checkpoint_reply ? check_checkpoint_reply(e->checkpoint_reply, err)
+                                   : ps_err_set(err, PS_EINVAL, "checkpoint_reply: NULL");
     default:
         return ps_err_set(err, PS_EINVAL, "body: no message set");
     }

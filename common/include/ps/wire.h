@@ -55,7 +55,10 @@
 #define PS_WIRE_MAX_DIM       65536               /* floats per centroid vector */
 #define PS_WIRE_MAX_HITS      PS_SEARCH_MAX_R     /* search_reply.hits entries */
 #define PS_WIRE_MAX_SHARDS    1024                /* query_reply.failures entries */
-#define PS_WIRE_MAX_USER      256                 /* bytes of query.user */
+#define PS_WIRE_MAX_USER      256                 /* bytes of any user name */
+#define PS_WIRE_MAX_HISTORY   1024                /* load_profile.history entries */
+#define PS_WIRE_MAX_CLICKS    (1 << 19)           /* clicks_reply.sticker_ids entries */
+#define PS_WIRE_MAX_BATCHES   4096                /* wal_reply.batches, checkpoint_reply.files */
 #define PS_WIRE_MAX_STRING    65536               /* bytes of any other string */
 #define PS_WIRE_MAX_UNKNOWN   16384               /* unknown fields per frame */
 
