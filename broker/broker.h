@@ -76,6 +76,8 @@ typedef struct broker_call {
     uint32_t shard;
     int replica; /* -1: pick a replica and fail over on timeout; >= 0: that one, one attempt */
     Persrv__Envelope__BodyCase expect; /* the reply body that counts as an answer */
+    int error_is_answer; /* an Error reply is the answer too (no failover): the peer judged the
+                            request itself, e.g. a click the primary refuses */
     broker_encode_fn encode;
     void *arg;
     /* out */
@@ -123,14 +125,26 @@ typedef struct broker_profcache broker_profcache_t;
 broker_profcache_t *broker_profcache_new(const char *dir, size_t max_entries, ps_err *err);
 void broker_profcache_free(broker_profcache_t *c);
 
+/* Read profiles from the replicated profile service instead: get_profile over `replicas` (one
+ * shard of replicas, failover), entries reused for staleness_ms; `primary` (may be NULL)
+ * answers reads a replica has not caught up with (see broker_profcache_clicked). Pools are
+ * borrowed. */
+void broker_profcache_use_service(broker_profcache_t *c, broker_pool_t *replicas,
+                                  broker_pool_t *primary, uint32_t staleness_ms);
+
 /* The profile of `user` (borrowed, valid until the next broker_profcache_get), or NULL for an
  * unknown user or one without centroids. A storage error is logged and treated as unknown. */
 const ps_profile *broker_profcache_get(broker_profcache_t *c, const char *user);
+
+/* A click of `user` was acknowledged at sequence `seq`: the next read of the user must come
+ * from a node that has applied it. */
+void broker_profcache_clicked(broker_profcache_t *c, const char *user, uint64_t seq);
 
 /* ---- metrics.c: Prometheus counters and histograms -------------------------------------- */
 
 enum {
     BROKER_EP_SEARCH = 0,
+    BROKER_EP_CLICK,
     BROKER_EP_STICKER,
     BROKER_EP_HEALTHZ,
     BROKER_EP_READYZ,
@@ -197,6 +211,9 @@ double broker_now(void); /* monotonic seconds */
  * Caller owns the result; NULL with err set (out of memory, analyzer). */
 broker_core_t *broker_core_new(broker_pool_t *pool, broker_profcache_t *profiles,
                                broker_metrics_t *metrics, const broker_limits *lim, ps_err *err);
+/* Where clicks go: the profile primary (one shard, one replica; borrowed). NULL: clicks are
+ * refused (PS_EUNAVAIL). */
+void broker_core_set_primary(broker_core_t *c, broker_pool_t *primary);
 void broker_core_free(broker_core_t *c);
 broker_pool_t *broker_core_pool(broker_core_t *c);
 
@@ -210,6 +227,16 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_result *r
  * sticker_reply is the answer (caller frees with ps_wire_free). Errors: PS_ENOTFOUND,
  * PS_EUNAVAIL (no replica of its shard answered), PS_ENOMEM. */
 int broker_core_sticker(broker_core_t *c, uint64_t id, Persrv__Envelope **reply, ps_err *err);
+
+/* A click: user (1..BROKER_MAX_USER_BYTES of UTF-8), the sticker, the query it answered.
+ * The sticker's embedding comes from the shard holding it (which proves it exists), then the
+ * click goes to the profile primary and is acknowledged once durable there. OUT *reply: the
+ * primary's click_reply envelope (caller frees with ps_wire_free). Errors: PS_EINVAL (user,
+ * query), PS_ETOOBIG (user over the cap), PS_EUTF8, PS_ENOTFOUND (no such sticker),
+ * PS_EUNAVAIL (the sticker's shard or the primary did not answer; no profile service
+ * configured), an Error the primary sent (its code), PS_ENOMEM. */
+int broker_core_click(broker_core_t *c, const char *user, uint64_t sticker_id, const char *query,
+                      Persrv__Envelope **reply, ps_err *err);
 
 /* Shards with a replica up; the first `cap` of the others into down[0..*ndown). */
 uint32_t broker_core_shards_up(broker_core_t *c, uint32_t *down, uint32_t cap, uint32_t *ndown);
@@ -247,6 +274,11 @@ typedef struct broker_lane_cfg {
     uint32_t health_interval_ms;
     int probe;            /* this lane runs the health probes (and reports readiness) */
     broker_upmap_t *upmap; /* shared by every lane */
+    /* the profile service (NULL topologies: profiles come from `profiles`, no clicks) */
+    const char *profile_replicas; /* "ep|ep|...": the nodes profiles are read from */
+    const char *profile_primary;  /* where clicks go */
+    uint32_t profile_staleness_ms, click_deadline_ms;
+    broker_upmap_t *replicas_upmap, *primary_upmap;
     int http_fd;         /* listening socket to accept on (the lane dups it), -1: none */
     size_t max_body, max_headers;
     int http_timeout_s;

@@ -21,6 +21,7 @@
 
 struct broker_core {
     broker_pool_t *pool;
+    broker_pool_t *primary; /* the profile primary, for clicks (NULL: none) */
     broker_profcache_t *profiles;
     broker_metrics_t *metrics;
     broker_limits lim;
@@ -102,6 +103,11 @@ void broker_core_free(broker_core_t *c)
 broker_pool_t *broker_core_pool(broker_core_t *c)
 {
     return c->pool;
+}
+
+void broker_core_set_primary(broker_core_t *c, broker_pool_t *primary)
+{
+    c->primary = primary;
 }
 
 /* ---- search ------------------------------------------------------------------------------ */
@@ -272,6 +278,100 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_result *r
         if ((rc = fetch_fields(c, res->nhits, err))) return rc;
         res->fields = c->fields;
     }
+    return 0;
+}
+
+/* ---- clicks ------------------------------------------------------------------------------ */
+
+static int encode_get_sticker_emb(void *arg, uint64_t request_id, uint32_t deadline_ms,
+                                  uint8_t **buf, size_t *len, ps_err *err)
+{
+    return ps_wire_encode_get_sticker_emb(request_id, deadline_ms, *(const uint64_t *)arg, 1, buf,
+                                          len, err);
+}
+
+static int encode_click(void *arg, uint64_t request_id, uint32_t deadline_ms, uint8_t **buf,
+                        size_t *len, ps_err *err)
+{
+    Persrv__Envelope e = PERSRV__ENVELOPE__INIT;
+    e.version = PS_WIRE_VERSION;
+    e.request_id = request_id;
+    e.deadline_ms = deadline_ms;
+    e.body_case = PERSRV__ENVELOPE__BODY_CLICK;
+    e.click = arg;
+    return ps_wire_pack(&e, buf, len, err);
+}
+
+int broker_core_click(broker_core_t *c, const char *user, uint64_t sticker_id, const char *query,
+                      Persrv__Envelope **reply, ps_err *err)
+{
+    *reply = NULL;
+    size_t ulen = user ? strlen(user) : 0;
+    if (ulen == 0) return ps_err_set(err, PS_EINVAL, "user: required, a non-empty string");
+    if (ulen > BROKER_MAX_USER_BYTES)
+        return ps_err_set(err, PS_ETOOBIG, "user: %zu bytes, at most %d", ulen,
+                          BROKER_MAX_USER_BYTES);
+    if (!ps_utf8_valid(user, ulen)) return ps_err_set(err, PS_EUTF8, "user: not valid UTF-8");
+    if (!query) query = "";
+    if (strlen(query) > c->lim.max_query_bytes)
+        return ps_err_set(err, PS_ETOOBIG, "query: %zu bytes, more than max-query-bytes %zu",
+                          strlen(query), c->lim.max_query_bytes);
+    if (!ps_utf8_valid(query, strlen(query)))
+        return ps_err_set(err, PS_EUTF8, "query: not valid UTF-8");
+    if (!c->primary)
+        return ps_err_set(err, PS_EUNAVAIL,
+                          "clicks need the profile service (broker --profile-primary)");
+
+    /* The sticker's embedding, from the shard that holds it. */
+    uint32_t s = ps_jump_hash(sticker_id, broker_pool_nshards(c->pool));
+    broker_call call = {.shard = s,
+                        .replica = -1,
+                        .expect = PERSRV__ENVELOPE__BODY_STICKER_REPLY,
+                        .encode = encode_get_sticker_emb,
+                        .arg = &sticker_id};
+    int rc;
+    if ((rc = broker_pool_run(c->pool, &call, 1, err))) return rc;
+    broker_metrics_shard(c->metrics, s, call.reply != NULL, call.seconds, call.failovers);
+    if (!call.reply)
+        return ps_err_set(err, PS_EUNAVAIL, "shard %u holding sticker %llu: %s", s,
+                          (unsigned long long)sticker_id, call.reason);
+    Persrv__GetStickerReply *st = call.reply->sticker_reply;
+    if (!st->found || st->id != sticker_id) {
+        ps_wire_free(call.reply);
+        return ps_err_set(err, PS_ENOTFOUND, "sticker_id: no sticker %llu",
+                          (unsigned long long)sticker_id);
+    }
+    if (st->n_embedding == 0) {
+        ps_wire_free(call.reply);
+        return ps_err_set(err, PS_EUNAVAIL, "shard %u sent no embedding for sticker %llu", s,
+                          (unsigned long long)sticker_id);
+    }
+
+    Persrv__ClickRequest click = PERSRV__CLICK_REQUEST__INIT;
+    click.user = (char *)user;
+    click.sticker_id = sticker_id;
+    click.query = (char *)query;
+    click.n_embedding = st->n_embedding;
+    click.embedding = st->embedding;
+    broker_call pc = {.shard = 0,
+                      .replica = -1,
+                      .expect = PERSRV__ENVELOPE__BODY_CLICK_REPLY,
+                      .error_is_answer = 1,
+                      .encode = encode_click,
+                      .arg = &click};
+    rc = broker_pool_run(c->primary, &pc, 1, err);
+    ps_wire_free(call.reply);
+    if (rc) return rc;
+    if (!pc.reply)
+        return ps_err_set(err, PS_EUNAVAIL, "profile primary: %s", pc.reason);
+    if (pc.reply->body_case == PERSRV__ENVELOPE__BODY_ERROR) {
+        rc = ps_wire_error_code(pc.reply->error);
+        ps_err_set(err, rc, "profile primary: %s", pc.reply->error->message);
+        ps_wire_free(pc.reply);
+        return rc;
+    }
+    *reply = pc.reply;
+    broker_profcache_clicked(c->profiles, user, pc.reply->click_reply->seq);
     return 0;
 }
 

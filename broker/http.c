@@ -4,6 +4,7 @@
  *   GET /v1/search?q=&user=&k=&explain=   search the cluster (k 1..max-k, default 10; every
  *                                         hit carries its score breakdown, so explain (0|1)
  *                                         is accepted and checked but changes nothing yet)
+ *   POST /v1/click                        {"user", "sticker_id", "query"}: to the profile primary
  *   GET /v1/stickers/{id}                 a sticker's stored fields, from the shard holding it
  *   GET /healthz                          the process is alive
  *   GET /readyz                           every shard has a replica answering (else 503)
@@ -237,6 +238,65 @@ out:
     return status;
 }
 
+/* ---- clicks ------------------------------------------------------------------------------ */
+
+/* POST /v1/click {"user": "...", "sticker_id": "<decimal>" or a JSON integer, "query": "..."}
+ * (query optional): acknowledged (200) once the profile primary has made it durable. */
+static int handle_click(broker_http_t *h, struct evhttp_request *req)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    const char *body = n ? (const char *)evbuffer_pullup(in, -1) : "";
+    json_error_t jerr;
+    json_t *j = json_loadb(body, n, JSON_REJECT_DUPLICATES, &jerr);
+    if (!j) {
+        int utf8 = strstr(jerr.text, "UTF-8") != NULL;
+        return reply_error(req, 400, utf8 ? "invalid_utf8" : "parse_error",
+                           "body: %s at byte %d (a JSON object with user, sticker_id, query)",
+                           jerr.text, jerr.position);
+    }
+    int status;
+    json_t *ju = json_object_get(j, "user"), *js = json_object_get(j, "sticker_id"),
+           *jq = json_object_get(j, "query");
+    uint64_t id = 0;
+    if (!json_is_object(j)) {
+        status = reply_error(req, 400, "invalid_argument", "body: must be a JSON object");
+    } else if (!json_is_string(ju)) {
+        status = reply_error(req, 400, "invalid_argument", "user: required, a string");
+    } else if (!(json_is_string(js) &&
+                 !parse_uint(json_string_value(js), json_string_length(js), 0, UINT64_MAX, &id)) &&
+               !(json_is_integer(js) && json_integer_value(js) >= 0)) {
+        status = reply_error(req, 400, "invalid_argument",
+                             "sticker_id: required, an unsigned 64-bit integer (a decimal string "
+                             "for ids over 2^63)");
+    } else if (jq && !json_is_string(jq)) {
+        status = reply_error(req, 400, "invalid_argument", "query: must be a string");
+    } else {
+        if (json_is_integer(js)) id = (uint64_t)json_integer_value(js);
+        const char *user = json_string_value(ju);
+        ps_err err = {0, ""};
+        Persrv__Envelope *ack = NULL;
+        if (strlen(user) != json_string_length(ju)) {
+            status = reply_error(req, 400, "invalid_argument", "user: contains a NUL byte");
+        } else if (broker_core_click(h->core, user, id, jq ? json_string_value(jq) : "", &ack,
+                                     &err)) {
+            status = reply_err(req, &err);
+        } else {
+            char idbuf[24];
+            snprintf(idbuf, sizeof idbuf, "%llu", (unsigned long long)id);
+            const Persrv__ClickReply *r = ack->click_reply;
+            status = reply_json(req, 200,
+                                json_pack("{s:b, s:s, s:s, s:I, s:i, s:i}", "acknowledged", 1,
+                                          "user", user, "sticker_id", idbuf, "seq",
+                                          (json_int_t)r->seq, "history", (int)r->history,
+                                          "centroids", (int)r->centroids));
+            ps_wire_free(ack);
+        }
+    }
+    json_decref(j);
+    return status;
+}
+
 /* ---- stickers ---------------------------------------------------------------------------- */
 
 static int handle_sticker(broker_http_t *h, struct evhttp_request *req, const char *idtext)
@@ -306,6 +366,8 @@ static void on_request(struct evhttp_request *req, void *arg)
 
     if (!strcmp(path, "/v1/search"))
         ep = BROKER_EP_SEARCH;
+    else if (!strcmp(path, "/v1/click"))
+        ep = BROKER_EP_CLICK;
     else if (!strncmp(path, STICKERS_PREFIX, strlen(STICKERS_PREFIX)))
         ep = BROKER_EP_STICKER;
     else if (!strcmp(path, "/healthz"))
@@ -319,11 +381,17 @@ static void on_request(struct evhttp_request *req, void *arg)
         status = reply_error(req, 400, "invalid_argument", "the request URI does not parse");
     } else if (ep == BROKER_EP_OTHER) {
         status = reply_error(req, 404, "not_found", "no endpoint at this path");
-    } else if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+    } else if (ep == BROKER_EP_CLICK && cmd != EVHTTP_REQ_POST) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
+        status = reply_error(req, 405, "method_not_allowed", "this endpoint takes POST");
+    } else if (ep != BROKER_EP_CLICK && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
         status = reply_error(req, 405, "method_not_allowed", "this endpoint takes GET or HEAD");
     } else {
         switch (ep) {
+        case BROKER_EP_CLICK:
+            status = handle_click(h, req);
+            break;
         case BROKER_EP_SEARCH:
             status = handle_search(h, req, query, t0);
             break;

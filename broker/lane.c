@@ -41,6 +41,7 @@ struct broker_lane {
     struct evhttp *http;
     struct evhttp_bound_socket *listener;
     broker_pool_t *pool;
+    broker_pool_t *prof_replicas, *prof_primary; /* the profile service, or NULL */
     broker_profcache_t *profiles;
     broker_core_t *core;
     broker_http_t *handlers;
@@ -112,6 +113,8 @@ static void on_health(evutil_socket_t fd, short what, void *arg)
     (void)what;
     broker_lane_t *l = arg;
     uint32_t down = l->cfg.probe ? broker_pool_probe(l->pool) : 0;
+    if (l->cfg.probe && l->prof_replicas) broker_pool_probe(l->prof_replicas);
+    if (l->cfg.probe && l->prof_primary) broker_pool_probe(l->prof_primary);
     if (l->cfg.probe && down == 0 && !l->ready) {
         l->ready = 1;
         if (l->cfg.on_ready) l->cfg.on_ready(l->cfg.ready_arg);
@@ -155,6 +158,8 @@ static void lane_free(broker_lane_t *l)
     if (l->zsock) zmq_close(l->zsock);
     broker_core_free(l->core);
     broker_profcache_free(l->profiles);
+    broker_pool_free(l->prof_replicas);
+    broker_pool_free(l->prof_primary);
     broker_pool_free(l->pool);
     free(l);
 }
@@ -172,6 +177,18 @@ broker_lane_t *broker_lane_start(const broker_lane_cfg *cfg, ps_err *err)
         !(l->profiles = broker_profcache_new(cfg->profiles, cfg->profile_cache, err)) ||
         !(l->core = broker_core_new(l->pool, l->profiles, cfg->metrics, &cfg->lim, err)))
         goto fail;
+    if (cfg->profile_replicas &&
+        !(l->prof_replicas = broker_pool_new(cfg->profile_replicas, cfg->deadline_ms, cfg->retries,
+                                             cfg->max_frame, cfg->replicas_upmap, err)))
+        goto fail;
+    if (cfg->profile_primary &&
+        !(l->prof_primary = broker_pool_new(cfg->profile_primary, cfg->click_deadline_ms, 0,
+                                            cfg->max_frame, cfg->primary_upmap, err)))
+        goto fail;
+    if (l->prof_replicas)
+        broker_profcache_use_service(l->profiles, l->prof_replicas, l->prof_primary,
+                                     cfg->profile_staleness_ms);
+    broker_core_set_primary(l->core, l->prof_primary);
     if (!(l->base = event_base_new()) || !(l->http = evhttp_new(l->base))) {
         ps_err_set(err, PS_EINTERNAL, "libevent setup failed");
         goto fail;

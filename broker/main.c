@@ -47,8 +47,20 @@ static const ps_cfg_opt broker_opts[] = {
      "(tcp://127.0.0.1:5001|tcp://127.0.0.1:5002,tcp://127.0.0.1:5003)",
      PS_CFG_REQUIRED, 0, 0},
     {"profiles", PS_CFG_STRING, NULL,
-     "profiles directory (builder build --shards: DIR/profiles); unset: every user is unknown", 0,
-     0, 0},
+     "profiles directory (builder build --shards: DIR/profiles), read-only; unset (and no "
+     "profile-replicas): every user is unknown",
+     0, 0, 0},
+    {"profile-replicas", PS_CFG_STRING, NULL,
+     "the profile service's nodes profiles are read from, separated by '|' (replicas, and the "
+     "primary if it should serve reads too); overrides profiles",
+     0, 0, 0},
+    {"profile-primary", PS_CFG_STRING, NULL,
+     "the profile service's primary: POST /v1/click goes there (unset: clicks get 503)", 0, 0, 0},
+    {"profile-staleness-ms", PS_CFG_UINT, "1000",
+     "how long a profile read from the service is reused before it is read again", 0, 0,
+     3600000},
+    {"click-deadline-ms", PS_CFG_UINT, "2000",
+     "time the primary gets to make a click durable (a synced write)", 0, 1, 60000},
     {"http", PS_CFG_STRING, "127.0.0.1:8080", "HTTP listen address host:port (port 0: any)", 0, 0,
      0},
     {"zmq", PS_CFG_STRING, NULL,
@@ -97,8 +109,10 @@ static const ps_cfg_opt broker_opts[] = {
 static const char broker_about[] =
     "The front door of a PerSRV cluster: search over the shards (ZeroMQ), with deadlines,\n"
     "replica failover and partial answers. HTTP/JSON: GET /v1/search?q=&user=&k=&explain=,\n"
-    "GET /v1/stickers/{id}, GET /healthz, GET /readyz, GET /metrics. ZeroMQ (--zmq): the\n"
-    "protocol of proto/persrv.proto that libpersrv speaks. Stops cleanly on SIGTERM or SIGINT.";
+    "POST /v1/click, GET /v1/stickers/{id}, GET /healthz, GET /readyz, GET /metrics.\n"
+    "ZeroMQ (--zmq): the protocol of proto/persrv.proto that libpersrv speaks. Profiles come\n"
+    "from a profiles directory or from the profile service (--profile-replicas, clicks to\n"
+    "--profile-primary). Stops cleanly on SIGTERM or SIGINT.";
 
 static int sig_pipe[2] = {-1, -1};  /* signal handler → main thread */
 static int lane_pipe[2] = {-1, -1}; /* main thread → lanes: stop */
@@ -239,6 +253,27 @@ int main(int argc, char **argv)
     uint32_t nshards = broker_pool_nshards(check);
     broker_upmap_t *upmap = broker_upmap_new(check);
     broker_pool_free(check);
+    broker_upmap_t *rep_upmap = NULL, *prim_upmap = NULL;
+    const char *prof_topo[2] = {ps_cfg_str(cfg, "profile-replicas"),
+                                ps_cfg_str(cfg, "profile-primary")};
+    broker_upmap_t **prof_map[2] = {&rep_upmap, &prim_upmap};
+    for (int i = 0; i < 2 && upmap; i++) {
+        if (!prof_topo[i]) continue;
+        const char *name = i ? "profile-primary" : "profile-replicas";
+        broker_pool_t *pc = broker_pool_new(prof_topo[i], 1, 0, 64, NULL, &err);
+        if (!pc || broker_pool_nshards(pc) != 1 || (i == 1 && broker_pool_nreplicas(pc, 0) != 1)) {
+            fprintf(stderr, "broker: %s: %s\n", name,
+                    pc ? (i ? "one endpoint" : "endpoints separated by '|' (no ',')") : err.msg);
+            broker_pool_free(pc);
+            broker_upmap_free(upmap);
+            broker_upmap_free(rep_upmap);
+            ps_cfg_free(cfg);
+            return 2;
+        }
+        *prof_map[i] = broker_upmap_new(pc);
+        broker_pool_free(pc);
+        if (!*prof_map[i]) upmap = NULL; /* reported below */
+    }
     if (!upmap) {
         fprintf(stderr, "broker: out of memory\n");
         ps_cfg_free(cfg);
@@ -302,6 +337,12 @@ int main(int argc, char **argv)
                 .deadline_ms = (uint32_t)ps_cfg_uint(cfg, "deadline-ms")},
         .health_interval_ms = (uint32_t)ps_cfg_uint(cfg, "health-interval-ms"),
         .upmap = upmap,
+        .profile_replicas = prof_topo[0],
+        .profile_primary = prof_topo[1],
+        .profile_staleness_ms = (uint32_t)ps_cfg_uint(cfg, "profile-staleness-ms"),
+        .click_deadline_ms = (uint32_t)ps_cfg_uint(cfg, "click-deadline-ms"),
+        .replicas_upmap = rep_upmap,
+        .primary_upmap = prim_upmap,
         .http_fd = http_fd,
         .max_body = (size_t)ps_cfg_uint(cfg, "max-body"),
         .max_headers = (size_t)ps_cfg_uint(cfg, "max-headers"),
@@ -370,6 +411,8 @@ out:
     }
     broker_metrics_free(metrics);
     broker_upmap_free(upmap);
+    broker_upmap_free(rep_upmap);
+    broker_upmap_free(prim_upmap);
     libevent_global_shutdown();
     ps_log(status ? PS_LOG_ERROR : PS_LOG_INFO, "broker", "exit", "status=%d", status);
     ps_cfg_free(cfg);

@@ -425,7 +425,8 @@ static void drain(broker_pool_t *p, broker_call *c, double now)
         }
         atomic_store_explicit(r->up, 1, memory_order_relaxed);
         r->last_err[0] = '\0';
-        if (env->body_case == c->expect) {
+        if (env->body_case == c->expect ||
+            (c->error_is_answer && env->body_case == PERSRV__ENVELOPE__BODY_ERROR)) {
             c->pending = 0;
             c->reply = env;
             c->reason[0] = '\0';

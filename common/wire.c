@@ -925,10 +925,17 @@ int ps_wire_encode_search_reply(uint64_t request_id, uint32_t shard, uint64_t sn
 int ps_wire_encode_get_sticker(uint64_t request_id, uint32_t deadline_ms, uint64_t id,
                                uint8_t **buf, size_t *len, ps_err *err)
 {
+    return ps_wire_encode_get_sticker_emb(request_id, deadline_ms, id, 0, buf, len, err);
+}
+
+int ps_wire_encode_get_sticker_emb(uint64_t request_id, uint32_t deadline_ms, uint64_t id,
+                                   int with_embedding, uint8_t **buf, size_t *len, ps_err *err)
+{
     Persrv__Envelope e;
     Persrv__GetStickerRequest q;
     persrv__get_sticker_request__init(&q);
     q.id = id;
+    q.with_embedding = with_embedding != 0;
     env_init(&e, request_id, deadline_ms);
     e.body_case = PERSRV__ENVELOPE__BODY_GET_STICKER;
     e.get_sticker = &q;
@@ -938,6 +945,14 @@ int ps_wire_encode_get_sticker(uint64_t request_id, uint32_t deadline_ms, uint64
 int ps_wire_encode_sticker_reply(uint64_t request_id, uint32_t shard, uint64_t id,
                                  const ps_sticker_rec *rec, double utility, uint8_t **buf,
                                  size_t *len, ps_err *err)
+{
+    return ps_wire_encode_sticker_reply_emb(request_id, shard, id, rec, utility, NULL, 0, buf, len,
+                                            err);
+}
+
+int ps_wire_encode_sticker_reply_emb(uint64_t request_id, uint32_t shard, uint64_t id,
+                                     const ps_sticker_rec *rec, double utility, const float *emb,
+                                     size_t dim, uint8_t **buf, size_t *len, ps_err *err)
 {
     Persrv__Envelope e;
     Persrv__GetStickerReply r;
@@ -966,6 +981,8 @@ int ps_wire_encode_sticker_reply(uint64_t request_id, uint32_t shard, uint64_t i
                                   ps_field_names[f]);
             if (s) *dst[f] = (char *)s;
         }
+        r.n_embedding = emb ? dim : 0;
+        r.embedding = (float *)emb;
     }
     env_init(&e, request_id, 0);
     e.body_case = PERSRV__ENVELOPE__BODY_STICKER_REPLY;

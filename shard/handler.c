@@ -94,12 +94,22 @@ static int do_get_sticker(shard_handler_t *h, const Persrv__Envelope *env, uint8
                                             out_len, err);
     }
     ps_sticker_rec rec = {.id = id};
+    float *emb = NULL;
+    uint32_t dim = ps_index_dim(h->ctx->ix);
     int rc = ps_store_fields(h->ctx->store, doc, rec.field, err);
+    if (!rc && env->get_sticker->with_embedding) {
+        if (!(emb = malloc((size_t)dim * sizeof *emb)))
+            rc = ps_err_set(err, PS_ENOMEM, "out of memory for an embedding");
+        else
+            rc = ps_index_embeddings(h->ctx->ix, &doc, 1, emb, err);
+    }
     if (!rc) {
         for (int f = 0; f < PS_NFIELDS; f++) rec.field_len[f] = strlen(rec.field[f]);
-        rc = ps_wire_encode_sticker_reply(env->request_id, h->ctx->shard, id, &rec,
-                                          ps_index_utility(h->ctx->ix, doc), out, out_len, err);
+        rc = ps_wire_encode_sticker_reply_emb(env->request_id, h->ctx->shard, id, &rec,
+                                              ps_index_utility(h->ctx->ix, doc), emb, dim, out,
+                                              out_len, err);
     }
+    free(emb);
     for (int f = 0; f < PS_NFIELDS; f++) free(rec.field[f]);
     if (!rc)
         ps_log(PS_LOG_DEBUG, "shard", "get_sticker", "request_id=%llu id=%llu found=1",

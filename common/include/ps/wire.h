@@ -112,6 +112,9 @@ int ps_wire_encode_search_reply(uint64_t request_id, uint32_t shard, uint64_t sn
 
 int ps_wire_encode_get_sticker(uint64_t request_id, uint32_t deadline_ms, uint64_t id,
                                uint8_t **buf, size_t *len, ps_err *err);
+/* The same, asking (with_embedding) for the sticker's embedding too (the broker, for a click). */
+int ps_wire_encode_get_sticker_emb(uint64_t request_id, uint32_t deadline_ms, uint64_t id,
+                                   int with_embedding, uint8_t **buf, size_t *len, ps_err *err);
 
 /* A GetStickerReply for sticker `id`: rec NULL means not found; otherwise rec->id must equal
  * id, and each rec->field[f] (NULL = empty) must be NUL-terminated at rec->field_len[f] with no
@@ -119,6 +122,11 @@ int ps_wire_encode_get_sticker(uint64_t request_id, uint32_t deadline_ms, uint64
 int ps_wire_encode_sticker_reply(uint64_t request_id, uint32_t shard, uint64_t id,
                                  const ps_sticker_rec *rec, double utility, uint8_t **buf,
                                  size_t *len, ps_err *err);
+/* The same with the sticker's embedding (emb[0..dim), finite; NULL = none; ignored when rec is
+ * NULL). */
+int ps_wire_encode_sticker_reply_emb(uint64_t request_id, uint32_t shard, uint64_t id,
+                                     const ps_sticker_rec *rec, double utility, const float *emb,
+                                     size_t dim, uint8_t **buf, size_t *len, ps_err *err);
 
 int ps_wire_encode_health(uint64_t request_id, uint32_t deadline_ms, uint8_t **buf, size_t *len,
                           ps_err *err);
