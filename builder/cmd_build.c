@@ -23,15 +23,8 @@ static void usage(FILE *f)
         "                     --out DIR [options]\n\n"
         "Builds an index directory (RocksDB) that `persrv search --index DIR` and the shards\n"
         "open. Clicks are the training click log (user\\tquery\\tsticker_id).\n\n"
-        "options:\n"
-        "  --corpus FILE       stickers, JSON Lines (id, ocr, keywords, desc, emotion, queries)\n"
-        "  --embeddings FILE   float32 .npy matrix, one row per corpus line\n"
-        "  --clicks FILE       training click log (TSV); omit for no clicks\n"
+        "options:\n" BUILDER_INPUT_USAGE
         "  --out DIR           index directory to create (must not exist or be empty)\n"
-        "  --kmax N            style centroids per user, 1..5 (default 5)\n"
-        "  --seed N            k-means seed (default 42)\n"
-        "  --utility-base X    base added to zero utility components (default 1)\n"
-        "  --utility-w A,B,C   weights of (Pop, Cross, QA) (default 1,1,1)\n"
         "  --shards N          write N shard directories (DIR/shard-000 ...), a profiles\n"
         "                      directory (DIR/profiles) and DIR/cluster.json instead of one index\n"
         "  --help              this text\n");
@@ -134,19 +127,13 @@ int builder_parse_utility_w(const char *s, double w[3])
 
 int builder_cmd_build(int argc, char **argv)
 {
-    const char *corpus = NULL, *npy = NULL, *clicks = NULL, *out = NULL;
+    const char *out = NULL;
     uint32_t nshards = 0;
-    builder_cfg cfg;
-    builder_cfg_defaults(&cfg);
-    cfg.progress = 1;
-    static const struct option opts[] = {{"corpus", required_argument, 0, 'c'},
-                                         {"embeddings", required_argument, 0, 'e'},
-                                         {"clicks", required_argument, 0, 'l'},
+    builder_inputs inp = {0};
+    builder_cfg_defaults(&inp.cfg);
+    inp.cfg.progress = 1;
+    static const struct option opts[] = {BUILDER_INPUT_OPTIONS,
                                          {"out", required_argument, 0, 'o'},
-                                         {"kmax", required_argument, 0, 'k'},
-                                         {"seed", required_argument, 0, 's'},
-                                         {"utility-base", required_argument, 0, 'b'},
-                                         {"utility-w", required_argument, 0, 'w'},
                                          {"shards", required_argument, 0, 'n'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
@@ -154,45 +141,12 @@ int builder_cmd_build(int argc, char **argv)
     optind = 1;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         char *end = NULL;
+        int taken = builder_input_opt(ch, optarg, &inp, "build");
+        if (taken < 0) return 2;
+        if (taken) continue;
         switch (ch) {
-        case 'c':
-            corpus = optarg;
-            break;
-        case 'e':
-            npy = optarg;
-            break;
-        case 'l':
-            clicks = optarg;
-            break;
         case 'o':
             out = optarg;
-            break;
-        case 'k':
-            cfg.kmax = (uint32_t)strtoul(optarg, &end, 10);
-            if (*end || cfg.kmax < 1 || cfg.kmax > PS_PROFILE_KMAX) {
-                fprintf(stderr, "builder build: --kmax must be 1..%d\n", PS_PROFILE_KMAX);
-                return 2;
-            }
-            break;
-        case 's':
-            cfg.seed = strtoull(optarg, &end, 10);
-            if (*end) {
-                fprintf(stderr, "builder build: --seed must be an unsigned integer\n");
-                return 2;
-            }
-            break;
-        case 'b':
-            cfg.utility.base = strtod(optarg, &end);
-            if (*end || !(cfg.utility.base >= 0)) {
-                fprintf(stderr, "builder build: --utility-base must be a number >= 0\n");
-                return 2;
-            }
-            break;
-        case 'w':
-            if (builder_parse_utility_w(optarg, cfg.utility.w)) {
-                fprintf(stderr, "builder build: --utility-w must be three numbers >= 0: A,B,C\n");
-                return 2;
-            }
             break;
         case 'n':
             nshards = (uint32_t)strtoul(optarg, &end, 10);
@@ -209,6 +163,8 @@ int builder_cmd_build(int argc, char **argv)
             return 2;
         }
     }
+    const char *corpus = inp.corpus, *npy = inp.npy, *clicks = inp.clicks;
+    builder_cfg cfg = inp.cfg;
     if (!corpus || !npy || !out || optind != argc) {
         fprintf(stderr, "builder build: --corpus, --embeddings and --out are required\n");
         usage(stderr);

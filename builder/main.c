@@ -14,6 +14,8 @@ static const struct {
     {"generate", builder_cmd_generate, "generate a synthetic corpus, embeddings and click log"},
     {"build", builder_cmd_build, "build an index directory (RocksDB) from corpus + clicks"},
     {"eval", builder_cmd_eval, "evaluate the paper's baselines on a seeded 80/20 split"},
+    {"push-profiles", builder_cmd_push_profiles,
+     "load the offline profiles and click histories into the profile service's primary"},
 };
 
 static void usage(FILE *f)
@@ -21,7 +23,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: builder COMMAND [options]   (builder COMMAND --help for its options)\n\n"
                "commands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+        fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].help);
 }
 
 int main(int argc, char **argv)

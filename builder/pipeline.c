@@ -136,9 +136,12 @@ void builder_built_free(builder_built *b)
     for (size_t u = 0; u < b->nusers; u++) {
         free(b->users[u]);
         ps_profile_clear(&b->profiles[u]);
+        if (b->user_rows) free(b->user_rows[u]);
     }
     free(b->users);
     free(b->profiles);
+    free(b->user_rows);
+    free(b->user_nrows);
     free(b->pop);
     memset(b, 0, sizeof *b);
 }
@@ -278,9 +281,11 @@ static int build_profiles(const builder_corpus *c, const ps_clicklog *train, con
     int rc = 0;
     b->users = calloc(train->nusers ? train->nusers : 1, sizeof *b->users);
     b->profiles = calloc(train->nusers ? train->nusers : 1, sizeof *b->profiles);
+    b->user_rows = calloc(train->nusers ? train->nusers : 1, sizeof *b->user_rows);
+    b->user_nrows = calloc(train->nusers ? train->nusers : 1, sizeof *b->user_nrows);
     userrow *ur = malloc((train->n ? train->n : 1) * sizeof *ur);
     float *pts = NULL;
-    if (!b->users || !b->profiles || !ur) {
+    if (!b->users || !b->profiles || !b->user_rows || !b->user_nrows || !ur) {
         rc = ps_err_set(err, PS_ENOMEM, "out of memory building profiles");
         goto out;
     }
@@ -301,12 +306,18 @@ static int build_profiles(const builder_corpus *c, const ps_clicklog *train, con
     }
     size_t i = 0;
     for (uint32_t u = 0; u < train->nusers && !rc; u++) {
-        size_t k = 0;
-        for (; i < n && ur[i].user == u; i++) {
-            if (k > 0 && i > 0 && ur[i].row == ur[i - 1].row) continue;
-            memcpy(pts + k * dim, c->emb.data + (size_t)ur[i].row * dim, dim * sizeof *pts);
-            k++;
+        size_t k = 0, first = i;
+        while (i < n && ur[i].user == u) i++;
+        if (!(b->user_rows[u] = malloc((i - first ? i - first : 1) * sizeof **b->user_rows))) {
+            rc = ps_err_set(err, PS_ENOMEM, "out of memory building profiles");
+            break;
         }
+        for (size_t j = first; j < i; j++) {
+            if (k > 0 && ur[j].row == ur[j - 1].row) continue;
+            memcpy(pts + k * dim, c->emb.data + (size_t)ur[j].row * dim, dim * sizeof *pts);
+            b->user_rows[u][k++] = ur[j].row;
+        }
+        b->user_nrows[u] = (uint32_t)k;
         if (!(b->users[u] = strdup(train->users[u]))) {
             rc = ps_err_set(err, PS_ENOMEM, "out of memory building profiles");
             break;

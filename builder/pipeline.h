@@ -48,6 +48,8 @@ typedef struct builder_built {
     size_t nusers;
     char **users;          /* user names (owned), in click-log order */
     ps_profile *profiles;  /* nusers */
+    uint32_t **user_rows;  /* nusers: the distinct corpus rows each user clicked (ascending) */
+    uint32_t *user_nrows;  /* nusers */
     uint32_t *pop;         /* per doc: training clicks (for popularity baselines) */
     size_t unknown_clicks; /* clicks on ids absent from the corpus */
 } builder_built;
