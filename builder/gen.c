@@ -26,6 +26,8 @@
  *                   padded with spaces and a final '\n' so data starts at a multiple of 64,
  *                   then N·D float32 little-endian, row-major, rows in corpus order.
  *   clicks.tsv      user \t query \t sticker_id\n, users "u01", "u02", …, lines shuffled.
+ *   series.tsv      sticker_id \t series\n in corpus order: the ground truth of the style each
+ *                   sticker was drawn from (for tests and analysis; the pipeline never reads it).
  */
 #include "gen.h"
 #include "ps/corpus.h"
@@ -1218,8 +1220,18 @@ static int make_dirs(const char *dir, ps_err *err)
     return 0;
 }
 
-enum { OUT_CORPUS, OUT_EMBED, OUT_CLICKS, NOUT };
-static const char *const out_names[NOUT] = {"corpus.jsonl", "embeddings.npy", "clicks.tsv"};
+enum { OUT_CORPUS, OUT_EMBED, OUT_CLICKS, OUT_SERIES, NOUT };
+static const char *const out_names[NOUT] = {"corpus.jsonl", "embeddings.npy", "clicks.tsv",
+                                            "series.tsv"};
+
+/* series.tsv: sticker id and series, one line per sticker in corpus order. */
+static int gen_series_file(const gen *g, FILE *f, const char *path)
+{
+    for (size_t i = 0; i < g->n; i++)
+        if (fprintf(f, "%llu\t%u\n", (unsigned long long)g->id[i], g->sser[i]) < 0)
+            return ps_err_set(g->err, PS_EIO, "generate: writing %s: %s", path, strerror(errno));
+    return 0;
+}
 
 int builder_generate(const builder_gen_cfg *cfg, const char *outdir, ps_err *err)
 {
@@ -1254,7 +1266,8 @@ int builder_generate(const builder_gen_cfg *cfg, const char *outdir, ps_err *err
     if ((rc = gen_vocab(&g)) || (rc = gen_series(&g)) || (rc = gen_ids(&g)) ||
         (rc = gen_corpus(&g, f[OUT_CORPUS], tmp[OUT_CORPUS])) ||
         (rc = gen_embeddings(&g, f[OUT_EMBED], tmp[OUT_EMBED])) || (rc = gen_candidates(&g)) ||
-        (rc = gen_users(&g)) || (rc = gen_clicks(&g, f[OUT_CLICKS], tmp[OUT_CLICKS])))
+        (rc = gen_users(&g)) || (rc = gen_clicks(&g, f[OUT_CLICKS], tmp[OUT_CLICKS])) ||
+        (rc = gen_series_file(&g, f[OUT_SERIES], tmp[OUT_SERIES])))
         goto err;
 
     for (int k = 0; k < NOUT; k++) {
