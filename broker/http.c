@@ -247,14 +247,14 @@ static int handle_click(broker_http_t *h, struct evhttp_request *req)
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t n = evbuffer_get_length(in);
     const char *body = n ? (const char *)evbuffer_pullup(in, -1) : "";
+    if (!ps_utf8_valid(body, n))
+        return reply_error(req, 400, "invalid_utf8", "body: not valid UTF-8 (JSON is UTF-8)");
     json_error_t jerr;
     json_t *j = json_loadb(body, n, JSON_REJECT_DUPLICATES, &jerr);
-    if (!j) {
-        int utf8 = strstr(jerr.text, "UTF-8") != NULL;
-        return reply_error(req, 400, utf8 ? "invalid_utf8" : "parse_error",
+    if (!j)
+        return reply_error(req, 400, "parse_error",
                            "body: %s at byte %d (a JSON object with user, sticker_id, query)",
                            jerr.text, jerr.position);
-    }
     int status;
     json_t *ju = json_object_get(j, "user"), *js = json_object_get(j, "sticker_id"),
            *jq = json_object_get(j, "query");

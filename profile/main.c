@@ -1,0 +1,197 @@
+/*
+ * main.c — the `profile` daemon: configuration (one table, ps/config.h), the store, signals,
+ * pid and ready files, and for a replica the tail thread; profsvc_serve does the serving.
+ *
+ * Exit status: 0 after a clean stop (SIGTERM or SIGINT), 1 when the daemon could not start
+ * (database will not open, endpoint in use ...), 2 for a configuration error.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ps/config.h"
+#include "ps/log.h"
+#include "ps/wire.h"
+#include "profile.h"
+
+/* The default of max-frame, as text for the table. */
+#define PROFSVC_MAX_FRAME_DEFAULT "4194304"
+_Static_assert(PS_WIRE_MAX_FRAME == 4194304, "update PROFSVC_MAX_FRAME_DEFAULT");
+
+static const ps_cfg_opt profsvc_opts[] = {
+    {"db", PS_CFG_STRING, NULL, "RocksDB directory of this node (created if missing)",
+     PS_CFG_REQUIRED, 0, 0},
+    {"listen", PS_CFG_STRING, NULL,
+     "ZeroMQ endpoint to bind, e.g. tcp://127.0.0.1:7301 (port '*': any free port; the ready "
+     "file names it)",
+     PS_CFG_REQUIRED, 0, 0},
+    {"role", PS_CFG_STRING, "primary",
+     "primary (takes clicks and profile loads) or replica (tails --primary, serves reads)", 0, 0,
+     0},
+    {"primary", PS_CFG_STRING, NULL, "replica: the primary's ZeroMQ endpoint (required)", 0, 0,
+     0},
+    {"workers", PS_CFG_UINT, "4", "worker threads answering requests", 0, 1, 256},
+    {"sync", PS_CFG_UINT, "1",
+     "1: acknowledge a click only once its WAL record is synced; 0 is UNSAFE (an acknowledged "
+     "click can be lost in a crash), for tests and benchmarks only",
+     0, 0, 1},
+    {"history", PS_CFG_UINT, "200", "clicks kept per user for recomputing centroids", 0, 1,
+     100000},
+    {"kmax", PS_CFG_UINT, "5", "most centroids per user (k-means k)", 0, 1, PS_PROFILE_KMAX},
+    {"wal-ttl-s", PS_CFG_UINT, "3600",
+     "primary: seconds obsolete WAL files stay for replicas to catch up (0 with wal-size-mb 0: "
+     "deleted at once)",
+     0, 0, 1e9},
+    {"wal-size-mb", PS_CFG_UINT, "1024", "primary: at most this much obsolete WAL is kept (MB)",
+     0, 0, 1e9},
+    {"write-buffer-kb", PS_CFG_UINT, "65536",
+     "RocksDB memtable size (KB); a memtable flush makes its WAL obsolete", 0, 64, 16777216},
+    {"poll-ms", PS_CFG_UINT, "5", "replica: pause after a WAL reply with nothing new (ms)", 0, 0,
+     60000},
+    {"max-frame", PS_CFG_UINT, PROFSVC_MAX_FRAME_DEFAULT,
+     "largest request frame in bytes (ZMQ_MAXMSGSIZE; a larger one drops the connection)", 0,
+     4096, 1u << 30},
+    {"max-inflight", PS_CFG_UINT, "256",
+     "requests queued to workers before the daemon stops reading the socket", 0, 1, 100000},
+    {"hwm", PS_CFG_UINT, "1000", "ZeroMQ high water mark of the listening socket, messages", 0, 1,
+     1000000},
+    {"drain-ms", PS_CFG_UINT, "1000",
+     "on shutdown, how long replies still queued may take to leave (ms)", 0, 0, 60000},
+    {"log-level", PS_CFG_STRING, "info", "debug, info, warn, error or off", 0, 0, 0},
+    {"pid-file", PS_CFG_STRING, NULL, "write the process id here (removed on exit)", 0, 0, 0},
+    {"ready-file", PS_CFG_STRING, NULL,
+     "write the bound endpoint here once the database is open and the socket bound (removed "
+     "on exit)",
+     0, 0, 0},
+};
+
+static const char profsvc_about[] =
+    "The profile service: user style profiles and the click log in RocksDB. The primary takes\n"
+    "clicks (each recomputes the user's centroids) and profile loads from the builder;\n"
+    "replicas tail the primary's write-ahead log, bootstrap from a checkpoint when it is gone,\n"
+    "and serve profiles. Stops cleanly on SIGTERM or SIGINT: in-flight requests finish first.";
+
+static int stop_pipe[2] = {-1, -1};
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    int e = errno;
+    ssize_t n = write(stop_pipe[1], "x", 1);
+    (void)n;
+    errno = e;
+}
+
+int main(int argc, char **argv)
+{
+    ps_err err = {0, ""};
+    profsvc_store_t *st = NULL;
+    profsvc_replica_t *tail = NULL;
+    int status = 1, pid_written = 0;
+    ps_cfg_t *cfg = ps_cfg_daemon("profile", profsvc_about, profsvc_opts,
+                                  sizeof profsvc_opts / sizeof profsvc_opts[0], argc, argv,
+                                  &status);
+    if (!cfg) return status;
+
+    const char *role = ps_cfg_str(cfg, "role"), *primary = ps_cfg_str(cfg, "primary");
+    int replica = !strcmp(role, "replica");
+    if (!replica && strcmp(role, "primary")) {
+        fprintf(stderr, "profile: --role: '%s', want primary or replica\n", role);
+        ps_cfg_free(cfg);
+        return 2;
+    }
+    if (replica && !primary) {
+        fprintf(stderr, "profile: --primary: required for a replica\n");
+        ps_cfg_free(cfg);
+        return 2;
+    }
+    status = 1;
+    const char *pid_file = ps_cfg_str(cfg, "pid-file");
+    const char *ready_file = ps_cfg_str(cfg, "ready-file");
+    if (ready_file) unlink(ready_file);
+
+    if (pipe(stop_pipe) || fcntl(stop_pipe[0], F_SETFL, O_NONBLOCK) ||
+        fcntl(stop_pipe[1], F_SETFL, O_NONBLOCK) || fcntl(stop_pipe[0], F_SETFD, FD_CLOEXEC) ||
+        fcntl(stop_pipe[1], F_SETFD, FD_CLOEXEC)) {
+        ps_log(PS_LOG_ERROR, "profile", "start_failed", "msg=\"pipe: %s\"", strerror(errno));
+        goto out;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (pid_file) {
+        char pid[32];
+        snprintf(pid, sizeof pid, "%ld", (long)getpid());
+        if (ps_write_file_atomic(pid_file, pid)) {
+            ps_log(PS_LOG_ERROR, "profile", "start_failed", "msg=\"pid-file %s: %s\"", pid_file,
+                   strerror(errno));
+            goto out;
+        }
+        pid_written = 1;
+    }
+
+    profsvc_store_cfg scfg = {.dir = ps_cfg_str(cfg, "db"),
+                              .replica = replica,
+                              .sync = (int)ps_cfg_uint(cfg, "sync"),
+                              .history = (uint32_t)ps_cfg_uint(cfg, "history"),
+                              .kmax = (uint32_t)ps_cfg_uint(cfg, "kmax"),
+                              .wal_ttl_s = ps_cfg_uint(cfg, "wal-ttl-s"),
+                              .wal_size_mb = ps_cfg_uint(cfg, "wal-size-mb"),
+                              .write_buffer_kb = ps_cfg_uint(cfg, "write-buffer-kb")};
+    if (!(st = profsvc_store_open(&scfg, &err))) {
+        ps_log(PS_LOG_ERROR, "profile", "start_failed", "db=%s code=%s msg=\"%s\"", scfg.dir,
+               ps_errname(err.code), err.msg);
+        goto out;
+    }
+    ps_log(PS_LOG_INFO, "profile", "db_opened", "db=%s role=%s seq=%llu", scfg.dir, role,
+           (unsigned long long)profsvc_store_seq(st));
+    profsvc_ctx ctx = {.store = st,
+                       .replica = replica,
+                       .max_frame = (size_t)ps_cfg_uint(cfg, "max-frame"),
+                       .ready = !replica};
+    if (replica) {
+        profsvc_replica_cfg rcfg = {.primary = primary,
+                                    .poll_ms = (uint32_t)ps_cfg_uint(cfg, "poll-ms"),
+                                    .max_frame = 2 * ctx.max_frame};
+        if (!(tail = profsvc_replica_start(&ctx, &rcfg, &err))) {
+            ps_log(PS_LOG_ERROR, "profile", "start_failed", "code=%s msg=\"%s\"",
+                   ps_errname(err.code), err.msg);
+            goto out;
+        }
+    }
+    profsvc_server_cfg vcfg = {.listen = ps_cfg_str(cfg, "listen"),
+                               .workers = (uint32_t)ps_cfg_uint(cfg, "workers"),
+                               .max_inflight = (uint32_t)ps_cfg_uint(cfg, "max-inflight"),
+                               .drain_ms = (uint32_t)ps_cfg_uint(cfg, "drain-ms"),
+                               .hwm = (uint32_t)ps_cfg_uint(cfg, "hwm"),
+                               .ready_file = ready_file};
+    int rc = profsvc_serve(&ctx, &vcfg, stop_pipe[0], &err);
+    profsvc_replica_stop(tail); /* before the store closes under it */
+    tail = NULL;
+    if (rc) {
+        ps_log(PS_LOG_ERROR, "profile", "start_failed", "code=%s msg=\"%s\"", ps_errname(err.code),
+               err.msg);
+        goto out;
+    }
+    status = 0;
+
+out:
+    profsvc_replica_stop(tail);
+    if (ready_file) unlink(ready_file);
+    if (pid_written) unlink(pid_file);
+    profsvc_store_close(st);
+    for (int i = 0; i < 2; i++)
+        if (stop_pipe[i] >= 0) close(stop_pipe[i]);
+    ps_log(status ? PS_LOG_ERROR : PS_LOG_INFO, "profile", "exit", "status=%d", status);
+    ps_cfg_free(cfg);
+    return status;
+}

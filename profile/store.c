@@ -1,0 +1,1022 @@
+/*
+ * store.c — the profile service's RocksDB database: clicks in, profiles out, and the WAL and
+ * checkpoints replicas are fed from. No ZeroMQ here.
+ *
+ * Records (default column family; integers fixed-width, user = 1..256 bytes without NUL):
+ *
+ *   'P' user                      → a ps_profile_encode value (ps/profile.h)
+ *   'H' user 0x00 u64BE(seq)      → u64LE sticker_id | f32LE embedding[dim]
+ *                                   the bounded history: the newest --history clicks
+ *   'L' user 0x00 u64BE(seq)      → u64LE sticker_id | query bytes
+ *                                   the click log, never deleted
+ *   'N' user                      → u64LE the user's next seq (L and H keys count from 0)
+ *   "Mdim"                        → u32LE the embedding dimension, fixed by the first write
+ *
+ * The 0x00 after the user ends the name (names hold no NUL), so one user's H and L keys form a
+ * contiguous range ordered by seq, oldest first.
+ *
+ * Every write of one user happens in one WriteBatch under that user's stripe of USER_LOCKS
+ * mutexes (read N, write L, H and N + 1, recompute P), so clicks of one user never interleave
+ * and a replica applying the same batches holds the same bytes.
+ *
+ * Locking: the read side of `lock` is held around every use of `db`; only a replica's
+ * bootstrap (profsvc_store_swap) takes the write side to replace the database. Lock order:
+ * lock → user stripe → dim_mu; ck_mu is taken alone or after lock.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <rocksdb/c.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ps/hash.h"
+#include "ps/log.h"
+#include "ps/wire.h"
+#include "profile.h"
+
+#define USER_LOCKS    64                        /* stripes of per-user write locks */
+#define MAX_SESSIONS  16                        /* checkpoint sessions open at once */
+#define KEY_MAX       (1 + PS_WIRE_MAX_USER + 1 + 8)
+#define DIM_KEY       "Mdim"
+#define REPLICA_WRITE "this node is a replica; send writes to the primary"
+
+typedef struct ckpt_session {
+    uint64_t id;       /* 0: free slot */
+    double last_used;  /* monotonic seconds */
+} ckpt_session;
+
+struct profsvc_store {
+    profsvc_store_cfg cfg;
+    char *dir, *ckdir, *incoming, *old;
+    pthread_rwlock_t lock; /* read: any use of db; write: swap */
+    rocksdb_t *db;         /* NULL only after a failed swap */
+    rocksdb_options_t *opts;
+    rocksdb_writeoptions_t *wopts;
+    rocksdb_readoptions_t *ropts;
+    pthread_mutex_t users[USER_LOCKS];
+    pthread_mutex_t dim_mu; /* held while a write may fix the dimension */
+    atomic_uint dim;        /* 0 until the first write */
+    pthread_mutex_t ck_mu;  /* sessions, next_session */
+    ckpt_session sessions[MAX_SESSIONS];
+    uint64_t next_session;
+};
+
+/**************************************************************************
+ * Bytes and keys
+ */
+
+static void put_u32le(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put_u64le(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get_u32le(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t get_u64le(const uint8_t *p)
+{
+    return (uint64_t)get_u32le(p) | (uint64_t)get_u32le(p + 4) << 32;
+}
+
+static void put_f32le(uint8_t *p, float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    put_u32le(p, u);
+}
+
+static float get_f32le(const uint8_t *p)
+{
+    uint32_t u = get_u32le(p);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* 'tag' user: the P and N keys. Returns the key length. */
+static size_t user_key(uint8_t *k, char tag, const char *user, size_t ulen)
+{
+    k[0] = (uint8_t)tag;
+    memcpy(k + 1, user, ulen);
+    return 1 + ulen;
+}
+
+/* 'tag' user 0x00 [u64BE seq]: the H and L prefix (with_seq 0) or key. */
+static size_t seq_key(uint8_t *k, char tag, const char *user, size_t ulen, int with_seq,
+                      uint64_t seq)
+{
+    size_t n = user_key(k, tag, user, ulen);
+    k[n++] = 0;
+    if (with_seq)
+        for (int i = 7; i >= 0; i--) k[n++] = (uint8_t)(seq >> (8 * i));
+    return n;
+}
+
+static int has_prefix(const char *k, size_t kl, const uint8_t *pre, size_t pl)
+{
+    return kl >= pl && memcmp(k, pre, pl) == 0;
+}
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int rocks_fail(ps_err *err, char **rerr, const char *what)
+{
+    int rc = ps_err_set(err, PS_ESTORE, "%s: %s", what, *rerr ? *rerr : "failed");
+    rocksdb_free(*rerr);
+    *rerr = NULL;
+    return rc;
+}
+
+static int rmtree_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)ftw;
+    return (flag == FTW_DP ? rmdir(p) : unlink(p)) && errno != ENOENT ? -1 : 0;
+}
+
+int profsvc_rmtree(const char *path)
+{
+    struct stat sb;
+    if (lstat(path, &sb)) return errno == ENOENT ? 0 : -1;
+    return nftw(path, rmtree_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/**************************************************************************
+ * Open, close, swap
+ */
+
+static char *path_with(const char *dir, const char *suffix)
+{
+    size_t n = strlen(dir) + strlen(suffix) + 1;
+    char *p = malloc(n);
+    if (p) snprintf(p, n, "%s%s", dir, suffix);
+    return p;
+}
+
+/* Open st->dir into st->db and read the dimension. Caller holds the write lock (or is
+ * alone). */
+static int open_db(profsvc_store_t *st, ps_err *err)
+{
+    char *rerr = NULL;
+    st->db = rocksdb_open(st->opts, st->dir, &rerr);
+    if (!st->db) return rocks_fail(err, &rerr, st->dir);
+    size_t len = 0;
+    char *v = rocksdb_get(st->db, st->ropts, DIM_KEY, strlen(DIM_KEY), &len, &rerr);
+    if (rerr) return rocks_fail(err, &rerr, "reading " DIM_KEY);
+    uint32_t dim = v && len == 4 ? get_u32le((const uint8_t *)v) : 0;
+    int bad = v && (len != 4 || dim == 0 || dim > PS_WIRE_MAX_DIM);
+    rocksdb_free(v);
+    if (bad) return ps_err_set(err, PS_ECORRUPT, "%s: key " DIM_KEY " is malformed", st->dir);
+    atomic_store(&st->dim, dim);
+    return 0;
+}
+
+profsvc_store_t *profsvc_store_open(const profsvc_store_cfg *cfg, ps_err *err)
+{
+    profsvc_store_t *st = calloc(1, sizeof *st);
+    if (!st) {
+        ps_err_set(err, PS_ENOMEM, "out of memory opening the store");
+        return NULL;
+    }
+    st->cfg = *cfg;
+    pthread_rwlock_init(&st->lock, NULL);
+    for (int i = 0; i < USER_LOCKS; i++) pthread_mutex_init(&st->users[i], NULL);
+    pthread_mutex_init(&st->dim_mu, NULL);
+    pthread_mutex_init(&st->ck_mu, NULL);
+    /* Session ids unlike any earlier run's: a replica still downloading from a primary that
+     * restarted must get not_found, never another checkpoint's files under the same id. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    st->next_session = ps_hash_u64((uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec) ^
+                       ((uint64_t)getpid() << 40);
+    st->next_session = (st->next_session >> 1) | 1; /* never 0, and far from wrapping */
+    st->dir = strdup(cfg->dir);
+    st->ckdir = path_with(cfg->dir, ".checkpoints");
+    st->incoming = path_with(cfg->dir, ".incoming");
+    st->old = path_with(cfg->dir, ".old");
+    st->opts = rocksdb_options_create();
+    st->wopts = rocksdb_writeoptions_create();
+    st->ropts = rocksdb_readoptions_create();
+    st->cfg.dir = st->dir;
+    if (!st->dir || !st->ckdir || !st->incoming || !st->old || !st->opts || !st->wopts ||
+        !st->ropts) {
+        ps_err_set(err, PS_ENOMEM, "out of memory opening the store");
+        goto fail;
+    }
+    rocksdb_options_set_create_if_missing(st->opts, 1);
+    rocksdb_options_set_info_log_level(st->opts, 4); /* FATAL only: logs belong to us */
+    rocksdb_options_set_write_buffer_size(st->opts, (size_t)cfg->write_buffer_kb << 10);
+    /* Only a primary serves its WAL; a replica keeps none beyond what recovery needs. */
+    rocksdb_options_set_WAL_ttl_seconds(st->opts, cfg->replica ? 0 : cfg->wal_ttl_s);
+    rocksdb_options_set_WAL_size_limit_MB(st->opts, cfg->replica ? 0 : cfg->wal_size_mb);
+    /* A replica can fetch again whatever a crash loses; the primary acknowledges only synced
+     * writes (DESIGN §3.2) unless --sync 0. */
+    rocksdb_writeoptions_set_sync(st->wopts, cfg->replica ? 0 : (unsigned char)(cfg->sync != 0));
+
+    if (cfg->replica) {
+        /* A bootstrap that died: the download is incomplete, or the swap was cut short. */
+        struct stat sb;
+        if (profsvc_rmtree(st->incoming)) {
+            ps_err_set(err, PS_EIO, "removing %s: %s", st->incoming, strerror(errno));
+            goto fail;
+        }
+        if (stat(st->dir, &sb) && errno == ENOENT && !stat(st->old, &sb)) {
+            if (rename(st->old, st->dir)) {
+                ps_err_set(err, PS_EIO, "restoring %s: %s", st->old, strerror(errno));
+                goto fail;
+            }
+            ps_log(PS_LOG_WARN, "profile", "swap_recovered", "db=%s from=%s", st->dir, st->old);
+        } else if (profsvc_rmtree(st->old)) {
+            ps_err_set(err, PS_EIO, "removing %s: %s", st->old, strerror(errno));
+            goto fail;
+        }
+    } else if (profsvc_rmtree(st->ckdir)) {
+        ps_err_set(err, PS_EIO, "removing %s: %s", st->ckdir, strerror(errno));
+        goto fail;
+    }
+    if (open_db(st, err)) goto fail;
+    return st;
+
+fail:
+    profsvc_store_close(st);
+    return NULL;
+}
+
+void profsvc_store_close(profsvc_store_t *st)
+{
+    if (!st) return;
+    if (st->db) rocksdb_close(st->db);
+    if (st->opts) rocksdb_options_destroy(st->opts);
+    if (st->wopts) rocksdb_writeoptions_destroy(st->wopts);
+    if (st->ropts) rocksdb_readoptions_destroy(st->ropts);
+    if (!st->cfg.replica && st->ckdir) profsvc_rmtree(st->ckdir);
+    pthread_rwlock_destroy(&st->lock);
+    for (int i = 0; i < USER_LOCKS; i++) pthread_mutex_destroy(&st->users[i]);
+    pthread_mutex_destroy(&st->dim_mu);
+    pthread_mutex_destroy(&st->ck_mu);
+    free(st->dir);
+    free(st->ckdir);
+    free(st->incoming);
+    free(st->old);
+    free(st);
+}
+
+/* Take the read lock; PS_EUNAVAIL (lock released) while there is no database. */
+static int db_enter(profsvc_store_t *st, ps_err *err)
+{
+    pthread_rwlock_rdlock(&st->lock);
+    if (st->db) return 0;
+    pthread_rwlock_unlock(&st->lock);
+    return ps_err_set(err, PS_EUNAVAIL, "the database is being replaced; retry");
+}
+
+static void db_leave(profsvc_store_t *st)
+{
+    pthread_rwlock_unlock(&st->lock);
+}
+
+uint64_t profsvc_store_seq(profsvc_store_t *st)
+{
+    if (db_enter(st, NULL)) return 0;
+    uint64_t s = rocksdb_get_latest_sequence_number(st->db);
+    db_leave(st);
+    return s;
+}
+
+const char *profsvc_store_incoming(const profsvc_store_t *st)
+{
+    return st->incoming;
+}
+
+int profsvc_store_swap(profsvc_store_t *st, ps_err *err)
+{
+    int rc = 0;
+    pthread_rwlock_wrlock(&st->lock);
+    if (st->db) {
+        rocksdb_close(st->db);
+        st->db = NULL;
+    }
+    if (profsvc_rmtree(st->old) || rename(st->dir, st->old)) {
+        rc = ps_err_set(err, PS_EIO, "moving %s aside: %s", st->dir, strerror(errno));
+    } else if (rename(st->incoming, st->dir)) {
+        rc = ps_err_set(err, PS_EIO, "moving %s into place: %s", st->incoming, strerror(errno));
+        if (rename(st->old, st->dir))
+            ps_log(PS_LOG_ERROR, "profile", "swap_undo_failed", "db=%s msg=\"%s\"", st->dir,
+                   strerror(errno));
+    }
+    ps_err oerr = {0, ""};
+    if (open_db(st, &oerr)) {
+        if (st->db) rocksdb_close(st->db);
+        st->db = NULL;
+        if (!rc) rc = ps_err_set(err, oerr.code, "%s", oerr.msg);
+    }
+    if (!rc && profsvc_rmtree(st->old))
+        ps_log(PS_LOG_WARN, "profile", "remove_failed", "dir=%s msg=\"%s\"", st->old,
+               strerror(errno));
+    pthread_rwlock_unlock(&st->lock);
+    return rc;
+}
+
+/**************************************************************************
+ * Writes (primary)
+ */
+
+static pthread_mutex_t *user_lock(profsvc_store_t *st, const char *user, size_t ulen)
+{
+    return &st->users[ps_hash_bytes(user, ulen) % USER_LOCKS];
+}
+
+/* The user's next seq (N), 0 for a new user. */
+static int read_next(profsvc_store_t *st, const char *user, size_t ulen, uint64_t *next,
+                     ps_err *err)
+{
+    uint8_t k[KEY_MAX];
+    size_t kl = user_key(k, 'N', user, ulen), len = 0;
+    char *rerr = NULL;
+    char *v = rocksdb_get(st->db, st->ropts, (const char *)k, kl, &len, &rerr);
+    if (rerr) return rocks_fail(err, &rerr, "reading the user's next seq");
+    *next = 0;
+    int rc = 0;
+    if (v && len != 8)
+        rc = ps_err_set(err, PS_ECORRUPT, "user '%s': N value of %zu bytes", user, len);
+    else if (v)
+        *next = get_u64le((const uint8_t *)v);
+    rocksdb_free(v);
+    return rc;
+}
+
+/* Check dim against the service's, taking dim_mu when it is not fixed yet. OUT *fixing: 1 when
+ * this write fixes it (dim_mu held; the caller stores DIM_KEY and calls dim_release). */
+static int dim_check(profsvc_store_t *st, size_t dim, const char *at, int *fixing, ps_err *err)
+{
+    unsigned d = atomic_load(&st->dim);
+    *fixing = 0;
+    if (d == 0) {
+        pthread_mutex_lock(&st->dim_mu);
+        if ((d = atomic_load(&st->dim)) == 0) {
+            *fixing = 1;
+            return 0;
+        }
+        pthread_mutex_unlock(&st->dim_mu);
+    }
+    if (dim != d)
+        return ps_err_set(err, PS_EINVAL, "%s: %zu floats, this service holds %u", at, dim, d);
+    return 0;
+}
+
+static void dim_release(profsvc_store_t *st, int fixing, int written, size_t dim)
+{
+    if (!fixing) return;
+    if (written) atomic_store(&st->dim, (unsigned)dim);
+    pthread_mutex_unlock(&st->dim_mu);
+}
+
+static void put_dim(rocksdb_writebatch_t *b, size_t dim)
+{
+    uint8_t v[4];
+    put_u32le(v, (uint32_t)dim);
+    rocksdb_writebatch_put(b, DIM_KEY, strlen(DIM_KEY), (const char *)v, 4);
+}
+
+static void put_history(rocksdb_writebatch_t *b, const char *user, size_t ulen, uint64_t seq,
+                        uint64_t id, const float *emb, size_t dim, uint8_t *val)
+{
+    uint8_t k[KEY_MAX];
+    size_t kl = seq_key(k, 'H', user, ulen, 1, seq);
+    put_u64le(val, id);
+    for (size_t j = 0; j < dim; j++) put_f32le(val + 8 + 4 * j, emb[j]);
+    rocksdb_writebatch_put(b, (const char *)k, kl, (const char *)val, 8 + 4 * dim);
+}
+
+/* Put P (k > 0) or delete it. */
+static int put_profile(rocksdb_writebatch_t *b, const char *user, size_t ulen,
+                       const ps_profile *p, ps_err *err)
+{
+    uint8_t k[KEY_MAX], *v = NULL;
+    size_t kl = user_key(k, 'P', user, ulen), vl = 0;
+    if (p->k == 0) {
+        rocksdb_writebatch_delete(b, (const char *)k, kl);
+        return 0;
+    }
+    int rc = ps_profile_encode(p, &v, &vl, err);
+    if (!rc) rocksdb_writebatch_put(b, (const char *)k, kl, (const char *)v, vl);
+    free(v);
+    return rc;
+}
+
+static int write_batch(profsvc_store_t *st, rocksdb_writebatch_t *b, ps_err *err)
+{
+    char *rerr = NULL;
+    rocksdb_write(st->db, st->wopts, b, &rerr);
+    return rerr ? rocks_fail(err, &rerr, "write") : 0;
+}
+
+/* The click's history: the new entry, then up to history − 1 stored ones, newest first;
+ * older stored ones are deleted in b. ids / embs get the distinct stickers (newest first)
+ * for k-means. */
+typedef struct hist {
+    uint64_t *ids;
+    float *embs;
+    size_t n;    /* distinct stickers in ids / embs */
+    size_t kept; /* entries kept, the new one included */
+} hist;
+
+static int collect_history(profsvc_store_t *st, rocksdb_writebatch_t *b, const char *user,
+                           size_t ulen, uint64_t new_id, const float *new_emb, size_t dim,
+                           hist *h, ps_err *err)
+{
+    size_t cap = st->cfg.history;
+    uint8_t pre[KEY_MAX], last[KEY_MAX];
+    size_t pl = seq_key(pre, 'H', user, ulen, 0, 0);
+    size_t ll = seq_key(last, 'H', user, ulen, 1, UINT64_MAX);
+    int rc = 0;
+    if (!(h->ids = malloc(cap * sizeof *h->ids)) || !(h->embs = malloc(cap * dim * sizeof(float))))
+        return ps_err_set(err, PS_ENOMEM, "out of memory for a history of %zu", cap);
+    h->ids[0] = new_id;
+    memcpy(h->embs, new_emb, dim * sizeof(float));
+    h->n = h->kept = 1;
+    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, st->ropts);
+    for (rocksdb_iter_seek_for_prev(it, (const char *)last, ll); rocksdb_iter_valid(it) && !rc;
+         rocksdb_iter_prev(it)) {
+        size_t kl, vl;
+        const char *k = rocksdb_iter_key(it, &kl);
+        if (!has_prefix(k, kl, pre, pl)) break;
+        if (h->kept >= cap) { /* beyond the bound: drop it */
+            rocksdb_writebatch_delete(b, k, kl);
+            continue;
+        }
+        const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vl);
+        if (kl != pl + 8 || vl != 8 + 4 * dim) {
+            rc = ps_err_set(err, PS_ECORRUPT, "user '%s': history entry of %zu bytes, want %zu",
+                            user, vl, 8 + 4 * dim);
+            break;
+        }
+        h->kept++;
+        uint64_t id = get_u64le(v);
+        size_t i = 0;
+        while (i < h->n && h->ids[i] != id) i++;
+        if (i < h->n) continue; /* an older click of a sticker already in */
+        h->ids[h->n] = id;
+        for (size_t j = 0; j < dim; j++) h->embs[h->n * dim + j] = get_f32le(v + 8 + 4 * j);
+        h->n++;
+    }
+    if (!rc) {
+        char *rerr = NULL;
+        rocksdb_iter_get_error(it, &rerr);
+        if (rerr) rc = rocks_fail(err, &rerr, "reading the history");
+    }
+    rocksdb_iter_destroy(it);
+    return rc;
+}
+
+int profsvc_store_click(profsvc_store_t *st, const char *user, uint64_t sticker,
+                        const char *query, size_t qlen, const float *emb, size_t dim,
+                        profsvc_write_result *out, ps_err *err)
+{
+    if (st->cfg.replica) return ps_err_set(err, PS_EINVAL, REPLICA_WRITE);
+    size_t ulen = strlen(user);
+    int rc, fixing = 0, written = 0;
+    if ((rc = db_enter(st, err))) return rc;
+    pthread_mutex_t *ul = user_lock(st, user, ulen);
+    pthread_mutex_lock(ul);
+    rocksdb_writebatch_t *b = rocksdb_writebatch_create();
+    hist h = {0};
+    ps_profile prof = {0};
+    uint8_t *val = malloc(8 + (qlen > 4 * dim ? qlen : 4 * dim));
+    uint64_t next = 0;
+    if (!val) {
+        rc = ps_err_set(err, PS_ENOMEM, "out of memory for a click");
+        goto out;
+    }
+    if ((rc = dim_check(st, dim, "click.embedding", &fixing, err)) ||
+        (rc = read_next(st, user, ulen, &next, err)))
+        goto out;
+    if (fixing) put_dim(b, dim);
+
+    uint8_t k[KEY_MAX];
+    size_t kl = seq_key(k, 'L', user, ulen, 1, next);
+    put_u64le(val, sticker);
+    if (qlen) memcpy(val + 8, query, qlen);
+    rocksdb_writebatch_put(b, (const char *)k, kl, (const char *)val, 8 + qlen);
+    put_history(b, user, ulen, next, sticker, emb, dim, val);
+    kl = user_key(k, 'N', user, ulen);
+    put_u64le(val, next + 1);
+    rocksdb_writebatch_put(b, (const char *)k, kl, (const char *)val, 8);
+
+    if ((rc = collect_history(st, b, user, ulen, sticker, emb, dim, &h, err)) ||
+        (rc = ps_profile_build(h.embs, h.n, dim, st->cfg.kmax, ps_hash_bytes(user, ulen), &prof,
+                               err)) ||
+        (rc = put_profile(b, user, ulen, &prof, err)) || (rc = write_batch(st, b, err)))
+        goto out;
+    written = 1;
+    out->seq = rocksdb_get_latest_sequence_number(st->db);
+    out->history = (uint32_t)h.kept;
+    out->k = prof.k;
+
+out:
+    dim_release(st, fixing, written, dim);
+    pthread_mutex_unlock(ul);
+    db_leave(st);
+    rocksdb_writebatch_destroy(b);
+    ps_profile_clear(&prof);
+    free(h.ids);
+    free(h.embs);
+    free(val);
+    return rc;
+}
+
+/* Delete every key of the range prefix pre[0..pl) in b. */
+static int delete_range(profsvc_store_t *st, rocksdb_writebatch_t *b, const uint8_t *pre,
+                        size_t pl, ps_err *err)
+{
+    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, st->ropts);
+    for (rocksdb_iter_seek(it, (const char *)pre, pl); rocksdb_iter_valid(it);
+         rocksdb_iter_next(it)) {
+        size_t kl;
+        const char *k = rocksdb_iter_key(it, &kl);
+        if (!has_prefix(k, kl, pre, pl)) break;
+        rocksdb_writebatch_delete(b, k, kl);
+    }
+    char *rerr = NULL;
+    rocksdb_iter_get_error(it, &rerr);
+    rocksdb_iter_destroy(it);
+    return rerr ? rocks_fail(err, &rerr, "reading the history") : 0;
+}
+
+int profsvc_store_load(profsvc_store_t *st, const char *user, const ps_profile *prof,
+                       const uint64_t *ids, const float *embs, size_t n,
+                       profsvc_write_result *out, ps_err *err)
+{
+    if (st->cfg.replica) return ps_err_set(err, PS_EINVAL, REPLICA_WRITE);
+    size_t ulen = strlen(user), dim = prof->dim;
+    int rc, fixing = 0, written = 0;
+    if (dim == 0 && (n || prof->k))
+        return ps_err_set(err, PS_EINVAL, "load_profile: no embedding dimension");
+    if ((rc = db_enter(st, err))) return rc;
+    pthread_mutex_t *ul = user_lock(st, user, ulen);
+    pthread_mutex_lock(ul);
+    rocksdb_writebatch_t *b = rocksdb_writebatch_create();
+    uint8_t *val = malloc(8 + 4 * (dim ? dim : 1));
+    uint64_t next = 0;
+    size_t first = n > st->cfg.history ? n - st->cfg.history : 0;
+    if (!val) {
+        rc = ps_err_set(err, PS_ENOMEM, "out of memory for a profile load");
+        goto out;
+    }
+    if (dim && (rc = dim_check(st, dim, "load_profile.centroids", &fixing, err))) goto out;
+    if ((rc = read_next(st, user, ulen, &next, err))) goto out;
+    if (fixing) put_dim(b, dim);
+    uint8_t k[KEY_MAX];
+    size_t pl = seq_key(k, 'H', user, ulen, 0, 0);
+    if ((rc = delete_range(st, b, k, pl, err))) goto out;
+    /* History entries keep their index as seq; clicks continue after them. */
+    for (size_t i = first; i < n; i++)
+        put_history(b, user, ulen, i, ids[i], embs + i * dim, dim, val);
+    if (next < n) {
+        size_t kl = user_key(k, 'N', user, ulen);
+        put_u64le(val, n);
+        rocksdb_writebatch_put(b, (const char *)k, kl, (const char *)val, 8);
+    }
+    if ((rc = put_profile(b, user, ulen, prof, err)) || (rc = write_batch(st, b, err))) goto out;
+    written = 1;
+    out->seq = rocksdb_get_latest_sequence_number(st->db);
+    out->history = (uint32_t)(n - first);
+    out->k = prof->k;
+
+out:
+    dim_release(st, fixing, written, dim);
+    pthread_mutex_unlock(ul);
+    db_leave(st);
+    rocksdb_writebatch_destroy(b);
+    free(val);
+    return rc;
+}
+
+/**************************************************************************
+ * Reads
+ */
+
+int profsvc_store_profile(profsvc_store_t *st, const char *user, int *found, ps_profile *prof,
+                          uint64_t *seq, ps_err *err)
+{
+    uint8_t k[KEY_MAX];
+    size_t ulen = strlen(user), kl = user_key(k, 'P', user, ulen), len = 0;
+    char *rerr = NULL;
+    int rc;
+    memset(prof, 0, sizeof *prof);
+    *found = 0;
+    if ((rc = db_enter(st, err))) return rc;
+    *seq = rocksdb_get_latest_sequence_number(st->db);
+    char *v = rocksdb_get(st->db, st->ropts, (const char *)k, kl, &len, &rerr);
+    db_leave(st);
+    if (rerr) return rocks_fail(err, &rerr, "reading the profile");
+    if (v) {
+        if ((rc = ps_profile_decode((const uint8_t *)v, len, prof, err)))
+            ps_err_prefix(err, "user '%s'", user);
+        else
+            *found = 1;
+    }
+    rocksdb_free(v);
+    return rc;
+}
+
+int profsvc_store_clicks(profsvc_store_t *st, const char *user, size_t cap, uint64_t **ids,
+                         size_t *n, ps_err *err)
+{
+    uint8_t pre[KEY_MAX];
+    size_t pl = seq_key(pre, 'L', user, strlen(user), 0, 0), ncap = 0;
+    int rc;
+    *ids = NULL;
+    *n = 0;
+    if ((rc = db_enter(st, err))) return rc;
+    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, st->ropts);
+    for (rocksdb_iter_seek(it, (const char *)pre, pl); rocksdb_iter_valid(it) && !rc;
+         rocksdb_iter_next(it)) {
+        size_t kl, vl;
+        const char *k = rocksdb_iter_key(it, &kl);
+        if (!has_prefix(k, kl, pre, pl)) break;
+        const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vl);
+        if (vl < 8) {
+            rc = ps_err_set(err, PS_ECORRUPT, "user '%s': click of %zu bytes", user, vl);
+        } else if (*n == cap) {
+            rc = ps_err_set(err, PS_ETOOBIG, "user '%s': more than %zu clicks", user, cap);
+        } else {
+            if (*n == ncap) {
+                ncap = ncap ? 2 * ncap : 64;
+                uint64_t *p = realloc(*ids, ncap * sizeof *p);
+                if (!p) {
+                    rc = ps_err_set(err, PS_ENOMEM, "out of memory for clicks");
+                    break;
+                }
+                *ids = p;
+            }
+            (*ids)[(*n)++] = get_u64le(v);
+        }
+    }
+    char *rerr = NULL;
+    rocksdb_iter_get_error(it, &rerr);
+    rocksdb_iter_destroy(it);
+    db_leave(st);
+    if (rerr && !rc) rc = rocks_fail(err, &rerr, "reading the click log");
+    rocksdb_free(rerr);
+    if (rc) {
+        free(*ids);
+        *ids = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
+/* FNV-1a 64 over len as u64LE then the bytes. */
+static uint64_t fnv_field(uint64_t h, const void *p, size_t len)
+{
+    uint8_t lb[8];
+    put_u64le(lb, len);
+    for (int i = 0; i < 8; i++) h = (h ^ lb[i]) * 0x100000001b3ull;
+    const uint8_t *b = p;
+    for (size_t i = 0; i < len; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+int profsvc_store_checksum(profsvc_store_t *st, uint64_t *sum, uint64_t *keys, uint64_t *seq,
+                           ps_err *err)
+{
+    int rc;
+    if ((rc = db_enter(st, err))) return rc;
+    /* The C API does not tell a snapshot's sequence number: take one between two equal
+     * readings of the latest (writes are rare where a checksum is asked for). */
+    const rocksdb_snapshot_t *snap = NULL;
+    for (int i = 0; i < 100; i++) {
+        uint64_t before = rocksdb_get_latest_sequence_number(st->db);
+        snap = rocksdb_create_snapshot(st->db);
+        *seq = rocksdb_get_latest_sequence_number(st->db);
+        if (*seq == before) break;
+        rocksdb_release_snapshot(st->db, snap);
+        snap = NULL;
+    }
+    if (!snap) snap = rocksdb_create_snapshot(st->db);
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    rocksdb_readoptions_set_snapshot(ro, snap);
+    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, ro);
+    uint64_t h = 0xcbf29ce484222325ull, nk = 0;
+    for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t kl, vl;
+        const char *k = rocksdb_iter_key(it, &kl), *v = rocksdb_iter_value(it, &vl);
+        h = fnv_field(fnv_field(h, k, kl), v, vl);
+        nk++;
+    }
+    char *rerr = NULL;
+    rocksdb_iter_get_error(it, &rerr);
+    rocksdb_iter_destroy(it);
+    rocksdb_readoptions_destroy(ro);
+    rocksdb_release_snapshot(st->db, snap);
+    db_leave(st);
+    if (rerr) return rocks_fail(err, &rerr, "checksum scan");
+    *sum = h;
+    *keys = nk;
+    return 0;
+}
+
+static void ckpt_gc(profsvc_store_t *st);
+
+/**************************************************************************
+ * Replication: WAL out (primary), batches in (replica)
+ */
+
+void profsvc_batches_free(profsvc_batch *b, size_t n)
+{
+    for (size_t i = 0; b && i < n; i++) free(b[i].data);
+    free(b);
+}
+
+int profsvc_store_wal(profsvc_store_t *st, uint64_t from, size_t max_bytes,
+                      profsvc_batch **batches, size_t *n, int *gone, uint64_t *latest,
+                      ps_err *err)
+{
+    int rc;
+    size_t cap = 0, total = 0;
+    *batches = NULL;
+    *n = 0;
+    *gone = 0;
+    if (!st->cfg.replica) { /* replicas poll here: the place to notice abandoned sessions */
+        pthread_mutex_lock(&st->ck_mu);
+        ckpt_gc(st);
+        pthread_mutex_unlock(&st->ck_mu);
+    }
+    if ((rc = db_enter(st, err))) return rc;
+    *latest = rocksdb_get_latest_sequence_number(st->db);
+    if (from == 0 || from > *latest) {
+        db_leave(st);
+        return 0;
+    }
+    char *rerr = NULL;
+    rocksdb_wal_iterator_t *it = rocksdb_get_updates_since(st->db, from, NULL, &rerr);
+    if (rerr || !it) {
+        ps_log(PS_LOG_INFO, "profile", "wal_gone", "from=%llu msg=\"%s\"",
+               (unsigned long long)from, rerr ? rerr : "no iterator");
+        rocksdb_free(rerr);
+        if (it) rocksdb_wal_iter_destroy(it);
+        db_leave(st);
+        *gone = 1;
+        return 0;
+    }
+    uint64_t expect = from;
+    for (; rocksdb_wal_iter_valid(it) && !rc; rocksdb_wal_iter_next(it)) {
+        uint64_t bseq = 0;
+        size_t len = 0;
+        rocksdb_writebatch_t *wb = rocksdb_wal_iter_get_batch(it, &bseq);
+        /* GetUpdatesSince skips silently to the next batch it has (DESIGN §3.2). */
+        if (bseq != expect) {
+            rocksdb_writebatch_destroy(wb);
+            if (*n == 0) *gone = 1;
+            break;
+        }
+        const char *data = rocksdb_writebatch_data(wb, &len);
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 16;
+            profsvc_batch *p = realloc(*batches, cap * sizeof *p);
+            if (!p) {
+                rocksdb_writebatch_destroy(wb);
+                rc = ps_err_set(err, PS_ENOMEM, "out of memory for WAL batches");
+                break;
+            }
+            *batches = p;
+        }
+        profsvc_batch *b = &(*batches)[*n];
+        if (!(b->data = malloc(len ? len : 1))) {
+            rocksdb_writebatch_destroy(wb);
+            rc = ps_err_set(err, PS_ENOMEM, "out of memory for a WAL batch");
+            break;
+        }
+        memcpy(b->data, data, len);
+        b->seq = bseq;
+        b->len = len;
+        (*n)++;
+        expect = bseq + (uint64_t)rocksdb_writebatch_count(wb);
+        rocksdb_writebatch_destroy(wb);
+        total += len;
+        if (total >= max_bytes || *n >= PS_WIRE_MAX_BATCHES) break;
+    }
+    if (!rc && *n == 0 && !*gone) {
+        /* from <= latest, yet nothing to read: the WAL no longer has it. */
+        rocksdb_wal_iter_status(it, &rerr);
+        ps_log(PS_LOG_INFO, "profile", "wal_gone", "from=%llu msg=\"%s\"",
+               (unsigned long long)from, rerr ? rerr : "not in the WAL");
+        rocksdb_free(rerr);
+        *gone = 1;
+    }
+    rocksdb_wal_iter_destroy(it);
+    db_leave(st);
+    if (rc) {
+        profsvc_batches_free(*batches, *n);
+        *batches = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
+int profsvc_store_apply(profsvc_store_t *st, uint64_t seq, const void *data, size_t len,
+                        ps_err *err)
+{
+    int rc;
+    if (len < 12) return ps_err_set(err, PS_ECORRUPT, "batch at %llu: %zu bytes",
+                                    (unsigned long long)seq, len);
+    if ((rc = db_enter(st, err))) return rc;
+    uint64_t latest = rocksdb_get_latest_sequence_number(st->db);
+    if (seq != latest + 1) {
+        db_leave(st);
+        return ps_err_set(err, PS_EINVAL, "batch at %llu, this replica holds %llu",
+                          (unsigned long long)seq, (unsigned long long)latest);
+    }
+    rocksdb_writebatch_t *wb = rocksdb_writebatch_create_from(data, len);
+    int count = rocksdb_writebatch_count(wb);
+    char *rerr = NULL;
+    if (count <= 0)
+        rc = ps_err_set(err, PS_ECORRUPT, "batch at %llu holds %d writes",
+                        (unsigned long long)seq, count);
+    else
+        rocksdb_write(st->db, st->wopts, wb, &rerr);
+    if (rerr) rc = rocks_fail(err, &rerr, "applying a batch");
+    uint64_t now = rocksdb_get_latest_sequence_number(st->db);
+    if (!rc && now != seq + (uint64_t)count - 1)
+        rc = ps_err_set(err, PS_ECORRUPT, "batch at %llu of %d writes left the replica at %llu",
+                        (unsigned long long)seq, count, (unsigned long long)now);
+    rocksdb_writebatch_destroy(wb);
+    db_leave(st);
+    return rc;
+}
+
+/**************************************************************************
+ * Checkpoints (primary)
+ */
+
+/* Remove sessions idle for PROFSVC_CKPT_IDLE_S. Caller holds ck_mu. */
+static void ckpt_gc(profsvc_store_t *st)
+{
+    double now = mono_s();
+    for (int i = 0; i < MAX_SESSIONS; i++) {
+        ckpt_session *s = &st->sessions[i];
+        if (!s->id || now - s->last_used < PROFSVC_CKPT_IDLE_S) continue;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%llu", st->ckdir, (unsigned long long)s->id);
+        ps_log(PS_LOG_WARN, "profile", "checkpoint_abandoned", "session=%llu idle_s=%.0f",
+               (unsigned long long)s->id, now - s->last_used);
+        profsvc_rmtree(path);
+        s->id = 0;
+    }
+}
+
+static ckpt_session *ckpt_find(profsvc_store_t *st, uint64_t id)
+{
+    for (int i = 0; id && i < MAX_SESSIONS; i++)
+        if (st->sessions[i].id == id) return &st->sessions[i];
+    return NULL;
+}
+
+/* The regular files of dir with their sizes. */
+static int list_files(const char *dir, profsvc_file **files, size_t *n, ps_err *err)
+{
+    DIR *d = opendir(dir);
+    size_t cap = 0;
+    int rc = 0;
+    *files = NULL;
+    *n = 0;
+    if (!d) return ps_err_set(err, PS_EIO, "%s: %s", dir, strerror(errno));
+    struct dirent *e;
+    while (!rc && (e = readdir(d))) {
+        struct stat sb;
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        if (fstatat(dirfd(d), e->d_name, &sb, 0)) {
+            rc = ps_err_set(err, PS_EIO, "%s/%s: %s", dir, e->d_name, strerror(errno));
+        } else if (!S_ISREG(sb.st_mode) || strlen(e->d_name) >= sizeof((*files)->name)) {
+            ps_log(PS_LOG_WARN, "profile", "checkpoint_skip", "dir=%s name=%s", dir, e->d_name);
+        } else if (*n >= PS_WIRE_MAX_BATCHES) {
+            rc = ps_err_set(err, PS_ETOOBIG, "%s: more than %d files", dir, PS_WIRE_MAX_BATCHES);
+        } else {
+            if (*n == cap) {
+                cap = cap ? 2 * cap : 32;
+                profsvc_file *p = realloc(*files, cap * sizeof *p);
+                if (!p) {
+                    rc = ps_err_set(err, PS_ENOMEM, "out of memory listing %s", dir);
+                    break;
+                }
+                *files = p;
+            }
+            snprintf((*files)[*n].name, sizeof((*files)[*n].name), "%s", e->d_name);
+            (*files)[(*n)++].size = (uint64_t)sb.st_size;
+        }
+    }
+    closedir(d);
+    if (rc) {
+        free(*files);
+        *files = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
+int profsvc_store_ckpt_begin(profsvc_store_t *st, uint64_t *session, uint64_t *seq,
+                             profsvc_file **files, size_t *nfiles, ps_err *err)
+{
+    int rc;
+    char path[4096];
+    *files = NULL;
+    *nfiles = 0;
+    if (st->cfg.replica) return ps_err_set(err, PS_EINVAL, "checkpoint: this node is a replica");
+    pthread_mutex_lock(&st->ck_mu);
+    ckpt_gc(st);
+    ckpt_session *s = ckpt_find(st, 0);
+    for (int i = 0; !s && i < MAX_SESSIONS; i++)
+        if (!st->sessions[i].id) s = &st->sessions[i];
+    if (!s) {
+        pthread_mutex_unlock(&st->ck_mu);
+        return ps_err_set(err, PS_ETOOBIG, "checkpoint: %d sessions open already", MAX_SESSIONS);
+    }
+    uint64_t id = st->next_session++;
+    snprintf(path, sizeof path, "%s/%llu", st->ckdir, (unsigned long long)id);
+    if (mkdir(st->ckdir, 0755) && errno != EEXIST) {
+        rc = ps_err_set(err, PS_EIO, "%s: %s", st->ckdir, strerror(errno));
+    } else if (!(rc = db_enter(st, err))) {
+        char *rerr = NULL;
+        *seq = rocksdb_get_latest_sequence_number(st->db);
+        rocksdb_checkpoint_t *cp = rocksdb_checkpoint_object_create(st->db, &rerr);
+        if (cp) rocksdb_checkpoint_create(cp, path, 0, &rerr);
+        if (rerr) rc = rocks_fail(err, &rerr, "checkpoint");
+        if (cp) rocksdb_checkpoint_object_destroy(cp);
+        db_leave(st);
+    }
+    if (!rc) rc = list_files(path, files, nfiles, err);
+    if (!rc) {
+        s->id = id;
+        s->last_used = mono_s();
+        *session = id;
+    } else {
+        profsvc_rmtree(path);
+    }
+    pthread_mutex_unlock(&st->ck_mu);
+    return rc;
+}
+
+int profsvc_store_ckpt_read(profsvc_store_t *st, uint64_t session, const char *file,
+                            uint64_t offset, void *buf, size_t max, size_t *n, ps_err *err)
+{
+    char path[4096];
+    *n = 0;
+    pthread_mutex_lock(&st->ck_mu);
+    ckpt_session *s = ckpt_find(st, session);
+    if (s) s->last_used = mono_s();
+    pthread_mutex_unlock(&st->ck_mu);
+    if (!s)
+        return ps_err_set(err, PS_ENOTFOUND, "checkpoint.session: %llu is not open",
+                          (unsigned long long)session);
+    snprintf(path, sizeof path, "%s/%llu/%s", st->ckdir, (unsigned long long)session, file);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return ps_err_set(err, errno == ENOENT ? PS_ENOTFOUND : PS_EIO, "checkpoint.file %s: %s",
+                          file, strerror(errno));
+    ssize_t r;
+    do r = pread(fd, buf, max, (off_t)offset);
+    while (r < 0 && errno == EINTR);
+    int e = errno;
+    close(fd);
+    if (r < 0) return ps_err_set(err, PS_EIO, "checkpoint.file %s: %s", file, strerror(e));
+    *n = (size_t)r;
+    return 0;
+}
+
+int profsvc_store_ckpt_done(profsvc_store_t *st, uint64_t session, ps_err *err)
+{
+    char path[4096];
+    pthread_mutex_lock(&st->ck_mu);
+    ckpt_session *s = ckpt_find(st, session);
+    if (s) s->id = 0;
+    pthread_mutex_unlock(&st->ck_mu);
+    if (!s)
+        return ps_err_set(err, PS_ENOTFOUND, "checkpoint.session: %llu is not open",
+                          (unsigned long long)session);
+    snprintf(path, sizeof path, "%s/%llu", st->ckdir, (unsigned long long)session);
+    if (profsvc_rmtree(path))
+        ps_log(PS_LOG_WARN, "profile", "remove_failed", "dir=%s msg=\"%s\"", path,
+               strerror(errno));
+    return 0;
+}
