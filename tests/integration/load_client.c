@@ -9,7 +9,9 @@
  *     BUDGET_MS  the longest a search may take: the broker's deadline-ms × (retries + 1), plus
  *                whatever slack the caller grants for a loaded machine
  *     EXPECT     "complete": every answer complete (not partial); "partial:S": every answer
- *                partial with shard S named among the failures and no other shard missing
+ *                partial with shard S named among the failures and no other shard missing;
+ *                "personalized": complete, and every search with a user personalized (the
+ *                users must have profiles)
  *
  * Prints one line "requests=… complete=… partial=… errors=… over_budget=… max_ms=… p50_ms=…"
  * and exits 1 when any request failed (an error from the library: a 5xx / unavailable /
@@ -30,6 +32,7 @@
 #define MAX_QUERIES 100000
 #define MAX_USERS   64
 #define MAX_REPORTS 5
+#define MAX_ERRORS  20 /* after this many failed requests the run stops (and fails) */
 
 static char *queries[MAX_QUERIES];
 static size_t nqueries;
@@ -38,6 +41,7 @@ static size_t nusers;
 static const char *endpoint;
 static long requests, budget_ms;
 static int want_partial = -1; /* -1: complete; else the shard that must be missing */
+static int want_personalized; /* every search with a user must come back personalized */
 static atomic_long next_req, complete, partial, errors, over_budget, mismatched, reports;
 static double *latency_ms; /* per request */
 
@@ -84,7 +88,10 @@ static void *worker(void *arg)
             report("over budget: '%s' (%s) took %.1f ms", q.text, rc ? "error" : "answered", ms);
         }
         if (rc) {
-            atomic_fetch_add(&errors, 1);
+            if (atomic_fetch_add(&errors, 1) >= MAX_ERRORS) { /* a dead end: stop early */
+                atomic_store(&next_req, requests);
+                break;
+            }
             report("error: '%s': %s (%.1f ms)", q.text, persrv_errstr(c), ms);
             continue;
         }
@@ -104,6 +111,10 @@ static void *worker(void *arg)
             }
         } else {
             atomic_fetch_add(&complete, 1);
+            if (want_personalized && q.user && !r->personalized) {
+                atomic_fetch_add(&mismatched, 1);
+                report("not personalized for user %s: '%s' (%.1f ms)", q.user, q.text, ms);
+            }
             if (want_partial >= 0) {
                 atomic_fetch_add(&mismatched, 1);
                 report("complete answer, expected a partial one: '%s'%s (%.1f ms)", q.text, "", ms);
@@ -125,7 +136,7 @@ int main(int argc, char **argv)
 {
     if (argc != 8) {
         fprintf(stderr, "usage: load_client EP QUERIES_FILE REQUESTS THREADS USERS BUDGET_MS "
-                        "complete|partial:S\n");
+                        "complete|personalized|partial:S\n");
         return 2;
     }
     endpoint = argv[1];
@@ -138,8 +149,10 @@ int main(int argc, char **argv)
     }
     if (!strncmp(argv[7], "partial:", 8))
         want_partial = atoi(argv[7] + 8);
+    else if (!strcmp(argv[7], "personalized"))
+        want_personalized = 1;
     else if (strcmp(argv[7], "complete")) {
-        fprintf(stderr, "load_client: EXPECT is complete or partial:S\n");
+        fprintf(stderr, "load_client: EXPECT is complete, personalized or partial:S\n");
         return 2;
     }
     FILE *f = fopen(argv[2], "r");

@@ -10,10 +10,12 @@
 #      that series higher (its best rank and its share of the top 10 both improve); once
 #      replicated, a broker reading only replica 1 and one reading only replica 2 give the
 #      identical answer.
-#   4. Bad clicks — unknown sticker, malformed JSON, invalid UTF-8, oversized user id, missing
+#   4. A profile replica killed with SIGKILL under 2,000 searches (libpersrv, 4 threads, users
+#      with profiles) costs no failed search, and every answer stays personalized.
+#   5. Bad clicks — unknown sticker, malformed JSON, invalid UTF-8, oversized user id, missing
 #      or malformed fields, wrong method — get a 4xx JSON error and store nothing (the
 #      primary's checksum over every key is unchanged).
-# usage: test_click.sh BUILDER SHARD SHARD_CLIENT BROKER PERSRV PROFILE PROFILE_CLIENT
+# usage: test_click.sh BUILDER SHARD SHARD_CLIENT BROKER PERSRV PROFILE PROFILE_CLIENT LOAD_CLIENT
 set -euo pipefail
 B=$1
 S=$2
@@ -22,6 +24,7 @@ BR=$4
 P=$5
 PD=$6
 PC=$7
+LC=$8
 . "$(dirname "$0")/lib.sh"
 ps_test_init click
 command -v curl >/dev/null || fail "curl is required (scripts/deps.sh installs it)"
@@ -154,6 +157,7 @@ echo "  series $SER for '$Q': best rank $best0 -> $best1, in the top 10: $top0 -
 # Identical from every replica once replicated.
 wait_replicated
 MAIN_URL=$URL
+MAIN_ZEP=$ZEP
 start_broker b1 "$TOPO" --profile-replicas "${EP[r1]}" "${PFLAGS[@]}"
 U1=$URL
 start_broker b2 "$TOPO" --profile-replicas "${EP[r2]}" "${PFLAGS[@]}"
@@ -168,8 +172,21 @@ echo "  after replication: replica 1 and replica 2 give the identical personaliz
 stop b1
 stop b2
 URL=$MAIN_URL
+ZEP=$MAIN_ZEP
 
-# ---- 4. bad clicks: 4xx, nothing stored ------------------------------------------------------
+# ---- 4. a profile replica killed under load ----------------------------------------------------
+"$LC" "$ZEP" "$T/queries" 2000 4 u01,u02,u03,u04 5000 personalized >"$T/load.out" 2>&1 &
+lpid=$!
+sleep 0.5
+kill -0 $lpid 2>/dev/null || fail "the load ended before the kill: $(cat "$T/load.out")"
+kill -9 "${PID[r1]}"
+unset "PID[r1]"
+rc=0
+wait $lpid || rc=$?
+echo "  profile replica 1 killed under load: $(cat "$T/load.out")"
+[ $rc -eq 0 ] || fail "searches failed or lost personalization when a profile replica died"
+
+# ---- 5. bad clicks: 4xx, nothing stored ------------------------------------------------------
 sum=$("$PC" checksum "${EP[pp]}")
 good=$(head -n 1 "$T/clicked")
 # bad_click STATUS CODE WHAT CURL_ARGS...
@@ -201,5 +218,5 @@ bad_click 405 method_not_allowed "GET /v1/click" -G
 echo "  bad clicks stored nothing (checksum $(echo "$sum" | awk '{print $1}') unchanged)"
 
 stop broker
-for n in s0 s1 r1 r2 pp; do stop "$n"; done
+for n in s0 s1 r2 pp; do stop "$n"; done
 echo "test_click: all checks passed in $((SECONDS - START)) s"

@@ -200,7 +200,7 @@ for try in 1 2 3; do
   "$CW" check "$PEP" "$T"/neg.acked.* >"$T/check.out" 2>&1 || rc=$?
   kill9_primary
   line=$(grep '^check:' "$T/check.out" || true)
-  [ $rc -le 1 ] && [ -n "$line" ] || fail "negative control: check failed: $(cat "$T/check.out")"
+  { [ $rc -le 1 ] && [ -n "$line" ]; } || fail "negative control: check failed: $(cat "$T/check.out")"
   echo "  negative control try $try (--sync 0): $line"
   lost=$(echo "$line" | sed -n 's/.*missing=\([0-9]*\).*/\1/p')
   if [ $rc -eq 1 ] && [ "${lost:-0}" -gt 0 ]; then
