@@ -29,7 +29,7 @@ alive() {
   stat=${stat##*) }
   [ "${stat%% *}" != Z ] || return 1
   comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
-  [ "$comm" = shard ] || [ "$comm" = broker ]
+  [ "$comm" = shard ] || [ "$comm" = broker ] || [ "$comm" = profile ]
 }
 
 # stop NAME...: SIGTERM every NAME that runs, wait, SIGKILL the ones left.
@@ -77,7 +77,7 @@ if [ ! -d "$RUN" ]; then
   exit 0
 fi
 stop broker # first: it stops sending work to the shards
-stop shard0a shard0b shard1a shard1b
+stop shard0a shard0b shard1a shard1b profile1 profile0
 if [ ${#stopped[@]} -eq 0 ]; then
   echo "cluster-down: nothing was running from $DIR"
 else

@@ -2,14 +2,16 @@
 # Starts a local PerSRV cluster on 127.0.0.1 and answers one query through it: builds the tree
 # if needed, generates the demo corpus (or reuses one of the same size), builds it into 2
 # shards (`builder build --shards 2`), starts 2 shards x 2 replicas (4 `shard` processes) and
-# the `broker` (HTTP/JSON and the ZeroMQ front door), waits until every one is ready, runs a
-# sample search with curl and with the `persrv` CLI (libpersrv) and prints how to query and how
-# to stop the cluster (scripts/cluster-down.sh).
+# the profile service (a primary and a replica, loaded with `builder push-profiles`) and the
+# `broker` (HTTP/JSON and the ZeroMQ front door), waits until every one is ready, runs a sample
+# search with curl and with the `persrv` CLI (libpersrv), records a sample click, and prints
+# how to query and how to stop the cluster (scripts/cluster-down.sh).
 #
 #   PERSRV_DEMO_STICKERS  corpus size (default 543098, the paper's)
 #   PERSRV_DEMO_DIR       data, index and run directory (default ./demo in the source tree)
-#   PERSRV_BASE_PORT      shard replicas listen on BASE+1 .. BASE+4, the broker's ZeroMQ
-#                         front door on BASE (default 7100)
+#   PERSRV_BASE_PORT      shard replicas listen on BASE+1 .. BASE+4, the profile primary
+#                         on BASE+5 and its replica on BASE+6, the broker's ZeroMQ front
+#                         door on BASE (default 7100)
 #   PERSRV_HTTP_PORT      broker HTTP port (default 8080; 0 picks a free one)
 #   PERSRV_SKIP_BUILD=1   do not run deps.sh / cmake: use the binaries already built
 #   PERSRV_BIN_DIR        build tree holding shard/shard, broker/broker, builder/builder,
@@ -21,7 +23,9 @@
 #   data/           corpus.jsonl, embeddings.npy, clicks.tsv (builder generate)
 #   cluster/        shard-000, shard-001, profiles, cluster.json (builder build --shards 2)
 #   run/            NAME.log (NAME.log.prev: the run before), NAME.pid, NAME.ready for
-#                   shard0a shard0b shard1a shard1b broker
+#                   shard0a shard0b shard1a shard1b profile0 profile1 broker
+#   profiles/       the profile service's RocksDB databases (primary, replica): clicks
+#                   recorded in a run are kept for the next
 #   .stickers       the corpus size data/ was generated with
 # Exit status: 0 when the cluster is up and answered; 1 on any failure (the processes this
 # run started are stopped again); 3 when a port is already in use or a cluster already runs.
@@ -37,7 +41,7 @@ HTTP_PORT=${PERSRV_HTTP_PORT:-8080}
 READY_TIMEOUT=${PERSRV_READY_TIMEOUT:-600}
 QUERY=${PERSRV_DEMO_QUERY:-好累}
 RUN=$DIR/run
-NAMES=(shard0a shard0b shard1a shard1b broker)
+NAMES=(shard0a shard0b shard1a shard1b profile0 profile1 broker)
 
 die() {
   echo "cluster-up: $*" >&2
@@ -47,8 +51,8 @@ isnum() { [[ $1 =~ ^[0-9]+$ ]]; }
 if ! isnum "$N" || [ "$N" -lt 1 ]; then
   die "PERSRV_DEMO_STICKERS='$N' is not a positive integer"
 fi
-if ! isnum "$BASE_PORT" || [ "$BASE_PORT" -lt 1 ] || [ "$BASE_PORT" -gt 65531 ]; then
-  die "PERSRV_BASE_PORT='$BASE_PORT' must be 1..65531 (shards use BASE+1 .. BASE+4)"
+if ! isnum "$BASE_PORT" || [ "$BASE_PORT" -lt 1 ] || [ "$BASE_PORT" -gt 65529 ]; then
+  die "PERSRV_BASE_PORT='$BASE_PORT' must be 1..65529 (the cluster uses BASE .. BASE+6)"
 fi
 if ! isnum "$HTTP_PORT" || [ "$HTTP_PORT" -gt 65535 ]; then
   die "PERSRV_HTTP_PORT='$HTTP_PORT' must be 0..65535"
@@ -57,11 +61,12 @@ isnum "$READY_TIMEOUT" || die "PERSRV_READY_TIMEOUT='$READY_TIMEOUT' is not a nu
 ZMQ_PORT=$BASE_PORT
 [ "$ZMQ_PORT" -ne "$HTTP_PORT" ] || die "PERSRV_HTTP_PORT=$HTTP_PORT collides with the front door port (BASE)"
 declare -A PORT=([shard0a]=$((BASE_PORT + 1)) [shard0b]=$((BASE_PORT + 2))
-                 [shard1a]=$((BASE_PORT + 3)) [shard1b]=$((BASE_PORT + 4)))
+                 [shard1a]=$((BASE_PORT + 3)) [shard1b]=$((BASE_PORT + 4))
+                 [profile0]=$((BASE_PORT + 5)) [profile1]=$((BASE_PORT + 6)))
 declare -A INDEX=([shard0a]=shard-000 [shard0b]=shard-000 [shard1a]=shard-001 [shard1b]=shard-001)
 declare -A SHARDNO=([shard0a]=0 [shard0b]=0 [shard1a]=1 [shard1b]=1)
 for p in "${PORT[@]}"; do
-  [ "$p" -ne "$HTTP_PORT" ] || die "PERSRV_HTTP_PORT=$HTTP_PORT collides with a shard port (BASE+1 .. BASE+4)"
+  [ "$p" -ne "$HTTP_PORT" ] || die "PERSRV_HTTP_PORT=$HTTP_PORT collides with a cluster port (BASE .. BASE+6)"
 done
 
 # alive PID: true if PID is a running (not zombie) shard or broker process.
@@ -74,7 +79,7 @@ alive() {
   stat=${stat##*) }
   [ "${stat%% *}" != Z ] || return 1
   comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
-  [ "$comm" = shard ] || [ "$comm" = broker ]
+  [ "$comm" = shard ] || [ "$comm" = broker ] || [ "$comm" = profile ]
 }
 
 # ---- refuse a second cluster in the same directory; ports must be free --------------------
@@ -98,10 +103,10 @@ fi
 port_in_use() { (: <>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 check_ports() {
   local n p
-  for n in shard0a shard0b shard1a shard1b; do
+  for n in shard0a shard0b shard1a shard1b profile0 profile1; do
     p=${PORT[$n]}
     if port_in_use "$p"; then
-      echo "cluster-up: port $p ($n) on 127.0.0.1 is already in use; free it or set PERSRV_BASE_PORT (shards use BASE+1 .. BASE+4, now $BASE_PORT)" >&2
+      echo "cluster-up: port $p ($n) on 127.0.0.1 is already in use; free it or set PERSRV_BASE_PORT (the cluster uses BASE .. BASE+6, now $BASE_PORT)" >&2
       exit 3
     fi
   done
@@ -120,12 +125,13 @@ check_ports
 if [ "${PERSRV_SKIP_BUILD:-0}" != 1 ]; then
   "$ROOT/scripts/deps.sh"
   cmake -S "$ROOT" -B "$BIN" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build "$BIN" -j"$(nproc)" --target builder shard broker persrv
+  cmake --build "$BIN" -j"$(nproc)" --target builder shard broker persrv profile
 fi
 B=$BIN/builder/builder
 S=$BIN/shard/shard
 BR=$BIN/broker/broker
-for x in "$B" "$S" "$BR"; do
+PD=$BIN/profile/profile
+for x in "$B" "$S" "$BR" "$PD"; do
   [ -x "$x" ] || die "$x is missing: build the tree (unset PERSRV_SKIP_BUILD) or point PERSRV_BIN_DIR at a build directory"
 done
 command -v curl >/dev/null || die "curl is required (scripts/deps.sh installs it)"
@@ -216,10 +222,27 @@ done
 TOPO="tcp://127.0.0.1:${PORT[shard0a]}|tcp://127.0.0.1:${PORT[shard0b]}"
 TOPO+=",tcp://127.0.0.1:${PORT[shard1a]}|tcp://127.0.0.1:${PORT[shard1b]}"
 echo "cluster-up: starting 4 shards (ports ${PORT[shard0a]}..${PORT[shard1b]}), logs in $RUN"
+# The profile service: a primary and a replica; the offline profiles go in once per corpus.
+PEP="tcp://127.0.0.1:${PORT[profile0]}"
+REP="tcp://127.0.0.1:${PORT[profile1]}"
+mkdir -p "$DIR/profiles"
+if [ "$(cat "$DIR/profiles/.stickers" 2>/dev/null)" != "$N" ]; then
+  rm -rf "$DIR/profiles/primary" "$DIR/profiles/replica"
+fi
+launch profile0 "$PD" --db "$DIR/profiles/primary" --listen "$PEP"
+launch profile1 "$PD" --db "$DIR/profiles/replica" --listen "$REP" --role replica --primary "$PEP"
+echo "cluster-up: starting the profile service (primary $PEP, replica $REP)"
+wait_ready profile0 profile1
+if [ "$(cat "$DIR/profiles/.stickers" 2>/dev/null)" != "$N" ]; then
+  echo "cluster-up: loading the offline profiles into the profile service"
+  "$B" push-profiles --corpus "$DIR/data/corpus.jsonl" --embeddings "$DIR/data/embeddings.npy" \
+    --clicks "$DIR/data/clicks.tsv" --primary "$PEP" || die "push-profiles failed"
+  echo "$N" >"$DIR/profiles/.stickers"
+fi
 wait_ready shard0a shard0b shard1a shard1b
 ZEP="tcp://127.0.0.1:$ZMQ_PORT"
-launch broker "$BR" --shards "$TOPO" --profiles "$DIR/cluster/profiles" --http "127.0.0.1:$HTTP_PORT" \
-  --zmq "$ZEP"
+launch broker "$BR" --shards "$TOPO" --profile-replicas "$REP|$PEP" --profile-primary "$PEP" \
+  --http "127.0.0.1:$HTTP_PORT" --zmq "$ZEP"
 wait_ready broker
 URL="http://$(sed -n 1p "$RUN/broker.ready")"
 up=1
@@ -248,16 +271,26 @@ echo "\$ persrv search --broker $ZEP --user u01 --k 5 --explain '$QUERY'"
 "$BIN/client/persrv" search --broker "$ZEP" --user u01 --k 5 --explain -- "$QUERY" \
   || die "the sample query through the persrv CLI failed (see $RUN/broker.log)"
 
+# ---- one sample click: the profile primary records it, the replica follows --------------------
+echo
+echo "\$ curl -X POST $URL/v1/click -d '{\"user\": \"u01\", \"sticker_id\": \"$id\", \"query\": \"$QUERY\"}'"
+curl -sS -X POST -H 'Content-Type: application/json' \
+  --data "{\"user\": \"u01\", \"sticker_id\": \"$id\", \"query\": \"$QUERY\"}" "$URL/v1/click" \
+  || die "the sample click failed (see $RUN/broker.log and $RUN/profile0.log)"
+echo
+
 stop="$ROOT/scripts/cluster-down.sh"
 [ "$DIR" = "$ROOT/demo" ] || stop="PERSRV_DEMO_DIR=$DIR $stop"
 cat <<MSG
 
-The PerSRV cluster is up: 2 shards x 2 replicas and a broker at $URL (HTTP)
-and $ZEP (ZeroMQ, libpersrv); logs, pid and ready files in $RUN. Try:
+The PerSRV cluster is up: 2 shards x 2 replicas, the profile service (primary $PEP,
+replica $REP) and a broker at $URL (HTTP) and $ZEP (ZeroMQ, libpersrv); logs, pid and
+ready files in $RUN. Try:
   curl '$URL/v1/search?q=$QUERY&user=u01&k=5'
   curl '$URL/v1/search?q=thumbs%20up&user=u03&k=10&explain=1'
   curl '$URL/v1/stickers/$id'
   curl '$URL/metrics'          # also /healthz and /readyz
+  curl -X POST $URL/v1/click -d '{"user": "u01", "sticker_id": "$id", "query": "$QUERY"}'
   $BIN/client/persrv search --broker $ZEP --user u01 '$QUERY'
   $BIN/client/persrv sticker --broker $ZEP $id
   $BIN/client/persrv health --broker $ZEP

@@ -42,9 +42,9 @@ alive() {
 started=0
 for attempt in 1 2 3 4 5; do
   base=$((20000 + RANDOM % 30000))
-  http=$((base + 5))
+  http=$((base + 7))
   busy=0
-  for p in $base $((base + 1)) $((base + 2)) $((base + 3)) $((base + 4)) $http; do
+  for p in $base $((base + 1)) $((base + 2)) $((base + 3)) $((base + 4)) $((base + 5)) $((base + 6)) $http; do
     port_in_use "$p" && busy=1
   done
   [ $busy = 0 ] || continue
@@ -66,11 +66,12 @@ grep -qF "/v1/search?q=" "$T/up.out" || fail "cluster-up.sh did not print the sa
 grep -qE '"hits": \[' "$T/up.out" || fail "cluster-up.sh printed no hits array"
 grep -qE '"id": "[0-9]+"' "$T/up.out" || fail "the sample query printed no hit"
 grep -qE 'sample query returned [1-9][0-9]* hits' "$T/up.out" || fail "no hit count printed"
+grep -qF '"acknowledged":true' "$T/up.out" || fail "cluster-up.sh's sample click was not acknowledged"
 for w in "curl 'http://127.0.0.1:$http/v1/search" "/v1/stickers/" "/metrics" "cluster-down.sh"; do
   grep -qF -- "$w" "$T/up.out" || fail "cluster-up.sh does not tell how to use: $w"
 done
 declare -A PIDS=()
-for n in shard0a shard0b shard1a shard1b broker; do
+for n in shard0a shard0b shard1a shard1b profile0 profile1 broker; do
   [ -s "$RUN/$n.pid" ] || fail "no pid file $RUN/$n.pid"
   [ -e "$RUN/$n.ready" ] || fail "no ready file $RUN/$n.ready"
   [ -s "$RUN/$n.log" ] || fail "no log $RUN/$n.log"
