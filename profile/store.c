@@ -21,7 +21,7 @@
  *
  * Locking: the read side of `lock` is held around every use of `db`; only a replica's
  * bootstrap (profsvc_store_swap) takes the write side to replace the database. Lock order:
- * lock → user stripe → dim_mu; ck_mu is taken alone or after lock.
+ * lock → user stripe → dim_mu; ck_mu is taken alone or after lock; wal_mu after lock.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -44,6 +44,8 @@
 
 #define USER_LOCKS    64                        /* stripes of per-user write locks */
 #define MAX_SESSIONS  16                        /* checkpoint sessions open at once */
+#define WAL_ITERS     4                         /* WAL iterators kept between wal requests */
+#define WAL_ITER_IDLE_S 10.0                    /* ... each dropped after this long unused */
 #define KEY_MAX       (1 + PS_WIRE_MAX_USER + 1 + 8)
 #define DIM_KEY       "Mdim"
 #define REPLICA_WRITE "this node is a replica; send writes to the primary"
@@ -52,6 +54,13 @@ typedef struct ckpt_session {
     uint64_t id;       /* 0: free slot */
     double last_used;  /* monotonic seconds */
 } ckpt_session;
+
+/* A WAL iterator a wal request left open for the next one (see profsvc_store_wal). */
+typedef struct wal_iter {
+    rocksdb_wal_iterator_t *it; /* NULL: free slot */
+    uint64_t next;              /* seq of the batch after the last one it returned */
+    double last_used;           /* monotonic seconds */
+} wal_iter;
 
 struct profsvc_store {
     profsvc_store_cfg cfg;
@@ -67,6 +76,8 @@ struct profsvc_store {
     pthread_mutex_t ck_mu;  /* sessions, next_session */
     ckpt_session sessions[MAX_SESSIONS];
     uint64_t next_session;
+    pthread_mutex_t wal_mu; /* wal_iters; each iterator is used outside it, by one request */
+    wal_iter wal_iters[WAL_ITERS];
 };
 
 /**************************************************************************
@@ -203,6 +214,7 @@ profsvc_store_t *profsvc_store_open(const profsvc_store_cfg *cfg, ps_err *err)
     for (int i = 0; i < USER_LOCKS; i++) pthread_mutex_init(&st->users[i], NULL);
     pthread_mutex_init(&st->dim_mu, NULL);
     pthread_mutex_init(&st->ck_mu, NULL);
+    pthread_mutex_init(&st->wal_mu, NULL);
     /* Session ids unlike any earlier run's: a replica still downloading from a primary that
      * restarted must get not_found, never another checkpoint's files under the same id. */
     struct timespec ts;
@@ -262,9 +274,12 @@ fail:
     return NULL;
 }
 
+static void wal_iters_clear(profsvc_store_t *st);
+
 void profsvc_store_close(profsvc_store_t *st)
 {
     if (!st) return;
+    wal_iters_clear(st); /* before the database they read goes */
     if (st->db) rocksdb_close(st->db);
     if (st->opts) rocksdb_options_destroy(st->opts);
     if (st->wopts) rocksdb_writeoptions_destroy(st->wopts);
@@ -274,6 +289,7 @@ void profsvc_store_close(profsvc_store_t *st)
     for (int i = 0; i < USER_LOCKS; i++) pthread_mutex_destroy(&st->users[i]);
     pthread_mutex_destroy(&st->dim_mu);
     pthread_mutex_destroy(&st->ck_mu);
+    pthread_mutex_destroy(&st->wal_mu);
     free(st->dir);
     free(st->ckdir);
     free(st->incoming);
@@ -312,6 +328,7 @@ int profsvc_store_swap(profsvc_store_t *st, ps_err *err)
 {
     int rc = 0;
     pthread_rwlock_wrlock(&st->lock);
+    wal_iters_clear(st);
     if (st->db) {
         rocksdb_close(st->db);
         st->db = NULL;
@@ -749,38 +766,97 @@ void profsvc_batches_free(profsvc_batch *b, size_t n)
     free(b);
 }
 
-int profsvc_store_wal(profsvc_store_t *st, uint64_t from, size_t max_bytes,
-                      profsvc_batch **batches, size_t *n, int *gone, uint64_t *latest,
-                      ps_err *err)
+/*
+ * WAL iterators kept between wal requests. GetUpdatesSince reads the WAL file holding `from`
+ * from its beginning, so a fresh iterator per replica poll (every few ms) costs O(WAL size)
+ * of a request worker. A request that ends cleanly leaves its iterator here, keyed by the
+ * sequence number of the batch after the last one it returned; the request that asks for
+ * exactly that number continues it with one Next().
+ *
+ * That relies on RocksDB's TransactionLogIterator tailing (checked on 7.8): Next() on an
+ * exhausted iterator reads the batches appended since to the same WAL file, never past the
+ * published latest sequence number (so never a half-written batch); at the end of a file
+ * that is no longer the newest (a flush switched WALs) it stays invalid with status TryAgain.
+ * A continued iterator that yields nothing, or a gap, is therefore dropped and the request
+ * made again on a fresh GetUpdatesSince, which alone decides "gone": a cached iterator never
+ * changes what a request returns, only what it costs.
+ *
+ * Each slot's iterator is owned by wal_mu while it sits here and by one request (outside
+ * wal_mu) once taken. Iterators are destroyed only with the database open: under its read
+ * lock, or by wal_iters_clear under the write lock / at close.
+ */
+
+/* Destroy the iterators unused for WAL_ITER_IDLE_S. Caller holds wal_mu and the read lock. */
+static void wal_iters_gc(profsvc_store_t *st, double now)
 {
-    int rc;
+    for (int i = 0; i < WAL_ITERS; i++) {
+        wal_iter *w = &st->wal_iters[i];
+        if (w->it && now - w->last_used >= WAL_ITER_IDLE_S) {
+            rocksdb_wal_iter_destroy(w->it);
+            w->it = NULL;
+        }
+    }
+}
+
+/* Take out the iterator whose next batch is `from`, or NULL. Caller holds the read lock. */
+static rocksdb_wal_iterator_t *wal_iter_take(profsvc_store_t *st, uint64_t from)
+{
+    rocksdb_wal_iterator_t *it = NULL;
+    pthread_mutex_lock(&st->wal_mu);
+    wal_iters_gc(st, mono_s());
+    for (int i = 0; !it && i < WAL_ITERS; i++) {
+        wal_iter *w = &st->wal_iters[i];
+        if (w->it && w->next == from) {
+            it = w->it;
+            w->it = NULL;
+        }
+    }
+    pthread_mutex_unlock(&st->wal_mu);
+    return it;
+}
+
+/* Keep `it` (positioned on the batch before `next`) for the request asking for `next`,
+ * in a free slot or in place of the least recently used. Caller holds the read lock. */
+static void wal_iter_put(profsvc_store_t *st, rocksdb_wal_iterator_t *it, uint64_t next)
+{
+    double now = mono_s();
+    pthread_mutex_lock(&st->wal_mu);
+    wal_iters_gc(st, now);
+    wal_iter *slot = &st->wal_iters[0];
+    for (int i = 0; i < WAL_ITERS && slot->it; i++) {
+        wal_iter *w = &st->wal_iters[i];
+        if (!w->it || w->last_used < slot->last_used) slot = w;
+    }
+    if (slot->it) rocksdb_wal_iter_destroy(slot->it);
+    slot->it = it;
+    slot->next = next;
+    slot->last_used = now;
+    pthread_mutex_unlock(&st->wal_mu);
+}
+
+/* Destroy every kept iterator. Caller holds the write lock, or is alone (close). */
+static void wal_iters_clear(profsvc_store_t *st)
+{
+    pthread_mutex_lock(&st->wal_mu);
+    for (int i = 0; i < WAL_ITERS; i++) {
+        if (st->wal_iters[i].it) rocksdb_wal_iter_destroy(st->wal_iters[i].it);
+        st->wal_iters[i].it = NULL;
+    }
+    pthread_mutex_unlock(&st->wal_mu);
+}
+
+/* Append to *batches / *n the batches of `it` from its current one on, the first of which
+ * must be `from`, each the one after the last, until max_bytes or PS_WIRE_MAX_BATCHES. OUT
+ * *next: the sequence number after the last batch appended; *gap: 1 if the iterator stopped
+ * on a batch that is not the expected one (it then sits on that batch, not on the last one
+ * appended). Errors: PS_ENOMEM (the caller frees what was appended). */
+static int wal_read(rocksdb_wal_iterator_t *it, uint64_t from, size_t max_bytes,
+                    profsvc_batch **batches, size_t *n, uint64_t *next, int *gap, ps_err *err)
+{
+    int rc = 0;
     size_t cap = 0, total = 0;
-    *batches = NULL;
-    *n = 0;
-    *gone = 0;
-    if (!st->cfg.replica) { /* replicas poll here: the place to notice abandoned sessions */
-        pthread_mutex_lock(&st->ck_mu);
-        ckpt_gc(st);
-        pthread_mutex_unlock(&st->ck_mu);
-    }
-    if ((rc = db_enter(st, err))) return rc;
-    *latest = rocksdb_get_latest_sequence_number(st->db);
-    if (from == 0 || from > *latest) {
-        db_leave(st);
-        return 0;
-    }
-    char *rerr = NULL;
-    rocksdb_wal_iterator_t *it = rocksdb_get_updates_since(st->db, from, NULL, &rerr);
-    if (rerr || !it) {
-        ps_log(PS_LOG_INFO, "profile", "wal_gone", "from=%llu msg=\"%s\"",
-               (unsigned long long)from, rerr ? rerr : "no iterator");
-        rocksdb_free(rerr);
-        if (it) rocksdb_wal_iter_destroy(it);
-        db_leave(st);
-        *gone = 1;
-        return 0;
-    }
     uint64_t expect = from;
+    *gap = 0;
     for (; rocksdb_wal_iter_valid(it) && !rc; rocksdb_wal_iter_next(it)) {
         uint64_t bseq = 0;
         size_t len = 0;
@@ -788,7 +864,7 @@ int profsvc_store_wal(profsvc_store_t *st, uint64_t from, size_t max_bytes,
         /* GetUpdatesSince skips silently to the next batch it has (DESIGN §3.2). */
         if (bseq != expect) {
             rocksdb_writebatch_destroy(wb);
-            if (*n == 0) *gone = 1;
+            *gap = 1;
             break;
         }
         const char *data = rocksdb_writebatch_data(wb, &len);
@@ -817,15 +893,77 @@ int profsvc_store_wal(profsvc_store_t *st, uint64_t from, size_t max_bytes,
         total += len;
         if (total >= max_bytes || *n >= PS_WIRE_MAX_BATCHES) break;
     }
-    if (!rc && *n == 0 && !*gone) {
-        /* from <= latest, yet nothing to read: the WAL no longer has it. */
-        rocksdb_wal_iter_status(it, &rerr);
-        ps_log(PS_LOG_INFO, "profile", "wal_gone", "from=%llu msg=\"%s\"",
-               (unsigned long long)from, rerr ? rerr : "not in the WAL");
-        rocksdb_free(rerr);
-        *gone = 1;
+    *next = expect;
+    return rc;
+}
+
+int profsvc_store_wal(profsvc_store_t *st, uint64_t from, size_t max_bytes,
+                      profsvc_batch **batches, size_t *n, int *gone, uint64_t *latest,
+                      ps_err *err)
+{
+    int rc, gap = 0;
+    uint64_t next = from;
+    *batches = NULL;
+    *n = 0;
+    *gone = 0;
+    if (!st->cfg.replica) { /* replicas poll here: the place to notice abandoned sessions */
+        pthread_mutex_lock(&st->ck_mu);
+        ckpt_gc(st);
+        pthread_mutex_unlock(&st->ck_mu);
     }
-    rocksdb_wal_iter_destroy(it);
+    if ((rc = db_enter(st, err))) return rc;
+    *latest = rocksdb_get_latest_sequence_number(st->db);
+    if (from == 0 || from > *latest) {
+        db_leave(st);
+        return 0;
+    }
+    char *rerr = NULL;
+    rocksdb_wal_iterator_t *it = wal_iter_take(st, from);
+    if (it) {
+        rocksdb_wal_iter_next(it); /* off the last batch it returned, or on past its end */
+        rc = wal_read(it, from, max_bytes, batches, n, &next, &gap, err);
+        if (!rc && *n == 0) { /* a new WAL file or a gap: leave the verdict to a fresh one */
+            rocksdb_wal_iter_destroy(it);
+            it = NULL;
+        }
+    }
+    if (!it) {
+        it = rocksdb_get_updates_since(st->db, from, NULL, &rerr);
+        if (rerr || !it) {
+            ps_log(PS_LOG_INFO, "profile", "wal_gone", "from=%llu msg=\"%s\"",
+                   (unsigned long long)from, rerr ? rerr : "no iterator");
+            rocksdb_free(rerr);
+            if (it) rocksdb_wal_iter_destroy(it);
+            db_leave(st);
+            *gone = 1;
+            return 0;
+        }
+        rc = wal_read(it, from, max_bytes, batches, n, &next, &gap, err);
+        if (!rc && *n == 0) {
+            /* from <= latest, yet nothing to read, or not from itself: the WAL no longer has
+             * it. */
+            if (!gap) {
+                rocksdb_wal_iter_status(it, &rerr);
+                ps_log(PS_LOG_INFO, "profile", "wal_gone", "from=%llu msg=\"%s\"",
+                       (unsigned long long)from, rerr ? rerr : "not in the WAL");
+                rocksdb_free(rerr);
+                rerr = NULL;
+            }
+            *gone = 1;
+        }
+    }
+    /* Keep the iterator for the next request only where one Next() leads on from it: it sits
+     * on the last batch returned or past the end of a WAL that may still grow. */
+    int keep = !rc && *n > 0 && !gap;
+    if (keep) {
+        rocksdb_wal_iter_status(it, &rerr);
+        if (rerr) keep = 0; /* TryAgain: the WAL moved on to a new file */
+        rocksdb_free(rerr);
+    }
+    if (keep)
+        wal_iter_put(st, it, next);
+    else
+        rocksdb_wal_iter_destroy(it);
     db_leave(st);
     if (rc) {
         profsvc_batches_free(*batches, *n);
