@@ -50,6 +50,14 @@ struct broker_lane {
     int ready;
 };
 
+static int front_request(void *state, const void *req, size_t len, uint8_t **reply,
+                         size_t *reply_len)
+{
+    broker_lane_t *l = state;
+    return broker_front_handle(l->core, l->cfg.metrics, l->cfg.max_frame, req, len, reply,
+                               reply_len);
+}
+
 static void serve_front(broker_lane_t *l)
 {
     zmq_msg_t parts[PS_ZMSG_MAX_PARTS];
@@ -59,20 +67,7 @@ static void serve_front(broker_lane_t *l)
         if (zmq_getsockopt(l->zsock, ZMQ_EVENTS, &events, &sz) || !(events & ZMQ_POLLIN)) return;
         int n;
         if (ps_zmsg_recv_multi(l->zsock, parts, PS_ZMSG_MAX_PARTS, &n, ZMQ_DONTWAIT) < 0) return;
-        if (n < 2 || n > PS_ZMSG_MAX_PARTS) { /* the server forwards 2..MAX parts only */
-            if (n <= PS_ZMSG_MAX_PARTS) ps_zmsg_close(parts, n);
-            continue;
-        }
-        zmq_msg_t *payload = &parts[n - 1];
-        uint8_t *reply = NULL;
-        size_t reply_len = 0;
-        if (broker_front_handle(l->core, l->cfg.metrics, l->cfg.max_frame, zmq_msg_data(payload),
-                                zmq_msg_size(payload), &reply, &reply_len) ||
-            ps_zmsg_set_payload(parts, n, reply, reply_len)) {
-            ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=front_reply");
-            abort();
-        }
-        free(reply);
+        if (ps_zmsg_answer(parts, n, front_request, l, "broker")) continue;
         if (ps_zmsg_send_multi(l->zsock, parts, n, ZMQ_DONTWAIT) < 0)
             ps_log(PS_LOG_WARN, "broker", "reply_dropped", "lane=%d reason=\"%s\"", l->cfg.id,
                    zmq_strerror(errno));

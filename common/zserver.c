@@ -2,6 +2,8 @@
  * zserver.c — the ZeroMQ request server loop (ps/zserver.h): ROUTER front, inproc DEALER back.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -191,4 +193,109 @@ int ps_zserver_run(ps_zserver_t *s, int stop_fd, ps_err *err)
     ps_log(PS_LOG_INFO, who, "drained", "served=%llu replies_dropped=%llu",
            (unsigned long long)served, (unsigned long long)dropped);
     return rc;
+}
+
+/* ---- worker threads ---------------------------------------------------------------------- */
+
+int ps_zmsg_answer(zmq_msg_t *parts, int n, ps_zhandler_fn fn, void *state, const char *component)
+{
+    if (n < 2 || n > PS_ZMSG_MAX_PARTS) { /* the server forwards 2..MAX parts only */
+        if (n <= PS_ZMSG_MAX_PARTS) ps_zmsg_close(parts, n);
+        return -1;
+    }
+    zmq_msg_t *payload = &parts[n - 1];
+    uint8_t *reply = NULL;
+    size_t reply_len = 0;
+    if (fn(state, zmq_msg_data(payload), zmq_msg_size(payload), &reply, &reply_len) ||
+        ps_zmsg_set_payload(parts, n, reply, reply_len)) {
+        ps_log(PS_LOG_ERROR, component, "out_of_memory", "where=reply");
+        abort();
+    }
+    free(reply);
+    return 0;
+}
+
+typedef struct zworker {
+    pthread_t tid;
+    int started;
+    void *zctx;
+    const char *backend, *component;
+    ps_zhandler_fn fn;
+    void *state;
+} zworker;
+
+struct ps_zworkers {
+    zworker *w;
+    uint32_t n;
+};
+
+static void *zworker_main(void *arg)
+{
+    zworker *w = arg;
+    void *sock = zmq_socket(w->zctx, ZMQ_DEALER);
+    int zero = 0;
+    if (!sock || zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero) ||
+        zmq_connect(sock, w->backend)) {
+        ps_log(PS_LOG_ERROR, w->component, "worker_failed", "msg=\"%s\"",
+               zmq_strerror(zmq_errno()));
+        if (sock) zmq_close(sock);
+        return NULL;
+    }
+    zmq_msg_t parts[PS_ZMSG_MAX_PARTS];
+    for (;;) {
+        int n;
+        if (ps_zmsg_recv_multi(sock, parts, PS_ZMSG_MAX_PARTS, &n, 0) < 0) {
+            if (errno == EINTR) continue;
+            break; /* ETERM: the server is stopping */
+        }
+        if (ps_zmsg_answer(parts, n, w->fn, w->state, w->component)) continue;
+        if (ps_zmsg_send_multi(sock, parts, n, 0) < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+    }
+    zmq_close(sock);
+    return NULL;
+}
+
+int ps_zworkers_start(void *zctx, const char *backend, uint32_t n, ps_zhandler_fn fn,
+                      void *const *states, const char *component, ps_zworkers_t **out,
+                      ps_err *err)
+{
+    ps_zworkers_t *ws = calloc(1, sizeof *ws);
+    *out = NULL;
+    if (!ws || !(ws->w = calloc(n ? n : 1, sizeof *ws->w))) {
+        free(ws);
+        return ps_err_set(err, PS_ENOMEM, "out of memory starting workers");
+    }
+    ws->n = n;
+    *out = ws;
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    int rc = 0;
+    for (uint32_t i = 0; i < n && !rc; i++) {
+        ws->w[i] = (zworker){.zctx = zctx,
+                             .backend = backend,
+                             .component = component,
+                             .fn = fn,
+                             .state = states[i]};
+        if (pthread_create(&ws->w[i].tid, NULL, zworker_main, &ws->w[i]))
+            rc = ps_err_set(err, PS_EINTERNAL, "starting worker %u failed", i);
+        else
+            ws->w[i].started = 1;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
+void ps_zworkers_join(ps_zworkers_t *ws)
+{
+    if (!ws) return;
+    for (uint32_t i = 0; i < ws->n; i++)
+        if (ws->w[i].started) pthread_join(ws->w[i].tid, NULL);
+    free(ws->w);
+    free(ws);
 }

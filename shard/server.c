@@ -1,15 +1,13 @@
 /*
- * server.c — the shard's ZeroMQ side: the request server of ps/zserver.h (ROUTER front,
- * inproc DEALER back, in-flight counting and drain) and the worker threads behind it, each
- * with its own shard handler.
+ * server.c — the shard's ZeroMQ side: the request server and worker threads of ps/zserver.h
+ * (ROUTER front, inproc DEALER back, in-flight counting and drain), each worker with its own
+ * shard handler.
  *
  * Stopping: the signal handler writes a byte to a self-pipe that the server loop watches.
  * Once nothing is in flight, zmq_ctx_shutdown makes every worker's blocking receive return
  * ETERM; workers free their state and exit.
  */
 #include <errno.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,49 +21,9 @@
 
 #define SHARD_BACKEND "inproc://shard-workers"
 
-typedef struct worker {
-    pthread_t tid;
-    int started;
-    void *zctx;
-    const shard_ctx *ctx;
-    shard_handler_t *h; /* created by the server before the thread starts */
-} worker;
-
-static void *worker_main(void *arg)
+static int handle(void *state, const void *req, size_t len, uint8_t **reply, size_t *reply_len)
 {
-    worker *w = arg;
-    void *sock = zmq_socket(w->zctx, ZMQ_DEALER);
-    int zero = 0;
-    if (!sock || zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero) ||
-        zmq_connect(sock, SHARD_BACKEND)) {
-        ps_log(PS_LOG_ERROR, "shard", "worker_failed", "msg=\"%s\"", zmq_strerror(zmq_errno()));
-        if (sock) zmq_close(sock);
-        return NULL;
-    }
-    zmq_msg_t parts[PS_ZMSG_MAX_PARTS];
-    for (;;) {
-        int n;
-        if (ps_zmsg_recv_multi(sock, parts, PS_ZMSG_MAX_PARTS, &n, 0) < 0) {
-            if (errno == EINTR) continue;
-            break; /* ETERM: the server is stopping */
-        }
-        /* The server only forwards messages of 2..PS_ZMSG_MAX_PARTS parts. */
-        zmq_msg_t *payload = &parts[n - 1];
-        uint8_t *reply = NULL;
-        size_t reply_len = 0;
-        if (shard_handle(w->h, zmq_msg_data(payload), zmq_msg_size(payload), &reply, &reply_len) ||
-            ps_zmsg_set_payload(parts, n, reply, reply_len)) {
-            ps_log(PS_LOG_ERROR, "shard", "out_of_memory", "where=reply");
-            abort();
-        }
-        free(reply);
-        if (ps_zmsg_send_multi(sock, parts, n, 0) < 0) {
-            if (errno == EINTR) continue;
-            break;
-        }
-    }
-    zmq_close(sock);
-    return NULL;
+    return shard_handle(state, req, len, reply, reply_len);
 }
 
 int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, ps_err *err)
@@ -73,8 +31,9 @@ int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, 
     int rc = 0;
     void *zctx = zmq_ctx_new();
     ps_zserver_t *srv = NULL;
-    worker *ws = calloc(cfg->workers, sizeof *ws);
-    if (!zctx || !ws) {
+    ps_zworkers_t *workers = NULL;
+    void **handlers = calloc(cfg->workers, sizeof *handlers);
+    if (!zctx || !handlers) {
         rc = ps_err_set(err, PS_ENOMEM, "out of memory starting the server");
         goto out;
     }
@@ -90,24 +49,11 @@ int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, 
         goto out;
     }
     const char *endpoint = ps_zserver_endpoint(srv);
-
-    /* Workers must not take the signals: the server loop's poll does. */
-    sigset_t block, old;
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigaddset(&block, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &block, &old);
-    for (uint32_t i = 0; i < cfg->workers && !rc; i++) {
-        ws[i].zctx = zctx;
-        ws[i].ctx = ctx;
-        if (!(ws[i].h = shard_handler_new(ctx, err)))
-            rc = err ? err->code : PS_ENOMEM;
-        else if (pthread_create(&ws[i].tid, NULL, worker_main, &ws[i]))
-            rc = ps_err_set(err, PS_EINTERNAL, "starting worker %u failed", i);
-        else
-            ws[i].started = 1;
-    }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    for (uint32_t i = 0; i < cfg->workers && !rc; i++)
+        if (!(handlers[i] = shard_handler_new(ctx, err))) rc = err->code;
+    if (!rc)
+        rc = ps_zworkers_start(zctx, SHARD_BACKEND, cfg->workers, handle, handlers, "shard",
+                               &workers, err);
     if (!rc && cfg->ready_file && ps_write_file_atomic(cfg->ready_file, endpoint))
         rc = ps_err_set(err, PS_EIO, "ready-file %s: %s", cfg->ready_file, strerror(errno));
     if (rc) goto out;
@@ -118,11 +64,9 @@ int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, 
 out:
     ps_zserver_close(srv);
     if (zctx) zmq_ctx_shutdown(zctx); /* workers' receives return ETERM */
-    for (uint32_t i = 0; ws && i < cfg->workers; i++) {
-        if (ws[i].started) pthread_join(ws[i].tid, NULL);
-        shard_handler_free(ws[i].h);
-    }
+    ps_zworkers_join(workers);
+    for (uint32_t i = 0; handlers && i < cfg->workers; i++) shard_handler_free(handlers[i]);
     if (zctx) zmq_ctx_term(zctx);
-    free(ws);
+    free(handlers);
     return rc;
 }

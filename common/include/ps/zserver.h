@@ -80,4 +80,34 @@ int ps_zserver_run(ps_zserver_t *s, int stop_fd, ps_err *err);
 /* Close the front (lingering drain_ms for queued replies) and the back. NULL is ignored. */
 void ps_zserver_close(ps_zserver_t *s);
 
+/* ---- worker threads ---- */
+
+/* Answer one request frame (len bytes at req) with one reply frame (*reply, malloc'd, the
+ * caller frees), using the worker's own state. Returns 0, or PS_ENOMEM when not even an error
+ * reply could be built (the worker then aborts the process: it cannot answer). */
+typedef int (*ps_zhandler_fn)(void *state, const void *req, size_t len, uint8_t **reply,
+                              size_t *reply_len);
+
+/* A worker's turn on one received message parts[0..n): a message that is not route frames +
+ * payload (n outside 2..PS_ZMSG_MAX_PARTS) is closed and dropped (returns -1); otherwise the
+ * payload is replaced by fn's reply, ready to send back along the same route (returns 0). Out of
+ * memory aborts the process (logged under `component`): a request would go unanswered. */
+int ps_zmsg_answer(zmq_msg_t *parts, int n, ps_zhandler_fn fn, void *state,
+                   const char *component);
+
+typedef struct ps_zworkers ps_zworkers_t;
+
+/* Start n threads, each with a DEALER connected to `backend` in zctx, answering every request
+ * with fn(states[i], ...) (states may repeat one shared, thread-safe state). The threads block
+ * SIGTERM and SIGINT (the server loop's self-pipe takes them). Returns 0, or PS_ENOMEM /
+ * PS_EINTERNAL (a thread could not start) with err set. OUT *out: set whenever a thread may
+ * have started, also on error: stop them with zmq_ctx_shutdown, then ps_zworkers_join. */
+int ps_zworkers_start(void *zctx, const char *backend, uint32_t n, ps_zhandler_fn fn,
+                      void *const *states, const char *component, ps_zworkers_t **out,
+                      ps_err *err);
+
+/* Wait for every worker to leave (after zmq_ctx_shutdown made their receives return ETERM)
+ * and free w. NULL is ignored. */
+void ps_zworkers_join(ps_zworkers_t *w);
+
 #endif
