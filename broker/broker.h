@@ -32,12 +32,12 @@
 #include "ps/search.h"
 #include "ps/store.h"
 
-#define BROKER_MAX_SHARDS   1024
-#define BROKER_MAX_REPLICAS 16
-#define BROKER_MAX_ENDPOINT 256 /* bytes of one ZeroMQ endpoint */
+#define BROKER_MAX_SHARDS     1024
+#define BROKER_MAX_REPLICAS   16
+#define BROKER_MAX_ENDPOINT   256 /* bytes of one ZeroMQ endpoint */
 #define BROKER_MAX_USER_BYTES 256 /* a user name longer than this is an error */
-#define BROKER_DEFAULT_K    10
-#define BROKER_MAX_LANES    64
+#define BROKER_DEFAULT_K      10
+#define BROKER_MAX_LANES      64
 
 /* ---- pool.c: topology, sockets, calls with deadline and failover ------------------------ */
 
@@ -182,7 +182,7 @@ typedef struct broker_query {
     size_t qlen;
     const char *user; /* NUL-terminated, user_len bytes; NULL or "" = none */
     size_t user_len;
-    uint32_t k; /* 0 = BROKER_DEFAULT_K */
+    uint32_t k;  /* 0 = BROKER_DEFAULT_K */
     int explain; /* also fetch every hit's stored fields */
 } broker_query;
 
@@ -196,7 +196,7 @@ typedef struct broker_result {
     const ps_hit *hits; /* ranked by score */
     size_t nhits;
     Persrv__GetStickerReply *const *fields; /* explain: fields[i] of hits[i] (NULL: not fetched) */
-    uint32_t nshards, ok;                    /* shards asked, shards that answered */
+    uint32_t nshards, ok;                   /* shards asked, shards that answered */
     int timed_out, personalized;
     uint64_t version;
     const broker_failure *failures; /* the shards that did not answer */
@@ -248,8 +248,8 @@ struct evhttp;
 
 /* Attach the endpoints to `http` (core and metrics borrowed; they must outlive the result).
  * Caller owns the result. NULL when out of memory. */
-broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core,
-                               broker_metrics_t *metrics, uint32_t max_k, ps_err *err);
+broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_metrics_t *metrics,
+                               uint32_t max_k, ps_err *err);
 void broker_http_free(broker_http_t *h);
 
 /* ---- front.c: the ZeroMQ front door's requests ------------------------------------------ */
@@ -267,19 +267,19 @@ typedef struct broker_lane_cfg {
     int id;
     const char *topology;
     uint32_t deadline_ms, retries;
-    size_t max_frame;    /* shard reply frames and front-door request frames */
+    size_t max_frame;     /* shard reply frames and front-door request frames */
     const char *profiles; /* NULL: none */
     size_t profile_cache;
     broker_limits lim;
     uint32_t health_interval_ms;
-    int probe;            /* this lane runs the health probes (and reports readiness) */
+    int probe;             /* this lane runs the health probes (and reports readiness) */
     broker_upmap_t *upmap; /* shared by every lane */
     /* the profile service (NULL topologies: profiles come from `profiles`, no clicks) */
     const char *profile_replicas; /* "ep|ep|...": the nodes profiles are read from */
     const char *profile_primary;  /* where clicks go */
     uint32_t profile_staleness_ms, click_deadline_ms;
     broker_upmap_t *replicas_upmap, *primary_upmap;
-    int http_fd;         /* listening socket to accept on (the lane dups it), -1: none */
+    int http_fd; /* listening socket to accept on (the lane dups it), -1: none */
     size_t max_body, max_headers;
     int http_timeout_s;
     void *zctx;          /* for the front door's inproc socket (NULL: no front door) */

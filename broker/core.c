@@ -27,8 +27,8 @@ struct broker_core {
     broker_limits lim;
     ps_analyzer_t *analyzer;
     ps_tokens tokens;
-    const char **tok;   /* PS_WIRE_MAX_TOKENS pointers into tokens */
-    ps_hit *hits;       /* nshards × R_max */
+    const char **tok; /* PS_WIRE_MAX_TOKENS pointers into tokens */
+    ps_hit *hits;     /* nshards × R_max */
     size_t hits_cap;
     broker_call *calls; /* one per shard */
     broker_failure *failures;
@@ -202,16 +202,14 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_result *r
     const char *user = q->user && q->user_len ? q->user : NULL;
     if (user && (q->user_len > BROKER_MAX_USER_BYTES || strlen(user) != q->user_len ||
                  !ps_utf8_valid(user, q->user_len)))
-        return ps_err_set(err, PS_EINVAL,
-                          "user: must be valid UTF-8 without NUL, at most %d bytes",
+        return ps_err_set(err, PS_EINVAL, "user: must be valid UTF-8 without NUL, at most %d bytes",
                           BROKER_MAX_USER_BYTES);
 
     /* Analyze once; the shards take the distinct tokens as they are. */
     int rc;
     if ((rc = ps_analyze(c->analyzer, q->q, q->qlen, "q", &c->tokens, err))) return rc;
     ps_tokens_distinct(&c->tokens);
-    if (c->tokens.n == 0)
-        return ps_err_set(err, PS_EQUERY, "q: the query has no searchable token");
+    if (c->tokens.n == 0) return ps_err_set(err, PS_EQUERY, "q: the query has no searchable token");
     if (c->tokens.n > PS_WIRE_MAX_TOKENS)
         return ps_err_set(err, PS_ETOOBIG, "q: %zu distinct tokens, more than %d", c->tokens.n,
                           PS_WIRE_MAX_TOKENS);
@@ -241,11 +239,11 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_result *r
             ps_err e = {0, ""};
             const Persrv__SearchReply *r = call->reply->search_reply;
             if (r->shard != s) {
-                snprintf(call->reason, sizeof call->reason, "reply from shard %u, not %u",
-                         r->shard, s);
+                snprintf(call->reason, sizeof call->reason, "reply from shard %u, not %u", r->shard,
+                         s);
             } else if (r->n_hits > a.opts.R) {
-                snprintf(call->reason, sizeof call->reason, "%zu hits, more than R = %u",
-                         r->n_hits, a.opts.R);
+                snprintf(call->reason, sizeof call->reason, "%zu hits, more than R = %u", r->n_hits,
+                         a.opts.R);
             } else if (ps_wire_to_hits(r, c->hits + nh, c->hits_cap - nh, &got, &e)) {
                 snprintf(call->reason, sizeof call->reason, "%s", e.msg);
             } else {
@@ -362,8 +360,7 @@ int broker_core_click(broker_core_t *c, const char *user, uint64_t sticker_id, c
     rc = broker_pool_run(c->primary, &pc, 1, err);
     ps_wire_free(call.reply);
     if (rc) return rc;
-    if (!pc.reply)
-        return ps_err_set(err, PS_EUNAVAIL, "profile primary: %s", pc.reason);
+    if (!pc.reply) return ps_err_set(err, PS_EUNAVAIL, "profile primary: %s", pc.reason);
     if (pc.reply->body_case == PERSRV__ENVELOPE__BODY_ERROR) {
         rc = ps_wire_error_code(pc.reply->error);
         ps_err_set(err, rc, "profile primary: %s", pc.reply->error->message);

@@ -8,8 +8,9 @@
  *   anything else, or a frame that does not decode → Error (code from ps_errname)
  *
  * The reply echoes the request's request_id, also when the frame does not decode (as far as
- * ps_wire_peek_request_id can read it; else 0), so a client can match its Error. The request's deadline_ms is not used to cut the fan-out short: the
- * broker's own deadline (deadline-ms × attempts) bounds every search.
+ * ps_wire_peek_request_id can read it; else 0), so a client can match its Error. The request's
+ * deadline_ms is not used to cut the fan-out short: the broker's own deadline (deadline-ms ×
+ * attempts) bounds every search.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +23,7 @@ static int error_reply(uint64_t request_id, const ps_err *e, uint8_t **reply, si
 {
     ps_err err2 = {0, ""};
     return ps_wire_encode_error(request_id, e->code, e->msg, reply, reply_len, &err2) ? PS_ENOMEM
-                                                                                       : 0;
+                                                                                      : 0;
 }
 
 static int pack(Persrv__Envelope *env, uint8_t **reply, size_t *reply_len, ps_err *err)

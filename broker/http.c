@@ -198,8 +198,8 @@ static int handle_search(broker_http_t *h, struct evhttp_request *req, const cha
         goto out;
     }
     if (p.v[P_K] && parse_uint(p.v[P_K], p.len[P_K], 1, h->max_k, &k)) {
-        status = reply_error(req, 400, "invalid_argument", "k: must be an integer in 1..%u",
-                             h->max_k);
+        status =
+            reply_error(req, 400, "invalid_argument", "k: must be an integer in 1..%u", h->max_k);
         goto out;
     }
     int explain = 0;
@@ -226,12 +226,12 @@ static int handle_search(broker_http_t *h, struct evhttp_request *req, const cha
     json_t *hits = json_array();
     for (size_t i = 0; i < r.nhits; i++)
         json_array_append_new(hits, hit_json(&r.hits[i], r.fields ? r.fields[i] : NULL));
-    json_t *body = json_pack("{s:I, s:b, s:b, s:I, s:b, s:{s:i, s:i, s:i, s:o}, s:o}", "took",
-                             (json_int_t)((broker_now() - t0) * 1e3), "timed_out", r.timed_out,
-                             "partial", r.ok < r.nshards, "version", (json_int_t)r.version,
-                             "personalized", r.personalized, "shards", "total", (int)r.nshards,
-                             "successful", (int)r.ok, "failed", (int)(r.nshards - r.ok),
-                             "failures", failures_json(&r), "hits", hits);
+    json_t *body =
+        json_pack("{s:I, s:b, s:b, s:I, s:b, s:{s:i, s:i, s:i, s:o}, s:o}", "took",
+                  (json_int_t)((broker_now() - t0) * 1e3), "timed_out", r.timed_out, "partial",
+                  r.ok < r.nshards, "version", (json_int_t)r.version, "personalized",
+                  r.personalized, "shards", "total", (int)r.nshards, "successful", (int)r.ok,
+                  "failed", (int)(r.nshards - r.ok), "failures", failures_json(&r), "hits", hits);
     status = reply_json(req, 200, body);
 out:
     params_free(&p);
@@ -285,11 +285,11 @@ static int handle_click(broker_http_t *h, struct evhttp_request *req)
             char idbuf[24];
             snprintf(idbuf, sizeof idbuf, "%llu", (unsigned long long)id);
             const Persrv__ClickReply *r = ack->click_reply;
-            status = reply_json(req, 200,
-                                json_pack("{s:b, s:s, s:s, s:I, s:i, s:i}", "acknowledged", 1,
-                                          "user", user, "sticker_id", idbuf, "seq",
-                                          (json_int_t)r->seq, "history", (int)r->history,
-                                          "centroids", (int)r->centroids));
+            status =
+                reply_json(req, 200,
+                           json_pack("{s:b, s:s, s:s, s:I, s:i, s:i}", "acknowledged", 1, "user",
+                                     user, "sticker_id", idbuf, "seq", (json_int_t)r->seq,
+                                     "history", (int)r->history, "centroids", (int)r->centroids));
             ps_wire_free(ack);
         }
     }
@@ -415,8 +415,8 @@ static void on_request(struct evhttp_request *req, void *arg)
            "method=%d path=\"%.64s\" status=%d took_ms=%.3f", (int)cmd, path, status, secs * 1e3);
 }
 
-broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core,
-                               broker_metrics_t *metrics, uint32_t max_k, ps_err *err)
+broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_metrics_t *metrics,
+                               uint32_t max_k, ps_err *err)
 {
     broker_http_t *h = calloc(1, sizeof *h);
     if (!h) {

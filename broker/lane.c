@@ -221,8 +221,7 @@ broker_lane_t *broker_lane_start(const broker_lane_cfg *cfg, ps_err *err)
         if (!(l->zsock = zmq_socket(cfg->zctx, ZMQ_DEALER)) ||
             zmq_setsockopt(l->zsock, ZMQ_LINGER, &zero, sizeof zero) ||
             zmq_setsockopt(l->zsock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
-            zmq_connect(l->zsock, cfg->backend) ||
-            zmq_getsockopt(l->zsock, ZMQ_FD, &zfd, &sz) ||
+            zmq_connect(l->zsock, cfg->backend) || zmq_getsockopt(l->zsock, ZMQ_FD, &zfd, &sz) ||
             !(l->zev = event_new(l->base, zfd, EV_READ | EV_PERSIST, on_front, l)) ||
             event_add(l->zev, NULL)) {
             ps_err_set(err, PS_EINTERNAL, "lane %d: front door socket: %s", cfg->id,

@@ -57,8 +57,7 @@ static const ps_cfg_opt broker_opts[] = {
     {"profile-primary", PS_CFG_STRING, NULL,
      "the profile service's primary: POST /v1/click goes there (unset: clicks get 503)", 0, 0, 0},
     {"profile-staleness-ms", PS_CFG_UINT, "1000",
-     "how long a profile read from the service is reused before it is read again", 0, 0,
-     3600000},
+     "how long a profile read from the service is reused before it is read again", 0, 0, 3600000},
     {"click-deadline-ms", PS_CFG_UINT, "2000",
      "time the primary gets to make a click durable (a synced write)", 0, 1, 60000},
     {"http", PS_CFG_STRING, "127.0.0.1:8080", "HTTP listen address host:port (port 0: any)", 0, 0,
@@ -165,7 +164,8 @@ static int make_pipe(int p[2])
 /* A non-blocking listening TCP socket on host:port; its address into addr. -1 with errno. */
 static int listen_tcp(const char *host, uint16_t port, char *addr, size_t cap)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
     char ps[8];
@@ -324,36 +324,36 @@ int main(int argc, char **argv)
     ps_log(PS_LOG_INFO, "broker", "listening", "http=%s zmq=%s shards=%u lanes=%u", addr,
            front ? ps_zserver_endpoint(front) : "-", nshards, nlanes);
 
-    broker_lane_cfg lc = {
-        .topology = ps_cfg_str(cfg, "shards"),
-        .deadline_ms = (uint32_t)ps_cfg_uint(cfg, "deadline-ms"),
-        .retries = (uint32_t)ps_cfg_uint(cfg, "retries"),
-        .max_frame = max_frame,
-        .profiles = ps_cfg_str(cfg, "profiles"),
-        .profile_cache = (size_t)ps_cfg_uint(cfg, "profile-cache"),
-        .lim = {.R = (uint32_t)ps_cfg_uint(cfg, "recall-depth"),
-                .max_k = (uint32_t)ps_cfg_uint(cfg, "max-k"),
-                .max_query_bytes = (size_t)ps_cfg_uint(cfg, "max-query-bytes"),
-                .deadline_ms = (uint32_t)ps_cfg_uint(cfg, "deadline-ms")},
-        .health_interval_ms = (uint32_t)ps_cfg_uint(cfg, "health-interval-ms"),
-        .upmap = upmap,
-        .profile_replicas = prof_topo[0],
-        .profile_primary = prof_topo[1],
-        .profile_staleness_ms = (uint32_t)ps_cfg_uint(cfg, "profile-staleness-ms"),
-        .click_deadline_ms = (uint32_t)ps_cfg_uint(cfg, "click-deadline-ms"),
-        .replicas_upmap = rep_upmap,
-        .primary_upmap = prim_upmap,
-        .http_fd = http_fd,
-        .max_body = (size_t)ps_cfg_uint(cfg, "max-body"),
-        .max_headers = (size_t)ps_cfg_uint(cfg, "max-headers"),
-        .http_timeout_s = (int)ps_cfg_uint(cfg, "http-timeout-s"),
-        .zctx = zctx,
-        .backend = BROKER_BACKEND,
-        .stop_fd = lane_pipe[0],
-        .drain_ms = (uint32_t)ps_cfg_uint(cfg, "drain-ms"),
-        .metrics = metrics,
-        .on_ready = on_lane_ready,
-        .ready_arg = &rd};
+    broker_lane_cfg lc = {.topology = ps_cfg_str(cfg, "shards"),
+                          .deadline_ms = (uint32_t)ps_cfg_uint(cfg, "deadline-ms"),
+                          .retries = (uint32_t)ps_cfg_uint(cfg, "retries"),
+                          .max_frame = max_frame,
+                          .profiles = ps_cfg_str(cfg, "profiles"),
+                          .profile_cache = (size_t)ps_cfg_uint(cfg, "profile-cache"),
+                          .lim = {.R = (uint32_t)ps_cfg_uint(cfg, "recall-depth"),
+                                  .max_k = (uint32_t)ps_cfg_uint(cfg, "max-k"),
+                                  .max_query_bytes = (size_t)ps_cfg_uint(cfg, "max-query-bytes"),
+                                  .deadline_ms = (uint32_t)ps_cfg_uint(cfg, "deadline-ms")},
+                          .health_interval_ms = (uint32_t)ps_cfg_uint(cfg, "health-interval-ms"),
+                          .upmap = upmap,
+                          .profile_replicas = prof_topo[0],
+                          .profile_primary = prof_topo[1],
+                          .profile_staleness_ms =
+                              (uint32_t)ps_cfg_uint(cfg, "profile-staleness-ms"),
+                          .click_deadline_ms = (uint32_t)ps_cfg_uint(cfg, "click-deadline-ms"),
+                          .replicas_upmap = rep_upmap,
+                          .primary_upmap = prim_upmap,
+                          .http_fd = http_fd,
+                          .max_body = (size_t)ps_cfg_uint(cfg, "max-body"),
+                          .max_headers = (size_t)ps_cfg_uint(cfg, "max-headers"),
+                          .http_timeout_s = (int)ps_cfg_uint(cfg, "http-timeout-s"),
+                          .zctx = zctx,
+                          .backend = BROKER_BACKEND,
+                          .stop_fd = lane_pipe[0],
+                          .drain_ms = (uint32_t)ps_cfg_uint(cfg, "drain-ms"),
+                          .metrics = metrics,
+                          .on_ready = on_lane_ready,
+                          .ready_arg = &rd};
     if (pid_file) {
         char pid[32];
         snprintf(pid, sizeof pid, "%ld", (long)getpid());

@@ -213,8 +213,8 @@ broker_pool_t *broker_pool_new(const char *topology, uint32_t deadline_ms, uint3
         for (uint32_t i = 0; i < p->shards[s].nrep; i++) {
             replica *r = &p->shards[s].rep[i];
             if (replica_open(p, r)) {
-                ps_err_set(err, PS_EINVAL, "shards: shard %u replica %u: cannot connect to '%s'",
-                           s, i, r->endpoint);
+                ps_err_set(err, PS_EINVAL, "shards: shard %u replica %u: cannot connect to '%s'", s,
+                           i, r->endpoint);
                 goto fail;
             }
         }

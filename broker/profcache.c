@@ -32,10 +32,10 @@ typedef struct entry {
 } entry;
 
 struct broker_profcache {
-    ps_profiles_t *db;        /* a profiles directory, or NULL */
-    broker_pool_t *replicas;  /* the profile service's readers (borrowed), or NULL */
-    broker_pool_t *primary;   /* its primary, for reads a replica has not caught up with */
-    double staleness;         /* seconds an entry from the service is used */
+    ps_profiles_t *db;       /* a profiles directory, or NULL */
+    broker_pool_t *replicas; /* the profile service's readers (borrowed), or NULL */
+    broker_pool_t *primary;  /* its primary, for reads a replica has not caught up with */
+    double staleness;        /* seconds an entry from the service is used */
     entry **buckets;
     size_t nbuckets, n, max;
 };

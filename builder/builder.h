@@ -25,7 +25,9 @@ typedef struct builder_inputs {
     {"corpus", required_argument, 0, 'c'}, {"embeddings", required_argument, 0, 'e'},              \
         {"clicks", required_argument, 0, 'l'}, {"kmax", required_argument, 0, 'k'},                \
         {"seed", required_argument, 0, 's'}, {"utility-base", required_argument, 0, 'b'},          \
-        {"utility-w", required_argument, 0, 'w'}
+    {                                                                                              \
+        "utility-w", required_argument, 0, 'w'                                                     \
+    }
 
 #define BUILDER_INPUT_USAGE                                                                        \
     "  --corpus FILE       stickers, JSON Lines (id, ocr, keywords, desc, emotion, queries)\n"     \

@@ -22,18 +22,19 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: builder push-profiles --corpus FILE.jsonl --embeddings FILE.npy\n"
-            "                             --clicks FILE.tsv --primary ENDPOINT [options]\n\n"
-            "Builds the user style profiles as `builder build` does and loads them, with each\n"
-            "user's click history, into the profile service's primary (`profile --role primary`).\n\n"
-            "options:\n" BUILDER_INPUT_USAGE
-            "  --primary EP        the primary's ZeroMQ endpoint (tcp://host:port)\n"
-            "  --history N         clicked stickers sent per user, newest kept (default 200, at\n"
-            "                      most %d)\n"
-            "  --timeout-ms MS     time each user's load may take (default 30000)\n"
-            "  --help              this text\n",
-            PS_WIRE_MAX_HISTORY);
+    fprintf(
+        f,
+        "usage: builder push-profiles --corpus FILE.jsonl --embeddings FILE.npy\n"
+        "                             --clicks FILE.tsv --primary ENDPOINT [options]\n\n"
+        "Builds the user style profiles as `builder build` does and loads them, with each\n"
+        "user's click history, into the profile service's primary (`profile --role primary`).\n\n"
+        "options:\n" BUILDER_INPUT_USAGE
+        "  --primary EP        the primary's ZeroMQ endpoint (tcp://host:port)\n"
+        "  --history N         clicked stickers sent per user, newest kept (default 200, at\n"
+        "                      most %d)\n"
+        "  --timeout-ms MS     time each user's load may take (default 30000)\n"
+        "  --help              this text\n",
+        PS_WIRE_MAX_HISTORY);
 }
 
 /* Send one frame and wait for the answer to request_id. Returns the reply envelope (caller
@@ -188,9 +189,8 @@ int builder_cmd_push_profiles(int argc, char **argv)
         }
     }
     if (!inp.corpus || !inp.npy || !inp.clicks || !primary || optind != argc) {
-        fprintf(stderr,
-                "builder push-profiles: --corpus, --embeddings, --clicks and --primary are "
-                "required\n");
+        fprintf(stderr, "builder push-profiles: --corpus, --embeddings, --clicks and --primary are "
+                        "required\n");
         usage(stderr);
         return 2;
     }
@@ -220,8 +220,9 @@ int builder_cmd_push_profiles(int argc, char **argv)
         builder_progress_tick(&pr, u + 1);
     }
     builder_progress_end(&pr, b.nusers);
-    ps_log(PS_LOG_INFO, "builder", "push_done", "primary=%s users=%zu history_items=%zu seconds=%.2f",
-           primary, b.nusers, nitems, builder_now() - t0);
+    ps_log(PS_LOG_INFO, "builder", "push_done",
+           "primary=%s users=%zu history_items=%zu seconds=%.2f", primary, b.nusers, nitems,
+           builder_now() - t0);
     printf("pushed %zu user profiles (%zu history items) to %s in %.1f s\n", b.nusers, nitems,
            primary, builder_now() - t0);
     rc = 0;

@@ -621,7 +621,8 @@ static int check_load_profile(const Persrv__LoadProfileRequest *l, ps_err *err)
     if (l->n_history > PS_WIRE_MAX_HISTORY)
         return ps_err_set(err, PS_ETOOBIG, "load_profile.history: %zu entries, at most %d",
                           l->n_history, PS_WIRE_MAX_HISTORY);
-    if (l->n_history && !l->history) return ps_err_set(err, PS_EINVAL, "load_profile.history: NULL");
+    if (l->n_history && !l->history)
+        return ps_err_set(err, PS_EINVAL, "load_profile.history: NULL");
     for (size_t i = 0; i < l->n_history; i++) {
         if (!l->history[i]) return ps_err_set(err, PS_EINVAL, "load_profile.history[%zu]: NULL", i);
         snprintf(path, sizeof path, "load_profile.history[%zu].embedding", i);

@@ -108,8 +108,7 @@ ps_zserver_t *ps_zserver_bind(void *zctx, const ps_zserver_cfg *cfg, ps_err *err
     s->front = zmq_socket(zctx, ZMQ_ROUTER);
     s->back = zmq_socket(zctx, ZMQ_DEALER);
     int64_t maxmsg = (int64_t)cfg->max_frame;
-    if (!s->front || !s->back ||
-        zmq_setsockopt(s->front, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+    if (!s->front || !s->back || zmq_setsockopt(s->front, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
         set_int(s->front, ZMQ_ROUTER_MANDATORY, 1) || set_int(s->front, ZMQ_LINGER, 0) ||
         set_int(s->front, ZMQ_SNDHWM, (int)cfg->hwm) ||
         set_int(s->front, ZMQ_RCVHWM, (int)cfg->hwm) || set_int(s->back, ZMQ_LINGER, 0) ||
@@ -157,8 +156,7 @@ int ps_zserver_run(ps_zserver_t *s, int stop_fd, ps_err *err)
             (void)got;
             if (!stopping) {
                 stopping = 1;
-                ps_log(PS_LOG_INFO, who, "stopping", "inflight=%llu",
-                       (unsigned long long)inflight);
+                ps_log(PS_LOG_INFO, who, "stopping", "inflight=%llu", (unsigned long long)inflight);
             }
         }
         if (items[0].revents & ZMQ_POLLIN) { /* a worker's reply */
@@ -259,8 +257,7 @@ static void *zworker_main(void *arg)
 }
 
 int ps_zworkers_start(void *zctx, const char *backend, uint32_t n, ps_zhandler_fn fn,
-                      void *const *states, const char *component, ps_zworkers_t **out,
-                      ps_err *err)
+                      void *const *states, const char *component, ps_zworkers_t **out, ps_err *err)
 {
     ps_zworkers_t *ws = calloc(1, sizeof *ws);
     *out = NULL;
@@ -277,11 +274,8 @@ int ps_zworkers_start(void *zctx, const char *backend, uint32_t n, ps_zhandler_f
     pthread_sigmask(SIG_BLOCK, &block, &old);
     int rc = 0;
     for (uint32_t i = 0; i < n && !rc; i++) {
-        ws->w[i] = (zworker){.zctx = zctx,
-                             .backend = backend,
-                             .component = component,
-                             .fn = fn,
-                             .state = states[i]};
+        ws->w[i] = (zworker){
+            .zctx = zctx, .backend = backend, .component = component, .fn = fn, .state = states[i]};
         if (pthread_create(&ws->w[i].tid, NULL, zworker_main, &ws->w[i]))
             rc = ps_err_set(err, PS_EINTERNAL, "starting worker %u failed", i);
         else

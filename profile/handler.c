@@ -52,8 +52,8 @@ static int write_reply(uint64_t request_id, const profsvc_write_result *r, uint8
     return ps_wire_pack(&e, out, out_len, err);
 }
 
-static int do_click(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out,
-                    size_t *out_len, ps_err *err)
+static int do_click(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
+                    ps_err *err)
 {
     const Persrv__ClickRequest *c = env->click;
     profsvc_write_result r;
@@ -62,7 +62,8 @@ static int do_click(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out
         (rc = profsvc_store_click(ctx->store, c->user, c->sticker_id, c->query, strlen(c->query),
                                   c->embedding, c->n_embedding, &r, err)))
         return rc;
-    ps_log(PS_LOG_DEBUG, "profile", "click", "request_id=%llu sticker=%llu seq=%llu history=%u k=%u",
+    ps_log(PS_LOG_DEBUG, "profile", "click",
+           "request_id=%llu sticker=%llu seq=%llu history=%u k=%u",
            (unsigned long long)env->request_id, (unsigned long long)c->sticker_id,
            (unsigned long long)r.seq, r.history, r.k);
     return write_reply(env->request_id, &r, out, out_len, err);
@@ -80,13 +81,15 @@ static int do_load(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out,
     if ((rc = refuse_on_replica(ctx, "load_profile", err))) return rc;
     /* ps_wire_decode checked that the centroids share one length and every float is finite. */
     prof.k = (uint32_t)l->n_centroids;
-    prof.dim = prof.k ? (uint32_t)l->centroids[0]->n_vector
+    prof.dim = prof.k         ? (uint32_t)l->centroids[0]->n_vector
                : l->n_history ? (uint32_t)l->history[0]->n_embedding
                               : 0;
     for (size_t i = 0; i < l->n_history; i++)
         if (l->history[i]->n_embedding != prof.dim)
-            return ps_err_set(err, PS_EINVAL, "load_profile.history[%zu].embedding: %zu floats, "
-                              "the profile has %u", i, l->history[i]->n_embedding, prof.dim);
+            return ps_err_set(err, PS_EINVAL,
+                              "load_profile.history[%zu].embedding: %zu floats, "
+                              "the profile has %u",
+                              i, l->history[i]->n_embedding, prof.dim);
     size_t dim = prof.dim;
     if ((prof.k && !(prof.centroids = malloc(prof.k * dim * sizeof(float)))) ||
         (l->n_history && (!(ids = malloc(l->n_history * sizeof *ids)) ||
@@ -148,8 +151,8 @@ static int do_get_clicks(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t 
 {
     uint64_t *ids;
     size_t n;
-    int rc = profsvc_store_clicks(ctx->store, env->get_clicks->user, PS_WIRE_MAX_CLICKS, &ids, &n,
-                                  err);
+    int rc =
+        profsvc_store_clicks(ctx->store, env->get_clicks->user, PS_WIRE_MAX_CLICKS, &ids, &n, err);
     if (rc) return rc;
     Persrv__ClicksReply cr = PERSRV__CLICKS_REPLY__INIT;
     cr.n_sticker_ids = n;
@@ -172,8 +175,8 @@ static int do_checksum(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **
     return ps_wire_pack(&e, out, out_len, err);
 }
 
-static int do_health(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out,
-                     size_t *out_len, ps_err *err)
+static int do_health(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
+                     ps_err *err)
 {
     ps_wire_health h = {.shard = 0,
                         .nshards = 1,
@@ -237,10 +240,10 @@ static int do_checkpoint(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t 
     if (ctx->replica) return ps_err_set(err, PS_EINVAL, "checkpoint: this node is a replica");
     cr.session = c->session;
     if (c->session == 0) {
-        if ((rc = profsvc_store_ckpt_begin(ctx->store, &cr.session, &cr.seq, &files, &nfiles,
-                                           err)))
+        if ((rc = profsvc_store_ckpt_begin(ctx->store, &cr.session, &cr.seq, &files, &nfiles, err)))
             return rc;
-        if (nfiles && (!(cf = calloc(nfiles, sizeof *cf)) || !(cfp = calloc(nfiles, sizeof *cfp)))) {
+        if (nfiles &&
+            (!(cf = calloc(nfiles, sizeof *cf)) || !(cfp = calloc(nfiles, sizeof *cfp)))) {
             rc = ps_err_set(err, PS_ENOMEM, "out of memory for a checkpoint listing");
             profsvc_store_ckpt_done(ctx->store, cr.session, NULL);
             goto out;
@@ -264,8 +267,9 @@ static int do_checkpoint(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t 
                (unsigned long long)c->session);
     } else {
         if (!c->file[0])
-            return ps_err_set(err, PS_EINVAL, "checkpoint.file: empty (a session's chunk "
-                                              "request names a file)");
+            return ps_err_set(err, PS_EINVAL,
+                              "checkpoint.file: empty (a session's chunk "
+                              "request names a file)");
         size_t max = chunk_size(c->max_bytes), n = 0;
         if (!(chunk = malloc(max))) return ps_err_set(err, PS_ENOMEM, "out of memory for a chunk");
         if ((rc = profsvc_store_ckpt_read(ctx->store, c->session, c->file, c->offset, chunk, max,
@@ -336,8 +340,8 @@ int profsvc_handle(profsvc_ctx *ctx, const void *req, size_t len, uint8_t **repl
     if (rc == 0) return 0;
 
     /* Client errors are the peer's business: warn, answer, keep serving. */
-    ps_log(rc == PS_ENOMEM || ps_err_http_status(rc) >= 500 ? PS_LOG_ERROR : PS_LOG_WARN,
-           "profile", "request_failed", "request_id=%llu bytes=%zu code=%s msg=\"%s\"",
+    ps_log(rc == PS_ENOMEM || ps_err_http_status(rc) >= 500 ? PS_LOG_ERROR : PS_LOG_WARN, "profile",
+           "request_failed", "request_id=%llu bytes=%zu code=%s msg=\"%s\"",
            (unsigned long long)request_id, len, ps_errname(rc), err.msg);
     ps_err eerr = {0, ""};
     int erc = ps_wire_encode_error(request_id, rc, err.msg, reply, reply_len, &eerr);

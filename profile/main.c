@@ -32,29 +32,27 @@ static const ps_cfg_opt profsvc_opts[] = {
     {"role", PS_CFG_STRING, "primary",
      "primary (takes clicks and profile loads) or replica (tails --primary, serves reads)", 0, 0,
      0},
-    {"primary", PS_CFG_STRING, NULL, "replica: the primary's ZeroMQ endpoint (required)", 0, 0,
-     0},
+    {"primary", PS_CFG_STRING, NULL, "replica: the primary's ZeroMQ endpoint (required)", 0, 0, 0},
     {"workers", PS_CFG_UINT, "4", "worker threads answering requests", 0, 1, 256},
     {"sync", PS_CFG_UINT, "1",
      "1: acknowledge a click only once its WAL record is synced; 0 is UNSAFE (an acknowledged "
      "click can be lost in a crash), for tests and benchmarks only",
      0, 0, 1},
-    {"history", PS_CFG_UINT, "200", "clicks kept per user for recomputing centroids", 0, 1,
-     100000},
+    {"history", PS_CFG_UINT, "200", "clicks kept per user for recomputing centroids", 0, 1, 100000},
     {"kmax", PS_CFG_UINT, "5", "most centroids per user (k-means k)", 0, 1, PS_PROFILE_KMAX},
     {"wal-ttl-s", PS_CFG_UINT, "3600",
      "primary: seconds obsolete WAL files stay for replicas to catch up (0 with wal-size-mb 0: "
      "deleted at once)",
      0, 0, 1e9},
-    {"wal-size-mb", PS_CFG_UINT, "1024", "primary: at most this much obsolete WAL is kept (MB)",
-     0, 0, 1e9},
+    {"wal-size-mb", PS_CFG_UINT, "1024", "primary: at most this much obsolete WAL is kept (MB)", 0,
+     0, 1e9},
     {"write-buffer-kb", PS_CFG_UINT, "65536",
      "RocksDB memtable size (KB); a memtable flush makes its WAL obsolete", 0, 64, 16777216},
     {"poll-ms", PS_CFG_UINT, "5", "replica: pause after a WAL reply with nothing new (ms)", 0, 0,
      60000},
     {"max-frame", PS_CFG_UINT, PROFSVC_MAX_FRAME_DEFAULT,
-     "largest request frame in bytes (ZMQ_MAXMSGSIZE; a larger one drops the connection)", 0,
-     4096, 1u << 30},
+     "largest request frame in bytes (ZMQ_MAXMSGSIZE; a larger one drops the connection)", 0, 4096,
+     1u << 30},
     {"max-inflight", PS_CFG_UINT, "256",
      "requests queued to workers before the daemon stops reading the socket", 0, 1, 100000},
     {"hwm", PS_CFG_UINT, "1000", "ZeroMQ high water mark of the listening socket, messages", 0, 1,
@@ -92,9 +90,9 @@ int main(int argc, char **argv)
     profsvc_store_t *st = NULL;
     profsvc_replica_t *tail = NULL;
     int status = 1, pid_written = 0;
-    ps_cfg_t *cfg = ps_cfg_daemon("profile", profsvc_about, profsvc_opts,
-                                  sizeof profsvc_opts / sizeof profsvc_opts[0], argc, argv,
-                                  &status);
+    ps_cfg_t *cfg =
+        ps_cfg_daemon("profile", profsvc_about, profsvc_opts,
+                      sizeof profsvc_opts / sizeof profsvc_opts[0], argc, argv, &status);
     if (!cfg) return status;
 
     const char *role = ps_cfg_str(cfg, "role"), *primary = ps_cfg_str(cfg, "primary");

@@ -57,17 +57,17 @@ typedef struct profsvc_write_result {
  * bounded history, recomputes the user's centroids, all in one (synced, per cfg->sync) write.
  * The first click or load fixes the service's embedding dimension. Errors: PS_EINVAL (a
  * replica, a dim other than the service's), PS_ECORRUPT, PS_ESTORE, PS_EUNAVAIL, PS_ENOMEM. */
-int profsvc_store_click(profsvc_store_t *st, const char *user, uint64_t sticker,
-                        const char *query, size_t qlen, const float *emb, size_t dim,
-                        profsvc_write_result *out, ps_err *err);
+int profsvc_store_click(profsvc_store_t *st, const char *user, uint64_t sticker, const char *query,
+                        size_t qlen, const float *emb, size_t dim, profsvc_write_result *out,
+                        ps_err *err);
 
 /* Replace the user's profile with prof (k 0..KMAX centroids with their radii as given; k == 0
  * removes it) and the bounded history with ids[0..n) / embs (n × prof->dim, oldest first;
  * only the newest cfg->history are kept). The click log is untouched. One synced write.
  * Errors as profsvc_store_click. */
 int profsvc_store_load(profsvc_store_t *st, const char *user, const ps_profile *prof,
-                       const uint64_t *ids, const float *embs, size_t n,
-                       profsvc_write_result *out, ps_err *err);
+                       const uint64_t *ids, const float *embs, size_t n, profsvc_write_result *out,
+                       ps_err *err);
 
 /* The user's profile. OUT *found (0: no profile, prof->k == 0), prof (free with
  * ps_profile_clear), *seq the latest sequence number. Errors: PS_ECORRUPT, PS_ESTORE,
@@ -97,9 +97,8 @@ typedef struct profsvc_batch {
  * their data reaches max_bytes (at least one batch is returned). OUT *batches (free with
  * profsvc_batches_free), *n, *gone (1: `from` is no longer in the WAL; no batches),
  * *latest. from > latest gives no batches. Errors: PS_ESTORE, PS_EUNAVAIL, PS_ENOMEM. */
-int profsvc_store_wal(profsvc_store_t *st, uint64_t from, size_t max_bytes,
-                      profsvc_batch **batches, size_t *n, int *gone, uint64_t *latest,
-                      ps_err *err);
+int profsvc_store_wal(profsvc_store_t *st, uint64_t from, size_t max_bytes, profsvc_batch **batches,
+                      size_t *n, int *gone, uint64_t *latest, ps_err *err);
 void profsvc_batches_free(profsvc_batch *b, size_t n);
 
 /* Replica: write one of the primary's batches, which must start at latest + 1, and check

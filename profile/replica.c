@@ -33,13 +33,13 @@
 #include "ps/wire.h"
 #include "profile.h"
 
-#define WAL_TIMEOUT_MS   3000  /* a wal request */
-#define CKPT_TIMEOUT_MS  60000 /* making a checkpoint flushes the primary's memtable */
-#define CHUNK_TIMEOUT_MS 10000 /* one checkpoint chunk */
-#define CHUNK_TRIES      3     /* a chunk is asked for again this often before giving up */
-#define RETRY_MS         200   /* pause after a failed request */
+#define WAL_TIMEOUT_MS     3000  /* a wal request */
+#define CKPT_TIMEOUT_MS    60000 /* making a checkpoint flushes the primary's memtable */
+#define CHUNK_TIMEOUT_MS   10000 /* one checkpoint chunk */
+#define CHUNK_TRIES        3     /* a chunk is asked for again this often before giving up */
+#define RETRY_MS           200   /* pause after a failed request */
 #define BOOTSTRAP_RETRY_MS 1000
-#define WARN_EVERY_S     5.0
+#define WARN_EVERY_S       5.0
 
 struct profsvc_replica {
     profsvc_ctx *ctx;

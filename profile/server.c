@@ -51,8 +51,8 @@ int profsvc_serve(profsvc_ctx *ctx, const profsvc_server_cfg *cfg, int stop_fd, 
     const char *endpoint = ps_zserver_endpoint(srv);
 
     for (uint32_t i = 0; i < cfg->workers; i++) states[i] = ctx; /* thread-safe, shared */
-    rc = ps_zworkers_start(zctx, PROFSVC_BACKEND, cfg->workers, handle, states, "profile",
-                           &workers, err);
+    rc = ps_zworkers_start(zctx, PROFSVC_BACKEND, cfg->workers, handle, states, "profile", &workers,
+                           err);
     if (!rc && cfg->ready_file && ps_write_file_atomic(cfg->ready_file, endpoint))
         rc = ps_err_set(err, PS_EIO, "ready-file %s: %s", cfg->ready_file, strerror(errno));
     if (rc) goto out;

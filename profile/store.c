@@ -42,17 +42,17 @@
 #include "ps/wire.h"
 #include "profile.h"
 
-#define USER_LOCKS    64                        /* stripes of per-user write locks */
-#define MAX_SESSIONS  16                        /* checkpoint sessions open at once */
-#define WAL_ITERS     4                         /* WAL iterators kept between wal requests */
-#define WAL_ITER_IDLE_S 10.0                    /* ... each dropped after this long unused */
-#define KEY_MAX       (1 + PS_WIRE_MAX_USER + 1 + 8)
-#define DIM_KEY       "Mdim"
-#define REPLICA_WRITE "this node is a replica; send writes to the primary"
+#define USER_LOCKS      64   /* stripes of per-user write locks */
+#define MAX_SESSIONS    16   /* checkpoint sessions open at once */
+#define WAL_ITERS       4    /* WAL iterators kept between wal requests */
+#define WAL_ITER_IDLE_S 10.0 /* ... each dropped after this long unused */
+#define KEY_MAX         (1 + PS_WIRE_MAX_USER + 1 + 8)
+#define DIM_KEY         "Mdim"
+#define REPLICA_WRITE   "this node is a replica; send writes to the primary"
 
 typedef struct ckpt_session {
-    uint64_t id;       /* 0: free slot */
-    double last_used;  /* monotonic seconds */
+    uint64_t id;      /* 0: free slot */
+    double last_used; /* monotonic seconds */
 } ckpt_session;
 
 /* A WAL iterator a wal request left open for the next one (see profsvc_store_wal). */
@@ -426,8 +426,8 @@ static void put_history(rocksdb_writebatch_t *b, const char *user, size_t ulen, 
 }
 
 /* Put P (k > 0) or delete it. */
-static int put_profile(rocksdb_writebatch_t *b, const char *user, size_t ulen,
-                       const ps_profile *p, ps_err *err)
+static int put_profile(rocksdb_writebatch_t *b, const char *user, size_t ulen, const ps_profile *p,
+                       ps_err *err)
 {
     uint8_t k[KEY_MAX], *v = NULL;
     size_t kl = user_key(k, 'P', user, ulen), vl = 0;
@@ -459,8 +459,8 @@ typedef struct hist {
 } hist;
 
 static int collect_history(profsvc_store_t *st, rocksdb_writebatch_t *b, const char *user,
-                           size_t ulen, uint64_t new_id, const float *new_emb, size_t dim,
-                           hist *h, ps_err *err)
+                           size_t ulen, uint64_t new_id, const float *new_emb, size_t dim, hist *h,
+                           ps_err *err)
 {
     size_t cap = st->cfg.history;
     uint8_t pre[KEY_MAX], last[KEY_MAX];
@@ -506,9 +506,9 @@ static int collect_history(profsvc_store_t *st, rocksdb_writebatch_t *b, const c
     return rc;
 }
 
-int profsvc_store_click(profsvc_store_t *st, const char *user, uint64_t sticker,
-                        const char *query, size_t qlen, const float *emb, size_t dim,
-                        profsvc_write_result *out, ps_err *err)
+int profsvc_store_click(profsvc_store_t *st, const char *user, uint64_t sticker, const char *query,
+                        size_t qlen, const float *emb, size_t dim, profsvc_write_result *out,
+                        ps_err *err)
 {
     if (st->cfg.replica) return ps_err_set(err, PS_EINVAL, REPLICA_WRITE);
     size_t ulen = strlen(user);
@@ -563,8 +563,8 @@ out:
 }
 
 /* Delete every key of the range prefix pre[0..pl) in b. */
-static int delete_range(profsvc_store_t *st, rocksdb_writebatch_t *b, const uint8_t *pre,
-                        size_t pl, ps_err *err)
+static int delete_range(profsvc_store_t *st, rocksdb_writebatch_t *b, const uint8_t *pre, size_t pl,
+                        ps_err *err)
 {
     rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, st->ropts);
     for (rocksdb_iter_seek(it, (const char *)pre, pl); rocksdb_iter_valid(it);
@@ -581,8 +581,8 @@ static int delete_range(profsvc_store_t *st, rocksdb_writebatch_t *b, const uint
 }
 
 int profsvc_store_load(profsvc_store_t *st, const char *user, const ps_profile *prof,
-                       const uint64_t *ids, const float *embs, size_t n,
-                       profsvc_write_result *out, ps_err *err)
+                       const uint64_t *ids, const float *embs, size_t n, profsvc_write_result *out,
+                       ps_err *err)
 {
     if (st->cfg.replica) return ps_err_set(err, PS_EINVAL, REPLICA_WRITE);
     size_t ulen = strlen(user), dim = prof->dim;
@@ -897,9 +897,8 @@ static int wal_read(rocksdb_wal_iterator_t *it, uint64_t from, size_t max_bytes,
     return rc;
 }
 
-int profsvc_store_wal(profsvc_store_t *st, uint64_t from, size_t max_bytes,
-                      profsvc_batch **batches, size_t *n, int *gone, uint64_t *latest,
-                      ps_err *err)
+int profsvc_store_wal(profsvc_store_t *st, uint64_t from, size_t max_bytes, profsvc_batch **batches,
+                      size_t *n, int *gone, uint64_t *latest, ps_err *err)
 {
     int rc, gap = 0;
     uint64_t next = from;
@@ -977,8 +976,9 @@ int profsvc_store_apply(profsvc_store_t *st, uint64_t seq, const void *data, siz
                         ps_err *err)
 {
     int rc;
-    if (len < 12) return ps_err_set(err, PS_ECORRUPT, "batch at %llu: %zu bytes",
-                                    (unsigned long long)seq, len);
+    if (len < 12)
+        return ps_err_set(err, PS_ECORRUPT, "batch at %llu: %zu bytes", (unsigned long long)seq,
+                          len);
     if ((rc = db_enter(st, err))) return rc;
     uint64_t latest = rocksdb_get_latest_sequence_number(st->db);
     if (seq != latest + 1) {
@@ -990,8 +990,8 @@ int profsvc_store_apply(profsvc_store_t *st, uint64_t seq, const void *data, siz
     int count = rocksdb_writebatch_count(wb);
     char *rerr = NULL;
     if (count <= 0)
-        rc = ps_err_set(err, PS_ECORRUPT, "batch at %llu holds %d writes",
-                        (unsigned long long)seq, count);
+        rc = ps_err_set(err, PS_ECORRUPT, "batch at %llu holds %d writes", (unsigned long long)seq,
+                        count);
     else
         rocksdb_write(st->db, st->wopts, wb, &rerr);
     if (rerr) rc = rocks_fail(err, &rerr, "applying a batch");
@@ -1154,7 +1154,6 @@ int profsvc_store_ckpt_done(profsvc_store_t *st, uint64_t session, ps_err *err)
                           (unsigned long long)session);
     snprintf(path, sizeof path, "%s/%llu", st->ckdir, (unsigned long long)session);
     if (profsvc_rmtree(path))
-        ps_log(PS_LOG_WARN, "profile", "remove_failed", "dir=%s msg=\"%s\"", path,
-               strerror(errno));
+        ps_log(PS_LOG_WARN, "profile", "remove_failed", "dir=%s msg=\"%s\"", path, strerror(errno));
     return 0;
 }

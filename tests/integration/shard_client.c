@@ -714,7 +714,8 @@ static int cmd_front_bad(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2) die("usage: shard_client freeport|health|compare|stickers|flood|bad|front-bad ...");
+    if (argc < 2)
+        die("usage: shard_client freeport|health|compare|stickers|flood|bad|front-bad ...");
     const char *cmd = argv[1];
     if (!strcmp(cmd, "freeport")) return cmd_freeport();
     zctx = zmq_ctx_new();

@@ -53,13 +53,13 @@ int ps_zmsg_send_multi(void *sock, zmq_msg_t *parts, int n, int flags);
 int ps_zmsg_set_payload(zmq_msg_t *parts, int n, const void *buf, size_t len);
 
 typedef struct ps_zserver_cfg {
-    const char *component;  /* log component ("shard", "broker") */
-    const char *listen;     /* ZeroMQ endpoint of the ROUTER front */
-    const char *backend;    /* inproc endpoint the workers connect to */
-    size_t max_frame;       /* request frame cap (ZMQ_MAXMSGSIZE of the front) */
-    uint32_t max_inflight;  /* requests handed to workers and not yet answered */
-    uint32_t drain_ms;      /* linger for replies still queued when closing */
-    uint32_t hwm;           /* ZMQ_SNDHWM / ZMQ_RCVHWM of the front socket */
+    const char *component; /* log component ("shard", "broker") */
+    const char *listen;    /* ZeroMQ endpoint of the ROUTER front */
+    const char *backend;   /* inproc endpoint the workers connect to */
+    size_t max_frame;      /* request frame cap (ZMQ_MAXMSGSIZE of the front) */
+    uint32_t max_inflight; /* requests handed to workers and not yet answered */
+    uint32_t drain_ms;     /* linger for replies still queued when closing */
+    uint32_t hwm;          /* ZMQ_SNDHWM / ZMQ_RCVHWM of the front socket */
 } ps_zserver_cfg;
 
 typedef struct ps_zserver ps_zserver_t;
@@ -92,8 +92,7 @@ typedef int (*ps_zhandler_fn)(void *state, const void *req, size_t len, uint8_t 
  * payload (n outside 2..PS_ZMSG_MAX_PARTS) is closed and dropped (returns -1); otherwise the
  * payload is replaced by fn's reply, ready to send back along the same route (returns 0). Out of
  * memory aborts the process (logged under `component`): a request would go unanswered. */
-int ps_zmsg_answer(zmq_msg_t *parts, int n, ps_zhandler_fn fn, void *state,
-                   const char *component);
+int ps_zmsg_answer(zmq_msg_t *parts, int n, ps_zhandler_fn fn, void *state, const char *component);
 
 typedef struct ps_zworkers ps_zworkers_t;
 
@@ -103,8 +102,7 @@ typedef struct ps_zworkers ps_zworkers_t;
  * PS_EINTERNAL (a thread could not start) with err set. OUT *out: set whenever a thread may
  * have started, also on error: stop them with zmq_ctx_shutdown, then ps_zworkers_join. */
 int ps_zworkers_start(void *zctx, const char *backend, uint32_t n, ps_zhandler_fn fn,
-                      void *const *states, const char *component, ps_zworkers_t **out,
-                      ps_err *err);
+                      void *const *states, const char *component, ps_zworkers_t **out, ps_err *err);
 
 /* Wait for every worker to leave (after zmq_ctx_shutdown made their receives return ETERM)
  * and free w. NULL is ignored. */
