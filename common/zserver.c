@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ps/config.h"
 #include "ps/log.h"
 #include "ps/zserver.h"
 
@@ -292,4 +293,32 @@ void ps_zworkers_join(ps_zworkers_t *ws)
         if (ws->w[i].started) pthread_join(ws->w[i].tid, NULL);
     free(ws->w);
     free(ws);
+}
+
+int ps_zserve(const ps_zserver_cfg *cfg, uint32_t workers, ps_zhandler_fn fn, void *const *states,
+              const char *ready_file, int stop_fd,
+              void (*on_ready)(const char *endpoint, void *arg), void *arg, ps_err *err)
+{
+    int rc = 0;
+    void *zctx = zmq_ctx_new();
+    ps_zserver_t *srv = NULL;
+    ps_zworkers_t *ws = NULL;
+    if (!zctx) return ps_err_set(err, PS_ENOMEM, "out of memory starting the server");
+    if (!(srv = ps_zserver_bind(zctx, cfg, err))) {
+        rc = err->code;
+        goto out;
+    }
+    const char *endpoint = ps_zserver_endpoint(srv);
+    rc = ps_zworkers_start(zctx, cfg->backend, workers, fn, states, cfg->component, &ws, err);
+    if (!rc && ready_file && ps_write_file_atomic(ready_file, endpoint))
+        rc = ps_err_set(err, PS_EIO, "ready-file %s: %s", ready_file, strerror(errno));
+    if (rc) goto out;
+    if (on_ready) on_ready(endpoint, arg);
+    rc = ps_zserver_run(srv, stop_fd, err);
+out:
+    ps_zserver_close(srv);
+    zmq_ctx_shutdown(zctx); /* workers' receives return ETERM */
+    ps_zworkers_join(ws);
+    zmq_ctx_term(zctx);
+    return rc;
 }

@@ -26,17 +26,18 @@ static int handle(void *state, const void *req, size_t len, uint8_t **reply, siz
     return profsvc_handle(state, req, len, reply, reply_len);
 }
 
+static void on_ready(const char *endpoint, void *arg)
+{
+    const profsvc_ctx *ctx = arg;
+    ps_log(PS_LOG_INFO, "profile", "ready", "endpoint=%s role=%s seq=%llu", endpoint,
+           ctx->replica ? "replica" : "primary", (unsigned long long)profsvc_store_seq(ctx->store));
+}
+
 int profsvc_serve(profsvc_ctx *ctx, const profsvc_server_cfg *cfg, int stop_fd, ps_err *err)
 {
-    int rc = 0;
-    void *zctx = zmq_ctx_new();
-    ps_zserver_t *srv = NULL;
-    ps_zworkers_t *workers = NULL;
     void **states = calloc(cfg->workers, sizeof *states);
-    if (!zctx || !states) {
-        rc = ps_err_set(err, PS_ENOMEM, "out of memory starting the server");
-        goto out;
-    }
+    if (!states) return ps_err_set(err, PS_ENOMEM, "out of memory starting the server");
+    for (uint32_t i = 0; i < cfg->workers; i++) states[i] = ctx; /* thread-safe, shared */
     ps_zserver_cfg zc = {.component = "profile",
                          .listen = cfg->listen,
                          .backend = PROFSVC_BACKEND,
@@ -44,28 +45,8 @@ int profsvc_serve(profsvc_ctx *ctx, const profsvc_server_cfg *cfg, int stop_fd, 
                          .max_inflight = cfg->max_inflight,
                          .drain_ms = cfg->drain_ms,
                          .hwm = cfg->hwm};
-    if (!(srv = ps_zserver_bind(zctx, &zc, err))) {
-        rc = err->code;
-        goto out;
-    }
-    const char *endpoint = ps_zserver_endpoint(srv);
-
-    for (uint32_t i = 0; i < cfg->workers; i++) states[i] = ctx; /* thread-safe, shared */
-    rc = ps_zworkers_start(zctx, PROFSVC_BACKEND, cfg->workers, handle, states, "profile", &workers,
-                           err);
-    if (!rc && cfg->ready_file && ps_write_file_atomic(cfg->ready_file, endpoint))
-        rc = ps_err_set(err, PS_EIO, "ready-file %s: %s", cfg->ready_file, strerror(errno));
-    if (rc) goto out;
-    ps_log(PS_LOG_INFO, "profile", "ready", "endpoint=%s role=%s workers=%u seq=%llu", endpoint,
-           ctx->replica ? "replica" : "primary", cfg->workers,
-           (unsigned long long)profsvc_store_seq(ctx->store));
-    rc = ps_zserver_run(srv, stop_fd, err);
-
-out:
-    ps_zserver_close(srv);
-    if (zctx) zmq_ctx_shutdown(zctx); /* workers' receives return ETERM */
-    ps_zworkers_join(workers);
-    if (zctx) zmq_ctx_term(zctx);
+    int rc =
+        ps_zserve(&zc, cfg->workers, handle, states, cfg->ready_file, stop_fd, on_ready, ctx, err);
     free(states);
     return rc;
 }

@@ -26,17 +26,20 @@ static int handle(void *state, const void *req, size_t len, uint8_t **reply, siz
     return shard_handle(state, req, len, reply, reply_len);
 }
 
+static void on_ready(const char *endpoint, void *arg)
+{
+    const shard_ctx *ctx = arg;
+    ps_log(PS_LOG_INFO, "shard", "ready", "endpoint=%s shard=%u stickers=%u", endpoint, ctx->shard,
+           ps_index_ndocs(ctx->ix));
+}
+
 int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, ps_err *err)
 {
     int rc = 0;
-    void *zctx = zmq_ctx_new();
-    ps_zserver_t *srv = NULL;
-    ps_zworkers_t *workers = NULL;
     void **handlers = calloc(cfg->workers, sizeof *handlers);
-    if (!zctx || !handlers) {
-        rc = ps_err_set(err, PS_ENOMEM, "out of memory starting the server");
-        goto out;
-    }
+    if (!handlers) return ps_err_set(err, PS_ENOMEM, "out of memory starting the server");
+    for (uint32_t i = 0; i < cfg->workers && !rc; i++)
+        if (!(handlers[i] = shard_handler_new(ctx, err))) rc = err->code;
     ps_zserver_cfg zc = {.component = "shard",
                          .listen = cfg->listen,
                          .backend = SHARD_BACKEND,
@@ -44,29 +47,10 @@ int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, 
                          .max_inflight = cfg->max_inflight,
                          .drain_ms = cfg->drain_ms,
                          .hwm = cfg->hwm};
-    if (!(srv = ps_zserver_bind(zctx, &zc, err))) {
-        rc = err->code;
-        goto out;
-    }
-    const char *endpoint = ps_zserver_endpoint(srv);
-    for (uint32_t i = 0; i < cfg->workers && !rc; i++)
-        if (!(handlers[i] = shard_handler_new(ctx, err))) rc = err->code;
     if (!rc)
-        rc = ps_zworkers_start(zctx, SHARD_BACKEND, cfg->workers, handle, handlers, "shard",
-                               &workers, err);
-    if (!rc && cfg->ready_file && ps_write_file_atomic(cfg->ready_file, endpoint))
-        rc = ps_err_set(err, PS_EIO, "ready-file %s: %s", cfg->ready_file, strerror(errno));
-    if (rc) goto out;
-    ps_log(PS_LOG_INFO, "shard", "ready", "endpoint=%s shard=%u stickers=%u workers=%u", endpoint,
-           ctx->shard, ps_index_ndocs(ctx->ix), cfg->workers);
-    rc = ps_zserver_run(srv, stop_fd, err);
-
-out:
-    ps_zserver_close(srv);
-    if (zctx) zmq_ctx_shutdown(zctx); /* workers' receives return ETERM */
-    ps_zworkers_join(workers);
-    for (uint32_t i = 0; handlers && i < cfg->workers; i++) shard_handler_free(handlers[i]);
-    if (zctx) zmq_ctx_term(zctx);
+        rc = ps_zserve(&zc, cfg->workers, handle, handlers, cfg->ready_file, stop_fd, on_ready,
+                       (void *)ctx, err);
+    for (uint32_t i = 0; i < cfg->workers; i++) shard_handler_free(handlers[i]);
     free(handlers);
     return rc;
 }

@@ -104,6 +104,15 @@ typedef struct ps_zworkers ps_zworkers_t;
 int ps_zworkers_start(void *zctx, const char *backend, uint32_t n, ps_zhandler_fn fn,
                       void *const *states, const char *component, ps_zworkers_t **out, ps_err *err);
 
+/* A whole daemon's serving life: a ZeroMQ context, the server bound per cfg, `workers` threads
+ * answering with fn(states[i]) (ps_zworkers_start), the ready file (when not NULL) holding the
+ * bound endpoint, on_ready(endpoint, arg) (may be NULL) to log it, then ps_zserver_run until a
+ * byte on stop_fd and its drain; everything is stopped and freed before it returns. Returns 0
+ * on a clean stop, or the error that kept it from starting (err set). */
+int ps_zserve(const ps_zserver_cfg *cfg, uint32_t workers, ps_zhandler_fn fn, void *const *states,
+              const char *ready_file, int stop_fd,
+              void (*on_ready)(const char *endpoint, void *arg), void *arg, ps_err *err);
+
 /* Wait for every worker to leave (after zmq_ctx_shutdown made their receives return ETERM)
  * and free w. NULL is ignored. */
 void ps_zworkers_join(ps_zworkers_t *w);
