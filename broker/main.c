@@ -113,17 +113,7 @@ static const char broker_about[] =
     "from a profiles directory or from the profile service (--profile-replicas, clicks to\n"
     "--profile-primary). Stops cleanly on SIGTERM or SIGINT.";
 
-static int sig_pipe[2] = {-1, -1};  /* signal handler → main thread */
 static int lane_pipe[2] = {-1, -1}; /* main thread → lanes: stop */
-
-static void on_signal(int sig)
-{
-    int saved = errno;
-    ssize_t n = write(sig_pipe[1], "x", 1);
-    (void)n;
-    (void)sig;
-    errno = saved;
-}
 
 /* Readiness: the ready file is written once every lane has started and the probing lane (0)
  * has seen every shard up, whichever comes last. */
@@ -283,15 +273,11 @@ int main(int argc, char **argv)
     const char *pid_file = ps_cfg_str(cfg, "pid-file");
     rd.file = ps_cfg_str(cfg, "ready-file");
     if (rd.file) unlink(rd.file);
-    signal(SIGPIPE, SIG_IGN);
-    if (make_pipe(sig_pipe) || make_pipe(lane_pipe)) {
+    int stop_fd = ps_daemon_stop_fd(); /* SIGTERM, SIGINT */
+    if (stop_fd < 0 || make_pipe(lane_pipe)) {
         ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"pipe: %s\"", strerror(errno));
         goto out;
     }
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
 
     if (!(metrics = broker_metrics_new(nshards))) {
         ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"out of memory\"");
@@ -355,9 +341,7 @@ int main(int argc, char **argv)
                           .on_ready = on_lane_ready,
                           .ready_arg = &rd};
     if (pid_file) {
-        char pid[32];
-        snprintf(pid, sizeof pid, "%ld", (long)getpid());
-        if (ps_write_file_atomic(pid_file, pid)) {
+        if (ps_write_pid_file(pid_file)) {
             ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"pid-file %s: %s\"", pid_file,
                    strerror(errno));
             goto out;
@@ -381,12 +365,12 @@ int main(int argc, char **argv)
 
     /* Serve the front door (or just wait) until a signal; the front door drains first. */
     if (front) {
-        if (ps_zserver_run(front, sig_pipe[0], &err)) {
+        if (ps_zserver_run(front, stop_fd, &err)) {
             ps_log(PS_LOG_ERROR, "broker", "front_failed", "msg=\"%s\"", err.msg);
             goto stop;
         }
     } else {
-        struct pollfd pfd = {.fd = sig_pipe[0], .events = POLLIN};
+        struct pollfd pfd = {.fd = stop_fd, .events = POLLIN};
         while (poll(&pfd, 1, -1) < 0 && errno == EINTR) {
         }
         ps_log(PS_LOG_INFO, "broker", "stopping", "lanes=%u", nlanes);
@@ -406,7 +390,6 @@ out:
     if (zctx) zmq_ctx_term(zctx);
     if (http_fd >= 0) close(http_fd);
     for (int i = 0; i < 2; i++) {
-        if (sig_pipe[i] >= 0) close(sig_pipe[i]);
         if (lane_pipe[i] >= 0) close(lane_pipe[i]);
     }
     broker_metrics_free(metrics);

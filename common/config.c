@@ -8,6 +8,8 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -514,4 +516,39 @@ int ps_write_file_atomic(const char *path, const char *text)
         return -1;
     }
     return 0;
+}
+
+static int stop_pipe[2] = {-1, -1};
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    int e = errno;
+    ssize_t n = write(stop_pipe[1], "x", 1);
+    (void)n;
+    errno = e;
+}
+
+int ps_daemon_stop_fd(void)
+{
+    if (stop_pipe[0] >= 0) return stop_pipe[0];
+    if (pipe(stop_pipe)) return -1;
+    for (int i = 0; i < 2; i++)
+        if (fcntl(stop_pipe[i], F_SETFL, O_NONBLOCK) || fcntl(stop_pipe[i], F_SETFD, FD_CLOEXEC))
+            return -1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    return stop_pipe[0];
+}
+
+int ps_write_pid_file(const char *path)
+{
+    char pid[32];
+    snprintf(pid, sizeof pid, "%ld", (long)getpid());
+    return ps_write_file_atomic(path, pid);
 }

@@ -73,17 +73,6 @@ static const char profsvc_about[] =
     "replicas tail the primary's write-ahead log, bootstrap from a checkpoint when it is gone,\n"
     "and serve profiles. Stops cleanly on SIGTERM or SIGINT: in-flight requests finish first.";
 
-static int stop_pipe[2] = {-1, -1};
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    int e = errno;
-    ssize_t n = write(stop_pipe[1], "x", 1);
-    (void)n;
-    errno = e;
-}
-
 int main(int argc, char **argv)
 {
     ps_err err = {0, ""};
@@ -112,24 +101,13 @@ int main(int argc, char **argv)
     const char *ready_file = ps_cfg_str(cfg, "ready-file");
     if (ready_file) unlink(ready_file);
 
-    if (pipe(stop_pipe) || fcntl(stop_pipe[0], F_SETFL, O_NONBLOCK) ||
-        fcntl(stop_pipe[1], F_SETFL, O_NONBLOCK) || fcntl(stop_pipe[0], F_SETFD, FD_CLOEXEC) ||
-        fcntl(stop_pipe[1], F_SETFD, FD_CLOEXEC)) {
+    int stop_fd = ps_daemon_stop_fd();
+    if (stop_fd < 0) {
         ps_log(PS_LOG_ERROR, "profile", "start_failed", "msg=\"pipe: %s\"", strerror(errno));
         goto out;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
     if (pid_file) {
-        char pid[32];
-        snprintf(pid, sizeof pid, "%ld", (long)getpid());
-        if (ps_write_file_atomic(pid_file, pid)) {
+        if (ps_write_pid_file(pid_file)) {
             ps_log(PS_LOG_ERROR, "profile", "start_failed", "msg=\"pid-file %s: %s\"", pid_file,
                    strerror(errno));
             goto out;
@@ -172,7 +150,7 @@ int main(int argc, char **argv)
                                .drain_ms = (uint32_t)ps_cfg_uint(cfg, "drain-ms"),
                                .hwm = (uint32_t)ps_cfg_uint(cfg, "hwm"),
                                .ready_file = ready_file};
-    int rc = profsvc_serve(&ctx, &vcfg, stop_pipe[0], &err);
+    int rc = profsvc_serve(&ctx, &vcfg, stop_fd, &err);
     profsvc_replica_stop(tail); /* before the store closes under it */
     tail = NULL;
     if (rc) {
@@ -187,8 +165,6 @@ out:
     if (ready_file) unlink(ready_file);
     if (pid_written) unlink(pid_file);
     profsvc_store_close(st);
-    for (int i = 0; i < 2; i++)
-        if (stop_pipe[i] >= 0) close(stop_pipe[i]);
     ps_log(status ? PS_LOG_ERROR : PS_LOG_INFO, "profile", "exit", "status=%d", status);
     ps_cfg_free(cfg);
     return status;

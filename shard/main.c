@@ -54,17 +54,6 @@ static const char shard_about[] =
     "memory and answers search, get-sticker and health requests over ZeroMQ (persrv.proto).\n"
     "Stops cleanly on SIGTERM or SIGINT: in-flight requests finish first.";
 
-static int stop_pipe[2] = {-1, -1};
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    int e = errno;
-    ssize_t n = write(stop_pipe[1], "x", 1);
-    (void)n;
-    errno = e;
-}
-
 int main(int argc, char **argv)
 {
     ps_err err = {0, ""};
@@ -79,24 +68,13 @@ int main(int argc, char **argv)
     const char *ready_file = ps_cfg_str(cfg, "ready-file");
     if (ready_file) unlink(ready_file);
 
-    if (pipe(stop_pipe) || fcntl(stop_pipe[0], F_SETFL, O_NONBLOCK) ||
-        fcntl(stop_pipe[1], F_SETFL, O_NONBLOCK) || fcntl(stop_pipe[0], F_SETFD, FD_CLOEXEC) ||
-        fcntl(stop_pipe[1], F_SETFD, FD_CLOEXEC)) {
+    int stop_fd = ps_daemon_stop_fd();
+    if (stop_fd < 0) {
         ps_log(PS_LOG_ERROR, "shard", "start_failed", "msg=\"pipe: %s\"", strerror(errno));
         goto out;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
     if (pid_file) {
-        char pid[32];
-        snprintf(pid, sizeof pid, "%ld", (long)getpid());
-        if (ps_write_file_atomic(pid_file, pid)) {
+        if (ps_write_pid_file(pid_file)) {
             ps_log(PS_LOG_ERROR, "shard", "start_failed", "msg=\"pid-file %s: %s\"", pid_file,
                    strerror(errno));
             goto out;
@@ -129,7 +107,7 @@ int main(int argc, char **argv)
                              .drain_ms = (uint32_t)ps_cfg_uint(cfg, "drain-ms"),
                              .hwm = (uint32_t)ps_cfg_uint(cfg, "hwm"),
                              .ready_file = ready_file};
-    if (shard_serve(&ctx, &scfg, stop_pipe[0], &err)) {
+    if (shard_serve(&ctx, &scfg, stop_fd, &err)) {
         ps_log(PS_LOG_ERROR, "shard", "start_failed", "code=%s msg=\"%s\"", ps_errname(err.code),
                err.msg);
         goto out;
@@ -140,8 +118,6 @@ out:
     if (ready_file) unlink(ready_file);
     if (pid_written) unlink(pid_file);
     ps_store_close(st);
-    for (int i = 0; i < 2; i++)
-        if (stop_pipe[i] >= 0) close(stop_pipe[i]);
     ps_log(status ? PS_LOG_ERROR : PS_LOG_INFO, "shard", "exit", "status=%d", status);
     ps_cfg_free(cfg);
     return status;

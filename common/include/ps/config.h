@@ -102,4 +102,12 @@ ps_cfg_t *ps_cfg_daemon(const char *prog, const char *about, const ps_cfg_opt *t
  * Returns 0, or -1 with errno set. */
 int ps_write_file_atomic(const char *path, const char *text);
 
+/* The daemons' stop signal: SIGTERM and SIGINT write a byte to a self-pipe whose read end this
+ * returns (non-blocking, close-on-exec; it lives until exit, and later calls return the same
+ * fd); SIGPIPE is ignored. -1 with errno when the pipe cannot be made. */
+int ps_daemon_stop_fd(void);
+
+/* Write this process's id to path (ps_write_file_atomic). 0, or -1 with errno. */
+int ps_write_pid_file(const char *path);
+
 #endif
