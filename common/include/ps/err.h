@@ -26,7 +26,10 @@
     X(EINTERNAL, -11, "internal", 500, "internal error")                                           \
     X(EEXIST, -12, "already_exists", 409, "already exists")                                        \
     X(EUNAVAIL, -13, "unavailable", 503, "service unavailable")                                    \
-    X(ETIMEDOUT, -14, "timed_out", 504, "timed out")
+    X(ETIMEDOUT, -14, "timed_out", 504, "timed out")                                               \
+    X(EUNAUTH, -15, "unauthorized", 401, "authorization required")                                 \
+    X(EFORBIDDEN, -16, "forbidden", 403, "forbidden")                                              \
+    X(ECONFLICT, -17, "conflict", 409, "conflicts with the current state")
 
 enum {
     PS_OK = 0,
