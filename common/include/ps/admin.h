@@ -39,10 +39,10 @@ typedef struct ps_admin_route {
 } ps_admin_route;
 
 typedef struct ps_admin_cfg {
-    const char *listen;    /* "host:port"; port 0 picks one (ps_admin_address tells) */
-    const char *token;     /* the bearer token; NULL or "": admin routes answer 403 */
-    size_t max_body;       /* bytes of one request body (larger: 413, from libevent) */
-    const char *comp;      /* log component ("shard", "broker", "profile") */
+    const char *listen;           /* "host:port"; port 0 picks one (ps_admin_address tells) */
+    const char *token;            /* the bearer token; NULL or "": admin routes answer 403 */
+    size_t max_body;              /* bytes of one request body (larger: 413, from libevent) */
+    const char *comp;             /* log component ("shard", "broker", "profile") */
     const ps_admin_route *routes; /* borrowed; must outlive the server */
     size_t nroutes;
 } ps_admin_cfg;
@@ -101,9 +101,9 @@ int ps_admin_token_load(const char *token, const char *token_file, char **out, p
  * thread, rendered as `name_bucket{le=...}`, `name_sum`, `name_count`. */
 #define PS_HIST_NBUCKETS 14
 typedef struct ps_hist {
-    uint64_t bucket[PS_HIST_NBUCKETS + 1]; /* the last one is +Inf */
-    uint64_t count;
-    uint64_t sum_ns;
+    _Atomic uint64_t bucket[PS_HIST_NBUCKETS + 1]; /* the last one is +Inf */
+    _Atomic uint64_t count;
+    _Atomic uint64_t sum_ns;
 } ps_hist;
 
 void ps_hist_observe(ps_hist *h, double seconds);
