@@ -9,10 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "builder.h"
 #include "pipeline.h"
+#include "ps/hash.h"
 #include "ps/log.h"
+#include "ps/snapshot.h"
 #include "ps/store.h"
 
 static void usage(FILE *f)
@@ -27,6 +30,8 @@ static void usage(FILE *f)
         "  --out DIR           index directory to create (must not exist or be empty)\n"
         "  --shards N          write N shard directories (DIR/shard-000 ...), a profiles\n"
         "                      directory (DIR/profiles) and DIR/cluster.json instead of one index\n"
+        "  --version V         the build's snapshot version, 1..2^63-1 (default: the build\n"
+        "                      time in unix seconds); `builder push` ships it to the cluster\n"
         "  --help              this text\n");
 }
 
@@ -67,7 +72,8 @@ static int make_empty_dir(const char *dir, ps_err *err)
 /* DIR/shard-000 .. shard-(N-1): one index directory per jump-hash slice, each with the
  * corpus-wide statistics; DIR/profiles: the user profiles; DIR/cluster.json: the layout. */
 static int write_sharded(const char *out, uint32_t nshards, const builder_corpus *c,
-                         const builder_built *b, const char *info, ps_err *err)
+                         const builder_built *b, const char *info, const ps_snapshot *stamp,
+                         ps_err *err)
 {
     char path[4096];
     int rc = make_empty_dir(out, err);
@@ -89,6 +95,13 @@ static int write_sharded(const char *out, uint32_t nshards, const builder_corpus
                                  .info_json = info};
             snprintf(path, sizeof path, "%s/shard-%03u", out, i);
             rc = ps_store_write(path, &in, err);
+            ps_snapshot snap = *stamp;
+            snap.shard = i;
+            snap.shards = nshards;
+            snap.stickers = n;
+            snap.files = NULL;
+            if (!rc) rc = ps_snapshot_write(path, &snap, err);
+            ps_snapshot_clear(&snap);
             if (!rc) printf("  %s: %u stickers\n", path, n);
         }
         free(rows);
@@ -103,15 +116,45 @@ static int write_sharded(const char *out, uint32_t nshards, const builder_corpus
         rc = ps_store_write(path, &in, err);
     }
     if (!rc) {
-        json_t *layout = json_pack("{s:i, s:s, s:I, s:s}", "shards", (int)nshards, "partition",
-                                   "jump_consistent_hash(sticker_id)", "stickers",
-                                   (json_int_t)ps_index_ndocs(b->ix), "profiles", "profiles");
+        json_t *dirs = json_array();
+        for (uint32_t i = 0; dirs && i < nshards; i++) {
+            snprintf(path, sizeof path, "shard-%03u", i);
+            json_array_append_new(dirs, json_string(path));
+        }
+        json_t *layout = json_pack("{s:i, s:s, s:I, s:s, s:I, s:s, s:o*}", "shards", (int)nshards,
+                                   "partition", "jump_consistent_hash(sticker_id)", "stickers",
+                                   (json_int_t)ps_index_ndocs(b->ix), "profiles", "profiles",
+                                   "version", (json_int_t)stamp->version, "fingerprint",
+                                   stamp->fingerprint, "shard_dirs", dirs);
         snprintf(path, sizeof path, "%s/cluster.json", out);
         if (!layout || json_dump_file(layout, path, JSON_INDENT(2)) != 0)
             rc = ps_err_set(err, PS_EIO, "writing %s", path);
         json_decref(layout);
     }
     return rc;
+}
+
+/* The build's fingerprint: a hash of what went in (each input file's size and crc32, and the
+ * settings that change scores), so every shard of one build carries the same one and a
+ * directory of another build is told apart even when the version numbers collide. */
+static int fingerprint(const builder_inputs *inp, uint32_t nshards, char out[17], ps_err *err)
+{
+    char acc[1024];
+    size_t n = 0;
+    const char *files[3] = {inp->corpus, inp->npy, inp->clicks};
+    for (int i = 0; i < 3; i++) {
+        uint32_t crc = 0;
+        uint64_t bytes = 0;
+        if (files[i] && ps_file_crc32(files[i], &crc, &bytes, err)) return err ? err->code : PS_EIO;
+        n += (size_t)snprintf(acc + n, sizeof acc - n, "%d:%llu:%u|", i, (unsigned long long)bytes,
+                              crc);
+    }
+    const builder_cfg *c = &inp->cfg;
+    snprintf(acc + n, sizeof acc - n, "base=%.17g w=%.17g,%.17g,%.17g kmax=%u seed=%llu shards=%u",
+             c->utility.base, c->utility.w[0], c->utility.w[1], c->utility.w[2], (unsigned)c->kmax,
+             (unsigned long long)c->seed, nshards);
+    snprintf(out, 17, "%016llx", (unsigned long long)ps_hash_bytes(acc, strlen(acc)));
+    return 0;
 }
 
 int builder_parse_utility_w(const char *s, double w[3])
@@ -129,12 +172,14 @@ int builder_cmd_build(int argc, char **argv)
 {
     const char *out = NULL;
     uint32_t nshards = 0;
+    uint64_t version = 0;
     builder_inputs inp = {0};
     builder_cfg_defaults(&inp.cfg);
     inp.cfg.progress = 1;
     static const struct option opts[] = {BUILDER_INPUT_OPTIONS,
                                          {"out", required_argument, 0, 'o'},
                                          {"shards", required_argument, 0, 'n'},
+                                         {"version", required_argument, 0, 'V'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int ch;
@@ -152,6 +197,14 @@ int builder_cmd_build(int argc, char **argv)
             nshards = (uint32_t)strtoul(optarg, &end, 10);
             if (*end || nshards < 1 || nshards > 1024) {
                 fprintf(stderr, "builder build: --shards must be 1..1024\n");
+                return 2;
+            }
+            break;
+        case 'V':
+            errno = 0;
+            version = strtoull(optarg, &end, 10);
+            if (*end || optarg[0] < '1' || optarg[0] > '9' || errno || version > INT64_MAX) {
+                fprintf(stderr, "builder build: --version must be an integer in 1..2^63-1\n");
                 return 2;
             }
             break;
@@ -192,6 +245,11 @@ int builder_cmd_build(int argc, char **argv)
                   cfg.utility.base, "read_seconds", t_read - t0);
     char *info_s = info ? json_dumps(info, JSON_COMPACT) : NULL;
     json_decref(info);
+    ps_snapshot stamp = {.version = version ? version : (uint64_t)time(NULL)};
+    if (fingerprint(&inp, nshards, stamp.fingerprint, &err)) {
+        free(info_s);
+        goto fail;
+    }
     textctx tc = {&c, &b, NULL};
     ps_store_input in = {.ix = b.ix,
                          .emb = c.emb.data,
@@ -202,8 +260,16 @@ int builder_cmd_build(int argc, char **argv)
                          .users = (const char *const *)b.users,
                          .profiles = b.profiles,
                          .info_json = info_s};
-    int wrc = nshards ? write_sharded(out, nshards, &c, &b, info_s, &err)
-                      : ps_store_write(out, &in, &err);
+    int wrc;
+    if (nshards) {
+        wrc = write_sharded(out, nshards, &c, &b, info_s, &stamp, &err);
+    } else if (!(wrc = ps_store_write(out, &in, &err))) {
+        /* a single-node index is shard 0 of 1: a shard can serve it too */
+        stamp.shards = 1;
+        stamp.stickers = ps_index_ndocs(b.ix);
+        wrc = ps_snapshot_write(out, &stamp, &err);
+        ps_snapshot_clear(&stamp);
+    }
     free(info_s);
     if (wrc) goto fail;
     double t_end = builder_now();
@@ -212,9 +278,10 @@ int builder_cmd_build(int argc, char **argv)
            "read_s=%.2f index_s=%.2f write_s=%.2f total_s=%.2f",
            out, ps_index_ndocs(b.ix), (unsigned long long)ps_index_npostings(b.ix), b.nusers, log.n,
            b.unknown_clicks, t_read - t0, t_index - t_read, t_end - t_index, t_end - t0);
-    printf("built %s: %u stickers, %llu postings, %zu user profiles in %.1f s\n", out,
-           ps_index_ndocs(b.ix), (unsigned long long)ps_index_npostings(b.ix), b.nusers,
-           t_end - t0);
+    printf("built %s: %u stickers, %llu postings, %zu user profiles in %.1f s (version %llu, "
+           "fingerprint %s)\n",
+           out, ps_index_ndocs(b.ix), (unsigned long long)ps_index_npostings(b.ix), b.nusers,
+           t_end - t0, (unsigned long long)stamp.version, stamp.fingerprint);
     rc = 0;
     goto out;
 fail:
