@@ -284,8 +284,8 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_result *r
 static int encode_get_sticker_emb(void *arg, uint64_t request_id, uint32_t deadline_ms,
                                   uint8_t **buf, size_t *len, ps_err *err)
 {
-    return ps_wire_encode_get_sticker_emb(request_id, deadline_ms, *(const uint64_t *)arg, 1, buf,
-                                          len, err);
+    return ps_wire_encode_get_sticker_emb(request_id, deadline_ms, *(const uint64_t *)arg, 1, 0,
+                                          buf, len, err);
 }
 
 static int encode_click(void *arg, uint64_t request_id, uint32_t deadline_ms, uint8_t **buf,

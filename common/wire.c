@@ -665,6 +665,21 @@ static int check_checkpoint_reply(const Persrv__CheckpointReply *r, ps_err *err)
     return 0;
 }
 
+static int check_health_reply(const Persrv__HealthReply *r, ps_err *err)
+{
+    int rc;
+    if (r->n_held > PS_WIRE_MAX_HELD)
+        return ps_err_set(err, PS_ETOOBIG, "health_reply.held: %zu entries, at most %d", r->n_held,
+                          PS_WIRE_MAX_HELD);
+    for (size_t i = 0; i < r->n_held; i++) {
+        if (!r->held || !r->held[i])
+            return ps_err_set(err, PS_EINVAL, "health_reply.held[%zu]: NULL", i);
+        if ((rc = check_text(r->held[i]->fingerprint, 16, "health_reply.held.fingerprint", err)))
+            return rc;
+    }
+    return 0;
+}
+
 static int check_env(const Persrv__Envelope *e, ps_err *err)
 {
     if (e->version == 0) return ps_err_set(err, PS_EINVAL, "version: missing");
@@ -686,7 +701,8 @@ static int check_env(const Persrv__Envelope *e, ps_err *err)
     case PERSRV__ENVELOPE__BODY_HEALTH:
         return e->health ? 0 : ps_err_set(err, PS_EINVAL, "health: NULL");
     case PERSRV__ENVELOPE__BODY_HEALTH_REPLY:
-        return e->health_reply ? 0 : ps_err_set(err, PS_EINVAL, "health_reply: NULL");
+        return e->health_reply ? check_health_reply(e->health_reply, err)
+                               : ps_err_set(err, PS_EINVAL, "health_reply: NULL");
     case PERSRV__ENVELOPE__BODY_ERROR:
         return e->error ? check_error(e->error, err) : ps_err_set(err, PS_EINVAL, "error: NULL");
     case PERSRV__ENVELOPE__BODY_QUERY:
@@ -926,17 +942,19 @@ int ps_wire_encode_search_reply(uint64_t request_id, uint32_t shard, uint64_t sn
 int ps_wire_encode_get_sticker(uint64_t request_id, uint32_t deadline_ms, uint64_t id,
                                uint8_t **buf, size_t *len, ps_err *err)
 {
-    return ps_wire_encode_get_sticker_emb(request_id, deadline_ms, id, 0, buf, len, err);
+    return ps_wire_encode_get_sticker_emb(request_id, deadline_ms, id, 0, 0, buf, len, err);
 }
 
 int ps_wire_encode_get_sticker_emb(uint64_t request_id, uint32_t deadline_ms, uint64_t id,
-                                   int with_embedding, uint8_t **buf, size_t *len, ps_err *err)
+                                   int with_embedding, uint64_t version, uint8_t **buf, size_t *len,
+                                   ps_err *err)
 {
     Persrv__Envelope e;
     Persrv__GetStickerRequest q;
     persrv__get_sticker_request__init(&q);
     q.id = id;
     q.with_embedding = with_embedding != 0;
+    q.snapshot_version = version;
     env_init(&e, request_id, deadline_ms);
     e.body_case = PERSRV__ENVELOPE__BODY_GET_STICKER;
     e.get_sticker = &q;
@@ -1018,6 +1036,20 @@ int ps_wire_encode_health_reply(uint64_t request_id, const ps_wire_health *h, ui
     r.stickers = h->stickers;
     r.ready = h->ready != 0;
     r.shards_up = h->shards_up;
+    Persrv__SnapshotHeld held[PS_WIRE_MAX_HELD], *heldp[PS_WIRE_MAX_HELD];
+    if (h->nheld > PS_WIRE_MAX_HELD)
+        return ps_err_set(err, PS_ETOOBIG, "health_reply.held: %zu entries, at most %d", h->nheld,
+                          PS_WIRE_MAX_HELD);
+    for (size_t i = 0; i < h->nheld; i++) {
+        persrv__snapshot_held__init(&held[i]);
+        held[i].version = h->held[i].version;
+        held[i].fingerprint = (char *)(h->held[i].fingerprint ? h->held[i].fingerprint : "");
+        held[i].active = h->held[i].active != 0;
+        held[i].stickers = h->held[i].stickers;
+        heldp[i] = &held[i];
+    }
+    r.n_held = h->nheld;
+    r.held = h->nheld ? heldp : NULL;
     env_init(&e, request_id, 0);
     e.body_case = PERSRV__ENVELOPE__BODY_HEALTH_REPLY;
     e.health_reply = &r;

@@ -112,9 +112,11 @@ int ps_wire_encode_search_reply(uint64_t request_id, uint32_t shard, uint64_t sn
 
 int ps_wire_encode_get_sticker(uint64_t request_id, uint32_t deadline_ms, uint64_t id,
                                uint8_t **buf, size_t *len, ps_err *err);
-/* The same, asking (with_embedding) for the sticker's embedding too (the broker, for a click). */
+/* The same, asking (with_embedding) for the sticker's embedding too (the broker, for a click),
+ * from snapshot `version` (0: the shard's active one). */
 int ps_wire_encode_get_sticker_emb(uint64_t request_id, uint32_t deadline_ms, uint64_t id,
-                                   int with_embedding, uint8_t **buf, size_t *len, ps_err *err);
+                                   int with_embedding, uint64_t version, uint8_t **buf, size_t *len,
+                                   ps_err *err);
 
 /* A GetStickerReply for sticker `id`: rec NULL means not found; otherwise rec->id must equal
  * id, and each rec->field[f] (NULL = empty) must be NUL-terminated at rec->field_len[f] with no
@@ -131,7 +133,19 @@ int ps_wire_encode_sticker_reply_emb(uint64_t request_id, uint32_t shard, uint64
 int ps_wire_encode_health(uint64_t request_id, uint32_t deadline_ms, uint8_t **buf, size_t *len,
                           ps_err *err);
 
+/* A snapshot version a shard holds loaded. */
+typedef struct ps_wire_snap {
+    uint64_t version;
+    const char *fingerprint; /* 16 hex digits ("" for an index without a manifest) */
+    int active;
+    uint64_t stickers;
+} ps_wire_snap;
+
+#define PS_WIRE_MAX_HELD 8 /* versions a HealthReply may list */
+
 typedef struct ps_wire_health {
+    const ps_wire_snap *held; /* shard: the versions it holds loaded */
+    size_t nheld;
     uint32_t shard, nshards;
     uint64_t snapshot_version; /* active version, 0 if none */
     uint64_t stickers;         /* stickers in the active version */
