@@ -11,7 +11,8 @@
  * door is C keep-alive connections (libevent evhttp client, one event loop thread, one request
  * in flight per connection, closed loop); the ZeroMQ door is T threads with a persrv_t each
  * (libpersrv's thread rule), retries 0, so a lost answer shows as an error instead of being
- * retried away. Each door cycles through the requests from the first, until it has N answers
+ * retried away. After a failed request a connection or thread pauses 100 ms. Each door cycles
+ * through the requests from the first, until it has N answers
  * (--count, default 1000; --http-count / --zmq-count set one door's) or the stop file exists;
  * then requests in flight finish and no new ones start. A door with 0 connections / threads is
  * off.
@@ -50,6 +51,7 @@
 #define MAX_VERSIONS 16
 #define MAX_CONNS    256
 #define MAX_THREADS  256
+#define BACKOFF_MS   100 /* pause of a connection or thread after a failed request */
 
 typedef struct request {
     char *query, *user; /* user "" = none */
@@ -218,6 +220,7 @@ static void *zmq_worker(void *arg)
         json_t *rec = record_new(&zmq_door, i, r, t0);
         if (rc != PERSRV_OK) {
             record_error(&zmq_door, rec, json_string(persrv_errname_last(c)), persrv_errstr(c));
+            usleep(BACKOFF_MS * 1000); /* a dead end is not hammered */
             continue;
         }
         json_object_set_new(rec, "status", json_string("ok"));
@@ -244,6 +247,13 @@ static conn *conns;
 static size_t nconns, active_conns;
 
 static void http_send_next(conn *c);
+
+static void http_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    http_send_next(arg);
+}
 
 /* Read a 200 answer's JSON into rec. Returns 0, or -1 with *why set. */
 static int http_parse(const char *body, size_t n, json_t *rec, const char **why)
@@ -299,6 +309,10 @@ static void http_on_response(struct evhttp_request *req, void *arg)
     int code = req ? evhttp_request_get_response_code(req) : 0;
     if (code == 0) {
         record_error(&http_door, rec, json_integer(0), "no response (connection failed)");
+        /* A dead end is not hammered: the connection sends again after a pause. */
+        struct timeval tv = {0, BACKOFF_MS * 1000};
+        event_base_once(base, -1, EV_TIMEOUT, http_retry, c, &tv);
+        return;
     } else {
         struct evbuffer *in = evhttp_request_get_input_buffer(req);
         size_t n = evbuffer_get_length(in);
