@@ -61,7 +61,7 @@ start() {
     sleep 0.05
   done
   [ -e "$RUN/$name.ready" ] || fail "$name not ready after 30 s"
-  EP_OUT=$(cat "$RUN/$name.ready")
+  EP_OUT=$(sed -n 1p "$RUN/$name.ready")
 }
 
 stop() {

@@ -10,6 +10,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ps/log.h"
 #include "ps/wire.h"
@@ -58,10 +59,13 @@ static int do_click(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out
     const Persrv__ClickRequest *c = env->click;
     profsvc_write_result r;
     int rc;
-    if ((rc = refuse_on_replica(ctx, "click", err)) ||
-        (rc = profsvc_store_click(ctx->store, c->user, c->sticker_id, c->query, strlen(c->query),
+    if ((rc = refuse_on_replica(ctx, "click", err))) return rc;
+    uint64_t t0 = profsvc_now_ns();
+    if ((rc = profsvc_store_click(ctx->store, c->user, c->sticker_id, c->query, strlen(c->query),
                                   c->embedding, c->n_embedding, &r, err)))
         return rc;
+    ps_hist_observe(&ctx->stats.click_seconds, (double)(profsvc_now_ns() - t0) / 1e9);
+    atomic_fetch_add(&ctx->stats.clicks, 1);
     ps_log(PS_LOG_DEBUG, "profile", "click",
            "request_id=%llu sticker=%llu seq=%llu history=%u k=%u",
            (unsigned long long)env->request_id, (unsigned long long)c->sticker_id,
@@ -69,52 +73,86 @@ static int do_click(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out
     return write_reply(env->request_id, &r, out, out_len, err);
 }
 
-static int do_load(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
-                   ps_err *err)
+uint64_t profsvc_now_ns(void)
 {
-    const Persrv__LoadProfileRequest *l = env->load_profile;
-    ps_profile prof = {0};
-    uint64_t *ids = NULL;
-    float *embs = NULL;
-    profsvc_write_result r;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void profsvc_load_clear(profsvc_load *ld)
+{
+    ps_profile_clear(&ld->prof);
+    free(ld->ids);
+    free(ld->embs);
+    memset(ld, 0, sizeof *ld);
+}
+
+int profsvc_load_parse(profsvc_ctx *ctx, const Persrv__LoadProfileRequest *l, profsvc_load *ld,
+                       ps_err *err)
+{
     int rc;
+    memset(ld, 0, sizeof *ld);
     if ((rc = refuse_on_replica(ctx, "load_profile", err))) return rc;
     /* ps_wire_decode checked that the centroids share one length and every float is finite. */
-    prof.k = (uint32_t)l->n_centroids;
-    prof.dim = prof.k         ? (uint32_t)l->centroids[0]->n_vector
-               : l->n_history ? (uint32_t)l->history[0]->n_embedding
-                              : 0;
+    ps_profile *prof = &ld->prof;
+    prof->k = (uint32_t)l->n_centroids;
+    prof->dim = prof->k        ? (uint32_t)l->centroids[0]->n_vector
+                : l->n_history ? (uint32_t)l->history[0]->n_embedding
+                               : 0;
     for (size_t i = 0; i < l->n_history; i++)
-        if (l->history[i]->n_embedding != prof.dim)
+        if (l->history[i]->n_embedding != prof->dim)
             return ps_err_set(err, PS_EINVAL,
                               "load_profile.history[%zu].embedding: %zu floats, "
                               "the profile has %u",
-                              i, l->history[i]->n_embedding, prof.dim);
-    size_t dim = prof.dim;
-    if ((prof.k && !(prof.centroids = malloc(prof.k * dim * sizeof(float)))) ||
-        (l->n_history && (!(ids = malloc(l->n_history * sizeof *ids)) ||
-                          !(embs = malloc(l->n_history * dim * sizeof *embs))))) {
-        rc = ps_err_set(err, PS_ENOMEM, "out of memory for a profile load");
-        goto out;
+                              i, l->history[i]->n_embedding, prof->dim);
+    uint32_t sdim = profsvc_store_dim(ctx->store);
+    if (prof->dim && sdim && prof->dim != sdim)
+        return ps_err_set(err, PS_EINVAL,
+                          "load_profile.centroids: %u floats, this service holds %u", prof->dim,
+                          sdim);
+    size_t dim = prof->dim;
+    if ((prof->k && !(prof->centroids = malloc(prof->k * dim * sizeof(float)))) ||
+        (l->n_history && (!(ld->ids = malloc(l->n_history * sizeof *ld->ids)) ||
+                          !(ld->embs = malloc(l->n_history * dim * sizeof *ld->embs))))) {
+        profsvc_load_clear(ld);
+        return ps_err_set(err, PS_ENOMEM, "out of memory for a profile load");
     }
-    for (uint32_t c = 0; c < prof.k; c++) {
-        memcpy(prof.centroids + c * dim, l->centroids[c]->vector, dim * sizeof(float));
-        prof.radius[c] = l->centroids[c]->radius;
+    for (uint32_t c = 0; c < prof->k; c++) {
+        memcpy(prof->centroids + c * dim, l->centroids[c]->vector, dim * sizeof(float));
+        prof->radius[c] = l->centroids[c]->radius;
     }
     for (size_t i = 0; i < l->n_history; i++) {
-        ids[i] = l->history[i]->sticker_id;
-        memcpy(embs + i * dim, l->history[i]->embedding, dim * sizeof(float));
+        ld->ids[i] = l->history[i]->sticker_id;
+        memcpy(ld->embs + i * dim, l->history[i]->embedding, dim * sizeof(float));
     }
-    if (!(rc = profsvc_store_load(ctx->store, l->user, &prof, ids, embs, l->n_history, &r, err))) {
-        ps_log(PS_LOG_INFO, "profile", "profile_loaded",
-               "request_id=%llu centroids=%u history=%u seq=%llu",
-               (unsigned long long)env->request_id, r.k, r.history, (unsigned long long)r.seq);
+    ld->user = l->user;
+    ld->n = l->n_history;
+    return 0;
+}
+
+int profsvc_load_apply(profsvc_ctx *ctx, const profsvc_load *ld, uint64_t request_id,
+                       profsvc_write_result *r, ps_err *err)
+{
+    int rc = profsvc_store_load(ctx->store, ld->user, &ld->prof, ld->ids, ld->embs, ld->n, r, err);
+    if (rc) return rc;
+    atomic_fetch_add(&ctx->stats.loads, 1);
+    ps_log(PS_LOG_INFO, "profile", "profile_loaded",
+           "request_id=%llu centroids=%u history=%u recomputed=%d seq=%llu",
+           (unsigned long long)request_id, r->k, r->history, r->merged, (unsigned long long)r->seq);
+    return 0;
+}
+
+static int do_load(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
+                   ps_err *err)
+{
+    profsvc_load ld;
+    profsvc_write_result r;
+    int rc = profsvc_load_parse(ctx, env->load_profile, &ld, err);
+    if (rc) return rc;
+    if (!(rc = profsvc_load_apply(ctx, &ld, env->request_id, &r, err)))
         rc = write_reply(env->request_id, &r, out, out_len, err);
-    }
-out:
-    ps_profile_clear(&prof);
-    free(ids);
-    free(embs);
+    profsvc_load_clear(&ld);
     return rc;
 }
 
@@ -258,6 +296,7 @@ static int do_checkpoint(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t 
         }
         cr.n_files = nfiles;
         cr.files = cfp;
+        atomic_fetch_add(&ctx->stats.checkpoints, 1);
         ps_log(PS_LOG_INFO, "profile", "checkpoint_created",
                "session=%llu seq=%llu files=%zu bytes=%llu", (unsigned long long)cr.session,
                (unsigned long long)cr.seq, nfiles, (unsigned long long)bytes);

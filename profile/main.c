@@ -1,6 +1,7 @@
 /*
  * main.c — the `profile` daemon: configuration (one table, ps/config.h), the store, signals,
- * pid and ready files, and for a replica the tail thread; profsvc_serve does the serving.
+ * pid and ready files, the admin port (admin.c), and for a replica the tail thread;
+ * profsvc_serve does the serving.
  *
  * Exit status: 0 after a clean stop (SIGTERM or SIGINT), 1 when the daemon could not start
  * (database will not open, endpoint in use ...), 2 for a configuration error.
@@ -13,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ps/admin.h"
 #include "ps/config.h"
 #include "ps/log.h"
 #include "ps/wire.h"
@@ -59,17 +61,37 @@ static const ps_cfg_opt profsvc_opts[] = {
      1000000},
     {"drain-ms", PS_CFG_UINT, "1000",
      "on shutdown, how long replies still queued may take to leave (ms)", 0, 0, 60000},
+    {"admin", PS_CFG_STRING, "127.0.0.1:0",
+     "the admin HTTP port, HOST:PORT (port 0: any free port; the ready file's second line "
+     "names it): /healthz, /metrics, and behind the token /admin/checkpoint, "
+     "/admin/load-profiles",
+     0, 0, 0},
+    {"admin-token", PS_CFG_STRING, NULL,
+     "bearer token of the admin operations (without one they answer 403); prefer "
+     "admin-token-file or PERSRV_ADMIN_TOKEN to a flag",
+     0, 0, 0},
+    {"admin-token-file", PS_CFG_STRING, NULL,
+     "read the admin token from the first line of this file (admin-token wins when both are "
+     "set)",
+     0, 0, 0},
+    {"admin-max-body", PS_CFG_UINT, "134217728",
+     "largest admin request body in bytes (a profile load of many users)", 0, 4096, 1u << 31},
+    {"checkpoint-root", PS_CFG_STRING, NULL,
+     "POST /admin/checkpoint?dir=D writes a checkpoint to the new directory D below this one "
+     "(unset: admin checkpoints are refused)",
+     0, 0, 0},
     {"log-level", PS_CFG_STRING, "info", "debug, info, warn, error or off", 0, 0, 0},
     {"pid-file", PS_CFG_STRING, NULL, "write the process id here (removed on exit)", 0, 0, 0},
     {"ready-file", PS_CFG_STRING, NULL,
-     "write the bound endpoint here once the database is open and the socket bound (removed "
-     "on exit)",
+     "once the database is open and both ports bound, write the ZeroMQ endpoint (line 1) and "
+     "the admin address (line 2) here (removed on exit)",
      0, 0, 0},
 };
 
 static const char profsvc_about[] =
     "The profile service: user style profiles and the click log in RocksDB. The primary takes\n"
-    "clicks (each recomputes the user's centroids) and profile loads from the builder;\n"
+    "clicks (each recomputes the user's centroids) and profile loads from the builder (over\n"
+    "ZeroMQ or the admin port; a load merges with what users clicked since, never wipes it);\n"
     "replicas tail the primary's write-ahead log, bootstrap from a checkpoint when it is gone,\n"
     "and serve profiles. Stops cleanly on SIGTERM or SIGINT: in-flight requests finish first.";
 
@@ -78,6 +100,8 @@ int main(int argc, char **argv)
     ps_err err = {0, ""};
     profsvc_store_t *st = NULL;
     profsvc_replica_t *tail = NULL;
+    profsvc_admin_t *admin = NULL;
+    char *token = NULL;
     int status = 1, pid_written = 0;
     ps_cfg_t *cfg =
         ps_cfg_daemon("profile", profsvc_about, profsvc_opts,
@@ -133,7 +157,18 @@ int main(int argc, char **argv)
     profsvc_ctx ctx = {.store = st,
                        .replica = replica,
                        .max_frame = (size_t)ps_cfg_uint(cfg, "max-frame"),
-                       .ready = !replica};
+                       .ready = !replica,
+                       .checkpoint_root = ps_cfg_str(cfg, "checkpoint-root")};
+    if (ps_admin_token_load(ps_cfg_str(cfg, "admin-token"), ps_cfg_str(cfg, "admin-token-file"),
+                            &token, &err) ||
+        !(admin = profsvc_admin_start(&ctx, ps_cfg_str(cfg, "admin"), token,
+                                      (size_t)ps_cfg_uint(cfg, "admin-max-body"), &err))) {
+        ps_log(PS_LOG_ERROR, "profile", "start_failed", "code=%s msg=\"%s\"", ps_errname(err.code),
+               err.msg);
+        goto out;
+    }
+    ps_log(PS_LOG_INFO, "profile", "admin_listening", "address=%s token=%s",
+           profsvc_admin_address(admin), token ? "set" : "none");
     if (replica) {
         profsvc_replica_cfg rcfg = {.primary = primary,
                                     .poll_ms = (uint32_t)ps_cfg_uint(cfg, "poll-ms"),
@@ -149,7 +184,8 @@ int main(int argc, char **argv)
                                .max_inflight = (uint32_t)ps_cfg_uint(cfg, "max-inflight"),
                                .drain_ms = (uint32_t)ps_cfg_uint(cfg, "drain-ms"),
                                .hwm = (uint32_t)ps_cfg_uint(cfg, "hwm"),
-                               .ready_file = ready_file};
+                               .ready_file = ready_file,
+                               .admin = profsvc_admin_address(admin)};
     int rc = profsvc_serve(&ctx, &vcfg, stop_fd, &err);
     profsvc_replica_stop(tail); /* before the store closes under it */
     tail = NULL;
@@ -162,6 +198,8 @@ int main(int argc, char **argv)
 
 out:
     profsvc_replica_stop(tail);
+    profsvc_admin_stop(admin); /* before the store its handlers use */
+    free(token);
     if (ready_file) unlink(ready_file);
     if (pid_written) unlink(pid_file);
     profsvc_store_close(st);

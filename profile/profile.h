@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ps/admin.h"
 #include "ps/err.h"
 #include "ps/profile.h"
 
@@ -50,6 +51,7 @@ typedef struct profsvc_write_result {
     uint64_t seq;     /* latest sequence number once the write is durable */
     uint32_t history; /* entries in the user's bounded history now */
     uint32_t k;       /* the user's centroids now */
+    int merged;       /* load: 1 when the centroids were recomputed over the merged history */
 } profsvc_write_result;
 
 /* Record a click of `user` (1..PS_WIRE_MAX_USER bytes, no NUL) on sticker `sticker` for query
@@ -61,13 +63,26 @@ int profsvc_store_click(profsvc_store_t *st, const char *user, uint64_t sticker,
                         size_t qlen, const float *emb, size_t dim, profsvc_write_result *out,
                         ps_err *err);
 
-/* Replace the user's profile with prof (k 0..KMAX centroids with their radii as given; k == 0
- * removes it) and the bounded history with ids[0..n) / embs (n × prof->dim, oldest first;
- * only the newest cfg->history are kept). The click log is untouched. One synced write.
- * Errors as profsvc_store_click. */
+/* Merge a load into the user's profile (never a wipe: see "Loads merge" in store.c). The
+ * stored history becomes the union of what is held and ids[0..n) / embs (n × prof->dim,
+ * oldest first), deduplicated by sticker id, held entries (online clicks) staying the newest,
+ * at most cfg->history; the centroids are prof's exactly as given (k 0..KMAX with their radii)
+ * when that union is just the load, else recomputed over it as a click does. The click log is
+ * untouched. One synced write; loading the same thing twice stores the same bytes as once.
+ * OUT out->merged: 1 when the centroids were recomputed. Errors as profsvc_store_click. */
 int profsvc_store_load(profsvc_store_t *st, const char *user, const ps_profile *prof,
                        const uint64_t *ids, const float *embs, size_t n, profsvc_write_result *out,
                        ps_err *err);
+
+/* The service's embedding dimension, 0 until the first click or load fixes it. */
+uint32_t profsvc_store_dim(profsvc_store_t *st);
+
+/* Make a checkpoint of the database (RocksDB's, consistent, openable with RocksDB) in `path`,
+ * which must not exist yet; its parent must. OUT *seq: the latest sequence number just before
+ * it was taken (the checkpoint holds at least this), *files / *bytes: what it holds. Works on
+ * a primary and on a replica. Errors: PS_EEXIST (path exists), PS_ESTORE, PS_EIO. */
+int profsvc_store_checkpoint(profsvc_store_t *st, const char *path, uint64_t *seq, size_t *files,
+                             uint64_t *bytes, ps_err *err);
 
 /* The user's profile. OUT *found (0: no profile, prof->k == 0), prof (free with
  * ps_profile_clear), *seq the latest sequence number. Errors: PS_ECORRUPT, PS_ESTORE,
@@ -146,12 +161,29 @@ int profsvc_rmtree(const char *path);
 
 /* ---- handler.c: one request frame in, one reply frame out --------------------------------- */
 
+/* What /metrics shows; updated from every thread. */
+typedef struct profsvc_stats {
+    _Atomic uint64_t clicks;       /* clicks acknowledged */
+    _Atomic uint64_t loads;        /* user loads applied (ZeroMQ load_profile and admin) */
+    _Atomic uint64_t checkpoints;  /* checkpoints made (for replicas, /admin/checkpoint); on a
+                                      replica also the bootstraps it took */
+    _Atomic uint64_t primary_seq;  /* replica: the primary's latest seq in its last wal reply */
+    _Atomic uint64_t caught_up_ns; /* replica: CLOCK_MONOTONIC ns when it last held primary_seq
+                                      (start time until then) */
+    ps_hist click_seconds;         /* a click's store write, synced */
+} profsvc_stats;
+
 typedef struct profsvc_ctx {
-    profsvc_store_t *store; /* borrowed */
-    int replica;            /* refuse writes, wal and checkpoint */
-    size_t max_frame;       /* request frame cap (bytes) */
-    atomic_int ready;       /* primary: 1 once open; replica: once caught up at least once */
+    profsvc_store_t *store;      /* borrowed */
+    int replica;                 /* refuse writes, wal and checkpoint */
+    size_t max_frame;            /* request frame cap (bytes) */
+    atomic_int ready;            /* primary: 1 once open; replica: once caught up at least once */
+    const char *checkpoint_root; /* /admin/checkpoint writes only below it (NULL: refused) */
+    profsvc_stats stats;
 } profsvc_ctx;
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t profsvc_now_ns(void);
 
 /* Answer the `len` bytes at req. OUT *reply: a malloc'd frame of *reply_len bytes (caller
  * frees): the reply, or an Error envelope for any request that fails (request_id taken with
@@ -159,6 +191,41 @@ typedef struct profsvc_ctx {
  * even an Error could be built. Thread-safe. */
 int profsvc_handle(profsvc_ctx *ctx, const void *req, size_t len, uint8_t **reply,
                    size_t *reply_len);
+
+/* One user's load, taken out of a LoadProfileRequest (ps_wire_decode checked its caps). */
+typedef struct profsvc_load {
+    const char *user; /* borrowed from the request: valid while it is */
+    ps_profile prof;  /* the centroids as given; dim = the load's embedding dimension */
+    uint64_t *ids;    /* n history entries, oldest first */
+    float *embs;      /* n × prof.dim */
+    size_t n;
+} profsvc_load;
+
+struct Persrv__LoadProfileRequest;
+
+/* Check l against ctx (a replica refuses; every embedding of the service's dimension, once
+ * fixed) and copy it into *ld (free with profsvc_load_clear; nothing to free on error).
+ * Errors: PS_EINVAL naming the field, PS_ENOMEM. */
+int profsvc_load_parse(profsvc_ctx *ctx, const struct Persrv__LoadProfileRequest *l,
+                       profsvc_load *ld, ps_err *err);
+void profsvc_load_clear(profsvc_load *ld);
+
+/* Merge ld into the store (profsvc_store_load), count and log it. */
+int profsvc_load_apply(profsvc_ctx *ctx, const profsvc_load *ld, uint64_t request_id,
+                       profsvc_write_result *r, ps_err *err);
+
+/* ---- admin.c: the admin HTTP port (ps/admin.h) --------------------------------------------- */
+
+typedef struct profsvc_admin profsvc_admin_t;
+
+/* Serve GET /healthz, GET /metrics, POST /admin/checkpoint?dir= and POST /admin/load-profiles
+ * for ctx on `listen` (token NULL: admin routes answer 403; max_body caps a request body).
+ * ctx must outlive profsvc_admin_stop. Errors as ps_admin_start. Caller owns the result. */
+profsvc_admin_t *profsvc_admin_start(profsvc_ctx *ctx, const char *listen, const char *token,
+                                     size_t max_body, ps_err *err);
+/* The bound "host:port" (borrowed, valid until profsvc_admin_stop). */
+const char *profsvc_admin_address(const profsvc_admin_t *a);
+void profsvc_admin_stop(profsvc_admin_t *a);
 
 /* ---- server.c: sockets, worker threads, the proxy loop ------------------------------------ */
 
@@ -168,12 +235,15 @@ typedef struct profsvc_server_cfg {
     uint32_t max_inflight;  /* requests handed to workers and not yet answered */
     uint32_t drain_ms;      /* linger for replies still queued when stopping */
     uint32_t hwm;           /* ZMQ_SNDHWM / ZMQ_RCVHWM of the front socket */
-    const char *ready_file; /* written with the bound endpoint once bound (NULL: none) */
+    const char *ready_file; /* written once bound: line 1 the endpoint, line 2 the admin
+                               address when there is one (NULL: no file) */
+    const char *admin;      /* the admin port's "host:port" (NULL: none) */
 } profsvc_server_cfg;
 
 /* Bind, start the workers, write the ready file and serve until a byte arrives on stop_fd.
  * Then wait for the in-flight requests, join the workers and close every socket. Returns 0
- * on a clean stop, a PS_E* code (err says why) when the server could not start. */
+ * on a clean stop, a PS_E* code (err says why) when the server could not start or its ready
+ * file could not be written (the server then stops at once). */
 int profsvc_serve(profsvc_ctx *ctx, const profsvc_server_cfg *cfg, int stop_fd, ps_err *err);
 
 /* ---- replica.c: the tail thread ------------------------------------------------------------ */

@@ -260,6 +260,7 @@ static int bootstrap(profsvc_replica_t *r, const char *reason, ps_err *err)
                (unsigned long long)cr->session, derr.msg);
     ps_wire_free(e);
     if (!rc) rc = profsvc_store_swap(st, err);
+    if (!rc) atomic_fetch_add(&r->ctx->stats.checkpoints, 1);
     if (!rc)
         ps_log(PS_LOG_INFO, "profile", "bootstrap_done",
                "reason=%s seq_before=%llu seq_after=%llu checkpoint_seq=%llu files=%zu bytes=%llu",
@@ -351,6 +352,8 @@ static void *tail_main(void *arg)
             continue;
         }
         uint64_t applied = profsvc_store_seq(ctx->store);
+        atomic_store(&ctx->stats.primary_seq, primary_seq);
+        if (applied >= primary_seq) atomic_store(&ctx->stats.caught_up_ns, profsvc_now_ns());
         if (applied >= primary_seq && !atomic_load(&ctx->ready)) {
             atomic_store(&ctx->ready, 1);
             ps_log(PS_LOG_INFO, "profile", "caught_up", "seq=%llu primary_seq=%llu",
@@ -373,6 +376,7 @@ profsvc_replica_t *profsvc_replica_start(profsvc_ctx *ctx, const profsvc_replica
     }
     r->ctx = ctx;
     r->cfg = *cfg;
+    atomic_store(&ctx->stats.caught_up_ns, profsvc_now_ns()); /* lag counts from the start */
     r->last_warn = -WARN_EVERY_S;
     /* The tail thread must not take the signals: the server loop's poll does. */
     sigset_t block, old;

@@ -319,6 +319,11 @@ uint64_t profsvc_store_seq(profsvc_store_t *st)
     return s;
 }
 
+uint32_t profsvc_store_dim(profsvc_store_t *st)
+{
+    return atomic_load(&st->dim);
+}
+
 const char *profsvc_store_incoming(const profsvc_store_t *st)
 {
     return st->incoming;
@@ -562,6 +567,126 @@ out:
     return rc;
 }
 
+/*
+ * Loads merge (issue 9): the loader may run again at any time (the docker-compose loader runs
+ * on every `up`) and must never wipe what users clicked since.
+ *
+ *   held    the user's stored history (H), oldest first, as it is: a sticker clicked twice
+ *           online is there twice
+ *   loaded  the load's entries deduplicated by sticker id (each sticker at its newest
+ *           position), the newest cfg->history of them
+ *   fresh   the loaded entries whose sticker is not held
+ *   merged  fresh ++ held, the newest cfg->history of them: held entries (online clicks among
+ *           them) stay the newest, and a sticker already held keeps its held embedding
+ *
+ * When no fresh entry survives the bound, H is left exactly as it is, keys and values;
+ * otherwise H is rewritten as merged at seqs 0..m−1 and N raised to at least m, so later
+ * clicks still land after it (L, the click log, keeps its own seqs and is never touched).
+ * Centroids: when merged equals loaded entry for entry (sticker id and embedding bytes) the
+ * user has nothing beyond the load, and the load's centroids are stored as given (a freshly
+ * loaded user is personalized bit-identically to the builder's offline profile); otherwise
+ * they are recomputed over merged exactly as a click recomputes them (its distinct stickers,
+ * newest first, ps_profile_build seeded by the user).
+ *
+ * Hence loading the same thing again writes the same P and N and no H (the checksum does not
+ * move), and a load after clicks whose stickers are all held changes nothing: the last click
+ * computed its centroids over the same history.
+ */
+
+/* An entry list: sticker ids and their embeddings, oldest first. */
+typedef struct entries {
+    uint64_t *ids;
+    float *embs; /* n × dim */
+    size_t n, cap;
+} entries;
+
+static void entries_free(entries *e)
+{
+    free(e->ids);
+    free(e->embs);
+    memset(e, 0, sizeof *e);
+}
+
+static int entries_push(entries *e, uint64_t id, const float *emb, size_t dim, ps_err *err)
+{
+    if (e->n == e->cap) {
+        size_t cap = e->cap ? 2 * e->cap : 64;
+        uint64_t *ids = realloc(e->ids, cap * sizeof *ids);
+        if (ids) e->ids = ids;
+        float *embs = ids ? realloc(e->embs, cap * dim * sizeof *embs) : NULL;
+        if (!ids || !embs) return ps_err_set(err, PS_ENOMEM, "out of memory for a history");
+        e->embs = embs;
+        e->cap = cap;
+    }
+    e->ids[e->n] = id;
+    memcpy(e->embs + e->n * dim, emb, dim * sizeof(float));
+    e->n++;
+    return 0;
+}
+
+typedef struct id_pos {
+    uint64_t id;
+    size_t pos;
+} id_pos;
+
+static int cmp_id_pos(const void *a, const void *b)
+{
+    const id_pos *x = a, *y = b;
+    if (x->id != y->id) return x->id < y->id ? -1 : 1;
+    return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+/* OUT newest[i] = 1 when i is the newest (last) occurrence of ids[i] in ids[0..n). */
+static int mark_newest(const uint64_t *ids, size_t n, uint8_t *newest, ps_err *err)
+{
+    id_pos *s = malloc((n ? n : 1) * sizeof *s);
+    if (!s) return ps_err_set(err, PS_ENOMEM, "out of memory deduplicating %zu stickers", n);
+    for (size_t i = 0; i < n; i++) s[i] = (id_pos){ids[i], i};
+    qsort(s, n, sizeof *s, cmp_id_pos);
+    for (size_t i = 0; i < n; i++) newest[s[i].pos] = i + 1 == n || s[i + 1].id != s[i].id;
+    free(s);
+    return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The user's H entries, oldest first, into *held. */
+static int read_held(profsvc_store_t *st, const char *user, size_t ulen, size_t dim, entries *held,
+                     ps_err *err)
+{
+    uint8_t pre[KEY_MAX];
+    size_t pl = seq_key(pre, 'H', user, ulen, 0, 0);
+    float *emb = malloc((dim ? dim : 1) * sizeof *emb);
+    int rc = emb ? 0 : ps_err_set(err, PS_ENOMEM, "out of memory for a history");
+    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, st->ropts);
+    for (rocksdb_iter_seek(it, (const char *)pre, pl); !rc && rocksdb_iter_valid(it);
+         rocksdb_iter_next(it)) {
+        size_t kl, vl;
+        const char *k = rocksdb_iter_key(it, &kl);
+        if (!has_prefix(k, kl, pre, pl)) break;
+        const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vl);
+        if (kl != pl + 8 || vl != 8 + 4 * dim) {
+            rc = ps_err_set(err, PS_ECORRUPT, "user '%s': history entry of %zu bytes, want %zu",
+                            user, vl, 8 + 4 * dim);
+            break;
+        }
+        for (size_t j = 0; j < dim; j++) emb[j] = get_f32le(v + 8 + 4 * j);
+        rc = entries_push(held, get_u64le(v), emb, dim, err);
+    }
+    if (!rc) {
+        char *rerr = NULL;
+        rocksdb_iter_get_error(it, &rerr);
+        if (rerr) rc = rocks_fail(err, &rerr, "reading the history");
+    }
+    rocksdb_iter_destroy(it);
+    free(emb);
+    return rc;
+}
+
 /* Delete every key of the range prefix pre[0..pl) in b. */
 static int delete_range(profsvc_store_t *st, rocksdb_writebatch_t *b, const uint8_t *pre, size_t pl,
                         ps_err *err)
@@ -580,6 +705,71 @@ static int delete_range(profsvc_store_t *st, rocksdb_writebatch_t *b, const uint
     return rerr ? rocks_fail(err, &rerr, "reading the history") : 0;
 }
 
+/* Merge the load ids/embs[0..n) with held into *merged (the newest cap entries) and *loaded
+ * (the deduplicated load, newest cap). OUT *fresh_kept: fresh entries in *merged. */
+static int merge_history(const entries *held, const uint64_t *ids, const float *embs, size_t n,
+                         size_t dim, size_t cap, entries *loaded, entries *merged,
+                         size_t *fresh_kept, ps_err *err)
+{
+    uint8_t *newest = malloc(n ? n : 1);
+    uint64_t *sorted = malloc((held->n ? held->n : 1) * sizeof *sorted);
+    entries fresh = {0};
+    int rc = 0;
+    *fresh_kept = 0;
+    if (!newest || !sorted) {
+        rc = ps_err_set(err, PS_ENOMEM, "out of memory merging a history");
+        goto out;
+    }
+    if ((rc = mark_newest(ids, n, newest, err))) goto out;
+    memcpy(sorted, held->ids, held->n * sizeof *sorted);
+    qsort(sorted, held->n, sizeof *sorted, cmp_u64);
+    size_t distinct = 0;
+    for (size_t i = 0; i < n; i++) distinct += newest[i];
+    size_t skip = distinct > cap ? distinct - cap : 0; /* the oldest beyond the bound */
+    for (size_t i = 0; i < n && !rc; i++) {
+        if (!newest[i] || (skip && skip--)) continue;
+        if (!(rc = entries_push(loaded, ids[i], embs + i * dim, dim, err)) &&
+            !bsearch(&ids[i], sorted, held->n, sizeof *sorted, cmp_u64))
+            rc = entries_push(&fresh, ids[i], embs + i * dim, dim, err);
+    }
+    size_t total = fresh.n + held->n, drop = total > cap ? total - cap : 0;
+    for (size_t i = drop; i < total && !rc; i++) {
+        const entries *src = i < fresh.n ? &fresh : held;
+        size_t j = i < fresh.n ? i : i - fresh.n;
+        rc = entries_push(merged, src->ids[j], src->embs + j * dim, dim, err);
+    }
+    if (!rc) *fresh_kept = fresh.n > drop ? fresh.n - drop : 0;
+out:
+    entries_free(&fresh);
+    free(newest);
+    free(sorted);
+    return rc;
+}
+
+/* The profile a click would compute over h: its distinct stickers, newest first. */
+static int recompute(profsvc_store_t *st, const char *user, size_t ulen, const entries *h,
+                     size_t dim, ps_profile *prof, ps_err *err)
+{
+    uint8_t *newest = malloc(h->n ? h->n : 1);
+    float *pts = malloc((h->n ? h->n : 1) * dim * sizeof *pts);
+    int rc = newest && pts ? mark_newest(h->ids, h->n, newest, err)
+                           : ps_err_set(err, PS_ENOMEM, "out of memory recomputing a profile");
+    size_t np = 0;
+    for (size_t i = h->n; i-- > 0 && !rc;)
+        if (newest[i]) memcpy(pts + np++ * dim, h->embs + i * dim, dim * sizeof *pts);
+    if (!rc)
+        rc = ps_profile_build(pts, np, dim, st->cfg.kmax, ps_hash_bytes(user, ulen), prof, err);
+    free(newest);
+    free(pts);
+    return rc;
+}
+
+static int entries_equal(const entries *a, const entries *b, size_t dim)
+{
+    return a->n == b->n && (a->n == 0 || (!memcmp(a->ids, b->ids, a->n * sizeof *a->ids) &&
+                                          !memcmp(a->embs, b->embs, a->n * dim * sizeof(float))));
+}
+
 int profsvc_store_load(profsvc_store_t *st, const char *user, const ps_profile *prof,
                        const uint64_t *ids, const float *embs, size_t n, profsvc_write_result *out,
                        ps_err *err)
@@ -593,38 +783,57 @@ int profsvc_store_load(profsvc_store_t *st, const char *user, const ps_profile *
     pthread_mutex_t *ul = user_lock(st, user, ulen);
     pthread_mutex_lock(ul);
     rocksdb_writebatch_t *b = rocksdb_writebatch_create();
-    uint8_t *val = malloc(8 + 4 * (dim ? dim : 1));
+    entries held = {0}, loaded = {0}, merged = {0};
+    ps_profile built = {0};
+    const ps_profile *store_prof = prof;
+    uint8_t *val = NULL;
     uint64_t next = 0;
-    size_t first = n > st->cfg.history ? n - st->cfg.history : 0;
-    if (!val) {
+    size_t fresh = 0;
+    if (dim && (rc = dim_check(st, dim, "load_profile.centroids", &fixing, err))) goto out;
+    if (!dim) dim = atomic_load(&st->dim); /* an empty load: held entries have the service's */
+    if (!(val = malloc(8 + 4 * (dim ? dim : 1)))) {
         rc = ps_err_set(err, PS_ENOMEM, "out of memory for a profile load");
         goto out;
     }
-    if (dim && (rc = dim_check(st, dim, "load_profile.centroids", &fixing, err))) goto out;
-    if ((rc = read_next(st, user, ulen, &next, err))) goto out;
+    if ((rc = read_next(st, user, ulen, &next, err)) ||
+        (rc = read_held(st, user, ulen, dim, &held, err)) ||
+        (rc = merge_history(&held, ids, embs, n, dim, st->cfg.history, &loaded, &merged, &fresh,
+                            err)))
+        goto out;
     if (fixing) put_dim(b, dim);
     uint8_t k[KEY_MAX];
-    size_t pl = seq_key(k, 'H', user, ulen, 0, 0);
-    if ((rc = delete_range(st, b, k, pl, err))) goto out;
-    /* History entries keep their index as seq; clicks continue after them. */
-    for (size_t i = first; i < n; i++)
-        put_history(b, user, ulen, i, ids[i], embs + i * dim, dim, val);
-    if (next < n) {
-        size_t kl = user_key(k, 'N', user, ulen);
-        put_u64le(val, n);
-        rocksdb_writebatch_put(b, (const char *)k, kl, (const char *)val, 8);
+    if (fresh) { /* rewrite H as merged; clicks continue after it */
+        size_t pl = seq_key(k, 'H', user, ulen, 0, 0);
+        if ((rc = delete_range(st, b, k, pl, err))) goto out;
+        for (size_t i = 0; i < merged.n; i++)
+            put_history(b, user, ulen, i, merged.ids[i], merged.embs + i * dim, dim, val);
+        if (next < merged.n) {
+            size_t kl = user_key(k, 'N', user, ulen);
+            put_u64le(val, merged.n);
+            rocksdb_writebatch_put(b, (const char *)k, kl, (const char *)val, 8);
+        }
     }
-    if ((rc = put_profile(b, user, ulen, prof, err)) || (rc = write_batch(st, b, err))) goto out;
+    if (!entries_equal(&merged, &loaded, dim)) {
+        if ((rc = recompute(st, user, ulen, &merged, dim, &built, err))) goto out;
+        store_prof = &built;
+    }
+    if ((rc = put_profile(b, user, ulen, store_prof, err)) || (rc = write_batch(st, b, err)))
+        goto out;
     written = 1;
     out->seq = rocksdb_get_latest_sequence_number(st->db);
-    out->history = (uint32_t)(n - first);
-    out->k = prof->k;
+    out->history = (uint32_t)merged.n;
+    out->k = store_prof->k;
+    out->merged = store_prof == &built;
 
 out:
     dim_release(st, fixing, written, dim);
     pthread_mutex_unlock(ul);
     db_leave(st);
     rocksdb_writebatch_destroy(b);
+    ps_profile_clear(&built);
+    entries_free(&held);
+    entries_free(&loaded);
+    entries_free(&merged);
     free(val);
     return rc;
 }
@@ -1156,4 +1365,27 @@ int profsvc_store_ckpt_done(profsvc_store_t *st, uint64_t session, ps_err *err)
     if (profsvc_rmtree(path))
         ps_log(PS_LOG_WARN, "profile", "remove_failed", "dir=%s msg=\"%s\"", path, strerror(errno));
     return 0;
+}
+
+int profsvc_store_checkpoint(profsvc_store_t *st, const char *path, uint64_t *seq, size_t *files,
+                             uint64_t *bytes, ps_err *err)
+{
+    struct stat sb;
+    int rc;
+    *files = 0;
+    *bytes = 0;
+    if (!lstat(path, &sb)) return ps_err_set(err, PS_EEXIST, "%s exists already", path);
+    if ((rc = db_enter(st, err))) return rc;
+    char *rerr = NULL;
+    *seq = rocksdb_get_latest_sequence_number(st->db);
+    rocksdb_checkpoint_t *cp = rocksdb_checkpoint_object_create(st->db, &rerr);
+    if (cp) rocksdb_checkpoint_create(cp, path, 0, &rerr);
+    if (rerr) rc = rocks_fail(err, &rerr, "checkpoint");
+    if (cp) rocksdb_checkpoint_object_destroy(cp);
+    db_leave(st);
+    profsvc_file *list = NULL;
+    if (!rc && !(rc = list_files(path, &list, files, err)))
+        for (size_t i = 0; i < *files; i++) *bytes += list[i].size;
+    free(list);
+    return rc;
 }

@@ -20,6 +20,14 @@
  *       every one must be acknowledged; prints "acked=N"
  *   profile_client raw EP HEX            send the bytes HEX as one frame, print the reply like
  *                                        an Error above (exit 3) or "ok BODY"
+ *   profile_client centroids EP USER     "k=K hash=H": H hashes every radius and centroid value
+ *                                        bit for bit (k=0 hash of nothing: no profile)
+ *   profile_client offline DIR USER      the same line for USER of a builder profiles directory
+ *                                        (DIR/profiles of `builder build --shards`)
+ *   profile_client loadframe USER DIM N FIRST
+ *       write to stdout one frame of POST /admin/load-profiles: u32LE length + an Envelope
+ *       holding a LoadProfileRequest for USER with N history stickers FIRST..FIRST+N-1
+ *       (embeddings as for click) and one centroid (sticker FIRST's embedding, radius 1)
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -32,6 +40,7 @@
 #include <zmq.h>
 
 #include "ps/rand.h"
+#include "ps/store.h"
 #include "ps/wire.h"
 
 #define TIMEOUT_MS 30000 /* a reply later than this is a failure, not a measurement */
@@ -322,6 +331,116 @@ static int cmd_raw(int argc, char **argv)
     return rc;
 }
 
+/* FNV-1a 64 over bytes. */
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) h = (h ^ ((const uint8_t *)p)[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static void print_centroids(size_t k, const double *radius, const float *const *vec, size_t dim)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t c = 0; c < k; c++) {
+        h = fnv(h, &radius[c], sizeof radius[c]);
+        h = fnv(h, vec[c], dim * sizeof(float));
+    }
+    printf("k=%zu hash=%016llx\n", k, (unsigned long long)h);
+}
+
+static int cmd_centroids(int argc, char **argv)
+{
+    if (argc != 2) die("usage: centroids EP USER");
+    Persrv__Envelope e = PERSRV__ENVELOPE__INIT;
+    Persrv__ProfileRequest p = PERSRV__PROFILE_REQUEST__INIT;
+    p.user = argv[1];
+    e.body_case = PERSRV__ENVELOPE__BODY_GET_PROFILE;
+    e.get_profile = &p;
+    void *s = connect_to(argv[0]);
+    Persrv__Envelope *r = rpc(s, &e, PERSRV__ENVELOPE__BODY_PROFILE_REPLY);
+    Persrv__ProfileReply *pr = r->profile_reply;
+    double radius[PS_WIRE_MAX_CENTROIDS];
+    const float *vec[PS_WIRE_MAX_CENTROIDS];
+    for (size_t c = 0; c < pr->n_centroids; c++) {
+        radius[c] = pr->centroids[c]->radius;
+        vec[c] = pr->centroids[c]->vector;
+    }
+    print_centroids(pr->n_centroids, radius, vec, pr->n_centroids ? pr->centroids[0]->n_vector : 0);
+    ps_wire_free(r);
+    zmq_close(s);
+    return 0;
+}
+
+static int cmd_offline(int argc, char **argv)
+{
+    if (argc != 2) die("usage: offline DIR USER");
+    ps_err err = {0, ""};
+    ps_profile prof = {0};
+    ps_profiles_t *p = ps_profiles_open(argv[0], &err);
+    if (!p) die("%s: %s", argv[0], err.msg);
+    int rc = ps_profiles_get(p, argv[1], &prof, &err);
+    if (rc && rc != PS_ENOTFOUND) die("%s: user %s: %s", argv[0], argv[1], err.msg);
+    double radius[PS_PROFILE_KMAX];
+    const float *vec[PS_PROFILE_KMAX];
+    for (uint32_t c = 0; !rc && c < prof.k; c++) {
+        radius[c] = prof.radius[c];
+        vec[c] = prof.centroids + (size_t)c * prof.dim;
+    }
+    print_centroids(rc ? 0 : prof.k, radius, vec, prof.dim);
+    ps_profile_clear(&prof);
+    ps_profiles_close(p);
+    return 0;
+}
+
+static int cmd_loadframe(int argc, char **argv)
+{
+    if (argc != 4) die("usage: loadframe USER DIM N FIRST");
+    size_t dim = parse_dim(argv[1]);
+    long n = atol(argv[2]);
+    uint64_t first = strtoull(argv[3], NULL, 10);
+    if (n < 0 || n > PS_WIRE_MAX_HISTORY) die("loadframe: N 0..%d", PS_WIRE_MAX_HISTORY);
+    float *embs = calloc((size_t)(n + 1) * dim, sizeof *embs);
+    Persrv__HistoryItem *items = calloc((size_t)n + 1, sizeof *items);
+    Persrv__HistoryItem **itemp = calloc((size_t)n + 1, sizeof *itemp);
+    if (!embs || !items || !itemp) die("out of memory");
+    for (long i = 0; i < n; i++) {
+        persrv__history_item__init(&items[i]);
+        items[i].sticker_id = first + (uint64_t)i;
+        items[i].n_embedding = dim;
+        items[i].embedding = embs + (size_t)i * dim;
+        embedding(first + (uint64_t)i, dim, items[i].embedding);
+        itemp[i] = &items[i];
+    }
+    Persrv__Centroid c = PERSRV__CENTROID__INIT, *cp = &c;
+    float *cv = embs + (size_t)n * dim;
+    embedding(first, dim, cv);
+    c.n_vector = dim;
+    c.vector = cv;
+    c.radius = 1.0;
+    Persrv__LoadProfileRequest l = PERSRV__LOAD_PROFILE_REQUEST__INIT;
+    l.user = argv[0];
+    l.n_centroids = 1;
+    l.centroids = &cp;
+    l.n_history = (size_t)n;
+    l.history = itemp;
+    Persrv__Envelope e = PERSRV__ENVELOPE__INIT;
+    e.version = PS_WIRE_VERSION;
+    e.request_id = next_id++;
+    e.body_case = PERSRV__ENVELOPE__BODY_LOAD_PROFILE;
+    e.load_profile = &l;
+    uint8_t *buf, lenb[4];
+    size_t len;
+    ps_err err = {0, ""};
+    if (ps_wire_pack(&e, &buf, &len, &err)) die("encode: %s", err.msg);
+    for (int i = 0; i < 4; i++) lenb[i] = (uint8_t)(len >> (8 * i));
+    if (fwrite(lenb, 1, 4, stdout) != 4 || fwrite(buf, 1, len, stdout) != len) die("write");
+    free(buf);
+    free(embs);
+    free(items);
+    free(itemp);
+    return 0;
+}
+
 static int cmd_freeport(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -339,9 +458,12 @@ static int cmd_freeport(void)
 int main(int argc, char **argv)
 {
     if (argc < 2)
-        die("usage: profile_client freeport|click|clicks|profile|checksum|health|flood|raw ...");
+        die("usage: profile_client freeport|click|clicks|profile|checksum|health|flood|raw|"
+            "centroids|offline|loadframe ...");
     const char *cmd = argv[1];
     if (!strcmp(cmd, "freeport")) return cmd_freeport();
+    if (!strcmp(cmd, "offline")) return cmd_offline(argc - 2, argv + 2);
+    if (!strcmp(cmd, "loadframe")) return cmd_loadframe(argc - 2, argv + 2);
     zctx = zmq_ctx_new();
     int rc;
     if (!strcmp(cmd, "click"))
@@ -358,6 +480,8 @@ int main(int argc, char **argv)
         rc = cmd_flood(argc - 2, argv + 2);
     else if (!strcmp(cmd, "raw"))
         rc = cmd_raw(argc - 2, argv + 2);
+    else if (!strcmp(cmd, "centroids"))
+        rc = cmd_centroids(argc - 2, argv + 2);
     else
         die("unknown command %s", cmd);
     zmq_ctx_term(zctx);

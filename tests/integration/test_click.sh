@@ -53,7 +53,7 @@ start_profile() {
     sleep 0.05
   done
   [ -e "$T/$name.ready" ] || fail "$name not ready after 30 s"
-  EP[$name]=$(cat "$T/$name.ready")
+  EP[$name]=$(sed -n 1p "$T/$name.ready")
 }
 start_profile pp --db "$T/pp" --role primary
 start_profile r1 --db "$T/r1" --role replica --primary "${EP[pp]}"

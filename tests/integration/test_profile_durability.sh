@@ -90,7 +90,7 @@ grep -q "dropsync: buffering unsynced writes under $T/pp" "$T/pp.log" \
   || fail "the primary does not run under dropsync"
 start_daemon r1 60 "$PD" --db "$T/r1" --listen 'tcp://127.0.0.1:*' --role replica \
   --primary "$PEP" --log-level info
-REP=$(cat "$T/r1.ready")
+REP=$(sed -n 1p "$T/r1.ready")
 echo "primary $PEP (dropsync, --sync 1, 4 workers), replica $REP; $ROUNDS rounds of" \
   "$WRITERS writers"
 

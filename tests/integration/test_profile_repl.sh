@@ -34,7 +34,7 @@ start_profile() {
   done
   [ -e "$T/$name.ready" ] || fail "$name not ready after 30 s"
   [ "$(cat "$T/$name.pid")" = "${PID[$name]}" ] || fail "$name: pid file does not hold ${PID[$name]}"
-  EP[$name]=$(cat "$T/$name.ready")
+  EP[$name]=$(sed -n 1p "$T/$name.ready")
 }
 
 # converge NAME: within 60 s the replica's checksum line (checksum, keys, seq) equals the
