@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ps/admin.h"
@@ -77,8 +78,8 @@ static const ps_cfg_opt profsvc_opts[] = {
     {"admin-max-body", PS_CFG_UINT, "134217728",
      "largest admin request body in bytes (a profile load of many users)", 0, 4096, 1u << 31},
     {"checkpoint-root", PS_CFG_STRING, NULL,
-     "POST /admin/checkpoint?dir=D writes a checkpoint to the new directory D below this one "
-     "(unset: admin checkpoints are refused)",
+     "POST /admin/checkpoint?dir=D writes a checkpoint to the new directory D below this one, "
+     "created at start if missing (unset: admin checkpoints are refused)",
      0, 0, 0},
     {"log-level", PS_CFG_STRING, "info", "debug, info, warn, error or off", 0, 0, 0},
     {"pid-file", PS_CFG_STRING, NULL, "write the process id here (removed on exit)", 0, 0, 0},
@@ -159,6 +160,11 @@ int main(int argc, char **argv)
                        .max_frame = (size_t)ps_cfg_uint(cfg, "max-frame"),
                        .ready = !replica,
                        .checkpoint_root = ps_cfg_str(cfg, "checkpoint-root")};
+    if (ctx.checkpoint_root && mkdir(ctx.checkpoint_root, 0755) && errno != EEXIST) {
+        ps_log(PS_LOG_ERROR, "profile", "start_failed", "msg=\"checkpoint-root %s: %s\"",
+               ctx.checkpoint_root, strerror(errno));
+        goto out;
+    }
     if (ps_admin_token_load(ps_cfg_str(cfg, "admin-token"), ps_cfg_str(cfg, "admin-token-file"),
                             &token, &err) ||
         !(admin = profsvc_admin_start(&ctx, ps_cfg_str(cfg, "admin"), token,
