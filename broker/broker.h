@@ -22,10 +22,12 @@
 #ifndef BROKER_H
 #define BROKER_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "persrv.pb-c.h"
+#include "ps/admin.h"
 #include "ps/analyzer.h"
 #include "ps/err.h"
 #include "ps/profile.h"
@@ -115,6 +117,41 @@ int broker_pool_run(broker_pool_t *p, broker_call *calls, size_t n, ps_err *err)
  * up. */
 uint32_t broker_pool_probe(broker_pool_t *p);
 
+/* ---- admin.c: the snapshot version served, the admin port ------------------------------- */
+
+/* The cluster's snapshot version, shared by every lane: each search reads it once when it
+ * starts and names it in every shard request, so no answer merges two versions. 0 means not
+ * known yet: requests ask for the shards' active version and the broker adopts the version of
+ * the first answer every shard gave from the same one. */
+typedef struct broker_version {
+    _Atomic uint64_t current;
+    _Atomic uint64_t switches;
+    pthread_mutex_t lock; /* fingerprint */
+    char fingerprint[17];
+} broker_version_t;
+
+void broker_version_init(broker_version_t *v, uint64_t initial);
+/* current: 0 -> version (no effect once a version is set). */
+void broker_version_adopt(broker_version_t *v, uint64_t version);
+
+typedef struct broker_metrics broker_metrics_t;
+
+typedef struct broker_admin_cfg {
+    const char *listen, *token;
+    const char *topology; /* the shards, to check a switch against */
+    uint32_t deadline_ms;
+    size_t max_frame;
+    broker_version_t *version;
+    broker_metrics_t *metrics;
+} broker_admin_cfg;
+
+/* Start the broker's admin port: GET /healthz, GET /metrics, POST /admin/switch?version=V
+ * (every replica of every shard must hold V loaded, all with one fingerprint: the switch is
+ * the commit point of a push). cfg's pointers must outlive it. */
+ps_admin_t *broker_admin_start(const broker_admin_cfg *cfg, ps_err *err);
+/* Stop it and free its sockets. NULL is fine. */
+void broker_admin_stop(ps_admin_t *a);
+
 /* ---- profcache.c: read-only user profiles, cached in memory ----------------------------- */
 
 typedef struct broker_profcache broker_profcache_t;
@@ -156,8 +193,6 @@ enum {
     BROKER_EP_ZMQ_OTHER,
     BROKER_NEP
 };
-
-typedef struct broker_metrics broker_metrics_t;
 
 broker_metrics_t *broker_metrics_new(uint32_t nshards);
 void broker_metrics_free(broker_metrics_t *m);
@@ -214,6 +249,8 @@ broker_core_t *broker_core_new(broker_pool_t *pool, broker_profcache_t *profiles
 /* Where clicks go: the profile primary (one shard, one replica; borrowed). NULL: clicks are
  * refused (PS_EUNAVAIL). */
 void broker_core_set_primary(broker_core_t *c, broker_pool_t *primary);
+/* The shared version state (borrowed; NULL: ask the shards for their active version). */
+void broker_core_set_version(broker_core_t *c, broker_version_t *v);
 void broker_core_free(broker_core_t *c);
 broker_pool_t *broker_core_pool(broker_core_t *c);
 
@@ -287,6 +324,7 @@ typedef struct broker_lane_cfg {
     int stop_fd;         /* readable: stop (main writes it once the front door drained) */
     uint32_t drain_ms;
     broker_metrics_t *metrics;
+    broker_version_t *version;   /* shared by every lane */
     void (*on_ready)(void *arg); /* called (from the lane) the first time every shard is up */
     void *ready_arg;
 } broker_lane_cfg;

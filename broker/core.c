@@ -9,6 +9,7 @@
  * when no shard answers the request fails with PS_EUNAVAIL. Input errors are PS_E* codes
  * whose ps_err_http_status is a 4xx.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +22,8 @@
 
 struct broker_core {
     broker_pool_t *pool;
-    broker_pool_t *primary; /* the profile primary, for clicks (NULL: none) */
+    broker_version_t *version; /* the cluster's snapshot version (shared; NULL: the shards') */
+    broker_pool_t *primary;    /* the profile primary, for clicks (NULL: none) */
     broker_profcache_t *profiles;
     broker_metrics_t *metrics;
     broker_limits lim;
@@ -110,36 +112,53 @@ void broker_core_set_primary(broker_core_t *c, broker_pool_t *primary)
     c->primary = primary;
 }
 
+void broker_core_set_version(broker_core_t *c, broker_version_t *v)
+{
+    c->version = v;
+}
+
+/* The version a request starts with: every shard call it makes names this one. */
+static uint64_t want_version(const broker_core_t *c)
+{
+    return c->version ? atomic_load(&c->version->current) : 0;
+}
+
 /* ---- search ------------------------------------------------------------------------------ */
 
 typedef struct search_args {
     const char *const *tokens;
     size_t ntokens;
     ps_search_opts opts;
+    uint64_t version;
 } search_args;
+
+typedef struct sticker_args {
+    uint64_t id, version;
+} sticker_args;
 
 static int encode_search(void *arg, uint64_t request_id, uint32_t deadline_ms, uint8_t **buf,
                          size_t *len, ps_err *err)
 {
     const search_args *a = arg;
-    return ps_wire_encode_search(request_id, deadline_ms, a->tokens, a->ntokens, &a->opts, 0, buf,
-                                 len, err);
+    return ps_wire_encode_search(request_id, deadline_ms, a->tokens, a->ntokens, &a->opts,
+                                 a->version, buf, len, err);
 }
 
 static int encode_get_sticker(void *arg, uint64_t request_id, uint32_t deadline_ms, uint8_t **buf,
                               size_t *len, ps_err *err)
 {
-    return ps_wire_encode_get_sticker(request_id, deadline_ms, *(const uint64_t *)arg, buf, len,
-                                      err);
+    const sticker_args *a = arg;
+    return ps_wire_encode_get_sticker_emb(request_id, deadline_ms, a->id, 0, a->version, buf, len,
+                                          err);
 }
 
 /* Fetch the stored fields of hits[0..n) into c->fields (NULL where the shard did not answer
  * or does not hold it). One pool run asks every shard for at most one sticker, so the hits
  * take as many rounds as the most any one shard holds. */
-static int fetch_fields(broker_core_t *c, size_t n, ps_err *err)
+static int fetch_fields(broker_core_t *c, size_t n, uint64_t version, ps_err *err)
 {
     uint32_t ns = broker_pool_nshards(c->pool);
-    uint64_t ids[BROKER_MAX_SHARDS];
+    sticker_args ids[BROKER_MAX_SHARDS];
     size_t at[BROKER_MAX_SHARDS];
     char *done = calloc(n ? n : 1, 1);
     if (!done) return ps_err_set(err, PS_ENOMEM, "out of memory for explain");
@@ -152,7 +171,7 @@ static int fetch_fields(broker_core_t *c, size_t n, ps_err *err)
             uint32_t s = ps_jump_hash(c->hits[i].id, ns);
             if (used[s / 32] & (1u << (s % 32))) continue;
             used[s / 32] |= 1u << (s % 32);
-            ids[nc] = c->hits[i].id;
+            ids[nc] = (sticker_args){c->hits[i].id, version};
             at[nc] = i;
             c->calls[nc] = (broker_call){.shard = s,
                                          .replica = -1,
@@ -171,7 +190,7 @@ static int fetch_fields(broker_core_t *c, size_t n, ps_err *err)
                                  call->failovers);
             if (!call->reply) continue;
             const Persrv__GetStickerReply *r = call->reply->sticker_reply;
-            if (r->found && r->id == ids[j]) {
+            if (r->found && r->id == ids[j].id) {
                 c->sticker_env[i] = call->reply;
                 c->fields[i] = call->reply->sticker_reply;
             } else {
@@ -220,6 +239,7 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_result *r
     a.opts.R = c->lim.R > k ? c->lim.R : k;
     a.opts.k = k;
     a.opts.profile = user ? broker_profcache_get(c->profiles, user) : NULL;
+    a.version = want_version(c);
 
     uint32_t ns = broker_pool_nshards(c->pool);
     for (uint32_t s = 0; s < ns; s++)
@@ -244,12 +264,19 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_result *r
             } else if (r->n_hits > a.opts.R) {
                 snprintf(call->reason, sizeof call->reason, "%zu hits, more than R = %u", r->n_hits,
                          a.opts.R);
+            } else if (a.version ? r->snapshot_version != a.version
+                                 : res->version && r->snapshot_version != res->version) {
+                /* never merge two versions: this shard's answer does not count */
+                snprintf(call->reason, sizeof call->reason,
+                         "answered from snapshot version %llu, not %llu",
+                         (unsigned long long)r->snapshot_version,
+                         (unsigned long long)(a.version ? a.version : res->version));
             } else if (ps_wire_to_hits(r, c->hits + nh, c->hits_cap - nh, &got, &e)) {
                 snprintf(call->reason, sizeof call->reason, "%s", e.msg);
             } else {
                 nh += got;
                 res->ok++;
-                if (r->snapshot_version > res->version) res->version = r->snapshot_version;
+                res->version = r->snapshot_version;
             }
             ps_wire_free(call->reply);
             call->reply = NULL;
@@ -269,11 +296,13 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_result *r
         return ps_err_set(err, PS_EUNAVAIL, "no shard answered (shard 0: %s)", c->calls[0].reason);
     if (res->ok < ns)
         ps_log(PS_LOG_WARN, "broker", "partial", "shards=%u failed=%u", ns, ns - res->ok);
+    /* Not knowing the cluster's version yet, adopt the one every shard answered from. */
+    if (!a.version && res->ok == ns && c->version) broker_version_adopt(c->version, res->version);
     res->personalized = a.opts.profile != NULL;
     res->hits = c->hits;
     res->nhits = ps_merge_hits(c->hits, nh, a.opts.R, a.opts.k);
     if (q->explain) {
-        if ((rc = fetch_fields(c, res->nhits, err))) return rc;
+        if ((rc = fetch_fields(c, res->nhits, res->version, err))) return rc;
         res->fields = c->fields;
     }
     return 0;
@@ -284,8 +313,9 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_result *r
 static int encode_get_sticker_emb(void *arg, uint64_t request_id, uint32_t deadline_ms,
                                   uint8_t **buf, size_t *len, ps_err *err)
 {
-    return ps_wire_encode_get_sticker_emb(request_id, deadline_ms, *(const uint64_t *)arg, 1, 0,
-                                          buf, len, err);
+    const sticker_args *a = arg;
+    return ps_wire_encode_get_sticker_emb(request_id, deadline_ms, a->id, 1, a->version, buf, len,
+                                          err);
 }
 
 static int encode_click(void *arg, uint64_t request_id, uint32_t deadline_ms, uint8_t **buf,
@@ -322,11 +352,12 @@ int broker_core_click(broker_core_t *c, const char *user, uint64_t sticker_id, c
 
     /* The sticker's embedding, from the shard that holds it. */
     uint32_t s = ps_jump_hash(sticker_id, broker_pool_nshards(c->pool));
+    sticker_args sa = {sticker_id, want_version(c)};
     broker_call call = {.shard = s,
                         .replica = -1,
                         .expect = PERSRV__ENVELOPE__BODY_STICKER_REPLY,
                         .encode = encode_get_sticker_emb,
-                        .arg = &sticker_id};
+                        .arg = &sa};
     int rc;
     if ((rc = broker_pool_run(c->pool, &call, 1, err))) return rc;
     broker_metrics_shard(c->metrics, s, call.reply != NULL, call.seconds, call.failovers);
@@ -378,11 +409,12 @@ int broker_core_sticker(broker_core_t *c, uint64_t id, Persrv__Envelope **reply,
 {
     *reply = NULL;
     uint32_t s = ps_jump_hash(id, broker_pool_nshards(c->pool));
+    sticker_args sa = {id, want_version(c)};
     broker_call call = {.shard = s,
                         .replica = -1,
                         .expect = PERSRV__ENVELOPE__BODY_STICKER_REPLY,
                         .encode = encode_get_sticker,
-                        .arg = &id};
+                        .arg = &sa};
     int rc;
     if ((rc = broker_pool_run(c->pool, &call, 1, err))) return rc;
     broker_metrics_shard(c->metrics, s, call.reply != NULL, call.seconds, call.failovers);

@@ -184,6 +184,7 @@ broker_lane_t *broker_lane_start(const broker_lane_cfg *cfg, ps_err *err)
         broker_profcache_use_service(l->profiles, l->prof_replicas, l->prof_primary,
                                      cfg->profile_staleness_ms);
     broker_core_set_primary(l->core, l->prof_primary);
+    broker_core_set_version(l->core, cfg->version);
     if (!(l->base = event_base_new()) || !(l->http = evhttp_new(l->base))) {
         ps_err_set(err, PS_EINTERNAL, "libevent setup failed");
         goto fail;

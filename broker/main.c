@@ -97,6 +97,18 @@ static const ps_cfg_opt broker_opts[] = {
      1, 3600},
     {"drain-ms", PS_CFG_UINT, "200", "on shutdown, time replies still being written get (ms)", 0, 0,
      60000},
+    {"admin", PS_CFG_STRING, "127.0.0.1:0",
+     "admin HTTP address (health, metrics, version switch); port 0 picks one (the ready file's "
+     "third line)",
+     0, 0, 0},
+    {"admin-token", PS_CFG_STRING, NULL, "bearer token for the admin operations (none: refused)", 0,
+     0, 0},
+    {"admin-token-file", PS_CFG_STRING, NULL, "read the admin token from this file's first line", 0,
+     0, 0},
+    {"version", PS_CFG_UINT, "0",
+     "snapshot version to serve at start (0: the shards' active version, adopted from the first "
+     "answer every shard gives from one version)",
+     0, 0, 9223372036854775807.0},
     {"log-level", PS_CFG_STRING, "info", "debug, info, warn, error or off", 0, 0, 0},
     {"pid-file", PS_CFG_STRING, NULL, "write the process id here (removed on exit)", 0, 0, 0},
     {"ready-file", PS_CFG_STRING, NULL,
@@ -221,6 +233,9 @@ int main(int argc, char **argv)
     broker_lane_t *lanes[BROKER_MAX_LANES] = {0};
     void *zctx = NULL;
     ps_zserver_t *front = NULL;
+    ps_admin_t *admin = NULL;
+    char *token = NULL;
+    static broker_version_t version;
     readiness rd = {.mu = PTHREAD_MUTEX_INITIALIZER};
     ps_cfg_t *cfg = ps_cfg_daemon("broker", broker_about, broker_opts,
                                   sizeof broker_opts / sizeof broker_opts[0], argc, argv, &status);
@@ -304,8 +319,27 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    snprintf(rd.text, sizeof rd.text, "%s%s%s", addr, front ? "\n" : "",
-             front ? ps_zserver_endpoint(front) : "");
+    broker_version_init(&version, ps_cfg_uint(cfg, "version"));
+    if (ps_admin_token_load(ps_cfg_str(cfg, "admin-token"), ps_cfg_str(cfg, "admin-token-file"),
+                            &token, &err)) {
+        ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"%s\"", err.msg);
+        goto out;
+    }
+    broker_admin_cfg ac = {.listen = ps_cfg_str(cfg, "admin"),
+                           .token = token,
+                           .topology = ps_cfg_str(cfg, "shards"),
+                           .deadline_ms = (uint32_t)ps_cfg_uint(cfg, "deadline-ms") * 10,
+                           .max_frame = max_frame,
+                           .version = &version,
+                           .metrics = metrics};
+    if (!(admin = broker_admin_start(&ac, &err))) {
+        ps_log(PS_LOG_ERROR, "broker", "start_failed", "code=%s msg=\"%s\"", ps_errname(err.code),
+               err.msg);
+        goto out;
+    }
+    /* HTTP address, front-door endpoint (empty line without one), admin address */
+    snprintf(rd.text, sizeof rd.text, "%s\n%s\n%s", addr, front ? ps_zserver_endpoint(front) : "",
+             ps_admin_address(admin));
     uint32_t nlanes = (uint32_t)ps_cfg_uint(cfg, "lanes");
     ps_log(PS_LOG_INFO, "broker", "listening", "http=%s zmq=%s shards=%u lanes=%u", addr,
            front ? ps_zserver_endpoint(front) : "-", nshards, nlanes);
@@ -338,6 +372,7 @@ int main(int argc, char **argv)
                           .stop_fd = lane_pipe[0],
                           .drain_ms = (uint32_t)ps_cfg_uint(cfg, "drain-ms"),
                           .metrics = metrics,
+                          .version = &version,
                           .on_ready = on_lane_ready,
                           .ready_arg = &rd};
     if (pid_file) {
@@ -384,6 +419,8 @@ stop:
     }
     for (uint32_t i = 0; i < BROKER_MAX_LANES; i++) broker_lane_join(lanes[i]);
 out:
+    broker_admin_stop(admin);
+    free(token);
     if (rd.file) unlink(rd.file);
     if (pid_written) unlink(pid_file);
     ps_zserver_close(front);

@@ -419,7 +419,11 @@ void ps_cfg_log(const ps_cfg_t *c, const char *comp)
         snprintf(key, sizeof key, "%s", c->opt[i].name);
         for (char *p = key; *p; p++)
             if (*p == '-') *p = '_';
-        n = put_kv(line, n, sizeof line, key, c->val[i].text ? c->val[i].text : "");
+        /* secrets are never logged: a set token shows as "<set>" */
+        const char *v = c->val[i].text ? c->val[i].text : "";
+        size_t nl = strlen(c->opt[i].name);
+        if (*v && nl >= 5 && strcmp(c->opt[i].name + nl - 5, "token") == 0) v = "<set>";
+        n = put_kv(line, n, sizeof line, key, v);
     }
     ps_log(PS_LOG_INFO, comp, "config", "%s", n ? line + 1 : "");
 }

@@ -60,6 +60,8 @@ static const field_cap caps[] = {
     {&persrv__centroid__descriptor, "vector", PS_WIRE_MAX_DIM, 0},
     {&persrv__search_reply__descriptor, "hits", PS_WIRE_MAX_HITS, 0},
     {&persrv__query_request__descriptor, "user", 0, PS_WIRE_MAX_USER},
+    {&persrv__health_reply__descriptor, "held", PS_WIRE_MAX_HELD, 0},
+    {&persrv__snapshot_held__descriptor, "fingerprint", 0, 16},
     {&persrv__query_reply__descriptor, "hits", PS_WIRE_MAX_HITS, 0},
     {&persrv__query_reply__descriptor, "fields", PS_WIRE_MAX_HITS, 0},
     {&persrv__query_reply__descriptor, "failures", PS_WIRE_MAX_SHARDS, 0},

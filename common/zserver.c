@@ -310,8 +310,13 @@ int ps_zserve(const ps_zserver_cfg *cfg, uint32_t workers, ps_zhandler_fn fn, vo
     }
     const char *endpoint = ps_zserver_endpoint(srv);
     rc = ps_zworkers_start(zctx, cfg->backend, workers, fn, states, cfg->component, &ws, err);
-    if (!rc && ready_file && ps_write_file_atomic(ready_file, endpoint))
-        rc = ps_err_set(err, PS_EIO, "ready-file %s: %s", ready_file, strerror(errno));
+    if (!rc && ready_file) {
+        char text[2048];
+        int tn = snprintf(text, sizeof text, "%s%s%s", endpoint, cfg->ready_extra ? "\n" : "",
+                          cfg->ready_extra ? cfg->ready_extra : "");
+        if (tn < 0 || (size_t)tn >= sizeof text || ps_write_file_atomic(ready_file, text))
+            rc = ps_err_set(err, PS_EIO, "ready-file %s: %s", ready_file, strerror(errno));
+    }
     if (rc) goto out;
     if (on_ready) on_ready(endpoint, arg);
     rc = ps_zserver_run(srv, stop_fd, err);

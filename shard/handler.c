@@ -4,8 +4,10 @@
  * failure becomes an Error envelope with the stable code (ps_errname) and a message naming
  * what was wrong, so a peer's bad input never takes the daemon down.
  */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ps/log.h"
 #include "ps/wire.h"
@@ -13,7 +15,6 @@
 
 struct shard_handler {
     const shard_ctx *ctx;
-    ps_searcher_t *searcher;
     ps_tokens tokens;
     ps_hit *hits; /* PS_SEARCH_MAX_R entries */
 };
@@ -32,20 +33,35 @@ shard_handler_t *shard_handler_new(const shard_ctx *ctx, ps_err *err)
         shard_handler_free(h);
         return NULL;
     }
-    if (!(h->searcher = ps_searcher_new(ctx->ix, err))) {
-        shard_handler_free(h);
-        return NULL;
-    }
     return h;
 }
 
 void shard_handler_free(shard_handler_t *h)
 {
     if (!h) return;
-    ps_searcher_free(h->searcher);
     ps_tokens_free(&h->tokens);
     free(h->hits);
     free(h);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* The version a request names (0: the active one), acquired; NULL with err set when this shard
+ * does not hold it: the broker then fails over rather than merge two versions. */
+static shard_version *acquire(shard_handler_t *h, uint64_t version, ps_err *err)
+{
+    shard_version *v = shard_versions_acquire(h->ctx->versions, version);
+    if (!v) {
+        atomic_fetch_add(&h->ctx->metrics->stale_version, 1);
+        ps_err_set(err, PS_ENOTFOUND, "snapshot_version: %llu is not held by shard %u",
+                   (unsigned long long)version, h->ctx->shard);
+    }
+    return v;
 }
 
 static int do_search(shard_handler_t *h, const Persrv__Envelope *env, uint8_t **out,
@@ -57,27 +73,39 @@ static int do_search(shard_handler_t *h, const Persrv__Envelope *env, uint8_t **
     ps_search_stats st;
     size_t n = 0;
     int rc;
-    if (q->snapshot_version != 0)
-        return ps_err_set(err, PS_ENOTFOUND,
-                          "search.snapshot_version: %llu is not served here (this shard serves "
-                          "only the index it loaded; send 0)",
-                          (unsigned long long)q->snapshot_version);
-    if ((rc = ps_wire_to_opts(q, &opts, err)) || (rc = ps_wire_to_profile(q, &prof, err)))
+    double t0 = now_s();
+    shard_metrics *m = h->ctx->metrics;
+    shard_version *v = acquire(h, q->snapshot_version, err);
+    if (!v) return err->code;
+    ps_searcher_t *searcher = NULL;
+    if ((rc = ps_wire_to_opts(q, &opts, err)) || (rc = ps_wire_to_profile(q, &prof, err))) {
+        shard_versions_release(h->ctx->versions, v);
         return rc;
+    }
     opts.profile = prof.k ? &prof : NULL;
     ps_tokens_reset(&h->tokens);
     for (size_t i = 0; i < q->n_tokens && !rc; i++)
         rc = ps_tokens_push(&h->tokens, q->tokens[i], strlen(q->tokens[i]));
     if (rc)
         ps_err_set(err, rc, "out of memory for query tokens");
+    else if (!(searcher = shard_version_searcher(v, err)))
+        rc = err->code;
     else
-        rc = ps_search_shard(h->searcher, &h->tokens, &opts, h->hits, &n, &st, err);
+        rc = ps_search_shard(searcher, &h->tokens, &opts, h->hits, &n, &st, err);
+    shard_version_return(v, searcher);
     if (!rc)
-        rc = ps_wire_encode_search_reply(env->request_id, h->ctx->shard, 0, h->hits, n, st.visited,
-                                         out, out_len, err);
-    if (!rc)
+        rc = ps_wire_encode_search_reply(env->request_id, h->ctx->shard, shard_version_number(v),
+                                         h->hits, n, st.visited, out, out_len, err);
+    shard_versions_release(h->ctx->versions, v);
+    if (!rc) {
+        atomic_fetch_add(&m->searches, 1);
+        atomic_fetch_add(&m->postings_visited, st.visited);
+        ps_hist_observe(&m->latency, now_s() - t0);
         ps_log(PS_LOG_DEBUG, "shard", "search", "request_id=%llu tokens=%zu hits=%zu visited=%llu",
                (unsigned long long)env->request_id, q->n_tokens, n, (unsigned long long)st.visited);
+    } else {
+        atomic_fetch_add(&m->search_errors, 1);
+    }
     ps_profile_clear(&prof);
     return rc;
 }
@@ -87,7 +115,12 @@ static int do_get_sticker(shard_handler_t *h, const Persrv__Envelope *env, uint8
 {
     uint64_t id = env->get_sticker->id;
     uint32_t doc;
-    if (ps_index_doc(h->ctx->ix, id, &doc) != 0) {
+    shard_version *v = acquire(h, env->get_sticker->snapshot_version, err);
+    if (!v) return err->code;
+    const ps_index_t *ix = shard_version_index(v);
+    atomic_fetch_add(&h->ctx->metrics->stickers, 1);
+    if (ps_index_doc(ix, id, &doc) != 0) {
+        shard_versions_release(h->ctx->versions, v);
         ps_log(PS_LOG_DEBUG, "shard", "get_sticker", "request_id=%llu id=%llu found=0",
                (unsigned long long)env->request_id, (unsigned long long)id);
         return ps_wire_encode_sticker_reply(env->request_id, h->ctx->shard, id, NULL, 0, out,
@@ -95,20 +128,21 @@ static int do_get_sticker(shard_handler_t *h, const Persrv__Envelope *env, uint8
     }
     ps_sticker_rec rec = {.id = id};
     float *emb = NULL;
-    uint32_t dim = ps_index_dim(h->ctx->ix);
-    int rc = ps_store_fields(h->ctx->store, doc, rec.field, err);
+    uint32_t dim = ps_index_dim(ix);
+    int rc = ps_store_fields(shard_version_store(v), doc, rec.field, err);
     if (!rc && env->get_sticker->with_embedding) {
         if (!(emb = malloc((size_t)dim * sizeof *emb)))
             rc = ps_err_set(err, PS_ENOMEM, "out of memory for an embedding");
         else
-            rc = ps_index_embeddings(h->ctx->ix, &doc, 1, emb, err);
+            rc = ps_index_embeddings(ix, &doc, 1, emb, err);
     }
     if (!rc) {
         for (int f = 0; f < PS_NFIELDS; f++) rec.field_len[f] = strlen(rec.field[f]);
         rc = ps_wire_encode_sticker_reply_emb(env->request_id, h->ctx->shard, id, &rec,
-                                              ps_index_utility(h->ctx->ix, doc), emb, dim, out,
-                                              out_len, err);
+                                              ps_index_utility(ix, doc), emb, dim, out, out_len,
+                                              err);
     }
+    shard_versions_release(h->ctx->versions, v);
     free(emb);
     for (int f = 0; f < PS_NFIELDS; f++) free(rec.field[f]);
     if (!rc)
@@ -120,10 +154,23 @@ static int do_get_sticker(shard_handler_t *h, const Persrv__Envelope *env, uint8
 static int do_health(shard_handler_t *h, const Persrv__Envelope *env, uint8_t **out,
                      size_t *out_len, ps_err *err)
 {
-    ps_wire_health hr = {.shard = h->ctx->shard,
+    shard_version_info info[SHARD_MAX_HELD];
+    ps_wire_snap held[SHARD_MAX_HELD];
+    uint64_t active = 0, stickers = 0;
+    size_t n = shard_versions_list(h->ctx->versions, info, SHARD_MAX_HELD, &active);
+    for (size_t i = 0; i < n; i++) {
+        held[i] = (ps_wire_snap){.version = info[i].version,
+                                 .fingerprint = info[i].fingerprint,
+                                 .active = info[i].active,
+                                 .stickers = info[i].stickers};
+        if (info[i].active) stickers = info[i].stickers;
+    }
+    ps_wire_health hr = {.held = held,
+                         .nheld = n,
+                         .shard = h->ctx->shard,
                          .nshards = h->ctx->nshards,
-                         .snapshot_version = 0,
-                         .stickers = ps_index_ndocs(h->ctx->ix),
+                         .snapshot_version = active,
+                         .stickers = stickers,
                          .ready = 1};
     ps_log(PS_LOG_DEBUG, "shard", "health", "request_id=%llu", (unsigned long long)env->request_id);
     return ps_wire_encode_health_reply(env->request_id, &hr, out, out_len, err);

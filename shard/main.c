@@ -24,8 +24,22 @@ _Static_assert(PS_WIRE_MAX_FRAME == 4194304, "update SHARD_MAX_FRAME_DEFAULT");
 
 static const ps_cfg_opt shard_opts[] = {
     {"index", PS_CFG_STRING, NULL,
-     "index directory of this shard (builder build --shards: DIR/shard-NNN)", PS_CFG_REQUIRED, 0,
+     "a build's shard directory (builder build --shards: DIR/shard-NNN): with --data, imported "
+     "on the first start; without, served in place (no snapshots can be staged)",
+     0, 0, 0},
+    {"data", PS_CFG_STRING, NULL,
+     "data directory: the snapshot versions held, the ACTIVE pointer, uploads in progress", 0, 0,
      0},
+    {"fingerprint", PS_CFG_STRING, NULL,
+     "refuse to start on a build other than this one (16 hex digits, from cluster.json)", 0, 0, 0},
+    {"admin", PS_CFG_STRING, "127.0.0.1:0",
+     "admin HTTP address (health, metrics, snapshot operations); port 0 picks one (logged, and "
+     "the ready file's second line)",
+     0, 0, 0},
+    {"admin-token", PS_CFG_STRING, NULL, "bearer token for the admin operations (none: refused)", 0,
+     0, 0},
+    {"admin-token-file", PS_CFG_STRING, NULL, "read the admin token from this file's first line", 0,
+     0, 0},
     {"listen", PS_CFG_STRING, NULL,
      "ZeroMQ endpoint to bind, e.g. tcp://127.0.0.1:7101 (no default: pick the port)",
      PS_CFG_REQUIRED, 0, 0},
@@ -52,12 +66,17 @@ static const ps_cfg_opt shard_opts[] = {
 static const char shard_about[] =
     "Holds one slice of the stickers (an index directory from `builder build --shards N`) in\n"
     "memory and answers search, get-sticker and health requests over ZeroMQ (persrv.proto).\n"
+    "With --data it holds up to two snapshot versions, receives new ones from `builder push`\n"
+    "on its admin port and serves the version each request names.\n"
     "Stops cleanly on SIGTERM or SIGINT: in-flight requests finish first.";
 
 int main(int argc, char **argv)
 {
     ps_err err = {0, ""};
-    ps_store_t *st = NULL;
+    shard_versions_t *vs = NULL;
+    ps_admin_t *admin = NULL;
+    char *token = NULL;
+    static shard_metrics metrics;
     int status = 1, pid_written = 0;
     ps_cfg_t *cfg = ps_cfg_daemon("shard", shard_about, shard_opts,
                                   sizeof shard_opts / sizeof shard_opts[0], argc, argv, &status);
@@ -82,31 +101,51 @@ int main(int argc, char **argv)
         pid_written = 1;
     }
 
-    const char *index = ps_cfg_str(cfg, "index");
-    if (!(st = ps_store_open(index, &err))) {
-        ps_log(PS_LOG_ERROR, "shard", "start_failed", "index=%s code=%s msg=\"%s\"", index,
-               ps_errname(err.code), err.msg);
-        goto out;
-    }
-    shard_ctx ctx = {.store = st,
-                     .ix = ps_store_index(st),
-                     .shard = (uint32_t)ps_cfg_uint(cfg, "shard"),
-                     .nshards = (uint32_t)ps_cfg_uint(cfg, "shards"),
-                     .max_frame = (size_t)ps_cfg_uint(cfg, "max-frame")};
-    if (ctx.shard >= ctx.nshards) {
+    shard_versions_cfg vc = {.data_dir = ps_cfg_str(cfg, "data"),
+                             .index = ps_cfg_str(cfg, "index"),
+                             .shard = (uint32_t)ps_cfg_uint(cfg, "shard"),
+                             .nshards = (uint32_t)ps_cfg_uint(cfg, "shards"),
+                             .fingerprint = ps_cfg_str(cfg, "fingerprint")};
+    if (vc.shard >= vc.nshards) {
         ps_log(PS_LOG_ERROR, "shard", "start_failed", "msg=\"shard %u is not below shards %u\"",
-               ctx.shard, ctx.nshards);
+               vc.shard, vc.nshards);
         goto out;
     }
-    ps_log(PS_LOG_INFO, "shard", "index_loaded", "index=%s stickers=%u postings=%llu dim=%u", index,
-           ps_index_ndocs(ctx.ix), (unsigned long long)ps_index_npostings(ctx.ix),
-           ps_index_dim(ctx.ix));
+    if (!vc.data_dir && !vc.index) {
+        fprintf(stderr, "shard: --index or --data is required\n");
+        status = 2;
+        goto out;
+    }
+    if (ps_admin_token_load(ps_cfg_str(cfg, "admin-token"), ps_cfg_str(cfg, "admin-token-file"),
+                            &token, &err)) {
+        fprintf(stderr, "shard: %s\n", err.msg);
+        status = 2;
+        goto out;
+    }
+    if (!(vs = shard_versions_open(&vc, &err))) {
+        ps_log(PS_LOG_ERROR, "shard", "start_failed", "data=%s index=%s code=%s msg=\"%s\"",
+               vc.data_dir ? vc.data_dir : "-", vc.index ? vc.index : "-", ps_errname(err.code),
+               err.msg);
+        fprintf(stderr, "shard: %s\n", err.msg);
+        goto out;
+    }
+    shard_ctx ctx = {.versions = vs,
+                     .shard = vc.shard,
+                     .nshards = vc.nshards,
+                     .max_frame = (size_t)ps_cfg_uint(cfg, "max-frame"),
+                     .metrics = &metrics};
+    if (!(admin = shard_admin_start(&ctx, ps_cfg_str(cfg, "admin"), token, &err))) {
+        ps_log(PS_LOG_ERROR, "shard", "start_failed", "code=%s msg=\"%s\"", ps_errname(err.code),
+               err.msg);
+        goto out;
+    }
     shard_server_cfg scfg = {.listen = ps_cfg_str(cfg, "listen"),
                              .workers = (uint32_t)ps_cfg_uint(cfg, "workers"),
                              .max_inflight = (uint32_t)ps_cfg_uint(cfg, "max-inflight"),
                              .drain_ms = (uint32_t)ps_cfg_uint(cfg, "drain-ms"),
                              .hwm = (uint32_t)ps_cfg_uint(cfg, "hwm"),
-                             .ready_file = ready_file};
+                             .ready_file = ready_file,
+                             .admin = ps_admin_address(admin)};
     if (shard_serve(&ctx, &scfg, stop_fd, &err)) {
         ps_log(PS_LOG_ERROR, "shard", "start_failed", "code=%s msg=\"%s\"", ps_errname(err.code),
                err.msg);
@@ -117,7 +156,9 @@ int main(int argc, char **argv)
 out:
     if (ready_file) unlink(ready_file);
     if (pid_written) unlink(pid_file);
-    ps_store_close(st);
+    ps_admin_stop(admin); /* before the versions: its handlers use them */
+    shard_versions_free(vs);
+    free(token);
     ps_log(status ? PS_LOG_ERROR : PS_LOG_INFO, "shard", "exit", "status=%d", status);
     ps_cfg_free(cfg);
     return status;

@@ -29,8 +29,11 @@ static int handle(void *state, const void *req, size_t len, uint8_t **reply, siz
 static void on_ready(const char *endpoint, void *arg)
 {
     const shard_ctx *ctx = arg;
-    ps_log(PS_LOG_INFO, "shard", "ready", "endpoint=%s shard=%u stickers=%u", endpoint, ctx->shard,
-           ps_index_ndocs(ctx->ix));
+    uint64_t active = 0;
+    shard_version_info info[SHARD_MAX_HELD];
+    size_t n = shard_versions_list(ctx->versions, info, SHARD_MAX_HELD, &active);
+    ps_log(PS_LOG_INFO, "shard", "ready", "endpoint=%s shard=%u active=%llu versions=%zu", endpoint,
+           ctx->shard, (unsigned long long)active, n);
 }
 
 int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, ps_err *err)
@@ -46,7 +49,8 @@ int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, 
                          .max_frame = ctx->max_frame,
                          .max_inflight = cfg->max_inflight,
                          .drain_ms = cfg->drain_ms,
-                         .hwm = cfg->hwm};
+                         .hwm = cfg->hwm,
+                         .ready_extra = cfg->admin};
     if (!rc)
         rc = ps_zserve(&zc, cfg->workers, handle, handlers, cfg->ready_file, stop_fd, on_ready,
                        (void *)ctx, err);

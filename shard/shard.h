@@ -15,24 +15,119 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <pthread.h>
+#include <time.h>
+
+#include "ps/admin.h"
 #include "ps/search.h"
+#include "ps/snapshot.h"
 #include "ps/store.h"
+
+/* ---- versions.c: the snapshot versions held, the data directory, staging ------------------- */
+
+#define SHARD_MAX_HELD 2 /* versions loaded at once: the active one and one more */
+
+typedef struct shard_version shard_version;
+
+typedef struct shard_versions_cfg {
+    const char *data_dir;    /* --data: where snapshots are staged and installed (NULL: serve
+                                --index in place, no staging) */
+    const char *index;       /* --index: the build directory to start from (NULL: data only) */
+    uint32_t shard, nshards; /* this shard's configuration, checked against every manifest */
+    const char *fingerprint; /* --fingerprint: the build expected at start (NULL: any) */
+} shard_versions_cfg;
+
+/* An upload in progress (touched by the admin thread only). */
+typedef struct shard_staging {
+    int active;
+    ps_snapshot snap;
+    uint64_t *received; /* bytes received per file of snap */
+    uint64_t bytes;     /* in all */
+    time_t started;
+} shard_staging;
+
+typedef struct shard_versions {
+    pthread_mutex_t lock; /* held[], nheld, active */
+    shard_version *held[SHARD_MAX_HELD];
+    size_t nheld;
+    uint64_t active;
+    char *data_dir;
+    uint32_t shard, nshards;
+    char fingerprint[17];
+    shard_staging staging;
+} shard_versions_t;
+
+typedef struct shard_version_info {
+    uint64_t version;
+    char fingerprint[17];
+    uint64_t stickers;
+    int active;
+} shard_version_info;
+
+/* Open the data directory (discarding unfinished uploads, loading every installed version,
+ * the pointer's active) or, on a first start, import --index into it; without a data
+ * directory serve --index in place. Every manifest is checked against shard, shards and the
+ * expected fingerprint. Errors name the directory and the mismatch: PS_EINVAL (wrong slice,
+ * shard count or build), PS_ENOTFOUND, PS_ECORRUPT, PS_EIO, PS_ESTORE, PS_ENOMEM.
+ * Caller owns the result (shard_versions_free). */
+shard_versions_t *shard_versions_open(const shard_versions_cfg *cfg, ps_err *err);
+void shard_versions_free(shard_versions_t *vs);
+
+/* `s` against this shard's configuration; `what` names it in the error (PS_EINVAL). */
+int shard_check_manifest(const ps_snapshot *s, uint32_t shard, uint32_t nshards,
+                         const char *want_fp, const char *what, ps_err *err);
+
+/* The version `version` (0: the active one) with a reference the caller gives back with
+ * shard_versions_release; NULL when it is not held. Any thread. */
+shard_version *shard_versions_acquire(shard_versions_t *vs, uint64_t version);
+void shard_versions_release(shard_versions_t *vs, shard_version *v);
+/* Versions held into out[0..cap) (returns how many) and the active one. Any thread. */
+size_t shard_versions_list(shard_versions_t *vs, shard_version_info *out, size_t cap,
+                           uint64_t *active);
+
+/* A searcher over v's index, borrowed until shard_version_return (v must be acquired). */
+ps_searcher_t *shard_version_searcher(shard_version *v, ps_err *err);
+void shard_version_return(shard_version *v, ps_searcher_t *s);
+uint64_t shard_version_number(const shard_version *v);
+const ps_index_t *shard_version_index(const shard_version *v);
+ps_store_t *shard_version_store(const shard_version *v);
+
+/* Admin operations, from the admin thread only (see the README's push section). stage_begin
+ * starts an upload of `version` described by the manifest JSON (replacing an unfinished one);
+ * stage_write appends a chunk at `offset` (which must equal the bytes received so far);
+ * prepare checks sizes and crc32s, fsyncs, installs and loads (idempotent once loaded; on
+ * failure the upload is discarded); activate writes the pointer; retire frees a version no
+ * longer active once no request uses it. */
+int shard_stage_begin(shard_versions_t *vs, uint64_t version, const char *manifest, size_t len,
+                      ps_err *err);
+int shard_stage_write(shard_versions_t *vs, uint64_t version, const char *name, uint64_t offset,
+                      const void *data, size_t len, uint64_t *received, ps_err *err);
+void shard_staging_discard(shard_versions_t *vs);
+int shard_prepare(shard_versions_t *vs, uint64_t version, uint64_t *stickers, ps_err *err);
+int shard_activate(shard_versions_t *vs, uint64_t version, uint64_t *previous, ps_err *err);
+int shard_retire(shard_versions_t *vs, uint64_t version, ps_err *err);
 
 /* ---- handler.c: one request frame in, one reply frame out (no ZeroMQ here) --------------- */
 
-/* What every worker shares (read-only while serving). */
+/* Counters for /metrics, updated with atomics by every worker. */
+typedef struct shard_metrics {
+    _Atomic uint64_t searches, search_errors, stale_version, postings_visited, stickers;
+    ps_hist latency; /* search handling, seconds */
+} shard_metrics;
+
+/* What every worker shares. */
 typedef struct shard_ctx {
-    ps_store_t *store;    /* borrowed */
-    const ps_index_t *ix; /* ps_store_index(store) */
-    uint32_t shard;       /* this shard's number, echoed in replies */
-    uint32_t nshards;     /* shards in the cluster (health replies) */
-    size_t max_frame;     /* request frame cap (bytes) */
+    shard_versions_t *versions; /* borrowed */
+    uint32_t shard;             /* this shard's number, echoed in replies */
+    uint32_t nshards;           /* shards in the cluster (health replies) */
+    size_t max_frame;           /* request frame cap (bytes) */
+    shard_metrics *metrics;     /* borrowed */
 } shard_ctx;
 
 typedef struct shard_handler shard_handler_t;
 
-/* Per-worker state: a searcher and scratch buffers reused across requests. Caller owns the
- * result (shard_handler_free); NULL on failure with err set. */
+/* Per-worker state: scratch buffers reused across requests (searchers come from the version).
+ * Caller owns the result (shard_handler_free); NULL on failure with err set. */
 shard_handler_t *shard_handler_new(const shard_ctx *ctx, ps_err *err);
 void shard_handler_free(shard_handler_t *h);
 
@@ -51,6 +146,7 @@ typedef struct shard_server_cfg {
     uint32_t drain_ms;      /* linger for replies still queued when stopping */
     uint32_t hwm;           /* ZMQ_SNDHWM / ZMQ_RCVHWM of the front socket */
     const char *ready_file; /* written once bound (NULL: none) */
+    const char *admin;      /* the admin port's address: the ready file's second line */
 } shard_server_cfg;
 
 /* Bind, start the workers, write the ready file and serve until a byte arrives on stop_fd
@@ -58,5 +154,13 @@ typedef struct shard_server_cfg {
  * join the workers and close every socket. Returns 0 on a clean stop, a PS_E* code (err says
  * why) when the server could not start. */
 int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, ps_err *err);
+
+/* ---- admin.c: the shard's admin HTTP port ------------------------------------------------- */
+
+/* Start the admin port (ps/admin.h) with the shard's routes: /healthz, /metrics, and
+ * /admin/stage, /admin/stage/V/FILE, /admin/prepare, /admin/abort, /admin/activate,
+ * /admin/retire. ctx must outlive it. */
+ps_admin_t *shard_admin_start(const shard_ctx *ctx, const char *listen, const char *token,
+                              ps_err *err);
 
 #endif

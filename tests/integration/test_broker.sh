@@ -108,7 +108,8 @@ while IFS= read -r q; do
     st=$(get /v1/search -G --data-urlencode "q=$q" --data-urlencode k=10 "${uargs[@]}")
     [ "$st" = 200 ] || fail "search '$q' user '$who': status $st: $(head -c 300 "$T/body")"
     jq -e '.partial == false and .timed_out == false and .shards.total == 3 and
-           .shards.successful == 3 and .shards.failed == 0 and .version == 0' "$T/body" \
+           .shards.successful == 3 and .shards.failed == 0 and .version == $v' \
+           --argjson v "$(jq .version "$T/cluster/cluster.json")" "$T/body" \
       >/dev/null || fail "search '$q': not a complete answer: $(head -c 300 "$T/body")"
     [ "$(jq -r .personalized "$T/body")" = true ] && personalized=$((personalized + 1))
     got=$(jq -c '[.hits[] | [.id, .score, .recall, .relevance, .utility, .preference, .centroid]]' "$T/body")

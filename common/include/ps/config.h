@@ -75,7 +75,8 @@ int ps_cfg_parse(ps_cfg_t *c, int argc, char **argv, char **env, ps_err *err);
 void ps_cfg_help(const ps_cfg_t *c, FILE *f);
 
 /* Log the effective configuration as one logfmt line (event=config), every setting with its
- * value, plus config_file when one was read. */
+ * value, plus config_file when one was read. A setting whose name ends in "token" is a secret:
+ * it is logged as "<set>". */
 void ps_cfg_log(const ps_cfg_t *c, const char *comp);
 
 /* Values by name. The name must be in the table with that type (a programming error

@@ -53,13 +53,15 @@ int ps_zmsg_send_multi(void *sock, zmq_msg_t *parts, int n, int flags);
 int ps_zmsg_set_payload(zmq_msg_t *parts, int n, const void *buf, size_t len);
 
 typedef struct ps_zserver_cfg {
-    const char *component; /* log component ("shard", "broker") */
-    const char *listen;    /* ZeroMQ endpoint of the ROUTER front */
-    const char *backend;   /* inproc endpoint the workers connect to */
-    size_t max_frame;      /* request frame cap (ZMQ_MAXMSGSIZE of the front) */
-    uint32_t max_inflight; /* requests handed to workers and not yet answered */
-    uint32_t drain_ms;     /* linger for replies still queued when closing */
-    uint32_t hwm;          /* ZMQ_SNDHWM / ZMQ_RCVHWM of the front socket */
+    const char *component;   /* log component ("shard", "broker") */
+    const char *listen;      /* ZeroMQ endpoint of the ROUTER front */
+    const char *backend;     /* inproc endpoint the workers connect to */
+    size_t max_frame;        /* request frame cap (ZMQ_MAXMSGSIZE of the front) */
+    uint32_t max_inflight;   /* requests handed to workers and not yet answered */
+    uint32_t drain_ms;       /* linger for replies still queued when closing */
+    uint32_t hwm;            /* ZMQ_SNDHWM / ZMQ_RCVHWM of the front socket */
+    const char *ready_extra; /* ps_zserve: lines written after the endpoint in the ready file
+                                (e.g. the admin address; NULL: none) */
 } ps_zserver_cfg;
 
 typedef struct ps_zserver ps_zserver_t;
