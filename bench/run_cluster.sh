@@ -99,14 +99,14 @@ for ((i = 0; i < NSHARDS; i++)); do
 done
 for ((i = 0; i < NSHARDS; i++)); do
   wait_ready "s$i" "$RUN/s$i.ready"
-  TOPO+="${TOPO:+,}$(cat "$RUN/s$i.ready")"
+  TOPO+="${TOPO:+,}$(sed -n 1p "$RUN/s$i.ready")"
 done
 # shellcheck disable=SC2086 # BROKER_FLAGS is a list of flags
 "$BR" --shards "$TOPO" --profiles "$CL/profiles" --http 127.0.0.1:0 \
   --ready-file "$RUN/broker.ready" ${BROKER_FLAGS:-} 2>>"$RUN/broker.log" &
 PID[broker]=$!
 wait_ready broker "$RUN/broker.ready"
-URL="http://$(cat "$RUN/broker.ready")"
+URL="http://$(sed -n 1p "$RUN/broker.ready")"
 echo "run_cluster: broker at $URL, shards $TOPO" >&2
 
 "$BC" --url "$URL" --connections "$CONNECTIONS" --requests "$REQUESTS" --queries "$QUERIES" \

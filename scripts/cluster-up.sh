@@ -26,6 +26,12 @@
 #                   shard0a shard0b shard1a shard1b profile0 profile1 broker
 #   profiles/       the profile service's RocksDB databases (primary, replica): clicks
 #                   recorded in a run are kept for the next
+#   shards/NAME/    each shard replica's data directory: the snapshot versions it holds and
+#                   its ACTIVE pointer (seeded from cluster/ on the first start; a version
+#                   pushed later survives a restart)
+#   admin.token     the admin token of every daemon (made on the first start, mode 0600)
+#   topology.json   the admin addresses of every replica and the broker, for `builder push`
+#                   (rewritten on every start: admin ports are picked at run time)
 #   .stickers       the corpus size data/ was generated with
 # Exit status: 0 when the cluster is up and answered; 1 on any failure (the processes this
 # run started are stopped again); 3 when a port is already in use or a cluster already runs.
@@ -145,7 +151,7 @@ if [ "$(cat "$DIR/.stickers" 2>/dev/null)" != "$N" ] || [ ! -s "$DIR/data/clicks
   echo "$N" >"$DIR/.stickers"
 fi
 if [ "$(cat "$DIR/cluster/.stickers" 2>/dev/null)" != "$N" ] || [ ! -e "$DIR/cluster/cluster.json" ]; then
-  rm -rf "$DIR/cluster" "$DIR/cluster.tmp"
+  rm -rf "$DIR/cluster" "$DIR/cluster.tmp" "$DIR/shards"
   echo "cluster-up: building 2 shards into $DIR/cluster"
   "$B" build --corpus "$DIR/data/corpus.jsonl" --embeddings "$DIR/data/embeddings.npy" \
     --clicks "$DIR/data/clicks.tsv" --out "$DIR/cluster.tmp" --shards 2
@@ -214,10 +220,18 @@ wait_ready() {
   done
 }
 
+# One admin token for every daemon, made once and never printed.
+if [ ! -s "$DIR/admin.token" ]; then
+  (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$DIR/admin.token.tmp" \
+    && mv "$DIR/admin.token.tmp" "$DIR/admin.token")
+fi
+ADMIN=(--admin 127.0.0.1:0 --admin-token-file "$DIR/admin.token")
+
 TOPO=""
+mkdir -p "$DIR/shards"
 for n in shard0a shard0b shard1a shard1b; do
-  launch "$n" "$S" --index "$DIR/cluster/${INDEX[$n]}" --listen "tcp://127.0.0.1:${PORT[$n]}" \
-    --shard "${SHARDNO[$n]}" --shards 2
+  launch "$n" "$S" --data "$DIR/shards/$n" --index "$DIR/cluster/${INDEX[$n]}" \
+    --listen "tcp://127.0.0.1:${PORT[$n]}" --shard "${SHARDNO[$n]}" --shards 2 "${ADMIN[@]}"
 done
 TOPO="tcp://127.0.0.1:${PORT[shard0a]}|tcp://127.0.0.1:${PORT[shard0b]}"
 TOPO+=",tcp://127.0.0.1:${PORT[shard1a]}|tcp://127.0.0.1:${PORT[shard1b]}"
@@ -229,8 +243,9 @@ mkdir -p "$DIR/profiles"
 if [ "$(cat "$DIR/profiles/.stickers" 2>/dev/null)" != "$N" ]; then
   rm -rf "$DIR/profiles/primary" "$DIR/profiles/replica"
 fi
-launch profile0 "$PD" --db "$DIR/profiles/primary" --listen "$PEP"
-launch profile1 "$PD" --db "$DIR/profiles/replica" --listen "$REP" --role replica --primary "$PEP"
+launch profile0 "$PD" --db "$DIR/profiles/primary" --listen "$PEP" "${ADMIN[@]}"
+launch profile1 "$PD" --db "$DIR/profiles/replica" --listen "$REP" --role replica --primary "$PEP" \
+  "${ADMIN[@]}"
 echo "cluster-up: starting the profile service (primary $PEP, replica $REP)"
 wait_ready profile0 profile1
 if [ "$(cat "$DIR/profiles/.stickers" 2>/dev/null)" != "$N" ]; then
@@ -242,9 +257,17 @@ fi
 wait_ready shard0a shard0b shard1a shard1b
 ZEP="tcp://127.0.0.1:$ZMQ_PORT"
 launch broker "$BR" --shards "$TOPO" --profile-replicas "$REP|$PEP" --profile-primary "$PEP" \
-  --http "127.0.0.1:$HTTP_PORT" --zmq "$ZEP"
+  --http "127.0.0.1:$HTTP_PORT" --zmq "$ZEP" "${ADMIN[@]}"
 wait_ready broker
 URL="http://$(sed -n 1p "$RUN/broker.ready")"
+# The admin addresses, for `builder push` and `builder activate`.
+adm() { printf '"http://%s"' "$(sed -n "$2p" "$RUN/$1.ready")"; }
+cat >"$DIR/topology.json.tmp" <<TOPOLOGY
+{"shards": [[$(adm shard0a 2), $(adm shard0b 2)], [$(adm shard1a 2), $(adm shard1b 2)]],
+ "brokers": [$(adm broker 3)],
+ "profile_primary": $(adm profile0 2)}
+TOPOLOGY
+mv "$DIR/topology.json.tmp" "$DIR/topology.json"
 up=1
 echo "cluster-up: broker ready at $URL and $ZEP (shards $TOPO)"
 
@@ -290,10 +313,13 @@ ready files in $RUN. Try:
   curl '$URL/v1/search?q=thumbs%20up&user=u03&k=10&explain=1'
   curl '$URL/v1/stickers/$id'
   curl '$URL/metrics'          # also /healthz and /readyz
+  curl $(sed -n 3p "$RUN/broker.ready")/healthz    # the broker's admin port: the version served
   curl -X POST $URL/v1/click -d '{"user": "u01", "sticker_id": "$id", "query": "$QUERY"}'
   $BIN/client/persrv search --broker $ZEP --user u01 '$QUERY'
   $BIN/client/persrv sticker --broker $ZEP $id
   $BIN/client/persrv health --broker $ZEP
+Push a new build into it (README, "Pushing a new build"): admin addresses are in
+$DIR/topology.json, the token in $DIR/admin.token.
 Stop it with:
   $stop
 MSG
