@@ -173,8 +173,6 @@ int main(int argc, char **argv)
                err.msg);
         goto out;
     }
-    ps_log(PS_LOG_INFO, "profile", "admin_listening", "address=%s token=%s",
-           profsvc_admin_address(admin), token ? "set" : "none");
     if (replica) {
         profsvc_replica_cfg rcfg = {.primary = primary,
                                     .poll_ms = (uint32_t)ps_cfg_uint(cfg, "poll-ms"),

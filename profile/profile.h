@@ -242,8 +242,7 @@ typedef struct profsvc_server_cfg {
 
 /* Bind, start the workers, write the ready file and serve until a byte arrives on stop_fd.
  * Then wait for the in-flight requests, join the workers and close every socket. Returns 0
- * on a clean stop, a PS_E* code (err says why) when the server could not start or its ready
- * file could not be written (the server then stops at once). */
+ * on a clean stop, a PS_E* code (err says why) when the server could not start. */
 int profsvc_serve(profsvc_ctx *ctx, const profsvc_server_cfg *cfg, int stop_fd, ps_err *err);
 
 /* ---- replica.c: the tail thread ------------------------------------------------------------ */

@@ -8,7 +8,6 @@
  * ETERM and they exit.
  */
 #include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,31 +27,16 @@ static int handle(void *state, const void *req, size_t len, uint8_t **reply, siz
 }
 
 typedef struct ready_arg {
-    const profsvc_ctx *ctx;
+    profsvc_ctx *ctx;
     const profsvc_server_cfg *cfg;
-    int failed; /* errno of a ready file that could not be written */
 } ready_arg;
 
-/* The ready file names the endpoint (line 1) and the admin address (line 2). ps_zserve writes
- * one line only, so it is written here; a failure stops the server (SIGTERM to ourselves: the
- * self-pipe the loop watches) and profsvc_serve reports it. */
 static void on_ready(const char *endpoint, void *arg)
 {
-    ready_arg *ra = arg;
-    const profsvc_ctx *ctx = ra->ctx;
-    if (ra->cfg->ready_file) {
-        char text[1024];
-        snprintf(text, sizeof text, "%s%s%s", endpoint, ra->cfg->admin ? "\n" : "",
-                 ra->cfg->admin ? ra->cfg->admin : "");
-        if (ps_write_file_atomic(ra->cfg->ready_file, text)) {
-            ra->failed = errno ? errno : EIO;
-            raise(SIGTERM);
-            return;
-        }
-    }
+    const ready_arg *ra = arg;
     ps_log(PS_LOG_INFO, "profile", "ready", "endpoint=%s admin=%s role=%s seq=%llu", endpoint,
-           ra->cfg->admin ? ra->cfg->admin : "none", ctx->replica ? "replica" : "primary",
-           (unsigned long long)profsvc_store_seq(ctx->store));
+           ra->cfg->admin ? ra->cfg->admin : "none", ra->ctx->replica ? "replica" : "primary",
+           (unsigned long long)profsvc_store_seq(ra->ctx->store));
 }
 
 int profsvc_serve(profsvc_ctx *ctx, const profsvc_server_cfg *cfg, int stop_fd, ps_err *err)
@@ -66,11 +50,11 @@ int profsvc_serve(profsvc_ctx *ctx, const profsvc_server_cfg *cfg, int stop_fd, 
                          .max_frame = ctx->max_frame,
                          .max_inflight = cfg->max_inflight,
                          .drain_ms = cfg->drain_ms,
-                         .hwm = cfg->hwm};
-    ready_arg ra = {ctx, cfg, 0};
-    int rc = ps_zserve(&zc, cfg->workers, handle, states, NULL, stop_fd, on_ready, &ra, err);
+                         .hwm = cfg->hwm,
+                         .ready_extra = cfg->admin}; /* the ready file's line 2 */
+    ready_arg ra = {ctx, cfg};
+    int rc =
+        ps_zserve(&zc, cfg->workers, handle, states, cfg->ready_file, stop_fd, on_ready, &ra, err);
     free(states);
-    if (!rc && ra.failed)
-        rc = ps_err_set(err, PS_EIO, "ready-file %s: %s", cfg->ready_file, strerror(ra.failed));
     return rc;
 }

@@ -721,7 +721,7 @@ static int merge_history(const entries *held, const uint64_t *ids, const float *
         goto out;
     }
     if ((rc = mark_newest(ids, n, newest, err))) goto out;
-    memcpy(sorted, held->ids, held->n * sizeof *sorted);
+    if (held->n) memcpy(sorted, held->ids, held->n * sizeof *sorted);
     qsort(sorted, held->n, sizeof *sorted, cmp_u64);
     size_t distinct = 0;
     for (size_t i = 0; i < n; i++) distinct += newest[i];

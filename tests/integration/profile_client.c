@@ -136,6 +136,9 @@ static Persrv__Envelope *rpc_how(void *s, Persrv__Envelope *e, Persrv__Envelope_
             (unsigned long long)id);
     if (r->body_case == PERSRV__ENVELOPE__BODY_ERROR) {
         printf("error %s: %s\n", r->error->code, r->error->message);
+        ps_wire_free(r);
+        zmq_close(s);
+        zmq_ctx_term(zctx);
         exit(3);
     }
     if (r->body_case != want) die("reply body %d, expected %d", r->body_case, want);
