@@ -103,6 +103,12 @@ start_cluster() {
     --admin-token-file "$TOKEN_FILE"
   BADM=$(sed -n 3p "$T/broker.ready")
   [ -n "$BADM" ] || fail "the broker's ready file does not name its admin address"
+  # The broker adopts the version every shard answers from.
+  broker_on_1() {
+    curl -s -o /dev/null -G --data-urlencode "q=$(head -n 1 "$T/queries")" "$URL/v1/search"
+    healthz "$BADM" | jq -e '.version == 1' >/dev/null
+  }
+  wait_until 120 "the broker to adopt version 1" broker_on_1
   jq -n --arg a "${ADM[s0a]}" --arg b "${ADM[s0b]}" --arg c "${ADM[s1a]}" --arg d "${ADM[s1b]}" \
     --arg br "$BADM" '{shards: [["http://\($a)", "http://\($b)"], ["http://\($c)", "http://\($d)"]],
     brokers: ["http://\($br)"]}' >"$T/topo.json"

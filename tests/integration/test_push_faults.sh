@@ -9,8 +9,8 @@
 # request so a replica is killed at an exact step, never by racing the push:
 #   1. a push with a wrong token: exits non-zero naming the refusal (403); every /healthz as
 #      before;
-#   2. a corrupt upload (a byte of a shard-001 file flipped after the build wrote its manifest)
-#      and 3. a truncated one (a shard-000 file cut short): the push exits non-zero naming the
+#   2. a corrupt upload (a byte of shard-001's largest file flipped after the build wrote its
+#      manifest) and 3. a truncated one (shard-000's embeddings.f32 cut short): the push exits non-zero naming the
 #      file; version 2 is held nowhere; the same two uploads made by hand (curl) to one replica:
 #      prepare answers 500 corrupt naming the file and the staging is gone;
 #   4. kill -9 of replica s0b while staging (its 2nd file chunk held): the push fails naming
@@ -144,7 +144,7 @@ off=$(($(stat -c %s "$cf") / 2))
 orig=$(od -An -tu1 -j $off -N1 "$cf" | tr -d ' ')
 printf "$(printf '\\%03o' $(((orig + 1) % 256)))" | dd of="$cf" bs=1 seek=$off conv=notrunc status=none
 cmp -s "$cf" "$T/v2/shard-001/$CF" && fail "the byte flip did not change $cf"
-TF=$(biggest "$T/v2trunc/shard-000")
+TF=embeddings.f32
 truncate -s -100 "$T/v2trunc/shard-000/$TF"
 push_fails corrupt --build "$T/v2corrupt" --topology "$T/topo.json" --token-file "$TOKEN_FILE"
 grep -q "$CF" "$T/corrupt.log" || fail "the corrupt push does not name $CF"
@@ -293,17 +293,23 @@ refuses() {
   grep -Eqi "$pat" "$T/$name.log" || fail "$name: the log does not name the mismatch ($pat): $(tail -n 3 "$T/$name.log")"
   echo "  $name: exit $rc: $(grep -Ei "$pat" "$T/$name.log" | head -n 1)"
 }
-refuses wrong_slice 'shard' --data "$T/d_wrong_slice" --index "$T/v1/shard-000" --shard 1 --shards 2
-refuses wrong_count 'shards' --data "$T/d_wrong_count" --index "$T/v1/shard-000" --shard 0 --shards 3
-# A data dir that holds build 1 (s1b's, stopped) and a foreign build of the same version number.
+refuses wrong_slice 'wrong slice' --data "$T/d_wrong_slice" --index "$T/v1/shard-000" --shard 1 --shards 2
+refuses wrong_count 'shards = 3' --data "$T/d_wrong_count" --index "$T/v1/shard-000" --shard 0 --shards 3
+# A foreign build: a build of the same version number from another corpus, where the shard is
+# configured for build 1's fingerprint (--fingerprint, from cluster.json).
 $B build --corpus "$T/data/corpus2.jsonl" --embeddings "$T/data/embeddings.npy" \
   --clicks "$T/data/clicks.tsv" --version 1 --shards 2 --out "$T/foreign" >"$T/build.out" 2>&1 \
   || fail "foreign build: $(cat "$T/build.out")"
+FP1=$(jq -r .fingerprint "$T/v1/cluster.json")
+[ "$(jq -r .fingerprint "$T/foreign/cluster.json")" != "$FP1" ] || fail "the foreign build has build 1's fingerprint"
+refuses foreign 'foreign build' --data "$T/d_foreign" --index "$T/foreign/shard-001" --shard 1 \
+  --shards 2 --fingerprint "$FP1"
+refuses foreign_inplace 'foreign build' --index "$T/foreign/shard-001" --shard 1 --shards 2 \
+  --fingerprint "$FP1"
+# A replica's own data dir started as the other shard.
 stop s1b
-cp -r "$T/d_s1b" "$T/d_foreign_keep"
-refuses foreign 'fingerprint' --data "$T/d_foreign_keep" --index "$T/foreign/shard-001" --shard 1 --shards 2
-rm -rf "$T/d_foreign_keep"
-echo "8. the wrong slice, the wrong shard count and a foreign build are refused"
+refuses restart_as_shard0 'wrong slice' --data "$T/d_s1b" --shard 0 --shards 2
+echo "8. the wrong slice (fresh and on restart), the wrong shard count and a foreign build are refused"
 
 stop broker
 for r in s0a s0b s1a; do stop "$r"; done
