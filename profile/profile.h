@@ -9,6 +9,8 @@
  *                                                           │ read lock around every DB access
  *   replica only: tail thread (own DEALER) ──wal / checkpoint──▶ primary   → profsvc_store_apply
  *                                                                          → profsvc_store_swap
+ *   operators / builder ──HTTP──▶ admin thread (admin.c, ps/admin.h): health, metrics,
+ *                                 load-profiles and checkpoint (bearer token)
  */
 #ifndef PROFSVC_H
 #define PROFSVC_H

@@ -16,8 +16,9 @@
  * contiguous range ordered by seq, oldest first.
  *
  * Every write of one user happens in one WriteBatch under that user's stripe of USER_LOCKS
- * mutexes (read N, write L, H and N + 1, recompute P), so clicks of one user never interleave
- * and a replica applying the same batches holds the same bytes.
+ * mutexes (a click: read N, write L, H and N + 1, recompute P; a load: read N and H, merge,
+ * see "Loads merge" below), so writes of one user never interleave and a replica applying the
+ * same batches holds the same bytes.
  *
  * Locking: the read side of `lock` is held around every use of `db`; only a replica's
  * bootstrap (profsvc_store_swap) takes the write side to replace the database. Lock order:
@@ -588,9 +589,10 @@ out:
  * they are recomputed over merged exactly as a click recomputes them (its distinct stickers,
  * newest first, ps_profile_build seeded by the user).
  *
- * Hence loading the same thing again writes the same P and N and no H (the checksum does not
- * move), and a load after clicks whose stickers are all held changes nothing: the last click
- * computed its centroids over the same history.
+ * Hence loading the same thing again rewrites the same P and nothing else (the checksum does
+ * not move), and a load after clicks whose stickers are all held changes nothing: the last
+ * click computed its centroids over the same history. One synced write batch per load, like a
+ * click, so replicas apply the same bytes.
  */
 
 /* An entry list: sticker ids and their embeddings, oldest first. */
