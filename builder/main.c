@@ -16,6 +16,8 @@ static const struct {
     {"eval", builder_cmd_eval, "evaluate the paper's baselines on a seeded 80/20 split"},
     {"push-profiles", builder_cmd_push_profiles,
      "load the offline profiles and click histories into the profile service's primary"},
+    {"push", builder_cmd_push, "push a build into the running cluster and switch to it"},
+    {"activate", builder_cmd_activate, "switch the cluster to a version every replica holds"},
 };
 
 static void usage(FILE *f)
