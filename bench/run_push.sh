@@ -12,7 +12,8 @@
 #         (default DATA)
 # environment: CONNECTIONS (search load during the push, default 4), QUERIES (default 1000),
 #   REQUESTS (per run of the "before" load, default 2000), REPEAT (default 3), SEED (default 1),
-#   PARALLEL (builder push --parallel, default 4)
+#   PARALLEL (builder push --parallel, default 4), BROKER_FLAGS (extra broker flags, e.g.
+#   "--deadline-ms 1000"), KEEP=1 (keep WORK/run_push.* with the daemons' logs)
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: run_push.sh DATA BIN [WORK]" >&2; exit 2; }
 DATA=$(cd "$1" && pwd)
@@ -41,7 +42,7 @@ RUN=$(mktemp -d "$WORK/run_push.XXXXXX")
 cleanup() {
   for n in "${!PID[@]}"; do kill -TERM "${PID[$n]}" 2>/dev/null || true; done
   for n in "${!PID[@]}"; do wait "${PID[$n]}" 2>/dev/null || true; done
-  rm -rf "$RUN"
+  if [ "${KEEP:-0}" = 1 ]; then echo "run_push: kept $RUN" >&2; else rm -rf "$RUN"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -95,8 +96,10 @@ for ((i = 0; i < NSHARDS; i++)); do
   shards_json+="$([ $i -gt 0 ] && echo ,)[\"http://$(sed -n 2p "$RUN/s${i}a.ready")\", \"http://$(sed -n 2p "$RUN/s${i}b.ready")\"]"
 done
 shards_json+="]"
+# shellcheck disable=SC2086 # BROKER_FLAGS is a list of flags
 "$BR" --shards "$TOPO" --profiles "$V1/profiles" --http 127.0.0.1:0 --admin 127.0.0.1:0 \
-  --admin-token-file "$RUN/token" --ready-file "$RUN/broker.ready" 2>>"$RUN/broker.log" &
+  --admin-token-file "$RUN/token" --ready-file "$RUN/broker.ready" ${BROKER_FLAGS:-} \
+  2>>"$RUN/broker.log" &
 PID[broker]=$!
 wait_ready broker "$RUN/broker.ready"
 URL="http://$(sed -n 1p "$RUN/broker.ready")"
@@ -116,6 +119,8 @@ jq -c '{bench: "push_search_before"} + .' "$RUN/before.json"
 rss_before=$(rss_kb "${PID[s0a]}" VmRSS)
 
 # ---- during: load runs back to back until the push is over ----------------------------------
+# The pusher runs at nice 10, as it would beside a serving cluster (in production it runs on
+# another machine; here it shares the two cores with the shards).
 : >"$RUN/during.jsonl"
 (
   while [ ! -e "$RUN/push.done" ]; do
@@ -125,7 +130,7 @@ rss_before=$(rss_kb "${PID[s0a]}" VmRSS)
 ) &
 loader=$!
 t0=$(date +%s.%N)
-PERSRV_ADMIN_TOKEN=$(cat "$RUN/token") "$B" push --build "$V2" --topology "$RUN/topology.json" \
+PERSRV_ADMIN_TOKEN=$(cat "$RUN/token") nice -n 10 "$B" push --build "$V2" --topology "$RUN/topology.json" \
   --parallel "$PARALLEL" --json >"$RUN/push.json" 2>>"$RUN/push.log" || {
   touch "$RUN/push.done"
   fail "builder push"

@@ -97,14 +97,7 @@ static const ps_cfg_opt broker_opts[] = {
      1, 3600},
     {"drain-ms", PS_CFG_UINT, "200", "on shutdown, time replies still being written get (ms)", 0, 0,
      60000},
-    {"admin", PS_CFG_STRING, "127.0.0.1:0",
-     "admin HTTP address (health, metrics, version switch); port 0 picks one (the ready file's "
-     "third line)",
-     0, 0, 0},
-    {"admin-token", PS_CFG_STRING, NULL, "bearer token for the admin operations (none: refused)", 0,
-     0, 0},
-    {"admin-token-file", PS_CFG_STRING, NULL, "read the admin token from this file's first line", 0,
-     0, 0},
+    PS_ADMIN_CFG_OPTS("/admin/switch"),
     {"version", PS_CFG_UINT, "0",
      "snapshot version to serve at start (0: the shards' active version, adopted from the first "
      "answer every shard gives from one version)",

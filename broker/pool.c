@@ -38,7 +38,7 @@
 typedef struct replica {
     char endpoint[BROKER_MAX_ENDPOINT];
     void *sock;        /* NULL when it could not be (re)opened: every attempt on it fails */
-    atomic_int *up;    /* answered its last probe or call (in the map shared by the lanes) */
+    atomic_int *up;    /* REP_UP, REP_SLOW or REP_DOWN (in the map shared by the lanes) */
     int probe_pending; /* a HealthRequest with probe_id awaits its answer */
     uint64_t probe_id;
     char last_err[160]; /* why it went down ("" when unknown) */
@@ -66,7 +66,15 @@ struct broker_pool {
     int probed; /* a probe round ran: later rounds do not wait */
 };
 
-#define UP(r) atomic_load_explicit((r)->up, memory_order_relaxed)
+/* A replica's state. DOWN: its last health probe went unanswered, or it cannot be sent to, or
+ * it is not ready: calls skip it. SLOW: it missed a call's deadline but answered its last
+ * probe: calls go to replicas that are UP first, and to a SLOW one only when no replica of the
+ * shard is UP — a replica slowed down by a load (a push staging the next version, a burst)
+ * still serves rather than take its whole shard out until the next probe. */
+enum { REP_DOWN = 0, REP_UP = 1, REP_SLOW = 2 };
+#define STATE(r) atomic_load_explicit((r)->up, memory_order_relaxed)
+#define UP(r)    (STATE(r) == REP_UP)
+#define ALIVE(r) (STATE(r) != REP_DOWN)
 
 broker_upmap_t *broker_upmap_new(const broker_pool_t *p)
 {
@@ -239,27 +247,33 @@ int broker_pool_shard_up(const broker_pool_t *p, uint32_t shard)
 {
     if (shard >= p->nshards) return 0;
     for (uint32_t i = 0; i < p->shards[shard].nrep; i++)
-        if (UP(&p->shards[shard].rep[i])) return 1;
+        if (ALIVE(&p->shards[shard].rep[i])) return 1;
     return 0;
 }
 
-/* The replica a failover call starts on: the next one that is up in round-robin order, or -1
- * when none is. */
+/* The replica a failover call starts on: the next one that is up in round-robin order, else
+ * the next slow one, or -1 when every replica is down. */
 static int pick_replica(shard_slot *sl)
 {
     uint32_t start = sl->rr++ % sl->nrep;
-    for (uint32_t i = 0; i < sl->nrep; i++)
-        if (UP(&sl->rep[(start + i) % sl->nrep]) && sl->rep[(start + i) % sl->nrep].sock)
-            return (int)((start + i) % sl->nrep);
+    for (int want = REP_UP; want != REP_DOWN; want = want == REP_UP ? REP_SLOW : REP_DOWN)
+        for (uint32_t i = 0; i < sl->nrep; i++) {
+            const replica *r = &sl->rep[(start + i) % sl->nrep];
+            if (STATE(r) == want && r->sock) return (int)((start + i) % sl->nrep);
+        }
     return -1;
 }
 
-/* The replica after `cur` (cur itself last) that is up, or -1 when none is. */
+/* The replica after `cur` that is up (cur itself last), else another slow one, or -1. */
 static int next_up(const shard_slot *sl, int cur)
 {
     for (uint32_t k = 1; k <= sl->nrep; k++) {
         int i = (int)((cur + k) % sl->nrep);
         if (UP(&sl->rep[i]) && sl->rep[i].sock) return i;
+    }
+    for (uint32_t k = 1; k < sl->nrep; k++) {
+        int i = (int)((cur + k) % sl->nrep);
+        if (STATE(&sl->rep[i]) == REP_SLOW && sl->rep[i].sock) return i;
     }
     return -1;
 }
@@ -333,9 +347,10 @@ static void next_attempt(broker_pool_t *p, broker_call *c, double now)
 /* Log a change of r's state (was -> now). */
 static void log_change(uint32_t s, int i, const replica *r, int was)
 {
-    int up = UP(r);
-    if (was != up)
-        ps_log(up ? PS_LOG_INFO : PS_LOG_WARN, "broker", up ? "replica_up" : "replica_down",
+    int now = STATE(r), up = now == REP_UP;
+    static const char *const event[] = {"replica_down", "replica_up", "replica_slow"};
+    if (was != now)
+        ps_log(up ? PS_LOG_INFO : PS_LOG_WARN, "broker", event[now],
                "shard=%u replica=%d endpoint=%s%s%s%s", s, i, r->endpoint,
                !up && r->last_err[0] ? " reason=\"" : "", up ? "" : r->last_err,
                !up && r->last_err[0] ? "\"" : "");
@@ -345,7 +360,7 @@ static void log_change(uint32_t s, int i, const replica *r, int was)
 static void probe_answer(broker_pool_t *p, uint32_t s, int i, Persrv__Envelope *env)
 {
     replica *r = &p->shards[s].rep[i];
-    int was = UP(r);
+    int was = STATE(r);
     r->probe_pending = 0;
     atomic_store_explicit(r->up, 0, memory_order_relaxed);
     if (env->body_case != PERSRV__ENVELOPE__BODY_HEALTH_REPLY) {
@@ -510,8 +525,9 @@ int broker_pool_run(broker_pool_t *p, broker_call *calls, size_t n, ps_err *err)
             broker_call *c = &calls[which[k]];
             if (!c->pending || c->deadline > now) continue;
             replica *r = &p->shards[c->shard].rep[c->cur];
-            int was = UP(r);
-            atomic_store_explicit(r->up, 0, memory_order_relaxed);
+            int was = STATE(r);
+            /* slow, not dead: the probes tell dead (DOWN) from late (SLOW) */
+            if (was != REP_DOWN) atomic_store_explicit(r->up, REP_SLOW, memory_order_relaxed);
             replica_open(p, r); /* Lazy Pirate: a late reply dies with the old socket */
             snprintf(c->reason, sizeof c->reason, "replica %d (%s): no reply in %u ms", c->cur,
                      r->endpoint, p->deadline_ms);
@@ -566,7 +582,7 @@ uint32_t broker_pool_probe(broker_pool_t *p)
             replica *r = &p->shards[s].rep[i];
             probe_collect(p, s, (int)i);
             if (!r->probe_pending) continue;
-            int was = UP(r);
+            int was = STATE(r);
             atomic_store_explicit(r->up, 0, memory_order_relaxed);
             snprintf(r->last_err, sizeof r->last_err, "no answer to the last health probe");
             replica_open(p, r);

@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -288,7 +290,11 @@ static void on_request(struct evhttp_request *req, void *arg)
             ps_admin_reply_err(req, &err);
             return;
         }
-        ps_log(PS_LOG_INFO, a->cfg.comp, "admin_call", "path=%s", path);
+        /* an audit line per operation; chunk uploads (PUT) only at debug: there are hundreds */
+        if (evhttp_request_get_command(req) == EVHTTP_REQ_PUT)
+            ps_log(PS_LOG_DEBUG, a->cfg.comp, "admin_call", "path=%s", path);
+        else
+            ps_log(PS_LOG_INFO, a->cfg.comp, "admin_call", "path=%s", path);
     }
     r->fn(req, r->arg);
 }
@@ -303,6 +309,14 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
 static void *admin_main(void *arg)
 {
     ps_admin_t *a = arg;
+    if (a->cfg.nice > 0) {
+        /* Linux: both apply to this thread only. Failing is harmless (logged). */
+        pid_t tid = gettid();
+        if (setpriority(PRIO_PROCESS, (id_t)tid, a->cfg.nice) != 0 ||
+            syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, tid,
+                    (2 << 13) | 7 /* best effort, lowest */) != 0)
+            ps_log(PS_LOG_WARN, a->cfg.comp, "admin_priority", "msg=\"%s\"", strerror(errno));
+    }
     event_base_dispatch(a->base);
     return NULL;
 }

@@ -62,19 +62,7 @@ static const ps_cfg_opt profsvc_opts[] = {
      1000000},
     {"drain-ms", PS_CFG_UINT, "1000",
      "on shutdown, how long replies still queued may take to leave (ms)", 0, 0, 60000},
-    {"admin", PS_CFG_STRING, "127.0.0.1:0",
-     "the admin HTTP port, HOST:PORT (port 0: any free port; the ready file's second line "
-     "names it): /healthz, /metrics, and behind the token /admin/checkpoint, "
-     "/admin/load-profiles",
-     0, 0, 0},
-    {"admin-token", PS_CFG_STRING, NULL,
-     "bearer token of the admin operations (without one they answer 403); prefer "
-     "admin-token-file or PERSRV_ADMIN_TOKEN to a flag",
-     0, 0, 0},
-    {"admin-token-file", PS_CFG_STRING, NULL,
-     "read the admin token from the first line of this file (admin-token wins when both are "
-     "set)",
-     0, 0, 0},
+    PS_ADMIN_CFG_OPTS("/admin/checkpoint, /admin/load-profiles"),
     {"admin-max-body", PS_CFG_UINT, "134217728",
      "largest admin request body in bytes (a profile load of many users)", 0, 4096, 1u << 31},
     {"checkpoint-root", PS_CFG_STRING, NULL,

@@ -235,6 +235,7 @@ ps_admin_t *shard_admin_start(const shard_ctx *ctx, const char *listen, const ch
                         .max_body = SHARD_ADMIN_MAX_BODY,
                         .comp = "shard",
                         .routes = routes,
-                        .nroutes = sizeof routes / sizeof routes[0]};
+                        .nroutes = sizeof routes / sizeof routes[0],
+                        .nice = 10}; /* staging and loading yield to the searches */
     return ps_admin_start(&cfg, err);
 }

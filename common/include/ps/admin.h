@@ -45,6 +45,9 @@ typedef struct ps_admin_cfg {
     const char *comp;             /* log component ("shard", "broker", "profile") */
     const ps_admin_route *routes; /* borrowed; must outlive the server */
     size_t nroutes;
+    int nice; /* > 0: the admin thread runs at this nice value and the lowest best-effort I/O
+                 priority, so heavy admin work (a snapshot upload, its load) yields the CPU
+                 and the disk to the threads serving queries */
 } ps_admin_cfg;
 
 typedef struct ps_admin ps_admin_t;
@@ -86,6 +89,35 @@ char *ps_admin_param_str(struct evhttp_request *req, const char *name);
 
 /* The request body (borrowed, valid during the handler; not NUL-terminated). */
 const void *ps_admin_body(struct evhttp_request *req, size_t *len);
+
+/* ---- configuration ------------------------------------------------------------------------ */
+
+/* The three entries every daemon's config table (ps/config.h) has for its admin port:
+ * admin (HOST:PORT), admin-token, admin-token-file. `ops` names the daemon's admin operations
+ * in the help text. */
+#define PS_ADMIN_CFG_OPTS(ops)                                                                     \
+    {"admin",                                                                                      \
+     PS_CFG_STRING,                                                                                \
+     "127.0.0.1:0",                                                                                \
+     "admin HTTP address HOST:PORT (port 0: a free one, named in the ready file): /healthz, "      \
+     "/metrics, and behind the token " ops,                                                        \
+     0,                                                                                            \
+     0,                                                                                            \
+     0},                                                                                           \
+        {"admin-token",                                                                            \
+         PS_CFG_STRING,                                                                            \
+         NULL,                                                                                     \
+         "bearer token of the admin operations (none: they answer 403); prefer "                   \
+         "admin-token-file or PERSRV_ADMIN_TOKEN to a flag",                                       \
+         0,                                                                                        \
+         0,                                                                                        \
+         0},                                                                                       \
+    {                                                                                              \
+        "admin-token-file", PS_CFG_STRING, NULL,                                                   \
+            "read the admin token from the first line of this file (admin-token wins when both "   \
+            "are set)",                                                                            \
+            0, 0, 0                                                                                \
+    }
 
 /* ---- the token ---------------------------------------------------------------------------- */
 
