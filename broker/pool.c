@@ -37,9 +37,11 @@
 
 typedef struct replica {
     char endpoint[BROKER_MAX_ENDPOINT];
-    void *sock;        /* NULL when it could not be (re)opened: every attempt on it fails */
-    atomic_int *up;    /* REP_UP, REP_SLOW or REP_DOWN (in the map shared by the lanes) */
-    int probe_pending; /* a HealthRequest with probe_id awaits its answer */
+    void *sock;               /* NULL when it could not be (re)opened: every attempt on it fails */
+    atomic_int *up;           /* REP_UP, REP_SLOW or REP_DOWN (in the map shared by the lanes) */
+    atomic_llong *slow_since; /* ms (now_ms) it became SLOW (shared like up) */
+    int probe_pending;        /* a HealthRequest with probe_id awaits its answer */
+    double probe_sent;        /* ms (now_ms) the pending probe was sent */
     uint64_t probe_id;
     char last_err[160]; /* why it went down ("" when unknown) */
 } replica;
@@ -53,6 +55,7 @@ typedef struct shard_slot {
 struct broker_upmap {
     size_t n;
     atomic_int *up;
+    atomic_llong *slow_since;
 };
 
 struct broker_pool {
@@ -67,25 +70,31 @@ struct broker_pool {
 };
 
 /* A replica's state. DOWN: its last health probe went unanswered, or it cannot be sent to, or
- * it is not ready: calls skip it. SLOW: it missed a call's deadline but answered its last
- * probe: calls go to replicas that are UP first, and to a SLOW one only when no replica of the
- * shard is UP — a replica slowed down by a load (a push staging the next version, a burst)
- * still serves rather than take its whole shard out until the next probe. */
+ * it is not ready: calls skip it. SLOW: it missed a call's deadline and has not answered
+ * since: calls go to replicas that are UP first, and to a SLOW one only when no replica of the
+ * shard is UP, for at most REP_SLOW_MS — a replica slowed down by a load (a push staging the
+ * next version, a burst) still serves rather than take its whole shard out until the next
+ * probe, while a dead one stops costing each call a deadline after REP_SLOW_MS. Any answer
+ * makes a replica UP again. */
 enum { REP_DOWN = 0, REP_UP = 1, REP_SLOW = 2 };
-#define STATE(r) atomic_load_explicit((r)->up, memory_order_relaxed)
-#define UP(r)    (STATE(r) == REP_UP)
-#define ALIVE(r) (STATE(r) != REP_DOWN)
+#define REP_SLOW_MS 1000
+#define STATE(r)    atomic_load_explicit((r)->up, memory_order_relaxed)
+#define UP(r)       (STATE(r) == REP_UP)
 
 broker_upmap_t *broker_upmap_new(const broker_pool_t *p)
 {
     broker_upmap_t *u = calloc(1, sizeof *u);
     if (!u) return NULL;
     for (uint32_t s = 0; s < p->nshards; s++) u->n += p->shards[s].nrep;
-    if (!(u->up = calloc(u->n ? u->n : 1, sizeof *u->up))) {
-        free(u);
+    if (!(u->up = calloc(u->n ? u->n : 1, sizeof *u->up)) ||
+        !(u->slow_since = calloc(u->n ? u->n : 1, sizeof *u->slow_since))) {
+        broker_upmap_free(u);
         return NULL;
     }
-    for (size_t i = 0; i < u->n; i++) atomic_init(&u->up[i], 0);
+    for (size_t i = 0; i < u->n; i++) {
+        atomic_init(&u->up[i], 0);
+        atomic_init(&u->slow_since[i], 0);
+    }
     return u;
 }
 
@@ -93,6 +102,7 @@ void broker_upmap_free(broker_upmap_t *u)
 {
     if (!u) return;
     free(u->up);
+    free(u->slow_since);
     free(u);
 }
 
@@ -101,6 +111,14 @@ static double now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* A SLOW replica still worth a call: it became slow less than REP_SLOW_MS ago. */
+static int slow_usable(const replica *r)
+{
+    return STATE(r) == REP_SLOW &&
+           now_ms() - (double)atomic_load_explicit(r->slow_since, memory_order_relaxed) <
+               REP_SLOW_MS;
 }
 
 /* (Re)open the DEALER of r. Returns 0, or -1 (logged) with r->sock NULL. */
@@ -215,6 +233,7 @@ broker_pool_t *broker_pool_new(const char *topology, uint32_t deadline_ms, uint3
                 ps_err_set(err, PS_EINVAL, "shards: the shared replica map is too small");
                 goto fail;
             }
+            p->shards[s].rep[i].slow_since = &u->slow_since[at];
             p->shards[s].rep[i].up = &u->up[at++];
         }
     for (uint32_t s = 0; s < p->nshards; s++) {
@@ -247,7 +266,7 @@ int broker_pool_shard_up(const broker_pool_t *p, uint32_t shard)
 {
     if (shard >= p->nshards) return 0;
     for (uint32_t i = 0; i < p->shards[shard].nrep; i++)
-        if (ALIVE(&p->shards[shard].rep[i])) return 1;
+        if (UP(&p->shards[shard].rep[i]) || slow_usable(&p->shards[shard].rep[i])) return 1;
     return 0;
 }
 
@@ -256,11 +275,14 @@ int broker_pool_shard_up(const broker_pool_t *p, uint32_t shard)
 static int pick_replica(shard_slot *sl)
 {
     uint32_t start = sl->rr++ % sl->nrep;
-    for (int want = REP_UP; want != REP_DOWN; want = want == REP_UP ? REP_SLOW : REP_DOWN)
-        for (uint32_t i = 0; i < sl->nrep; i++) {
-            const replica *r = &sl->rep[(start + i) % sl->nrep];
-            if (STATE(r) == want && r->sock) return (int)((start + i) % sl->nrep);
-        }
+    for (uint32_t i = 0; i < sl->nrep; i++) {
+        const replica *r = &sl->rep[(start + i) % sl->nrep];
+        if (UP(r) && r->sock) return (int)((start + i) % sl->nrep);
+    }
+    for (uint32_t i = 0; i < sl->nrep; i++) {
+        const replica *r = &sl->rep[(start + i) % sl->nrep];
+        if (slow_usable(r) && r->sock) return (int)((start + i) % sl->nrep);
+    }
     return -1;
 }
 
@@ -273,7 +295,7 @@ static int next_up(const shard_slot *sl, int cur)
     }
     for (uint32_t k = 1; k < sl->nrep; k++) {
         int i = (int)((cur + k) % sl->nrep);
-        if (STATE(&sl->rep[i]) == REP_SLOW && sl->rep[i].sock) return i;
+        if (slow_usable(&sl->rep[i]) && sl->rep[i].sock) return i;
     }
     return -1;
 }
@@ -527,7 +549,10 @@ int broker_pool_run(broker_pool_t *p, broker_call *calls, size_t n, ps_err *err)
             replica *r = &p->shards[c->shard].rep[c->cur];
             int was = STATE(r);
             /* slow, not dead: the probes tell dead (DOWN) from late (SLOW) */
-            if (was != REP_DOWN) atomic_store_explicit(r->up, REP_SLOW, memory_order_relaxed);
+            if (was == REP_UP) {
+                atomic_store_explicit(r->slow_since, (long long)now, memory_order_relaxed);
+                atomic_store_explicit(r->up, REP_SLOW, memory_order_relaxed);
+            }
             replica_open(p, r); /* Lazy Pirate: a late reply dies with the old socket */
             snprintf(c->reason, sizeof c->reason, "replica %d (%s): no reply in %u ms", c->cur,
                      r->endpoint, p->deadline_ms);
@@ -559,7 +584,10 @@ static void probe_send(broker_pool_t *p, uint32_t s, int i)
     }
     int sent = zmq_send(r->sock, buf, len, ZMQ_DONTWAIT);
     free(buf);
-    if (sent == (int)len) r->probe_pending = 1;
+    if (sent == (int)len) {
+        r->probe_pending = 1;
+        r->probe_sent = now_ms();
+    }
 }
 
 /* Read what waits on replica i of shard s: probe answers are taken, anything else is stale. */
@@ -581,7 +609,9 @@ uint32_t broker_pool_probe(broker_pool_t *p)
         for (uint32_t i = 0; i < p->shards[s].nrep; i++) {
             replica *r = &p->shards[s].rep[i];
             probe_collect(p, s, (int)i);
-            if (!r->probe_pending) continue;
+            /* a probe gets at least a deadline to be answered, however soon this round runs
+               after the last (a lane busy with slow calls runs its timer late) */
+            if (!r->probe_pending || now_ms() - r->probe_sent < p->deadline_ms) continue;
             int was = STATE(r);
             atomic_store_explicit(r->up, 0, memory_order_relaxed);
             snprintf(r->last_err, sizeof r->last_err, "no answer to the last health probe");
@@ -589,7 +619,11 @@ uint32_t broker_pool_probe(broker_pool_t *p)
             log_change(s, (int)i, r, was);
         }
     for (uint32_t s = 0; s < p->nshards; s++)
-        for (uint32_t i = 0; i < p->shards[s].nrep; i++) probe_send(p, s, (int)i);
+        for (uint32_t i = 0; i < p->shards[s].nrep; i++) {
+            const replica *r = &p->shards[s].rep[i];
+            if (r->probe_pending && now_ms() - r->probe_sent < p->deadline_ms) continue;
+            probe_send(p, s, (int)i);
+        }
     if (!p->probed) {
         /* The first round waits (one zmq_poll over every socket) so that the broker knows
          * which replicas are up before it serves; later rounds never block the loop. */
