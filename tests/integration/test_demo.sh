@@ -111,6 +111,31 @@ st=$(curl -s -o "$T/body" -w '%{http_code}' "$URL/metrics")
 { [ "$st" = 200 ] && grep -q '^persrv_http_requests_total' "$T/body"; } || fail "/metrics: status $st"
 echo "  /v1/search, /v1/stickers/$id, /metrics answer"
 
+# ---- README "Versions": push a second build into the running cluster, roll back ---------------
+DEMO=$(dirname "$RUN")
+B=$BIN/builder/builder
+BADM="http://$(sed -n 3p "$RUN/broker.ready")"
+"$B" build --corpus "$DEMO/data/corpus.jsonl" --embeddings "$DEMO/data/embeddings.npy" \
+  --clicks "$DEMO/data/clicks.tsv" --utility-w 1,0.5,2 --shards 2 --version 2 --out "$DEMO/v2" \
+  >"$T/v2.out" 2>&1 || fail "builder build --version 2: $(tail -n 5 "$T/v2.out")"
+PERSRV_ADMIN_TOKEN=$(cat "$DEMO/admin.token") "$B" push --build "$DEMO/v2" \
+  --topology "$DEMO/topology.json" >"$T/push.out" 2>&1 || fail "builder push: $(tail -n 5 "$T/push.out")"
+grep -qF "$(cat "$DEMO/admin.token")" "$T/push.out" && fail "builder push printed the admin token"
+[ "$(curl -s "$BADM/healthz" | jq .version)" = 2 ] || fail "broker not at version 2 after the push"
+curl -s "http://$(sed -n 2p "$RUN/shard0a.ready")/healthz" \
+  | jq -e '.active == 2 and (.versions | length) == 2' >/dev/null || fail "shard0a after the push"
+curl -s -G --data-urlencode "q=thumbs up" "$URL/v1/search" | jq -e '.version == 2 and .partial == false' \
+  >/dev/null || fail "a search after the push does not name version 2"
+v1=$(jq .version "$DEMO/cluster/cluster.json")
+PERSRV_ADMIN_TOKEN=wrong-token "$B" activate --version "$v1" --topology "$DEMO/topology.json" \
+  >"$T/act.out" 2>&1 && fail "builder activate with a wrong token succeeded"
+[ "$(curl -s "$BADM/healthz" | jq .version)" = 2 ] || fail "a refused rollback changed the version"
+PERSRV_ADMIN_TOKEN=$(cat "$DEMO/admin.token") "$B" activate --version "$v1" \
+  --topology "$DEMO/topology.json" >"$T/act.out" 2>&1 || fail "builder activate: $(tail -n 5 "$T/act.out")"
+curl -s -G --data-urlencode "q=thumbs up" "$URL/v1/search" | jq -e --argjson v "$v1" '.version == $v' \
+  >/dev/null || fail "a search after the rollback does not name version $v1"
+echo "  README push: version 2 pushed and served, a wrong token refused, rolled back to $v1"
+
 # ---- a second cluster is refused ------------------------------------------------------------
 rc=0
 PERSRV_BASE_PORT=$base PERSRV_HTTP_PORT=$http "$ROOT/scripts/cluster-up.sh" >"$T/again.out" 2>&1 || rc=$?
