@@ -99,7 +99,7 @@ start_cluster() {
     start_shard_at "$r" 0 0 ${SHARD_ARGS[$r]} --index "$T/v1/shard-00$s"
   done
   start_broker broker "${EP[s0a]}|${EP[s0b]},${EP[s1a]}|${EP[s1b]}" --profiles "$T/v1/profiles" \
-    --deadline-ms 5000 --retries 1 --health-interval-ms 200 --admin 127.0.0.1:0 \
+    --deadline-ms "${BROKER_DEADLINE_MS:-5000}" --retries 1 --health-interval-ms 200 --admin 127.0.0.1:0 \
     --admin-token-file "$TOKEN_FILE"
   BADM=$(sed -n 3p "$T/broker.ready")
   [ -n "$BADM" ] || fail "the broker's ready file does not name its admin address"

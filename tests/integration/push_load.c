@@ -5,7 +5,7 @@
  *
  *   push_load --requests FILE --http HOST:PORT --zmq EP --out ANSWERS.jsonl
  *             [--http-conns C] [--zmq-threads T] [--count N] [--http-count N] [--zmq-count N]
- *             [--stop-file F] [--k K] [--timeout-ms MS]
+ *             [--stop-file F] [--k K] [--timeout-ms MS] [--pause-ms MS]
  *
  * FILE holds one request a line, "query\tuser" (the user may be empty or absent). The HTTP
  * door is C keep-alive connections (libevent evhttp client, one event loop thread, one request
@@ -15,7 +15,8 @@
  * through the requests from the first, until it has N answers
  * (--count, default 1000; --http-count / --zmq-count set one door's) or the stop file exists;
  * then requests in flight finish and no new ones start. A door with 0 connections / threads is
- * off.
+ * off. --pause-ms makes each connection and thread wait that long after every answer (a light
+ * background load).
  *
  * Every answer (an error included) becomes one JSON line of ANSWERS:
  *   {"door": "http"|"zmq", "seq": n (per door), "t_ms": send time since start, "lat_ms",
@@ -75,6 +76,7 @@ static request *reqs;
 static size_t nreqs;
 static uint32_t k = 10;
 static uint32_t timeout_ms = 10000;
+static long pause_ms; /* between one answer and the next request of a connection or thread */
 static const char *zmq_ep;
 static char http_host[256];
 static int http_port;
@@ -229,6 +231,7 @@ static void *zmq_worker(void *arg)
             json_array_append_new(hits, hit_pair(res->hits[h].id, res->hits[h].score));
         record_answer(&zmq_door, rec, res->version, res->partial, res->personalized, hits);
         persrv_result_free(res);
+        if (pause_ms) usleep((useconds_t)pause_ms * 1000);
     }
     persrv_close(c);
     return NULL;
@@ -328,6 +331,11 @@ static void http_on_response(struct evhttp_request *req, void *arg)
             snprintf(msg, sizeof msg, "%s: %.*s", why, (int)(n > 400 ? 400 : n), body);
             record_error(&http_door, rec, json_integer(code), msg);
         }
+    }
+    if (pause_ms) {
+        struct timeval tv = {pause_ms / 1000, (pause_ms % 1000) * 1000};
+        event_base_once(base, -1, EV_TIMEOUT, http_retry, c, &tv);
+        return;
     }
     http_send_next(c);
 }
@@ -462,7 +470,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: push_load --requests FILE --http HOST:PORT --zmq EP --out ANSWERS.jsonl\n"
                "                 [--http-conns C (2)] [--zmq-threads T (2)] [--count N (1000)]\n"
                "                 [--http-count N] [--zmq-count N] [--stop-file F] [--k K (10)]\n"
-               "                 [--timeout-ms MS (10000)]\n"
+               "                 [--timeout-ms MS (10000)] [--pause-ms MS (0)]\n"
                "FILE: one request a line, \"query<TAB>user\" (user optional). Every answer is\n"
                "written to ANSWERS as a JSON line; a summary goes to stdout.\n");
 }
@@ -495,6 +503,7 @@ int main(int argc, char **argv)
                                          {"stop-file", required_argument, 0, 's'},
                                          {"k", required_argument, 0, 'k'},
                                          {"timeout-ms", required_argument, 0, 'T'},
+                                         {"pause-ms", required_argument, 0, 'p'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int ch;
@@ -537,6 +546,9 @@ int main(int argc, char **argv)
         case 'T':
             if (parse_long("timeout-ms", optarg, 1, 3600000, &v)) return 2;
             timeout_ms = (uint32_t)v;
+            break;
+        case 'p':
+            if (parse_long("pause-ms", optarg, 0, 60000, &pause_ms)) return 2;
             break;
         case 'h':
             usage(stdout);

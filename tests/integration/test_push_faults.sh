@@ -4,8 +4,8 @@
 # calls without or with a wrong token change nothing.
 #
 # Versions 1 and 2 of a 20,000-sticker corpus as in test_push.sh; 2 shards × 2 replicas (data
-# dirs, admin ports, a token) and a broker, with push_load's searches through both doors running
-# the whole time. stall_proxy, put in the topology in front of one admin port, holds one chosen
+# dirs, admin ports, a token) and a broker, with push_load's light background load (one HTTP
+# connection and one libpersrv thread, 20 ms between requests) running the whole time. stall_proxy, put in the topology in front of one admin port, holds one chosen
 # request so a replica is killed at an exact step, never by racing the push:
 #   1. a push with a wrong token: exits non-zero naming the refusal (403); every /healthz as
 #      before;
@@ -38,6 +38,11 @@ PL=$5
 VA=$6
 SP=$7
 WAIT=600 # seconds any one condition may take (a loaded 2-core machine)
+# The broker's switch asks every replica with 10 × its deadline; a dead replica makes it wait
+# that long. builder push and activate get a per-request timeout far beyond it, so a slow answer
+# is never taken for a lost one (which the push would retry).
+BROKER_DEADLINE_MS=2000
+PT=(--timeout-ms 600000)
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/push_lib.sh"
 ps_test_init push_faults
@@ -55,7 +60,7 @@ echo "cluster up: 2 shards x 2 replicas at version 1, broker $URL $ZEP (admin $B
 
 A=$T/answers.jsonl
 "$PL" --requests "$T/requests" --http "${URL#http://}" --zmq "$ZEP" --out "$A" --http-conns 1 \
-  --zmq-threads 1 --count 100000000 --stop-file "$T/stop" --timeout-ms 60000 \
+  --zmq-threads 1 --count 100000000 --stop-file "$T/stop" --timeout-ms 60000 --pause-ms 20 \
   >"$T/load.out" 2>"$T/load.err" &
 PID[push_load]=$!
 
@@ -79,7 +84,7 @@ held_nowhere() {
 push_fails() {
   local name=$1 rc=0
   shift
-  "$B" push "$@" >"$T/$name.out" 2>"$T/$name.log" || rc=$?
+  "$B" push "${PT[@]}" "$@" >"$T/$name.out" 2>"$T/$name.log" || rc=$?
   [ $rc -ne 0 ] || fail "$name: builder push succeeded: $(cat "$T/$name.out")"
   echo "  $name: builder push exit $rc: $(grep -v '^\s*$' "$T/$name.log" | tail -n 1)"
 }
@@ -100,8 +105,8 @@ proxy_topo() {
 # the proxy holds its request, kill -9 VICTIM, release; the push must fail naming PX_NAMED.
 kill_at() {
   local name=$1 victim=$2 ppid rc=0
-  "$B" push --build "$T/v2" --topology "$T/$name.topo.json" --token-file "$TOKEN_FILE" \
-    >"$T/$name.out" 2>"$T/$name.push.log" &
+  "$B" push "${PT[@]}" --build "$T/v2" --topology "$T/$name.topo.json" \
+    --token-file "$TOKEN_FILE" --chunk-bytes 262144 >"$T/$name.out" 2>"$T/$name.push.log" &
   ppid=$!
   for ((i = 0; i < WAIT * 5; i++)); do
     [ -e "$T/$name.stalled" ] && break
@@ -230,13 +235,13 @@ healthz "$BADM" | jq -e '.version == 1' >/dev/null || fail "the broker switched 
 restart_replica s0b
 healthz "${ADM[s0b]}" | jq -e '.active == 2' >/dev/null \
   || fail "restarted s0b does not serve its pointer's version 2: $(healthz "${ADM[s0b]}")"
-"$B" activate --version 2 --topology "$T/topo.json" --token-file "$TOKEN_FILE" >"$T/act2.out" \
+"$B" activate "${PT[@]}" --version 2 --topology "$T/topo.json" --token-file "$TOKEN_FILE" >"$T/act2.out" \
   2>"$T/act2.log" || fail "builder activate --version 2: $(tail -n 3 "$T/act2.log")"
 expect_consistent 2
 echo "6. kill -9 after activate: push failed, broker stayed on 1; s0b restarted on 2 (its pointer); activate 2 -> all on 2"
 
 # ---- 7. a push after all that --------------------------------------------------------------------
-"$B" push --build "$T/v1" --topology "$T/topo.json" --token-file "$TOKEN_FILE" >"$T/push1.out" \
+"$B" push "${PT[@]}" --build "$T/v1" --topology "$T/topo.json" --token-file "$TOKEN_FILE" >"$T/push1.out" \
   2>"$T/push1.log" || fail "builder push --build v1: $(tail -n 3 "$T/push1.log")"
 expect_consistent 1
 echo "7. push of version 1: all on 1"
