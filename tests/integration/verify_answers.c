@@ -197,7 +197,7 @@ static expected *expected_of(size_t vi, const char *query, const char *user)
     e->hits = xcalloc(o.R, sizeof *e->hits);
     ps_err err = {0, ""};
     e->rc = ps_search(v->s, query, strlen(query), &o, e->hits, &e->nhits, NULL, &err);
-    if (e->rc) snprintf(e->msg, sizeof e->msg, "%s (%s)", err.msg, ps_errname(err.code));
+    if (e->rc) snprintf(e->msg, sizeof e->msg, "%.200s (%s)", err.msg, ps_errname(err.code));
     e->next = table[h];
     table[h] = e;
     nexpected++;
