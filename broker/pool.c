@@ -266,7 +266,7 @@ int broker_pool_shard_up(const broker_pool_t *p, uint32_t shard)
 {
     if (shard >= p->nshards) return 0;
     for (uint32_t i = 0; i < p->shards[shard].nrep; i++)
-        if (UP(&p->shards[shard].rep[i]) || slow_usable(&p->shards[shard].rep[i])) return 1;
+        if (UP(&p->shards[shard].rep[i])) return 1; /* slow ones do not count as ready */
     return 0;
 }
 
