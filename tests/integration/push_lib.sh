@@ -9,9 +9,11 @@
 #   start_shard_at NAME PORT ADMIN FLAGS…  a shard on ZeroMQ port PORT and admin port ADMIN
 #                                 (0: a free one), sets PID, EP and ADM[NAME] (host:port)
 #   start_cluster                 shards s0a s0b (shard 0), s1a s1b (shard 1) with data dirs
-#                                 $T/d_NAME seeded from $T/v1, a broker with v1's profiles, all
-#                                 with admin ports and the token; writes $T/topo.json; sets
-#                                 BADM (the broker's admin host:port), URL, ZEP
+#                                 $T/d_NAME seeded from $T/v1, a broker with v1's profiles
+#                                 (deadline BROKER_DEADLINE_MS, default 5000; a health probe may
+#                                 take 2 s before a replica counts as down), all with admin ports
+#                                 and the token; writes $T/topo.json; waits until the broker
+#                                 serves version 1; sets BADM (its admin host:port), URL, ZEP
 #   restart_replica NAME          start replica NAME again on its old ports and data dir
 #   wait_until SECONDS WHAT CMD…  run CMD every 0.2 s until it succeeds (fail after SECONDS)
 #   healthz HOSTPORT              GET /healthz of an admin port (body on stdout)
@@ -99,7 +101,7 @@ start_cluster() {
     start_shard_at "$r" 0 0 ${SHARD_ARGS[$r]} --index "$T/v1/shard-00$s"
   done
   start_broker broker "${EP[s0a]}|${EP[s0b]},${EP[s1a]}|${EP[s1b]}" --profiles "$T/v1/profiles" \
-    --deadline-ms "${BROKER_DEADLINE_MS:-5000}" --retries 1 --health-interval-ms 200 --admin 127.0.0.1:0 \
+    --deadline-ms "${BROKER_DEADLINE_MS:-5000}" --retries 1 --health-interval-ms 2000 --admin 127.0.0.1:0 \
     --admin-token-file "$TOKEN_FILE"
   BADM=$(sed -n 3p "$T/broker.ready")
   [ -n "$BADM" ] || fail "the broker's ready file does not name its admin address"

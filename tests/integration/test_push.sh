@@ -121,6 +121,11 @@ jq -e --argjson m $MIN_PER_VERSION '.failed == 0 and
   ([.versions[] | .http >= $m and .zmq >= $m] | all) and (.versions | length) == 2' \
   "$T/verify.json" >/dev/null || fail "a version is missing from a door: $(cat "$T/verify.json")"
 
+pers=$(grep -c '"personalized":true' "$A") || true
+total=$(wc -l <"$A")
+[ $((pers * 4)) -ge "$total" ] || fail "only $pers of $total answers are personalized"
+echo "personalized: $pers of $total answers"
+
 # ---- the switches as a client sees them (file order = completion order; seq = send order) ---------
 jq -r '[.door, .seq, .version] | @tsv' "$A" >"$T/order.tsv"
 win=$(awk -F'\t' -v l0="$L_PUSH0" -v l1="$L_ACT0" -v ph=$((P_HTTP + HTTP_CONNS)) \
