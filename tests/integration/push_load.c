@@ -316,21 +316,19 @@ static void http_on_response(struct evhttp_request *req, void *arg)
         struct timeval tv = {0, BACKOFF_MS * 1000};
         event_base_once(base, -1, EV_TIMEOUT, http_retry, c, &tv);
         return;
-    } else {
-        struct evbuffer *in = evhttp_request_get_input_buffer(req);
-        size_t n = evbuffer_get_length(in);
-        const char *body = n ? (const char *)evbuffer_pullup(in, -1) : "";
-        json_object_set_new(rec, "status", json_integer(code));
-        const char *why = NULL;
-        if (code != 200) {
-            char msg[512];
-            snprintf(msg, sizeof msg, "HTTP %d: %.*s", code, (int)(n > 400 ? 400 : n), body);
-            record_error(&http_door, rec, json_integer(code), msg);
-        } else if (http_parse(body, n, rec, &why) != 0) {
-            char msg[512];
-            snprintf(msg, sizeof msg, "%s: %.*s", why, (int)(n > 400 ? 400 : n), body);
-            record_error(&http_door, rec, json_integer(code), msg);
-        }
+    }
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    const char *body = n ? (const char *)evbuffer_pullup(in, -1) : "";
+    json_object_set_new(rec, "status", json_integer(code));
+    const char *why = NULL;
+    char msg[512];
+    if (code != 200) {
+        snprintf(msg, sizeof msg, "HTTP %d: %.*s", code, (int)(n > 400 ? 400 : n), body);
+        record_error(&http_door, rec, json_integer(code), msg);
+    } else if (http_parse(body, n, rec, &why) != 0) {
+        snprintf(msg, sizeof msg, "%s: %.*s", why, (int)(n > 400 ? 400 : n), body);
+        record_error(&http_door, rec, json_integer(code), msg);
     }
     if (pause_ms) {
         struct timeval tv = {pause_ms / 1000, (pause_ms % 1000) * 1000};
