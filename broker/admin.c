@@ -106,13 +106,23 @@ static void h_switch(struct evhttp_request *req, void *arg)
         ps_admin_reply_error(req, PS_EINVAL, "version: an integer >= 1 is required");
         return;
     }
+    broker_version_t *v = a->cfg.version;
+    if (atomic_load(&v->current) == version) { /* nothing to switch: say so, change nothing */
+        pthread_mutex_lock(&v->lock);
+        memcpy(fp, v->fingerprint, sizeof fp);
+        pthread_mutex_unlock(&v->lock);
+        ps_admin_reply_json(req, 200,
+                            json_pack("{s:I, s:I, s:s, s:b}", "version", (json_int_t)version,
+                                      "previous", (json_int_t)version, "fingerprint", fp,
+                                      "unchanged", 1));
+        return;
+    }
     if (check_cluster(a, version, fp, &err)) {
         ps_log(PS_LOG_WARN, "broker", "switch_refused", "version=%" PRIu64 " code=%s msg=\"%s\"",
                version, ps_errname(err.code), err.msg);
         ps_admin_reply_err(req, &err);
         return;
     }
-    broker_version_t *v = a->cfg.version;
     pthread_mutex_lock(&v->lock);
     uint64_t prev = atomic_exchange(&v->current, version);
     memcpy(v->fingerprint, fp, sizeof v->fingerprint);
