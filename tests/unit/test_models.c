@@ -591,16 +591,16 @@ static void test_timeout(void **state)
     (void)state;
     builder_models_cfg c;
     cfg_for(&c, 0, 1);
-    c.timeout_ms = 300;
+    c.timeout_ms = 1500; /* generous: "plain" must answer within it on a loaded machine */
     c.retries = 1;
-    set_faults("has=-slowall delay=5000\nhas=-lag1 delay=1500 tries=1");
+    set_faults("has=-slowall delay=8000\nhas=-lag1 delay=6000 tries=1");
     const char *tags[] = {"slowall", "plain", "lag1"};
     got *g = run_jobs(&c, 3, tags, NULL, NULL);
     assert_int_equal(g[0].rc, PS_ETIMEDOUT);
     assert_non_null(strstr(g[0].err, "(2 tries)"));
     assert_int_equal(g[1].rc, 0);
     assert_int_equal(g[2].rc, 0); /* slow once, then on time */
-    assert_int_equal(log_count("delay=5000", NULL), 2);
+    assert_int_equal(log_count("delay=8000", NULL), 2);
     free_got(g, 3);
 }
 
@@ -671,7 +671,7 @@ static void test_stop_and_until(void **state)
     builder_models_cfg c;
     ps_err err = {0, ""};
     cfg_for(&c, 0, 1);
-    set_faults("has=-fast\n* delay=4000");
+    set_faults("has=-fast\n* delay=30000");
     builder_models_t *m = builder_models_new(&c, &err);
     assert_non_null(m);
     run x = {.g = calloc(6, sizeof(got)), .n = 6, .stop_after = 1};
