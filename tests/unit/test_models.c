@@ -53,10 +53,41 @@ static void set_faults(const char *rules)
     if (f) fclose(f);
 }
 
+/* Start fake_models with argv (argv[0] and the --ready argument are filled in here) and wait
+ * for its ready file. Returns its pid with its base URL in url, or -1. */
+static pid_t spawn(const char **argv, const char *ready, char *url, size_t size)
+{
+    argv[0] = FAKE_MODELS;
+    argv[2] = ready;
+    pid_t pid = fork();
+    if (pid == 0) {
+        execv(FAKE_MODELS, (char *const *)argv);
+        _exit(127);
+    }
+    if (pid < 0) return -1;
+    for (int i = 0; i < 3000; i++) { /* up to 30 s on a loaded machine */
+        FILE *f = fopen(ready, "r");
+        if (f) {
+            int ok = fgets(url, (int)size, f) != NULL;
+            fclose(f);
+            if (ok) {
+                url[strcspn(url, "\n")] = '\0';
+                return pid;
+            }
+        }
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) return -1;
+        usleep(10000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
 static int start_server(void **state)
 {
     (void)state;
-    char ready[300], port[16] = "0", dim[16];
+    char ready[300], dim[16];
     snprintf(srv.dir, sizeof srv.dir, "/tmp/test_models.XXXXXX");
     if (!mkdtemp(srv.dir)) return -1;
     snprintf(ready, sizeof ready, "%s/ready", srv.dir);
@@ -66,28 +97,10 @@ static int start_server(void **state)
     FILE *f = fopen(srv.faults, "w");
     if (!f) return -1;
     fclose(f);
-    srv.pid = fork();
-    if (srv.pid == 0) {
-        execl(FAKE_MODELS, FAKE_MODELS, "--ready", ready, "--port", port, "--dim", dim, "--key",
-              KEY, "--faults", srv.faults, "--log", srv.log, (char *)NULL);
-        _exit(127);
-    }
-    if (srv.pid < 0) return -1;
-    for (int i = 0; i < 3000; i++) { /* up to 30 s on a loaded machine */
-        f = fopen(ready, "r");
-        if (f) {
-            int ok = fgets(srv.url, sizeof srv.url, f) != NULL;
-            fclose(f);
-            if (ok) {
-                srv.url[strcspn(srv.url, "\n")] = '\0';
-                return 0;
-            }
-        }
-        int st;
-        if (waitpid(srv.pid, &st, WNOHANG) == srv.pid) return -1;
-        usleep(10000);
-    }
-    return -1;
+    const char *argv[] = {NULL,    "--ready", NULL,       "--port",   "0",     "--dim", dim,
+                          "--key", KEY,       "--faults", srv.faults, "--log", srv.log, NULL};
+    srv.pid = spawn(argv, ready, srv.url, sizeof srv.url);
+    return srv.pid > 0 ? 0 : -1;
 }
 
 static int stop_server(void **state)
@@ -706,6 +719,50 @@ static void test_stop_and_until(void **state)
     free_got(y.g, 10);
 }
 
+/* fake_models --map: the answers and the vector of a mapped image as given (the client
+ * normalizes the vector), an unmapped one by default; a second server, stopped by its pid. */
+static void test_map(void **state)
+{
+    (void)state;
+    char map[320], ready[320], url[128], line[512];
+    snprintf(map, sizeof map, "%s/map", srv.dir);
+    snprintf(ready, sizeof ready, "%s/ready-map", srv.dir);
+    FILE *f = fopen(map, "w");
+    assert_non_null(f);
+    snprintf(line, sizeof line, "%08x\t好累, tired\ta tired cat\tsleepy, 无奈\t0 3 0 4\n",
+             crc_of(0, "mapped"));
+    fputs("# crc keywords desc emotions vector\n", f);
+    fputs(line, f);
+    assert_int_equal(fclose(f), 0);
+    const char *argv[] = {NULL, "--ready", NULL, "--dim", "4", "--map", map, NULL};
+    pid_t pid = spawn(argv, ready, url, sizeof url);
+    assert_true(pid > 0);
+
+    builder_models_cfg c;
+    cfg_for(&c, 1, 1);
+    c.vlm_url = c.embed_url = url;
+    c.api_key = NULL;
+    c.dim = 4;
+    const char *tags[] = {"mapped", "other"};
+    got *g = run_jobs(&c, 2, tags, NULL, NULL);
+    int st = 0;
+    kill(pid, SIGTERM);
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_int_equal(g[0].rc, 0);
+    assert_string_equal(g[0].kw, "好累, tired");
+    assert_string_equal(g[0].desc, "a tired cat");
+    assert_string_equal(g[0].emo, "sleepy, 无奈");
+    assert_int_equal(g[0].dim, 4);
+    assert_true(g[0].emb[0] == 0.0f && fabsf(g[0].emb[1] - 0.6f) < 1e-6f &&
+                fabsf(g[0].emb[3] - 0.8f) < 1e-6f);
+    assert_int_equal(g[1].rc, 0);
+    snprintf(line, sizeof line, "sticker, k%08x", crc_of(1, "other"));
+    assert_string_equal(g[1].kw, line);
+    assert_int_equal(g[1].dim, 4);
+    free_got(g, 2);
+}
+
 static void test_many(void **state)
 {
     (void)state;
@@ -750,6 +807,7 @@ int main(void)
         cmocka_unit_test(test_max_reply),
         cmocka_unit_test(test_api_key),
         cmocka_unit_test(test_stop_and_until),
+        cmocka_unit_test(test_map),
         cmocka_unit_test(test_many),
     };
     int fails = cmocka_run_group_tests_name("models_parsers", parsers, NULL, NULL);
