@@ -12,7 +12,9 @@
  * error (rc, err), not retried. The API key goes into `Authorization: Bearer` only: it is
  * never logged, printed or copied into an error message.
  *
- * One thread: submit, run and the done() callbacks all happen in the caller's thread.
+ * One thread: submit, run and the done() callbacks all happen in the caller's thread. done()
+ * may submit more jobs; it must not call builder_models_run or builder_models_free. A job that
+ * failed (rc != 0) reports no fields (keywords, desc, emotion and embedding are NULL).
  */
 #ifndef BUILDER_MODELS_H
 #define BUILDER_MODELS_H
