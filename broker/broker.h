@@ -110,11 +110,11 @@ typedef struct broker_call {
 int broker_pool_run(broker_pool_t *p, broker_call *calls, size_t n, ps_err *err);
 
 /* Health probes, one round per call (on a timer): take the previous round's answers without
- * blocking (a replica that answered as shard `s` of nshards and ready is up; one that did not
- * answer is down and its socket reopened), then send every replica a HealthRequest. Only the
- * first round waits for the answers, at most deadline-ms in all (one zmq_poll over every
- * socket), so that readiness is known at start. Returns the number of shards with no replica
- * up. */
+ * blocking (a replica that answered as shard `s` of nshards and ready is up; one whose probe
+ * has gone unanswered for 2 s (or a deadline, if longer) is down and its socket reopened), then
+ * send every replica a HealthRequest. Only the first round waits for the answers, at most
+ * deadline-ms in all (one zmq_poll over every socket), so that readiness is known at start. Returns
+ * the number of shards with no replica up. */
 uint32_t broker_pool_probe(broker_pool_t *p);
 
 /* ---- admin.c: the snapshot version served, the admin port ------------------------------- */

@@ -113,6 +113,13 @@ static double now_ms(void)
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
+/* A health probe unanswered for this long marks its replica DOWN. */
+#define PROBE_LOST_MS 2000
+static double probe_lost_ms(const broker_pool_t *p)
+{
+    return p->deadline_ms > PROBE_LOST_MS ? p->deadline_ms : PROBE_LOST_MS;
+}
+
 /* A SLOW replica still worth a call: it became slow less than REP_SLOW_MS ago. */
 static int slow_usable(const replica *r)
 {
@@ -609,9 +616,11 @@ uint32_t broker_pool_probe(broker_pool_t *p)
         for (uint32_t i = 0; i < p->shards[s].nrep; i++) {
             replica *r = &p->shards[s].rep[i];
             probe_collect(p, s, (int)i);
-            /* a probe gets at least a deadline to be answered, however soon this round runs
-               after the last (a lane busy with slow calls runs its timer late) */
-            if (!r->probe_pending || now_ms() - r->probe_sent < p->deadline_ms) continue;
+            /* a probe gets PROBE_LOST_MS (or a deadline) to be answered, however soon this round
+               runs after the last: a replica that is merely slow (a loaded machine, a lane
+               running its timer late) is not taken for dead; calls that miss their deadline
+               already stop going to it after REP_SLOW_MS */
+            if (!r->probe_pending || now_ms() - r->probe_sent < probe_lost_ms(p)) continue;
             int was = STATE(r);
             atomic_store_explicit(r->up, 0, memory_order_relaxed);
             snprintf(r->last_err, sizeof r->last_err, "no answer to the last health probe");
@@ -621,7 +630,7 @@ uint32_t broker_pool_probe(broker_pool_t *p)
     for (uint32_t s = 0; s < p->nshards; s++)
         for (uint32_t i = 0; i < p->shards[s].nrep; i++) {
             const replica *r = &p->shards[s].rep[i];
-            if (r->probe_pending && now_ms() - r->probe_sent < p->deadline_ms) continue;
+            if (r->probe_pending && now_ms() - r->probe_sent < probe_lost_ms(p)) continue;
             probe_send(p, s, (int)i);
         }
     if (!p->probed) {
