@@ -10,6 +10,7 @@
 
 int builder_cmd_generate(int argc, char **argv);
 int builder_cmd_build(int argc, char **argv);
+int builder_cmd_enrich(int argc, char **argv); /* cmd_enrich.c */
 int builder_cmd_eval(int argc, char **argv);
 int builder_cmd_push_profiles(int argc, char **argv);
 int builder_cmd_push(int argc, char **argv);     /* cmd_push_build.c */
