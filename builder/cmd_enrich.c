@@ -13,9 +13,10 @@
  *
  * Work. --ocr-threads workers each own a Tesseract engine; a worker reads a file (capped by
  * --max-bytes), decodes it (header checked against --max-pixels first) and OCRs it (enrich.c).
- * The model servers (VLM text, embeddings: builder/models.h) are not wired in yet: this is the
- * OCR-only path, so no keywords/desc/emotion and no embeddings.npy are written. Every
- * finished sticker, done or failed, is appended by the main
+ * With a model server configured (--vlm-url, --embed-url: builder/models.h) the main thread then
+ * submits the image to the model client and records the sticker when its calls are done (a
+ * failed call is the sticker's error, stage "model"). Without one: OCR only, no keywords, desc,
+ * emotion, no embeddings.npy. Every finished sticker, done or failed, is appended by the main
  * thread to OUT/state/done.jsonl:
  *   {"id":"<u64>","ok":true,"fields":{<the output fields>},"emb":[floats]?}
  *   {"id":"<u64>","ok":false,"path":"...","stage":"read|decode|ocr|model","message":"..."}
@@ -48,6 +49,7 @@
 
 #include "builder.h"
 #include "enrich.h"
+#include "models.h"
 #include "pipeline.h"
 #include "ps/corpus.h"
 #include "ps/log.h"
@@ -92,6 +94,10 @@ typedef struct enrich {
     uint64_t max_pixels;
     unsigned threads;
     int want_models; /* a model server is configured: keep the image bytes */
+    builder_models_cfg mcfg;
+    builder_models_t *models;
+    int write_rc; /* first state write failure seen in a model callback */
+    ps_err write_err;
     /* input */
     item *items;
     size_t n;
@@ -141,7 +147,8 @@ static void usage(FILE *f)
     fprintf(
         f,
         "usage: builder enrich (--input DIR | --manifest FILE.jsonl) --out DIR [options]\n\n"
-        "OCRs sticker images (Tesseract) and writes the corpus `builder build` reads:\n"
+        "OCRs sticker images (Tesseract), asks the model servers if given, and writes the\n"
+        "corpus `builder build` reads: "
         "DIR/corpus.jsonl (id, ocr, keywords, desc, emotion, image), DIR/embeddings.npy (with\n"
         "an embedding server), DIR/errors.jsonl (one line per sticker that failed) and\n"
         "DIR/state/ (a rerun skips the stickers already done). PNG, JPEG, GIF (first frame),\n"
@@ -156,6 +163,16 @@ static void usage(FILE *f)
         "  --ocr-min-conf X    keep OCR lines with confidence >= X, 0..1 (default 0.7)\n"
         "  --max-bytes N       largest image file (default %u)\n"
         "  --max-pixels N      largest image, width x height (default %llu)\n"
+        "  --vlm-url URL       OpenAI-compatible VLM server (POST URL/v1/chat/completions):\n"
+        "                      keywords, desc, emotion\n"
+        "  --vlm-model NAME    the VLM's model name\n"
+        "  --embed-url URL     image embedding server (POST URL/v1/embeddings): embeddings.npy\n"
+        "  --embed-model NAME  the embedding model's name\n"
+        "  --dim N             expected embedding dimension (default: the first reply's)\n"
+        "  --inflight N        model requests in flight (default 8)\n"
+        "  --timeout-ms N      per model request (default 60000)\n"
+        "  --retries N         per model request on 429/5xx/transport errors (default 4)\n"
+        "  (the API key, if any, is read from PERSRV_MODEL_API_KEY and never printed)\n"
         "  --help              this text\n",
         ENRICH_MAX_BYTES_DEFAULT, ENRICH_MAX_PIXELS_DEFAULT);
 }
@@ -735,6 +752,28 @@ static result *take_results(enrich *e, int *workers_left)
     return r;
 }
 
+/* A sticker's model calls finished: record it with its VLM text and embedding. */
+static void model_done(const builder_model_result *m, void *ctx)
+{
+    enrich *e = ctx;
+    result *r = m->arg;
+    ps_err werr = {0};
+    int wrc;
+    if (m->rc) {
+        r->rc = m->rc;
+        r->stage = "model";
+        snprintf(r->msg, sizeof r->msg, "%s", m->err);
+        wrc = record(e, r, NULL, NULL, NULL, NULL, 0, &werr);
+    } else {
+        wrc = record(e, r, m->keywords, m->desc, m->emotion, m->embedding, m->dim, &werr);
+    }
+    if (wrc && !e->write_rc) {
+        e->write_rc = wrc;
+        e->write_err = werr;
+    }
+    result_free(r);
+}
+
 static int run(enrich *e, ps_err *err)
 {
     worker w[ENRICH_MAX_THREADS];
@@ -757,12 +796,33 @@ static int run(enrich *e, ps_err *err)
         result *r = take_results(e, &left);
         while (r) {
             result *next = r->next;
+            r->next = NULL;
+            if (!rc && e->models && !r->rc) {
+                ps_err serr = {0};
+                if (builder_models_submit(e->models, e->items[r->item].id, r->img, r->img_len,
+                                          r->mime, r, &serr) == 0) {
+                    free(r->img);
+                    r->img = NULL;
+                    r = next;
+                    continue;
+                }
+                r->rc = serr.code ? serr.code : PS_EINTERNAL;
+                r->stage = "model";
+                snprintf(r->msg, sizeof r->msg, "%s", serr.msg);
+            }
             if (!rc) rc = record(e, r, NULL, NULL, NULL, NULL, 0, err);
             result_free(r);
             r = next;
         }
+        size_t pending = e->models ? builder_models_pending(e->models) : 0;
+        if (pending && !stop && !rc)
+            builder_models_run(e->models, left ? pending - 1 : 0, model_done, e, &stop);
+        if (!rc && e->write_rc) {
+            rc = e->write_rc;
+            if (err) *err = e->write_err;
+        }
         progress(e, 0);
-        if (!left) break;
+        if (!left && (!e->models || stop || rc || !builder_models_pending(e->models))) break;
     }
     for (unsigned i = 0; i < started; i++) pthread_join(w[i].th, NULL);
     if (!rc && e->fatal) rc = ps_err_set(err, PS_EINVAL, "%s", e->fatal_msg);
@@ -787,6 +847,7 @@ static int parse_size(const char *s, uint64_t *out)
 int builder_cmd_enrich(int argc, char **argv)
 {
     enrich e = {.lang = "chi_sim+eng",
+                .mcfg = {.inflight = 8, .timeout_ms = 60000, .retries = 4, .max_reply = 1u << 20},
                 .min_conf = 0.7,
                 .max_bytes = ENRICH_MAX_BYTES_DEFAULT,
                 .max_pixels = ENRICH_MAX_PIXELS_DEFAULT,
@@ -800,6 +861,14 @@ int builder_cmd_enrich(int argc, char **argv)
                                          {"ocr-min-conf", required_argument, 0, 'C'},
                                          {"max-bytes", required_argument, 0, 'B'},
                                          {"max-pixels", required_argument, 0, 'P'},
+                                         {"vlm-url", required_argument, 0, 'u'},
+                                         {"vlm-model", required_argument, 0, 'M'},
+                                         {"embed-url", required_argument, 0, 'U'},
+                                         {"embed-model", required_argument, 0, 'E'},
+                                         {"dim", required_argument, 0, 'd'},
+                                         {"inflight", required_argument, 0, 'I'},
+                                         {"timeout-ms", required_argument, 0, 't'},
+                                         {"retries", required_argument, 0, 'r'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int ch;
@@ -847,6 +916,39 @@ int builder_cmd_enrich(int argc, char **argv)
                 fprintf(stderr, "builder enrich: --max-pixels must be a positive integer\n");
                 return 2;
             }
+            break;
+        case 'u':
+            e.mcfg.vlm_url = optarg;
+            break;
+        case 'M':
+            e.mcfg.vlm_model = optarg;
+            break;
+        case 'U':
+            e.mcfg.embed_url = optarg;
+            break;
+        case 'E':
+            e.mcfg.embed_model = optarg;
+            break;
+        case 'd':
+        case 'I':
+        case 't':
+        case 'r':
+            errno = 0;
+            v = strtoull(optarg, &end, 10);
+            if (optarg[0] < '0' || optarg[0] > '9' || *end || errno || v > UINT32_MAX ||
+                (v == 0 && (ch == 'I' || ch == 't'))) {
+                fprintf(stderr, "builder enrich: --%s must be an integer in %s..2^32-1\n",
+                        ch == 'd'   ? "dim"
+                        : ch == 'I' ? "inflight"
+                        : ch == 't' ? "timeout-ms"
+                                    : "retries",
+                        ch == 'I' || ch == 't' ? "1" : "0");
+                return 2;
+            }
+            *(ch == 'd'   ? &e.mcfg.dim
+              : ch == 'I' ? &e.mcfg.inflight
+              : ch == 't' ? &e.mcfg.timeout_ms
+                          : &e.mcfg.retries) = (uint32_t)v;
             break;
         case 'h':
             usage(stdout);
@@ -904,6 +1006,11 @@ int builder_cmd_enrich(int argc, char **argv)
            e.n, e.ntodo, skipped, resumed, e.threads, e.lang, e.min_conf, e.max_bytes,
            (unsigned long long)e.max_pixels);
     e.tty = isatty(STDERR_FILENO);
+    if (e.mcfg.vlm_url || e.mcfg.embed_url) {
+        e.mcfg.api_key = getenv("PERSRV_MODEL_API_KEY");
+        e.want_models = 1;
+        if (!(e.models = builder_models_new(&e.mcfg, &err))) goto fail;
+    }
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
@@ -927,6 +1034,7 @@ int builder_cmd_enrich(int argc, char **argv)
 fail:
     fprintf(stderr, "builder enrich: %s\n", err.msg);
 out:
+    builder_models_free(e.models);
     if (e.state_fd >= 0) close(e.state_fd);
     for (size_t i = 0; i < e.n; i++) {
         free(e.items[i].path);

@@ -12,7 +12,7 @@ static const struct {
     const char *help;
 } commands[] = {
     {"generate", builder_cmd_generate, "generate a synthetic corpus, embeddings and click log"},
-    {"enrich", builder_cmd_enrich, "OCR a folder of sticker images into a corpus"},
+    {"enrich", builder_cmd_enrich, "sticker images -> corpus (OCR, VLM text, embeddings)"},
     {"build", builder_cmd_build, "build an index directory (RocksDB) from corpus + clicks"},
     {"eval", builder_cmd_eval, "evaluate the paper's baselines on a seeded 80/20 split"},
     {"push-profiles", builder_cmd_push_profiles,
