@@ -153,7 +153,7 @@ static void usage(FILE *f)
         "sticker that failed) and DIR/state/ (a rerun skips the stickers already done).\n"
         "PNG, JPEG, GIF (first frame), WebP. Ids: a file named <decimal u64>.<ext> has that\n"
         "id, any other the 63-bit hash of its path relative to --input.\n"
-        " Exit 0: all done; 1: some failed; 130: interrupted.\n\n"
+        "Exit 0: all done; 1: some failed; 130: interrupted.\n\n"
         "options:\n"
         "  --input DIR         a directory of images (walked recursively)\n"
         "  --manifest FILE     JSON Lines: id, path (relative to the manifest), known fields\n"
