@@ -318,7 +318,7 @@ ready files in $RUN. Try:
   $BIN/client/persrv search --broker $ZEP --user u01 '$QUERY'
   $BIN/client/persrv sticker --broker $ZEP $id
   $BIN/client/persrv health --broker $ZEP
-Push a new build into it (README, "Pushing a new build"): admin addresses are in
+Push a new build into it (README, "Versions: pushing a new build, rolling back"): admin addresses are in
 $DIR/topology.json, the token in $DIR/admin.token.
 Stop it with:
   $stop
