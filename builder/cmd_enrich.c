@@ -84,6 +84,7 @@ typedef struct result {
     size_t img_len;
     const char *mime;
     struct result *next;
+    struct result *mprev, *mnext; /* on enrich.at_models while its model calls run */
 } result;
 
 typedef struct enrich {
@@ -109,7 +110,13 @@ typedef struct enrich {
     result *head, *tail;
     unsigned running; /* workers still running */
     int fatal;        /* a worker could not start its engine */
+    int halt;         /* the main thread failed: workers stop */
     char fatal_msg[256];
+    /* Back-pressure: results handed out and not freed yet (queued, or at the model server),
+     * at most max_open, so fast OCR cannot pile up image bytes ahead of slow model calls. */
+    size_t open, max_open;
+    pthread_cond_t room;
+    result *at_models; /* submitted to the model client, not reported yet */
     /* state */
     int state_fd;
     double last_sync;
@@ -166,12 +173,19 @@ static void usage(FILE *f)
         "  --vlm-url URL       OpenAI-compatible VLM server (POST URL/v1/chat/completions):\n"
         "                      keywords, desc, emotion\n"
         "  --vlm-model NAME    the VLM's model name\n"
+        "  --prompt-keywords P the VLM instruction for keywords (the paper's first; P is\n"
+        "                      the text, or @FILE); it should ask for {\"keywords\": [...]}\n"
+        "  --prompt-describe P the instruction for the description and emotions (the\n"
+        "                      paper's second; text or @FILE); it should ask for\n"
+        "                      {\"description\": \"...\", \"emotions\": [...]} (replies may\n"
+        "                      also be fenced JSON or \"Keywords: a, b\" lines)\n"
         "  --embed-url URL     image embedding server (POST URL/v1/embeddings): embeddings.npy\n"
         "  --embed-model NAME  the embedding model's name\n"
         "  --dim N             expected embedding dimension (default: the first reply's)\n"
         "  --inflight N        model requests in flight (default 8)\n"
         "  --timeout-ms N      per model request (default 60000)\n"
         "  --retries N         per model request on 429/5xx/transport errors (default 4)\n"
+        "  --max-reply N       largest model reply in bytes (default 1048576)\n"
         "  (the API key, if any, is read from PERSRV_MODEL_API_KEY and never printed)\n"
         "  --help              this text\n",
         ENRICH_MAX_BYTES_DEFAULT, ENRICH_MAX_PIXELS_DEFAULT);
@@ -411,6 +425,29 @@ static int state_ok(const item *it)
     return it->state && json_is_true(json_object_get(it->state, "ok"));
 }
 
+/* Done for this run: recorded ok, and with what this run's configuration asks for. A sticker
+ * done before --vlm-url was given has no VLM fields, one done before --embed-url (or with
+ * another embedding model, or another dimension) no usable embedding: both are redone. */
+static int state_done(const enrich *e, const item *it)
+{
+    if (!state_ok(it)) return 0;
+    if (e->mcfg.vlm_url) {
+        json_t *f = json_object_get(it->state, "fields");
+        static const char *const vlm[] = {"keywords", "desc", "emotion"};
+        for (size_t k = 0; k < 3; k++)
+            if (!json_object_get(f, vlm[k])) return 0;
+    }
+    if (e->mcfg.embed_url) {
+        json_t *emb = json_object_get(it->state, "emb");
+        const char *model = json_string_value(json_object_get(it->state, "emb_model"));
+        if (!json_array_size(emb)) return 0;
+        if (e->mcfg.dim && json_array_size(emb) != e->mcfg.dim) return 0;
+        if (strcmp(model ? model : "", e->mcfg.embed_model ? e->mcfg.embed_model : "") != 0)
+            return 0;
+    }
+    return 1;
+}
+
 /* Append one record and sync it at most once per ENRICH_SYNC_S (always when force). */
 static int state_append(enrich *e, json_t *rec, ps_err *err)
 {
@@ -502,7 +539,7 @@ static int write_outputs(enrich *e, size_t *nok, size_t *nfail, ps_err *err)
     size_t dim = 0, rows = 0;
     *nok = *nfail = 0;
     for (size_t i = 0; i < e->n; i++)
-        if (!e->items[i].dup[0] && state_ok(&e->items[i])) {
+        if (!e->items[i].dup[0] && state_done(e, &e->items[i])) {
             json_t *emb = json_object_get(e->items[i].state, "emb");
             if (json_is_array(emb) && !dim) dim = json_array_size(emb);
         }
@@ -534,11 +571,16 @@ static int write_outputs(enrich *e, size_t *nok, size_t *nfail, ps_err *err)
             (*nfail)++;
             continue;
         }
+        if (!state_done(e, it)) continue; /* done before this configuration; not redone yet */
         json_t *emb = json_object_get(it->state, "emb");
         if (dim && json_array_size(emb) != dim) {
-            /* embeddings were turned on after this sticker was done: it is redone next run */
+            /* an earlier run's server answered another dimension */
+            char msg[160];
+            snprintf(msg, sizeof msg,
+                     "embedding of dimension %zu, the others %zu: rerun with --dim to redo it",
+                     json_array_size(emb), dim);
             json_t *o = json_pack("{s:s, s:s, s:s}", "path", it->image, "stage", "model", "message",
-                                  "no embedding (done before --embed-url was set)");
+                                  msg);
             if (!o || write_line(ef.f, it->id, o)) rc = ps_err_set(err, PS_EIO, "errors.jsonl");
             json_decref(o);
             (*nfail)++;
@@ -609,8 +651,15 @@ static void process(enrich *e, builder_ocr_t *ocr, size_t idx, result *r)
         goto out;
     }
     r->stage = "ocr";
-    if (!(it->known && json_object_get(it->known, "ocr")) &&
-        (r->rc = builder_ocr_run(ocr, pix, &r->ocr, &err)))
+    /* redone for the model fields only: its OCR text from the earlier run is kept */
+    const char *before = state_ok(it) ? json_string_value(json_object_get(
+                                            json_object_get(it->state, "fields"), "ocr"))
+                                      : NULL;
+    if (it->known && json_object_get(it->known, "ocr"))
+        ; /* given by the manifest */
+    else if (before)
+        r->ocr = xstrdup(before);
+    else if ((r->rc = builder_ocr_run(ocr, pix, &r->ocr, &err)))
         goto out;
     if (e->want_models) {
         r->img = data;
@@ -637,9 +686,22 @@ static void *worker_main(void *arg)
     pthread_mutex_unlock(&e->mu);
     for (;;) {
         pthread_mutex_lock(&e->mu);
+        while (e->max_open && e->open >= e->max_open && !stop && !e->halt) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 250 * 1000000L; /* a signal sets stop without waking us */
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&e->room, &e->mu, &ts);
+        }
         size_t k = e->next;
-        int go = ocr && !stop && !e->fatal && k < e->ntodo;
-        if (go) e->next++;
+        int go = ocr && !stop && !e->fatal && !e->halt && k < e->ntodo;
+        if (go) {
+            e->next++;
+            e->open++;
+        }
         pthread_mutex_unlock(&e->mu);
         if (!go) break;
         result *r = calloc(1, sizeof *r);
@@ -704,6 +766,8 @@ static int record(enrich *e, result *r, const char *kw, const char *desc, const 
             json_t *a = json_array();
             for (uint32_t k = 0; a && k < dim; k++) json_array_append_new(a, json_real(emb[k]));
             json_object_set_new(rec, "emb", a);
+            json_object_set_new(rec, "emb_model",
+                                json_string(e->mcfg.embed_model ? e->mcfg.embed_model : ""));
         }
     }
     if (!rec) return ps_err_set(err, PS_ENOMEM, "out of memory");
@@ -723,12 +787,33 @@ static int record(enrich *e, result *r, const char *kw, const char *desc, const 
     return rc;
 }
 
-static void result_free(result *r)
+static void result_free(enrich *e, result *r)
 {
     if (!r) return;
     free(r->ocr);
     free(r->img);
     free(r);
+    pthread_mutex_lock(&e->mu);
+    e->open--;
+    pthread_cond_signal(&e->room);
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void at_models_link(enrich *e, result *r)
+{
+    r->mprev = NULL;
+    r->mnext = e->at_models;
+    if (e->at_models) e->at_models->mprev = r;
+    e->at_models = r;
+}
+
+static void at_models_unlink(enrich *e, result *r)
+{
+    if (r->mprev)
+        r->mprev->mnext = r->mnext;
+    else
+        e->at_models = r->mnext;
+    if (r->mnext) r->mnext->mprev = r->mprev;
 }
 
 /* Pop everything the workers finished; wait up to the next progress tick when nothing is. */
@@ -759,6 +844,7 @@ static void model_done(const builder_model_result *m, void *ctx)
     result *r = m->arg;
     ps_err werr = {0};
     int wrc;
+    at_models_unlink(e, r);
     if (m->rc) {
         r->rc = m->rc;
         r->stage = "model";
@@ -771,7 +857,7 @@ static void model_done(const builder_model_result *m, void *ctx)
         e->write_rc = wrc;
         e->write_err = werr;
     }
-    result_free(r);
+    result_free(e, r);
 }
 
 static int run(enrich *e, ps_err *err)
@@ -803,6 +889,7 @@ static int run(enrich *e, ps_err *err)
                                           r->mime, r, &serr) == 0) {
                     free(r->img);
                     r->img = NULL;
+                    at_models_link(e, r);
                     r = next;
                     continue;
                 }
@@ -811,7 +898,7 @@ static int run(enrich *e, ps_err *err)
                 snprintf(r->msg, sizeof r->msg, "%s", serr.msg);
             }
             if (!rc) rc = record(e, r, NULL, NULL, NULL, NULL, 0, err);
-            result_free(r);
+            result_free(e, r);
             r = next;
         }
         size_t pending = e->models ? builder_models_pending(e->models) : 0;
@@ -821,10 +908,29 @@ static int run(enrich *e, ps_err *err)
             rc = e->write_rc;
             if (err) *err = e->write_err;
         }
+        if (rc && !e->halt) {
+            pthread_mutex_lock(&e->mu);
+            e->halt = 1;
+            pthread_cond_broadcast(&e->room);
+            pthread_mutex_unlock(&e->mu);
+        }
         progress(e, 0);
         if (!left && (!e->models || stop || rc || !builder_models_pending(e->models))) break;
     }
     for (unsigned i = 0; i < started; i++) pthread_join(w[i].th, NULL);
+    /* what a stop or a failure left unreported: abandoned (a rerun redoes those stickers) */
+    builder_models_free(e->models);
+    e->models = NULL;
+    while (e->at_models) {
+        result *r = e->at_models;
+        at_models_unlink(e, r);
+        result_free(e, r);
+    }
+    for (result *r = e->head, *next; r; r = next) {
+        next = r->next;
+        result_free(e, r);
+    }
+    e->head = e->tail = NULL;
     if (!rc && e->fatal) rc = ps_err_set(err, PS_EINVAL, "%s", e->fatal_msg);
     return rc;
 }
@@ -841,6 +947,31 @@ static int parse_size(const char *s, uint64_t *out)
     unsigned long long v = strtoull(s, &end, 10);
     if (*end || errno || v == 0) return -1;
     *out = v;
+    return 0;
+}
+
+/* The prompt flags' texts (file scope: an early usage error leaves them to the exit). */
+static char *prompt_kw, *prompt_desc;
+
+/* A prompt flag: the text itself, or @FILE (UTF-8, at most 64 KiB). */
+static int load_prompt(const char *arg, char **out, ps_err *err)
+{
+    unsigned char *data = NULL;
+    size_t len = 0;
+    free(*out);
+    *out = NULL;
+    if (arg[0] != '@') {
+        len = strlen(arg);
+    } else if (builder_read_file(arg + 1, 64u << 10, &data, &len, err)) {
+        return err->code;
+    }
+    const char *text = data ? (const char *)data : arg;
+    if (len == 0 || memchr(text, '\0', len))
+        return ps_err_set(err, PS_EINVAL, "the prompt is empty or holds a NUL byte");
+    *out = xmalloc(len + 1);
+    memcpy(*out, text, len);
+    (*out)[len] = '\0';
+    free(data);
     return 0;
 }
 
@@ -869,11 +1000,15 @@ int builder_cmd_enrich(int argc, char **argv)
                                          {"inflight", required_argument, 0, 'I'},
                                          {"timeout-ms", required_argument, 0, 't'},
                                          {"retries", required_argument, 0, 'r'},
+                                         {"prompt-keywords", required_argument, 0, 'k'},
+                                         {"prompt-describe", required_argument, 0, 'D'},
+                                         {"max-reply", required_argument, 0, 'R'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int ch;
     uint64_t v;
     char *end;
+    ps_err err = {0};
     optind = 1;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
@@ -950,6 +1085,21 @@ int builder_cmd_enrich(int argc, char **argv)
               : ch == 't' ? &e.mcfg.timeout_ms
                           : &e.mcfg.retries) = (uint32_t)v;
             break;
+        case 'k':
+        case 'D':
+            if (load_prompt(optarg, ch == 'k' ? &prompt_kw : &prompt_desc, &err)) {
+                fprintf(stderr, "builder enrich: --prompt-%s: %s\n",
+                        ch == 'k' ? "keywords" : "describe", err.msg);
+                return 2;
+            }
+            break;
+        case 'R':
+            if (parse_size(optarg, &v) || v > (1u << 30)) {
+                fprintf(stderr, "builder enrich: --max-reply must be 1..%u bytes\n", 1u << 30);
+                return 2;
+            }
+            e.mcfg.max_reply = (size_t)v;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -966,13 +1116,15 @@ int builder_cmd_enrich(int argc, char **argv)
     /* Tesseract's OpenMP would oversubscribe the cores our own threads use */
     setenv("OMP_THREAD_LIMIT", "1", 0);
 
-    ps_err err = {0};
+    e.mcfg.prompt_keywords = prompt_kw;
+    e.mcfg.prompt_describe = prompt_desc;
     idmap m = {0};
     int rc = 1;
     char path[4200];
     e.t0 = builder_now();
     pthread_mutex_init(&e.mu, NULL);
     pthread_cond_init(&e.cv, NULL);
+    pthread_cond_init(&e.room, NULL);
     if ((e.input ? load_dir(&e, &err) : load_manifest(&e, &err))) goto fail;
     idmap_build(&m, e.items, e.n);
     if (mkdir(e.out, 0755) != 0 && errno != EEXIST) {
@@ -992,23 +1144,27 @@ int builder_cmd_enrich(int argc, char **argv)
         goto fail;
     }
     e.todo = xmalloc(e.n * sizeof *e.todo);
-    size_t skipped = 0;
+    size_t skipped = 0, stale = 0;
     for (size_t i = 0; i < e.n; i++) {
         if (e.items[i].dup[0]) continue;
-        if (state_ok(&e.items[i]))
+        if (state_done(&e, &e.items[i])) {
             skipped++;
-        else
-            e.todo[e.ntodo++] = i;
+            continue;
+        }
+        stale += state_ok(&e.items[i]);
+        e.todo[e.ntodo++] = i;
     }
     ps_log(PS_LOG_INFO, "builder", "enrich_start",
-           "stickers=%zu todo=%zu done_before=%zu state_lines=%zu threads=%u lang=%s "
+           "stickers=%zu todo=%zu done_before=%zu redo=%zu state_lines=%zu threads=%u lang=%s "
            "min_conf=%.2f max_bytes=%zu max_pixels=%llu",
-           e.n, e.ntodo, skipped, resumed, e.threads, e.lang, e.min_conf, e.max_bytes,
+           e.n, e.ntodo, skipped, stale, resumed, e.threads, e.lang, e.min_conf, e.max_bytes,
            (unsigned long long)e.max_pixels);
     e.tty = isatty(STDERR_FILENO);
     if (e.mcfg.vlm_url || e.mcfg.embed_url) {
         e.mcfg.api_key = getenv("PERSRV_MODEL_API_KEY");
         e.want_models = 1;
+        /* enough stickers ahead to keep every request slot busy (3 requests a sticker) */
+        e.max_open = 2 * (size_t)e.mcfg.inflight + 2 * e.threads + 8;
         if (!(e.models = builder_models_new(&e.mcfg, &err))) goto fail;
     }
     struct sigaction sa = {0};
@@ -1045,7 +1201,11 @@ out:
     free(e.items);
     free(e.todo);
     free(m.slot);
+    free(prompt_kw);
+    free(prompt_desc);
+    prompt_kw = prompt_desc = NULL;
     pthread_mutex_destroy(&e.mu);
     pthread_cond_destroy(&e.cv);
+    pthread_cond_destroy(&e.room);
     return rc;
 }

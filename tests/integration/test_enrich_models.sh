@@ -9,6 +9,8 @@
 #     embeddings.npy (one row each, in corpus order);
 #   - with the fault gone a rerun completes only that sticker (its requests alone reach the
 #     server) and exits 0;
+#   - stickers enriched by an OCR-only run first are redone for their model fields by the run
+#     with model servers, their OCR text kept (not OCRed again);
 #   - `builder build` accepts the output.
 # usage: test_enrich_models.sh BUILDER RENDER_STICKERS FAKE_MODELS VOCAB FONT
 set -euo pipefail
@@ -47,9 +49,20 @@ enrich() {
   "$B" enrich --input "$T/img" --out "$T/out" --vlm-url "$URL" --embed-url "$URL" --dim $DIM \
     --inflight 4 --timeout-ms 30000 --retries 3 >"$T/enrich.out" 2>"$T/enrich.err"
 }
+# OCR only first: the model run below must redo every sticker for its model fields (done
+# before --vlm-url/--embed-url were given), keeping the OCR text it has.
+"$B" enrich --input "$T/img" --out "$T/out" >"$T/ocr.out" 2>"$T/ocr.err" \
+  || fail "OCR-only run: $(tail -n 5 "$T/ocr.err")"
+[ ! -e "$T/out/embeddings.npy" ] || fail "embeddings.npy without an embedding server"
+# a changed OCR text in the state shows whether the model run OCRs again or keeps it
+sed -i 's/"ocr":"/"ocr":"kept /' "$T/out/state/done.jsonl"
+
 rc=0
 enrich || rc=$?
 [ $rc -eq 1 ] || fail "first run: exit status $rc, not 1: $(tail -n 5 "$T/enrich.err")"
+grep -q "redo=$N " "$T/enrich.err" || fail "the model run did not redo the $N OCR-only stickers: $(grep enrich_start "$T/enrich.err")"
+jq -e 'select(.ocr | startswith("kept ") | not)' "$T/out/corpus.jsonl" | grep -q . \
+  && fail "a redone sticker was OCRed again instead of keeping its OCR text"
 [ "$(wc -l <"$T/out/errors.jsonl")" -eq 1 ] || fail "errors.jsonl: $(cat "$T/out/errors.jsonl")"
 jq -e '.stage == "model"' "$T/out/errors.jsonl" >/dev/null || fail "error stage: $(cat "$T/out/errors.jsonl")"
 grep -qF "$victim" "$T/out/errors.jsonl" || fail "the failed sticker is not $victim"
