@@ -963,7 +963,9 @@ static int load_prompt(const char *arg, char **out, ps_err *err)
     if (arg[0] != '@') {
         len = strlen(arg);
     } else if (builder_read_file(arg + 1, 64u << 10, &data, &len, err)) {
-        return err->code;
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        return ps_err_set(err, err->code, "%s: %s", arg + 1, msg);
     }
     const char *text = data ? (const char *)data : arg;
     if (len == 0 || memchr(text, '\0', len))
