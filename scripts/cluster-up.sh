@@ -8,6 +8,10 @@
 # how to query and how to stop the cluster (scripts/cluster-down.sh).
 #
 #   PERSRV_DEMO_STICKERS  corpus size (default 543098, the paper's)
+#   PERSRV_CORPUS         serve this corpus instead of generating one: a directory holding
+#                         corpus.jsonl and embeddings.npy (what `builder enrich` writes) and,
+#                         optionally, clicks.tsv (user \t query \t sticker_id); rebuilt
+#                         whenever those files change
 #   PERSRV_DEMO_DIR       data, index and run directory (default ./demo in the source tree)
 #   PERSRV_BASE_PORT      shard replicas listen on BASE+1 .. BASE+4, the profile primary
 #                         on BASE+5 and its replica on BASE+6, the broker's ZeroMQ front
@@ -32,7 +36,8 @@
 #   admin.token     the admin token of every daemon (made on the first start, mode 0600)
 #   topology.json   the admin addresses of every replica and the broker, for `builder push`
 #                   (rewritten on every start: admin ports are picked at run time)
-#   .stickers       the corpus size data/ was generated with
+#   .stickers       the corpus size data/ was generated with (with PERSRV_CORPUS: a checksum
+#                   of its files; data/ is then not used)
 # Exit status: 0 when the cluster is up and answered; 1 on any failure (the processes this
 # run started are stopped again); 3 when a port is already in use or a cluster already runs.
 set -euo pipefail
@@ -56,6 +61,12 @@ die() {
 isnum() { [[ $1 =~ ^[0-9]+$ ]]; }
 if ! isnum "$N" || [ "$N" -lt 1 ]; then
   die "PERSRV_DEMO_STICKERS='$N' is not a positive integer"
+fi
+CORPUS=${PERSRV_CORPUS:+$(abspath "$PERSRV_CORPUS")}
+if [ -n "$CORPUS" ]; then
+  for f in corpus.jsonl embeddings.npy; do
+    [ -s "$CORPUS/$f" ] || die "PERSRV_CORPUS=$CORPUS has no $f (builder enrich writes both)"
+  done
 fi
 if ! isnum "$BASE_PORT" || [ "$BASE_PORT" -lt 1 ] || [ "$BASE_PORT" -gt 65529 ]; then
   die "PERSRV_BASE_PORT='$BASE_PORT' must be 1..65529 (the cluster uses BASE .. BASE+6)"
@@ -143,19 +154,33 @@ done
 command -v curl >/dev/null || die "curl is required (scripts/deps.sh installs it)"
 
 # ---- data: corpus (reused when its size matches) and the 2-shard cluster -------------------
+# KEY names the corpus served: its size (the generated demo corpus) or a checksum of the
+# PERSRV_CORPUS files; the build and the offline profiles are redone when it changes.
 mkdir -p "$DIR"
-if [ "$(cat "$DIR/.stickers" 2>/dev/null)" != "$N" ] || [ ! -s "$DIR/data/clicks.tsv" ]; then
-  rm -rf "$DIR/data" "$DIR/index" "$DIR/cluster" "$DIR/cluster.tmp" "$DIR/.stickers"
-  echo "cluster-up: generating a $N-sticker corpus into $DIR/data"
-  "$B" generate --out "$DIR/data" --stickers "$N"
-  echo "$N" >"$DIR/.stickers"
+if [ -n "$CORPUS" ]; then
+  DATA=$CORPUS
+  files=("$CORPUS/corpus.jsonl" "$CORPUS/embeddings.npy")
+  [ -e "$CORPUS/clicks.tsv" ] && files+=("$CORPUS/clicks.tsv")
+  KEY="corpus $(cat "${files[@]}" | cksum | tr ' ' -)"
+  N=$(grep -c . "$CORPUS/corpus.jsonl")
+else
+  DATA=$DIR/data
+  KEY=$N
+  if [ "$(cat "$DIR/.stickers" 2>/dev/null)" != "$N" ] || [ ! -s "$DIR/data/clicks.tsv" ]; then
+    rm -rf "$DIR/data" "$DIR/index" "$DIR/cluster" "$DIR/cluster.tmp" "$DIR/.stickers"
+    echo "cluster-up: generating a $N-sticker corpus into $DIR/data"
+    "$B" generate --out "$DIR/data" --stickers "$N"
+    echo "$N" >"$DIR/.stickers"
+  fi
 fi
-if [ "$(cat "$DIR/cluster/.stickers" 2>/dev/null)" != "$N" ] || [ ! -e "$DIR/cluster/cluster.json" ]; then
+CLICKS=()
+[ -s "$DATA/clicks.tsv" ] && CLICKS=(--clicks "$DATA/clicks.tsv")
+if [ "$(cat "$DIR/cluster/.stickers" 2>/dev/null)" != "$KEY" ] || [ ! -e "$DIR/cluster/cluster.json" ]; then
   rm -rf "$DIR/cluster" "$DIR/cluster.tmp" "$DIR/shards"
-  echo "cluster-up: building 2 shards into $DIR/cluster"
-  "$B" build --corpus "$DIR/data/corpus.jsonl" --embeddings "$DIR/data/embeddings.npy" \
-    --clicks "$DIR/data/clicks.tsv" --out "$DIR/cluster.tmp" --shards 2
-  echo "$N" >"$DIR/cluster.tmp/.stickers"
+  echo "cluster-up: building 2 shards of $N stickers ($DATA) into $DIR/cluster"
+  "$B" build --corpus "$DATA/corpus.jsonl" --embeddings "$DATA/embeddings.npy" "${CLICKS[@]}" \
+    --out "$DIR/cluster.tmp" --shards 2
+  echo "$KEY" >"$DIR/cluster.tmp/.stickers"
   mv "$DIR/cluster.tmp" "$DIR/cluster" # only a complete build is ever reused
 fi
 
@@ -240,19 +265,21 @@ echo "cluster-up: starting 4 shards (ports ${PORT[shard0a]}..${PORT[shard1b]}), 
 PEP="tcp://127.0.0.1:${PORT[profile0]}"
 REP="tcp://127.0.0.1:${PORT[profile1]}"
 mkdir -p "$DIR/profiles"
-if [ "$(cat "$DIR/profiles/.stickers" 2>/dev/null)" != "$N" ]; then
-  rm -rf "$DIR/profiles/primary" "$DIR/profiles/replica"
+if [ "$(cat "$DIR/profiles/.stickers" 2>/dev/null)" != "$KEY" ]; then
+  rm -rf "$DIR/profiles/primary" "$DIR/profiles/replica" "$DIR/profiles/.stickers"
 fi
 launch profile0 "$PD" --db "$DIR/profiles/primary" --listen "$PEP" "${ADMIN[@]}"
 launch profile1 "$PD" --db "$DIR/profiles/replica" --listen "$REP" --role replica --primary "$PEP" \
   "${ADMIN[@]}"
 echo "cluster-up: starting the profile service (primary $PEP, replica $REP)"
 wait_ready profile0 profile1
-if [ "$(cat "$DIR/profiles/.stickers" 2>/dev/null)" != "$N" ]; then
-  echo "cluster-up: loading the offline profiles into the profile service"
-  "$B" push-profiles --corpus "$DIR/data/corpus.jsonl" --embeddings "$DIR/data/embeddings.npy" \
-    --clicks "$DIR/data/clicks.tsv" --primary "$PEP" || die "push-profiles failed"
-  echo "$N" >"$DIR/profiles/.stickers"
+if [ "$(cat "$DIR/profiles/.stickers" 2>/dev/null)" != "$KEY" ]; then
+  if [ ${#CLICKS[@]} -gt 0 ]; then
+    echo "cluster-up: loading the offline profiles into the profile service"
+    "$B" push-profiles --corpus "$DATA/corpus.jsonl" --embeddings "$DATA/embeddings.npy" \
+      "${CLICKS[@]}" --primary "$PEP" || die "push-profiles failed"
+  fi
+  echo "$KEY" >"$DIR/profiles/.stickers"
 fi
 wait_ready shard0a shard0b shard1a shard1b
 ZEP="tcp://127.0.0.1:$ZMQ_PORT"
@@ -286,7 +313,8 @@ ids=$(grep -oE '"id":"?[0-9]+' <<<"$body" | tr -dc '0-9\n') || true
 nhits=$(grep -c . <<<"$ids") || true
 echo "cluster-up: the sample query returned $nhits hits"
 id=${ids%%$'\n'*}
-[ -n "$id" ] || id=4397462724807453333
+# no hit: the corpus's first sticker (ids are text here: jq would round them)
+[ -n "$id" ] || id=$(head -n 1 "$DATA/corpus.jsonl" | grep -oE '"id": *"?[0-9]+' | tr -dc '0-9')
 
 # ---- the same through libpersrv: the persrv CLI over the ZeroMQ front door ------------------
 echo

@@ -4,7 +4,7 @@
  * 127.0.0.1 (libevent), with fault injection.
  *
  *   fake_models --ready FILE [--port 0] [--dim 512] [--map FILE] [--key KEY]
- *               [--faults FILE] [--fault RULE]... [--log FILE]
+ *               [--embed hash|palette] [--faults FILE] [--fault RULE]... [--log FILE]
  *
  * The port is picked at run time (--port 0); once listening, the base URL
  * ("http://127.0.0.1:PORT\n") is written to the ready file (temp + rename). SIGTERM/SIGINT stop.
@@ -16,7 +16,12 @@
  * (keywords and emotions comma-separated; the optional vector is that image's embedding,
  * sent as is). An image not in the map gets keywords "sticker, k<crc>", the description "a
  * sticker numbered <crc>", the emotion "e<crc & 0xff>", and a pseudo-random embedding of --dim
- * values seeded by the crc, NOT normalized (values in [-3, 3]). A chat request is a
+ * values seeded by the crc, NOT normalized (values in [-3, 3]). With --embed palette the
+ * embedding is instead a function of the pixels, as an image model's is: the image decoded
+ * (Leptonica), soft histograms of its R, G and B values (--dim / 3 bins each; --dim a
+ * multiple of 3), square-rooted and centred (an image that does not decode gets 400). Images
+ * of one palette get near embeddings wherever their text sits, so a user's clicks on one
+ * visual style make a style profile. A chat request is a
  * "describe" one when its text mentions "descri" or "emotion", else a "keywords" one; the
  * answer is the JSON the built-in prompts ask for.
  *
@@ -49,6 +54,8 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <jansson.h>
+#include <math.h>
+#include <leptonica/allheaders.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdint.h>
@@ -93,7 +100,7 @@ typedef struct seen { /* attempts per image and kind */
 
 static struct {
     struct event_base *base;
-    int dim;
+    int dim, palette; /* --embed palette */
     const char *key, *faults_path, *log_path;
     FILE *log;
     entry *map;
@@ -377,6 +384,42 @@ static char *chat_text(int kind, uint32_t crc, int format)
     return out;
 }
 
+/* --embed palette: soft histograms of the R, G and B values (dim / 3 bins each, every pixel
+ * shared between its two nearest bin centres), square-rooted, centred; NULL when img does not
+ * decode. Position-invariant: it sees an image's colours, not where its text is. */
+static json_t *palette(const unsigned char *img, size_t len, int dim)
+{
+    int bins = dim / 3;
+    PIX *raw = pixReadMem(img, len), *pix = raw ? pixConvertTo32(raw) : NULL;
+    pixDestroy(&raw);
+    if (!pix) return NULL;
+    int w = (int)pixGetWidth(pix), h = (int)pixGetHeight(pix);
+    double *hist = calloc((size_t)dim, sizeof *hist), mean = 0;
+    if (!hist) abort();
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            l_int32 rgb[3];
+            pixGetRGBPixel(pix, x, y, &rgb[0], &rgb[1], &rgb[2]);
+            for (int k = 0; k < 3; k++) {
+                double pos = rgb[k] / 255.0 * (bins - 1);
+                int b0 = (int)pos;
+                double f = pos - b0;
+                hist[k * bins + b0] += 1 - f;
+                if (b0 + 1 < bins) hist[k * bins + b0 + 1] += f;
+            }
+        }
+    pixDestroy(&pix);
+    for (int i = 0; i < dim; i++) {
+        hist[i] = sqrt(hist[i] / ((double)w * h));
+        mean += hist[i];
+    }
+    mean /= dim;
+    json_t *a = json_array();
+    for (int i = 0; i < dim; i++) json_array_append_new(a, json_real(hist[i] - mean));
+    free(hist);
+    return a;
+}
+
 static json_t *embedding(uint32_t crc, int dim)
 {
     const entry *e = lookup(crc);
@@ -549,10 +592,19 @@ static void handle(struct evhttp_request *req, void *arg)
             snprintf(action, sizeof action, "malformed");
         } else {
             json_t *o;
-            if (kind == K_EMBED) {
+            json_t *vec = NULL;
+            if (kind == K_EMBED && S.palette && dim == S.dim)
+                vec = palette(img, ilen, dim);
+            else if (kind == K_EMBED)
+                vec = embedding(crc, dim);
+            if (kind == K_EMBED && !vec) {
+                o = NULL;
+                p->status = 400;
+                p->body = error_body("the image does not decode");
+                snprintf(action, sizeof action, "bad_image");
+            } else if (kind == K_EMBED) {
                 o = json_pack("{s:s, s:[{s:s, s:i, s:o}], s:s}", "object", "list", "data", "object",
-                              "embedding", "index", 0, "embedding", embedding(crc, dim), "model",
-                              "fake-clip");
+                              "embedding", "index", 0, "embedding", vec, "model", "fake-clip");
             } else {
                 char *text = chat_text(kind, crc, r ? r->format : F_JSON);
                 o = json_pack("{s:s, s:s, s:s, s:[{s:i, s:{s:s, s:s}, s:s}]}", "id", "fake",
@@ -561,7 +613,7 @@ static void handle(struct evhttp_request *req, void *arg)
                               "stop");
                 free(text);
             }
-            p->body = json_dumps(o, 0);
+            if (o) p->body = json_dumps(o, 0);
             json_decref(o);
             if (r && r->dim) snprintf(action, sizeof action, "dim=%d", r->dim);
             if (r && r->big) {
@@ -615,7 +667,8 @@ static void on_signal(evutil_socket_t fd, short what, void *arg)
 static void usage(void)
 {
     fprintf(stderr, "usage: fake_models --ready FILE [--port 0] [--dim 512] [--map FILE] "
-                    "[--key KEY] [--faults FILE] [--fault RULE]... [--log FILE]\n"
+                    "[--key KEY] [--embed hash|palette] [--faults FILE] [--fault RULE]... "
+                    "[--log FILE]\n"
                     "(see the comment at the top of tests/integration/fake_models.c)\n");
 }
 
@@ -643,6 +696,10 @@ int main(int argc, char **argv)
             S.dim = atoi(v);
         else if (strcmp(a, "--key") == 0)
             S.key = v;
+        else if (strcmp(a, "--embed") == 0 && strcmp(v, "hash") == 0)
+            S.palette = 0;
+        else if (strcmp(a, "--embed") == 0 && strcmp(v, "palette") == 0)
+            S.palette = 1;
         else if (strcmp(a, "--faults") == 0)
             S.faults_path = v;
         else if (strcmp(a, "--log") == 0)
@@ -667,6 +724,11 @@ int main(int argc, char **argv)
         usage();
         return 2;
     }
+    if (S.palette && (S.dim % 3 || S.dim < 6)) {
+        fprintf(stderr, "fake_models: --embed palette wants --dim a multiple of 3, >= 6\n");
+        return 2;
+    }
+    setMsgSeverity(L_SEVERITY_NONE);
     if (S.log_path && !(S.log = fopen(S.log_path, "a"))) {
         fprintf(stderr, "fake_models: cannot open %s: %s\n", S.log_path, strerror(errno));
         return 1;

@@ -9,6 +9,12 @@
  * backgrounds of 200-600 px, dark text on light or light on dark, written as PNG, JPEG, GIF and
  * WebP in turn (Leptonica). Two thirds are named <decimal id>.<ext>, a third sticker-NNN.<ext>
  *       (hashed ids). OUTDIR/truth.tsv: file \t phrase.
+ *   render_stickers styled OUTDIR N SEED VOCAB FONT NSTYLES
+ *       as render, in NSTYLES visual styles (sticker i has style i % NSTYLES, at most 6): a
+ *       style is a palette (a light background colour, jittered by a few levels, with a
+ *       border band and dark text of its own hue) and a size class; every sticker carries a
+ *       different phrase, at 40-72 px on a plain background so OCR reads it cleanly.
+ *       OUTDIR/truth.tsv as for render, and OUTDIR/styles.tsv: file \t style.
  *   render_stickers faint OUTFILE FONT NOISE
  *       one 240x100 PNG: a grey phrase on grey under uniform noise of +-NOISE: Tesseract
  *       reads lines in it (with --ocr-min-conf 0) but none with confidence >= 0.7.
@@ -189,7 +195,30 @@ static FT_Face open_font(const char *font)
     return face;
 }
 
-static int cmd_render(const char *outdir, int n, uint64_t seed, const char *vocab, const char *font)
+/* The styles of `styled`: background, border and text colours. */
+static const int style_rgb[6][3][3] = {
+    {{252, 212, 222}, {236, 120, 150}, {90, 20, 40}},  /* pink */
+    {{200, 222, 252}, {90, 140, 220}, {20, 40, 100}},  /* blue */
+    {{210, 244, 200}, {100, 180, 90}, {20, 70, 20}},   /* green */
+    {{255, 242, 180}, {230, 180, 40}, {90, 60, 0}},    /* yellow */
+    {{230, 214, 252}, {150, 110, 220}, {60, 30, 110}}, /* lavender */
+    {{225, 225, 225}, {120, 120, 120}, {20, 20, 20}},  /* grey */
+};
+
+static void styled_background(canvas *c, int style)
+{
+    int bg[3], band = c->h / 8;
+    for (int k = 0; k < 3; k++) bg[k] = style_rgb[style][0][k] + rnd_in(-4, 4);
+    for (int y = 0; y < c->h; y++)
+        for (int x = 0; x < c->w; x++) {
+            const int *v = y < band || y >= c->h - band ? style_rgb[style][1] : bg;
+            put(c, x, y, v[0], v[1], v[2]);
+        }
+}
+
+/* nstyles 0: the mixed set of `render`; else the styled set. */
+static int cmd_render(const char *outdir, int n, uint64_t seed, const char *vocab, const char *font,
+                      int nstyles)
 {
     static const struct {
         const char *ext;
@@ -201,20 +230,27 @@ static int cmd_render(const char *outdir, int n, uint64_t seed, const char *voca
     rng_state = seed * 2862933555777941757ull + 3037000493ull;
     char path[4096];
     snprintf(path, sizeof path, "%s/truth.tsv", outdir);
-    FILE *truth = fopen(path, "w");
-    if (!truth || np < 10) {
-        fprintf(stderr, "render_stickers: cannot write %s or no vocabulary\n", path);
+    FILE *truth = fopen(path, "w"), *styles = NULL;
+    if (nstyles) {
+        snprintf(path, sizeof path, "%s/styles.tsv", outdir);
+        styles = fopen(path, "w");
+    }
+    if (!truth || (nstyles && !styles) || np < 10 || (nstyles && n > np / 2)) {
+        fprintf(stderr, "render_stickers: cannot write %s, or too small a vocabulary\n", path);
         return 1;
     }
+    char used[MAX_PHRASES] = {0};
     for (int i = 0; i < n; i++) {
-        /* a third English: pick among the ASCII or the other phrases */
+        /* a third English: pick among the ASCII or the other phrases (styled: each once) */
         int want_en = i % 3 == 1, k;
         do k = (int)(rnd() % (uint32_t)np);
-        while (is_ascii(phr[k]) != want_en);
+        while (is_ascii(phr[k]) != want_en || (nstyles && used[k]));
+        used[k] = 1;
+        int style = nstyles ? i % nstyles : 0;
         uint32_t cps[MAX_CP];
         size_t ncp = decode(phr[k], cps, MAX_CP);
         canvas c = {NULL, rnd_in(200, 600), rnd_in(200, 500)};
-        int px = rnd_in(28, 72), tw;
+        int px = nstyles ? 40 + 8 * (style % 3) + rnd_in(0, 8) : rnd_in(28, 72), tw;
         for (;;) {
             FT_Set_Pixel_Sizes(face, 0, (FT_UInt)px);
             tw = text_width(face, cps, ncp);
@@ -223,13 +259,23 @@ static int cmd_render(const char *outdir, int n, uint64_t seed, const char *voca
         }
         if (tw > c.w - 24) c.w = tw + 24;
         if (c.h < px * 2) c.h = px * 2;
+        if (nstyles && c.h < px * 2 + c.h / 4 + 16) c.h = px * 2 + c.h / 4 + 16;
         c.pix = pixCreate(c.w, c.h, 32);
-        int dark = i % 7 == 3;
-        background(&c, i % 3, dark);
+        int dark = !nstyles && i % 7 == 3;
         int rgb[3];
-        for (int q = 0; q < 3; q++) rgb[q] = dark ? rnd_in(215, 255) : rnd_in(0, 90);
+        if (nstyles) {
+            styled_background(&c, style);
+            memcpy(rgb, style_rgb[style][2], sizeof rgb);
+        } else {
+            background(&c, i % 3, dark);
+            for (int q = 0; q < 3; q++) rgb[q] = dark ? rnd_in(215, 255) : rnd_in(0, 90);
+        }
         int x = rnd_in(12, c.w - tw - 12 > 12 ? c.w - tw - 12 : 12);
         int y = rnd_in(px + 8, c.h - px / 3 - 8 > px + 8 ? c.h - px / 3 - 8 : px + 8);
+        if (nstyles) { /* between the border bands */
+            int lo = c.h / 8 + px + 4, hi = c.h - c.h / 8 - px / 3 - 4;
+            y = rnd_in(lo, hi > lo ? hi : lo);
+        }
         draw(&c, face, cps, ncp, x, y, rgb);
         char name[64];
         if (i % 3 == 2)
@@ -245,9 +291,11 @@ static int cmd_render(const char *outdir, int n, uint64_t seed, const char *voca
             return 1;
         }
         fprintf(truth, "%s\t%s\n", name, phr[k]);
+        if (styles) fprintf(styles, "%s\t%d\n", name, style);
         pixDestroy(&c.pix);
     }
     fclose(truth);
+    if (styles) fclose(styles);
     for (int i = 0; i < np; i++) free(phr[i]);
     return 0;
 }
@@ -409,13 +457,20 @@ int main(int argc, char **argv)
 {
     setMsgSeverity(L_SEVERITY_ERROR);
     if (argc == 7 && strcmp(argv[1], "render") == 0)
-        return cmd_render(argv[2], atoi(argv[3]), strtoull(argv[4], NULL, 10), argv[5], argv[6]);
+        return cmd_render(argv[2], atoi(argv[3]), strtoull(argv[4], NULL, 10), argv[5], argv[6], 0);
+    if (argc == 8 && strcmp(argv[1], "styled") == 0) {
+        int ns = atoi(argv[7]);
+        if (ns < 1 || ns > 6) return 2;
+        return cmd_render(argv[2], atoi(argv[3]), strtoull(argv[4], NULL, 10), argv[5], argv[6],
+                          ns);
+    }
     if (argc == 5 && strcmp(argv[1], "faint") == 0)
         return cmd_faint(argv[2], argv[3], atoi(argv[4]));
     if (argc == 5 && strcmp(argv[1], "blank") == 0)
         return cmd_blank(argv[2], atoi(argv[3]), atoi(argv[4]));
     if (argc == 4 && strcmp(argv[1], "score") == 0) return cmd_score(argv[2], argv[3]);
     fprintf(stderr, "usage: render_stickers render OUTDIR N SEED VOCAB FONT\n"
+                    "       render_stickers styled OUTDIR N SEED VOCAB FONT NSTYLES\n"
                     "       render_stickers faint OUTFILE FONT NOISE\n"
                     "       render_stickers blank OUT.png W H\n"
                     "       render_stickers score TRUTH.tsv CORPUS.jsonl\n");

@@ -30,35 +30,16 @@ fail() {
 }
 command -v curl >/dev/null || fail "curl is required (scripts/deps.sh installs it)"
 command -v jq >/dev/null || fail "jq is required (scripts/deps.sh installs it)"
-port_in_use() { (: <>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+. "$(dirname "$0")/demo_lib.sh"
 # alive PID: running and not a zombie
 alive() {
   kill -0 "$1" 2>/dev/null || return 1
   [ ! -r "/proc/$1/stat" ] || [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]
 }
 
-# ---- cluster-up on free ports (another process may take one between the pick and the bind:
-# retry then) --------------------------------------------------------------------------------
-started=0
-for attempt in 1 2 3 4 5; do
-  base=$((20000 + RANDOM % 30000))
-  http=$((base + 7))
-  busy=0
-  for p in $base $((base + 1)) $((base + 2)) $((base + 3)) $((base + 4)) $((base + 5)) $((base + 6)) $http; do
-    port_in_use "$p" && busy=1
-  done
-  [ $busy = 0 ] || continue
-  rc=0
-  PERSRV_BASE_PORT=$base PERSRV_HTTP_PORT=$http "$ROOT/scripts/cluster-up.sh" >"$T/up.out" 2>&1 || rc=$?
-  if [ $rc = 0 ]; then
-    started=1
-    break
-  fi
-  [ $rc = 3 ] || grep -q "Address already in use" "$RUN"/*.log 2>/dev/null \
-    || fail "cluster-up.sh exited with status $rc (attempt $attempt)"
-  echo "  attempt $attempt: a port was taken, retrying"
-done
-[ $started = 1 ] || fail "cluster-up.sh: no free ports in 5 attempts"
+# ---- cluster-up on free ports ----------------------------------------------------------------
+cluster_up_free_ports
+base=$BASE http=$HTTP
 echo "  cluster-up.sh: shards on $((base + 1))..$((base + 4)), broker on $http"
 
 # ---- what it printed and left ----------------------------------------------------------------
