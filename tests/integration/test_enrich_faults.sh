@@ -5,7 +5,7 @@
 # exit status (0 all done, 1 some failed, 130 interrupted), errors.jsonl, the corpus.jsonl line
 # count, the embeddings.npy shape and, from the server's request log, which stickers a rerun
 # (faults removed) asked the models about:
-#   slow      every sticker's first embedding reply 4 s late against --timeout-ms 1000: timed
+#   slow      every sticker's first embedding reply 10 s late against --timeout-ms 3000: timed
 #             out, retried, all done; chat replies 300 ms late against 10 s: waited for, never
 #             resent;
 #   dim       one sticker's embedding 8 values, another's 32, every time, against --dim 16:
@@ -128,16 +128,16 @@ rerun() {
 }
 
 # ---- slow replies ----------------------------------------------------------------------------
-faults slow "kind=embed tries=1 delay=4000"
-enrich slow --inflight 4 --timeout-ms 1000 --retries 3
+faults slow "kind=embed tries=1 delay=10000"
+enrich slow --inflight 4 --timeout-ms 3000 --retries 3
 check slow 0 $N 0
 # each sticker's first embedding request was held past the timeout and sent again (the server
 # saw attempt 2, answered on time); nothing else needed a retry for it
-late=$(count slow 'kind=embed' 'attempt=1 ' 'action=ok delay=4000')
+late=$(count slow 'kind=embed' 'attempt=1 ' 'action=ok delay=10000')
 again=$(count slow 'kind=embed' 'attempt=2 ' 'action=ok$')
 [ "$late" -eq $N ] && [ "$again" -eq $N ] \
   || fail "slow: $late first embedding requests held, $again answered on retry, not $N each"
-echo "  slow: $N stickers done; $late embedding replies 4 s late timed out at 1 s and retried"
+echo "  slow: $N stickers done; $late embedding replies 10 s late timed out at 3 s and retried"
 faults slow-chat "kind=chat delay=300"
 rm -rf "$T/slow"
 enrich slow --inflight 4 --timeout-ms 10000 --retries 3
