@@ -3,11 +3,11 @@
  * emotions over /v1/chat/completions and image embeddings over /v1/embeddings, many requests
  * in flight on one libcurl multi handle.
  *
- * The engine follows push.c's (one CURLM handle whose connection cache keeps keep-alive
- * connections, a FIFO of requests that start when a slot is free and their not_before has
- * passed, a fresh easy handle per attempt, header copies of the secret wiped) but cannot be
- * push.c's builder_http: it needs Retry-After, a reply cap that aborts the transfer instead of
- * truncating it, and a run that returns part way (until_pending, stop).
+ * The transfers go through the libcurl multi driver that push.c uses too (curlm.h: one CURLM
+ * handle keeping keep-alive connections, a FIFO of requests that start when a slot is free and
+ * their not_before has passed, a fresh easy handle per attempt); this file adds the policy:
+ * which requests a sticker needs, retries with backoff and Retry-After, a reply cap that aborts
+ * the transfer, and a run that returns part way (until_pending, stop).
  *
  * A job (one sticker) owns up to three requests: keywords, describe, embedding. The job ends
  * when all of them ended; its first request that fails for good fails it, and its requests
@@ -28,6 +28,7 @@
 #include <strings.h>
 #include <curl/curl.h>
 
+#include "curlm.h"
 #include "models.h"
 #include "pipeline.h"
 
@@ -55,22 +56,16 @@ static const char *const kind_name[K_N] = {"keywords", "describe", "embedding"};
 typedef struct mjob mjob;
 
 typedef struct mreq {
+    builder_curlm_xfer t; /* first: a transfer's callbacks get the request back by a cast */
     mjob *job;
-    int kind, used;    /* used: this job sends this kind */
-    uint32_t tries;    /* attempts started */
-    double not_before; /* builder_now() before which it is not started */
-    CURL *easy;
-    char *body;
+    int kind, used; /* used: this job sends this kind */
+    uint32_t tries; /* attempts started */
+    char *body;     /* while a transfer is in flight */
     size_t body_len;
-    char *resp;
-    size_t resp_len;
-    size_t cap; /* max_reply */
-    int too_big;
-    char cerr[CURL_ERROR_SIZE];
-    struct mreq *next; /* FIFO link */
 } mreq;
 
 struct mjob {
+    builder_models_t *m;
     uint64_t id;
     void *arg;
     char *data_url;
@@ -87,15 +82,13 @@ struct mjob {
 };
 
 struct builder_models {
-    CURLM *multi;
+    builder_curlm_t *drv;
     struct curl_slist *hdrs; /* holds the Authorization header: wiped on free */
     char *chat_url, *embed_url, *vlm_model, *embed_model, *prompt[2], *key;
     uint32_t dim, inflight, timeout_ms, retries;
     size_t max_reply;
     float *scratch; /* embedding parse buffer */
     uint32_t scratch_cap;
-    mreq *head, *tail; /* queued requests */
-    uint32_t nactive;
     mjob *jobs;                  /* every live job */
     mjob *done_head, *done_tail; /* ended jobs to report */
     size_t pending;
@@ -207,7 +200,6 @@ static char *json_lit(const char *s)
 
 builder_models_t *builder_models_new(const builder_models_cfg *cfg, ps_err *err)
 {
-    static int global;
     if (!cfg || (!cfg->vlm_url && !cfg->embed_url)) {
         ps_err_set(err, PS_EINVAL, "models: neither a VLM nor an embedding URL");
         return NULL;
@@ -221,13 +213,6 @@ builder_models_t *builder_models_new(const builder_models_cfg *cfg, ps_err *err)
     if (cfg->dim > MODELS_MAX_DIM) {
         ps_err_set(err, PS_EINVAL, "models: dim %u is over %u", cfg->dim, MODELS_MAX_DIM);
         return NULL;
-    }
-    if (!global) {
-        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-            ps_err_set(err, PS_EINTERNAL, "libcurl: global init failed");
-            return NULL;
-        }
-        global = 1;
     }
     builder_models_t *m = calloc(1, sizeof *m);
     if (!m) goto oom;
@@ -273,9 +258,9 @@ builder_models_t *builder_models_new(const builder_models_cfg *cfg, ps_err *err)
         if (!t) goto oom;
         m->hdrs = t;
     }
-    if (!(m->multi = curl_multi_init())) {
+    int parallel = m->inflight < INT32_MAX ? (int)m->inflight : INT32_MAX;
+    if (!(m->drv = builder_curlm_new(parallel, err))) {
         builder_models_free(m);
-        ps_err_set(err, PS_EINTERNAL, "libcurl: curl_multi_init failed");
         return NULL;
     }
     return m;
@@ -285,24 +270,17 @@ oom:
     return NULL;
 }
 
-static void req_end_easy(builder_models_t *m, mreq *r)
+/* Free what r's last attempt held (its transfer has ended or was dropped). */
+static void req_release(mreq *r)
 {
-    if (r->easy) {
-        curl_multi_remove_handle(m->multi, r->easy);
-        curl_easy_cleanup(r->easy);
-        r->easy = NULL;
-        m->nactive--;
-    }
     free(r->body);
     r->body = NULL;
-    free(r->resp);
-    r->resp = NULL;
-    r->resp_len = 0;
+    builder_curlm_xfer_clear(&r->t);
 }
 
 static void job_free(builder_models_t *m, mjob *j)
 {
-    for (int k = 0; k < K_N; k++) req_end_easy(m, &j->req[k]);
+    for (int k = 0; k < K_N; k++) req_release(&j->req[k]);
     if (j->prev)
         j->prev->next = j->next;
     else
@@ -319,8 +297,8 @@ static void job_free(builder_models_t *m, mjob *j)
 /* Forget every unreported job (no callbacks). */
 static void discard_all(builder_models_t *m)
 {
+    builder_curlm_drop(m->drv);
     while (m->jobs) job_free(m, m->jobs);
-    m->head = m->tail = NULL;
     m->done_head = m->done_tail = NULL;
     m->pending = 0;
 }
@@ -328,8 +306,8 @@ static void discard_all(builder_models_t *m)
 void builder_models_free(builder_models_t *m)
 {
     if (!m) return;
-    if (m->multi) discard_all(m);
-    if (m->multi) curl_multi_cleanup(m->multi);
+    if (m->drv) discard_all(m);
+    builder_curlm_free(m->drv);
     for (struct curl_slist *s = m->hdrs; s; s = s->next) explicit_bzero(s->data, strlen(s->data));
     curl_slist_free_all(m->hdrs);
     wipe_free(m->key);
@@ -353,18 +331,18 @@ void builder_models_get_stats(const builder_models_t *m, builder_models_stats *o
     *out = m->stats;
 }
 
+static int req_setup(builder_curlm_xfer *t, void *easy);
+static void req_finish(builder_curlm_xfer *t);
+
+/* Queue an attempt of r (a retry at the head: see the top of the file). */
 static void enqueue(builder_models_t *m, mreq *r, int at_head)
 {
-    r->next = NULL;
-    if (!m->head) {
-        m->head = m->tail = r;
-    } else if (at_head) {
-        r->next = m->head;
-        m->head = r;
-    } else {
-        m->tail->next = r;
-        m->tail = r;
-    }
+    r->t.timeout_ms = (long)m->timeout_ms;
+    r->t.cap = m->max_reply;
+    r->t.cap_fails = 1;
+    r->t.setup = req_setup;
+    r->t.done = req_finish;
+    builder_curlm_add(m->drv, &r->t, at_head);
 }
 
 int builder_models_submit(builder_models_t *m, uint64_t id, const void *img, size_t len,
@@ -387,6 +365,7 @@ int builder_models_submit(builder_models_t *m, uint64_t id, const void *img, siz
         return ps_err_set(err, PS_ENOMEM, "models: out of memory for sticker %llu",
                           (unsigned long long)id);
     }
+    j->m = m;
     j->id = id;
     j->arg = arg;
     int n = snprintf(j->data_url, plen + 1, "data:%s;base64,", mime);
@@ -440,55 +419,19 @@ static int build_body(builder_models_t *m, mreq *r)
     return 0;
 }
 
-static size_t on_write(char *data, size_t size, size_t nmemb, void *ud)
+/* The driver starts an attempt of r: its body and the request's options. 0, or -1: not started
+ * (its job failed already, or out of memory); req_finish sorts out which. */
+static int req_setup(builder_curlm_xfer *t, void *easy)
 {
-    mreq *r = ud;
-    size_t n = size * nmemb;
-    if (n > r->cap - r->resp_len) {
-        r->too_big = 1;
-        return 0; /* libcurl aborts the transfer with CURLE_WRITE_ERROR */
-    }
-    char *p = realloc(r->resp, r->resp_len + n + 1);
-    if (!p) return 0;
-    memcpy(p + r->resp_len, data, n);
-    r->resp = p;
-    r->resp_len += n;
-    p[r->resp_len] = '\0';
-    return n;
-}
-
-/* Start r. 0, or -1 when out of memory (the job then fails). */
-static int start(builder_models_t *m, mreq *r)
-{
+    mreq *r = (mreq *)t;
+    builder_models_t *m = r->job->m;
+    if (r->job->rc) return -1; /* its job failed already: skip it */
     if (build_body(m, r)) return -1;
-    CURL *e = curl_easy_init();
-    if (!e) return -1;
-    r->easy = e;
-    r->cerr[0] = '\0';
-    r->too_big = 0;
-    r->cap = m->max_reply;
-    long connect_ms = m->timeout_ms < 10000 ? (long)m->timeout_ms : 10000;
-    curl_easy_setopt(e, CURLOPT_URL, r->kind == K_EMBED ? m->embed_url : m->chat_url);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, m->hdrs);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)m->timeout_ms);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->cerr);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, r);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "persrv-builder");
-    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)m->max_reply);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    if (curl_multi_add_handle(m->multi, e) != CURLM_OK) {
-        curl_easy_cleanup(e);
-        r->easy = NULL;
-        return -1;
-    }
+    curl_easy_setopt(easy, CURLOPT_URL, r->kind == K_EMBED ? m->embed_url : m->chat_url);
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, m->hdrs);
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, r->body);
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
     r->tries++;
-    m->nactive++;
     m->stats.requests++;
     return 0;
 }
@@ -499,7 +442,7 @@ static void req_done(builder_models_t *m, mreq *r, int rc, const char *fmt, ...)
 static void req_done(builder_models_t *m, mreq *r, int rc, const char *fmt, ...)
 {
     mjob *j = r->job;
-    req_end_easy(m, r);
+    req_release(r);
     if (rc && !j->rc) {
         va_list ap;
         int n = snprintf(j->err, sizeof j->err, "%s: ", kind_name[r->kind]);
@@ -521,7 +464,7 @@ static void req_done(builder_models_t *m, mreq *r, int rc, const char *fmt, ...)
 
 /* The server's own words for a failed request: {"error": {"message"}}, {"error": "..."},
  * {"detail": "..."}, or the body's first printable bytes. */
-static void server_words(const mreq *r, char *buf, size_t size)
+static void server_words(const builder_curlm_xfer *r, char *buf, size_t size)
 {
     buf[0] = '\0';
     if (!r->resp_len) {
@@ -587,12 +530,13 @@ static int transport_retriable(CURLcode cc)
 static int take_reply(builder_models_t *m, mreq *r, ps_err *err)
 {
     mjob *j = r->job;
+    const builder_curlm_xfer *t = &r->t;
     if (r->kind == K_KEYWORDS)
-        return builder_parse_vlm_keywords(r->resp, r->resp_len, &j->keywords, err);
+        return builder_parse_vlm_keywords(t->resp, t->resp_len, &j->keywords, err);
     if (r->kind == K_DESCRIBE)
-        return builder_parse_vlm_describe(r->resp, r->resp_len, &j->desc, &j->emotion, err);
+        return builder_parse_vlm_describe(t->resp, t->resp_len, &j->desc, &j->emotion, err);
     uint32_t got = 0;
-    int rc = builder_parse_embedding(r->resp, r->resp_len, m->scratch, m->scratch_cap, &got, err);
+    int rc = builder_parse_embedding(t->resp, t->resp_len, m->scratch, m->scratch_cap, &got, err);
     if (rc) return rc;
     if (m->dim && got != m->dim)
         return ps_err_set(err, PS_EINVAL, "the embedding has %u dimensions, expected %u", got,
@@ -605,49 +549,52 @@ static int take_reply(builder_models_t *m, mreq *r, ps_err *err)
     return 0;
 }
 
-/* r's transfer ended with cc: retry, fail or take the reply. */
-static void finish(builder_models_t *m, mreq *r, CURLcode cc)
+/* An attempt of r ended (or did not start): retry, fail or take the reply. */
+static void req_finish(builder_curlm_xfer *t)
 {
-    long status = 0;
-    curl_off_t ra = -1;
-    int retriable;
+    mreq *r = (mreq *)t;
+    builder_models_t *m = r->job->m;
+    CURLcode cc = (CURLcode)t->cc;
     char words[200];
-    if (cc == CURLE_OK) {
-        curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
-        curl_easy_getinfo(r->easy, CURLINFO_RETRY_AFTER, &ra);
-        retriable = status == 429 || status >= 500;
-    } else {
-        retriable = transport_retriable(cc) && !r->too_big;
+    free(r->body);
+    r->body = NULL;
+    if (r->job->rc) { /* its job failed already: skipped, or its reply is of no use */
+        req_done(m, r, 0, "%s", "");
+        return;
     }
-    if (r->too_big || cc == CURLE_FILESIZE_EXCEEDED) {
+    if (t->too_big || cc == CURLE_FILESIZE_EXCEEDED) {
         req_done(m, r, PS_ETOOBIG, "the reply is over %zu bytes (max_reply)", m->max_reply);
         return;
     }
+    if (cc == CURLE_OUT_OF_MEMORY) {
+        req_done(m, r, PS_ENOMEM, "%s", t->cerr);
+        return;
+    }
+    int retriable = cc == CURLE_OK ? t->status == 429 || t->status >= 500 : transport_retriable(cc);
     if (retriable && r->tries <= m->retries) {
         double d = 0.5;
         for (uint32_t i = 1; i < r->tries && d < BACKOFF_MAX; i++) d *= 2;
         if (d > BACKOFF_MAX) d = BACKOFF_MAX;
         m->rng = m->rng * 6364136223846793005ull + 1442695040888963407ull;
         d += d * 0.2 * (double)(m->rng >> 11) / 9007199254740992.0; /* spread the herd */
-        if (ra > 0) {
-            double rs = (double)ra < RETRY_AFTER_MAX ? (double)ra : RETRY_AFTER_MAX;
+        if (t->retry_after > 0) {
+            double rs = (double)t->retry_after;
+            if (rs > RETRY_AFTER_MAX) rs = RETRY_AFTER_MAX;
             if (rs > d) d = rs;
         }
-        req_end_easy(m, r);
-        r->not_before = builder_now() + d;
+        r->t.not_before = builder_now() + d;
         m->stats.retries++;
         enqueue(m, r, 1);
         return;
     }
     if (cc != CURLE_OK) {
         req_done(m, r, cc == CURLE_OPERATION_TIMEDOUT ? PS_ETIMEDOUT : PS_EUNAVAIL, "%s (%u %s)",
-                 r->cerr[0] ? r->cerr : curl_easy_strerror(cc), r->tries,
-                 r->tries == 1 ? "try" : "tries");
+                 t->cerr, r->tries, r->tries == 1 ? "try" : "tries");
         return;
     }
-    if (status < 200 || status > 299) {
-        server_words(r, words, sizeof words);
-        req_done(m, r, http_code(status), "HTTP %ld: %s (%u %s)", status, words, r->tries,
+    if (t->status < 200 || t->status > 299) {
+        server_words(t, words, sizeof words);
+        req_done(m, r, http_code(t->status), "HTTP %ld: %s (%u %s)", t->status, words, r->tries,
                  r->tries == 1 ? "try" : "tries");
         return;
     }
@@ -657,35 +604,6 @@ static void finish(builder_models_t *m, mreq *r, CURLcode cc)
         req_done(m, r, rc, "%s", e.msg);
     else
         req_done(m, r, 0, "%s", "");
-}
-
-/* Start due requests while slots are free. Returns the seconds until the next queued request
- * that is not due yet (-1: none waits). */
-static double start_due(builder_models_t *m)
-{
-    double now = builder_now(), wait = -1;
-    mreq *prev = NULL, *r = m->head;
-    while (r && m->nactive < m->inflight) {
-        mreq *next = r->next;
-        if (!r->job->rc && r->not_before > now) {
-            if (wait < 0 || r->not_before - now < wait) wait = r->not_before - now;
-            prev = r;
-            r = next;
-            continue;
-        }
-        if (prev)
-            prev->next = next;
-        else
-            m->head = next;
-        if (m->tail == r) m->tail = prev;
-        r->next = NULL;
-        if (r->job->rc) /* its job failed already: skip it */
-            req_done(m, r, 0, "%s", "");
-        else if (start(m, r))
-            req_done(m, r, PS_ENOMEM, "out of memory starting the request");
-        r = next;
-    }
-    return wait;
 }
 
 /* Report the ended jobs. */
@@ -716,20 +634,11 @@ static void report(builder_models_t *m, builder_model_done done, void *ctx)
 int builder_models_run(builder_models_t *m, size_t until_pending, builder_model_done done,
                        void *ctx, volatile sig_atomic_t *stop)
 {
-    for (;;) {
-        double wait = start_due(m);
-        int running = 0, ended = 0;
-        CURLMcode mc = curl_multi_perform(m->multi, &running);
-        CURLMsg *msg;
-        int left;
-        while (mc == CURLM_OK && (msg = curl_multi_info_read(m->multi, &left)) != NULL) {
-            if (msg->msg != CURLMSG_DONE) continue;
-            mreq *r = NULL;
-            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
-            if (r) {
-                finish(m, r, msg->data.result);
-                ended++;
-            }
+    for (int wait_ms = 0;; wait_ms = 100) { /* the first turn does not wait */
+        ps_err e = {0, ""};
+        if (builder_curlm_step(m->drv, wait_ms, NULL, &e)) {
+            discard_all(m);
+            return ps_err_set(NULL, PS_EINTERNAL, "%s", e.msg);
         }
         report(m, done, ctx);
         if (stop && *stop) {
@@ -737,14 +646,6 @@ int builder_models_run(builder_models_t *m, size_t until_pending, builder_model_
             return 0;
         }
         if (m->pending <= until_pending) return 0;
-        if (ended) continue; /* slots freed: start the next ones at once */
-        int ms = 100;
-        if (wait >= 0 && wait * 1000 < ms) ms = (int)(wait * 1000) + 1;
-        if (mc == CURLM_OK) mc = curl_multi_poll(m->multi, NULL, 0, ms, NULL);
-        if (mc != CURLM_OK) {
-            discard_all(m);
-            return ps_err_set(NULL, PS_EINTERNAL, "libcurl: %s", curl_multi_strerror(mc));
-        }
     }
 }
 

@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "curlm.h"
 #include "ps/err.h"
 
 typedef struct builder_http builder_http_t;
@@ -47,9 +48,9 @@ struct builder_xfer {
     int read_errno;  /* pread failed (cc is then CURLE_ABORTED_BY_CALLBACK) */
 
     /* ---- private to push.c ---- */
-    void *easy, *hdrs;
-    builder_xfer *next;
-    int active;
+    builder_curlm_xfer t; /* its transfer through the shared libcurl driver */
+    builder_http_t *h;
+    int active; /* in flight (the push's progress line reads it) */
 };
 
 /* Prepare x as a fresh request (zeroes it; fd = -1). Frees a previous response. */
