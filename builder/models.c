@@ -934,34 +934,56 @@ static int labelled_list(const char *text, const char *const *labels, strlist *l
     return 0;
 }
 
-int builder_parse_vlm_keywords(const char *body, size_t len, char **keywords, ps_err *err)
+/* What both chat parsers start from. */
+typedef struct answer {
+    char *content; /* the completion's text (owned) */
+    char *text;    /* inside content: what the first code fence holds, or all of it */
+    strlist *l;    /* an empty list (owned) */
+    json_t *root;  /* the JSON object the text holds (owned; NULL unless json > 0) */
+    int json;      /* 1: root is set, 0: the text holds no JSON object, -1: malformed JSON */
+} answer;
+
+/* Open a chat completion body into *a. 0 (close it with answer_close), or chat_content's error
+ * or PS_ENOMEM (nothing to close). */
+static int answer_open(answer *a, const char *body, size_t len, ps_err *err)
 {
-    char *content;
     size_t clen;
-    *keywords = NULL;
-    int rc = chat_content(body, len, &content, &clen, err);
+    memset(a, 0, sizeof *a);
+    int rc = chat_content(body, len, &a->content, &clen, err);
     if (rc) return rc;
-    char *text = unfence(content);
-    strlist *l = calloc(1, sizeof *l);
-    if (!l) {
-        free(content);
+    a->text = unfence(a->content);
+    if (!(a->l = calloc(1, sizeof *a->l))) {
+        free(a->content);
         return ps_err_set(err, PS_ENOMEM, "out of memory parsing a reply");
     }
-    json_t *root;
-    int j = json_in_text(text, &root);
-    if (j < 0) {
+    a->json = json_in_text(a->text, &a->root);
+    return 0;
+}
+
+static void answer_close(answer *a)
+{
+    json_decref(a->root);
+    free(a->l);
+    free(a->content);
+}
+
+int builder_parse_vlm_keywords(const char *body, size_t len, char **keywords, ps_err *err)
+{
+    answer a;
+    *keywords = NULL;
+    int rc = answer_open(&a, body, len, err);
+    if (rc) return rc;
+    if (a.json < 0) {
         rc = ps_err_set(err, PS_EPARSE, "the keywords answer is malformed JSON");
-    } else if (j > 0) {
-        list_json(l, get_any(root, kw_keys));
-        if (!l->n) rc = ps_err_set(err, PS_EPARSE, "the keywords answer has no \"keywords\"");
-    } else if (!labelled_list(text, kw_labels, l)) {
-        list_split(l, text, strlen(text)); /* a plain list */
+    } else if (a.json > 0) {
+        list_json(a.l, get_any(a.root, kw_keys));
+        if (!a.l->n) rc = ps_err_set(err, PS_EPARSE, "the keywords answer has no \"keywords\"");
+    } else if (!labelled_list(a.text, kw_labels, a.l)) {
+        list_split(a.l, a.text, strlen(a.text)); /* a plain list */
     }
-    json_decref(root);
-    if (!rc && !l->n) rc = ps_err_set(err, PS_EPARSE, "the keywords answer is empty");
-    if (!rc && !(*keywords = list_take(l))) rc = ps_err_set(err, PS_ENOMEM, "out of memory");
-    free(l);
-    free(content);
+    if (!rc && !a.l->n) rc = ps_err_set(err, PS_EPARSE, "the keywords answer is empty");
+    if (!rc && !(*keywords = list_take(a.l))) rc = ps_err_set(err, PS_ENOMEM, "out of memory");
+    answer_close(&a);
     return rc;
 }
 
@@ -988,31 +1010,22 @@ static char *clean_text(const char *s, size_t n)
 int builder_parse_vlm_describe(const char *body, size_t len, char **desc, char **emotion,
                                ps_err *err)
 {
-    char *content;
-    size_t clen;
+    answer a;
     *desc = *emotion = NULL;
-    int rc = chat_content(body, len, &content, &clen, err);
+    int rc = answer_open(&a, body, len, err);
     if (rc) return rc;
-    char *text = unfence(content);
-    strlist *l = calloc(1, sizeof *l);
-    if (!l) {
-        free(content);
-        return ps_err_set(err, PS_ENOMEM, "out of memory parsing a reply");
-    }
-    json_t *root;
-    int j = json_in_text(text, &root);
     char *d = NULL;
-    if (j < 0) {
+    if (a.json < 0) {
         rc = ps_err_set(err, PS_EPARSE, "the description answer is malformed JSON");
-    } else if (j > 0) {
-        json_t *dv = get_any(root, desc_keys);
+    } else if (a.json > 0) {
+        json_t *dv = get_any(a.root, desc_keys);
         if (json_is_string(dv)) d = clean_text(json_string_value(dv), json_string_length(dv));
-        list_json(l, get_any(root, emo_keys));
+        list_json(a.l, get_any(a.root, emo_keys));
         if (!json_is_string(dv))
             rc = ps_err_set(err, PS_EPARSE, "the description answer has no \"description\"");
     } else {
         int found = 0;
-        for (const char *line = text; line && *line && !found;) {
+        for (const char *line = a.text; line && *line && !found;) {
             const char *eol = strchr(line, '\n');
             size_t n = eol ? (size_t)(eol - line) : strlen(line);
             char *tmp = strndup(line, n);
@@ -1024,11 +1037,11 @@ int builder_parse_vlm_describe(const char *body, size_t len, char **desc, char *
             free(tmp);
             line = eol ? eol + 1 : NULL;
         }
-        if (!labelled_list(text, emo_labels, l) && !found)
-            d = clean_text(text, strlen(text)); /* plain prose: all of it describes */
+        if (!labelled_list(a.text, emo_labels, a.l) && !found)
+            d = clean_text(a.text, strlen(a.text)); /* plain prose: all of it describes */
         else if (!found) { /* only an Emotions line: the text before it describes */
-            const char *cut = text;
-            for (const char *line = text; line && *line;) {
+            const char *cut = a.text;
+            for (const char *line = a.text; line && *line;) {
                 if (label_value(line, emo_labels)) {
                     cut = line;
                     break;
@@ -1036,20 +1049,18 @@ int builder_parse_vlm_describe(const char *body, size_t len, char **desc, char *
                 const char *eol = strchr(line, '\n');
                 line = eol ? eol + 1 : NULL;
             }
-            d = clean_text(text, (size_t)(cut - text));
+            d = clean_text(a.text, (size_t)(cut - a.text));
         }
     }
-    json_decref(root);
     if (!rc && (!d || !d[0]))
         rc = d ? ps_err_set(err, PS_EPARSE, "the description answer is empty")
                : ps_err_set(err, PS_ENOMEM, "out of memory");
-    if (!rc && !(*emotion = list_take(l))) rc = ps_err_set(err, PS_ENOMEM, "out of memory");
+    if (!rc && !(*emotion = list_take(a.l))) rc = ps_err_set(err, PS_ENOMEM, "out of memory");
     if (!rc)
         *desc = d;
     else
         free(d);
-    free(l);
-    free(content);
+    answer_close(&a);
     return rc;
 }
 
