@@ -62,6 +62,7 @@
 #define ENRICH_PROGRESS_TTY_S     0.25
 #define ENRICH_PROGRESS_LOG_S     5.0
 #define ENRICH_SYNC_S             1.0
+#define ENRICH_POLL_MS            20 /* model calls driven between looks at the OCR queue */
 
 /* One sticker of the input. */
 typedef struct item {
@@ -816,14 +817,14 @@ static void at_models_unlink(enrich *e, result *r)
     if (r->mnext) r->mnext->mprev = r->mprev;
 }
 
-/* Pop everything the workers finished; wait up to the next progress tick when nothing is. */
-static result *take_results(enrich *e, int *workers_left)
+/* Pop everything the workers finished; wait up to wait_ms when nothing is. */
+static result *take_results(enrich *e, int *workers_left, long wait_ms)
 {
     pthread_mutex_lock(&e->mu);
-    if (!e->head && e->running) {
+    if (!e->head && e->running && wait_ms > 0) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 250 * 1000000L;
+        ts.tv_nsec += wait_ms * 1000000L;
         if (ts.tv_nsec >= 1000000000L) {
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000L;
@@ -879,10 +880,17 @@ static int run(enrich *e, ps_err *err)
     }
     for (;;) {
         int left;
-        result *r = take_results(e, &left);
+        /* with model calls running the wait is theirs (below), not the queue's */
+        size_t pending = e->models ? builder_models_pending(e->models) : 0;
+        result *r = take_results(e, &left, pending ? 0 : 250);
         while (r) {
             result *next = r->next;
             r->next = NULL;
+            if (e->models && !r->rc && (stop || rc)) {
+                result_free(e, r); /* not asked: not done, a rerun does it */
+                r = next;
+                continue;
+            }
             if (!rc && e->models && !r->rc) {
                 ps_err serr = {0};
                 if (builder_models_submit(e->models, e->items[r->item].id, r->img, r->img_len,
@@ -901,9 +909,14 @@ static int run(enrich *e, ps_err *err)
             result_free(e, r);
             r = next;
         }
-        size_t pending = e->models ? builder_models_pending(e->models) : 0;
-        if (pending && !stop && !rc)
-            builder_models_run(e->models, left ? pending - 1 : 0, model_done, e, &stop);
+        pending = e->models ? builder_models_pending(e->models) : 0;
+        if (pending && !stop && !rc) {
+            /* while OCR threads still feed stickers in, come back often to submit them */
+            int mrc = left ? builder_models_poll(e->models, ENRICH_POLL_MS, model_done, e)
+                           : builder_models_run(e->models, 0, model_done, e, &stop);
+            if (mrc && !rc)
+                rc = ps_err_set(err, mrc, "the model client failed (libcurl's multi interface)");
+        }
         if (!rc && e->write_rc) {
             rc = e->write_rc;
             if (err) *err = e->write_err;

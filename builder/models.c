@@ -631,6 +631,20 @@ static void report(builder_models_t *m, builder_model_done done, void *ctx)
     }
 }
 
+int builder_models_poll(builder_models_t *m, int max_ms, builder_model_done done, void *ctx)
+{
+    ps_err e = {0, ""};
+    int ended = 0;
+    if (builder_curlm_step(m->drv, 0, &ended, &e) == 0 && !ended && max_ms > 0)
+        builder_curlm_step(m->drv, max_ms, NULL, &e);
+    if (e.code) {
+        discard_all(m);
+        return ps_err_set(NULL, PS_EINTERNAL, "%s", e.msg);
+    }
+    report(m, done, ctx);
+    return 0;
+}
+
 int builder_models_run(builder_models_t *m, size_t until_pending, builder_model_done done,
                        void *ctx, volatile sig_atomic_t *stop)
 {

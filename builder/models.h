@@ -13,7 +13,7 @@
  * never logged, printed or copied into an error message.
  *
  * One thread: submit, run and the done() callbacks all happen in the caller's thread. done()
- * may submit more jobs; it must not call builder_models_run or builder_models_free. A job that
+ * may submit more jobs; it must not call builder_models_run, _poll or builder_models_free. A job that
  * failed (rc != 0) reports no fields (keywords, desc, emotion and embedding are NULL).
  */
 #ifndef BUILDER_MODELS_H
@@ -82,6 +82,11 @@ int builder_models_submit(builder_models_t *m, uint64_t id, const void *img, siz
  * return value. */
 int builder_models_run(builder_models_t *m, size_t until_pending, builder_model_done done,
                        void *ctx, volatile sig_atomic_t *stop);
+/* One turn of builder_models_run that returns after at most about max_ms: drive transfers,
+ * call done() for each job that finished, wait up to max_ms when none did. For a caller that
+ * has other work to feed in meanwhile (builder enrich's OCR threads). Returns as
+ * builder_models_run does. */
+int builder_models_poll(builder_models_t *m, int max_ms, builder_model_done done, void *ctx);
 /* Jobs submitted and not reported yet. */
 size_t builder_models_pending(const builder_models_t *m);
 

@@ -13,7 +13,9 @@
 #             request each (not retried); the rerun asks only about them;
 #   drop1     every sticker's first embedding connection dropped: retried, all done;
 #   dropall   one sticker's embedding connection dropped every time: its error after
-#             --retries, the others done; the rerun asks only about it;
+#             --retries (the message says 3 tries; the server may see more: libcurl resends a
+#             request whose reused connection died), the others done; the rerun asks only
+#             about it;
 #   sigint    the last 4 stickers' replies held 60 s: SIGINT while they are in flight -> 130,
 #             the 4 stickers done are kept, the rerun asks only about the others, and the final
 #             corpus has every sticker exactly once.
@@ -181,9 +183,10 @@ check dropall 1 $((N - 1)) 1
 grep -qF "\"${IMGS[3]}\"" "$T/dropall/errors.jsonl" || fail "dropall: ${IMGS[3]} not the failure"
 jq -e '.message | test("^embedding: .*\\(3 tries\\)")' "$T/dropall/errors.jsonl" >/dev/null \
   || fail "dropall: the error does not say 3 tries: $(cat "$T/dropall/errors.jsonl")"
-# libcurl resends once by itself a request whose reused connection died: at least 1 + retries
+# libcurl resends by itself a request whose reused keep-alive connection died (how often
+# depends on which connection each try got): at least 1 + retries reached the server
 n=$(count dropall "crc=$victim" 'kind=embed' 'action=drop')
-[ "$n" -ge 3 ] && [ "$n" -le 6 ] || fail "dropall: $n dropped embedding requests, not 3 (+ resends)"
+[ "$n" -ge 3 ] || fail "dropall: $n dropped embedding requests, not at least 3"
 [ "$(count dropall 'action=drop')" -eq "$n" ] || fail "dropall: another sticker was dropped"
 echo "  dropall: $((N - 1)) stickers done, ${IMGS[3]} failed after --retries 2 ($n connections dropped)"
 WANT=("$victim")
