@@ -27,7 +27,9 @@
 #   LATENCY_MS (default 100), INFLIGHT (default 1,8,32), SEED (render seed, default 1),
 #   DIM (embedding dimension, default 512), FONT (default the WenQuanYi Zen Hei .ttc),
 #   VOCAB (default builder/vocab.txt), TMPDIR (where the temporary directory goes);
-#   the flags beat the environment.
+#   the flags beat the environment. The builder inherits the environment: OMP_THREAD_LIMIT=1
+#   limits Tesseract's OpenMP threads (the builder's own setenv of it comes after libgomp has
+#   read the environment); the report says whether it was set.
 set -euo pipefail
 
 usage() { # the header comment
@@ -89,11 +91,12 @@ GTIME=""
 /usr/bin/time -f %M -o /dev/null true 2>/dev/null && GTIME=/usr/bin/time
 
 # The machine, before anything runs.
-NPROC=$(nproc)
+NPROC=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) # nproc obeys both
 read -r L1 L5 L15 _ </proc/loadavg
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+OMP_LIMIT=${OMP_THREAD_LIMIT:-}
 
 FM_PID=""
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/run_enrich.XXXXXX")
@@ -222,7 +225,7 @@ jq -s --argjson images "$IMAGES" --argjson runs "$RUNS" --argjson latency "$LATE
   --argjson seed "$SEED" --argjson dim "$DIM" --argjson bytes "$BYTES" \
   --arg inflight "$INFLIGHT" --argjson nproc "$NPROC" --arg cpu "$CPU" \
   --argjson l1 "$L1" --argjson l5 "$L5" --argjson l15 "$L15" --arg commit "$COMMIT" \
-  --arg started "$STARTED" --arg ocr_score "$OCR_SCORE" '
+  --arg started "$STARTED" --arg ocr_score "$OCR_SCORE" --arg omp "$OMP_LIMIT" '
   def stats: sort as $s | ($s | length) as $n |
     {min: $s[0], median: (if $n % 2 == 1 then $s[($n - 1) / 2]
                           else (($s[$n / 2 - 1] + $s[$n / 2]) / 2 * 100 | round / 100) end),
@@ -232,7 +235,8 @@ jq -s --argjson images "$IMAGES" --argjson runs "$RUNS" --argjson latency "$LATE
    params: {images: $images, image_bytes: $bytes, render_seed: $seed, runs: $runs,
             model_latency_ms: $latency, requests_per_image: 3, embedding_dim: $dim,
             inflight: ($inflight | split(",") | map(tonumber)),
-            full_ocr_threads: 2, models_ocr_threads: 1},
+            full_ocr_threads: 2, models_ocr_threads: 1,
+            env_omp_thread_limit: (if $omp == "" then null else $omp end)},
    ocr_score: $ocr_score,
    configs: (group_by(.config) | map({
      config: .[0].config, mode: .[0].mode, ocr_threads: .[0].ocr_threads,
@@ -252,7 +256,7 @@ if [ "$JSON" = 1 ]; then
 else
   jq -r '
     def mm: "\(.median) [\(.min)..\(.max)]";
-    "enrich bench: \(.params.images) images (\(.params.image_bytes / 1048576 * 10 | round / 10) MiB, seed \(.params.render_seed)), \(.params.runs) runs each (median [min..max]), model latency \(.params.model_latency_ms) ms a request, 3 requests an image",
+    "enrich bench: \(.params.images) images (\(.params.image_bytes / 1048576 * 10 | round / 10) MiB, seed \(.params.render_seed)), \(.params.runs) runs each (median [min..max]), model latency \(.params.model_latency_ms) ms a request, 3 requests an image, OMP_THREAD_LIMIT \(.params.env_omp_thread_limit // "unset")",
     "machine: nproc \(.machine.nproc), load average at start \(.machine.loadavg_at_start | map(tostring) | join(" ")), \(.machine.cpu), commit \(.commit)",
     "ocr sample: \(.ocr_score)",
     (.configs[] |
