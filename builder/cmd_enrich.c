@@ -98,6 +98,7 @@ typedef struct enrich {
     int want_models; /* a model server is configured: keep the image bytes */
     builder_models_cfg mcfg;
     builder_models_t *models;
+    builder_models_stats mstats; /* its totals, kept when it is freed */
     int write_rc; /* first state write failure seen in a model callback */
     ps_err write_err;
     /* input */
@@ -636,7 +637,10 @@ static void push_result(enrich *e, result *r)
     pthread_mutex_unlock(&e->mu);
 }
 
-static void process(enrich *e, builder_ocr_t *ocr, size_t idx, result *r)
+/* Read, decode and OCR one sticker into r. The worker's engine starts on the first sticker
+ * that needs OCR (a manifest may give every `ocr`). Returns -1 when the engine cannot start
+ * (e->fatal is set; r is not a result). */
+static int process(enrich *e, builder_ocr_t **ocr, size_t idx, result *r)
 {
     item *it = &e->items[idx];
     ps_err err = {0};
@@ -660,7 +664,17 @@ static void process(enrich *e, builder_ocr_t *ocr, size_t idx, result *r)
         ; /* given by the manifest */
     else if (before)
         r->ocr = xstrdup(before);
-    else if ((r->rc = builder_ocr_run(ocr, pix, &r->ocr, &err)))
+    else if (!*ocr && !(*ocr = builder_ocr_new(e->lang, e->min_conf, &err))) {
+        pthread_mutex_lock(&e->mu);
+        if (!e->fatal) {
+            e->fatal = 1;
+            snprintf(e->fatal_msg, sizeof e->fatal_msg, "%s", err.msg);
+        }
+        pthread_mutex_unlock(&e->mu);
+        pixDestroy(&pix);
+        free(data);
+        return -1;
+    } else if ((r->rc = builder_ocr_run(*ocr, pix, &r->ocr, &err)))
         goto out;
     if (e->want_models) {
         r->img = data;
@@ -671,20 +685,14 @@ out:
     if (r->rc) snprintf(r->msg, sizeof r->msg, "%s", err.msg);
     pixDestroy(&pix);
     free(data);
+    return 0;
 }
 
 static void *worker_main(void *arg)
 {
     worker *w = arg;
     enrich *e = w->e;
-    ps_err err = {0};
-    builder_ocr_t *ocr = builder_ocr_new(e->lang, e->min_conf, &err);
-    pthread_mutex_lock(&e->mu);
-    if (!ocr && !e->fatal) {
-        e->fatal = 1;
-        snprintf(e->fatal_msg, sizeof e->fatal_msg, "%s", err.msg);
-    }
-    pthread_mutex_unlock(&e->mu);
+    builder_ocr_t *ocr = NULL;
     for (;;) {
         pthread_mutex_lock(&e->mu);
         while (e->max_open && e->open >= e->max_open && !stop && !e->halt) {
@@ -698,7 +706,7 @@ static void *worker_main(void *arg)
             pthread_cond_timedwait(&e->room, &e->mu, &ts);
         }
         size_t k = e->next;
-        int go = ocr && !stop && !e->fatal && !e->halt && k < e->ntodo;
+        int go = !stop && !e->fatal && !e->halt && k < e->ntodo;
         if (go) {
             e->next++;
             e->open++;
@@ -707,8 +715,14 @@ static void *worker_main(void *arg)
         if (!go) break;
         result *r = calloc(1, sizeof *r);
         if (!r) abort();
-        process(e, ocr, e->todo[k], r);
-        push_result(e, r);
+        if (process(e, &ocr, e->todo[k], r) == 0) {
+            push_result(e, r);
+        } else {
+            free(r);
+            pthread_mutex_lock(&e->mu);
+            e->open--;
+            pthread_mutex_unlock(&e->mu);
+        }
     }
     builder_ocr_free(ocr);
     pthread_mutex_lock(&e->mu);
@@ -932,6 +946,7 @@ static int run(enrich *e, ps_err *err)
     }
     for (unsigned i = 0; i < started; i++) pthread_join(w[i].th, NULL);
     /* what a stop or a failure left unreported: abandoned (a rerun redoes those stickers) */
+    if (e->models) builder_models_get_stats(e->models, &e->mstats);
     builder_models_free(e->models);
     e->models = NULL;
     while (e->at_models) {
@@ -1128,9 +1143,6 @@ int builder_cmd_enrich(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    /* Tesseract's OpenMP would oversubscribe the cores our own threads use */
-    setenv("OMP_THREAD_LIMIT", "1", 0);
-
     e.mcfg.prompt_keywords = prompt_kw;
     e.mcfg.prompt_describe = prompt_desc;
     idmap m = {0};
@@ -1198,6 +1210,9 @@ int builder_cmd_enrich(int argc, char **argv)
            "(%zu already done skipped) in %.1f s (%.1f images/s)",
            e.out, e.n, nok, nfail, nfail ? " (see errors.jsonl)" : "", e.done, skipped, el,
            el > 0 ? e.done / el : 0.0);
+    if (e.want_models)
+        printf("; %llu model requests (%llu retries)", (unsigned long long)e.mstats.requests,
+               (unsigned long long)e.mstats.retries);
     if (stop) printf("; interrupted: %zu not done, run again to finish", remaining);
     printf("\n");
     rc = stop ? 130 : nfail ? 1 : 0;

@@ -2,7 +2,9 @@
  * main.c — `builder`, the offline pipeline as one CLI: dispatches to a subcommand.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "builder.h"
 
@@ -38,6 +40,16 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(stdout);
         return 0;
+    }
+    /* `enrich` runs its own OCR threads, and Tesseract's LSTM its own OpenMP loops with a
+     * thread count of their own: together they fight for the cores (on 2 cores OCR took 5x
+     * the wall time). Only OMP_THREAD_LIMIT caps those loops, and libgomp reads it once, as
+     * it is loaded, before main: so it is set and the process started again. A limit the
+     * caller set is kept. */
+    if (strcmp(argv[1], "enrich") == 0 && !getenv("OMP_THREAD_LIMIT")) {
+        setenv("OMP_THREAD_LIMIT", "1", 1);
+        execv("/proc/self/exe", argv);
+        /* no /proc: run on with OpenMP's own threads (slower, not wrong) */
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 1, argv + 1);
