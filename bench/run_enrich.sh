@@ -27,9 +27,9 @@
 #   LATENCY_MS (default 100), INFLIGHT (default 1,8,32), SEED (render seed, default 1),
 #   DIM (embedding dimension, default 512), FONT (default the WenQuanYi Zen Hei .ttc),
 #   VOCAB (default builder/vocab.txt), TMPDIR (where the temporary directory goes);
-#   the flags beat the environment. The builder inherits the environment: OMP_THREAD_LIMIT=1
-#   limits Tesseract's OpenMP threads (the builder's own setenv of it comes after libgomp has
-#   read the environment); the report says whether it was set.
+#   the flags beat the environment. The builder inherits the environment: `builder enrich`
+#   sets OMP_THREAD_LIMIT=1 (Tesseract's OpenMP threads) unless it is set already; the report
+#   says whether it was set here.
 set -euo pipefail
 
 usage() { # the header comment

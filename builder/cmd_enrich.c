@@ -70,7 +70,10 @@ typedef struct item {
     char *path;    /* to open */
     char *image;   /* the output's `image` */
     json_t *known; /* manifest: its fields minus id and path (owned), else NULL */
-    json_t *state; /* the last state record of this id (owned), NULL: never finished */
+    json_t *state; /* the last state record of this id (owned), NULL: never finished; its
+                      "emb" is moved to emb below (as JSON it costs ~25 KB a sticker at d=512) */
+    float *emb;    /* the embedding of state, emb_dim floats; NULL: none */
+    uint32_t emb_dim;
     char dup[64];  /* non-empty: the id repeats an earlier sticker's (this one is skipped) */
 } item;
 
@@ -391,6 +394,23 @@ static int parse_id_str(const char *s, uint64_t *out)
     return 0;
 }
 
+/* Set it->state to rec (owned), moving its "emb" array out of the JSON into it->emb. */
+static void item_set_state(item *it, json_t *rec)
+{
+    json_decref(it->state);
+    free(it->emb);
+    it->state = rec;
+    it->emb = NULL;
+    it->emb_dim = 0;
+    json_t *a = json_object_get(rec, "emb");
+    size_t n = json_array_size(a);
+    if (n && n <= UINT32_MAX && (it->emb = malloc(n * sizeof *it->emb)) != NULL) {
+        for (size_t k = 0; k < n; k++) it->emb[k] = (float)json_number_value(json_array_get(a, k));
+        it->emb_dim = (uint32_t)n;
+    }
+    json_object_del(rec, "emb");
+}
+
 /* Read OUT/state/done.jsonl into items[].state; returns the number of lines taken. */
 static size_t state_load(enrich *e, const idmap *m, const char *path)
 {
@@ -412,9 +432,7 @@ static size_t state_load(enrich *e, const idmap *m, const char *path)
             json_decref(o); /* a sticker no longer in the input */
             continue;
         }
-        item *it = &e->items[m->slot[s] - 1];
-        json_decref(it->state);
-        it->state = o;
+        item_set_state(&e->items[m->slot[s] - 1], o);
         taken++;
     }
     free(line);
@@ -440,10 +458,9 @@ static int state_done(const enrich *e, const item *it)
             if (!json_object_get(f, vlm[k])) return 0;
     }
     if (e->mcfg.embed_url) {
-        json_t *emb = json_object_get(it->state, "emb");
         const char *model = json_string_value(json_object_get(it->state, "emb_model"));
-        if (!json_array_size(emb)) return 0;
-        if (e->mcfg.dim && json_array_size(emb) != e->mcfg.dim) return 0;
+        if (!it->emb_dim) return 0;
+        if (e->mcfg.dim && it->emb_dim != e->mcfg.dim) return 0;
         if (strcmp(model ? model : "", e->mcfg.embed_model ? e->mcfg.embed_model : "") != 0)
             return 0;
     }
@@ -541,10 +558,8 @@ static int write_outputs(enrich *e, size_t *nok, size_t *nfail, ps_err *err)
     size_t dim = 0, rows = 0;
     *nok = *nfail = 0;
     for (size_t i = 0; i < e->n; i++)
-        if (!e->items[i].dup[0] && state_done(e, &e->items[i])) {
-            json_t *emb = json_object_get(e->items[i].state, "emb");
-            if (json_is_array(emb) && !dim) dim = json_array_size(emb);
-        }
+        if (!e->items[i].dup[0] && state_done(e, &e->items[i]) && !dim)
+            dim = e->items[i].emb_dim;
     if ((rc = af_open(&cf, e->out, "corpus.jsonl", err))) return rc;
     if ((rc = af_open(&ef, e->out, "errors.jsonl", err))) goto fail;
     if (dim && (rc = af_open(&nf, e->out, "embeddings.npy", err))) goto fail;
@@ -574,13 +589,12 @@ static int write_outputs(enrich *e, size_t *nok, size_t *nfail, ps_err *err)
             continue;
         }
         if (!state_done(e, it)) continue; /* done before this configuration; not redone yet */
-        json_t *emb = json_object_get(it->state, "emb");
-        if (dim && json_array_size(emb) != dim) {
+        if (dim && it->emb_dim != dim) {
             /* an earlier run's server answered another dimension */
             char msg[160];
             snprintf(msg, sizeof msg,
                      "embedding of dimension %zu, the others %zu: rerun with --dim to redo it",
-                     json_array_size(emb), dim);
+                     (size_t)it->emb_dim, dim);
             json_t *o = json_pack("{s:s, s:s, s:s}", "path", it->image, "stage", "model", "message",
                                   msg);
             if (!o || write_line(ef.f, it->id, o)) rc = ps_err_set(err, PS_EIO, "errors.jsonl");
@@ -591,10 +605,7 @@ static int write_outputs(enrich *e, size_t *nok, size_t *nfail, ps_err *err)
         if (write_line(cf.f, it->id, json_object_get(it->state, "fields")))
             rc = ps_err_set(err, PS_EIO, "writing corpus.jsonl");
         if (dim) {
-            float row[dim];
-            for (size_t k = 0; k < dim; k++)
-                row[k] = (float)json_number_value(json_array_get(emb, k));
-            fwrite(row, sizeof(float), dim, nf.f);
+            fwrite(it->emb, sizeof(float), dim, nf.f);
             rows++;
         }
         (*nok)++;
@@ -787,8 +798,7 @@ static int record(enrich *e, result *r, const char *kw, const char *desc, const 
     }
     if (!rec) return ps_err_set(err, PS_ENOMEM, "out of memory");
     int rc = state_append(e, rec, err);
-    json_decref(it->state);
-    it->state = rec;
+    item_set_state(it, rec);
     e->done++;
     if (r->rc) {
         e->failed++;
@@ -1227,6 +1237,7 @@ out:
         free(e.items[i].image);
         json_decref(e.items[i].known);
         json_decref(e.items[i].state);
+        free(e.items[i].emb);
     }
     free(e.items);
     free(e.todo);

@@ -46,15 +46,10 @@ command -v jq >/dev/null || fail "jq is required (scripts/deps.sh installs it)"
 . "$(dirname "$0")/demo_lib.sh"
 
 # ---- images and the model server -------------------------------------------------------------
-mkdir "$T/img"
-"$R" styled "$T/img" $N 5 "$VOCAB" "$FONT" $STYLES || fail "render_stickers styled"
-mv "$T/img/truth.tsv" "$T/img/styles.tsv" "$T/"
-"$FM" --ready "$T/fm.ready" --port 0 --dim $DIM --embed palette --log "$T/fm.log" \
-  2>"$T/fm.err" &
-FMPID=$!
-for _ in $(seq 1 600); do [ -s "$T/fm.ready" ] && break; sleep 0.05; done
-[ -s "$T/fm.ready" ] || fail "fake_models did not start"
-MURL=$(head -n 1 "$T/fm.ready")
+. "$(dirname "$0")/enrich_lib.sh"
+render_images "$R" $N 5 "$VOCAB" "$FONT" $STYLES
+start_fake_models "$FM" --dim $DIM --embed palette --log "$T/fm.log"
+FMPID=$FM_PID
 
 # ---- enrich --------------------------------------------------------------------------------
 "$B" enrich --input "$T/img" --out "$T/stickers" --vlm-url "$MURL" --embed-url "$MURL" \

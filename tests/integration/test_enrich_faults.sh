@@ -34,21 +34,15 @@ DIM=16
 ps_test_init enrich_faults
 command -v jq >/dev/null || fail "jq is required (scripts/deps.sh installs it)"
 
-mkdir -p "$T/render" "$T/img"
-"$R" render "$T/render" $N 17 "$VOCAB" "$FONT" >/dev/null || fail "render_stickers"
-find "$T/render" -type f ! -name truth.tsv -exec mv {} "$T/img/" \;
-[ "$(ls "$T/img" | wc -l)" -eq $N ] || fail "rendered $(ls "$T/img" | wc -l) images, not $N"
-crc() { gzip -c "$1" | tail -c8 | od -An -tx4 -N4 | tr -d ' \n'; }
+. "$(dirname "$0")/enrich_lib.sh"
+render_images "$R" $N 17 "$VOCAB" "$FONT"
 mapfile -t IMGS < <(ls "$T/img" | LC_ALL=C sort) # the builder's order
 CRC=()
-for f in "${IMGS[@]}"; do CRC+=("$(crc "$T/img/$f")"); done
+for f in "${IMGS[@]}"; do CRC+=("$(image_crc "$T/img/$f")"); done
 
-"$FM" --ready "$T/fm.ready" --port 0 --dim $DIM --faults "$T/faults" --log "$T/fm.log" \
-  2>>"$T/fm.log.err" &
-PID[fm]=$!
-for _ in $(seq 1 600); do [ -s "$T/fm.ready" ] && break; sleep 0.05; done
-[ -s "$T/fm.ready" ] || fail "fake_models did not start"
-URL=$(head -n 1 "$T/fm.ready")
+start_fake_models "$FM" --dim $DIM --faults "$T/faults" --log "$T/fm.log"
+PID[fm]=$FM_PID
+URL=$MURL
 touch "$T/fm.log"
 
 # faults NAME RULE...: replace the fault file. The server re-reads it on its next request when

@@ -25,25 +25,19 @@ DIM=16
 ps_test_init enrich_models
 command -v jq >/dev/null || fail "jq is required (scripts/deps.sh installs it)"
 
-mkdir -p "$T/render" "$T/img"
-"$R" render "$T/render" $N 11 "$VOCAB" "$FONT" >/dev/null || fail "render_stickers"
-find "$T/render" -type f ! -name truth.tsv -exec mv {} "$T/img/" \;
-[ "$(ls "$T/img" | wc -l)" -eq $N ] || fail "rendered $(ls "$T/img" | wc -l) images, not $N"
-crc() { gzip -c "$1" | tail -c8 | od -An -tx4 -N4 | tr -d ' \n'; }
+. "$(dirname "$0")/enrich_lib.sh"
+render_images "$R" $N 11 "$VOCAB" "$FONT"
 victim=$(ls "$T/img" | sort | head -n 1)
-vcrc=$(crc "$T/img/$victim")
+vcrc=$(image_crc "$T/img/$victim")
 
 cat >"$T/faults" <<EOF
 crc=$vcrc kind=embed malformed
 kind=chat tries=1 status=500
 kind=embed tries=1 status=429 retry_after=1
 EOF
-"$FM" --ready "$T/fm.ready" --port 0 --dim $DIM --faults "$T/faults" --log "$T/fm.log" \
-  2>>"$T/fm.log.err" &
-PID[fm]=$!
-for _ in $(seq 1 600); do [ -s "$T/fm.ready" ] && break; sleep 0.05; done
-[ -s "$T/fm.ready" ] || fail "fake_models did not start"
-URL=$(head -n 1 "$T/fm.ready")
+start_fake_models "$FM" --dim $DIM --faults "$T/faults" --log "$T/fm.log"
+PID[fm]=$FM_PID
+URL=$MURL
 
 enrich() {
   "$B" enrich --input "$T/img" --out "$T/out" --vlm-url "$URL" --embed-url "$URL" --dim $DIM \
