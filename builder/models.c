@@ -30,6 +30,7 @@
 
 #include "curlm.h"
 #include "models.h"
+#include "ps/log.h"
 #include "pipeline.h"
 
 #define MODELS_MAX_DIM  65536 /* embedding values accepted when cfg.dim is 0 */
@@ -631,6 +632,13 @@ static void report(builder_models_t *m, builder_model_done done, void *ctx)
     }
 }
 
+/* libcurl's multi interface failed: say how (the caller only gets the code). */
+static int multi_failed(const ps_err *e)
+{
+    ps_log(PS_LOG_ERROR, "builder", "model_client_failed", "msg=\"%s\"", e->msg);
+    return PS_EINTERNAL;
+}
+
 int builder_models_poll(builder_models_t *m, int max_ms, builder_model_done done, void *ctx)
 {
     ps_err e = {0, ""};
@@ -639,7 +647,7 @@ int builder_models_poll(builder_models_t *m, int max_ms, builder_model_done done
         builder_curlm_step(m->drv, max_ms, NULL, &e);
     if (e.code) {
         discard_all(m);
-        return ps_err_set(NULL, PS_EINTERNAL, "%s", e.msg);
+        return multi_failed(&e);
     }
     report(m, done, ctx);
     return 0;
@@ -652,7 +660,7 @@ int builder_models_run(builder_models_t *m, size_t until_pending, builder_model_
         ps_err e = {0, ""};
         if (builder_curlm_step(m->drv, wait_ms, NULL, &e)) {
             discard_all(m);
-            return ps_err_set(NULL, PS_EINTERNAL, "%s", e.msg);
+            return multi_failed(&e);
         }
         report(m, done, ctx);
         if (stop && *stop) {

@@ -77,9 +77,9 @@ int builder_models_submit(builder_models_t *m, uint64_t id, const void *img, siz
  * `until_pending` jobs remain (0: all done) or *stop became nonzero (then requests in flight
  * are abandoned and their jobs are NOT reported: a rerun redoes them). stop may be NULL.
  * After a stop every unreported job is discarded (builder_models_pending() == 0).
- * Returns 0 (also on a stop), or PS_EINTERNAL when libcurl's multi interface failed (err says
- * how; the unreported jobs are then discarded too). A job's own failure is its rc, never the
- * return value. */
+ * Returns 0 (also on a stop), or PS_EINTERNAL when libcurl's multi interface failed (logged
+ * with libcurl's message; the unreported jobs are then discarded too). A job's own failure is
+ * its rc, never the return value. */
 int builder_models_run(builder_models_t *m, size_t until_pending, builder_model_done done,
                        void *ctx, volatile sig_atomic_t *stop);
 /* One turn of builder_models_run that returns after at most about max_ms: drive transfers,
