@@ -283,10 +283,34 @@ uint32_t broker_core_shards_up(broker_core_t *c, uint32_t *down, uint32_t cap, u
 typedef struct broker_http broker_http_t;
 struct evhttp;
 
-/* Attach the endpoints to `http` (core and metrics borrowed; they must outlive the result).
- * Caller owns the result. NULL when out of memory. */
+/* ---- keys.c: API keys of the public HTTP door ------------------------------------------- */
+
+typedef struct broker_keys broker_keys_t;
+enum { BROKER_SCOPE_SEARCH = 1, BROKER_SCOPE_CLICK = 2 };
+typedef enum {
+    BROKER_AUTH_OK,
+    BROKER_AUTH_MISSING, /* no `Authorization: Bearer KEY` (401) */
+    BROKER_AUTH_UNKNOWN, /* not a key of the file (401) */
+    BROKER_AUTH_SCOPE,   /* the key lacks the scope (403) */
+    BROKER_AUTH_RATE     /* over the key's rate (429, Retry-After) */
+} broker_auth;
+
+/* Load the key file (format in keys.c). Errors (NULL returned): PS_EINVAL naming the file and
+ * line (bad field, repeated name or key, no key), PS_ENOMEM. The secrets are never logged. */
+broker_keys_t *broker_keys_load(const char *path, ps_err *err);
+void broker_keys_free(broker_keys_t *ks); /* wipes the secrets; NULL is fine */
+size_t broker_keys_count(const broker_keys_t *ks);
+/* Check an Authorization header value (NULL: none) for scope at time now (seconds), taking
+ * one request from the key's bucket. OUT *name: the key's name (for logs; NULL when no key
+ * matched), *retry_after_s: with BROKER_AUTH_RATE, when a request will be let through. Thread
+ * safe. */
+broker_auth broker_keys_check(broker_keys_t *ks, const char *authorization, unsigned scope,
+                              double now, const char **name, int *retry_after_s);
+
+/* Attach the endpoints to `http` (core, metrics and keys borrowed; they must outlive the
+ * result; keys NULL: open, no key asked). Caller owns the result. NULL when out of memory. */
 broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_metrics_t *metrics,
-                               uint32_t max_k, ps_err *err);
+                               uint32_t max_k, broker_keys_t *keys, ps_err *err);
 void broker_http_free(broker_http_t *h);
 
 /* ---- front.c: the ZeroMQ front door's requests ------------------------------------------ */
@@ -324,6 +348,7 @@ typedef struct broker_lane_cfg {
     int stop_fd;         /* readable: stop (main writes it once the front door drained) */
     uint32_t drain_ms;
     broker_metrics_t *metrics;
+    broker_keys_t *keys;         /* API keys of the HTTP door, shared; NULL: open */
     broker_version_t *version;   /* shared by every lane */
     void (*on_ready)(void *arg); /* called (from the lane) the first time every shard is up */
     void *ready_arg;

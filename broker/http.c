@@ -10,6 +10,11 @@
  *   GET /readyz                           every shard has a replica answering (else 503)
  *   GET /metrics                          Prometheus text (metrics.c)
  *
+ * With --api-keys (keys.c), search, sticker and click requests need `Authorization: Bearer KEY`
+ * of a key with the scope (search; click): 401 without a valid key, 403 without the scope, 429
+ * with Retry-After over the key's rate; a refused request reaches no shard and stores nothing.
+ * /healthz, /readyz and /metrics stay open.
+ *
  * Every error is {"error": {"code", "type", "message"}} with the status of ps_err_http_status
  * (404 for an unknown path, 405 for a method other than GET or HEAD): malformed input is a
  * 4xx, never a 5xx. Sticker ids are JSON strings, since 19-digit ids exceed the integers a
@@ -40,6 +45,7 @@ struct broker_http {
     broker_core_t *core;
     broker_metrics_t *metrics;
     uint32_t max_k;
+    broker_keys_t *keys; /* NULL: open */
 };
 
 /* ---- replies ----------------------------------------------------------------------------- */
@@ -60,9 +66,12 @@ static int reply_json(struct evhttp_request *req, int status, json_t *body)
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
     const char *reason = status == 200   ? "OK"
                          : status == 400 ? "Bad Request"
+                         : status == 401 ? "Unauthorized"
+                         : status == 403 ? "Forbidden"
                          : status == 404 ? "Not Found"
                          : status == 405 ? "Method Not Allowed"
                          : status == 413 ? "Payload Too Large"
+                         : status == 429 ? "Too Many Requests"
                          : status == 503 ? "Service Unavailable"
                                          : "Error";
     evhttp_send_reply(req, status, reason, NULL);
@@ -83,9 +92,11 @@ static int reply_error(struct evhttp_request *req, int status, const char *code,
     va_end(ap);
     for (char *p = msg; *p; p++)
         if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f) *p = '?';
-    const char *type = status == 404  ? "not_found"
-                       : status < 500 ? "invalid_request"
-                                      : "server_error";
+    const char *type = status == 404                    ? "not_found"
+                       : status == 401 || status == 403 ? "authentication_error"
+                       : status == 429                  ? "rate_limit_error"
+                       : status < 500                   ? "invalid_request"
+                                                        : "server_error";
     json_t *e =
         json_pack("{s:{s:s, s:s, s:s}}", "error", "code", code, "type", type, "message", msg);
     return reply_json(req, status, e);
@@ -353,10 +364,48 @@ static int handle_metrics(broker_http_t *h, struct evhttp_request *req)
 
 #define STICKERS_PREFIX "/v1/stickers/"
 
+/* With API keys: the request's key must have the endpoint's scope and be within its rate.
+ * Returns 0 to go on, else the status of the error reply sent. OUT *who: the key's name. */
+static int authorize(broker_http_t *h, struct evhttp_request *req, int ep, const char **who)
+{
+    *who = NULL;
+    if (!h->keys || (ep != BROKER_EP_SEARCH && ep != BROKER_EP_STICKER && ep != BROKER_EP_CLICK))
+        return 0;
+    unsigned scope = ep == BROKER_EP_CLICK ? BROKER_SCOPE_CLICK : BROKER_SCOPE_SEARCH;
+    const char *scope_name = ep == BROKER_EP_CLICK ? "click" : "search";
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    int retry = 0;
+    switch (broker_keys_check(h->keys,
+                              evhttp_find_header(evhttp_request_get_input_headers(req),
+                                                 "Authorization"),
+                              scope, broker_now(), who, &retry)) {
+    case BROKER_AUTH_OK:
+        return 0;
+    case BROKER_AUTH_MISSING:
+        evhttp_add_header(out, "WWW-Authenticate", "Bearer");
+        return reply_error(req, 401, "unauthenticated",
+                           "this endpoint needs an API key: 'Authorization: Bearer <key>'");
+    case BROKER_AUTH_UNKNOWN:
+        evhttp_add_header(out, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
+        return reply_error(req, 401, "unauthenticated", "the API key is not valid");
+    case BROKER_AUTH_SCOPE:
+        return reply_error(req, 403, "forbidden", "the API key '%s' lacks the scope '%s'", *who,
+                           scope_name);
+    default: {
+        char ra[16];
+        snprintf(ra, sizeof ra, "%d", retry);
+        evhttp_add_header(out, "Retry-After", ra);
+        return reply_error(req, 429, "rate_limited",
+                           "the API key '%s' is over its rate; retry after %d s", *who, retry);
+    }
+    }
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
     broker_http_t *h = arg;
     double t0 = broker_now();
+    const char *who = NULL;
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
@@ -387,6 +436,8 @@ static void on_request(struct evhttp_request *req, void *arg)
     } else if (ep != BROKER_EP_CLICK && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
         status = reply_error(req, 405, "method_not_allowed", "this endpoint takes GET or HEAD");
+    } else if ((status = authorize(h, req, ep, &who)) != 0) {
+        /* refused: nothing done */
     } else {
         switch (ep) {
         case BROKER_EP_CLICK:
@@ -412,11 +463,12 @@ static void on_request(struct evhttp_request *req, void *arg)
     double secs = broker_now() - t0;
     broker_metrics_http(h->metrics, ep, status, secs);
     ps_log(status >= 500 ? PS_LOG_WARN : PS_LOG_DEBUG, "broker", "request",
-           "method=%d path=\"%.64s\" status=%d took_ms=%.3f", (int)cmd, path, status, secs * 1e3);
+           "method=%d path=\"%.64s\" key=%s status=%d took_ms=%.3f", (int)cmd, path,
+           who ? who : "-", status, secs * 1e3);
 }
 
 broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_metrics_t *metrics,
-                               uint32_t max_k, ps_err *err)
+                               uint32_t max_k, broker_keys_t *keys, ps_err *err)
 {
     broker_http_t *h = calloc(1, sizeof *h);
     if (!h) {
@@ -426,6 +478,7 @@ broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_
     h->core = core;
     h->metrics = metrics;
     h->max_k = max_k;
+    h->keys = keys;
     evhttp_set_gencb(http, on_request, h);
     return h;
 }

@@ -199,7 +199,7 @@ broker_lane_t *broker_lane_start(const broker_lane_cfg *cfg, ps_err *err)
                                             EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
                                             EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
     evhttp_set_flags(l->http, EVHTTP_SERVER_LINGERING_CLOSE);
-    if (!(l->handlers = broker_http_new(l->http, l->core, cfg->metrics, cfg->lim.max_k, err)))
+    if (!(l->handlers = broker_http_new(l->http, l->core, cfg->metrics, cfg->lim.max_k, cfg->keys, err)))
         goto fail;
     if (!(l->resume_ev = event_new(l->base, -1, 0, on_resume, l))) {
         ps_err_set(err, PS_ENOMEM, "out of memory for a lane");

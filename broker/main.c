@@ -97,6 +97,11 @@ static const ps_cfg_opt broker_opts[] = {
      1, 3600},
     {"drain-ms", PS_CFG_UINT, "200", "on shutdown, time replies still being written get (ms)", 0, 0,
      60000},
+    {"api-keys", PS_CFG_STRING, NULL,
+     "file of API keys for the HTTP door, one 'NAME SCOPES RATE KEY' a line (scopes search, "
+     "click; rate N/s, N/min or -): search, sticker and click requests then need "
+     "'Authorization: Bearer KEY' (401/403/429); without it the door is open (development)",
+     0, 0, 0},
     PS_ADMIN_CFG_OPTS("/admin/switch"),
     {"version", PS_CFG_UINT, "0",
      "snapshot version to serve at start (0: the shards' active version, adopted from the first "
@@ -228,6 +233,7 @@ int main(int argc, char **argv)
     ps_zserver_t *front = NULL;
     ps_admin_t *admin = NULL;
     char *token = NULL;
+    broker_keys_t *keys = NULL;
     static broker_version_t version;
     readiness rd = {.mu = PTHREAD_MUTEX_INITIALIZER};
     ps_cfg_t *cfg = ps_cfg_daemon("broker", broker_about, broker_opts,
@@ -318,6 +324,18 @@ int main(int argc, char **argv)
         ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"%s\"", err.msg);
         goto out;
     }
+    const char *keys_file = ps_cfg_str(cfg, "api-keys");
+    if (keys_file && !(keys = broker_keys_load(keys_file, &err))) {
+        ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"%s\"", err.msg);
+        goto out;
+    }
+    if (keys)
+        ps_log(PS_LOG_INFO, "broker", "api_keys", "file=%s keys=%zu", keys_file,
+               broker_keys_count(keys));
+    else
+        ps_log(PS_LOG_WARN, "broker", "open_door",
+               "msg=\"no --api-keys: anyone who reaches the HTTP port may search and click "
+               "(development only)\"");
     broker_admin_cfg ac = {.listen = ps_cfg_str(cfg, "admin"),
                            .token = token,
                            .topology = ps_cfg_str(cfg, "shards"),
@@ -365,6 +383,7 @@ int main(int argc, char **argv)
                           .stop_fd = lane_pipe[0],
                           .drain_ms = (uint32_t)ps_cfg_uint(cfg, "drain-ms"),
                           .metrics = metrics,
+                          .keys = keys,
                           .version = &version,
                           .on_ready = on_lane_ready,
                           .ready_arg = &rd};
@@ -414,6 +433,7 @@ stop:
 out:
     broker_admin_stop(admin);
     free(token);
+    broker_keys_free(keys);
     if (rd.file) unlink(rd.file);
     if (pid_written) unlink(pid_file);
     ps_zserver_close(front);
