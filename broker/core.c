@@ -207,6 +207,19 @@ static int fetch_fields(broker_core_t *c, size_t n, uint64_t version, ps_err *er
     return 0;
 }
 
+
+/* A user id (valid UTF-8) free of control characters: C0, DEL and C1 (U+0080..U+009F, UTF-8
+ * C2 80..C2 9F), which would let an id forge log lines or terminal output. */
+static int printable(const char *u, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)u;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] < 0x20 || p[i] == 0x7f) return 0;
+        if (p[i] == 0xC2 && i + 1 < n && p[i + 1] >= 0x80 && p[i + 1] <= 0x9F) return 0;
+    }
+    return 1;
+}
+
 int broker_core_search(broker_core_t *c, const broker_query *q, broker_result *res, ps_err *err)
 {
     memset(res, 0, sizeof *res);
@@ -220,8 +233,9 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_result *r
                           c->lim.max_query_bytes);
     const char *user = q->user && q->user_len ? q->user : NULL;
     if (user && (q->user_len > BROKER_MAX_USER_BYTES || strlen(user) != q->user_len ||
-                 !ps_utf8_valid(user, q->user_len)))
-        return ps_err_set(err, PS_EINVAL, "user: must be valid UTF-8 without NUL, at most %d bytes",
+                 !ps_utf8_valid(user, q->user_len) || !printable(user, q->user_len)))
+        return ps_err_set(err, PS_EINVAL,
+                          "user: must be valid UTF-8 without control characters, at most %d bytes",
                           BROKER_MAX_USER_BYTES);
 
     /* Analyze once; the shards take the distinct tokens as they are. */
@@ -340,6 +354,8 @@ int broker_core_click(broker_core_t *c, const char *user, uint64_t sticker_id, c
         return ps_err_set(err, PS_ETOOBIG, "user: %zu bytes, at most %d", ulen,
                           BROKER_MAX_USER_BYTES);
     if (!ps_utf8_valid(user, ulen)) return ps_err_set(err, PS_EUTF8, "user: not valid UTF-8");
+    if (!printable(user, ulen))
+        return ps_err_set(err, PS_EINVAL, "user: must not contain control characters");
     if (!query) query = "";
     if (strlen(query) > c->lim.max_query_bytes)
         return ps_err_set(err, PS_ETOOBIG, "query: %zu bytes, more than max-query-bytes %zu",

@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "broker.h"
@@ -364,6 +365,25 @@ static int handle_metrics(broker_http_t *h, struct evhttp_request *req)
 
 #define STICKERS_PREFIX "/v1/stickers/"
 
+/* The request's body framing is unambiguous: no two different Content-Length values, and not
+ * Content-Length with Transfer-Encoding (RFC 9112 §6.3: a proxy in front could read another
+ * body than ours, request smuggling). Returns NULL, or what is wrong. */
+static const char *framing_error(struct evhttp_request *req)
+{
+    const char *cl = NULL;
+    int te = 0;
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (strcasecmp(kv->key, "Content-Length") == 0) {
+            if (cl && strcmp(cl, kv->value) != 0) return "two different Content-Length headers";
+            cl = kv->value;
+        } else if (strcasecmp(kv->key, "Transfer-Encoding") == 0) {
+            te = 1;
+        }
+    }
+    return cl && te ? "both Content-Length and Transfer-Encoding" : NULL;
+}
+
 /* With API keys: the request's key must have the endpoint's scope and be within its rate.
  * Returns 0 to go on, else the status of the error reply sent. OUT *who: the key's name. */
 static int authorize(broker_http_t *h, struct evhttp_request *req, int ep, const char **who)
@@ -426,8 +446,13 @@ static void on_request(struct evhttp_request *req, void *arg)
     else if (!strcmp(path, "/metrics"))
         ep = BROKER_EP_METRICS;
 
+    const char *bad_framing = framing_error(req);
     if (!uri) {
         status = reply_error(req, 400, "invalid_argument", "the request URI does not parse");
+    } else if (bad_framing) {
+        /* the connection's next bytes cannot be trusted to start a request: close it */
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        status = reply_error(req, 400, "invalid_argument", "the request has %s", bad_framing);
     } else if (ep == BROKER_EP_OTHER) {
         status = reply_error(req, 404, "not_found", "no endpoint at this path");
     } else if (ep == BROKER_EP_CLICK && cmd != EVHTTP_REQ_POST) {
