@@ -319,8 +319,9 @@ void broker_http_free(broker_http_t *h);
  * frame: query_reply, sticker_reply, health_reply, or an Error envelope for anything that
  * fails (request_id 0 when the frame cannot be decoded). OUT *reply: malloc'd (caller frees).
  * Returns 0, or PS_ENOMEM when not even an Error could be built. */
-int broker_front_handle(broker_core_t *core, broker_metrics_t *metrics, size_t max_frame,
-                        const void *req, size_t len, uint8_t **reply, size_t *reply_len);
+int broker_front_handle(broker_core_t *core, broker_metrics_t *metrics, broker_keys_t *keys,
+                        size_t max_frame, const void *req, size_t len, uint8_t **reply,
+                        size_t *reply_len);
 
 /* ---- lane.c: one thread serving HTTP connections and front-door requests ---------------- */
 

@@ -140,8 +140,36 @@ static int do_health(broker_core_t *core, const Persrv__Envelope *in, uint8_t **
     return pack(&env, reply, reply_len, err);
 }
 
-int broker_front_handle(broker_core_t *core, broker_metrics_t *metrics, size_t max_frame,
-                        const void *req, size_t len, uint8_t **reply, size_t *reply_len)
+/* With API keys: query and get_sticker need a key (Envelope.api_key) with the scope search.
+ * Returns 0, or the PS_E* code of the refusal (err set; the key's name in it, never the key). */
+static int authorize(broker_keys_t *keys, const Persrv__Envelope *in, ps_err *err)
+{
+    if (!keys || in->body_case == PERSRV__ENVELOPE__BODY_HEALTH) return 0;
+    char header[PS_WIRE_MAX_API_KEY + 8];
+    const char *name;
+    int retry;
+    snprintf(header, sizeof header, "Bearer %s", in->api_key ? in->api_key : "");
+    broker_auth a = broker_keys_check(keys, in->api_key && in->api_key[0] ? header : NULL,
+                                      BROKER_SCOPE_SEARCH, broker_now(), &name, &retry);
+    memset(header, 0, sizeof header);
+    switch (a) {
+    case BROKER_AUTH_OK:
+        return 0;
+    case BROKER_AUTH_MISSING:
+        return ps_err_set(err, PS_EUNAUTH, "this broker needs an API key (persrv_options.api_key)");
+    case BROKER_AUTH_UNKNOWN:
+        return ps_err_set(err, PS_EUNAUTH, "the API key is not valid");
+    case BROKER_AUTH_SCOPE:
+        return ps_err_set(err, PS_EFORBIDDEN, "the API key '%s' lacks the scope 'search'", name);
+    default:
+        return ps_err_set(err, PS_ERATE, "the API key '%s' is over its rate; retry after %d s",
+                          name, retry);
+    }
+}
+
+int broker_front_handle(broker_core_t *core, broker_metrics_t *metrics, broker_keys_t *keys,
+                        size_t max_frame, const void *req, size_t len, uint8_t **reply,
+                        size_t *reply_len)
 {
     double t0 = broker_now();
     ps_err err = {0, ""};
@@ -152,6 +180,8 @@ int broker_front_handle(broker_core_t *core, broker_metrics_t *metrics, size_t m
     *reply_len = 0;
     if ((rc = ps_wire_decode(req, len, max_frame, &in, &err)) != 0) {
         request_id = ps_wire_peek_request_id(req, len);
+    } else if ((rc = authorize(keys, in, &err)) != 0) {
+        request_id = in->request_id;
     } else {
         request_id = in->request_id;
         switch (in->body_case) {

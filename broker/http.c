@@ -403,11 +403,11 @@ static int authorize(broker_http_t *h, struct evhttp_request *req, int ep, const
         return 0;
     case BROKER_AUTH_MISSING:
         evhttp_add_header(out, "WWW-Authenticate", "Bearer");
-        return reply_error(req, 401, "unauthenticated",
+        return reply_error(req, 401, "unauthorized",
                            "this endpoint needs an API key: 'Authorization: Bearer <key>'");
     case BROKER_AUTH_UNKNOWN:
         evhttp_add_header(out, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
-        return reply_error(req, 401, "unauthenticated", "the API key is not valid");
+        return reply_error(req, 401, "unauthorized", "the API key is not valid");
     case BROKER_AUTH_SCOPE:
         return reply_error(req, 403, "forbidden", "the API key '%s' lacks the scope '%s'", *who,
                            scope_name);

@@ -54,7 +54,8 @@ static int front_request(void *state, const void *req, size_t len, uint8_t **rep
                          size_t *reply_len)
 {
     broker_lane_t *l = state;
-    return broker_front_handle(l->core, l->cfg.metrics, l->cfg.max_frame, req, len, reply,
+    return broker_front_handle(l->core, l->cfg.metrics, l->cfg.keys, l->cfg.max_frame, req, len,
+                               reply,
                                reply_len);
 }
 

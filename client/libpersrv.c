@@ -45,6 +45,7 @@ struct persrv {
     uint32_t timeout_ms, retries;
     size_t max_frame;
     uint64_t next_id; /* request ids: a per-context random start, never 0 */
+    char *api_key;    /* owned copy, NULL: none */
 };
 
 /* ---- errors --------------------------------------------------------------------------------- */
@@ -116,6 +117,12 @@ int persrv__from_ps(int ps)
         return PERSRV_ETIMEDOUT;
     case PS_EPARSE:
         return PERSRV_EPROTO;
+    case PS_EUNAUTH:
+        return PERSRV_EUNAUTH;
+    case PS_EFORBIDDEN:
+        return PERSRV_EFORBIDDEN;
+    case PS_ERATE:
+        return PERSRV_ERATE;
     default:
         return PERSRV_ESERVER;
     }
@@ -145,6 +152,14 @@ void persrv_options_init(persrv_options *opt)
     opt->timeout_ms = PERSRV_DEFAULT_TIMEOUT_MS;
     opt->retries = PERSRV_DEFAULT_RETRIES;
     opt->max_frame = PERSRV_DEFAULT_MAX_FRAME;
+    opt->api_key = NULL;
+}
+
+void persrv__wipe_free(char *s)
+{
+    if (!s) return;
+    for (volatile char *p = s; *p; p++) *p = 0;
+    free(s);
 }
 
 void persrv__options_fill(persrv_options *o, const persrv_options *opt)
@@ -154,6 +169,7 @@ void persrv__options_fill(persrv_options *o, const persrv_options *opt)
     if (opt->timeout_ms) o->timeout_ms = opt->timeout_ms;
     o->retries = opt->retries;
     if (opt->max_frame) o->max_frame = opt->max_frame;
+    o->api_key = opt->api_key;
 }
 
 static uint64_t now_ns(void)
@@ -213,13 +229,15 @@ persrv_t *persrv_connect(const char *endpoint, const persrv_options *opt)
         set_err(c, PERSRV_EINVAL, "persrv_connect: endpoint is NULL");
         return c;
     }
-    if (!(c->endpoint = strdup(endpoint))) {
+    if (!(c->endpoint = strdup(endpoint)) || (o.api_key && !(c->api_key = strdup(o.api_key)))) {
+        free(c->endpoint);
         free(c);
         return NULL;
     }
     if (!(c->zctx = zmq_ctx_new())) {
         if (errno == ENOMEM) {
             free(c->endpoint);
+            persrv__wipe_free(c->api_key);
             free(c);
             return NULL;
         }
@@ -236,6 +254,7 @@ void persrv_close(persrv_t *ctx)
     close_sock(ctx);
     if (ctx->zctx) zmq_ctx_term(ctx->zctx);
     free(ctx->endpoint);
+    persrv__wipe_free(ctx->api_key);
     free(ctx);
 }
 
@@ -386,7 +405,8 @@ static int call(persrv_t *c, const request *r, int want, Persrv__Envelope **out)
         uint64_t end = now_ns() + (uint64_t)c->timeout_ms * 1000000u;
         Persrv__Envelope *env;
 
-        if ((rc = encode(r, rid, c->timeout_ms, &buf, &len, &e)))
+        if ((rc = encode(r, rid, c->timeout_ms, &buf, &len, &e)) ||
+            (rc = ps_wire_append_api_key(&buf, &len, c->api_key, &e)))
             return set_err(c, rc == PS_ENOMEM ? PERSRV_ENOMEM : persrv__from_ps(rc), "%s", e.msg);
         if ((rc = open_sock(c))) {
             free(buf);

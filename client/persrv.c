@@ -50,7 +50,9 @@ static void usage(FILE *f)
                "(default 1000)\n"
                "  --explain       print the score breakdown and stored fields\n"
                "  --json          print one JSON object\n"
-               "  --help          this text\n");
+               "  --help          this text\n"
+               "With --broker, the broker's API key (if it runs with --api-keys) is read from\n"
+               "$PERSRV_API_KEY.\n");
 }
 
 /* What a hit prints, from the engine (ps_hit) or from libpersrv (persrv_hit). */
@@ -132,6 +134,7 @@ static persrv_t *broker_connect(const char *cmd, const char *ep, uint32_t timeou
     persrv_options po;
     persrv_options_init(&po);
     if (timeout_ms) po.timeout_ms = timeout_ms;
+    po.api_key = getenv("PERSRV_API_KEY"); /* not a flag: flags show in ps */
     persrv_t *c = persrv_connect(ep, &po);
     if (!c) {
         fprintf(stderr, "persrv %s: out of memory (%s)\n", cmd, persrv_errname(PERSRV_ENOMEM));

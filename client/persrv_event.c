@@ -57,6 +57,7 @@ struct persrv_async {
     struct event *readable; /* the socket's ZMQ_FD, EV_READ|EV_PERSIST */
     uint32_t timeout_ms;
     size_t max_frame;
+    char *api_key;     /* owned copy, NULL: none */
     uint64_t next_id;  /* request ids: a per-context random start, never 0 */
     areq *head, *tail; /* requests in flight, oldest first */
     size_t npending;
@@ -264,7 +265,8 @@ persrv_async_t *persrv_async_new(struct event_base *base, const char *endpoint,
         set_err(a, PERSRV_EINVAL, "persrv_async_new: %s is NULL", base ? "endpoint" : "base");
         return a;
     }
-    if (!(a->endpoint = strdup(endpoint))) {
+    if (!(a->endpoint = strdup(endpoint)) || (o.api_key && !(a->api_key = strdup(o.api_key)))) {
+        free(a->endpoint);
         free(a);
         return NULL;
     }
@@ -301,7 +303,9 @@ int persrv_search_async(persrv_async_t *a, const persrv_query *q, persrv_search_
     r->rid = ++a->next_id ? a->next_id : ++a->next_id;
     if ((rc =
              ps_wire_encode_query(r->rid, a->timeout_ms, q->text, q->len ? q->len : strlen(q->text),
-                                  q->user, q->k, q->explain, &buf, &len, &e))) {
+                                  q->user, q->k, q->explain, &buf, &len, &e)) ||
+        (rc = ps_wire_append_api_key(&buf, &len, a->api_key, &e))) {
+        free(buf);
         event_free(r->timer);
         free(r);
         return set_err(a, rc == PS_ENOMEM ? PERSRV_ENOMEM : persrv__from_ps(rc), "%s", e.msg);
@@ -337,6 +341,7 @@ static void destroy(persrv_async_t *a)
     close_sock(a);
     if (a->zctx) zmq_ctx_term(a->zctx);
     free(a->endpoint);
+    persrv__wipe_free(a->api_key);
     free(a);
 }
 

@@ -24,6 +24,9 @@ int persrv__from_ps(int ps);
  * taken as it is). */
 void persrv__options_fill(persrv_options *o, const persrv_options *opt);
 
+/* Zero the string s (an API key) and free it; NULL is fine. */
+void persrv__wipe_free(char *s);
+
 /* A random first request_id for a new context (salt: the context's address), with room to
  * count up without wrapping to 0. */
 uint64_t persrv__id_seed(const void *salt);

@@ -60,6 +60,7 @@ static const field_cap caps[] = {
     {&persrv__centroid__descriptor, "vector", PS_WIRE_MAX_DIM, 0},
     {&persrv__search_reply__descriptor, "hits", PS_WIRE_MAX_HITS, 0},
     {&persrv__query_request__descriptor, "user", 0, PS_WIRE_MAX_USER},
+    {&persrv__envelope__descriptor, "api_key", 0, PS_WIRE_MAX_API_KEY},
     {&persrv__health_reply__descriptor, "held", PS_WIRE_MAX_HELD, 0},
     {&persrv__snapshot_held__descriptor, "fingerprint", 0, 16},
     {&persrv__query_reply__descriptor, "hits", PS_WIRE_MAX_HITS, 0},
@@ -1228,4 +1229,29 @@ int ps_wire_error_code(const Persrv__Error *e)
     PS_ERRNO_MAP(PS__WIRE_ERR_LOOKUP)
 #undef PS__WIRE_ERR_LOOKUP
     return PS_EINTERNAL;
+}
+
+int ps_wire_append_api_key(uint8_t **buf, size_t *len, const char *key, ps_err *err)
+{
+    size_t n = key ? strnlen(key, PS_WIRE_MAX_API_KEY + 1) : 0;
+    if (n == 0) return 0;
+    if (n > PS_WIRE_MAX_API_KEY)
+        return ps_err_set(err, PS_ETOOBIG, "api_key: longer than %d bytes", PS_WIRE_MAX_API_KEY);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)key[i] < 0x20 || key[i] == 0x7f)
+            return ps_err_set(err, PS_EINVAL, "api_key: contains a control byte");
+    /* tag 4, wire type 2 (length-delimited), the length as a varint (n <= 256: 1 or 2 bytes) */
+    uint8_t hdr[3] = {(4 << 3) | 2};
+    size_t h = 1;
+    for (size_t v = n; h < sizeof hdr; v >>= 7) {
+        hdr[h++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        if (v <= 0x7f) break;
+    }
+    uint8_t *b = realloc(*buf, *len + h + n);
+    if (!b) return ps_err_set(err, PS_ENOMEM, "api_key: out of memory");
+    memcpy(b + *len, hdr, h);
+    memcpy(b + *len + h, key, n);
+    *buf = b;
+    *len += h + n;
+    return 0;
 }

@@ -60,7 +60,10 @@ extern "C" {
     X(ENOMEM, -7, "out_of_memory", 0, "out of memory")                                             \
     X(ECONNECT, -8, "connect_error", 0, "cannot connect")                                          \
     X(ESERVER, -9, "server_error", 0, "the broker failed")                                         \
-    X(ECANCELED, -10, "canceled", 0, "request canceled")
+    X(ECANCELED, -10, "canceled", 0, "request canceled")                                           \
+    X(EUNAUTH, -11, "unauthorized", 0, "the broker wants a valid API key")                          \
+    X(EFORBIDDEN, -12, "forbidden", 0, "the API key lacks the scope")                              \
+    X(ERATE, -13, "rate_limited", 1, "the API key is over its rate")
 
 enum {
     PERSRV_OK = 0,
@@ -85,13 +88,15 @@ typedef struct persrv_options {
     uint32_t timeout_ms; /* per attempt; 0 = PERSRV_DEFAULT_TIMEOUT_MS */
     uint32_t retries;    /* attempts after the first one that timed out (default 1) */
     size_t max_frame;    /* largest reply frame accepted, bytes; 0 = PERSRV_DEFAULT_MAX_FRAME */
+    const char *api_key; /* sent with every request when the broker runs with --api-keys
+                            (copied; NULL = none; at most 256 printable bytes) */
 } persrv_options;
 
 #define PERSRV_DEFAULT_TIMEOUT_MS 1000
 #define PERSRV_DEFAULT_RETRIES    1
 #define PERSRV_DEFAULT_MAX_FRAME  (4u << 20)
 
-/* Fill *opt with the defaults (timeout 1000 ms, 1 retry, 4 MiB frames). */
+/* Fill *opt with the defaults (timeout 1000 ms, 1 retry, 4 MiB frames, no API key). */
 void persrv_options_init(persrv_options *opt);
 
 /* Connect to the broker's front door at endpoint ("tcp://host:port"; any ZeroMQ endpoint).

@@ -13,7 +13,10 @@
 #      refusals are counted in /metrics by status.
 #   4. Bad key files (wrong field count, unknown scope, bad rate, short key, repeated key, no
 #      key, missing file): the broker refuses to start, naming the file and line.
-# usage: test_api_keys.sh BUILDER SHARD SHARD_CLIENT BROKER PROFILE PROFILE_CLIENT
+#   5. The ZeroMQ front door (libpersrv, the persrv CLI with PERSRV_API_KEY): search and
+#      sticker without a key: unauthorized, with the click-only key: forbidden, with the search
+#      key: answered; health stays open.
+# usage: test_api_keys.sh BUILDER SHARD SHARD_CLIENT BROKER PROFILE PROFILE_CLIENT PERSRV
 set -euo pipefail
 B=$1
 S=$2
@@ -21,6 +24,7 @@ C=$3
 BR=$4
 PD=$5
 PC=$6
+P=$7
 . "$(dirname "$0")/lib.sh"
 ps_test_init api_keys
 command -v curl >/dev/null || fail "curl is required (scripts/deps.sh installs it)"
@@ -83,19 +87,19 @@ CLICK="{\"user\": \"u-keys\", \"sticker_id\": \"$ID\", \"query\": \"$Q\"}"
 before=$(state)
 for p in "$QS" "/v1/stickers/$ID"; do
   req GET "$p"
-  expect 401 unauthenticated "GET ${p%%\?*} without a key"
+  expect 401 unauthorized "GET ${p%%\?*} without a key"
   grep -qi '^WWW-Authenticate: Bearer' "$T/hdr" || fail "401 without WWW-Authenticate"
   [ "$(jq -r .error.type "$T/body")" = authentication_error ] || fail "401: error type"
   req GET "$p" not-a-key-of-this-broker
-  expect 401 unauthenticated "GET ${p%%\?*} with an unknown key"
+  expect 401 unauthorized "GET ${p%%\?*} with an unknown key"
   req GET "$p" "$K_CLICK"
   expect 403 forbidden "GET ${p%%\?*} with the click-only key"
   grep -q "lacks the scope 'search'" "$T/body" || fail "403 does not name the scope"
 done
 req POST /v1/click "" "$CLICK"
-expect 401 unauthenticated "click without a key"
+expect 401 unauthorized "click without a key"
 req POST /v1/click "$K_CLICK-x" "$CLICK"
-expect 401 unauthenticated "click with an unknown key"
+expect 401 unauthorized "click with an unknown key"
 req POST /v1/click "$K_SEARCH" "$CLICK"
 expect 403 forbidden "click with the search-only key"
 [ "$(state)" = "$before" ] || fail "a refused click changed the profile store: $before -> $(state)"
@@ -165,6 +169,35 @@ rc=0
 [ $rc -ne 0 ] && grep -qF "none.keys: No such file" "$T/bad.err" \
   || fail "a missing key file: rc=$rc $(grep start_failed "$T/bad.err")"
 echo "  bad key files refused at start, naming file and line"
+
+# ---- 5. the front door ----------------------------------------------------------------------------
+cli() { # KEY CMD ARGS...: the persrv CLI over the front door; output in $T/cli.out, status in CST
+  local key=$1
+  shift
+  CST=0
+  env ${key:+PERSRV_API_KEY=$key} "$P" "$1" --broker "$ZEP" --json "${@:2}" >"$T/cli.out" 2>&1 || CST=$?
+}
+unset PERSRV_API_KEY
+for k in "" not-a-key-of-this-broker; do
+  cli "$k" search -- "$Q"
+  [ $CST -ne 0 ] && grep -q "unauthorized" "$T/cli.out" \
+    || fail "front door search with key '$k': status $CST: $(head -c 300 "$T/cli.out")"
+done
+cli "$K_CLICK" search -- "$Q"
+[ $CST -ne 0 ] && grep -q "forbidden" "$T/cli.out" || fail "front door search, click key: $(cat "$T/cli.out")"
+cli "" sticker "$ID"
+[ $CST -ne 0 ] && grep -q "unauthorized" "$T/cli.out" || fail "front door sticker without a key"
+cli "$K_SEARCH" search -- "$Q"
+[ $CST -eq 0 ] && [ "$(jq '.hits | length' "$T/cli.out")" -gt 0 ] \
+  || fail "front door search with the search key: $(head -c 300 "$T/cli.out")"
+cli "$K_SEARCH" sticker "$ID"
+[ $CST -eq 0 ] && [ "$(jq -r .id "$T/cli.out")" = "$ID" ] || fail "front door sticker with the key"
+cli "" health
+[ $CST -eq 0 ] || fail "front door health without a key: $(cat "$T/cli.out")"
+for k in "$K_SEARCH" "$K_CLICK" "$K_BOTH"; do
+  grep -qF -- "$k" "$T/broker.log" && fail "the broker logged a key"
+done
+echo "  front door: unauthorized without a valid key, forbidden without the scope, answered with it; health open"
 
 stop broker
 echo "test_api_keys: all checks passed"

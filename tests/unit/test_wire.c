@@ -1347,6 +1347,43 @@ static void test_to_opts_defaults(void **state)
     ps_wire_free(e);
 }
 
+/* An API key appended to an encoded request is read as Envelope.api_key (1- and 2-byte length
+ * varints); none appended for NULL or ""; over the cap or with a control byte refused. */
+static void test_append_api_key(void **state)
+{
+    (void)state;
+    ps_err err;
+    for (size_t n = 1; n <= PS_WIRE_MAX_API_KEY; n += n < 120 ? 63 : 7) {
+        char key[PS_WIRE_MAX_API_KEY + 1];
+        for (size_t i = 0; i < n; i++) key[i] = (char)('a' + i % 26);
+        key[n] = '\0';
+        uint8_t *buf;
+        size_t len;
+        assert_int_equal(ps_wire_encode_health(7, 100, &buf, &len, &err), 0);
+        assert_int_equal(ps_wire_append_api_key(&buf, &len, key, &err), 0);
+        Persrv__Envelope *env = decode_ok(buf, len);
+        assert_int_equal(env->body_case, PERSRV__ENVELOPE__BODY_HEALTH);
+        assert_true(env->request_id == 7);
+        assert_string_equal(env->api_key, key);
+        ps_wire_free(env);
+        free(buf);
+    }
+    uint8_t *buf;
+    size_t len, before;
+    assert_int_equal(ps_wire_encode_health(7, 100, &buf, &len, &err), 0);
+    before = len;
+    assert_int_equal(ps_wire_append_api_key(&buf, &len, NULL, &err), 0);
+    assert_int_equal(ps_wire_append_api_key(&buf, &len, "", &err), 0);
+    assert_int_equal(len, before);
+    char big[PS_WIRE_MAX_API_KEY + 2];
+    memset(big, 'k', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    assert_int_equal(ps_wire_append_api_key(&buf, &len, big, &err), PS_ETOOBIG);
+    assert_int_equal(ps_wire_append_api_key(&buf, &len, "key\nwith a newline", &err), PS_EINVAL);
+    assert_int_equal(len, before);
+    free(buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1371,6 +1408,7 @@ int main(void)
         cmocka_unit_test(test_unpacked_floats),
         cmocka_unit_test(test_encode_rejects),
         cmocka_unit_test(test_to_opts_defaults),
+        cmocka_unit_test(test_append_api_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

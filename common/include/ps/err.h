@@ -29,7 +29,8 @@
     X(ETIMEDOUT, -14, "timed_out", 504, "timed out")                                               \
     X(EUNAUTH, -15, "unauthorized", 401, "authorization required")                                 \
     X(EFORBIDDEN, -16, "forbidden", 403, "forbidden")                                              \
-    X(ECONFLICT, -17, "conflict", 409, "conflicts with the current state")
+    X(ECONFLICT, -17, "conflict", 409, "conflicts with the current state")                         \
+    X(ERATE, -18, "rate_limited", 429, "over the rate limit")
 
 enum {
     PS_OK = 0,

@@ -56,6 +56,7 @@
 #define PS_WIRE_MAX_HITS      PS_SEARCH_MAX_R     /* search_reply.hits entries */
 #define PS_WIRE_MAX_SHARDS    1024                /* query_reply.failures entries */
 #define PS_WIRE_MAX_USER      256                 /* bytes of any user name */
+#define PS_WIRE_MAX_API_KEY   256                 /* bytes of Envelope.api_key */
 #define PS_WIRE_MAX_HISTORY   1024                /* load_profile.history entries */
 #define PS_WIRE_MAX_CLICKS    (1 << 19)           /* clicks_reply.sticker_ids entries */
 #define PS_WIRE_MAX_BATCHES   4096                /* wal_reply.batches, checkpoint_reply.files */
@@ -177,6 +178,12 @@ int ps_wire_encode_query(uint64_t request_id, uint32_t deadline_ms, const char *
  * level), 0 if none can be found: lets a server echo the id in the Error it answers an
  * undecodable request with. Reads no more than len bytes; checks nothing else. */
 uint64_t ps_wire_peek_request_id(const void *buf, size_t len);
+
+/* Append Envelope.api_key = key to an encoded envelope (*buf, *len; realloc'd): a protobuf
+ * field appended to a message is read as part of it, so every ps_wire_encode_* request gets a
+ * key this way. key NULL or "": nothing appended. Errors: PS_ETOOBIG (over
+ * PS_WIRE_MAX_API_KEY bytes), PS_EINVAL (a NUL or control byte), PS_ENOMEM. */
+int ps_wire_append_api_key(uint8_t **buf, size_t *len, const char *key, ps_err *err);
 
 /* ---- from the wire to engine types (on envelopes from ps_wire_decode) --------------------- */
 
