@@ -72,7 +72,11 @@ cluster_up_free_ports
 URL="http://127.0.0.1:$HTTP"
 echo "  cluster-up.sh with PERSRV_CORPUS: broker at $URL"
 jq -e '.shards == 2' "$T/demo/cluster/cluster.json" >/dev/null || fail "the build is not 2 shards"
-grep -q "building 2 shards of $N stickers" "$T/up.out" || fail "cluster-up did not build the corpus"
+# the corpus served is the enriched one (cluster-up may have built it in an earlier attempt
+# that lost a port race, so its output is not where to look)
+served=$(cat "$T/demo/cluster"/shard-*/snapshot.json | jq -s 'map(.stickers) | add')
+[ "$served" = $N ] || fail "the cluster serves $served stickers, not the $N enriched"
+grep -q '^corpus ' "$T/demo/cluster/.stickers" || fail "cluster-up did not build PERSRV_CORPUS"
 
 # search Q USER K: the hit ids, one per line, in order (every answer complete)
 search() {
