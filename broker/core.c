@@ -207,7 +207,6 @@ static int fetch_fields(broker_core_t *c, size_t n, uint64_t version, ps_err *er
     return 0;
 }
 
-
 /* A user id (valid UTF-8) free of control characters: C0, DEL and C1 (U+0080..U+009F, UTF-8
  * C2 80..C2 9F), which would let an id forge log lines or terminal output. */
 static int printable(const char *u, size_t n)

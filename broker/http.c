@@ -395,10 +395,9 @@ static int authorize(broker_http_t *h, struct evhttp_request *req, int ep, const
     const char *scope_name = ep == BROKER_EP_CLICK ? "click" : "search";
     struct evkeyvalq *out = evhttp_request_get_output_headers(req);
     int retry = 0;
-    switch (broker_keys_check(h->keys,
-                              evhttp_find_header(evhttp_request_get_input_headers(req),
-                                                 "Authorization"),
-                              scope, broker_now(), who, &retry)) {
+    switch (broker_keys_check(
+        h->keys, evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization"), scope,
+        broker_now(), who, &retry)) {
     case BROKER_AUTH_OK:
         return 0;
     case BROKER_AUTH_MISSING:

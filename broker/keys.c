@@ -26,10 +26,10 @@
 #include "broker.h"
 #include "ps/log.h"
 
-#define KEY_MIN  16
-#define KEY_MAX  256
+#define KEY_MIN      16
+#define KEY_MAX      256
 #define NAME_MAX_LEN 64
-#define KEYS_MAX 4096
+#define KEYS_MAX     4096
 
 typedef struct key {
     char name[NAME_MAX_LEN + 1];
@@ -155,8 +155,10 @@ broker_keys_t *broker_keys_load(const char *path, ps_err *err)
         } else {
             for (size_t i = 0; i < ks->n && !bad; i++)
                 if (strcmp(ks->k[i].name, tok[0]) == 0 || strcmp(ks->k[i].secret, tok[3]) == 0)
-                    bad = ps_err_set(err, PS_EINVAL, "api-keys %s:%d: a NAME or KEY repeats line "
-                                     "of %s", path, lineno, ks->k[i].name);
+                    bad = ps_err_set(err, PS_EINVAL,
+                                     "api-keys %s:%d: a NAME or KEY repeats line "
+                                     "of %s",
+                                     path, lineno, ks->k[i].name);
             if (bad) break;
             snprintf(k.name, sizeof k.name, "%s", tok[0]);
             snprintf(k.secret, sizeof k.secret, "%s", tok[3]);

@@ -55,8 +55,7 @@ static int front_request(void *state, const void *req, size_t len, uint8_t **rep
 {
     broker_lane_t *l = state;
     return broker_front_handle(l->core, l->cfg.metrics, l->cfg.keys, l->cfg.max_frame, req, len,
-                               reply,
-                               reply_len);
+                               reply, reply_len);
 }
 
 static void serve_front(broker_lane_t *l)
@@ -200,7 +199,8 @@ broker_lane_t *broker_lane_start(const broker_lane_cfg *cfg, ps_err *err)
                                             EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
                                             EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
     evhttp_set_flags(l->http, EVHTTP_SERVER_LINGERING_CLOSE);
-    if (!(l->handlers = broker_http_new(l->http, l->core, cfg->metrics, cfg->lim.max_k, cfg->keys, err)))
+    if (!(l->handlers =
+              broker_http_new(l->http, l->core, cfg->metrics, cfg->lim.max_k, cfg->keys, err)))
         goto fail;
     if (!(l->resume_ev = event_new(l->base, -1, 0, on_resume, l))) {
         ps_err_set(err, PS_ENOMEM, "out of memory for a lane");

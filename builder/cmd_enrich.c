@@ -74,7 +74,7 @@ typedef struct item {
                       "emb" is moved to emb below (as JSON it costs ~25 KB a sticker at d=512) */
     float *emb;    /* the embedding of state, emb_dim floats; NULL: none */
     uint32_t emb_dim;
-    char dup[64];  /* non-empty: the id repeats an earlier sticker's (this one is skipped) */
+    char dup[64]; /* non-empty: the id repeats an earlier sticker's (this one is skipped) */
 } item;
 
 /* What a worker hands to the main thread. */
@@ -102,7 +102,7 @@ typedef struct enrich {
     builder_models_cfg mcfg;
     builder_models_t *models;
     builder_models_stats mstats; /* its totals, kept when it is freed */
-    int write_rc; /* first state write failure seen in a model callback */
+    int write_rc;                /* first state write failure seen in a model callback */
     ps_err write_err;
     /* input */
     item *items;
@@ -558,8 +558,7 @@ static int write_outputs(enrich *e, size_t *nok, size_t *nfail, ps_err *err)
     size_t dim = 0, rows = 0;
     *nok = *nfail = 0;
     for (size_t i = 0; i < e->n; i++)
-        if (!e->items[i].dup[0] && state_done(e, &e->items[i]) && !dim)
-            dim = e->items[i].emb_dim;
+        if (!e->items[i].dup[0] && state_done(e, &e->items[i]) && !dim) dim = e->items[i].emb_dim;
     if ((rc = af_open(&cf, e->out, "corpus.jsonl", err))) return rc;
     if ((rc = af_open(&ef, e->out, "errors.jsonl", err))) goto fail;
     if (dim && (rc = af_open(&nf, e->out, "embeddings.npy", err))) goto fail;
@@ -595,8 +594,8 @@ static int write_outputs(enrich *e, size_t *nok, size_t *nfail, ps_err *err)
             snprintf(msg, sizeof msg,
                      "embedding of dimension %zu, the others %zu: rerun with --dim to redo it",
                      (size_t)it->emb_dim, dim);
-            json_t *o = json_pack("{s:s, s:s, s:s}", "path", it->image, "stage", "model", "message",
-                                  msg);
+            json_t *o =
+                json_pack("{s:s, s:s, s:s}", "path", it->image, "stage", "model", "message", msg);
             if (!o || write_line(ef.f, it->id, o)) rc = ps_err_set(err, PS_EIO, "errors.jsonl");
             json_decref(o);
             (*nfail)++;
@@ -668,9 +667,10 @@ static int process(enrich *e, builder_ocr_t **ocr, size_t idx, result *r)
     }
     r->stage = "ocr";
     /* redone for the model fields only: its OCR text from the earlier run is kept */
-    const char *before = state_ok(it) ? json_string_value(json_object_get(
-                                            json_object_get(it->state, "fields"), "ocr"))
-                                      : NULL;
+    const char *before =
+        state_ok(it)
+            ? json_string_value(json_object_get(json_object_get(it->state, "fields"), "ocr"))
+            : NULL;
     if (it->known && json_object_get(it->known, "ocr"))
         ; /* given by the manifest */
     else if (before)

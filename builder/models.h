@@ -13,8 +13,8 @@
  * never logged, printed or copied into an error message.
  *
  * One thread: submit, run and the done() callbacks all happen in the caller's thread. done()
- * may submit more jobs; it must not call builder_models_run, _poll or builder_models_free. A job that
- * failed (rc != 0) reports no fields (keywords, desc, emotion and embedding are NULL).
+ * may submit more jobs; it must not call builder_models_run, _poll or builder_models_free. A job
+ * that failed (rc != 0) reports no fields (keywords, desc, emotion and embedding are NULL).
  */
 #ifndef BUILDER_MODELS_H
 #define BUILDER_MODELS_H

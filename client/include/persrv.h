@@ -61,7 +61,7 @@ extern "C" {
     X(ECONNECT, -8, "connect_error", 0, "cannot connect")                                          \
     X(ESERVER, -9, "server_error", 0, "the broker failed")                                         \
     X(ECANCELED, -10, "canceled", 0, "request canceled")                                           \
-    X(EUNAUTH, -11, "unauthorized", 0, "the broker wants a valid API key")                          \
+    X(EUNAUTH, -11, "unauthorized", 0, "the broker wants a valid API key")                         \
     X(EFORBIDDEN, -12, "forbidden", 0, "the API key lacks the scope")                              \
     X(ERATE, -13, "rate_limited", 1, "the API key is over its rate")
 
