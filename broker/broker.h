@@ -289,7 +289,7 @@ typedef struct broker_keys broker_keys_t;
 enum { BROKER_SCOPE_SEARCH = 1, BROKER_SCOPE_CLICK = 2 };
 typedef enum {
     BROKER_AUTH_OK,
-    BROKER_AUTH_MISSING, /* no `Authorization: Bearer KEY` (401) */
+    BROKER_AUTH_MISSING, /* no key (401) */
     BROKER_AUTH_UNKNOWN, /* not a key of the file (401) */
     BROKER_AUTH_SCOPE,   /* the key lacks the scope (403) */
     BROKER_AUTH_RATE     /* over the key's rate (429, Retry-After) */
@@ -300,11 +300,11 @@ typedef enum {
 broker_keys_t *broker_keys_load(const char *path, ps_err *err);
 void broker_keys_free(broker_keys_t *ks); /* wipes the secrets; NULL is fine */
 size_t broker_keys_count(const broker_keys_t *ks);
-/* Check an Authorization header value (NULL: none) for scope at time now (seconds), taking
+/* Check the key (n bytes at key; NULL or n 0: none) for scope at time now (seconds), taking
  * one request from the key's bucket. OUT *name: the key's name (for logs; NULL when no key
  * matched), *retry_after_s: with BROKER_AUTH_RATE, when a request will be let through. Thread
  * safe. */
-broker_auth broker_keys_check(broker_keys_t *ks, const char *authorization, unsigned scope,
+broker_auth broker_keys_check(broker_keys_t *ks, const char *key, size_t n, unsigned scope,
                               double now, const char **name, int *retry_after_s);
 
 /* Attach the endpoints to `http` (core, metrics and keys borrowed; they must outlive the

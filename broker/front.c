@@ -145,13 +145,11 @@ static int do_health(broker_core_t *core, const Persrv__Envelope *in, uint8_t **
 static int authorize(broker_keys_t *keys, const Persrv__Envelope *in, ps_err *err)
 {
     if (!keys || in->body_case == PERSRV__ENVELOPE__BODY_HEALTH) return 0;
-    char header[PS_WIRE_MAX_API_KEY + 8];
     const char *name;
     int retry;
-    snprintf(header, sizeof header, "Bearer %s", in->api_key ? in->api_key : "");
-    broker_auth a = broker_keys_check(keys, in->api_key && in->api_key[0] ? header : NULL,
-                                      BROKER_SCOPE_SEARCH, broker_now(), &name, &retry);
-    memset(header, 0, sizeof header);
+    const char *key = in->api_key ? in->api_key : "";
+    broker_auth a =
+        broker_keys_check(keys, key, strlen(key), BROKER_SCOPE_SEARCH, broker_now(), &name, &retry);
     switch (a) {
     case BROKER_AUTH_OK:
         return 0;

@@ -395,9 +395,17 @@ static int authorize(broker_http_t *h, struct evhttp_request *req, int ep, const
     const char *scope_name = ep == BROKER_EP_CLICK ? "click" : "search";
     struct evkeyvalq *out = evhttp_request_get_output_headers(req);
     int retry = 0;
-    switch (broker_keys_check(
-        h->keys, evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization"), scope,
-        broker_now(), who, &retry)) {
+    /* Authorization: Bearer KEY (scheme case-insensitive, spaces around the key ignored) */
+    const char *a = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    const char *key = NULL;
+    size_t n = 0;
+    if (a && strncasecmp(a, "Bearer ", 7) == 0) {
+        for (key = a + 7; *key == ' '; key++) {
+        }
+        for (n = strlen(key); n && (key[n - 1] == ' ' || key[n - 1] == '\t'); n--) {
+        }
+    }
+    switch (broker_keys_check(h->keys, key, n, scope, broker_now(), who, &retry)) {
     case BROKER_AUTH_OK:
         return 0;
     case BROKER_AUTH_MISSING:

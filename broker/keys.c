@@ -10,8 +10,9 @@
  *
  * NAME [A-Za-z0-9._-]{1,64} is what logs and metrics show (never the key); SCOPES a comma list
  * of search (GET /v1/search, /v1/stickers/{id}) and click (POST /v1/click); RATE N/s or N/min
- * (a bucket of N requests refilled at N per second or minute) or "-" (no limit). A key is
- * compared in constant time against every key of the file. The buckets are shared by every
+ * (a bucket of N requests refilled at N per second or minute) or "-" (no limit). A key (from
+ * the HTTP door's `Authorization: Bearer` or the front door's Envelope.api_key) is compared in
+ * constant time against every key of the file. The buckets are shared by every
  * lane (one mutex: a check is a few arithmetic operations).
  */
 #include <errno.h>
@@ -20,7 +21,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 
 #include "broker.h"
@@ -209,16 +209,12 @@ static int same(const char *a, size_t na, const char *b, size_t nb)
     return d == 0;
 }
 
-broker_auth broker_keys_check(broker_keys_t *ks, const char *authorization, unsigned scope,
+broker_auth broker_keys_check(broker_keys_t *ks, const char *t, size_t n, unsigned scope,
                               double now, const char **name, int *retry_after_s)
 {
     *name = NULL;
     *retry_after_s = 0;
-    if (!authorization || strncasecmp(authorization, "Bearer ", 7) != 0) return BROKER_AUTH_MISSING;
-    const char *t = authorization + 7;
-    while (*t == ' ') t++;
-    size_t n = strlen(t);
-    while (n && (t[n - 1] == ' ' || t[n - 1] == '\t')) n--;
+    if (!t || n == 0) return BROKER_AUTH_MISSING;
     key *hit = NULL;
     for (size_t i = 0; i < ks->n; i++) /* every key, so the time says nothing of which */
         if (same(t, n, ks->k[i].secret, ks->k[i].len)) hit = &ks->k[i];
