@@ -37,6 +37,7 @@
 #include <zmq.h>
 
 #include "bench_stats.h"
+#include "ps/curve.h"
 #include "ps/wire.h"
 
 #define MAX_LEVELS       16
@@ -94,7 +95,8 @@ static void *open_dealer(void *zctx, const char *ep)
     int64_t maxmsg = MAX_FRAME;
     if (!s) return NULL;
     if (zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero) ||
-        zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) || zmq_connect(s, ep)) {
+        zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+        ps_curve_env_client(s, ep, NULL) || zmq_connect(s, ep)) {
         zmq_close(s);
         return NULL;
     }

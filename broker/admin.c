@@ -51,7 +51,7 @@ static int encode_health(void *arg, uint64_t request_id, uint32_t deadline_ms, u
 static int check_cluster(broker_admin *a, uint64_t version, char fp[17], ps_err *err)
 {
     if (!a->pool && !(a->pool = broker_pool_new(a->cfg.topology, a->cfg.deadline_ms, 0,
-                                                a->cfg.max_frame, NULL, err)))
+                                                a->cfg.max_frame, a->cfg.curve, NULL, err)))
         return err->code;
     uint32_t ns = broker_pool_nshards(a->pool), n = 0;
     broker_call *calls = calloc((size_t)ns * BROKER_MAX_REPLICAS, sizeof *calls);

@@ -29,6 +29,7 @@
 #include "persrv.pb-c.h"
 #include "ps/admin.h"
 #include "ps/analyzer.h"
+#include "ps/curve.h"
 #include "ps/err.h"
 #include "ps/profile.h"
 #include "ps/search.h"
@@ -57,10 +58,13 @@ void broker_upmap_free(broker_upmap_t *u);
  * replicas of one shard) and connect a DEALER to every replica (ZMQ_LINGER 0,
  * ZMQ_MAXMSGSIZE max_frame). Errors: PS_EINVAL naming the shard/replica at fault (empty
  * element, endpoint too long, too many shards or replicas, zmq_connect refusing it),
- * PS_ENOMEM. shared: the up/down map of the same topology to use (it must outlive the pool),
- * NULL for one of its own. Caller owns the result (broker_pool_free). */
+ * PS_ENOMEM. curve: CURVE client settings (NULL: plain; an endpoint without a known server key
+ * is PS_EINVAL), borrowed, must outlive the pool. shared: the up/down map of the same topology to
+ * use (it must outlive the pool), NULL for one of its own. Caller owns the result
+ * (broker_pool_free). */
 broker_pool_t *broker_pool_new(const char *topology, uint32_t deadline_ms, uint32_t retries,
-                               size_t max_frame, broker_upmap_t *shared, ps_err *err);
+                               size_t max_frame, const ps_curve_t *curve, broker_upmap_t *shared,
+                               ps_err *err);
 void broker_pool_free(broker_pool_t *p);
 
 uint32_t broker_pool_nshards(const broker_pool_t *p);
@@ -141,6 +145,7 @@ typedef struct broker_admin_cfg {
     const char *topology; /* the shards, to check a switch against */
     uint32_t deadline_ms;
     size_t max_frame;
+    const ps_curve_t *curve; /* CURVE client settings for the shards (NULL: plain) */
     broker_version_t *version;
     broker_metrics_t *metrics;
 } broker_admin_cfg;
@@ -329,8 +334,9 @@ typedef struct broker_lane_cfg {
     int id;
     const char *topology;
     uint32_t deadline_ms, retries;
-    size_t max_frame;     /* shard reply frames and front-door request frames */
-    const char *profiles; /* NULL: none */
+    size_t max_frame;        /* shard reply frames and front-door request frames */
+    const ps_curve_t *curve; /* CURVE client settings (NULL: plain) */
+    const char *profiles;    /* NULL: none */
     size_t profile_cache;
     broker_limits lim;
     uint32_t health_interval_ms;

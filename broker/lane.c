@@ -168,17 +168,17 @@ broker_lane_t *broker_lane_start(const broker_lane_cfg *cfg, ps_err *err)
     }
     l->cfg = *cfg;
     if (!(l->pool = broker_pool_new(cfg->topology, cfg->deadline_ms, cfg->retries, cfg->max_frame,
-                                    cfg->upmap, err)) ||
+                                    cfg->curve, cfg->upmap, err)) ||
         !(l->profiles = broker_profcache_new(cfg->profiles, cfg->profile_cache, err)) ||
         !(l->core = broker_core_new(l->pool, l->profiles, cfg->metrics, &cfg->lim, err)))
         goto fail;
     if (cfg->profile_replicas &&
         !(l->prof_replicas = broker_pool_new(cfg->profile_replicas, cfg->deadline_ms, cfg->retries,
-                                             cfg->max_frame, cfg->replicas_upmap, err)))
+                                             cfg->max_frame, cfg->curve, cfg->replicas_upmap, err)))
         goto fail;
     if (cfg->profile_primary &&
         !(l->prof_primary = broker_pool_new(cfg->profile_primary, cfg->click_deadline_ms, 0,
-                                            cfg->max_frame, cfg->primary_upmap, err)))
+                                            cfg->max_frame, cfg->curve, cfg->primary_upmap, err)))
         goto fail;
     if (l->prof_replicas)
         broker_profcache_use_service(l->profiles, l->prof_replicas, l->prof_primary,

@@ -107,6 +107,7 @@ static const ps_cfg_opt broker_opts[] = {
      "snapshot version to serve at start (0: the shards' active version, adopted from the first "
      "answer every shard gives from one version)",
      0, 0, 9223372036854775807.0},
+    PS_CURVE_CFG_OPTS,
     {"log-level", PS_CFG_STRING, "info", "debug, info, warn, error or off", 0, 0, 0},
     {"pid-file", PS_CFG_STRING, NULL, "write the process id here (removed on exit)", 0, 0, 0},
     {"ready-file", PS_CFG_STRING, NULL,
@@ -234,6 +235,7 @@ int main(int argc, char **argv)
     ps_admin_t *admin = NULL;
     char *token = NULL;
     broker_keys_t *keys = NULL;
+    ps_curve_t *curve = NULL;
     static broker_version_t version;
     readiness rd = {.mu = PTHREAD_MUTEX_INITIALIZER};
     ps_cfg_t *cfg = ps_cfg_daemon("broker", broker_about, broker_opts,
@@ -247,10 +249,16 @@ int main(int argc, char **argv)
         ps_cfg_free(cfg);
         return 2;
     }
+    if (!(curve = ps_curve_from_cfg(cfg, &err)) && err.code) {
+        fprintf(stderr, "broker: %s\n", err.msg);
+        ps_cfg_free(cfg);
+        return 2;
+    }
     /* The topology is checked once here, so that a bad one is a configuration error. */
-    broker_pool_t *check = broker_pool_new(ps_cfg_str(cfg, "shards"), 1, 0, 64, NULL, &err);
+    broker_pool_t *check = broker_pool_new(ps_cfg_str(cfg, "shards"), 1, 0, 64, curve, NULL, &err);
     if (!check) {
         fprintf(stderr, "broker: %s\n", err.msg);
+        ps_curve_free(curve);
         ps_cfg_free(cfg);
         return 2;
     }
@@ -264,13 +272,14 @@ int main(int argc, char **argv)
     for (int i = 0; i < 2 && upmap; i++) {
         if (!prof_topo[i]) continue;
         const char *name = i ? "profile-primary" : "profile-replicas";
-        broker_pool_t *pc = broker_pool_new(prof_topo[i], 1, 0, 64, NULL, &err);
+        broker_pool_t *pc = broker_pool_new(prof_topo[i], 1, 0, 64, curve, NULL, &err);
         if (!pc || broker_pool_nshards(pc) != 1 || (i == 1 && broker_pool_nreplicas(pc, 0) != 1)) {
             fprintf(stderr, "broker: %s: %s\n", name,
                     pc ? (i ? "one endpoint" : "endpoints separated by '|' (no ',')") : err.msg);
             broker_pool_free(pc);
             broker_upmap_free(upmap);
             broker_upmap_free(rep_upmap);
+            ps_curve_free(curve);
             ps_cfg_free(cfg);
             return 2;
         }
@@ -280,6 +289,7 @@ int main(int argc, char **argv)
     }
     if (!upmap) {
         fprintf(stderr, "broker: out of memory\n");
+        ps_curve_free(curve);
         ps_cfg_free(cfg);
         return 1;
     }
@@ -303,6 +313,7 @@ int main(int argc, char **argv)
         goto out;
     }
     const char *zmq_listen = ps_cfg_str(cfg, "zmq");
+    ps_curve_log_mode(curve, "broker", zmq_listen);
     size_t max_frame = (size_t)ps_cfg_uint(cfg, "max-frame");
     if (zmq_listen) {
         ps_zserver_cfg zc = {.component = "broker",
@@ -311,7 +322,8 @@ int main(int argc, char **argv)
                              .max_frame = max_frame,
                              .max_inflight = (uint32_t)ps_cfg_uint(cfg, "max-inflight"),
                              .drain_ms = (uint32_t)ps_cfg_uint(cfg, "drain-ms"),
-                             .hwm = (uint32_t)ps_cfg_uint(cfg, "hwm")};
+                             .hwm = (uint32_t)ps_cfg_uint(cfg, "hwm"),
+                             .curve = curve};
         if (!(zctx = zmq_ctx_new()) || !(front = ps_zserver_bind(zctx, &zc, &err))) {
             ps_log(PS_LOG_ERROR, "broker", "start_failed", "zmq=%s code=%s msg=\"%s\"", zmq_listen,
                    ps_errname(zctx ? err.code : PS_ENOMEM), zctx ? err.msg : "zmq_ctx_new");
@@ -341,6 +353,7 @@ int main(int argc, char **argv)
                            .topology = ps_cfg_str(cfg, "shards"),
                            .deadline_ms = (uint32_t)ps_cfg_uint(cfg, "deadline-ms") * 10,
                            .max_frame = max_frame,
+                           .curve = curve,
                            .version = &version,
                            .metrics = metrics};
     if (!(admin = broker_admin_start(&ac, &err))) {
@@ -359,6 +372,7 @@ int main(int argc, char **argv)
                           .deadline_ms = (uint32_t)ps_cfg_uint(cfg, "deadline-ms"),
                           .retries = (uint32_t)ps_cfg_uint(cfg, "retries"),
                           .max_frame = max_frame,
+                          .curve = curve,
                           .profiles = ps_cfg_str(cfg, "profiles"),
                           .profile_cache = (size_t)ps_cfg_uint(cfg, "profile-cache"),
                           .lim = {.R = (uint32_t)ps_cfg_uint(cfg, "recall-depth"),
@@ -446,6 +460,7 @@ out:
     broker_upmap_free(upmap);
     broker_upmap_free(rep_upmap);
     broker_upmap_free(prim_upmap);
+    ps_curve_free(curve);
     libevent_global_shutdown();
     ps_log(status ? PS_LOG_ERROR : PS_LOG_INFO, "broker", "exit", "status=%d", status);
     ps_cfg_free(cfg);

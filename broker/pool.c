@@ -65,6 +65,7 @@ struct broker_pool {
     uint32_t nshards;
     uint32_t deadline_ms, retries;
     size_t max_frame;
+    const ps_curve_t *curve; /* CURVE client settings (NULL: plain) */
     uint64_t next_id;
     int probed; /* a probe round ran: later rounds do not wait */
 };
@@ -138,6 +139,7 @@ static int replica_open(broker_pool_t *p, replica *r)
     int64_t maxmsg = (int64_t)p->max_frame;
     if (!r->sock || zmq_setsockopt(r->sock, ZMQ_LINGER, &zero, sizeof zero) ||
         zmq_setsockopt(r->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+        ps_curve_client_socket(p->curve, r->sock, r->endpoint, NULL) ||
         zmq_connect(r->sock, r->endpoint)) {
         ps_log(PS_LOG_ERROR, "broker", "socket_failed", "endpoint=%s msg=\"%s\"", r->endpoint,
                zmq_strerror(zmq_errno()));
@@ -180,7 +182,8 @@ static size_t split(const char *s, size_t len, char sep, const char **start, siz
 }
 
 broker_pool_t *broker_pool_new(const char *topology, uint32_t deadline_ms, uint32_t retries,
-                               size_t max_frame, broker_upmap_t *shared, ps_err *err)
+                               size_t max_frame, const ps_curve_t *curve, broker_upmap_t *shared,
+                               ps_err *err)
 {
     const char *sh[BROKER_MAX_SHARDS];
     size_t shlen[BROKER_MAX_SHARDS];
@@ -192,6 +195,7 @@ broker_pool_t *broker_pool_new(const char *topology, uint32_t deadline_ms, uint3
     p->deadline_ms = deadline_ms;
     p->retries = retries;
     p->max_frame = max_frame;
+    p->curve = curve;
     p->next_id = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
     size_t n = split(topology, strlen(topology), ',', sh, shlen, BROKER_MAX_SHARDS);
     if (n > BROKER_MAX_SHARDS) {
@@ -226,6 +230,10 @@ broker_pool_t *broker_pool_new(const char *topology, uint32_t deadline_ms, uint3
             }
             memcpy(r->endpoint, rs[i], rlen[i]);
             r->endpoint[rlen[i]] = '\0';
+            if (ps_curve_check_endpoint(curve, r->endpoint, err)) {
+                ps_err_prefix(err, "shard %zu replica %zu", s, i);
+                goto fail;
+            }
         }
     }
     broker_upmap_t *u = shared;

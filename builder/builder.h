@@ -15,6 +15,7 @@ int builder_cmd_eval(int argc, char **argv);
 int builder_cmd_push_profiles(int argc, char **argv);
 int builder_cmd_push(int argc, char **argv);     /* cmd_push_build.c */
 int builder_cmd_activate(int argc, char **argv); /* cmd_push_build.c */
+int builder_cmd_keys(int argc, char **argv);     /* cmd_keys.c */
 
 /* ---- opts.c: the input options shared by build and push-profiles ---------------------------- */
 

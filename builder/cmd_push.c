@@ -30,6 +30,7 @@
 #include "builder.h"
 #include "pipeline.h"
 #include "ps/admin.h"
+#include "ps/curve.h"
 #include "ps/log.h"
 #include "ps/wire.h"
 
@@ -513,6 +514,7 @@ int builder_cmd_push_profiles(int argc, char **argv)
     builder_built b = {0};
     ps_clicklog log = {0};
     void *zctx = NULL, *sock = NULL;
+    ps_curve_t *curve = NULL;
     admin_conn ac = {0};
     size_t nitems = 0;
     uint64_t seq = 0;
@@ -537,9 +539,13 @@ int builder_cmd_push_profiles(int argc, char **argv)
         if (push_admin(&ac, &c, &b, history, timeout_ms, batch, &id, &nitems, &seq, &err))
             goto fail;
     } else {
+        /* CURVE from PERSRV_CURVE_KEY / PERSRV_CURVE_SERVERS when the primary runs it */
+        if (!(curve = ps_curve_from_env(&err)) && err.code) goto fail;
         if (!(zctx = zmq_ctx_new()) || !(sock = zmq_socket(zctx, ZMQ_DEALER)) ||
-            zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero) || zmq_connect(sock, primary)) {
-            ps_err_set(&err, PS_EINVAL, "--primary %s: %s", primary, zmq_strerror(zmq_errno()));
+            zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero) ||
+            ps_curve_client_socket(curve, sock, primary, &err) || zmq_connect(sock, primary)) {
+            if (!err.code)
+                ps_err_set(&err, PS_EINVAL, "--primary %s: %s", primary, zmq_strerror(zmq_errno()));
             goto fail;
         }
         builder_progress pr;
@@ -563,6 +569,7 @@ fail:
 out:
     if (sock) zmq_close(sock);
     if (zctx) zmq_ctx_term(zctx);
+    ps_curve_free(curve);
     admin_close(&ac);
     if (curl_up) curl_global_cleanup();
     if (token) memset(token, 0, strlen(token));

@@ -21,6 +21,7 @@ static const struct {
      "load the offline profiles and click histories into the profile service's primary"},
     {"push", builder_cmd_push, "push a build into the running cluster and switch to it"},
     {"activate", builder_cmd_activate, "switch the cluster to a version every replica holds"},
+    {"keys", builder_cmd_keys, "make CURVE key pairs for the cluster's ZeroMQ traffic"},
 };
 
 static void usage(FILE *f)

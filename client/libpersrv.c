@@ -31,6 +31,7 @@
 #include <zmq.h>
 
 #include "persrv_int.h"
+#include "ps/curve.h"
 #include "ps/err.h"
 #include "ps/rand.h"
 #include "ps/wire.h"
@@ -46,6 +47,7 @@ struct persrv {
     size_t max_frame;
     uint64_t next_id; /* request ids: a per-context random start, never 0 */
     char *api_key;    /* owned copy, NULL: none */
+    persrv__curve curve;
 };
 
 /* ---- errors --------------------------------------------------------------------------------- */
@@ -153,6 +155,7 @@ void persrv_options_init(persrv_options *opt)
     opt->retries = PERSRV_DEFAULT_RETRIES;
     opt->max_frame = PERSRV_DEFAULT_MAX_FRAME;
     opt->api_key = NULL;
+    opt->curve_server_key = opt->curve_public_key = opt->curve_secret_key = NULL;
 }
 
 void persrv__wipe_free(char *s)
@@ -170,6 +173,43 @@ void persrv__options_fill(persrv_options *o, const persrv_options *opt)
     o->retries = opt->retries;
     if (opt->max_frame) o->max_frame = opt->max_frame;
     o->api_key = opt->api_key;
+    o->curve_server_key = opt->curve_server_key;
+    o->curve_public_key = opt->curve_public_key;
+    o->curve_secret_key = opt->curve_secret_key;
+}
+
+int persrv__curve_from(const persrv_options *o, persrv__curve *k, ps_err *e)
+{
+    const char *in[3] = {o->curve_server_key, o->curve_public_key, o->curve_secret_key};
+    static const char *const names[3] = {"curve_server_key", "curve_public_key",
+                                         "curve_secret_key"};
+    char *out[3] = {k->server, k->pub, k->sec};
+    memset(k, 0, sizeof *k);
+    int set = !!in[0] + !!in[1] + !!in[2];
+    if (set == 0) return PERSRV_OK;
+    for (int i = 0; i < 3; i++) {
+        if (!in[i]) {
+            ps_err_set(e, PS_EINVAL, "options: %s is needed with the other CURVE keys", names[i]);
+            return PERSRV_EINVAL;
+        }
+        if (!ps_curve_z85_valid(in[i], strlen(in[i]))) {
+            ps_err_set(e, PS_EINVAL, "options: %s is not a 40-character Z85 key", names[i]);
+            return PERSRV_EINVAL;
+        }
+        memcpy(out[i], in[i], 41);
+    }
+    k->on = 1;
+    return PERSRV_OK;
+}
+
+int persrv__curve_apply(const persrv__curve *k, void *sock)
+{
+    if (!k->on) return 0;
+    return zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, k->server, 41) ||
+                   zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, k->pub, 41) ||
+                   zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, k->sec, 41)
+               ? -1
+               : 0;
 }
 
 static uint64_t now_ns(void)
@@ -202,7 +242,8 @@ static int open_sock(persrv_t *c)
     if (!(c->sock = zmq_socket(c->zctx, ZMQ_DEALER)))
         return set_err(c, PERSRV_ECONNECT, "zmq_socket: %s", zmq_strerror(zmq_errno()));
     if (zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero) ||
-        zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg)) {
+        zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+        persrv__curve_apply(&c->curve, c->sock)) {
         int e = zmq_errno();
         close_sock(c);
         return set_err(c, PERSRV_ECONNECT, "zmq_setsockopt: %s", zmq_strerror(e));
@@ -229,6 +270,11 @@ persrv_t *persrv_connect(const char *endpoint, const persrv_options *opt)
         set_err(c, PERSRV_EINVAL, "persrv_connect: endpoint is NULL");
         return c;
     }
+    ps_err e = {0, ""};
+    if (persrv__curve_from(&o, &c->curve, &e)) {
+        set_err(c, PERSRV_EINVAL, "persrv_connect: %s", e.msg);
+        return c;
+    }
     if (!(c->endpoint = strdup(endpoint)) || (o.api_key && !(c->api_key = strdup(o.api_key)))) {
         free(c->endpoint);
         free(c);
@@ -248,6 +294,25 @@ persrv_t *persrv_connect(const char *endpoint, const persrv_options *opt)
     return c;
 }
 
+persrv_t *persrv_connect_env(const char *endpoint, const persrv_options *opt)
+{
+    persrv_options o;
+    persrv__options_fill(&o, opt);
+    if (!o.api_key) o.api_key = getenv("PERSRV_API_KEY");
+    ps_err e = {0, ""};
+    ps_curve_t *curve = ps_curve_from_env(&e);
+    if (curve && endpoint) {
+        o.curve_server_key = ps_curve_server_key(curve, endpoint);
+        o.curve_public_key = ps_curve_public(curve);
+        o.curve_secret_key = ps_curve_secret(curve);
+        if (!o.curve_server_key) ps_curve_check_endpoint(curve, endpoint, &e); /* says why */
+    }
+    persrv_t *c = e.code ? persrv_connect(NULL, &o) : persrv_connect(endpoint, &o);
+    if (c && e.code) set_err(c, PERSRV_EINVAL, "PERSRV_CURVE_*: %s", e.msg);
+    ps_curve_free(curve); /* persrv_connect copied the keys */
+    return c;
+}
+
 void persrv_close(persrv_t *ctx)
 {
     if (!ctx) return;
@@ -255,6 +320,7 @@ void persrv_close(persrv_t *ctx)
     if (ctx->zctx) zmq_ctx_term(ctx->zctx);
     free(ctx->endpoint);
     persrv__wipe_free(ctx->api_key);
+    for (volatile char *p = ctx->curve.sec; p < ctx->curve.sec + sizeof ctx->curve.sec; p++) *p = 0;
     free(ctx);
 }
 

@@ -134,8 +134,8 @@ static persrv_t *broker_connect(const char *cmd, const char *ep, uint32_t timeou
     persrv_options po;
     persrv_options_init(&po);
     if (timeout_ms) po.timeout_ms = timeout_ms;
-    po.api_key = getenv("PERSRV_API_KEY"); /* not a flag: flags show in ps */
-    persrv_t *c = persrv_connect(ep, &po);
+    /* PERSRV_API_KEY, PERSRV_CURVE_KEY, PERSRV_CURVE_SERVERS: not flags, flags show in ps */
+    persrv_t *c = persrv_connect_env(ep, &po);
     if (!c) {
         fprintf(stderr, "persrv %s: out of memory (%s)\n", cmd, persrv_errname(PERSRV_ENOMEM));
         return NULL;

@@ -57,7 +57,8 @@ struct persrv_async {
     struct event *readable; /* the socket's ZMQ_FD, EV_READ|EV_PERSIST */
     uint32_t timeout_ms;
     size_t max_frame;
-    char *api_key;     /* owned copy, NULL: none */
+    char *api_key; /* owned copy, NULL: none */
+    persrv__curve curve;
     uint64_t next_id;  /* request ids: a per-context random start, never 0 */
     areq *head, *tail; /* requests in flight, oldest first */
     size_t npending;
@@ -229,7 +230,7 @@ static int open_sock(persrv_async_t *a)
         return set_err(a, PERSRV_ECONNECT, "zmq_socket: %s", zmq_strerror(zmq_errno()));
     if (zmq_setsockopt(a->sock, ZMQ_LINGER, &zero, sizeof zero) ||
         zmq_setsockopt(a->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
-        zmq_getsockopt(a->sock, ZMQ_FD, &fd, &fdsz)) {
+        persrv__curve_apply(&a->curve, a->sock) || zmq_getsockopt(a->sock, ZMQ_FD, &fd, &fdsz)) {
         int e = zmq_errno();
         close_sock(a);
         return set_err(a, PERSRV_ECONNECT, "zmq socket options: %s", zmq_strerror(e));
@@ -263,6 +264,11 @@ persrv_async_t *persrv_async_new(struct event_base *base, const char *endpoint,
     a->next_id = persrv__id_seed(a);
     if (!base || !endpoint) {
         set_err(a, PERSRV_EINVAL, "persrv_async_new: %s is NULL", base ? "endpoint" : "base");
+        return a;
+    }
+    ps_err e = {0, ""};
+    if (persrv__curve_from(&o, &a->curve, &e)) {
+        set_err(a, PERSRV_EINVAL, "persrv_async_new: %s", e.msg);
         return a;
     }
     if (!(a->endpoint = strdup(endpoint)) || (o.api_key && !(a->api_key = strdup(o.api_key)))) {
@@ -342,6 +348,7 @@ static void destroy(persrv_async_t *a)
     if (a->zctx) zmq_ctx_term(a->zctx);
     free(a->endpoint);
     persrv__wipe_free(a->api_key);
+    for (volatile char *p = a->curve.sec; p < a->curve.sec + sizeof a->curve.sec; p++) *p = 0;
     free(a);
 }
 

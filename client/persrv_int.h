@@ -24,6 +24,20 @@ int persrv__from_ps(int ps);
  * taken as it is). */
 void persrv__options_fill(persrv_options *o, const persrv_options *opt);
 
+/* A context's CURVE client keys (Z85, NUL-terminated); on = 0: plain. */
+typedef struct persrv__curve {
+    int on;
+    char server[41], pub[41], sec[41];
+} persrv__curve;
+
+/* *k from o's curve_* fields. PERSRV_OK, or PERSRV_EINVAL with e->msg naming the field
+ * (set without the others, or not a 40-character Z85 key). */
+int persrv__curve_from(const persrv_options *o, persrv__curve *k, ps_err *e);
+
+/* Make sock a CURVE client with k (before zmq_connect; nothing when !k->on). 0 or -1 (zmq
+ * errno). */
+int persrv__curve_apply(const persrv__curve *k, void *sock);
+
 /* Zero the string s (an API key) and free it; NULL is fine. */
 void persrv__wipe_free(char *s);
 

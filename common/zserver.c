@@ -6,17 +6,23 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ps/config.h"
+#include "ps/curve.h"
 #include "ps/log.h"
+#include "ps/wire.h"
 #include "ps/zserver.h"
 
 struct ps_zserver {
     void *front, *back;
+    ps_curve_zap_t *zap; /* CURVE on: the context's ZAP handler */
     ps_zserver_cfg cfg;
     char *component, *listen, *backend;
     char endpoint[1024];
+    uint64_t oversized;       /* requests refused for their number of frames */
+    int64_t oversized_logged; /* second of the last such log line */
 };
 
 int ps_zmsg_recv_multi(void *sock, zmq_msg_t *parts, int cap, int *n, int flags)
@@ -87,6 +93,7 @@ void ps_zserver_close(ps_zserver_t *s)
         zmq_close(s->front);
     }
     if (s->back) zmq_close(s->back);
+    ps_curve_zap_stop(s->zap);
     free(s->component);
     free(s->listen);
     free(s->backend);
@@ -119,6 +126,11 @@ ps_zserver_t *ps_zserver_bind(void *zctx, const ps_zserver_cfg *cfg, ps_err *err
         ps_zserver_close(s);
         return NULL;
     }
+    if (cfg->curve && (ps_curve_server_socket(cfg->curve, s->front, err) ||
+                       !(s->zap = ps_curve_zap_start(cfg->curve, zctx, cfg->component, err)))) {
+        ps_zserver_close(s);
+        return NULL;
+    }
     if (zmq_bind(s->front, cfg->listen)) {
         ps_err_set(err, PS_EUNAVAIL, "listen %s: %s", cfg->listen, zmq_strerror(zmq_errno()));
         ps_zserver_close(s);
@@ -133,6 +145,57 @@ ps_zserver_t *ps_zserver_bind(void *zctx, const ps_zserver_cfg *cfg, ps_err *err
 const char *ps_zserver_endpoint(const ps_zserver_t *s)
 {
     return s->endpoint;
+}
+
+/* Receive one request from the front. A request of more than PS_ZMSG_MAX_PARTS frames is
+ * received whole (libzmq has already buffered it: its frames are each under ZMQ_MAXMSGSIZE,
+ * their number is not capped by libzmq) keeping only the identity and the last frame, which
+ * land in parts[0] and parts[1], and *n = PS_ZMSG_MAX_PARTS + 1 says so. */
+static int recv_request(ps_zserver_t *s, zmq_msg_t *parts, int *n)
+{
+    *n = 0;
+    for (;;) {
+        int k = *n < PS_ZMSG_MAX_PARTS ? *n : 1;
+        if (*n == PS_ZMSG_MAX_PARTS) { /* too many: keep parts[0], reuse parts[1] */
+            ps_zmsg_close(parts + 1, PS_ZMSG_MAX_PARTS - 1);
+        } else if (*n > PS_ZMSG_MAX_PARTS) {
+            zmq_msg_close(&parts[1]);
+        }
+        zmq_msg_init(&parts[k]);
+        if (zmq_msg_recv(&parts[k], s->front, *n == 0 ? ZMQ_DONTWAIT : 0) < 0) {
+            zmq_msg_close(&parts[k]);
+            ps_zmsg_close(parts, *n < PS_ZMSG_MAX_PARTS ? *n : 1);
+            *n = 0;
+            return -1;
+        }
+        if (*n <= PS_ZMSG_MAX_PARTS) (*n)++;
+        if (!zmq_msg_more(&parts[k])) return 0;
+    }
+}
+
+/* Answer a request of too many frames with an Error (too_large) on [identity][error], the
+ * shape a DEALER peer reads, so its sender is not left waiting for a timeout; counted, and
+ * logged at most once a second. Consumes parts[0..2). */
+static void refuse_oversized(ps_zserver_t *s, zmq_msg_t *parts)
+{
+    s->oversized++;
+    int64_t now = (int64_t)time(NULL);
+    if (now != s->oversized_logged) {
+        ps_log(PS_LOG_WARN, s->cfg.component, "request_refused",
+               "reason=\"more than %d frames\" refused_total=%llu", PS_ZMSG_MAX_PARTS,
+               (unsigned long long)s->oversized);
+        s->oversized_logged = now;
+    }
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    uint64_t rid = ps_wire_peek_request_id(zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]));
+    if (ps_wire_encode_error(rid, PS_ETOOBIG, "a request has at most 8 frames", &buf, &len, NULL) ==
+            0 &&
+        ps_zmsg_set_payload(parts, 2, buf, len) == 0)
+        ps_zmsg_send_multi(s->front, parts, 2, ZMQ_DONTWAIT); /* consumes them either way */
+    else
+        ps_zmsg_close(parts, 2);
+    free(buf);
 }
 
 int ps_zserver_run(ps_zserver_t *s, int stop_fd, ps_err *err)
@@ -174,12 +237,13 @@ int ps_zserver_run(ps_zserver_t *s, int stop_fd, ps_err *err)
         }
         if (nitems == 3 && (items[2].revents & ZMQ_POLLIN)) { /* a peer's request */
             int n;
-            if (ps_zmsg_recv_multi(s->front, parts, PS_ZMSG_MAX_PARTS, &n, 0) < 0) continue;
-            if (n < 2 || n > PS_ZMSG_MAX_PARTS) {
-                /* A ROUTER always prepends the identity, so n < 2 cannot happen; too many
-                 * parts is a peer we do not understand: drop it. */
-                if (n <= PS_ZMSG_MAX_PARTS) ps_zmsg_close(parts, n);
-                ps_log(PS_LOG_WARN, who, "request_dropped", "reason=\"%d frames\"", n);
+            if (recv_request(s, parts, &n) < 0) continue;
+            if (n < 2) { /* a ROUTER always prepends the identity: cannot happen */
+                ps_zmsg_close(parts, n);
+                continue;
+            }
+            if (n > PS_ZMSG_MAX_PARTS) { /* parts[0] identity, parts[1] the last frame */
+                refuse_oversized(s, parts);
                 continue;
             }
             if (ps_zmsg_send_multi(s->back, parts, n, 0) < 0) {

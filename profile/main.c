@@ -17,6 +17,7 @@
 
 #include "ps/admin.h"
 #include "ps/config.h"
+#include "ps/curve.h"
 #include "ps/log.h"
 #include "ps/wire.h"
 #include "profile.h"
@@ -69,6 +70,7 @@ static const ps_cfg_opt profsvc_opts[] = {
      "POST /admin/checkpoint?dir=D writes a checkpoint to the new directory D below this one, "
      "created at start if missing (unset: admin checkpoints are refused)",
      0, 0, 0},
+    PS_CURVE_CFG_OPTS,
     {"log-level", PS_CFG_STRING, "info", "debug, info, warn, error or off", 0, 0, 0},
     {"pid-file", PS_CFG_STRING, NULL, "write the process id here (removed on exit)", 0, 0, 0},
     {"ready-file", PS_CFG_STRING, NULL,
@@ -91,6 +93,7 @@ int main(int argc, char **argv)
     profsvc_replica_t *tail = NULL;
     profsvc_admin_t *admin = NULL;
     char *token = NULL;
+    ps_curve_t *curve = NULL;
     int status = 1, pid_written = 0;
     ps_cfg_t *cfg =
         ps_cfg_daemon("profile", profsvc_about, profsvc_opts,
@@ -109,6 +112,18 @@ int main(int argc, char **argv)
         ps_cfg_free(cfg);
         return 2;
     }
+    if (!(curve = ps_curve_from_cfg(cfg, &err)) && err.code) {
+        fprintf(stderr, "profile: %s\n", err.msg);
+        ps_cfg_free(cfg);
+        return 2;
+    }
+    if (replica && ps_curve_check_endpoint(curve, primary, &err)) {
+        fprintf(stderr, "profile: --primary %s\n", err.msg);
+        ps_curve_free(curve);
+        ps_cfg_free(cfg);
+        return 2;
+    }
+    ps_curve_log_mode(curve, "profile", ps_cfg_str(cfg, "listen"));
     status = 1;
     const char *pid_file = ps_cfg_str(cfg, "pid-file");
     const char *ready_file = ps_cfg_str(cfg, "ready-file");
@@ -164,7 +179,8 @@ int main(int argc, char **argv)
     if (replica) {
         profsvc_replica_cfg rcfg = {.primary = primary,
                                     .poll_ms = (uint32_t)ps_cfg_uint(cfg, "poll-ms"),
-                                    .max_frame = 2 * ctx.max_frame};
+                                    .max_frame = 2 * ctx.max_frame,
+                                    .curve = curve};
         if (!(tail = profsvc_replica_start(&ctx, &rcfg, &err))) {
             ps_log(PS_LOG_ERROR, "profile", "start_failed", "code=%s msg=\"%s\"",
                    ps_errname(err.code), err.msg);
@@ -177,7 +193,8 @@ int main(int argc, char **argv)
                                .drain_ms = (uint32_t)ps_cfg_uint(cfg, "drain-ms"),
                                .hwm = (uint32_t)ps_cfg_uint(cfg, "hwm"),
                                .ready_file = ready_file,
-                               .admin = profsvc_admin_address(admin)};
+                               .admin = profsvc_admin_address(admin),
+                               .curve = curve};
     int rc = profsvc_serve(&ctx, &vcfg, stop_fd, &err);
     profsvc_replica_stop(tail); /* before the store closes under it */
     tail = NULL;
@@ -195,6 +212,7 @@ out:
     if (ready_file) unlink(ready_file);
     if (pid_written) unlink(pid_file);
     profsvc_store_close(st);
+    ps_curve_free(curve);
     ps_log(status ? PS_LOG_ERROR : PS_LOG_INFO, "profile", "exit", "status=%d", status);
     ps_cfg_free(cfg);
     return status;

@@ -232,14 +232,15 @@ void profsvc_admin_stop(profsvc_admin_t *a);
 /* ---- server.c: sockets, worker threads, the proxy loop ------------------------------------ */
 
 typedef struct profsvc_server_cfg {
-    const char *listen;     /* ZeroMQ endpoint of the ROUTER front */
-    uint32_t workers;       /* worker threads */
-    uint32_t max_inflight;  /* requests handed to workers and not yet answered */
-    uint32_t drain_ms;      /* linger for replies still queued when stopping */
-    uint32_t hwm;           /* ZMQ_SNDHWM / ZMQ_RCVHWM of the front socket */
-    const char *ready_file; /* written once bound: line 1 the endpoint, line 2 the admin
-                               address when there is one (NULL: no file) */
-    const char *admin;      /* the admin port's "host:port" (NULL: none) */
+    const char *listen;           /* ZeroMQ endpoint of the ROUTER front */
+    uint32_t workers;             /* worker threads */
+    uint32_t max_inflight;        /* requests handed to workers and not yet answered */
+    uint32_t drain_ms;            /* linger for replies still queued when stopping */
+    uint32_t hwm;                 /* ZMQ_SNDHWM / ZMQ_RCVHWM of the front socket */
+    const char *ready_file;       /* written once bound: line 1 the endpoint, line 2 the admin
+                                     address when there is one (NULL: no file) */
+    const char *admin;            /* the admin port's "host:port" (NULL: none) */
+    const struct ps_curve *curve; /* CURVE on the port (NULL: plain) */
 } profsvc_server_cfg;
 
 /* Bind, start the workers, write the ready file and serve until a byte arrives on stop_fd.
@@ -250,9 +251,10 @@ int profsvc_serve(profsvc_ctx *ctx, const profsvc_server_cfg *cfg, int stop_fd, 
 /* ---- replica.c: the tail thread ------------------------------------------------------------ */
 
 typedef struct profsvc_replica_cfg {
-    const char *primary; /* the primary's ZeroMQ endpoint */
-    uint32_t poll_ms;    /* pause after a reply without batches */
-    size_t max_frame;    /* reply frame cap (ZMQ_MAXMSGSIZE) */
+    const char *primary;          /* the primary's ZeroMQ endpoint */
+    uint32_t poll_ms;             /* pause after a reply without batches */
+    size_t max_frame;             /* reply frame cap (ZMQ_MAXMSGSIZE) */
+    const struct ps_curve *curve; /* CURVE client of the primary (NULL: plain) */
 } profsvc_replica_cfg;
 
 typedef struct profsvc_replica profsvc_replica_t;

@@ -29,6 +29,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "ps/curve.h"
 #include "ps/log.h"
 #include "ps/wire.h"
 #include "profile.h"
@@ -92,6 +93,7 @@ static int open_socket(profsvc_replica_t *r, ps_err *err)
     if (!(r->sock = zmq_socket(r->zctx, ZMQ_DEALER)) ||
         zmq_setsockopt(r->sock, ZMQ_LINGER, &zero, sizeof zero) ||
         zmq_setsockopt(r->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+        ps_curve_client_socket(r->cfg.curve, r->sock, r->cfg.primary, NULL) ||
         zmq_connect(r->sock, r->cfg.primary)) {
         int rc = ps_err_set(err, PS_EUNAVAIL, "primary %s: %s", r->cfg.primary,
                             zmq_strerror(zmq_errno()));

@@ -51,7 +51,8 @@ int profsvc_serve(profsvc_ctx *ctx, const profsvc_server_cfg *cfg, int stop_fd, 
                          .max_inflight = cfg->max_inflight,
                          .drain_ms = cfg->drain_ms,
                          .hwm = cfg->hwm,
-                         .ready_extra = cfg->admin}; /* the ready file's line 2 */
+                         .ready_extra = cfg->admin, /* the ready file's line 2 */
+                         .curve = cfg->curve};
     ready_arg ra = {ctx, cfg};
     int rc =
         ps_zserve(&zc, cfg->workers, handle, states, cfg->ready_file, stop_fd, on_ready, &ra, err);

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "ps/config.h"
+#include "ps/curve.h"
 #include "ps/log.h"
 #include "ps/wire.h"
 #include "shard.h"
@@ -48,6 +49,7 @@ static const ps_cfg_opt shard_opts[] = {
      1000000},
     {"drain-ms", PS_CFG_UINT, "1000",
      "on shutdown, how long replies still queued may take to leave (ms)", 0, 0, 60000},
+    PS_CURVE_CFG_OPTS,
     {"log-level", PS_CFG_STRING, "info", "debug, info, warn, error or off", 0, 0, 0},
     {"pid-file", PS_CFG_STRING, NULL, "write the process id here (removed on exit)", 0, 0, 0},
     {"ready-file", PS_CFG_STRING, NULL,
@@ -69,6 +71,7 @@ int main(int argc, char **argv)
     shard_versions_t *vs = NULL;
     ps_admin_t *admin = NULL;
     char *token = NULL;
+    ps_curve_t *curve = NULL;
     static shard_metrics metrics;
     int status = 1, pid_written = 0;
     ps_cfg_t *cfg = ps_cfg_daemon("shard", shard_about, shard_opts,
@@ -115,6 +118,12 @@ int main(int argc, char **argv)
         status = 2;
         goto out;
     }
+    if (!(curve = ps_curve_from_cfg(cfg, &err)) && err.code) {
+        fprintf(stderr, "shard: %s\n", err.msg);
+        status = 2;
+        goto out;
+    }
+    ps_curve_log_mode(curve, "shard", ps_cfg_str(cfg, "listen"));
     if (!(vs = shard_versions_open(&vc, &err))) {
         ps_log(PS_LOG_ERROR, "shard", "start_failed", "data=%s index=%s code=%s msg=\"%s\"",
                vc.data_dir ? vc.data_dir : "-", vc.index ? vc.index : "-", ps_errname(err.code),
@@ -138,7 +147,8 @@ int main(int argc, char **argv)
                              .drain_ms = (uint32_t)ps_cfg_uint(cfg, "drain-ms"),
                              .hwm = (uint32_t)ps_cfg_uint(cfg, "hwm"),
                              .ready_file = ready_file,
-                             .admin = ps_admin_address(admin)};
+                             .admin = ps_admin_address(admin),
+                             .curve = curve};
     if (shard_serve(&ctx, &scfg, stop_fd, &err)) {
         ps_log(PS_LOG_ERROR, "shard", "start_failed", "code=%s msg=\"%s\"", ps_errname(err.code),
                err.msg);
@@ -152,6 +162,7 @@ out:
     ps_admin_stop(admin); /* before the versions: its handlers use them */
     shard_versions_free(vs);
     free(token);
+    ps_curve_free(curve);
     ps_log(status ? PS_LOG_ERROR : PS_LOG_INFO, "shard", "exit", "status=%d", status);
     ps_cfg_free(cfg);
     return status;

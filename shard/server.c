@@ -50,7 +50,8 @@ int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, 
                          .max_inflight = cfg->max_inflight,
                          .drain_ms = cfg->drain_ms,
                          .hwm = cfg->hwm,
-                         .ready_extra = cfg->admin};
+                         .ready_extra = cfg->admin,
+                         .curve = cfg->curve};
     if (!rc)
         rc = ps_zserve(&zc, cfg->workers, handle, handlers, cfg->ready_file, stop_fd, on_ready,
                        (void *)ctx, err);

@@ -140,13 +140,14 @@ int shard_handle(shard_handler_t *h, const void *req, size_t len, uint8_t **repl
 /* ---- server.c: sockets, worker threads, the proxy loop ----------------------------------- */
 
 typedef struct shard_server_cfg {
-    const char *listen;     /* ZeroMQ endpoint of the ROUTER front */
-    uint32_t workers;       /* worker threads */
-    uint32_t max_inflight;  /* requests handed to workers and not yet answered */
-    uint32_t drain_ms;      /* linger for replies still queued when stopping */
-    uint32_t hwm;           /* ZMQ_SNDHWM / ZMQ_RCVHWM of the front socket */
-    const char *ready_file; /* written once bound (NULL: none) */
-    const char *admin;      /* the admin port's address: the ready file's second line */
+    const char *listen;           /* ZeroMQ endpoint of the ROUTER front */
+    uint32_t workers;             /* worker threads */
+    uint32_t max_inflight;        /* requests handed to workers and not yet answered */
+    uint32_t drain_ms;            /* linger for replies still queued when stopping */
+    uint32_t hwm;                 /* ZMQ_SNDHWM / ZMQ_RCVHWM of the front socket */
+    const char *ready_file;       /* written once bound (NULL: none) */
+    const char *admin;            /* the admin port's address: the ready file's second line */
+    const struct ps_curve *curve; /* CURVE on the port (NULL: plain) */
 } shard_server_cfg;
 
 /* Bind, start the workers, write the ready file and serve until a byte arrives on stop_fd

@@ -90,6 +90,13 @@ typedef struct persrv_options {
     size_t max_frame;    /* largest reply frame accepted, bytes; 0 = PERSRV_DEFAULT_MAX_FRAME */
     const char *api_key; /* sent with every request when the broker runs with --api-keys
                             (copied; NULL = none; at most 256 printable bytes) */
+    /* CURVE, when the broker's front door runs it (curve-key): the broker's public key and
+     * this client's key pair (`builder keys`; its public key on the broker's curve-allow
+     * list), each 40 Z85 characters, copied. All NULL = plain; one without the others, or a
+     * malformed key, makes persrv_connect fail with PERSRV_EINVAL. */
+    const char *curve_server_key;
+    const char *curve_public_key;
+    const char *curve_secret_key;
 } persrv_options;
 
 #define PERSRV_DEFAULT_TIMEOUT_MS 1000
@@ -105,6 +112,13 @@ void persrv_options_init(persrv_options *opt);
  * endpoint) or PERSRV_ECONNECT (an endpoint ZeroMQ rejects) when connecting failed. Calls on a
  * context whose connect failed try to connect again and fail the same way. */
 persrv_t *persrv_connect(const char *endpoint, const persrv_options *opt);
+
+/* persrv_connect with opt (NULL = defaults) completed from the environment, for tools and
+ * services configured the way the daemons are: PERSRV_API_KEY (when opt has no api_key),
+ * PERSRV_CURVE_KEY (this client's key pair file, `builder keys`) and PERSRV_CURVE_SERVERS
+ * (a known-servers file, "<endpoint> <Z85>" per line, looked up for endpoint). A file that
+ * does not read, or an endpoint it has no key for, is PERSRV_EINVAL on the context. */
+persrv_t *persrv_connect_env(const char *endpoint, const persrv_options *opt);
 
 /* Close the socket and free ctx (NULL is fine). Results and stickers stay valid. */
 void persrv_close(persrv_t *ctx);

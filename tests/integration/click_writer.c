@@ -35,6 +35,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "ps/curve.h"
 #include "ps/wire.h"
 
 #define NUSERS    8     /* users per writer, round robin */
@@ -71,7 +72,8 @@ static void *open_dealer(const char *ep)
     int zero = 0;
     int64_t maxmsg = MAX_FRAME;
     if (!s || zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero) ||
-        zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) || zmq_connect(s, ep))
+        zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+        ps_curve_env_client(s, ep, NULL) || zmq_connect(s, ep))
         die(2, "connect %s: %s", ep, zmq_strerror(zmq_errno()));
     return s;
 }

@@ -67,7 +67,7 @@ static void *worker(void *arg)
     persrv_options_init(&opt);
     opt.timeout_ms = (uint32_t)(4 * budget_ms);
     opt.retries = 0;
-    persrv_t *c = persrv_connect(endpoint, &opt);
+    persrv_t *c = persrv_connect_env(endpoint, &opt);
     if (!c || persrv_errcode(c)) {
         fprintf(stderr, "connect %s: %s\n", endpoint, c ? persrv_errstr(c) : "out of memory");
         exit(1);

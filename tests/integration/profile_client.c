@@ -39,6 +39,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "ps/curve.h"
 #include "ps/rand.h"
 #include "ps/store.h"
 #include "ps/wire.h"
@@ -70,7 +71,8 @@ static void *connect_to(const char *ep)
     if (!s || zmq_setsockopt(s, ZMQ_RCVTIMEO, &t, sizeof t) ||
         zmq_setsockopt(s, ZMQ_SNDTIMEO, &t, sizeof t) ||
         zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero) ||
-        zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) || zmq_connect(s, ep))
+        zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+        ps_curve_env_client(s, ep, NULL) || zmq_connect(s, ep))
         die("connect %s: %s", ep, zmq_strerror(zmq_errno()));
     return s;
 }

@@ -208,7 +208,7 @@ static void *zmq_worker(void *arg)
     persrv_options_init(&opt);
     opt.timeout_ms = timeout_ms;
     opt.retries = 0;
-    persrv_t *c = persrv_connect(zmq_ep, &opt);
+    persrv_t *c = persrv_connect_env(zmq_ep, &opt);
     if (!c) abort();
     for (;;) {
         if (atomic_load(&stopping)) break;
@@ -596,7 +596,7 @@ int main(int argc, char **argv)
         }
     }
     if (threads_n > 0) {
-        persrv_t *probe = persrv_connect(zmq_ep, NULL);
+        persrv_t *probe = persrv_connect_env(zmq_ep, NULL);
         if (!probe) abort();
         if (persrv_errcode(probe)) {
             fprintf(stderr, "push_load: --zmq %s: %s\n", zmq_ep, persrv_errstr(probe));

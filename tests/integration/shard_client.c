@@ -35,6 +35,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "ps/curve.h"
 #include "ps/analyzer.h"
 #include "ps/index.h"
 #include "ps/store.h"
@@ -66,7 +67,8 @@ static void *connect_to(const char *ep, int type)
     if (!s || zmq_setsockopt(s, ZMQ_RCVTIMEO, &t, sizeof t) ||
         zmq_setsockopt(s, ZMQ_SNDTIMEO, &t, sizeof t) ||
         zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero) ||
-        zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) || zmq_connect(s, ep))
+        zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+        ps_curve_env_client(s, ep, NULL) || zmq_connect(s, ep))
         die("connect %s: %s", ep, zmq_strerror(zmq_errno()));
     return s;
 }
@@ -450,7 +452,8 @@ static void send_oversized(const char *ep, size_t max_frame)
     void *big = zmq_socket(zc2, ZMQ_DEALER);
     int linger = TIMEOUT_MS;
     zmq_setsockopt(big, ZMQ_LINGER, &linger, sizeof linger);
-    if (zmq_connect(big, ep)) die("connect: %s", zmq_strerror(zmq_errno()));
+    if (ps_curve_env_client(big, ep, NULL) || zmq_connect(big, ep))
+        die("connect: %s", zmq_strerror(zmq_errno()));
     size_t biglen = max_frame + 4096;
     uint8_t *bigbuf = calloc(1, biglen);
     if (!bigbuf) die("out of memory");

@@ -461,7 +461,7 @@ static void test_timeout(void **state)
 
     /* no retries: one attempt */
     fake_set(f, M_SILENT, NULL);
-    persrv_options o = {TIMEOUT_MS, 0, 0, NULL};
+    persrv_options o = {.timeout_ms = TIMEOUT_MS, .retries = 0};
     persrv_t *c1 = persrv_connect(f->endpoint, &o);
     assert_non_null(c1);
     int before = fake_nreq(f);

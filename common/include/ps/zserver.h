@@ -19,7 +19,11 @@
  * server never sees it), ZMQ_ROUTER_MANDATORY (a reply to a peer that is gone, or whose queue
  * is full, fails visibly instead of vanishing: it is logged and dropped) and ZMQ_LINGER 0,
  * raised to drain_ms only when closing so the last replies get out. A request of more than
- * PS_ZMSG_MAX_PARTS frames is dropped (logged).
+ * PS_ZMSG_MAX_PARTS frames is answered with an Error (too_large) and counted, logged at most
+ * once a second. libzmq itself buffers a whole multipart message before the server sees it
+ * and caps only each frame (ZMQ_MAXMSGSIZE), not their number: only CURVE (cfg.curve, with
+ * its allow-list) keeps an unknown peer from making a daemon buffer a message of many
+ * max-size frames.
  *
  * Threads: the server's sockets belong to the thread that calls ps_zserver_run; each worker
  * socket to its worker.
@@ -53,15 +57,17 @@ int ps_zmsg_send_multi(void *sock, zmq_msg_t *parts, int n, int flags);
 int ps_zmsg_set_payload(zmq_msg_t *parts, int n, const void *buf, size_t len);
 
 typedef struct ps_zserver_cfg {
-    const char *component;   /* log component ("shard", "broker") */
-    const char *listen;      /* ZeroMQ endpoint of the ROUTER front */
-    const char *backend;     /* inproc endpoint the workers connect to */
-    size_t max_frame;        /* request frame cap (ZMQ_MAXMSGSIZE of the front) */
-    uint32_t max_inflight;   /* requests handed to workers and not yet answered */
-    uint32_t drain_ms;       /* linger for replies still queued when closing */
-    uint32_t hwm;            /* ZMQ_SNDHWM / ZMQ_RCVHWM of the front socket */
-    const char *ready_extra; /* ps_zserve: lines written after the endpoint in the ready file
-                                (e.g. the admin address; NULL: none) */
+    const char *component;        /* log component ("shard", "broker") */
+    const char *listen;           /* ZeroMQ endpoint of the ROUTER front */
+    const char *backend;          /* inproc endpoint the workers connect to */
+    size_t max_frame;             /* request frame cap (ZMQ_MAXMSGSIZE of the front) */
+    uint32_t max_inflight;        /* requests handed to workers and not yet answered */
+    uint32_t drain_ms;            /* linger for replies still queued when closing */
+    uint32_t hwm;                 /* ZMQ_SNDHWM / ZMQ_RCVHWM of the front socket */
+    const char *ready_extra;      /* ps_zserve: lines written after the endpoint in the ready file
+                                     (e.g. the admin address; NULL: none) */
+    const struct ps_curve *curve; /* CURVE on the front (ps/curve.h; a ZAP handler is started in
+                                     the context), NULL: plain */
 } ps_zserver_cfg;
 
 typedef struct ps_zserver ps_zserver_t;
