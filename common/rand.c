@@ -12,7 +12,9 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <errno.h>
 #include <stdlib.h>
+#include <sys/random.h>
 
 #define ZIG_R 3.442619855899      /* start of the tail */
 #define ZIG_V 9.91256303526217e-3 /* area of each layer */
@@ -75,4 +77,19 @@ double ps_rng_normal(ps_rng *r)
 
     if ((uint32_t)labs((long)hz) < zig_k[iz]) return hz * zig_w[iz];
     return zig_fix(r, hz, iz);
+}
+
+int ps_random_bytes(void *buf, size_t n)
+{
+    unsigned char *p = buf;
+    while (n) {
+        ssize_t r = getrandom(p, n, 0);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
 }

@@ -133,10 +133,12 @@ typedef struct profsvc_file {
 
 #define PROFSVC_CKPT_IDLE_S 600 /* a session untouched this long is abandoned and removed */
 
-/* Primary: make a checkpoint in DIR.checkpoints/<session>. OUT *session (never 0), *seq (the
- * latest sequence number just before it was taken: the checkpoint holds at least this),
- * *files / *nfiles (malloc'd; caller frees). Also removes abandoned sessions. Errors:
- * PS_ETOOBIG (too many open sessions), PS_ESTORE, PS_EIO, PS_ENOMEM. */
+/* Primary: make a checkpoint in DIR.checkpoints/<session>. OUT *session (64 random bits, never
+ * 0: only who began a session can read or close it), *seq (the latest sequence number just
+ * before it was taken: the checkpoint holds at least this), *files / *nfiles (malloc'd; caller
+ * frees). Also removes sessions idle for PROFSVC_CKPT_IDLE_S; with all 16 slots open, the one
+ * idle longest makes room once it has been idle 30 s. Errors: PS_EUNAVAIL (16 sessions open
+ * and in use), PS_ESTORE, PS_EIO, PS_ENOMEM. */
 int profsvc_store_ckpt_begin(profsvc_store_t *st, uint64_t *session, uint64_t *seq,
                              profsvc_file **files, size_t *nfiles, ps_err *err);
 

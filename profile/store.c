@@ -40,11 +40,13 @@
 
 #include "ps/hash.h"
 #include "ps/log.h"
+#include "ps/rand.h"
 #include "ps/wire.h"
 #include "profile.h"
 
 #define USER_LOCKS      64   /* stripes of per-user write locks */
 #define MAX_SESSIONS    16   /* checkpoint sessions open at once */
+#define CKPT_EVICT_S    30   /* when all are open, one idle this long makes room for a new one */
 #define WAL_ITERS       4    /* WAL iterators kept between wal requests */
 #define WAL_ITER_IDLE_S 10.0 /* ... each dropped after this long unused */
 #define KEY_MAX         (1 + PS_WIRE_MAX_USER + 1 + 8)
@@ -74,9 +76,8 @@ struct profsvc_store {
     pthread_mutex_t users[USER_LOCKS];
     pthread_mutex_t dim_mu; /* held while a write may fix the dimension */
     atomic_uint dim;        /* 0 until the first write */
-    pthread_mutex_t ck_mu;  /* sessions, next_session */
+    pthread_mutex_t ck_mu;  /* sessions */
     ckpt_session sessions[MAX_SESSIONS];
-    uint64_t next_session;
     pthread_mutex_t wal_mu; /* wal_iters; each iterator is used outside it, by one request */
     wal_iter wal_iters[WAL_ITERS];
 };
@@ -216,13 +217,6 @@ profsvc_store_t *profsvc_store_open(const profsvc_store_cfg *cfg, ps_err *err)
     pthread_mutex_init(&st->dim_mu, NULL);
     pthread_mutex_init(&st->ck_mu, NULL);
     pthread_mutex_init(&st->wal_mu, NULL);
-    /* Session ids unlike any earlier run's: a replica still downloading from a primary that
-     * restarted must get not_found, never another checkpoint's files under the same id. */
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    st->next_session = ps_hash_u64((uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec) ^
-                       ((uint64_t)getpid() << 40);
-    st->next_session = (st->next_session >> 1) | 1; /* never 0, and far from wrapping */
     st->dir = strdup(cfg->dir);
     st->ckdir = path_with(cfg->dir, ".checkpoints");
     st->incoming = path_with(cfg->dir, ".incoming");
@@ -1294,14 +1288,41 @@ int profsvc_store_ckpt_begin(profsvc_store_t *st, uint64_t *session, uint64_t *s
     if (st->cfg.replica) return ps_err_set(err, PS_EINVAL, "checkpoint: this node is a replica");
     pthread_mutex_lock(&st->ck_mu);
     ckpt_gc(st);
-    ckpt_session *s = ckpt_find(st, 0);
-    for (int i = 0; !s && i < MAX_SESSIONS; i++)
-        if (!st->sessions[i].id) s = &st->sessions[i];
+    ckpt_session *s = NULL, *lru = NULL;
+    for (int i = 0; !s && i < MAX_SESSIONS; i++) {
+        ckpt_session *c = &st->sessions[i];
+        if (!c->id)
+            s = c;
+        else if (!lru || c->last_used < lru->last_used)
+            lru = c;
+    }
+    if (!s && lru && mono_s() - lru->last_used >= CKPT_EVICT_S) {
+        /* every slot taken (by replicas that died, or a peer opening sessions it never
+         * reads): the longest idle one, quiet for CKPT_EVICT_S, makes room */
+        snprintf(path, sizeof path, "%s/%llu", st->ckdir, (unsigned long long)lru->id);
+        ps_log(PS_LOG_WARN, "profile", "checkpoint_evicted", "session=%llu idle_s=%.0f",
+               (unsigned long long)lru->id, mono_s() - lru->last_used);
+        profsvc_rmtree(path);
+        lru->id = 0;
+        s = lru;
+    }
     if (!s) {
         pthread_mutex_unlock(&st->ck_mu);
-        return ps_err_set(err, PS_ETOOBIG, "checkpoint: %d sessions open already", MAX_SESSIONS);
+        return ps_err_set(err, PS_EUNAVAIL,
+                          "checkpoint: %d sessions open already, all in use in the last %d s",
+                          MAX_SESSIONS, CKPT_EVICT_S);
     }
-    uint64_t id = st->next_session++;
+    /* An unguessable id (64 random bits): only the replica that began the session can read or
+     * close it; and unlike any earlier run's, so a replica still downloading from a primary that
+     * restarted gets not_found, never another checkpoint's files under the same id. */
+    uint64_t id = 0;
+    while (!id || ckpt_find(st, id)) {
+        if (ps_random_bytes(&id, sizeof id)) {
+            pthread_mutex_unlock(&st->ck_mu);
+            return ps_err_set(err, PS_EINTERNAL, "checkpoint: no random bytes: %s",
+                              strerror(errno));
+        }
+    }
     snprintf(path, sizeof path, "%s/%llu", st->ckdir, (unsigned long long)id);
     if (mkdir(st->ckdir, 0755) && errno != EEXIST) {
         rc = ps_err_set(err, PS_EIO, "%s: %s", st->ckdir, strerror(errno));

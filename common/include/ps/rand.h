@@ -14,7 +14,13 @@
 #ifndef PS_RAND_H
 #define PS_RAND_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+/* n bytes from the kernel's cryptographic generator (getrandom): the one source of secrets and
+ * unguessable ids (checkpoint sessions, click ids) — never the seeded PRNGs below. 0, or -1
+ * with errno. */
+int ps_random_bytes(void *buf, size_t n);
 
 /* splitmix64: advances *x by the golden-ratio increment and returns the mixed value. Used on
  * its own as a small one-word stream, and to expand seeds for ps_rng_seed. */
