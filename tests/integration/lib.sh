@@ -1,7 +1,12 @@
 # lib.sh — helpers the integration tests share (sourced, not run). The caller sets S (the
 # shard binary), C (shard_client, for free ports) and BR (the broker binary) as it needs them.
 #
-#   ps_test_init NAME        temp dir $T, process maps PID/EP, kill-and-remove on exit
+#   ps_test_init NAME        temp dir $T, process maps PID/EP, kill-and-remove on exit; CURVE on
+#                            (ps_test_curve) unless PERSRV_TEST_PLAIN=1
+#   ps_test_curve            one key pair for every daemon and tool the test starts, through
+#                            the PERSRV_CURVE_KEY / _ALLOW / _SERVERS variables every daemon's
+#                            config and every tool reads (the suite runs with CURVE on; the
+#                            per-daemon keys of a real cluster: test_curve.sh)
 #   fail MESSAGE             print MESSAGE and the tail of every log in $T, exit 1
 #   start_shard NAME FLAGS…  a shard on a free port (retried), pid/ready files in $T; sets
 #                            PID[NAME] and EP[NAME]
@@ -13,6 +18,17 @@ ps_test_init() {
   T=$(mktemp -d "/tmp/ps_test_$1_XXXXXX")
   declare -gA PID EP
   trap ps_test_cleanup EXIT
+  ps_test_curve
+}
+
+ps_test_curve() {
+  [ "${PERSRV_TEST_PLAIN:-0}" = 1 ] && return 0
+  [ -n "${PERSRV_TEST_BUILDER:-}" ] || fail "PERSRV_TEST_BUILDER (the builder binary, set by ctest) is needed for CURVE keys; PERSRV_TEST_PLAIN=1 runs plain"
+  "$PERSRV_TEST_BUILDER" keys --out "$T/curve" cluster >/dev/null || fail "builder keys failed"
+  cp "$T/curve/cluster.pub" "$T/curve/allow"
+  echo "* $(cut -d' ' -f1 "$T/curve/cluster.pub")" >"$T/curve/servers"
+  export PERSRV_CURVE_KEY=$T/curve/cluster.key PERSRV_CURVE_ALLOW=$T/curve/allow \
+    PERSRV_CURVE_SERVERS=$T/curve/servers
 }
 
 ps_test_cleanup() {
