@@ -34,6 +34,8 @@
 #                   its ACTIVE pointer (seeded from cluster/ on the first start; a version
 #                   pushed later survives a restart)
 #   admin.token     the admin token of every daemon (made on the first start, mode 0600)
+#   keys/           CURVE key pairs of every daemon and of local clients (client.key: the
+#                   persrv CLI's), allow-lists and the known-servers file (builder keys)
 #   topology.json   the admin addresses of every replica and the broker, for `builder push`
 #                   (rewritten on every start: admin ports are picked at run time)
 #   .stickers       the corpus size data/ was generated with (with PERSRV_CORPUS: a checksum
@@ -252,11 +254,38 @@ if [ ! -s "$DIR/admin.token" ]; then
 fi
 ADMIN=(--admin 127.0.0.1:0 --admin-token-file "$DIR/admin.token")
 
+# CURVE on every ZeroMQ connection (README, "CURVE on the ZeroMQ sockets"): a key pair per
+# daemon and one for local clients (the persrv CLI, builder push-profiles), made once in
+# $DIR/keys; each daemon admits only the keys that need it; keys/servers (rewritten on every
+# start: ports may move) names the key each endpoint must prove.
+K=$DIR/keys
+if [ ! -s "$K/client.key" ]; then
+  rm -rf "$K.tmp"
+  "$B" keys --out "$K.tmp" "${NAMES[@]}" client >/dev/null || die "builder keys failed"
+  mv "$K.tmp" "$K"
+fi
+pubs() { for k in "$@"; do cat "$K/$k.pub"; done; }
+pubs broker >"$K/shards.allow"
+pubs broker profile1 client >"$K/profile0.allow"
+pubs broker client >"$K/profile1.allow"
+pubs client >"$K/broker.allow"
+{
+  for n in "${NAMES[@]}"; do
+    case $n in
+      broker) port=$ZMQ_PORT ;;
+      *) port=${PORT[$n]} ;;
+    esac
+    echo "tcp://127.0.0.1:$port $(cut -d' ' -f1 "$K/$n.pub")"
+  done
+} >"$K/servers"
+export PERSRV_CURVE_KEY=$K/client.key PERSRV_CURVE_SERVERS=$K/servers # this script's clients
+
 TOPO=""
 mkdir -p "$DIR/shards"
 for n in shard0a shard0b shard1a shard1b; do
   launch "$n" "$S" --data "$DIR/shards/$n" --index "$DIR/cluster/${INDEX[$n]}" \
-    --listen "tcp://127.0.0.1:${PORT[$n]}" --shard "${SHARDNO[$n]}" --shards 2 "${ADMIN[@]}"
+    --listen "tcp://127.0.0.1:${PORT[$n]}" --shard "${SHARDNO[$n]}" --shards 2 "${ADMIN[@]}" \
+    --curve-key "$K/$n.key" --curve-allow "$K/shards.allow"
 done
 TOPO="tcp://127.0.0.1:${PORT[shard0a]}|tcp://127.0.0.1:${PORT[shard0b]}"
 TOPO+=",tcp://127.0.0.1:${PORT[shard1a]}|tcp://127.0.0.1:${PORT[shard1b]}"
@@ -268,9 +297,11 @@ mkdir -p "$DIR/profiles"
 if [ "$(cat "$DIR/profiles/.stickers" 2>/dev/null)" != "$KEY" ]; then
   rm -rf "$DIR/profiles/primary" "$DIR/profiles/replica" "$DIR/profiles/.stickers"
 fi
-launch profile0 "$PD" --db "$DIR/profiles/primary" --listen "$PEP" "${ADMIN[@]}"
+launch profile0 "$PD" --db "$DIR/profiles/primary" --listen "$PEP" "${ADMIN[@]}" \
+  --curve-key "$K/profile0.key" --curve-allow "$K/profile0.allow"
 launch profile1 "$PD" --db "$DIR/profiles/replica" --listen "$REP" --role replica --primary "$PEP" \
-  "${ADMIN[@]}"
+  "${ADMIN[@]}" --curve-key "$K/profile1.key" --curve-allow "$K/profile1.allow" \
+  --curve-servers "$K/servers"
 echo "cluster-up: starting the profile service (primary $PEP, replica $REP)"
 wait_ready profile0 profile1
 if [ "$(cat "$DIR/profiles/.stickers" 2>/dev/null)" != "$KEY" ]; then
@@ -284,7 +315,8 @@ fi
 wait_ready shard0a shard0b shard1a shard1b
 ZEP="tcp://127.0.0.1:$ZMQ_PORT"
 launch broker "$BR" --shards "$TOPO" --profile-replicas "$REP|$PEP" --profile-primary "$PEP" \
-  --http "127.0.0.1:$HTTP_PORT" --zmq "$ZEP" "${ADMIN[@]}"
+  --http "127.0.0.1:$HTTP_PORT" --zmq "$ZEP" "${ADMIN[@]}" --curve-key "$K/broker.key" \
+  --curve-allow "$K/broker.allow" --curve-servers "$K/servers"
 wait_ready broker
 URL="http://$(sed -n 1p "$RUN/broker.ready")"
 # The admin addresses, for `builder push` and `builder activate`.
@@ -343,6 +375,7 @@ ready files in $RUN. Try:
   curl '$URL/metrics'          # also /healthz and /readyz
   curl $(sed -n 3p "$RUN/broker.ready")/healthz    # the broker's admin port: the version served
   curl -X POST $URL/v1/click -d '{"user": "u01", "sticker_id": "$id", "query": "$QUERY"}'
+  export PERSRV_CURVE_KEY=$K/client.key PERSRV_CURVE_SERVERS=$K/servers   # the front door's CURVE keys
   $BIN/client/persrv search --broker $ZEP --user u01 '$QUERY'
   $BIN/client/persrv sticker --broker $ZEP $id
   $BIN/client/persrv health --broker $ZEP

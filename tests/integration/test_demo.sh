@@ -66,6 +66,15 @@ grep -qF "persrv search --broker $ZEP" "$T/up.out" || fail "cluster-up.sh does n
 
 # ---- the persrv CLI (libpersrv) against the running cluster -----------------------------------
 P=$BIN/client/persrv
+# the front door runs CURVE: without the client's key pair nothing is answered
+rc=0
+env -u PERSRV_CURVE_KEY -u PERSRV_CURVE_SERVERS "$P" health --broker "$ZEP" --timeout 500 \
+  >"$T/cli.json" 2>&1 || rc=$?
+[ $rc -ne 0 ] || fail "the front door answered a client without CURVE keys"
+grep -qF "export PERSRV_CURVE_KEY=$T/demo/keys/client.key" "$T/up.out" \
+  || fail "cluster-up.sh does not tell how to reach the front door with CURVE"
+export PERSRV_CURVE_KEY=$T/demo/keys/client.key PERSRV_CURVE_SERVERS=$T/demo/keys/servers
+grep -q "event=curve " "$RUN/shard0a.log" || fail "shard0a does not run CURVE"
 "$P" search --broker "$ZEP" --json --user u01 --k 5 -- "${PERSRV_DEMO_QUERY:-好累}" >"$T/cli.json" 2>"$T/cli.err" \
   || fail "persrv search --broker: $(cat "$T/cli.err")"
 jq -e '.partial == false and .shards.total == 2 and .shards.successful == 2 and (.hits | length) == 5
