@@ -23,7 +23,8 @@
 #include "profile.h"
 
 /* The default of max-frame, as text for the table. */
-#define PROFSVC_MAX_FRAME_DEFAULT "4194304"
+#define PROFSVC_MAX_FRAME_DEFAULT "4194304" /* a load_profile of 1024 clicks at d = 512 is 2 MiB   \
+                                             */
 _Static_assert(PS_WIRE_MAX_FRAME == 4194304, "update PROFSVC_MAX_FRAME_DEFAULT");
 
 static const ps_cfg_opt profsvc_opts[] = {
@@ -179,7 +180,10 @@ int main(int argc, char **argv)
     if (replica) {
         profsvc_replica_cfg rcfg = {.primary = primary,
                                     .poll_ms = (uint32_t)ps_cfg_uint(cfg, "poll-ms"),
-                                    .max_frame = 2 * ctx.max_frame,
+                                    /* replies: WAL and checkpoint chunks (up to 3 MiB) */
+                                    .max_frame = 2 * ctx.max_frame > PS_WIRE_MAX_FRAME
+                                                     ? 2 * ctx.max_frame
+                                                     : PS_WIRE_MAX_FRAME,
                                     .curve = curve};
         if (!(tail = profsvc_replica_start(&ctx, &rcfg, &err))) {
             ps_log(PS_LOG_ERROR, "profile", "start_failed", "code=%s msg=\"%s\"",

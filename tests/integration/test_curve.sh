@@ -28,6 +28,7 @@ ps_test_init curve
 # this test makes its own keys: none inherited from the suite's defaults
 unset PERSRV_CURVE_KEY PERSRV_CURVE_ALLOW PERSRV_CURVE_SERVERS
 command -v curl >/dev/null || fail "curl is required (scripts/deps.sh installs it)"
+command -v jq >/dev/null || fail "jq is required (scripts/deps.sh installs it)"
 
 $B generate --out "$T/data" --stickers 3000 --dim 16 --users 3 --clicks 600 --pairs 100 \
   --queries 60 --no-progress
@@ -136,7 +137,7 @@ code=$(curl -s -o "$T/search.json" -w '%{http_code}' -G "$URL/v1/search" \
 grep -q '"personalized":true' "$T/search.json" || fail "search over CURVE not personalized"
 "$P" search --broker "$ZEP" --k 3 -- "$Q" >"$T/cli.out" 2>&1 \
   || fail "persrv CLI over CURVE: $(cat "$T/cli.out")"
-ID=$(grep -o '"id":"[0-9]*"' "$T/search.json" | head -n 1 | grep -o '[0-9]*')
+ID=$(jq -r '.hits[0].id' "$T/search.json")
 code=$(curl -s -o "$T/click.json" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
   --data "{\"user\": \"curve-user\", \"sticker_id\": \"$ID\", \"query\": \"$Q\"}" "$URL/v1/click")
 [ "$code" = 200 ] || fail "click over CURVE: HTTP $code $(cat "$T/click.json")"

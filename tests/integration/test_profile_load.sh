@@ -275,13 +275,23 @@ loader
 [ "$(sum_of p2)" = "$S6" ] || fail "the loader run again changed the store"
 offline_equal p2 u01 u03 u04
 echo "  deploy/load-profiles.sh run twice with 2 clicks in between: clicks and their centroids kept"
-sh "$ROOT/deploy/secrets-init.sh" "$T/secrets" >/dev/null || fail "secrets-init.sh failed"
+BPATH="$(cd "$(dirname "$B")" && pwd):$PATH" # secrets-init runs `builder keys`
+PATH=$BPATH sh "$ROOT/deploy/secrets-init.sh" "$T/secrets" >/dev/null || fail "secrets-init.sh failed"
 tok1=$(cat "$T/secrets/admin-token")
-sh "$ROOT/deploy/secrets-init.sh" "$T/secrets" >/dev/null || fail "secrets-init.sh (again) failed"
+pub1=$(cat "$T/secrets/curve/broker.pub")
+PATH=$BPATH sh "$ROOT/deploy/secrets-init.sh" "$T/secrets" >/dev/null \
+  || fail "secrets-init.sh (again) failed"
+[ "$(cat "$T/secrets/curve/broker.pub")" = "$pub1" ] || fail "secrets-init.sh: new CURVE keys"
+# every CURVE file a compose config names is made, and every key is a pair that loads
+for f in $(sed -n 's|^curve-[a-z]* = /run/secrets/persrv/||p' "$ROOT"/deploy/*.conf | sort -u); do
+  [ -s "$T/secrets/$f" ] || fail "secrets-init.sh did not make $f (named in deploy/*.conf)"
+done
+[ "$(stat -c %a "$T/secrets/curve/shard0a.key")" = 400 ] || fail "secrets-init.sh: key file mode"
 [[ $tok1 =~ ^[0-9a-f]{64}$ ]] && [ "$(cat "$T/secrets/admin-token")" = "$tok1" ] \
   || fail "secrets-init.sh: token '$tok1' then '$(cat "$T/secrets/admin-token")'"
 [ "$(stat -c %a "$T/secrets/admin-token")" = 400 ] || fail "secrets-init.sh: token file mode"
-echo "  deploy/secrets-init.sh: a 64-hex-digit token, kept on the second run, mode 0400"
+echo "  deploy/secrets-init.sh: a 64-hex-digit token and the CURVE keys every deploy/*.conf names," \
+  "kept on the second run, mode 0400"
 
 # ---- 8. the compose files ---------------------------------------------------------------------
 ! grep -En '^ *admin-token *=' "$ROOT"/deploy/*.conf || fail "a token is committed in deploy/"
