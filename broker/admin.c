@@ -180,6 +180,24 @@ void broker_admin_stop(ps_admin_t *a)
     state.pool = NULL;
 }
 
+/* An API key with the `admin` scope opens the admin routes as the token does. */
+static int admin_key(void *arg, const char *bearer, size_t n)
+{
+    const char *name = NULL;
+    int retry = 0;
+    switch (broker_keys_check(arg, bearer, n, BROKER_SCOPE_ADMIN, broker_now(), &name, &retry)) {
+    case BROKER_AUTH_OK:
+        ps_log(PS_LOG_INFO, "broker", "admin_key", "key=%s", name);
+        return 0;
+    case BROKER_AUTH_SCOPE:
+        return PS_EFORBIDDEN;
+    case BROKER_AUTH_RATE:
+        return PS_ERATE;
+    default:
+        return PS_EUNAUTH;
+    }
+}
+
 ps_admin_t *broker_admin_start(const broker_admin_cfg *cfg, ps_err *err)
 {
     static ps_admin_route routes[3];
@@ -192,6 +210,8 @@ ps_admin_t *broker_admin_start(const broker_admin_cfg *cfg, ps_err *err)
     memcpy(routes, r, sizeof r);
     ps_admin_cfg ac = {.listen = cfg->listen,
                        .token = cfg->token,
+                       .auth = cfg->keys ? admin_key : NULL,
+                       .auth_arg = cfg->keys,
                        .max_body = 65536,
                        .comp = "broker",
                        .routes = routes,

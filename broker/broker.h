@@ -145,7 +145,9 @@ typedef struct broker_admin_cfg {
     const char *topology; /* the shards, to check a switch against */
     uint32_t deadline_ms;
     size_t max_frame;
-    const ps_curve_t *curve; /* CURVE client settings for the shards (NULL: plain) */
+    const ps_curve_t *curve;  /* CURVE client settings for the shards (NULL: plain) */
+    struct broker_keys *keys; /* API keys: one with the `admin` scope may switch too (NULL:
+                                 the token only) */
     broker_version_t *version;
     broker_metrics_t *metrics;
 } broker_admin_cfg;
@@ -291,7 +293,7 @@ struct evhttp;
 /* ---- keys.c: API keys of the public HTTP door ------------------------------------------- */
 
 typedef struct broker_keys broker_keys_t;
-enum { BROKER_SCOPE_SEARCH = 1, BROKER_SCOPE_CLICK = 2 };
+enum { BROKER_SCOPE_SEARCH = 1, BROKER_SCOPE_CLICK = 2, BROKER_SCOPE_ADMIN = 4 };
 typedef enum {
     BROKER_AUTH_OK,
     BROKER_AUTH_MISSING, /* no key (401) */

@@ -53,6 +53,8 @@ static int parse_scopes(char *s, unsigned *out)
             *out |= BROKER_SCOPE_SEARCH;
         else if (strcmp(t, "click") == 0)
             *out |= BROKER_SCOPE_CLICK;
+        else if (strcmp(t, "admin") == 0)
+            *out |= BROKER_SCOPE_ADMIN;
         else
             return -1;
     }
@@ -141,8 +143,8 @@ broker_keys_t *broker_keys_load(const char *path, ps_err *err)
                              path, lineno, NAME_MAX_LEN);
         } else if (parse_scopes(tok[1], &k.scopes)) {
             bad = ps_err_set(err, PS_EINVAL,
-                             "api-keys %s:%d: SCOPES must be a comma list of search, click", path,
-                             lineno);
+                             "api-keys %s:%d: SCOPES must be a comma list of search, click, admin",
+                             path, lineno);
         } else if (parse_rate(tok[2], &k.rate, &k.burst)) {
             bad = ps_err_set(err, PS_EINVAL, "api-keys %s:%d: RATE must be N/s, N/min or -", path,
                              lineno);

@@ -354,6 +354,7 @@ int main(int argc, char **argv)
                            .deadline_ms = (uint32_t)ps_cfg_uint(cfg, "deadline-ms") * 10,
                            .max_frame = max_frame,
                            .curve = curve,
+                           .keys = keys,
                            .version = &version,
                            .metrics = metrics};
     if (!(admin = broker_admin_start(&ac, &err))) {

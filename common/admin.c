@@ -230,12 +230,19 @@ static int check_token(const ps_admin_t *a, struct evhttp_request *req, ps_err *
     while (*got == ' ') got++;
     size_t n = strlen(got);
     while (n && got[n - 1] == ' ') n--;
+    if (a->token && token_equal(a->token, got, n)) return 0;
+    if (a->cfg.auth) {
+        int rc = a->cfg.auth(a->cfg.auth_arg, got, n);
+        if (rc == 0) return 0;
+        if (rc == PS_EUNAUTH)
+            return ps_err_set(err, PS_EUNAUTH, "neither the admin token nor an API key");
+        if (rc == PS_ERATE) return ps_err_set(err, PS_ERATE, "this key is over its rate limit");
+        return ps_err_set(err, PS_EFORBIDDEN, "this API key lacks the 'admin' scope");
+    }
     if (!a->token)
         return ps_err_set(err, PS_EFORBIDDEN,
                           "admin operations are disabled: this daemon has no admin-token");
-    if (!token_equal(a->token, got, n))
-        return ps_err_set(err, PS_EFORBIDDEN, "the admin token is wrong");
-    return 0;
+    return ps_err_set(err, PS_EFORBIDDEN, "the admin token is wrong");
 }
 
 /* ---- dispatch ------------------------------------------------------------------------------ */

@@ -4,9 +4,12 @@
 #   searcher  search        1000/s
 #   clicker   click         3/min    (a bucket of 3, refilled at one per 20 s)
 #   both      search,click  -        (no limit)
+#   operator  admin         10/s
 #   1. search, sticker and click without a key: 401 (WWW-Authenticate), with an unknown key:
 #      401, with a key lacking the scope: 403; every refused click stores nothing (the primary's
-#      checksum and sequence number are unchanged); /healthz, /readyz, /metrics stay open.
+#      checksum and sequence number are unchanged); /healthz, /readyz, /metrics stay open. The
+#      admin path (POST /admin/switch on the admin port): 401 / 401 / 403 likewise, the admin
+#      key gets through to the switch itself; the version served never changes.
 #   2. A burst of 8 clicks with the 3/min key: the first 3 are stored, the rest get 429 with
 #      Retry-After (>= 1 s) and store nothing (the user's click log grows by the 200s alone).
 #   3. The keys with the scope search and click; no key appears in the broker's log; the
@@ -48,16 +51,19 @@ start_shard s0 --workers 1 --index "$T/cluster/shard-000" --shard 0 --shards 1
 K_SEARCH=sk-search-7f3a9c21d4e8b605
 K_CLICK=ck-click-2b8e4f61a0c9d375
 K_BOTH=bk-both-91d0e6a4c7f2b358
+K_ADMIN=ak-admin-5c1e7b93f02d4a68
 cat >"$T/keys" <<EOF
 # name     scopes        rate    key
 searcher   search        1000/s  $K_SEARCH
 clicker    click         3/min   $K_CLICK
 both       search,click  -       $K_BOTH
+operator   admin         10/s    $K_ADMIN
 EOF
 chmod 600 "$T/keys"
 start_broker broker "${EP[s0]}" --profile-primary "${EP[pp]}" --profile-replicas "${EP[pp]}" \
   --deadline-ms 5000 --api-keys "$T/keys"
-grep -q "event=api_keys .*keys=3" "$T/broker.log" || fail "the broker did not load 3 keys"
+grep -q "event=api_keys .*keys=4" "$T/broker.log" || fail "the broker did not load 4 keys"
+ADMIN_URL="http://$(sed -n 3p "$T/broker.ready")"
 
 # req METHOD PATH [KEY [BODY]]: status into ST, body into $T/body, headers into $T/hdr
 req() {
@@ -107,6 +113,30 @@ for p in /healthz /readyz /metrics; do
   req GET "$p"
   [ "$ST" = 200 ] || fail "$p without a key: $ST"
 done
+# the admin path (the broker's admin port, no admin token configured): only the admin scope
+version() { curl -s "$ADMIN_URL/healthz" | jq -r .version; }
+v0=$(version)
+areq() { # KEY: POST /admin/switch to a version no replica holds; status into ST
+  local a=()
+  [ -n "$1" ] && a+=(-H "Authorization: Bearer $1")
+  ST=$(curl -s -X POST -o "$T/body" -w '%{http_code}' "${a[@]}" \
+    "$ADMIN_URL/admin/switch?version=424242") || ST=curl_failed
+}
+areq ""
+expect 401 unauthorized "admin switch without a key"
+areq not-a-key-of-this-broker
+expect 401 unauthorized "admin switch with an unknown key"
+areq "$K_BOTH"
+expect 403 forbidden "admin switch with a search,click key"
+grep -q "lacks the 'admin' scope" "$T/body" || fail "admin 403 does not name the scope"
+areq "$K_ADMIN"
+AST=$ST
+[ "$AST" != 401 ] && [ "$AST" != 403 ] || fail "admin switch with the admin key: $AST"
+[ "$(version)" = "$v0" ] || fail "the version changed: $v0 -> $(version)"
+req GET "$QS" "$K_ADMIN"
+expect 403 forbidden "search with the admin-only key"
+echo "  admin path: 401 without or with an unknown key, 403 with a search,click key; the admin"
+echo "  key reaches the switch (HTTP $AST: no replica holds 424242), the version stays $v0"
 echo "  401 without or with an unknown key, 403 without the scope (search, sticker, click);"
 echo "  the primary unchanged ($before); /healthz, /readyz, /metrics open"
 
@@ -157,7 +187,7 @@ bad() { # WHAT FILE-CONTENT EXPECTED-MESSAGE
   grep -qF -- "$3" "$T/bad.err" || fail "bad key file ($1): $(grep start_failed "$T/bad.err")"
 }
 bad "3 fields" "a search 1/s" "bad.keys:1: want NAME SCOPES RATE KEY"
-bad "scope" "a admin 1/s 0123456789abcdef01" "bad.keys:1: SCOPES"
+bad "scope" "a root 1/s 0123456789abcdef01" "bad.keys:1: SCOPES"
 bad "rate" "a search 5/h 0123456789abcdef01" "bad.keys:1: RATE"
 bad "short key" "a search 1/s short" "bad.keys:1: KEY must be"
 bad "repeated key" "$(printf 'a search - 0123456789abcdef01\nb click - 0123456789abcdef01')" \

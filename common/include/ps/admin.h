@@ -45,6 +45,12 @@ typedef struct ps_admin_cfg {
     const char *comp;             /* log component ("shard", "broker", "profile") */
     const ps_admin_route *routes; /* borrowed; must outlive the server */
     size_t nroutes;
+    /* Another credential an admin route accepts (the broker's API keys with the `admin`
+     * scope): called with the bearer value when it is not the token; returns 0 (let in),
+     * PS_EUNAUTH (not a credential: 401), PS_EFORBIDDEN (lacks the right: 403) or PS_ERATE
+     * (429). NULL: the token alone. Runs on the admin thread. */
+    int (*auth)(void *arg, const char *bearer, size_t n);
+    void *auth_arg;
     int nice; /* > 0: the admin thread runs at this nice value and the lowest best-effort I/O
                  priority, so heavy admin work (a snapshot upload, its load) yields the CPU
                  and the disk to the threads serving queries */
