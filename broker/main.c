@@ -38,7 +38,7 @@
 
 #define BROKER_BACKEND "inproc://broker-lanes"
 
-#define BROKER_MAX_FRAME_DEFAULT "1048576" /* well above any request; per frame (ps/zserver.h) */
+#define BROKER_MAX_FRAME_DEFAULT "2097152" /* the largest frame wire.h allows is 1.3 MiB */
 _Static_assert(PS_WIRE_MAX_FRAME == 4194304, "update BROKER_MAX_FRAME_DEFAULT");
 
 static const ps_cfg_opt broker_opts[] = {

@@ -20,7 +20,7 @@
 #include "shard.h"
 
 /* The default of max-frame, as text for the table. */
-#define SHARD_MAX_FRAME_DEFAULT "1048576" /* well above any request; per frame (ps/zserver.h) */
+#define SHARD_MAX_FRAME_DEFAULT "2097152" /* the largest request wire.h allows is 1.3 MiB */
 _Static_assert(PS_WIRE_MAX_FRAME == 4194304, "update SHARD_MAX_FRAME_DEFAULT");
 
 static const ps_cfg_opt shard_opts[] = {

@@ -180,7 +180,7 @@ echo "  10 MB body -> $st"
 [ "$(get /healthz)" = 200 ] || fail "the broker does not answer after the 10 MB body"
 
 # ---- (b2) the ZeroMQ front door: bad input, and the persrv CLI over libpersrv ------------------
-"$C" front-bad "$ZEP" 1048576 "$q1" >"$T/front.out" 2>&1 || fail "front door bad input: $(cat "$T/front.out")"
+"$C" front-bad "$ZEP" 2097152 "$q1" >"$T/front.out" 2>&1 || fail "front door bad input: $(cat "$T/front.out")"
 sed 's/^/  zmq: /' "$T/front.out" | tail -n 18
 FIELDS='[.hits[] | [.id, .score, .recall, .relevance, .utility, .preference, .centroid, .ocr, .queries, .keywords, .desc, .emotion]]'
 n=0

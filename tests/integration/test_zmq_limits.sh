@@ -4,7 +4,7 @@
 #   (a) an outsider without the keys sends one message of 100 frames of 4,000,000 bytes: its
 #       handshake is refused before a byte of the message is read;
 #   (b) an allowed peer sends 100 frames of 5,000,000 bytes: the first is over every daemon's
-#       max-frame (1 MiB shard and broker, 4 MiB profile service), the connection is dropped;
+#       max-frame (2 MiB shard and broker, 4 MiB profile service), the connection is dropped;
 #   (c) an allowed peer sends requests of 100 and of 9 small frames: answered too_large, not
 #       left to time out.
 # After each, the daemon still answers a normal client's health request; its peak RSS
