@@ -69,6 +69,8 @@ static const field_cap caps[] = {
     {&persrv__get_sticker_reply__descriptor, "embedding", PS_WIRE_MAX_DIM, 0},
     {&persrv__click_request__descriptor, "user", 0, PS_WIRE_MAX_USER},
     {&persrv__click_request__descriptor, "embedding", PS_WIRE_MAX_DIM, 0},
+    {&persrv__click_request__descriptor, "click_id", 0, PS_WIRE_MAX_CLICK_ID},
+    {&persrv__click_reply__descriptor, "click_id", 0, PS_WIRE_MAX_CLICK_ID},
     {&persrv__profile_request__descriptor, "user", 0, PS_WIRE_MAX_USER},
     {&persrv__profile_reply__descriptor, "centroids", PS_WIRE_MAX_CENTROIDS, 0},
     {&persrv__load_profile_request__descriptor, "user", 0, PS_WIRE_MAX_USER},
@@ -605,13 +607,40 @@ static int check_user(const char *user, const char *at, ps_err *err)
     return user[0] ? 0 : ps_err_set(err, PS_EINVAL, "%s: empty", at);
 }
 
+int ps_wire_check_click_id(const char *id, const char *at, ps_err *err)
+{
+    size_t n = id ? strnlen(id, PS_WIRE_MAX_CLICK_ID + 1) : 0;
+    if (n == 0) return ps_err_set(err, PS_EINVAL, "%s: empty", at);
+    if (n > PS_WIRE_MAX_CLICK_ID)
+        return ps_err_set(err, PS_ETOOBIG, "%s: longer than %d bytes", at, PS_WIRE_MAX_CLICK_ID);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)id[i] < 0x21 || (unsigned char)id[i] > 0x7e)
+            return ps_err_set(err, PS_EINVAL,
+                              "%s: byte %zu is 0x%02x; a click id is printable ASCII without "
+                              "spaces (0x21..0x7e)",
+                              at, i, (unsigned char)id[i]);
+    return 0;
+}
+
+/* The embedding may be empty here: a client sends none (the broker fetches it), and the profile
+ * service refuses a click without one itself. */
 static int check_click(const Persrv__ClickRequest *c, ps_err *err)
 {
     int rc;
     if ((rc = check_user(c->user, "click.user", err)) ||
-        (rc = check_text(c->query, PS_WIRE_MAX_STRING, "click.query", err)))
+        (rc = check_text(c->query, PS_WIRE_MAX_STRING, "click.query", err)) ||
+        (rc = check_embedding(c->embedding, c->n_embedding, 0, "click.embedding", err)))
         return rc;
-    return check_embedding(c->embedding, c->n_embedding, 1, "click.embedding", err);
+    return c->click_id && c->click_id[0]
+               ? ps_wire_check_click_id(c->click_id, "click.click_id", err)
+               : 0;
+}
+
+static int check_click_reply(const Persrv__ClickReply *r, ps_err *err)
+{
+    return r->click_id && r->click_id[0]
+               ? ps_wire_check_click_id(r->click_id, "click_reply.click_id", err)
+               : 0;
 }
 
 static int check_load_profile(const Persrv__LoadProfileRequest *l, ps_err *err)
@@ -716,7 +745,8 @@ static int check_env(const Persrv__Envelope *e, ps_err *err)
     case PERSRV__ENVELOPE__BODY_CLICK:
         return e->click ? check_click(e->click, err) : ps_err_set(err, PS_EINVAL, "click: NULL");
     case PERSRV__ENVELOPE__BODY_CLICK_REPLY:
-        return e->click_reply ? 0 : ps_err_set(err, PS_EINVAL, "click_reply: NULL");
+        return e->click_reply ? check_click_reply(e->click_reply, err)
+                              : ps_err_set(err, PS_EINVAL, "click_reply: NULL");
     case PERSRV__ENVELOPE__BODY_GET_PROFILE:
         return e->get_profile ? check_user(e->get_profile->user, "get_profile.user", err)
                               : ps_err_set(err, PS_EINVAL, "get_profile: NULL");
@@ -1140,6 +1170,38 @@ int ps_wire_encode_query(uint64_t request_id, uint32_t deadline_ms, const char *
     rc = pack_checked(&e, buf, len, err);
     free(copy);
     return rc;
+}
+
+int ps_wire_encode_click(uint64_t request_id, uint32_t deadline_ms, const char *user,
+                         uint64_t sticker_id, const char *query, const char *click_id,
+                         uint8_t **buf, size_t *len, ps_err *err)
+{
+    Persrv__Envelope e;
+    Persrv__ClickRequest c;
+    int rc;
+
+    ps_err_clear(err);
+    if (!buf || !len) return ps_err_set(err, PS_EINVAL, "ps_wire_encode_click: buf or len is NULL");
+    *buf = NULL;
+    *len = 0;
+    if (!user || !user[0]) return ps_err_set(err, PS_EINVAL, "click.user: empty");
+    if (strnlen(user, PS_WIRE_MAX_USER + 1) > PS_WIRE_MAX_USER)
+        return ps_err_set(err, PS_ETOOBIG, "click.user: longer than %d bytes", PS_WIRE_MAX_USER);
+    if (!query) query = "";
+    if (strnlen(query, PS_WIRE_MAX_STRING + 1) > PS_WIRE_MAX_STRING)
+        return ps_err_set(err, PS_ETOOBIG, "click.query: longer than %d bytes", PS_WIRE_MAX_STRING);
+    if (!click_id) click_id = "";
+    if (click_id[0] && (rc = ps_wire_check_click_id(click_id, "click.click_id", err))) return rc;
+    persrv__click_request__init(&c);
+    c.user = (char *)user;
+    c.sticker_id = sticker_id;
+    c.query = (char *)query;
+    c.click_id = (char *)click_id;
+    env_init(&e, request_id, deadline_ms);
+    e.body_case = PERSRV__ENVELOPE__BODY_CLICK;
+    e.click = &c;
+    /* UTF-8 of user and query is the broker's to judge (invalid_utf8), as for a query */
+    return pack_checked(&e, buf, len, err);
 }
 
 uint64_t ps_wire_peek_request_id(const void *buf, size_t len)

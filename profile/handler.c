@@ -60,6 +60,8 @@ static int do_click(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out
     profsvc_write_result r;
     int rc;
     if ((rc = refuse_on_replica(ctx, "click", err))) return rc;
+    if (c->n_embedding == 0) /* the wire lets a client's click go without: the broker adds it */
+        return ps_err_set(err, PS_EINVAL, "click.embedding: required (the sticker's embedding)");
     uint64_t t0 = profsvc_now_ns();
     if ((rc = profsvc_store_click(ctx->store, c->user, c->sticker_id, c->query, strlen(c->query),
                                   c->embedding, c->n_embedding, &r, err)))

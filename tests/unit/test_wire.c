@@ -1384,6 +1384,100 @@ static void test_append_api_key(void **state)
     free(buf);
 }
 
+/* A client's click (no embedding) round-trips with its click id; click ids outside
+ * 1..PS_WIRE_MAX_CLICK_ID bytes of 0x21..0x7e are refused on encode and on decode, in a click
+ * and in a click_reply; "" means none. */
+static void test_click_id(void **state)
+{
+    (void)state;
+    ps_err err;
+    uint8_t *buf;
+    size_t len;
+    char longest[PS_WIRE_MAX_CLICK_ID + 1];
+    memset(longest, '~', PS_WIRE_MAX_CLICK_ID);
+    longest[PS_WIRE_MAX_CLICK_ID] = '\0';
+    const char *good[] = {"c-1", "!", longest, "AbZ09_-.:/+=@"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        assert_int_equal(ps_wire_check_click_id(good[i], "id", &err), 0);
+        assert_int_equal(
+            ps_wire_encode_click(9, 500, "u01", UINT64_MAX, "好累", good[i], &buf, &len, &err), 0);
+        Persrv__Envelope *env = decode_ok(buf, len);
+        assert_int_equal(env->body_case, PERSRV__ENVELOPE__BODY_CLICK);
+        assert_string_equal(env->click->user, "u01");
+        assert_true(env->click->sticker_id == UINT64_MAX);
+        assert_string_equal(env->click->query, "好累");
+        assert_string_equal(env->click->click_id, good[i]);
+        assert_int_equal(env->click->n_embedding, 0);
+        ps_wire_free(env);
+        free(buf);
+    }
+    /* none: NULL or "" */
+    assert_int_equal(ps_wire_encode_click(9, 0, "u01", 1, NULL, NULL, &buf, &len, &err), 0);
+    Persrv__Envelope *env = decode_ok(buf, len);
+    assert_string_equal(env->click->click_id, "");
+    assert_string_equal(env->click->query, "");
+    ps_wire_free(env);
+    free(buf);
+
+    char over[PS_WIRE_MAX_CLICK_ID + 2];
+    memset(over, 'x', sizeof over - 1);
+    over[sizeof over - 1] = '\0';
+    static const struct {
+        const char *id;
+        int code;
+    } bad[] = {{"has space", PS_EINVAL},
+               {"tab\there", PS_EINVAL},
+               {"caf\xc3\xa9", PS_EINVAL},
+               {"del\x7f", PS_EINVAL},
+               {NULL, PS_ETOOBIG}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *id = bad[i].id ? bad[i].id : over;
+        assert_int_equal(ps_wire_check_click_id(id, "id", &err), bad[i].code);
+        assert_int_equal(ps_wire_encode_click(9, 0, "u01", 1, "", id, &buf, &len, &err),
+                         bad[i].code);
+        assert_null(buf);
+        assert_non_null(strstr(err.msg, "click.click_id"));
+        /* a broken peer's frame: refused on decode, naming the field */
+        Persrv__ClickRequest c = PERSRV__CLICK_REQUEST__INIT;
+        Persrv__Envelope e = PERSRV__ENVELOPE__INIT;
+        c.user = "u01";
+        c.click_id = (char *)id;
+        e.version = PS_WIRE_VERSION;
+        e.body_case = PERSRV__ENVELOPE__BODY_CLICK;
+        e.click = &c;
+        uint8_t *raw = raw_pack(&e, &len);
+        expect_decode_fail(raw, len, bad[i].code, "click.click_id");
+        free(raw);
+        Persrv__ClickReply r = PERSRV__CLICK_REPLY__INIT;
+        r.click_id = (char *)id;
+        e.body_case = PERSRV__ENVELOPE__BODY_CLICK_REPLY;
+        e.click_reply = &r;
+        raw = raw_pack(&e, &len);
+        expect_decode_fail(raw, len, bad[i].code, "click_reply.click_id");
+        free(raw);
+    }
+    assert_int_equal(ps_wire_check_click_id("", "id", &err), PS_EINVAL);
+    assert_int_equal(ps_wire_check_click_id(NULL, "id", &err), PS_EINVAL);
+    assert_int_equal(ps_wire_encode_click(9, 0, "", 1, "", "c", &buf, &len, &err), PS_EINVAL);
+    assert_int_equal(ps_wire_encode_click(9, 0, NULL, 1, "", "c", &buf, &len, &err), PS_EINVAL);
+
+    /* a click_reply names the id and whether it was a duplicate */
+    Persrv__ClickReply r = PERSRV__CLICK_REPLY__INIT;
+    Persrv__Envelope e = PERSRV__ENVELOPE__INIT;
+    r.seq = 77;
+    r.duplicate = 1;
+    r.click_id = "c-1";
+    e.version = PS_WIRE_VERSION;
+    e.body_case = PERSRV__ENVELOPE__BODY_CLICK_REPLY;
+    e.click_reply = &r;
+    assert_int_equal(ps_wire_pack(&e, &buf, &len, &err), 0);
+    env = decode_ok(buf, len);
+    assert_true(env->click_reply->seq == 77 && env->click_reply->duplicate);
+    assert_string_equal(env->click_reply->click_id, "c-1");
+    ps_wire_free(env);
+    free(buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1409,6 +1503,7 @@ int main(void)
         cmocka_unit_test(test_encode_rejects),
         cmocka_unit_test(test_to_opts_defaults),
         cmocka_unit_test(test_append_api_key),
+        cmocka_unit_test(test_click_id),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

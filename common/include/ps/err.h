@@ -30,7 +30,8 @@
     X(EUNAUTH, -15, "unauthorized", 401, "authorization required")                                 \
     X(EFORBIDDEN, -16, "forbidden", 403, "forbidden")                                              \
     X(ECONFLICT, -17, "conflict", 409, "conflicts with the current state")                         \
-    X(ERATE, -18, "rate_limited", 429, "over the rate limit")
+    X(ERATE, -18, "rate_limited", 429, "over the rate limit")                                      \
+    X(EINDOUBT, -19, "outcome_unknown", 504, "sent, but whether it was stored is unknown")
 
 enum {
     PS_OK = 0,

@@ -22,6 +22,11 @@
  *   query_reply.fields             exactly 0 or n_hits; fields[i].id == hits[i].id; each as
  *                                  a sticker_reply
  *   query_reply.failures           <= PS_WIRE_MAX_SHARDS; reason as any other string
+ *   click.user                     1..PS_WIRE_MAX_USER bytes, valid UTF-8, no NUL
+ *   click.embedding                <= PS_WIRE_MAX_DIM floats, finite (empty from a client;
+ *                                  the profile service wants one)
+ *   click.click_id, click_reply.click_id
+ *                                  "" or 1..PS_WIRE_MAX_CLICK_ID bytes of 0x21..0x7e
  *   every other string             <= PS_WIRE_MAX_STRING bytes, valid UTF-8, no NUL
  *   unknown fields                 <= PS_WIRE_MAX_UNKNOWN per frame (newer peers' additions)
  *   version                        == PS_WIRE_VERSION; exactly one body set
@@ -57,6 +62,7 @@
 #define PS_WIRE_MAX_SHARDS    1024                /* query_reply.failures entries */
 #define PS_WIRE_MAX_USER      256                 /* bytes of any user name */
 #define PS_WIRE_MAX_API_KEY   256                 /* bytes of Envelope.api_key */
+#define PS_WIRE_MAX_CLICK_ID  64                  /* bytes of click.click_id (0x21..0x7e) */
 #define PS_WIRE_MAX_HISTORY   1024                /* load_profile.history entries */
 #define PS_WIRE_MAX_CLICKS    (1 << 19)           /* clicks_reply.sticker_ids entries */
 #define PS_WIRE_MAX_BATCHES   4096                /* wal_reply.batches, checkpoint_reply.files */
@@ -173,6 +179,20 @@ int ps_wire_encode_error(uint64_t request_id, int code, const char *message, uin
 int ps_wire_encode_query(uint64_t request_id, uint32_t deadline_ms, const char *q, size_t qlen,
                          const char *user, uint32_t k, int explain, uint8_t **buf, size_t *len,
                          ps_err *err);
+
+/* A ClickRequest (client → broker front door): a click of `user` (1..PS_WIRE_MAX_USER bytes)
+ * on sticker_id for query (NULL = ""), under click_id (NULL or "" = the broker derives one;
+ * else checked by ps_wire_check_click_id). No embedding: the broker fetches it. UTF-8 is the
+ * broker's to check, as for ps_wire_encode_query. Errors: PS_ETOOBIG (user, query), PS_EINVAL
+ * (empty user, click_id), PS_ENOMEM. */
+int ps_wire_encode_click(uint64_t request_id, uint32_t deadline_ms, const char *user,
+                         uint64_t sticker_id, const char *query, const char *click_id,
+                         uint8_t **buf, size_t *len, ps_err *err);
+
+/* Check a click id: 1..PS_WIRE_MAX_CLICK_ID bytes, each printable ASCII other than a space
+ * (0x21..0x7e), so it can be logged, quoted in JSON and used in a key as it is. `at` names the
+ * field in the error. Errors: PS_EINVAL (empty, a byte outside the range), PS_ETOOBIG. */
+int ps_wire_check_click_id(const char *id, const char *at, ps_err *err);
 
 /* The request_id of a frame that may not decode (the last well-formed field 2 at the top
  * level), 0 if none can be found: lets a server echo the id in the Error it answers an
