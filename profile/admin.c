@@ -111,6 +111,10 @@ static void on_metrics(struct evhttp_request *req, void *arg)
            : metric(&buf, &len, "persrv_profile_clicks_total", "counter",
                     "Clicks recorded and acknowledged (durable).", (double)atomic_load(&s->clicks));
     rc = rc ? rc
+            : metric(&buf, &len, "persrv_profile_click_duplicates_total", "counter",
+                     "Clicks whose click id was stored before: answered, nothing stored.",
+                     (double)atomic_load(&s->duplicates));
+    rc = rc ? rc
             : metric(&buf, &len, "persrv_profile_loads_total", "counter",
                      "User profile loads merged (ZeroMQ load_profile and /admin/load-profiles).",
                      (double)atomic_load(&s->loads));

@@ -41,13 +41,16 @@ static int refuse_on_replica(const profsvc_ctx *ctx, const char *what, ps_err *e
                       what);
 }
 
-static int write_reply(uint64_t request_id, const profsvc_write_result *r, uint8_t **out,
-                       size_t *out_len, ps_err *err)
+/* A click_reply for r; click_id: the click's (NULL for a load). */
+static int write_reply(uint64_t request_id, const profsvc_write_result *r, const char *click_id,
+                       uint8_t **out, size_t *out_len, ps_err *err)
 {
     Persrv__ClickReply cr = PERSRV__CLICK_REPLY__INIT;
     cr.seq = r->seq;
     cr.history = r->history;
     cr.centroids = r->k;
+    cr.duplicate = r->duplicate != 0;
+    cr.click_id = (char *)(click_id ? click_id : "");
     Persrv__Envelope e = reply_env(request_id, PERSRV__ENVELOPE__BODY_CLICK_REPLY);
     e.click_reply = &cr;
     return ps_wire_pack(&e, out, out_len, err);
@@ -64,15 +67,20 @@ static int do_click(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out
         return ps_err_set(err, PS_EINVAL, "click.embedding: required (the sticker's embedding)");
     uint64_t t0 = profsvc_now_ns();
     if ((rc = profsvc_store_click(ctx->store, c->user, c->sticker_id, c->query, strlen(c->query),
-                                  c->embedding, c->n_embedding, &r, err)))
+                                  c->embedding, c->n_embedding, c->click_id, &r, err)))
         return rc;
-    ps_hist_observe(&ctx->stats.click_seconds, (double)(profsvc_now_ns() - t0) / 1e9);
-    atomic_fetch_add(&ctx->stats.clicks, 1);
-    ps_log(PS_LOG_DEBUG, "profile", "click",
-           "request_id=%llu sticker=%llu seq=%llu history=%u k=%u",
+    if (r.duplicate) {
+        atomic_fetch_add(&ctx->stats.duplicates, 1);
+    } else {
+        ps_hist_observe(&ctx->stats.click_seconds, (double)(profsvc_now_ns() - t0) / 1e9);
+        atomic_fetch_add(&ctx->stats.clicks, 1);
+    }
+    ps_log(r.duplicate ? PS_LOG_INFO : PS_LOG_DEBUG, "profile",
+           r.duplicate ? "click_duplicate" : "click",
+           "request_id=%llu sticker=%llu click_id=%s seq=%llu history=%u k=%u",
            (unsigned long long)env->request_id, (unsigned long long)c->sticker_id,
-           (unsigned long long)r.seq, r.history, r.k);
-    return write_reply(env->request_id, &r, out, out_len, err);
+           c->click_id[0] ? c->click_id : "-", (unsigned long long)r.seq, r.history, r.k);
+    return write_reply(env->request_id, &r, c->click_id, out, out_len, err);
 }
 
 uint64_t profsvc_now_ns(void)
@@ -153,7 +161,7 @@ static int do_load(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out,
     int rc = profsvc_load_parse(ctx, env->load_profile, &ld, err);
     if (rc) return rc;
     if (!(rc = profsvc_load_apply(ctx, &ld, env->request_id, &r, err)))
-        rc = write_reply(env->request_id, &r, out, out_len, err);
+        rc = write_reply(env->request_id, &r, NULL, out, out_len, err);
     profsvc_load_clear(&ld);
     return rc;
 }

@@ -45,6 +45,10 @@ static const ps_cfg_opt profsvc_opts[] = {
      0, 0, 1},
     {"history", PS_CFG_UINT, "200", "clicks kept per user for recomputing centroids", 0, 1, 100000},
     {"kmax", PS_CFG_UINT, "5", "most centroids per user (k-means k)", 0, 1, PS_PROFILE_KMAX},
+    {"click-ids", PS_CFG_UINT, "1000",
+     "click ids remembered per user, for idempotent clicks: a retry of one of the user's last N "
+     "clicks is answered as a duplicate and stores nothing",
+     0, 1, 1000000},
     {"wal-ttl-s", PS_CFG_UINT, "3600",
      "primary: seconds obsolete WAL files stay for replicas to catch up (0 with wal-size-mb 0: "
      "deleted at once)",
@@ -149,6 +153,7 @@ int main(int argc, char **argv)
                               .sync = (int)ps_cfg_uint(cfg, "sync"),
                               .history = (uint32_t)ps_cfg_uint(cfg, "history"),
                               .kmax = (uint32_t)ps_cfg_uint(cfg, "kmax"),
+                              .click_ids = (uint32_t)ps_cfg_uint(cfg, "click-ids"),
                               .wal_ttl_s = ps_cfg_uint(cfg, "wal-ttl-s"),
                               .wal_size_mb = ps_cfg_uint(cfg, "wal-size-mb"),
                               .write_buffer_kb = ps_cfg_uint(cfg, "write-buffer-kb")};

@@ -34,6 +34,8 @@ typedef struct profsvc_store_cfg {
     uint64_t wal_ttl_s;       /* how long obsolete WAL files stay for replicas */
     uint64_t wal_size_mb;     /* ... and up to how much of them */
     uint64_t write_buffer_kb; /* memtable size: a smaller one flushes (and drops WAL) sooner */
+    uint32_t click_ids;       /* click ids remembered per user: those of its last click_ids
+                                 clicks (>= 1) */
 } profsvc_store_cfg;
 
 typedef struct profsvc_store profsvc_store_t;
@@ -54,16 +56,22 @@ typedef struct profsvc_write_result {
     uint32_t history; /* entries in the user's bounded history now */
     uint32_t k;       /* the user's centroids now */
     int merged;       /* load: 1 when the centroids were recomputed over the merged history */
+    int duplicate;    /* click: its click id was stored before; nothing was written */
 } profsvc_write_result;
 
 /* Record a click of `user` (1..PS_WIRE_MAX_USER bytes, no NUL) on sticker `sticker` for query
  * (qlen bytes), with the sticker's embedding emb[0..dim): appends to the click log and the
  * bounded history, recomputes the user's centroids, all in one (synced, per cfg->sync) write.
- * The first click or load fixes the service's embedding dimension. Errors: PS_EINVAL (a
- * replica, a dim other than the service's), PS_ECORRUPT, PS_ESTORE, PS_EUNAVAIL, PS_ENOMEM. */
+ * The first click or load fixes the service's embedding dimension. click_id (NULL or "" =
+ * none; else ps_wire_check_click_id) is remembered in the same write; a click whose id is
+ * within the user's last cfg->click_ids clicks writes nothing and answers out->duplicate = 1
+ * with the user's history and centroids as they are and the latest seq (see "Idempotent
+ * clicks" in store.c). Errors: PS_EINVAL (a replica, a dim other than the service's, a bad
+ * click id), PS_ECONFLICT (the click id names a click on another sticker), PS_ECORRUPT,
+ * PS_ESTORE, PS_EUNAVAIL, PS_ENOMEM. */
 int profsvc_store_click(profsvc_store_t *st, const char *user, uint64_t sticker, const char *query,
-                        size_t qlen, const float *emb, size_t dim, profsvc_write_result *out,
-                        ps_err *err);
+                        size_t qlen, const float *emb, size_t dim, const char *click_id,
+                        profsvc_write_result *out, ps_err *err);
 
 /* Merge a load into the user's profile (never a wipe: see "Loads merge" in store.c). The
  * stored history becomes the union of what is held and ids[0..n) / embs (n × prof->dim,
@@ -168,6 +176,7 @@ int profsvc_rmtree(const char *path);
 /* What /metrics shows; updated from every thread. */
 typedef struct profsvc_stats {
     _Atomic uint64_t clicks;       /* clicks acknowledged */
+    _Atomic uint64_t duplicates;   /* clicks answered as duplicates of a stored click id */
     _Atomic uint64_t loads;        /* user loads applied (ZeroMQ load_profile and admin) */
     _Atomic uint64_t checkpoints;  /* checkpoints made (for replicas, /admin/checkpoint); on a
                                       replica also the bootstraps it took */

@@ -10,10 +10,22 @@
  *   'L' user 0x00 u64BE(seq)      → u64LE sticker_id | query bytes
  *                                   the click log, never deleted
  *   'N' user                      → u64LE the user's next seq (L and H keys count from 0)
+ *   'I' user 0x00 click_id        → u64LE seq | u64LE sticker_id
+ *                                   a click id seen: the seq of its click (L, H) and sticker
+ *   'J' user 0x00 u64BE(seq)      → click_id bytes
+ *                                   the same ids by seq, oldest first: the window's order
  *   "Mdim"                        → u32LE the embedding dimension, fixed by the first write
  *
- * The 0x00 after the user ends the name (names hold no NUL), so one user's H and L keys form a
- * contiguous range ordered by seq, oldest first.
+ * The 0x00 after the user ends the name (names hold no NUL), so one user's H, L and J keys form
+ * a contiguous range ordered by seq, oldest first, and I keys one ordered by click id.
+ *
+ * Idempotent clicks: a click with a click id (1..PS_WIRE_MAX_CLICK_ID bytes of 0x21..0x7e)
+ * writes I and J in the same batch as its L and H, so the id is replicated, survives a restart
+ * and a failover exactly when the click does. A click whose id the user's I holds stores
+ * nothing and answers duplicate (the same id for another sticker is PS_ECONFLICT: a client
+ * bug, never a retry). The window is the user's last cfg->click_ids clicks: a click at seq n
+ * deletes the J keys at seqs <= n − click_ids and their I keys, so a user holds at most
+ * click_ids of each, and no clock is involved (a replica and a restarted primary agree).
  *
  * Every write of one user happens in one WriteBatch under that user's stripe of USER_LOCKS
  * mutexes (a click: read N, write L, H and N + 1, recompute P; a load: read N and H, merge,
@@ -49,9 +61,10 @@
 #define CKPT_EVICT_S    30   /* when all are open, one idle this long makes room for a new one */
 #define WAL_ITERS       4    /* WAL iterators kept between wal requests */
 #define WAL_ITER_IDLE_S 10.0 /* ... each dropped after this long unused */
-#define KEY_MAX         (1 + PS_WIRE_MAX_USER + 1 + 8)
-#define DIM_KEY         "Mdim"
-#define REPLICA_WRITE   "this node is a replica; send writes to the primary"
+#define KEY_MAX         (1 + PS_WIRE_MAX_USER + 1 + PS_WIRE_MAX_CLICK_ID) /* >= 8 for a seq */
+_Static_assert(PS_WIRE_MAX_CLICK_ID >= 8, "KEY_MAX holds a u64BE seq");
+#define DIM_KEY       "Mdim"
+#define REPLICA_WRITE "this node is a replica; send writes to the primary"
 
 typedef struct ckpt_session {
     uint64_t id;      /* 0: free slot */
@@ -212,6 +225,7 @@ profsvc_store_t *profsvc_store_open(const profsvc_store_cfg *cfg, ps_err *err)
         return NULL;
     }
     st->cfg = *cfg;
+    if (st->cfg.click_ids == 0) st->cfg.click_ids = 1;
     pthread_rwlock_init(&st->lock, NULL);
     for (int i = 0; i < USER_LOCKS; i++) pthread_mutex_init(&st->users[i], NULL);
     pthread_mutex_init(&st->dim_mu, NULL);
@@ -506,13 +520,125 @@ static int collect_history(profsvc_store_t *st, rocksdb_writebatch_t *b, const c
     return rc;
 }
 
+/* 'I' user 0x00 click_id. Returns the key length. */
+static size_t id_key(uint8_t *k, const char *user, size_t ulen, const char *id, size_t idlen)
+{
+    size_t n = user_key(k, 'I', user, ulen);
+    k[n++] = 0;
+    memcpy(k + n, id, idlen);
+    return n + idlen;
+}
+
+/* Whether the user's window holds click id `id`. OUT *seen, and when seen *sticker (the click's
+ * sticker). */
+static int read_click_id(profsvc_store_t *st, const char *user, size_t ulen, const char *id,
+                         int *seen, uint64_t *sticker, ps_err *err)
+{
+    uint8_t k[KEY_MAX];
+    size_t kl = id_key(k, user, ulen, id, strlen(id)), len = 0;
+    char *rerr = NULL;
+    char *v = rocksdb_get(st->db, st->ropts, (const char *)k, kl, &len, &rerr);
+    if (rerr) return rocks_fail(err, &rerr, "reading a click id");
+    int rc = 0;
+    *seen = v != NULL;
+    if (v && len != 16)
+        rc = ps_err_set(err, PS_ECORRUPT, "user '%s': click id '%s' value of %zu bytes", user, id,
+                        len);
+    else if (v)
+        *sticker = get_u64le((const uint8_t *)v + 8);
+    rocksdb_free(v);
+    return rc;
+}
+
+/* Remember click id `id` for the click at seq n (I and J in b) and forget, in b, the ids of
+ * clicks at seqs <= n − cfg->click_ids (see "Idempotent clicks" above). */
+static int put_click_id(profsvc_store_t *st, rocksdb_writebatch_t *b, const char *user, size_t ulen,
+                        const char *id, uint64_t n, uint64_t sticker, ps_err *err)
+{
+    uint8_t k[KEY_MAX], v[16], pre[KEY_MAX];
+    size_t idlen = strlen(id), kl = id_key(k, user, ulen, id, idlen);
+    put_u64le(v, n);
+    put_u64le(v + 8, sticker);
+    rocksdb_writebatch_put(b, (const char *)k, kl, (const char *)v, 16);
+    kl = seq_key(k, 'J', user, ulen, 1, n);
+    rocksdb_writebatch_put(b, (const char *)k, kl, id, idlen);
+    if (n < st->cfg.click_ids) return 0;
+    uint64_t last = n - st->cfg.click_ids; /* the newest seq that falls out */
+    size_t pl = seq_key(pre, 'J', user, ulen, 0, 0);
+    int rc = 0;
+    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, st->ropts);
+    for (rocksdb_iter_seek(it, (const char *)pre, pl); rocksdb_iter_valid(it) && !rc;
+         rocksdb_iter_next(it)) {
+        size_t jl, vl;
+        const char *j = rocksdb_iter_key(it, &jl);
+        if (!has_prefix(j, jl, pre, pl)) break;
+        const char *old = rocksdb_iter_value(it, &vl);
+        if (jl != pl + 8 || vl == 0 || vl > PS_WIRE_MAX_CLICK_ID) {
+            rc = ps_err_set(err, PS_ECORRUPT, "user '%s': click id window entry of %zu bytes", user,
+                            vl);
+            break;
+        }
+        uint64_t seq = 0;
+        for (int i = 0; i < 8; i++) seq = seq << 8 | (uint8_t)j[pl + i];
+        if (seq > last) break;
+        rocksdb_writebatch_delete(b, j, jl);
+        size_t ol = id_key(k, user, ulen, old, vl);
+        rocksdb_writebatch_delete(b, (const char *)k, ol);
+    }
+    if (!rc) {
+        char *rerr = NULL;
+        rocksdb_iter_get_error(it, &rerr);
+        if (rerr) rc = rocks_fail(err, &rerr, "reading the click id window");
+    }
+    rocksdb_iter_destroy(it);
+    return rc;
+}
+
+/* What a click of the user would answer without writing: entries in H, centroids in P. */
+static int user_counts(profsvc_store_t *st, const char *user, size_t ulen, uint32_t *history,
+                       uint32_t *k, ps_err *err)
+{
+    uint8_t pre[KEY_MAX];
+    size_t pl = seq_key(pre, 'H', user, ulen, 0, 0), len = 0;
+    *history = 0;
+    *k = 0;
+    rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, st->ropts);
+    for (rocksdb_iter_seek(it, (const char *)pre, pl); rocksdb_iter_valid(it);
+         rocksdb_iter_next(it)) {
+        size_t kl;
+        const char *key = rocksdb_iter_key(it, &kl);
+        if (!has_prefix(key, kl, pre, pl)) break;
+        (*history)++;
+    }
+    char *rerr = NULL;
+    rocksdb_iter_get_error(it, &rerr);
+    rocksdb_iter_destroy(it);
+    if (rerr) return rocks_fail(err, &rerr, "reading the history");
+    pl = user_key(pre, 'P', user, ulen);
+    char *v = rocksdb_get(st->db, st->ropts, (const char *)pre, pl, &len, &rerr);
+    if (rerr) return rocks_fail(err, &rerr, "reading the profile");
+    int rc = 0;
+    if (v) {
+        ps_profile prof;
+        if ((rc = ps_profile_decode((const uint8_t *)v, len, &prof, err)))
+            ps_err_prefix(err, "user '%s'", user);
+        else
+            *k = prof.k;
+        ps_profile_clear(&prof);
+    }
+    rocksdb_free(v);
+    return rc;
+}
+
 int profsvc_store_click(profsvc_store_t *st, const char *user, uint64_t sticker, const char *query,
-                        size_t qlen, const float *emb, size_t dim, profsvc_write_result *out,
-                        ps_err *err)
+                        size_t qlen, const float *emb, size_t dim, const char *click_id,
+                        profsvc_write_result *out, ps_err *err)
 {
     if (st->cfg.replica) return ps_err_set(err, PS_EINVAL, REPLICA_WRITE);
     size_t ulen = strlen(user);
-    int rc, fixing = 0, written = 0;
+    int rc, fixing = 0, written = 0, seen = 0;
+    if (click_id && !click_id[0]) click_id = NULL;
+    if (click_id && (rc = ps_wire_check_click_id(click_id, "click.click_id", err))) return rc;
     if ((rc = db_enter(st, err))) return rc;
     pthread_mutex_t *ul = user_lock(st, user, ulen);
     pthread_mutex_lock(ul);
@@ -520,15 +646,34 @@ int profsvc_store_click(profsvc_store_t *st, const char *user, uint64_t sticker,
     hist h = {0};
     ps_profile prof = {0};
     uint8_t *val = malloc(8 + (qlen > 4 * dim ? qlen : 4 * dim));
-    uint64_t next = 0;
+    uint64_t next = 0, seen_sticker = 0;
+    out->duplicate = 0;
     if (!val) {
         rc = ps_err_set(err, PS_ENOMEM, "out of memory for a click");
+        goto out;
+    }
+    /* A retry of a click stored before: its outcome, nothing written (under the user's lock,
+     * so a retry racing the first attempt waits for it and then finds its id). */
+    if (click_id && (rc = read_click_id(st, user, ulen, click_id, &seen, &seen_sticker, err)))
+        goto out;
+    if (seen && seen_sticker != sticker) {
+        rc = ps_err_set(err, PS_ECONFLICT,
+                        "click.click_id: '%s' of user '%s' is a click on sticker %llu, not %llu",
+                        click_id, user, (unsigned long long)seen_sticker,
+                        (unsigned long long)sticker);
+        goto out;
+    }
+    if (seen) {
+        if ((rc = user_counts(st, user, ulen, &out->history, &out->k, err))) goto out;
+        out->seq = rocksdb_get_latest_sequence_number(st->db);
+        out->duplicate = 1;
         goto out;
     }
     if ((rc = dim_check(st, dim, "click.embedding", &fixing, err)) ||
         (rc = read_next(st, user, ulen, &next, err)))
         goto out;
     if (fixing) put_dim(b, dim);
+    if (click_id && (rc = put_click_id(st, b, user, ulen, click_id, next, sticker, err))) goto out;
 
     uint8_t k[KEY_MAX];
     size_t kl = seq_key(k, 'L', user, ulen, 1, next);
@@ -820,6 +965,7 @@ int profsvc_store_load(profsvc_store_t *st, const char *user, const ps_profile *
     out->history = (uint32_t)merged.n;
     out->k = store_prof->k;
     out->merged = store_prof == &built;
+    out->duplicate = 0;
 
 out:
     dim_release(st, fixing, written, dim);

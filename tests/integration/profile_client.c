@@ -6,10 +6,10 @@
  *
  *   profile_client freeport
  *       print a TCP port on 127.0.0.1 that was free a moment ago
- *   profile_client click EP USER STICKER DIM [QUERY]
+ *   profile_client click EP USER STICKER DIM [QUERY [CLICK_ID]]
  *       one click, packed without ps_wire's checks (an empty USER reaches the daemon); the
  *       embedding (DIM floats) is derived from the sticker id; prints
- *       "seq=S history=H centroids=K"
+ *       "seq=S history=H centroids=K" and, for a click id the daemon had stored, " duplicate"
  *   profile_client clicks EP USER        the user's click log, one sticker id a line, oldest first
  *   profile_client profile EP USER       "k=K seq=S" (k=0: no profile)
  *   profile_client checksum EP           "CHECKSUM KEYS SEQ"
@@ -186,16 +186,18 @@ static void click_env(Persrv__Envelope *e, Persrv__ClickRequest *c, const char *
 
 static int cmd_click(int argc, char **argv)
 {
-    if (argc < 4 || argc > 5) die("usage: click EP USER STICKER DIM [QUERY]");
+    if (argc < 4 || argc > 6) die("usage: click EP USER STICKER DIM [QUERY [CLICK_ID]]");
     static float emb[MAX_DIM];
     size_t dim = parse_dim(argv[3]);
     Persrv__Envelope e;
     Persrv__ClickRequest c;
-    click_env(&e, &c, argv[1], strtoull(argv[2], NULL, 10), argc == 5 ? argv[4] : "", emb, dim);
+    click_env(&e, &c, argv[1], strtoull(argv[2], NULL, 10), argc >= 5 ? argv[4] : "", emb, dim);
+    if (argc == 6) c.click_id = argv[5];
     void *s = connect_to(argv[0]);
     Persrv__Envelope *r = rpc_how(s, &e, PERSRV__ENVELOPE__BODY_CLICK_REPLY, 1);
-    printf("seq=%llu history=%u centroids=%u\n", (unsigned long long)r->click_reply->seq,
-           r->click_reply->history, r->click_reply->centroids);
+    printf("seq=%llu history=%u centroids=%u%s\n", (unsigned long long)r->click_reply->seq,
+           r->click_reply->history, r->click_reply->centroids,
+           r->click_reply->duplicate ? " duplicate" : "");
     ps_wire_free(r);
     zmq_close(s);
     return 0;
