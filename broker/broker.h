@@ -42,6 +42,8 @@
 #define BROKER_DEFAULT_K      10
 #define BROKER_MAX_LANES      64
 
+struct event_base;
+
 /* ---- pool.c: topology, sockets, calls with deadline and failover ------------------------ */
 
 typedef struct broker_pool broker_pool_t;
@@ -198,6 +200,7 @@ enum {
     BROKER_EP_ZMQ_STICKER,
     BROKER_EP_ZMQ_HEALTH,
     BROKER_EP_ZMQ_OTHER,
+    BROKER_EP_ZMQ_CLICK,
     BROKER_NEP
 };
 
@@ -209,6 +212,36 @@ void broker_metrics_shard(broker_metrics_t *m, uint32_t shard, int ok, double se
                           uint32_t failovers);
 /* The exposition text (malloc'd, caller frees), NULL when out of memory. */
 char *broker_metrics_render(broker_metrics_t *m);
+
+/* ---- clicks.c: clicks in flight to the profile primary, off the lane's critical path ----- */
+
+typedef struct broker_clicks broker_clicks_t;
+
+/* How one click ended: rc 0 with reply (the primary's click_reply), or a PS_E* code with err:
+ * PS_EINDOUBT (sent, no answer within the deadline), PS_EUNAVAIL, or the code of the primary's
+ * Error. Borrowed for the call. */
+typedef void (*broker_click_done_fn)(void *arg, int rc, const ps_err *err,
+                                     const Persrv__ClickReply *reply);
+
+/* A DEALER to the profile primary (ZMQ_IMMEDIATE, ZMQ_LINGER 0, ZMQ_MAXMSGSIZE max_frame,
+ * CURVE with curve unless NULL) watched by the lane's event base `base`; each click gets
+ * deadline_ms; at most max_pending in flight. Errors: PS_EINVAL (endpoint, or no server key for
+ * it), PS_EINTERNAL, PS_ENOMEM. Caller owns the result. */
+broker_clicks_t *broker_clicks_new(struct event_base *base, const char *primary,
+                                   uint32_t deadline_ms, size_t max_frame, uint32_t max_pending,
+                                   const ps_curve_t *curve, ps_err *err);
+/* Close the socket and free q; a click still in flight ends with PS_EINDOUBT first. Call it
+ * before the base is freed. NULL is fine. */
+void broker_clicks_free(broker_clicks_t *q);
+/* Clicks in flight. */
+uint32_t broker_clicks_pending(const broker_clicks_t *q);
+
+/* Send click (its envelope is built here; a fresh request_id) without waiting. Returns 0:
+ * done(arg, ...) runs exactly once, later, from the base's loop. Else (done never called, and
+ * nothing can have been stored): PS_EUNAVAIL (no connection up, its queue full, max_pending in
+ * flight), PS_EINVAL and friends (a click ps_wire_pack refuses), PS_ENOMEM. */
+int broker_clicks_send(broker_clicks_t *q, const Persrv__ClickRequest *click,
+                       broker_click_done_fn done, void *arg, ps_err *err);
 
 /* ---- core.c: search and sticker lookup, whichever door they came in by --------------- */
 
@@ -253,9 +286,9 @@ double broker_now(void); /* monotonic seconds */
  * Caller owns the result; NULL with err set (out of memory, analyzer). */
 broker_core_t *broker_core_new(broker_pool_t *pool, broker_profcache_t *profiles,
                                broker_metrics_t *metrics, const broker_limits *lim, ps_err *err);
-/* Where clicks go: the profile primary (one shard, one replica; borrowed). NULL: clicks are
+/* Where clicks go: the lane's click queue to the profile primary (borrowed). NULL: clicks are
  * refused (PS_EUNAVAIL). */
-void broker_core_set_primary(broker_core_t *c, broker_pool_t *primary);
+void broker_core_set_clicks(broker_core_t *c, broker_clicks_t *clicks);
 /* The shared version state (borrowed; NULL: ask the shards for their active version). */
 void broker_core_set_version(broker_core_t *c, broker_version_t *v);
 void broker_core_free(broker_core_t *c);
@@ -272,15 +305,32 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_result *r
  * PS_EUNAVAIL (no replica of its shard answered), PS_ENOMEM. */
 int broker_core_sticker(broker_core_t *c, uint64_t id, Persrv__Envelope **reply, ps_err *err);
 
-/* A click: user (1..BROKER_MAX_USER_BYTES of UTF-8), the sticker, the query it answered.
- * The sticker's embedding comes from the shard holding it (which proves it exists), then the
- * click goes to the profile primary and is acknowledged once durable there. OUT *reply: the
- * primary's click_reply envelope (caller frees with ps_wire_free). Errors: PS_EINVAL (user,
- * query), PS_ETOOBIG (user over the cap), PS_EUTF8, PS_ENOTFOUND (no such sticker),
- * PS_EUNAVAIL (the sticker's shard or the primary did not answer; no profile service
- * configured), an Error the primary sent (its code), PS_ENOMEM. */
-int broker_core_click(broker_core_t *c, const char *user, uint64_t sticker_id, const char *query,
-                      Persrv__Envelope **reply, ps_err *err);
+/* A click as a door received it; strings borrowed for the call. */
+typedef struct broker_click {
+    const char *user; /* 1..BROKER_MAX_USER_BYTES of UTF-8, no control characters */
+    uint64_t sticker_id;
+    const char *query;    /* NULL = "" */
+    const char *click_id; /* NULL or "": the broker derives one (ps_wire_check_click_id else) */
+} broker_click;
+
+/* How a click ended (called once, from the lane's loop): rc 0 with the primary's reply (stored,
+ * or reply->duplicate), or a PS_E* code with err: PS_EINDOUBT (sent, no answer in
+ * click-deadline-ms: it may have been stored), PS_EUNAVAIL (not sent), the code of the
+ * primary's Error. click_id: the id the click went under (the client's or the derived one).
+ * Everything passed is borrowed for the call. */
+typedef void (*broker_click_fn)(void *arg, int rc, const ps_err *err,
+                                const Persrv__ClickReply *reply, const char *click_id);
+
+/* Start a click: check it, fetch the sticker's embedding from the shard holding it (which
+ * proves it exists; blocking, within the search deadline), send it to the profile primary with
+ * its click id and return without waiting for the primary. Returns 0: done(arg, ...) will be
+ * called exactly once, later, from the lane's loop (never from inside this call). Else a PS_E*
+ * code (err set), nothing was sent and done is never called: PS_EINVAL (user, query,
+ * click_id), PS_ETOOBIG (user over the cap, query over max-query-bytes), PS_EUTF8,
+ * PS_ENOTFOUND (no such sticker), PS_EUNAVAIL (the sticker's shard did not answer, the primary
+ * is not connected, too many clicks in flight, no profile service configured), PS_ENOMEM. */
+int broker_core_click(broker_core_t *c, const broker_click *k, broker_click_fn done, void *arg,
+                      ps_err *err);
 
 /* Shards with a replica up; the first `cap` of the others into down[0..*ndown). */
 uint32_t broker_core_shards_up(broker_core_t *c, uint32_t *down, uint32_t cap, uint32_t *ndown);
@@ -322,13 +372,20 @@ void broker_http_free(broker_http_t *h);
 
 /* ---- front.c: the ZeroMQ front door's requests ------------------------------------------ */
 
-/* Answer one client frame (an Envelope with query, get_sticker or health) with one reply
- * frame: query_reply, sticker_reply, health_reply, or an Error envelope for anything that
- * fails (request_id 0 when the frame cannot be decoded). OUT *reply: malloc'd (caller frees).
+/* A deferred front-door answer: reply (malloc'd, *reply_len bytes) to the request `ticket`
+ * stands for; the callee takes reply and ticket. */
+typedef void (*broker_front_later_fn)(void *ticket, uint8_t *reply, size_t reply_len);
+
+/* Answer one client frame (an Envelope with query, get_sticker, health or click) with one
+ * reply frame: query_reply, sticker_reply, health_reply, click_reply, or an Error envelope for
+ * anything that fails (request_id 0 when the frame cannot be decoded). OUT *reply: malloc'd
+ * (caller frees). A click sent to the profile primary is answered later: *reply is then NULL
+ * and later(ticket, ...) is called once from the lane's loop with the answer (never from
+ * inside this call); every other request is answered at once and `later` is not called.
  * Returns 0, or PS_ENOMEM when not even an Error could be built. */
 int broker_front_handle(broker_core_t *core, broker_metrics_t *metrics, broker_keys_t *keys,
                         size_t max_frame, const void *req, size_t len, uint8_t **reply,
-                        size_t *reply_len);
+                        size_t *reply_len, broker_front_later_fn later, void *ticket);
 
 /* ---- lane.c: one thread serving HTTP connections and front-door requests ---------------- */
 
@@ -348,6 +405,7 @@ typedef struct broker_lane_cfg {
     const char *profile_replicas; /* "ep|ep|...": the nodes profiles are read from */
     const char *profile_primary;  /* where clicks go */
     uint32_t profile_staleness_ms, click_deadline_ms;
+    uint32_t max_clicks; /* clicks in flight to the primary per lane */
     broker_upmap_t *replicas_upmap, *primary_upmap;
     int http_fd; /* listening socket to accept on (the lane dups it), -1: none */
     size_t max_body, max_headers;

@@ -13,17 +13,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "broker.h"
 #include "ps/index.h"
 #include "ps/log.h"
+#include "ps/rand.h"
 #include "ps/wire.h"
 
 struct broker_core {
     broker_pool_t *pool;
     broker_version_t *version; /* the cluster's snapshot version (shared; NULL: the shards') */
-    broker_pool_t *primary;    /* the profile primary, for clicks (NULL: none) */
+    broker_clicks_t *clicks;   /* clicks in flight to the profile primary (NULL: none) */
     broker_profcache_t *profiles;
     broker_metrics_t *metrics;
     broker_limits lim;
@@ -107,9 +110,9 @@ broker_pool_t *broker_core_pool(broker_core_t *c)
     return c->pool;
 }
 
-void broker_core_set_primary(broker_core_t *c, broker_pool_t *primary)
+void broker_core_set_clicks(broker_core_t *c, broker_clicks_t *clicks)
 {
-    c->primary = primary;
+    c->clicks = clicks;
 }
 
 void broker_core_set_version(broker_core_t *c, broker_version_t *v)
@@ -331,23 +334,50 @@ static int encode_get_sticker_emb(void *arg, uint64_t request_id, uint32_t deadl
                                           err);
 }
 
-static int encode_click(void *arg, uint64_t request_id, uint32_t deadline_ms, uint8_t **buf,
-                        size_t *len, ps_err *err)
+/* A click id for a click that came without one: 128 random bits as 32 hex digits, unlike any
+ * other broker's. Only the broker's answer names it, so only a client that reads it back can
+ * retry safely (every answer does, the in-doubt one included). */
+static void derive_click_id(char out[33])
 {
-    Persrv__Envelope e = PERSRV__ENVELOPE__INIT;
-    e.version = PS_WIRE_VERSION;
-    e.request_id = request_id;
-    e.deadline_ms = deadline_ms;
-    e.body_case = PERSRV__ENVELOPE__BODY_CLICK;
-    e.click = arg;
-    return ps_wire_pack(&e, buf, len, err);
+    uint8_t r[16];
+    ssize_t got = getrandom(r, sizeof r, GRND_NONBLOCK);
+    if (got != (ssize_t)sizeof r) { /* no entropy yet (early boot): time, pid and a counter */
+        static _Atomic uint64_t n;
+        uint64_t seed = (uint64_t)(broker_now() * 1e9) ^ ((uint64_t)getpid() << 32) ^
+                        atomic_fetch_add(&n, 1) * 0x9e3779b97f4a7c15ull;
+        for (int i = 0; i < 16; i += 8) {
+            uint64_t v = ps_splitmix64(&seed);
+            memcpy(r + i, &v, 8);
+        }
+    }
+    for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", r[i]);
 }
 
-int broker_core_click(broker_core_t *c, const char *user, uint64_t sticker_id, const char *query,
-                      Persrv__Envelope **reply, ps_err *err)
+/* A click on its way: what the core keeps until the primary's outcome. */
+typedef struct click_job {
+    broker_core_t *core;
+    broker_click_fn done;
+    void *arg;
+    char click_id[PS_WIRE_MAX_CLICK_ID + 1];
+    char user[]; /* NUL-terminated */
+} click_job;
+
+static void click_done(void *arg, int rc, const ps_err *err, const Persrv__ClickReply *reply)
 {
-    *reply = NULL;
+    click_job *j = arg;
+    /* the next read of the user must come from a node that applied the click (a duplicate's
+     * seq is the latest, which covers the first click's) */
+    if (rc == 0) broker_profcache_clicked(j->core->profiles, j->user, reply->seq);
+    j->done(j->arg, rc, err, reply, j->click_id);
+    free(j);
+}
+
+int broker_core_click(broker_core_t *c, const broker_click *k, broker_click_fn done, void *arg,
+                      ps_err *err)
+{
+    const char *user = k->user, *query = k->query ? k->query : "";
     size_t ulen = user ? strlen(user) : 0;
+    int rc;
     if (ulen == 0) return ps_err_set(err, PS_EINVAL, "user: required, a non-empty string");
     if (ulen > BROKER_MAX_USER_BYTES)
         return ps_err_set(err, PS_ETOOBIG, "user: %zu bytes, at most %d", ulen,
@@ -355,67 +385,67 @@ int broker_core_click(broker_core_t *c, const char *user, uint64_t sticker_id, c
     if (!ps_utf8_valid(user, ulen)) return ps_err_set(err, PS_EUTF8, "user: not valid UTF-8");
     if (!printable(user, ulen))
         return ps_err_set(err, PS_EINVAL, "user: must not contain control characters");
-    if (!query) query = "";
     if (strlen(query) > c->lim.max_query_bytes)
         return ps_err_set(err, PS_ETOOBIG, "query: %zu bytes, more than max-query-bytes %zu",
                           strlen(query), c->lim.max_query_bytes);
     if (!ps_utf8_valid(query, strlen(query)))
         return ps_err_set(err, PS_EUTF8, "query: not valid UTF-8");
-    if (!c->primary)
+    if (k->click_id && k->click_id[0] &&
+        (rc = ps_wire_check_click_id(k->click_id, "click_id", err)))
+        return rc;
+    if (!c->clicks)
         return ps_err_set(err, PS_EUNAVAIL,
                           "clicks need the profile service (broker --profile-primary)");
 
-    /* The sticker's embedding, from the shard that holds it. */
-    uint32_t s = ps_jump_hash(sticker_id, broker_pool_nshards(c->pool));
-    sticker_args sa = {sticker_id, want_version(c)};
+    /* The sticker's embedding, from the shard that holds it (within the search deadline). */
+    uint32_t s = ps_jump_hash(k->sticker_id, broker_pool_nshards(c->pool));
+    sticker_args sa = {k->sticker_id, want_version(c)};
     broker_call call = {.shard = s,
                         .replica = -1,
                         .expect = PERSRV__ENVELOPE__BODY_STICKER_REPLY,
                         .encode = encode_get_sticker_emb,
                         .arg = &sa};
-    int rc;
     if ((rc = broker_pool_run(c->pool, &call, 1, err))) return rc;
     broker_metrics_shard(c->metrics, s, call.reply != NULL, call.seconds, call.failovers);
     if (!call.reply)
         return ps_err_set(err, PS_EUNAVAIL, "shard %u holding sticker %llu: %s", s,
-                          (unsigned long long)sticker_id, call.reason);
+                          (unsigned long long)k->sticker_id, call.reason);
     Persrv__GetStickerReply *st = call.reply->sticker_reply;
-    if (!st->found || st->id != sticker_id) {
+    if (!st->found || st->id != k->sticker_id) {
         ps_wire_free(call.reply);
         return ps_err_set(err, PS_ENOTFOUND, "sticker_id: no sticker %llu",
-                          (unsigned long long)sticker_id);
+                          (unsigned long long)k->sticker_id);
     }
     if (st->n_embedding == 0) {
         ps_wire_free(call.reply);
         return ps_err_set(err, PS_EUNAVAIL, "shard %u sent no embedding for sticker %llu", s,
-                          (unsigned long long)sticker_id);
+                          (unsigned long long)k->sticker_id);
     }
 
+    click_job *j = malloc(sizeof *j + ulen + 1);
+    if (!j) {
+        ps_wire_free(call.reply);
+        return ps_err_set(err, PS_ENOMEM, "out of memory for a click");
+    }
+    j->core = c;
+    j->done = done;
+    j->arg = arg;
+    memcpy(j->user, user, ulen + 1);
+    if (k->click_id && k->click_id[0])
+        snprintf(j->click_id, sizeof j->click_id, "%s", k->click_id);
+    else
+        derive_click_id(j->click_id);
     Persrv__ClickRequest click = PERSRV__CLICK_REQUEST__INIT;
     click.user = (char *)user;
-    click.sticker_id = sticker_id;
+    click.sticker_id = k->sticker_id;
     click.query = (char *)query;
+    click.click_id = j->click_id;
     click.n_embedding = st->n_embedding;
     click.embedding = st->embedding;
-    broker_call pc = {.shard = 0,
-                      .replica = -1,
-                      .expect = PERSRV__ENVELOPE__BODY_CLICK_REPLY,
-                      .error_is_answer = 1,
-                      .encode = encode_click,
-                      .arg = &click};
-    rc = broker_pool_run(c->primary, &pc, 1, err);
+    rc = broker_clicks_send(c->clicks, &click, click_done, j, err);
     ps_wire_free(call.reply);
-    if (rc) return rc;
-    if (!pc.reply) return ps_err_set(err, PS_EUNAVAIL, "profile primary: %s", pc.reason);
-    if (pc.reply->body_case == PERSRV__ENVELOPE__BODY_ERROR) {
-        rc = ps_wire_error_code(pc.reply->error);
-        ps_err_set(err, rc, "profile primary: %s", pc.reply->error->message);
-        ps_wire_free(pc.reply);
-        return rc;
-    }
-    *reply = pc.reply;
-    broker_profcache_clicked(c->profiles, user, pc.reply->click_reply->seq);
-    return 0;
+    if (rc) free(j);
+    return rc;
 }
 
 /* ---- stickers ---------------------------------------------------------------------------- */

@@ -5,6 +5,10 @@
  *   query        → query_reply  (the search of GET /v1/search: same checks, same answer)
  *   get_sticker  → sticker_reply (found = true), or Error not_found
  *   health       → health_reply (nshards, shards_up, ready = every shard has a replica up)
+ *   click        → click_reply once the profile primary answered (POST /v1/click's checks;
+ *                  answered from the lane's loop later, so the lane serves other requests
+ *                  meanwhile), or Error: outcome_unknown when the click was sent and the
+ *                  primary did not answer in click-deadline-ms (retry with the same click_id)
  *   anything else, or a frame that does not decode → Error (code from ps_errname)
  *
  * The reply echoes the request's request_id, also when the frame does not decode (as far as
@@ -140,16 +144,94 @@ static int do_health(broker_core_t *core, const Persrv__Envelope *in, uint8_t **
     return pack(&env, reply, reply_len, err);
 }
 
-/* With API keys: query and get_sticker need a key (Envelope.api_key) with the scope search.
- * Returns 0, or the PS_E* code of the refusal (err set; the key's name in it, never the key). */
+/* A click waiting for the profile primary. */
+typedef struct front_click {
+    broker_metrics_t *metrics;
+    broker_front_later_fn later;
+    void *ticket;
+    uint64_t request_id;
+    double t0;
+} front_click;
+
+static void click_answered(void *arg, int rc, const ps_err *err, const Persrv__ClickReply *r,
+                           const char *click_id)
+{
+    front_click *fc = arg;
+    uint8_t *reply = NULL;
+    size_t reply_len = 0;
+    ps_err perr = {0, ""};
+    int prc = rc;
+    if (rc == 0) {
+        Persrv__ClickReply cr = *r;
+        cr.click_id = (char *)click_id;
+        Persrv__Envelope env = PERSRV__ENVELOPE__INIT;
+        env.version = PS_WIRE_VERSION;
+        env.request_id = fc->request_id;
+        env.body_case = PERSRV__ENVELOPE__BODY_CLICK_REPLY;
+        env.click_reply = &cr;
+        prc = pack(&env, &reply, &reply_len, &perr);
+        err = &perr;
+    } else {
+        ps_log(rc == PS_EINDOUBT || ps_err_http_status(rc) >= 500 ? PS_LOG_WARN : PS_LOG_DEBUG,
+               "broker", "zmq_request_failed", "code=%s click_id=%s msg=\"%.200s\"", ps_errname(rc),
+               click_id, err->msg);
+    }
+    if (prc) {
+        ps_err e = *err;
+        if (rc == PS_EINDOUBT) /* the client retries with the id it sent, or the one we name */
+            ps_err_set(&e, rc, "%.150s; retry with click_id %s", err->msg, click_id);
+        if (error_reply(fc->request_id, &e, &reply, &reply_len)) {
+            ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=click_reply");
+            abort();
+        }
+    }
+    broker_metrics_http(fc->metrics, BROKER_EP_ZMQ_CLICK, prc ? ps_err_http_status(prc) : 200,
+                        broker_now() - fc->t0);
+    fc->later(fc->ticket, reply, reply_len);
+    free(fc);
+}
+
+/* Start a click. Returns 0 with *deferred = 1 when click_answered will answer it. */
+static int do_click(broker_core_t *core, broker_metrics_t *metrics, const Persrv__Envelope *in,
+                    broker_front_later_fn later, void *ticket, int *deferred, ps_err *err)
+{
+    const Persrv__ClickRequest *c = in->click;
+    *deferred = 0;
+    if (c->n_embedding)
+        return ps_err_set(err, PS_EINVAL,
+                          "click.embedding: the broker takes it from the shard; send none");
+    if (!later)
+        return ps_err_set(err, PS_EINVAL, "click: not taken on this path (no deferred answers)");
+    front_click *fc = malloc(sizeof *fc);
+    if (!fc) return ps_err_set(err, PS_ENOMEM, "out of memory for a click");
+    *fc = (front_click){.metrics = metrics,
+                        .later = later,
+                        .ticket = ticket,
+                        .request_id = in->request_id,
+                        .t0 = broker_now()};
+    broker_click k = {
+        .user = c->user, .sticker_id = c->sticker_id, .query = c->query, .click_id = c->click_id};
+    int rc = broker_core_click(core, &k, click_answered, fc, err);
+    if (rc)
+        free(fc);
+    else
+        *deferred = 1;
+    return rc;
+}
+
+/* With API keys: query and get_sticker need a key (Envelope.api_key) with the scope search,
+ * click the scope click. Returns 0, or the PS_E* code of the refusal (err set; the key's name
+ * in it, never the key). */
 static int authorize(broker_keys_t *keys, const Persrv__Envelope *in, ps_err *err)
 {
     if (!keys || in->body_case == PERSRV__ENVELOPE__BODY_HEALTH) return 0;
     const char *name;
     int retry;
     const char *key = in->api_key ? in->api_key : "";
+    int click = in->body_case == PERSRV__ENVELOPE__BODY_CLICK;
     broker_auth a =
-        broker_keys_check(keys, key, strlen(key), BROKER_SCOPE_SEARCH, broker_now(), &name, &retry);
+        broker_keys_check(keys, key, strlen(key), click ? BROKER_SCOPE_CLICK : BROKER_SCOPE_SEARCH,
+                          broker_now(), &name, &retry);
     switch (a) {
     case BROKER_AUTH_OK:
         return 0;
@@ -158,7 +240,8 @@ static int authorize(broker_keys_t *keys, const Persrv__Envelope *in, ps_err *er
     case BROKER_AUTH_UNKNOWN:
         return ps_err_set(err, PS_EUNAUTH, "the API key is not valid");
     case BROKER_AUTH_SCOPE:
-        return ps_err_set(err, PS_EFORBIDDEN, "the API key '%s' lacks the scope 'search'", name);
+        return ps_err_set(err, PS_EFORBIDDEN, "the API key '%s' lacks the scope '%s'", name,
+                          click ? "click" : "search");
     default:
         return ps_err_set(err, PS_ERATE, "the API key '%s' is over its rate; retry after %d s",
                           name, retry);
@@ -167,12 +250,12 @@ static int authorize(broker_keys_t *keys, const Persrv__Envelope *in, ps_err *er
 
 int broker_front_handle(broker_core_t *core, broker_metrics_t *metrics, broker_keys_t *keys,
                         size_t max_frame, const void *req, size_t len, uint8_t **reply,
-                        size_t *reply_len)
+                        size_t *reply_len, broker_front_later_fn later, void *ticket)
 {
     double t0 = broker_now();
     ps_err err = {0, ""};
     Persrv__Envelope *in = NULL;
-    int rc, ep = BROKER_EP_ZMQ_OTHER;
+    int rc, ep = BROKER_EP_ZMQ_OTHER, deferred = 0;
     uint64_t request_id = 0;
     *reply = NULL;
     *reply_len = 0;
@@ -195,14 +278,19 @@ int broker_front_handle(broker_core_t *core, broker_metrics_t *metrics, broker_k
             ep = BROKER_EP_ZMQ_HEALTH;
             rc = do_health(core, in, reply, reply_len, &err);
             break;
+        case PERSRV__ENVELOPE__BODY_CLICK:
+            ep = BROKER_EP_ZMQ_CLICK;
+            rc = do_click(core, metrics, in, later, ticket, &deferred, &err);
+            break;
         default:
             rc = ps_err_set(&err, PS_EINVAL,
-                            "body: the broker answers query, get_sticker and health, not %d",
+                            "body: the broker answers query, get_sticker, health and click, not %d",
                             (int)in->body_case);
             break;
         }
     }
     ps_wire_free(in);
+    if (deferred) return 0; /* click_answered answers and counts it */
     int status = rc ? ps_err_http_status(rc) : 200;
     if (rc) {
         ps_log(status >= 500 ? PS_LOG_WARN : PS_LOG_DEBUG, "broker", "zmq_request_failed",

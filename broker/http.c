@@ -4,7 +4,9 @@
  *   GET /v1/search?q=&user=&k=&explain=   search the cluster (k 1..max-k, default 10; every
  *                                         hit carries its score breakdown, so explain (0|1)
  *                                         is accepted and checked but changes nothing yet)
- *   POST /v1/click                        {"user", "sticker_id", "query"}: to the profile primary
+ *   POST /v1/click                        {"user", "sticker_id", "query", "click_id"}: to the
+ *                                         profile primary (answered from the lane's loop once
+ *                                         the primary answers: the lane does not wait)
  *   GET /v1/stickers/{id}                 a sticker's stored fields, from the shard holding it
  *   GET /healthz                          the process is alive
  *   GET /readyz                           every shard has a replica answering (else 503)
@@ -72,8 +74,10 @@ static int reply_json(struct evhttp_request *req, int status, json_t *body)
                          : status == 404 ? "Not Found"
                          : status == 405 ? "Method Not Allowed"
                          : status == 413 ? "Payload Too Large"
+                         : status == 409 ? "Conflict"
                          : status == 429 ? "Too Many Requests"
                          : status == 503 ? "Service Unavailable"
+                         : status == 504 ? "Gateway Timeout"
                                          : "Error";
     evhttp_send_reply(req, status, reason, NULL);
     return status;
@@ -106,6 +110,17 @@ static int reply_error(struct evhttp_request *req, int status, const char *code,
 static int reply_err(struct evhttp_request *req, const ps_err *err)
 {
     return reply_error(req, ps_err_http_status(err->code), ps_errname(err->code), "%s", err->msg);
+}
+
+/* One request's log line and metrics, once it is answered. */
+static void request_done(broker_http_t *h, int ep, int cmd, const char *path, const char *who,
+                         int status, double t0)
+{
+    double secs = broker_now() - t0;
+    broker_metrics_http(h->metrics, ep, status, secs);
+    ps_log(status >= 500 ? PS_LOG_WARN : PS_LOG_DEBUG, "broker", "request",
+           "method=%d path=\"%.64s\" key=%s status=%d took_ms=%.3f", cmd, path, who ? who : "-",
+           status, secs * 1e3);
 }
 
 /* ---- query string ------------------------------------------------------------------------ */
@@ -252,9 +267,49 @@ out:
 
 /* ---- clicks ------------------------------------------------------------------------------ */
 
-/* POST /v1/click {"user": "...", "sticker_id": "<decimal>" or a JSON integer, "query": "..."}
- * (query optional): acknowledged (200) once the profile primary has made it durable. */
-static int handle_click(broker_http_t *h, struct evhttp_request *req)
+/* A click waiting for the profile primary's answer. */
+typedef struct http_click {
+    broker_http_t *h;
+    struct evhttp_request *req; /* libevent keeps it until we reply, even if the client left */
+    const char *who;            /* the key's name (borrowed from the key set), NULL: open */
+    double t0;
+    uint64_t sticker_id;
+    char user[]; /* NUL-terminated */
+} http_click;
+
+/* The primary's outcome: 200 {"acknowledged": true, ...}, 504 outcome_unknown naming the click
+ * id to retry with, or the error. */
+static void click_answered(void *arg, int rc, const ps_err *err, const Persrv__ClickReply *r,
+                           const char *click_id)
+{
+    http_click *hc = arg;
+    struct evhttp_request *req = hc->req;
+    int status;
+    if (rc == 0) {
+        char idbuf[24];
+        snprintf(idbuf, sizeof idbuf, "%llu", (unsigned long long)hc->sticker_id);
+        status = reply_json(req, 200,
+                            json_pack("{s:b, s:s, s:s, s:s, s:b, s:I, s:i, s:i}", "acknowledged", 1,
+                                      "user", hc->user, "sticker_id", idbuf, "click_id", click_id,
+                                      "duplicate", r->duplicate, "seq", (json_int_t)r->seq,
+                                      "history", (int)r->history, "centroids", (int)r->centroids));
+    } else if (rc == PS_EINDOUBT) {
+        /* the one answer a client must act on: retry with this click id, never without it */
+        json_t *e = json_pack("{s:{s:s, s:s, s:s, s:s}}", "error", "code", ps_errname(rc), "type",
+                              "server_error", "message", err->msg, "click_id", click_id);
+        status = reply_json(req, ps_err_http_status(rc), e);
+    } else {
+        status = reply_err(req, err);
+    }
+    request_done(hc->h, BROKER_EP_CLICK, EVHTTP_REQ_POST, "/v1/click", hc->who, status, hc->t0);
+    free(hc);
+}
+
+/* POST /v1/click {"user": "...", "sticker_id": "<decimal>" or a JSON integer, "query": "...",
+ * "click_id": "..."} (query and click_id optional): acknowledged (200) once the profile
+ * primary has made it durable. Returns the status of an answer sent now, or 0 when the click
+ * went to the primary and click_answered answers it. */
+static int handle_click(broker_http_t *h, struct evhttp_request *req, const char *who, double t0)
 {
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t n = evbuffer_get_length(in);
@@ -269,7 +324,7 @@ static int handle_click(broker_http_t *h, struct evhttp_request *req)
                            jerr.text, jerr.position);
     int status;
     json_t *ju = json_object_get(j, "user"), *js = json_object_get(j, "sticker_id"),
-           *jq = json_object_get(j, "query");
+           *jq = json_object_get(j, "query"), *jc = json_object_get(j, "click_id");
     uint64_t id = 0;
     if (!json_is_object(j)) {
         status = reply_error(req, 400, "invalid_argument", "body: must be a JSON object");
@@ -283,26 +338,36 @@ static int handle_click(broker_http_t *h, struct evhttp_request *req)
                              "for ids over 2^63)");
     } else if (jq && !json_is_string(jq)) {
         status = reply_error(req, 400, "invalid_argument", "query: must be a string");
+    } else if (jc && !json_is_null(jc) &&
+               !(json_is_string(jc) && strlen(json_string_value(jc)) == json_string_length(jc) &&
+                 json_string_length(jc) > 0)) {
+        status = reply_error(req, 400, "invalid_argument",
+                             "click_id: must be a non-empty string (1..%d printable ASCII bytes) "
+                             "or absent",
+                             PS_WIRE_MAX_CLICK_ID);
     } else {
         if (json_is_integer(js)) id = (uint64_t)json_integer_value(js);
         const char *user = json_string_value(ju);
+        size_t ulen = strlen(user);
         ps_err err = {0, ""};
-        Persrv__Envelope *ack = NULL;
-        if (strlen(user) != json_string_length(ju)) {
+        http_click *hc = NULL;
+        if (ulen != json_string_length(ju)) {
             status = reply_error(req, 400, "invalid_argument", "user: contains a NUL byte");
-        } else if (broker_core_click(h->core, user, id, jq ? json_string_value(jq) : "", &ack,
-                                     &err)) {
-            status = reply_err(req, &err);
+        } else if (!(hc = malloc(sizeof *hc + ulen + 1))) {
+            status = reply_error(req, 503, "out_of_memory", "out of memory for a click");
         } else {
-            char idbuf[24];
-            snprintf(idbuf, sizeof idbuf, "%llu", (unsigned long long)id);
-            const Persrv__ClickReply *r = ack->click_reply;
-            status =
-                reply_json(req, 200,
-                           json_pack("{s:b, s:s, s:s, s:I, s:i, s:i}", "acknowledged", 1, "user",
-                                     user, "sticker_id", idbuf, "seq", (json_int_t)r->seq,
-                                     "history", (int)r->history, "centroids", (int)r->centroids));
-            ps_wire_free(ack);
+            *hc = (http_click){.h = h, .req = req, .who = who, .t0 = t0, .sticker_id = id};
+            memcpy(hc->user, user, ulen + 1);
+            broker_click k = {.user = user,
+                              .sticker_id = id,
+                              .query = jq ? json_string_value(jq) : "",
+                              .click_id = json_is_string(jc) ? json_string_value(jc) : NULL};
+            if (broker_core_click(h->core, &k, click_answered, hc, &err)) {
+                free(hc);
+                status = reply_err(req, &err);
+            } else {
+                status = 0; /* click_answered replies */
+            }
         }
     }
     json_decref(j);
@@ -473,7 +538,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     } else {
         switch (ep) {
         case BROKER_EP_CLICK:
-            status = handle_click(h, req);
+            if ((status = handle_click(h, req, who, t0)) == 0) return; /* answered later */
             break;
         case BROKER_EP_SEARCH:
             status = handle_search(h, req, query, t0);
@@ -492,11 +557,7 @@ static void on_request(struct evhttp_request *req, void *arg)
             break;
         }
     }
-    double secs = broker_now() - t0;
-    broker_metrics_http(h->metrics, ep, status, secs);
-    ps_log(status >= 500 ? PS_LOG_WARN : PS_LOG_DEBUG, "broker", "request",
-           "method=%d path=\"%.64s\" key=%s status=%d took_ms=%.3f", (int)cmd, path,
-           who ? who : "-", status, secs * 1e3);
+    request_done(h, ep, (int)cmd, path, who, status, t0);
 }
 
 broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_metrics_t *metrics,

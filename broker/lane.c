@@ -42,6 +42,7 @@ struct broker_lane {
     struct evhttp_bound_socket *listener;
     broker_pool_t *pool;
     broker_pool_t *prof_replicas, *prof_primary; /* the profile service, or NULL */
+    broker_clicks_t *clicks;                     /* clicks to the primary, or NULL */
     broker_profcache_t *profiles;
     broker_core_t *core;
     broker_http_t *handlers;
@@ -50,27 +51,64 @@ struct broker_lane {
     int ready;
 };
 
-static int front_request(void *state, const void *req, size_t len, uint8_t **reply,
-                         size_t *reply_len)
+/* A front-door request on its way back: its route frames and payload, kept while a click waits
+ * for the profile primary (the zserver counts it in flight until the answer goes out). */
+typedef struct front_ticket {
+    broker_lane_t *lane;
+    int n;
+    zmq_msg_t parts[PS_ZMSG_MAX_PARTS];
+} front_ticket;
+
+/* Send the answer along the ticket's route; takes reply and t. */
+static void front_answer(void *ticket, uint8_t *reply, size_t reply_len)
 {
-    broker_lane_t *l = state;
-    return broker_front_handle(l->core, l->cfg.metrics, l->cfg.keys, l->cfg.max_frame, req, len,
-                               reply, reply_len);
+    front_ticket *t = ticket;
+    broker_lane_t *l = t->lane;
+    if (ps_zmsg_set_payload(t->parts, t->n, reply, reply_len)) {
+        ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=reply");
+        abort();
+    }
+    free(reply);
+    if (ps_zmsg_send_multi(l->zsock, t->parts, t->n, ZMQ_DONTWAIT) < 0)
+        ps_log(PS_LOG_WARN, "broker", "reply_dropped", "lane=%d reason=\"%s\"", l->cfg.id,
+               zmq_strerror(errno));
+    free(t);
+    /* a send outside serve_front's loop can take the edge ZMQ_FD would have signalled for the
+     * next request: look again from the loop */
+    if (l->zev) event_active(l->zev, EV_READ, 0);
 }
 
 static void serve_front(broker_lane_t *l)
 {
-    zmq_msg_t parts[PS_ZMSG_MAX_PARTS];
     for (;;) {
         int events = 0;
         size_t sz = sizeof events;
         if (zmq_getsockopt(l->zsock, ZMQ_EVENTS, &events, &sz) || !(events & ZMQ_POLLIN)) return;
-        int n;
-        if (ps_zmsg_recv_multi(l->zsock, parts, PS_ZMSG_MAX_PARTS, &n, ZMQ_DONTWAIT) < 0) return;
-        if (ps_zmsg_answer(parts, n, front_request, l, "broker")) continue;
-        if (ps_zmsg_send_multi(l->zsock, parts, n, ZMQ_DONTWAIT) < 0)
-            ps_log(PS_LOG_WARN, "broker", "reply_dropped", "lane=%d reason=\"%s\"", l->cfg.id,
-                   zmq_strerror(errno));
+        front_ticket *t = malloc(sizeof *t);
+        if (!t) {
+            ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=request");
+            abort();
+        }
+        t->lane = l;
+        if (ps_zmsg_recv_multi(l->zsock, t->parts, PS_ZMSG_MAX_PARTS, &t->n, ZMQ_DONTWAIT) < 0) {
+            free(t);
+            return;
+        }
+        if (t->n < 2 || t->n > PS_ZMSG_MAX_PARTS) { /* the server forwards 2..MAX parts only */
+            if (t->n <= PS_ZMSG_MAX_PARTS) ps_zmsg_close(t->parts, t->n);
+            free(t);
+            continue;
+        }
+        zmq_msg_t *payload = &t->parts[t->n - 1];
+        uint8_t *reply = NULL;
+        size_t reply_len = 0;
+        if (broker_front_handle(l->core, l->cfg.metrics, l->cfg.keys, l->cfg.max_frame,
+                                zmq_msg_data(payload), zmq_msg_size(payload), &reply, &reply_len,
+                                front_answer, t)) {
+            ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=reply");
+            abort();
+        }
+        if (reply) front_answer(t, reply, reply_len); /* else a click: answered later */
     }
 }
 
@@ -143,6 +181,9 @@ static void *lane_main(void *arg)
 
 static void lane_free(broker_lane_t *l)
 {
+    /* first: a click still in flight is answered (outcome unknown) while its HTTP request and
+     * the front door's socket still exist */
+    broker_clicks_free(l->clicks);
     if (l->zev) event_free(l->zev);
     if (l->health_ev) event_free(l->health_ev);
     if (l->stop_ev) event_free(l->stop_ev);
@@ -176,19 +217,25 @@ broker_lane_t *broker_lane_start(const broker_lane_cfg *cfg, ps_err *err)
         !(l->prof_replicas = broker_pool_new(cfg->profile_replicas, cfg->deadline_ms, cfg->retries,
                                              cfg->max_frame, cfg->curve, cfg->replicas_upmap, err)))
         goto fail;
+    /* The primary pool serves reads a replica has not caught up with (a search's profile):
+     * the search deadline bounds them, not the click deadline. */
     if (cfg->profile_primary &&
-        !(l->prof_primary = broker_pool_new(cfg->profile_primary, cfg->click_deadline_ms, 0,
+        !(l->prof_primary = broker_pool_new(cfg->profile_primary, cfg->deadline_ms, 0,
                                             cfg->max_frame, cfg->curve, cfg->primary_upmap, err)))
         goto fail;
     if (l->prof_replicas)
         broker_profcache_use_service(l->profiles, l->prof_replicas, l->prof_primary,
                                      cfg->profile_staleness_ms);
-    broker_core_set_primary(l->core, l->prof_primary);
     broker_core_set_version(l->core, cfg->version);
     if (!(l->base = event_base_new()) || !(l->http = evhttp_new(l->base))) {
         ps_err_set(err, PS_EINTERNAL, "libevent setup failed");
         goto fail;
     }
+    if (cfg->profile_primary &&
+        !(l->clicks = broker_clicks_new(l->base, cfg->profile_primary, cfg->click_deadline_ms,
+                                        cfg->max_frame, cfg->max_clicks, cfg->curve, err)))
+        goto fail;
+    broker_core_set_clicks(l->core, l->clicks);
     evhttp_set_max_body_size(l->http, (ev_ssize_t)cfg->max_body);
     evhttp_set_max_headers_size(l->http, (ev_ssize_t)cfg->max_headers);
     evhttp_set_timeout(l->http, cfg->http_timeout_s);

@@ -59,7 +59,11 @@ static const ps_cfg_opt broker_opts[] = {
     {"profile-staleness-ms", PS_CFG_UINT, "1000",
      "how long a profile read from the service is reused before it is read again", 0, 0, 3600000},
     {"click-deadline-ms", PS_CFG_UINT, "2000",
-     "time the primary gets to make a click durable (a synced write)", 0, 1, 60000},
+     "time the primary gets to make a click durable (a synced write); a click sent and not "
+     "answered by then gets 504 outcome_unknown (retry it with the same click_id)",
+     0, 1, 60000},
+    {"max-clicks", PS_CFG_UINT, "256",
+     "clicks in flight to the profile primary per lane (more get 503: not sent)", 0, 1, 100000},
     {"http", PS_CFG_STRING, "127.0.0.1:8080", "HTTP listen address host:port (port 0: any)", 0, 0,
      0},
     {"zmq", PS_CFG_STRING, NULL,
@@ -387,6 +391,7 @@ int main(int argc, char **argv)
                           .profile_staleness_ms =
                               (uint32_t)ps_cfg_uint(cfg, "profile-staleness-ms"),
                           .click_deadline_ms = (uint32_t)ps_cfg_uint(cfg, "click-deadline-ms"),
+                          .max_clicks = (uint32_t)ps_cfg_uint(cfg, "max-clicks"),
                           .replicas_upmap = rep_upmap,
                           .primary_upmap = prim_upmap,
                           .http_fd = http_fd,

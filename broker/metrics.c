@@ -7,7 +7,8 @@
  *   persrv_shard_failures_total{shard}                 counter (calls no replica answered)
  * Buckets span 0.5 ms .. 1 s around the latency targets (DESIGN §7). No per-user labels.
  * The front door's requests count under the same names with endpoint="zmq_search",
- * "zmq_sticker", "zmq_health" (code: the HTTP status the same outcome would have).
+ * "zmq_sticker", "zmq_health", "zmq_click" (code: the HTTP status the same outcome would have;
+ * a click whose outcome is unknown counts as 504).
  *
  * Every lane thread records into one broker_metrics_t: a mutex guards it (a few counter
  * increments per request; rendering holds it while it formats).
@@ -51,8 +52,8 @@ struct broker_metrics {
 };
 
 static const char *const ep_names[BROKER_NEP] = {
-    "search", "click",      "sticker",     "healthz",    "readyz",   "metrics",
-    "other",  "zmq_search", "zmq_sticker", "zmq_health", "zmq_other"};
+    "search", "click",      "sticker",     "healthz",    "readyz",    "metrics",
+    "other",  "zmq_search", "zmq_sticker", "zmq_health", "zmq_other", "zmq_click"};
 
 broker_metrics_t *broker_metrics_new(uint32_t nshards)
 {
