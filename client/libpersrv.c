@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -125,6 +126,10 @@ int persrv__from_ps(int ps)
         return PERSRV_EFORBIDDEN;
     case PS_ERATE:
         return PERSRV_ERATE;
+    case PS_EINDOUBT:
+        return PERSRV_EINDOUBT;
+    case PS_ECONFLICT: /* a click id reused for another sticker: the caller's input */
+        return PERSRV_EINVAL;
     default:
         return PERSRV_ESERVER;
     }
@@ -334,10 +339,11 @@ int persrv_set_timeout(persrv_t *ctx, uint32_t timeout_ms)
 /* ---- one exchange --------------------------------------------------------------------------- */
 
 typedef struct request {
-    int body; /* PERSRV__ENVELOPE__BODY_QUERY, _GET_STICKER or _HEALTH */
+    int body; /* PERSRV__ENVELOPE__BODY_QUERY, _GET_STICKER, _HEALTH or _CLICK */
     const persrv_query *q;
     size_t qlen;
-    uint64_t id; /* get_sticker */
+    uint64_t id;                        /* get_sticker, click */
+    const char *user, *text, *click_id; /* click */
 } request;
 
 static int encode(const request *r, uint64_t rid, uint32_t deadline, uint8_t **buf, size_t *len,
@@ -349,6 +355,9 @@ static int encode(const request *r, uint64_t rid, uint32_t deadline, uint8_t **b
                                     r->q->explain, buf, len, e);
     case PERSRV__ENVELOPE__BODY_GET_STICKER:
         return ps_wire_encode_get_sticker(rid, deadline, r->id, buf, len, e);
+    case PERSRV__ENVELOPE__BODY_CLICK:
+        return ps_wire_encode_click(rid, deadline, r->user, r->id, r->text, r->click_id, buf, len,
+                                    e);
     default:
         return ps_wire_encode_health(rid, deadline, buf, len, e);
     }
@@ -455,12 +464,12 @@ static int await(persrv_t *c, uint64_t rid, uint64_t end_ns, Persrv__Envelope **
     }
 }
 
-/* Send r and wait for its answer, with retries after timeouts (Lazy Pirate). OUT *out: the
- * decoded reply, whose body is `want` (the caller frees it with ps_wire_free). An Error reply
- * becomes the matching PERSRV_E* code. */
-static int call(persrv_t *c, const request *r, int want, Persrv__Envelope **out)
+/* Send r and wait for its answer, up to `attempts` times while attempts time out (Lazy
+ * Pirate). OUT *out: the decoded reply, whose body is `want` (the caller frees it with
+ * ps_wire_free). An Error reply becomes the matching PERSRV_E* code. */
+static int call_n(persrv_t *c, const request *r, int want, uint32_t attempts,
+                  Persrv__Envelope **out)
 {
-    uint32_t attempts = c->retries < UINT32_MAX ? c->retries + 1 : UINT32_MAX;
     int rc;
     *out = NULL;
     for (uint32_t a = 0; a < attempts; a++) {
@@ -513,6 +522,12 @@ static int call(persrv_t *c, const request *r, int want, Persrv__Envelope **out)
     }
     return set_err(c, PERSRV_ETIMEDOUT, "no reply from %.200s within %u ms (%u attempt%s)",
                    c->endpoint, c->timeout_ms, attempts, attempts == 1 ? "" : "s");
+}
+
+/* call_n with 1 + the context's retries. */
+static int call(persrv_t *c, const request *r, int want, Persrv__Envelope **out)
+{
+    return call_n(c, r, want, c->retries < UINT32_MAX ? c->retries + 1 : UINT32_MAX, out);
 }
 
 /* ---- results -------------------------------------------------------------------------------- */
@@ -602,7 +617,8 @@ int persrv_search(persrv_t *ctx, const persrv_query *q, persrv_result **out)
     clear_err(ctx);
     if (!q || !out) return set_err(ctx, PERSRV_EINVAL, "persrv_search: q or out is NULL");
     if (!q->text) return set_err(ctx, PERSRV_EINVAL, "persrv_search: q->text is NULL");
-    request r = {PERSRV__ENVELOPE__BODY_QUERY, q, q->len ? q->len : strlen(q->text), 0};
+    request r = {
+        .body = PERSRV__ENVELOPE__BODY_QUERY, .q = q, .qlen = q->len ? q->len : strlen(q->text)};
     if ((rc = call(ctx, &r, PERSRV__ENVELOPE__BODY_QUERY_REPLY, &env))) return rc;
     if ((rc = persrv__result_from(&env, out)))
         return set_err(ctx, rc, "persrv_search: out of memory for the result");
@@ -625,7 +641,7 @@ int persrv_get_sticker(persrv_t *ctx, uint64_t id, persrv_sticker **out)
     if (!ctx) return PERSRV_EINVAL;
     clear_err(ctx);
     if (!out) return set_err(ctx, PERSRV_EINVAL, "persrv_get_sticker: out is NULL");
-    request r = {PERSRV__ENVELOPE__BODY_GET_STICKER, NULL, 0, id};
+    request r = {.body = PERSRV__ENVELOPE__BODY_GET_STICKER, .id = id};
     if ((rc = call(ctx, &r, PERSRV__ENVELOPE__BODY_STICKER_REPLY, &env))) return rc;
     const Persrv__GetStickerReply *s = env->sticker_reply;
     if (!s->found) {
@@ -665,11 +681,84 @@ int persrv_health(persrv_t *ctx, persrv_health_info *out)
     clear_err(ctx);
     if (!out) return set_err(ctx, PERSRV_EINVAL, "persrv_health: out is NULL");
     memset(out, 0, sizeof *out);
-    request r = {PERSRV__ENVELOPE__BODY_HEALTH, NULL, 0, 0};
+    request r = {.body = PERSRV__ENVELOPE__BODY_HEALTH};
     if ((rc = call(ctx, &r, PERSRV__ENVELOPE__BODY_HEALTH_REPLY, &env))) return rc;
     out->nshards = env->health_reply->nshards;
     out->shards_up = env->health_reply->shards_up;
     out->ready = env->health_reply->ready;
     ps_wire_free(env);
+    return PERSRV_OK;
+}
+
+/* ---- clicks --------------------------------------------------------------------------------- */
+
+/* A fresh click id: 128 random bits as 32 hex digits (the kernel's, else a splitmix stream
+ * seeded like the request ids). */
+static void new_click_id(persrv_t *c, char out[PERSRV_MAX_CLICK_ID + 1])
+{
+    uint8_t r[16];
+    if (getrandom(r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
+        uint64_t seed = persrv__id_seed(c) ^ c->next_id;
+        for (int i = 0; i < 16; i += 8) {
+            uint64_t v = ps_splitmix64(&seed);
+            memcpy(r + i, &v, 8);
+        }
+    }
+    for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", r[i]);
+}
+
+int persrv_click(persrv_t *ctx, const char *user, uint64_t sticker_id, const char *query,
+                 const char *click_id, persrv_click_info *out)
+{
+    Persrv__Envelope *env = NULL;
+    ps_err e = {0, ""};
+    int rc = PERSRV_OK;
+    if (out) memset(out, 0, sizeof *out);
+    if (!ctx) return PERSRV_EINVAL;
+    clear_err(ctx);
+    if (!user || !out) return set_err(ctx, PERSRV_EINVAL, "persrv_click: user or out is NULL");
+    if (click_id && ps_wire_check_click_id(click_id, "click_id", &e))
+        return set_err(ctx, persrv__from_ps(e.code), "persrv_click: %s", e.msg);
+    if (click_id)
+        snprintf(out->click_id, sizeof out->click_id, "%s", click_id);
+    else
+        new_click_id(ctx, out->click_id);
+    request r = {.body = PERSRV__ENVELOPE__BODY_CLICK,
+                 .id = sticker_id,
+                 .user = user,
+                 .text = query ? query : "",
+                 .click_id = out->click_id};
+    /* Each attempt is one request under the same click id: one that times out, or that the
+     * broker answers outcome_unknown, is retried; the primary answers a click it stored as a
+     * duplicate, so the click is stored once however many attempts reach it. */
+    uint32_t attempts = ctx->retries < UINT32_MAX ? ctx->retries + 1 : UINT32_MAX;
+    for (out->attempts = 0; out->attempts < attempts;) {
+        out->attempts++;
+        ctx->errname[0] = '\0'; /* the last attempt's broker code, not an earlier one's */
+        rc = call_n(ctx, &r, PERSRV__ENVELOPE__BODY_CLICK_REPLY, 1, &env);
+        if (rc != PERSRV_ETIMEDOUT && rc != PERSRV_EINDOUBT) break;
+    }
+    if (rc == PERSRV_ETIMEDOUT || rc == PERSRV_EINDOUBT) {
+        char last[128];
+        snprintf(last, sizeof last, "%.120s", ctx->errstr);
+        return set_err(ctx, PERSRV_EINDOUBT,
+                       "click %s: no definite answer in %u attempt%s (last: %s): it may have "
+                       "been stored; call persrv_click again with this click_id",
+                       out->click_id, out->attempts, out->attempts == 1 ? "" : "s", last);
+    }
+    if (rc) return rc;
+    const Persrv__ClickReply *cr = env->click_reply;
+    if (cr->click_id[0] && strcmp(cr->click_id, out->click_id)) {
+        set_err(ctx, PERSRV_EPROTO, "click_reply.click_id: '%.64s', sent '%s'", cr->click_id,
+                out->click_id);
+        ps_wire_free(env);
+        return ctx->err;
+    }
+    out->seq = cr->seq;
+    out->history = cr->history;
+    out->centroids = cr->centroids;
+    out->duplicate = cr->duplicate;
+    ps_wire_free(env);
+    clear_err(ctx); /* an earlier attempt's outcome_unknown is answered now */
     return PERSRV_OK;
 }

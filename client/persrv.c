@@ -5,6 +5,7 @@
  *   persrv search --broker EP [--user U] [--k N] [--timeout MS] [--explain] [--json] QUERY
  *   persrv sticker --broker EP [--timeout MS] [--json] ID
  *   persrv health --broker EP [--timeout MS] [--json]
+ *   persrv click --broker EP [--timeout MS] [--json] [--query Q] [--click-id ID] USER STICKER
  *
  * `search --index` searches an index directory in-process (a single node); `--broker` asks a
  * cluster through the broker's ZeroMQ front door with libpersrv (client/include/persrv.h) and
@@ -12,9 +13,13 @@
  * "timed_out", "version" and "shards"), so the two can be compared byte for byte on "hits".
  * PERSRV_BROKER is the default endpoint when neither --index nor --broker is given.
  *
+ * `click` records a click with persrv_click (idempotent: under --click-id, or an id it makes
+ * and prints, retried with the same id while the outcome is unknown).
+ *
  * Errors go to stderr as `persrv <cmd>: <message> (<code>)`, code being the stable name
  * (the broker's own, e.g. invalid_query, when the broker refused). Exit status: 0 success
- * (a partial answer too, with a warning on stderr), 1 failure, 2 usage.
+ * (a partial answer too, with a warning on stderr), 1 failure, 2 usage, 3 a click whose
+ * outcome is unknown (outcome_unknown: run it again with the --click-id the message names).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -34,10 +39,15 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: persrv search (--index DIR | --broker EP) [options] QUERY\n"
                "       persrv sticker --broker EP [--timeout MS] [--json] ID\n"
-               "       persrv health --broker EP [--timeout MS] [--json]\n\n"
+               "       persrv health --broker EP [--timeout MS] [--json]\n"
+               "       persrv click --broker EP [--timeout MS] [--json] [--query Q]\n"
+               "                    [--click-id ID] USER STICKER_ID\n\n"
                "search: searches an index directory built by `builder build` in-process, or a\n"
                "cluster through its broker (ZeroMQ front door). sticker: the stored fields of one\n"
-               "sticker. health: the broker's shards up and ready (exit 1 when not ready).\n\n"
+               "sticker. health: the broker's shards up and ready (exit 1 when not ready).\n"
+               "click: USER picked STICKER_ID (for the message --query); stored once under its\n"
+               "click id (--click-id, else a random one, printed), retried while the outcome is\n"
+               "unknown (exit 3 when it stays unknown: run again with the same --click-id).\n\n"
                "options:\n"
                "  --index DIR     index directory (single node)\n"
                "  --broker EP     broker front door, e.g. tcp://127.0.0.1:7001\n"
@@ -47,7 +57,8 @@ static void usage(FILE *f)
                "  --k N           results to print (default 10)\n"
                "  --R N           recall depth (default 100; --index only)\n"
                "  --timeout MS    --broker: wait at most MS ms per attempt, 2 attempts "
-               "(default 1000)\n"
+               "(default 1000;\n"
+               "                  click: 5000, above the broker's click-deadline-ms)\n"
                "  --explain       print the score breakdown and stored fields\n"
                "  --json          print one JSON object\n"
                "  --help          this text\n"
@@ -489,12 +500,94 @@ static int cmd_health(int argc, char **argv)
     return h.ready ? 0 : 1;
 }
 
+static int cmd_click(int argc, char **argv)
+{
+    static const struct option opts[] = {{"broker", required_argument, 0, 'b'},
+                                         {"timeout", required_argument, 0, 't'},
+                                         {"json", no_argument, 0, 'j'},
+                                         {"query", required_argument, 0, 'q'},
+                                         {"click-id", required_argument, 0, 'c'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *broker = NULL, *query = "", *click_id = NULL;
+    uint32_t timeout_ms = 0;
+    int json = 0, ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'b':
+            broker = optarg;
+            break;
+        case 't':
+            if (parse_timeout("click", optarg, &timeout_ms)) return 2;
+            break;
+        case 'j':
+            json = 1;
+            break;
+        case 'q':
+            query = optarg;
+            break;
+        case 'c':
+            click_id = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!broker) broker = getenv("PERSRV_BROKER");
+    if (!broker || !*broker) {
+        fprintf(stderr, "persrv click: --broker (or PERSRV_BROKER) is required\n");
+        return 2;
+    }
+    char *end = NULL;
+    const char *arg = optind == argc - 2 ? argv[optind + 1] : "";
+    errno = 0;
+    unsigned long long id = strtoull(arg, &end, 10);
+    if (!*arg || *end || errno || arg[0] == '-') {
+        fprintf(stderr, "persrv click: a USER and a STICKER_ID (an unsigned 64-bit integer) are "
+                        "required\n");
+        return 2;
+    }
+    const char *user = argv[optind];
+    /* an attempt should end with the broker's answer (outcome_unknown after its
+     * click-deadline-ms, 2 s by default), not with our timeout */
+    persrv_t *c = broker_connect("click", broker, timeout_ms ? timeout_ms : 5000);
+    if (!c) return 1;
+    persrv_click_info k;
+    int rc = persrv_click(c, user, (uint64_t)id, query, click_id, &k);
+    if (rc) {
+        fprintf(stderr, "persrv click: %s (%s)\n", persrv_errstr(c), persrv_errname_last(c));
+        persrv_close(c);
+        return rc == PERSRV_EINDOUBT ? 3 : 1;
+    }
+    if (json) {
+        json_t *o = json_pack("{s:s, s:b, s:I, s:i, s:i, s:i}", "click_id", k.click_id, "duplicate",
+                              k.duplicate, "seq", (json_int_t)k.seq, "history", (int)k.history,
+                              "centroids", (int)k.centroids, "attempts", (int)k.attempts);
+        char *sout = json_dumps(o, JSON_COMPACT);
+        if (sout) puts(sout);
+        free(sout);
+        json_decref(o);
+    } else {
+        printf("%s click %s: seq %llu, history %u, %u centroids (%u attempt%s)\n",
+               k.duplicate ? "duplicate" : "stored", k.click_id, (unsigned long long)k.seq,
+               k.history, k.centroids, k.attempts, k.attempts == 1 ? "" : "s");
+    }
+    persrv_close(c);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     ps_log_level = PS_LOG_WARN;
     if (argc >= 2 && strcmp(argv[1], "search") == 0) return cmd_search(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "sticker") == 0) return cmd_sticker(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "health") == 0) return cmd_health(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "click") == 0) return cmd_click(argc - 1, argv + 1);
     if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
         usage(stdout);
         return 0;

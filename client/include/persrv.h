@@ -1,6 +1,6 @@
 /*
- * persrv.h — libpersrv, the C client of a PerSRV cluster (DESIGN §3.1): search, fetch a sticker
- * and check health through the broker's ZeroMQ front door.
+ * persrv.h — libpersrv, the C client of a PerSRV cluster (DESIGN §3.1): search, fetch a sticker,
+ * record a click and check health through the broker's ZeroMQ front door.
  *
  *     persrv_t *c = persrv_connect("tcp://broker:7001", NULL);
  *     if (!c) out of memory;
@@ -18,7 +18,7 @@
  * the next call). A call waits at most timeout_ms for each attempt and makes 1 + retries
  * attempts, so it returns within timeout_ms × (retries + 1) (plus the time to encode and
  * decode). It retries only when an attempt timed out; an answer of the broker — an error
- * included — is final.
+ * included — is final, except that persrv_click also retries PERSRV_EINDOUBT (see there).
  *
  * Wire (Lazy Pirate): one DEALER socket per context, ZMQ_LINGER 0, ZMQ_MAXMSGSIZE max_frame.
  * Each attempt sends one frame (a persrv.Envelope, proto/persrv.proto) with a fresh request_id
@@ -63,7 +63,8 @@ extern "C" {
     X(ECANCELED, -10, "canceled", 0, "request canceled")                                           \
     X(EUNAUTH, -11, "unauthorized", 0, "the broker wants a valid API key")                         \
     X(EFORBIDDEN, -12, "forbidden", 0, "the API key lacks the scope")                              \
-    X(ERATE, -13, "rate_limited", 1, "the API key is over its rate")
+    X(ERATE, -13, "rate_limited", 1, "the API key is over its rate")                               \
+    X(EINDOUBT, -14, "outcome_unknown", 1, "sent, but whether it was stored is unknown")
 
 enum {
     PERSRV_OK = 0,
@@ -76,8 +77,9 @@ enum {
 const char *persrv_strerror(int code);
 /* Stable name of a code ("timed_out"; "ok" for 0, "unknown" outside the table). */
 const char *persrv_errname(int code);
-/* 1 if the same call may succeed when repeated later (PERSRV_ETIMEDOUT, PERSRV_EUNAVAIL),
- * 0 otherwise (bad input, not found, too big, protocol and server errors, canceled). */
+/* 1 if the same call may succeed when repeated later (PERSRV_ETIMEDOUT, PERSRV_EUNAVAIL,
+ * PERSRV_ERATE, PERSRV_EINDOUBT: a click only with the same click id), 0 otherwise (bad input,
+ * not found, too big, protocol and server errors, canceled). */
 int persrv_retriable(int code);
 
 /* ---- context ------------------------------------------------------------------------------ */
@@ -207,6 +209,47 @@ typedef struct persrv_health_info {
 
 /* The broker's health. OUT *out: filled on success. Errors: those of persrv_search. */
 int persrv_health(persrv_t *ctx, persrv_health_info *out);
+
+/* ---- clicks -------------------------------------------------------------------------------- */
+
+#define PERSRV_MAX_CLICK_ID 64 /* bytes of a click id */
+
+typedef struct persrv_click_info {
+    char click_id[PERSRV_MAX_CLICK_ID + 1]; /* the id the click went under */
+    uint64_t seq;       /* the profile primary's sequence number once the click was durable */
+    uint32_t history;   /* clicks in the user's bounded history now */
+    uint32_t centroids; /* the user's style centroids now */
+    int duplicate;      /* 1: the click id had been stored (by an earlier attempt or call): this
+                           call stored nothing */
+    uint32_t attempts;  /* requests sent (1 + the retries this call made) */
+} persrv_click_info;
+
+/* Record that `user` (1..256 bytes of UTF-8) picked sticker_id for `query` (the message it
+ * answered; NULL = ""): the write path of a chat service. The broker fetches the sticker's
+ * embedding, the profile primary appends the click and updates the user's style profile, and
+ * the call returns once that is durable.
+ *
+ * Idempotent: every click goes under a click id — click_id (1..PERSRV_MAX_CLICK_ID printable
+ * ASCII bytes without spaces, e.g. the chat message's id), or when NULL a random one (128 bits,
+ * 32 hex digits) made here. The profile service stores an id once per user (within the user's
+ * last --click-ids clicks, 1000 by default): a click sent again under the same id is answered
+ * out->duplicate = 1 and stores nothing. So this call retries with the same id, up to 1 +
+ * retries requests in all, whenever the outcome is unknown: an attempt timed out, or the broker
+ * answered outcome_unknown (it sent the click to the primary and got no answer within its
+ * click-deadline-ms). Give clicks a timeout above the broker's click-deadline-ms (2000 ms by
+ * default; persrv_set_timeout) so its answer, not the timeout, ends an attempt.
+ *
+ * OUT *out: out->click_id is set as soon as the arguments check out, whatever the outcome;
+ * the rest on success. Errors: PERSRV_EINDOUBT (no attempt got a definite answer: the click
+ * may or may not be stored — call persrv_click again later with out->click_id, never without
+ * it), PERSRV_EINVAL (NULL ctx/user/out, a bad click id, or the broker found the click
+ * invalid: empty user, not UTF-8, control characters; or the click id names a click on
+ * another sticker: persrv_errname_last "conflict"), PERSRV_ENOTFOUND (no such sticker),
+ * PERSRV_ETOOBIG, PERSRV_EUNAVAIL (not sent to the primary: not stored; retriable),
+ * PERSRV_EUNAUTH, PERSRV_EFORBIDDEN (the key lacks the scope click), PERSRV_ERATE,
+ * PERSRV_EPROTO, PERSRV_ESERVER, PERSRV_ENOMEM, PERSRV_ECONNECT. */
+int persrv_click(persrv_t *ctx, const char *user, uint64_t sticker_id, const char *query,
+                 const char *click_id, persrv_click_info *out);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,9 @@
  * a late reply to a timed-out attempt and a reply with a wrong request_id both ignored,
  * malformed and unexpected replies (PERSRV_EPROTO), get_sticker found / not found, health, a
  * malformed endpoint (a context that carries the error) and NULL or invalid arguments.
+ * persrv_click: its reply, a generated click id, a caller's id, retries under the same click id
+ * after outcome_unknown and after timeouts (PERSRV_EINDOUBT when none lands), definite
+ * answers not retried, bad arguments never sent.
  * No timing is asserted: only which answer a call returns.
  */
 #include <setjmp.h>
@@ -30,14 +33,15 @@
 /* ---- the fake front door ---------------------------------------------------------------- */
 
 enum mode {
-    M_OK,        /* answer like a broker: query_reply, sticker_reply, health_reply */
-    M_ERROR,     /* answer every request with Error err_code */
-    M_ERROR_ID0, /* Error err_code with request_id 0 (the broker could not read the id) */
-    M_SILENT,    /* never answer */
-    M_LATE,      /* leave the first request unanswered; answer it late, then the retry */
-    M_WRONG_ID,  /* a reply with another request_id first, then the right one */
-    M_MALFORMED, /* bytes that are not an envelope */
-    M_WRONG_BODY /* a health_reply to anything */
+    M_OK,         /* answer like a broker: query_reply, sticker_reply, health_reply */
+    M_ERROR,      /* answer every request with Error err_code */
+    M_ERROR_ID0,  /* Error err_code with request_id 0 (the broker could not read the id) */
+    M_SILENT,     /* never answer */
+    M_LATE,       /* leave the first request unanswered; answer it late, then the retry */
+    M_WRONG_ID,   /* a reply with another request_id first, then the right one */
+    M_MALFORMED,  /* bytes that are not an envelope */
+    M_WRONG_BODY, /* a health_reply to anything */
+    M_DOUBT_ONCE  /* Error outcome_unknown to the first request, then as M_OK */
 };
 
 #define MAX_SEEN 8
@@ -69,6 +73,9 @@ typedef struct fake {
     char q[64], user[64];
     uint32_t k;
     int explain;
+    char click_ids[MAX_SEEN][72]; /* the click id of each request ("" for other bodies) */
+    char stored[72];              /* the click id the fake "stored" last (M_OK) */
+    uint64_t sticker;
 } fake;
 
 static void send_to(fake *f, int who, const uint8_t *buf, size_t len)
@@ -160,6 +167,21 @@ static void answer_ok(fake *f, int who, const Persrv__Envelope *in)
     ps_err err;
     if (in->body_case == PERSRV__ENVELOPE__BODY_QUERY) {
         send_query_reply(f, who, in->request_id, 7, in->query->explain);
+    } else if (in->body_case == PERSRV__ENVELOPE__BODY_CLICK) {
+        /* a primary's way: a click id stored before is a duplicate */
+        Persrv__ClickReply r = PERSRV__CLICK_REPLY__INIT;
+        Persrv__Envelope e = PERSRV__ENVELOPE__INIT;
+        r.seq = 77;
+        r.history = 3;
+        r.centroids = 2;
+        r.duplicate = !strcmp(f->stored, in->click->click_id);
+        r.click_id = in->click->click_id;
+        snprintf(f->stored, sizeof f->stored, "%s", in->click->click_id);
+        e.version = PS_WIRE_VERSION;
+        e.request_id = in->request_id;
+        e.body_case = PERSRV__ENVELOPE__BODY_CLICK_REPLY;
+        e.click_reply = &r;
+        send_env(f, who, &e);
     } else if (in->body_case == PERSRV__ENVELOPE__BODY_GET_STICKER) {
         uint64_t id = in->get_sticker->id;
         if (id == 7) { /* the broker's way: Error not_found */
@@ -207,6 +229,13 @@ static void serve_one(fake *f)
     if (rc == 0) {
         f->ids[who] = in->request_id;
         f->deadlines[who] = in->deadline_ms;
+        f->click_ids[who][0] = '\0';
+        if (in->body_case == PERSRV__ENVELOPE__BODY_CLICK) {
+            snprintf(f->click_ids[who], sizeof f->click_ids[who], "%s", in->click->click_id);
+            snprintf(f->user, sizeof f->user, "%s", in->click->user);
+            snprintf(f->q, sizeof f->q, "%s", in->click->query);
+            f->sticker = in->click->sticker_id;
+        }
         if (in->body_case == PERSRV__ENVELOPE__BODY_QUERY) {
             snprintf(f->q, sizeof f->q, "%s", in->query->q);
             snprintf(f->user, sizeof f->user, "%s", in->query->user);
@@ -218,6 +247,15 @@ static void serve_one(fake *f)
     switch (rc ? M_ERROR_ID0 : f->mode) {
     case M_OK:
         answer_ok(f, who, in);
+        break;
+    case M_DOUBT_ONCE:
+        if (n == 0) {
+            /* the broker's in-doubt answer, but the click did reach the primary */
+            snprintf(f->stored, sizeof f->stored, "%s", f->click_ids[who]);
+            send_error(f, who, rid, "outcome_unknown");
+        } else {
+            answer_ok(f, who, in);
+        }
         break;
     case M_ERROR:
         send_error(f, who, rid, f->err_code);
@@ -631,6 +669,133 @@ static void test_bad_arguments(void **state)
     fake_stop(f);
 }
 
+/* persrv_click: the reply's numbers; a generated click id (32 hex digits, new per call) that
+ * the broker sees; the caller's id sent as it is and a repeat answered duplicate. */
+static void test_click_round_trip(void **state)
+{
+    (void)state;
+    fake *f = fake_start(M_OK);
+    persrv_t *c = connect_fake(f);
+    persrv_click_info a, b;
+
+    assert_int_equal(persrv_click(c, "u01", 4397462724807453333ull, "好累", NULL, &a), PERSRV_OK);
+    assert_int_equal(strlen(a.click_id), 32);
+    assert_int_equal(strspn(a.click_id, "0123456789abcdef"), 32);
+    assert_true(a.seq == 77 && a.history == 3 && a.centroids == 2);
+    assert_false(a.duplicate);
+    assert_int_equal(a.attempts, 1);
+    pthread_mutex_lock(&f->mu);
+    assert_string_equal(f->click_ids[0], a.click_id);
+    assert_string_equal(f->user, "u01");
+    assert_string_equal(f->q, "好累");
+    assert_true(f->sticker == 4397462724807453333ull);
+    pthread_mutex_unlock(&f->mu);
+
+    assert_int_equal(persrv_click(c, "u01", 1, NULL, NULL, &b), PERSRV_OK);
+    assert_string_not_equal(a.click_id, b.click_id);
+    assert_false(b.duplicate);
+
+    /* the caller's id; the same call again is a duplicate (stored once) */
+    assert_int_equal(persrv_click(c, "u01", 1, "", "msg-42", &a), PERSRV_OK);
+    assert_string_equal(a.click_id, "msg-42");
+    assert_false(a.duplicate);
+    assert_int_equal(persrv_click(c, "u01", 1, "", "msg-42", &a), PERSRV_OK);
+    assert_true(a.duplicate);
+    assert_int_equal(persrv_errcode(c), PERSRV_OK);
+    persrv_close(c);
+    fake_stop(f);
+}
+
+/* The outcome unknown: the broker's outcome_unknown and a timeout are both retried with the
+ * same click id (a fresh request_id each); the retry that lands is a duplicate. When every
+ * attempt ends that way the call returns PERSRV_EINDOUBT with the id to retry with later. */
+static void test_click_retried_in_doubt(void **state)
+{
+    (void)state;
+    persrv_click_info a;
+    fake *f = fake_start(M_DOUBT_ONCE);
+    persrv_t *c = connect_fake(f);
+    assert_int_equal(persrv_click(c, "u01", 9, "q", "msg-7", &a), PERSRV_OK);
+    assert_int_equal(a.attempts, 2);
+    assert_true(a.duplicate); /* the first attempt stored it: the retry stored nothing */
+    assert_int_equal(persrv_errcode(c), PERSRV_OK);
+    assert_string_equal(persrv_errname_last(c), "ok");
+    assert_int_equal(fake_nreq(f), 2);
+    pthread_mutex_lock(&f->mu);
+    assert_string_equal(f->click_ids[0], "msg-7");
+    assert_string_equal(f->click_ids[1], "msg-7");
+    assert_true(f->ids[0] != f->ids[1]);
+    pthread_mutex_unlock(&f->mu);
+
+    /* every answer outcome_unknown: 1 + retries requests, PERSRV_EINDOUBT, the id kept */
+    fake_set(f, M_ERROR, "outcome_unknown");
+    int before = fake_nreq(f);
+    assert_int_equal(persrv_click(c, "u01", 9, "q", NULL, &a), PERSRV_EINDOUBT);
+    assert_int_equal(fake_nreq(f), before + 2);
+    assert_int_equal(a.attempts, 2);
+    assert_int_equal(strlen(a.click_id), 32);
+    assert_true(persrv_retriable(persrv_errcode(c)));
+    assert_string_equal(persrv_errname_last(c), "outcome_unknown");
+    assert_non_null(strstr(persrv_errstr(c), a.click_id));
+    pthread_mutex_lock(&f->mu);
+    assert_string_equal(f->click_ids[before], a.click_id);
+    assert_string_equal(f->click_ids[before + 1], a.click_id);
+    pthread_mutex_unlock(&f->mu);
+
+    /* no answer at all: the same */
+    fake_set(f, M_SILENT, NULL);
+    before = fake_nreq(f);
+    assert_int_equal(persrv_click(c, "u01", 9, "q", "msg-8", &a), PERSRV_EINDOUBT);
+    assert_int_equal(fake_nreq(f), before + 2);
+    assert_string_equal(a.click_id, "msg-8");
+    assert_string_equal(persrv_errname_last(c), "outcome_unknown");
+    pthread_mutex_lock(&f->mu);
+    assert_string_equal(f->click_ids[before + 1], "msg-8");
+    pthread_mutex_unlock(&f->mu);
+
+    /* a definite answer is final: not retried */
+    static const struct {
+        const char *code;
+        int want;
+    } final[] = {{"not_found", PERSRV_ENOTFOUND},
+                 {"unavailable", PERSRV_EUNAVAIL},
+                 {"conflict", PERSRV_EINVAL},
+                 {"forbidden", PERSRV_EFORBIDDEN}};
+    for (size_t i = 0; i < sizeof final / sizeof final[0]; i++) {
+        fake_set(f, M_ERROR, final[i].code);
+        before = fake_nreq(f);
+        assert_int_equal(persrv_click(c, "u01", 9, "q", "msg-9", &a), final[i].want);
+        assert_int_equal(fake_nreq(f), before + 1);
+        assert_int_equal(a.attempts, 1);
+        assert_string_equal(persrv_errname_last(c), final[i].code);
+        assert_string_equal(a.click_id, "msg-9");
+    }
+    persrv_close(c);
+    fake_stop(f);
+}
+
+static void test_click_bad_arguments(void **state)
+{
+    (void)state;
+    fake *f = fake_start(M_OK);
+    persrv_t *c = connect_fake(f);
+    persrv_click_info a;
+    assert_int_equal(persrv_click(NULL, "u", 1, NULL, NULL, &a), PERSRV_EINVAL);
+    assert_int_equal(persrv_click(c, NULL, 1, NULL, NULL, &a), PERSRV_EINVAL);
+    assert_int_equal(persrv_click(c, "u", 1, NULL, NULL, NULL), PERSRV_EINVAL);
+    assert_int_equal(persrv_click(c, "u", 1, NULL, "has space", &a), PERSRV_EINVAL);
+    assert_non_null(strstr(persrv_errstr(c), "click_id"));
+    assert_int_equal(persrv_click(c, "u", 1, NULL, "", &a), PERSRV_EINVAL);
+    char big[PERSRV_MAX_CLICK_ID + 2];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    assert_int_equal(persrv_click(c, "u", 1, NULL, big, &a), PERSRV_ETOOBIG);
+    assert_int_equal(persrv_click(c, "", 1, NULL, "ok", &a), PERSRV_EINVAL); /* encoder */
+    assert_int_equal(fake_nreq(f), 0); /* none of these was sent */
+    persrv_close(c);
+    fake_stop(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -643,6 +808,9 @@ int main(void)
         cmocka_unit_test(test_sticker_and_health),
         cmocka_unit_test(test_bad_endpoint),
         cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_click_round_trip),
+        cmocka_unit_test(test_click_retried_in_doubt),
+        cmocka_unit_test(test_click_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
