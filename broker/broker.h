@@ -210,6 +210,9 @@ void broker_metrics_http(broker_metrics_t *m, int endpoint, int status, double s
 /* One shard call: its duration when answered (ok = 1), its failovers, and a failure. */
 void broker_metrics_shard(broker_metrics_t *m, uint32_t shard, int ok, double seconds,
                           uint32_t failovers);
+/* A click was sent to the profile primary; ... and how it ended (rc 0 or a PS_E* code). */
+void broker_metrics_click_sent(broker_metrics_t *m);
+void broker_metrics_click_done(broker_metrics_t *m, int rc, int duplicate);
 /* The exposition text (malloc'd, caller frees), NULL when out of memory. */
 char *broker_metrics_render(broker_metrics_t *m);
 

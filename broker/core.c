@@ -8,6 +8,10 @@
  * A shard that no replica answered in time makes the answer partial (its failure recorded);
  * when no shard answers the request fails with PS_EUNAVAIL. Input errors are PS_E* codes
  * whose ps_err_http_status is a 4xx.
+ *
+ * A click is checked here, its sticker's embedding fetched from the shard holding it, and then
+ * it leaves through clicks.c under its click id (the client's, or one derived here) without the
+ * lane waiting for the profile primary: the door that took it answers when clicks.c reports.
  */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -368,6 +372,7 @@ static void click_done(void *arg, int rc, const ps_err *err, const Persrv__Click
     /* the next read of the user must come from a node that applied the click (a duplicate's
      * seq is the latest, which covers the first click's) */
     if (rc == 0) broker_profcache_clicked(j->core->profiles, j->user, reply->seq);
+    broker_metrics_click_done(j->core->metrics, rc, rc == 0 && reply->duplicate);
     j->done(j->arg, rc, err, reply, j->click_id);
     free(j);
 }
@@ -444,7 +449,10 @@ int broker_core_click(broker_core_t *c, const broker_click *k, broker_click_fn d
     click.embedding = st->embedding;
     rc = broker_clicks_send(c->clicks, &click, click_done, j, err);
     ps_wire_free(call.reply);
-    if (rc) free(j);
+    if (rc)
+        free(j);
+    else
+        broker_metrics_click_sent(c->metrics);
     return rc;
 }
 

@@ -5,6 +5,11 @@
  *   persrv_shard_request_duration_seconds{shard}       histogram (answered calls)
  *   persrv_shard_failovers_total{shard}                counter
  *   persrv_shard_failures_total{shard}                 counter (calls no replica answered)
+ *   persrv_broker_clicks_in_flight                     gauge (sent to the profile primary,
+ *                                                      not answered yet)
+ *   persrv_broker_clicks_total{outcome}                counter: stored, duplicate, in_doubt
+ *                                                      (no answer in click-deadline-ms),
+ *                                                      refused (the primary's Error)
  * Buckets span 0.5 ms .. 1 s around the latency targets (DESIGN §7). No per-user labels.
  * The front door's requests count under the same names with endpoint="zmq_search",
  * "zmq_sticker", "zmq_health", "zmq_click" (code: the HTTP status the same outcome would have;
@@ -44,11 +49,17 @@ typedef struct shard_stats {
     uint64_t failovers, failures;
 } shard_stats;
 
+enum { CLICK_STORED, CLICK_DUPLICATE, CLICK_IN_DOUBT, CLICK_REFUSED, NCLICK_OUTCOMES };
+static const char *const click_outcomes[NCLICK_OUTCOMES] = {"stored", "duplicate", "in_doubt",
+                                                            "refused"};
+
 struct broker_metrics {
     pthread_mutex_t mu;
     endpoint_stats ep[BROKER_NEP];
     shard_stats *shard;
     uint32_t nshards;
+    uint64_t clicks_in_flight;
+    uint64_t clicks[NCLICK_OUTCOMES];
 };
 
 static const char *const ep_names[BROKER_NEP] = {
@@ -107,6 +118,24 @@ void broker_metrics_shard(broker_metrics_t *m, uint32_t shard, int ok, double se
         observe(&s->latency, seconds);
     else
         s->failures++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void broker_metrics_click_sent(broker_metrics_t *m)
+{
+    pthread_mutex_lock(&m->mu);
+    m->clicks_in_flight++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void broker_metrics_click_done(broker_metrics_t *m, int rc, int duplicate)
+{
+    int o = rc == 0             ? (duplicate ? CLICK_DUPLICATE : CLICK_STORED)
+            : rc == PS_EINDOUBT ? CLICK_IN_DOUBT
+                                : CLICK_REFUSED;
+    pthread_mutex_lock(&m->mu);
+    if (m->clicks_in_flight) m->clicks_in_flight--;
+    m->clicks[o]++;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -188,6 +217,18 @@ char *broker_metrics_render(broker_metrics_t *m)
     for (uint32_t s = 0; s < m->nshards; s++)
         put(&b, "persrv_shard_failures_total{shard=\"%u\"} %llu\n", s,
             (unsigned long long)m->shard[s].failures);
+    put(&b,
+        "# HELP persrv_broker_clicks_in_flight Clicks sent to the profile primary and not "
+        "answered yet.\n"
+        "# TYPE persrv_broker_clicks_in_flight gauge\n"
+        "persrv_broker_clicks_in_flight %llu\n",
+        (unsigned long long)m->clicks_in_flight);
+    put(&b, "# HELP persrv_broker_clicks_total Clicks sent to the profile primary, by outcome "
+            "(in_doubt: no answer in click-deadline-ms; the click may be stored).\n"
+            "# TYPE persrv_broker_clicks_total counter\n");
+    for (int o = 0; o < NCLICK_OUTCOMES; o++)
+        put(&b, "persrv_broker_clicks_total{outcome=\"%s\"} %llu\n", click_outcomes[o],
+            (unsigned long long)m->clicks[o]);
     pthread_mutex_unlock(&m->mu);
     return b.s;
 }
