@@ -412,7 +412,7 @@ struct ps_curve_zap {
     pthread_t tid;
     char comp[32];
     atomic_ullong admitted, refused;
-    time_t last_log;
+    long long last_log; /* second of the last peer_refused line */
     unsigned long long suppressed;
 };
 
@@ -426,12 +426,10 @@ static const allow_entry *allowed(const ps_curve_t *c, const char *z85)
 static void zap_refused(ps_curve_zap_t *z, const char *mech, const char *key, const char *addr)
 {
     unsigned long long n = atomic_fetch_add(&z->refused, 1) + 1;
-    time_t now = time(NULL);
-    if (now == z->last_log) {
+    if (!ps_log_once_per_second(&z->last_log)) {
         z->suppressed++;
         return;
     }
-    z->last_log = now;
     ps_log(PS_LOG_WARN, z->comp, "peer_refused",
            "mechanism=%s key=%.8s address=%s refused_total=%llu suppressed=%llu", mech, key, addr,
            n, z->suppressed);

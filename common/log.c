@@ -45,3 +45,12 @@ void ps__log(int level, const char *comp, const char *event, const char *fmt, ..
     line[n + 1] = '\0';
     fputs(line, stderr);
 }
+
+int ps_log_once_per_second(long long *last)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts); /* the clock of ts= above, not time()'s coarse one */
+    if ((long long)ts.tv_sec == *last) return 0;
+    *last = (long long)ts.tv_sec;
+    return 1;
+}

@@ -21,8 +21,8 @@ struct ps_zserver {
     ps_zserver_cfg cfg;
     char *component, *listen, *backend;
     char endpoint[1024];
-    uint64_t oversized;       /* requests refused for their number of frames */
-    int64_t oversized_logged; /* second of the last such log line */
+    uint64_t oversized;         /* requests refused for their number of frames */
+    long long oversized_logged; /* second of the last such log line */
 };
 
 int ps_zmsg_recv_multi(void *sock, zmq_msg_t *parts, int cap, int *n, int flags)
@@ -179,13 +179,10 @@ static int recv_request(ps_zserver_t *s, zmq_msg_t *parts, int *n)
 static void refuse_oversized(ps_zserver_t *s, zmq_msg_t *parts)
 {
     s->oversized++;
-    int64_t now = (int64_t)time(NULL);
-    if (now != s->oversized_logged) {
+    if (ps_log_once_per_second(&s->oversized_logged))
         ps_log(PS_LOG_WARN, s->cfg.component, "request_refused",
                "reason=\"more than %d frames\" refused_total=%llu", PS_ZMSG_MAX_PARTS,
                (unsigned long long)s->oversized);
-        s->oversized_logged = now;
-    }
     uint8_t *buf = NULL;
     size_t len = 0;
     uint64_t rid = ps_wire_peek_request_id(zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]));

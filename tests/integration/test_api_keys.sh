@@ -81,7 +81,7 @@ expect() {
 state() { "$PC" checksum "${EP[pp]}"; } # checksum keys seq
 stored() { "$PC" clicks "${EP[pp]}" u-keys | grep -c . || true; } # u-keys' click log
 
-Q=$(cut -f2 "$T/data/clicks.tsv" | sed '/^[[:space:]]*$/d' | head -n 1)
+Q=$(awk -F'\t' '$2 ~ /[^[:space:]]/ {print $2; exit}' "$T/data/clicks.tsv")
 QS="/v1/search?q=$(jq -rn --arg q "$Q" '$q | @uri')&k=5"
 req GET "$QS" "$K_SEARCH"
 expect 200 "" "search with the search key"

@@ -129,8 +129,9 @@ done
 echo "  allowed client: every message answered ($out)"
 
 # ---- 3. the cluster serves with the keys -----------------------------------------------------
-USER_ID=$(cut -f1 "$T/data/clicks.tsv" | head -n 1)
-Q=$(cut -f2 "$T/data/clicks.tsv" | head -n 1)
+# (awk reading the file: `cut | head` can fail on SIGPIPE under pipefail)
+USER_ID=$(awk -F'\t' 'NR == 1 {print $1; exit}' "$T/data/clicks.tsv")
+Q=$(awk -F'\t' 'NR == 1 {print $2; exit}' "$T/data/clicks.tsv")
 code=$(curl -s -o "$T/search.json" -w '%{http_code}' -G "$URL/v1/search" \
   --data-urlencode "q=$Q" --data-urlencode "user=$USER_ID" --data-urlencode k=5)
 [ "$code" = 200 ] || fail "search over CURVE: HTTP $code $(cat "$T/search.json")"

@@ -19,6 +19,11 @@ int ps_log_parse_level(const char *s);
         if ((level) >= ps_log_level) ps__log((level), (comp), (event), __VA_ARGS__);               \
     } while (0)
 
+/* For a line a peer can cause at will (a refused handshake, an oversized request): 1 when it
+ * may be written now — the first in this second of the log's own clock (its ts=), *last the
+ * second of the previous one — else 0. Not thread safe: one *last per thread. */
+int ps_log_once_per_second(long long *last);
+
 void ps__log(int level, const char *comp, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
