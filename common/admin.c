@@ -28,15 +28,19 @@
 #include <unistd.h>
 
 #include "ps/admin.h"
+#include "ps/config.h"
+#include "ps/httpguard.h"
 #include "ps/log.h"
 
-#define ADMIN_MAX_TOKEN 256
+#define ADMIN_MAX_TOKEN   256
+#define ADMIN_MAX_HEADERS 65536 /* request line and headers of one request */
 
 struct ps_admin {
     ps_admin_cfg cfg;
     char *token;
     struct event_base *base;
     struct evhttp *http;
+    ps_httpguard_t *guard; /* connection cap, request deadline, accept back-off */
     struct event *stop_ev;
     int stop_pipe[2];
     pthread_t thread;
@@ -371,16 +375,28 @@ ps_admin_t *ps_admin_start(const ps_admin_cfg *cfg, ps_err *err)
     if (!(a->base = event_base_new()) || !(a->http = evhttp_new(a->base))) goto oom;
     if (!(a->stop_ev = event_new(a->base, a->stop_pipe[0], EV_READ, on_stop, a))) goto oom;
     event_add(a->stop_ev, NULL);
+    /* every method reaches on_request, so that one a route does not take gets a JSON 405 */
     evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
-                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE);
+                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                            EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
+                                            EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
     if (cfg->max_body) evhttp_set_max_body_size(a->http, (ev_ssize_t)cfg->max_body);
+    evhttp_set_max_headers_size(a->http, ADMIN_MAX_HEADERS);
     evhttp_set_timeout(a->http, 120);
     evhttp_set_gencb(a->http, on_request, a);
+    ps_httpguard_cfg gc = {.door = "admin",
+                           .comp = a->cfg.comp,
+                           .max_connections = cfg->limits.max_connections,
+                           .request_timeout_ms = cfg->limits.request_timeout_ms,
+                           .max_headers = ADMIN_MAX_HEADERS,
+                           .max_body = cfg->max_body};
+    if (!(a->guard = ps_httpguard_new(a->base, a->http, &gc, err))) goto fail;
     struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(a->http, host, port);
     if (!bs) {
         ps_err_set(err, PS_EIO, "admin: cannot bind %s: %s", cfg->listen, strerror(errno));
         goto fail;
     }
+    if (ps_httpguard_listen(a->guard, bs, err)) goto fail;
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     evutil_socket_t fd = evhttp_bound_socket_get_fd(bs);
@@ -401,8 +417,9 @@ ps_admin_t *ps_admin_start(const ps_admin_cfg *cfg, ps_err *err)
         goto fail;
     }
     a->started = 1;
-    ps_log(PS_LOG_INFO, a->cfg.comp, "admin_listening", "address=%s token=%s", a->address,
-           a->token ? "set" : "none");
+    ps_log(PS_LOG_INFO, a->cfg.comp, "admin_listening",
+           "address=%s token=%s max_connections=%u request_timeout_ms=%u", a->address,
+           a->token ? "set" : "none", cfg->limits.max_connections, cfg->limits.request_timeout_ms);
     return a;
 oom:
     ps_err_set(err, PS_ENOMEM, "out of memory for the admin port");
@@ -425,7 +442,8 @@ void ps_admin_stop(ps_admin_t *a)
         pthread_join(a->thread, NULL);
     }
     if (a->stop_ev) event_free(a->stop_ev);
-    if (a->http) evhttp_free(a->http);
+    if (a->http) evhttp_free(a->http); /* closes the connections (the guard forgets them) */
+    ps_httpguard_free(a->guard);
     if (a->base) event_base_free(a->base);
     if (a->stop_pipe[0] >= 0) close(a->stop_pipe[0]);
     if (a->stop_pipe[1] >= 0) close(a->stop_pipe[1]);
@@ -434,6 +452,13 @@ void ps_admin_stop(ps_admin_t *a)
         free(a->token);
     }
     free(a);
+}
+
+ps_admin_limits ps_admin_limits_of(const ps_cfg_t *c)
+{
+    ps_admin_limits l = {(uint32_t)ps_cfg_uint(c, "admin-max-connections"),
+                         (uint32_t)ps_cfg_uint(c, "admin-request-timeout-ms")};
+    return l;
 }
 
 /* ---- metrics ------------------------------------------------------------------------------- */

@@ -38,10 +38,18 @@ typedef struct ps_admin_route {
     void *arg;
 } ps_admin_route;
 
+/* The admin port's connection limits (ps/httpguard.h), from the admin-max-connections and
+ * admin-request-timeout-ms settings (ps_admin_limits_of). */
+typedef struct ps_admin_limits {
+    uint32_t max_connections;    /* open connections; over it: 503 and closed; 0: no cap */
+    uint32_t request_timeout_ms; /* a request's first to last byte; over it: 408; 0: none */
+} ps_admin_limits;
+
 typedef struct ps_admin_cfg {
     const char *listen;           /* "host:port"; port 0 picks one (ps_admin_address tells) */
     const char *token;            /* the bearer token; NULL or "": admin routes answer 403 */
-    size_t max_body;              /* bytes of one request body (larger: 413, from libevent) */
+    size_t max_body;              /* bytes of one request body (larger: 413) */
+    ps_admin_limits limits;       /* zero: no cap, no deadline */
     const char *comp;             /* log component ("shard", "broker", "profile") */
     const ps_admin_route *routes; /* borrowed; must outlive the server */
     size_t nroutes;
@@ -98,9 +106,9 @@ const void *ps_admin_body(struct evhttp_request *req, size_t *len);
 
 /* ---- configuration ------------------------------------------------------------------------ */
 
-/* The three entries every daemon's config table (ps/config.h) has for its admin port:
- * admin (HOST:PORT), admin-token, admin-token-file. `ops` names the daemon's admin operations
- * in the help text. */
+/* The entries every daemon's config table (ps/config.h) has for its admin port: admin
+ * (HOST:PORT), admin-token, admin-token-file, admin-max-connections, admin-request-timeout-ms.
+ * `ops` names the daemon's admin operations in the help text. */
 #define PS_ADMIN_CFG_OPTS(ops)                                                                     \
     {"admin",                                                                                      \
      PS_CFG_STRING,                                                                                \
@@ -118,12 +126,32 @@ const void *ps_admin_body(struct evhttp_request *req, size_t *len);
          0,                                                                                        \
          0,                                                                                        \
          0},                                                                                       \
+        {"admin-token-file",                                                                       \
+         PS_CFG_STRING,                                                                            \
+         NULL,                                                                                     \
+         "read the admin token from the first line of this file (admin-token wins when both "      \
+         "are set)",                                                                               \
+         0,                                                                                        \
+         0,                                                                                        \
+         0},                                                                                       \
+        {"admin-max-connections",                                                                  \
+         PS_CFG_UINT,                                                                              \
+         "64",                                                                                     \
+         "connections the admin port holds at once; more are answered 503 and closed (0: no "      \
+         "cap)",                                                                                   \
+         0,                                                                                        \
+         0,                                                                                        \
+         1000000},                                                                                 \
     {                                                                                              \
-        "admin-token-file", PS_CFG_STRING, NULL,                                                   \
-            "read the admin token from the first line of this file (admin-token wins when both "   \
-            "are set)",                                                                            \
-            0, 0, 0                                                                                \
+        "admin-request-timeout-ms", PS_CFG_UINT, "60000",                                          \
+            "time an admin request gets from its first byte to its last, body included (a "        \
+            "snapshot chunk upload); over it: 408 and closed (0: no limit)",                       \
+            0, 0, 3600000                                                                          \
     }
+
+/* The admin port's limits from the settings of PS_ADMIN_CFG_OPTS. */
+struct ps_cfg;
+ps_admin_limits ps_admin_limits_of(const struct ps_cfg *c);
 
 /* ---- the token ---------------------------------------------------------------------------- */
 
