@@ -213,6 +213,7 @@ ps_admin_t *broker_admin_start(const broker_admin_cfg *cfg, ps_err *err)
                        .auth = cfg->keys ? admin_key : NULL,
                        .auth_arg = cfg->keys,
                        .max_body = 65536,
+                       .limits = cfg->limits,
                        .comp = "broker",
                        .routes = routes,
                        .nroutes = sizeof routes / sizeof routes[0]};

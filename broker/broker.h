@@ -144,6 +144,7 @@ typedef struct broker_metrics broker_metrics_t;
 
 typedef struct broker_admin_cfg {
     const char *listen, *token;
+    ps_admin_limits limits;
     const char *topology; /* the shards, to check a switch against */
     uint32_t deadline_ms;
     size_t max_frame;
@@ -413,9 +414,11 @@ typedef struct broker_lane_cfg {
     int http_fd; /* listening socket to accept on (the lane dups it), -1: none */
     size_t max_body, max_headers;
     int http_timeout_s;
-    void *zctx;          /* for the front door's inproc socket (NULL: no front door) */
-    const char *backend; /* inproc endpoint of the front door */
-    int stop_fd;         /* readable: stop (main writes it once the front door drained) */
+    uint32_t max_connections;    /* the HTTP door's, all lanes together (0: no cap) */
+    uint32_t request_timeout_ms; /* an HTTP request's first to last byte (0: no limit) */
+    void *zctx;                  /* for the front door's inproc socket (NULL: no front door) */
+    const char *backend;         /* inproc endpoint of the front door */
+    int stop_fd;                 /* readable: stop (main writes it once the front door drained) */
     uint32_t drain_ms;
     broker_metrics_t *metrics;
     broker_keys_t *keys;         /* API keys of the HTTP door, shared; NULL: open */

@@ -5,7 +5,9 @@
  *     dup of the same socket; whichever lane is idle accepts the next connection, and the
  *     connection stays with that lane). A lane takes one connection per turn of its loop (its
  *     listener pauses after each accept), so a burst of connections spreads over the idle
- *     lanes instead of landing on the first to wake,
+ *     lanes instead of landing on the first to wake. The lane's HTTP guard (ps/httpguard.h)
+ *     does that pausing, holds the door's max-connections (one count for all lanes), cuts
+ *     requests slower than request-timeout-ms and backs off failed accept() calls,
  *   - front-door requests on a DEALER connected to the ZeroMQ server's inproc back socket
  *     (the server spreads them round robin), read through ZMQ_FD,
  *   - on one lane (cfg->probe), the health probes of every replica on a timer: which replicas
@@ -31,6 +33,7 @@
 #include <unistd.h>
 
 #include "broker.h"
+#include "ps/httpguard.h"
 #include "ps/log.h"
 #include "ps/zserver.h"
 
@@ -40,6 +43,7 @@ struct broker_lane {
     struct event_base *base;
     struct evhttp *http;
     struct evhttp_bound_socket *listener;
+    ps_httpguard_t *guard;
     broker_pool_t *pool;
     broker_pool_t *prof_replicas, *prof_primary; /* the profile service, or NULL */
     broker_clicks_t *clicks;                     /* clicks to the primary, or NULL */
@@ -47,7 +51,7 @@ struct broker_lane {
     broker_core_t *core;
     broker_http_t *handlers;
     void *zsock;
-    struct event *zev, *health_ev, *stop_ev, *resume_ev;
+    struct event *zev, *health_ev, *stop_ev;
     int ready;
 };
 
@@ -112,27 +116,6 @@ static void serve_front(broker_lane_t *l)
     }
 }
 
-/* A new connection (evhttp's bufferevent hook): pause accepting until the next loop turn. */
-static struct bufferevent *on_accept(struct event_base *base, void *arg)
-{
-    (void)base;
-    broker_lane_t *l = arg;
-    if (l->listener) {
-        evconnlistener_disable(evhttp_bound_socket_get_listener(l->listener));
-        struct timeval now = {0, 0};
-        event_add(l->resume_ev, &now);
-    }
-    return NULL; /* evhttp makes its usual bufferevent */
-}
-
-static void on_resume(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    broker_lane_t *l = arg;
-    if (l->listener) evconnlistener_enable(evhttp_bound_socket_get_listener(l->listener));
-}
-
 static void on_front(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -160,9 +143,11 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     broker_lane_t *l = arg;
-    if (l->listener) evhttp_del_accept_socket(l->http, l->listener);
+    if (l->listener) {
+        ps_httpguard_unlisten(l->guard, l->listener);
+        evhttp_del_accept_socket(l->http, l->listener);
+    }
     l->listener = NULL;
-    event_del(l->resume_ev);
     event_del(l->stop_ev);
     event_del(l->health_ev);
     if (l->zev) event_del(l->zev);
@@ -187,8 +172,8 @@ static void lane_free(broker_lane_t *l)
     if (l->zev) event_free(l->zev);
     if (l->health_ev) event_free(l->health_ev);
     if (l->stop_ev) event_free(l->stop_ev);
-    if (l->resume_ev) event_free(l->resume_ev);
     if (l->http) evhttp_free(l->http); /* closes the listener's dup and the connections */
+    ps_httpguard_free(l->guard);
     broker_http_free(l->handlers);
     if (l->base) event_base_free(l->base);
     if (l->zsock) zmq_close(l->zsock);
@@ -249,11 +234,13 @@ broker_lane_t *broker_lane_start(const broker_lane_cfg *cfg, ps_err *err)
     if (!(l->handlers =
               broker_http_new(l->http, l->core, cfg->metrics, cfg->lim.max_k, cfg->keys, err)))
         goto fail;
-    if (!(l->resume_ev = event_new(l->base, -1, 0, on_resume, l))) {
-        ps_err_set(err, PS_ENOMEM, "out of memory for a lane");
-        goto fail;
-    }
-    evhttp_set_bevcb(l->http, on_accept, l);
+    ps_httpguard_cfg gc = {.door = "http",
+                           .comp = "broker",
+                           .max_connections = cfg->max_connections,
+                           .request_timeout_ms = cfg->request_timeout_ms,
+                           .max_headers = cfg->max_headers,
+                           .max_body = cfg->max_body};
+    if (!(l->guard = ps_httpguard_new(l->base, l->http, &gc, err))) goto fail;
     if (cfg->http_fd >= 0) {
         int fd = dup(cfg->http_fd);
         if (fd < 0 || !(l->listener = evhttp_accept_socket_with_handle(l->http, fd))) {
@@ -262,6 +249,7 @@ broker_lane_t *broker_lane_start(const broker_lane_cfg *cfg, ps_err *err)
                        strerror(errno));
             goto fail;
         }
+        if (ps_httpguard_listen(l->guard, l->listener, err)) goto fail;
     }
     if (cfg->zctx) {
         int zero = 0, zfd;

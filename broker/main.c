@@ -32,6 +32,7 @@
 
 #include "broker.h"
 #include "ps/config.h"
+#include "ps/httpguard.h"
 #include "ps/log.h"
 #include "ps/wire.h"
 #include "ps/zserver.h"
@@ -99,6 +100,15 @@ static const ps_cfg_opt broker_opts[] = {
      10, 3600000},
     {"http-timeout-s", PS_CFG_UINT, "30", "idle time after which an HTTP connection is closed", 0,
      1, 3600},
+    {"max-connections", PS_CFG_UINT, "1024",
+     "HTTP connections held at once, all lanes together; more are answered 503 and closed (0: "
+     "no cap, not for production)",
+     0, 0, 1000000},
+    {"request-timeout-ms", PS_CFG_UINT, "10000",
+     "time an HTTP request gets from its first byte to its last, headers and body together; "
+     "over it: 408 and the connection closed (0: no limit; http-timeout-s is only an idle "
+     "timeout, which a request trickled a byte at a time never hits)",
+     0, 0, 3600000},
     {"drain-ms", PS_CFG_UINT, "200", "on shutdown, time replies still being written get (ms)", 0, 0,
      60000},
     {"api-keys", PS_CFG_STRING, NULL,
@@ -298,6 +308,15 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    /* one fd per HTTP connection of either door, and the daemon's own (PS_FD_RESERVE) */
+    uint64_t max_conn = ps_cfg_uint(cfg, "max-connections");
+    ps_admin_limits admin_limits = ps_admin_limits_of(cfg);
+    if (ps_fd_limit_raise(max_conn && admin_limits.max_connections
+                              ? max_conn + admin_limits.max_connections + PS_FD_RESERVE
+                              : 0,
+                          "broker", NULL, &err))
+        ps_log(PS_LOG_WARN, "broker", "fd_limit_unknown", "msg=\"%s\"", err.msg);
+
     const char *pid_file = ps_cfg_str(cfg, "pid-file");
     rd.file = ps_cfg_str(cfg, "ready-file");
     if (rd.file) unlink(rd.file);
@@ -354,6 +373,7 @@ int main(int argc, char **argv)
                "(development only)\"");
     broker_admin_cfg ac = {.listen = ps_cfg_str(cfg, "admin"),
                            .token = token,
+                           .limits = admin_limits,
                            .topology = ps_cfg_str(cfg, "shards"),
                            .deadline_ms = (uint32_t)ps_cfg_uint(cfg, "deadline-ms") * 10,
                            .max_frame = max_frame,
@@ -398,6 +418,8 @@ int main(int argc, char **argv)
                           .max_body = (size_t)ps_cfg_uint(cfg, "max-body"),
                           .max_headers = (size_t)ps_cfg_uint(cfg, "max-headers"),
                           .http_timeout_s = (int)ps_cfg_uint(cfg, "http-timeout-s"),
+                          .max_connections = (uint32_t)max_conn,
+                          .request_timeout_ms = (uint32_t)ps_cfg_uint(cfg, "request-timeout-ms"),
                           .zctx = zctx,
                           .backend = BROKER_BACKEND,
                           .stop_fd = lane_pipe[0],

@@ -10,6 +10,7 @@
  *   persrv_broker_clicks_total{outcome}                counter: stored, duplicate, in_doubt
  *                                                      (no answer in click-deadline-ms),
  *                                                      refused (the primary's Error)
+ *   persrv_http_connections*{door}, ...               the HTTP doors' connections (httpguard.h)
  * Buckets span 0.5 ms .. 1 s around the latency targets (DESIGN §7). No per-user labels.
  * The front door's requests count under the same names with endpoint="zmq_search",
  * "zmq_sticker", "zmq_health", "zmq_click" (code: the HTTP status the same outcome would have;
@@ -25,6 +26,7 @@
 #include <string.h>
 
 #include "broker.h"
+#include "ps/httpguard.h"
 
 #define NBUCKETS 12
 static const double bucket_le[NBUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -230,5 +232,10 @@ char *broker_metrics_render(broker_metrics_t *m)
         put(&b, "persrv_broker_clicks_total{outcome=\"%s\"} %llu\n", click_outcomes[o],
             (unsigned long long)m->clicks[o]);
     pthread_mutex_unlock(&m->mu);
+    /* the HTTP doors' connection counters (ps/httpguard.h); b.s is malloc'd, len its bytes */
+    if (b.s && ps_httpguard_render_metrics(&b.s, &b.len)) {
+        free(b.s);
+        return NULL;
+    }
     return b.s;
 }
