@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "ps/admin.h"
+#include "ps/httpguard.h"
 #include "ps/log.h"
 #include "ps/wire.h"
 #include "profile.h"
@@ -136,6 +137,7 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     rc = rc ? rc
             : ps_hist_render(&s->click_seconds, "persrv_profile_click_duration_seconds",
                              "Time to record a click, its synced write included.", &buf, &len);
+    rc = rc ? rc : ps_httpguard_render_metrics(&buf, &len); /* the admin port's connections */
     if (rc)
         ps_admin_reply_error(req, PS_ENOMEM, "out of memory rendering the metrics");
     else
@@ -348,7 +350,7 @@ static void on_load_profiles(struct evhttp_request *req, void *arg)
  */
 
 profsvc_admin_t *profsvc_admin_start(profsvc_ctx *ctx, const char *listen, const char *token,
-                                     size_t max_body, ps_err *err)
+                                     size_t max_body, ps_admin_limits limits, ps_err *err)
 {
     profsvc_admin_t *a = calloc(1, sizeof *a);
     if (!a) {
@@ -363,6 +365,7 @@ profsvc_admin_t *profsvc_admin_start(profsvc_ctx *ctx, const char *listen, const
     ps_admin_cfg cfg = {.listen = listen,
                         .token = token,
                         .max_body = max_body,
+                        .limits = limits,
                         .comp = "profile",
                         .routes = a->routes,
                         .nroutes = sizeof a->routes / sizeof a->routes[0]};

@@ -18,6 +18,7 @@
 #include "ps/admin.h"
 #include "ps/config.h"
 #include "ps/curve.h"
+#include "ps/httpguard.h"
 #include "ps/log.h"
 #include "ps/wire.h"
 #include "profile.h"
@@ -130,6 +131,14 @@ int main(int argc, char **argv)
     }
     ps_curve_log_mode(curve, "profile", ps_cfg_str(cfg, "listen"));
     status = 1;
+    /* one fd per admin connection, and the daemon's own (PS_FD_RESERVE) */
+    ps_admin_limits admin_limits = ps_admin_limits_of(cfg);
+    ps_err fd_err = {0, ""};
+    if (ps_fd_limit_raise(
+            admin_limits.max_connections ? admin_limits.max_connections + PS_FD_RESERVE : 0,
+            "profile", NULL, &fd_err))
+        ps_log(PS_LOG_WARN, "profile", "fd_limit_unknown", "msg=\"%s\"", fd_err.msg);
+
     const char *pid_file = ps_cfg_str(cfg, "pid-file");
     const char *ready_file = ps_cfg_str(cfg, "ready-file");
     if (ready_file) unlink(ready_file);
@@ -177,7 +186,8 @@ int main(int argc, char **argv)
     if (ps_admin_token_load(ps_cfg_str(cfg, "admin-token"), ps_cfg_str(cfg, "admin-token-file"),
                             &token, &err) ||
         !(admin = profsvc_admin_start(&ctx, ps_cfg_str(cfg, "admin"), token,
-                                      (size_t)ps_cfg_uint(cfg, "admin-max-body"), &err))) {
+                                      (size_t)ps_cfg_uint(cfg, "admin-max-body"), admin_limits,
+                                      &err))) {
         ps_log(PS_LOG_ERROR, "profile", "start_failed", "code=%s msg=\"%s\"", ps_errname(err.code),
                err.msg);
         goto out;

@@ -232,10 +232,11 @@ int profsvc_load_apply(profsvc_ctx *ctx, const profsvc_load *ld, uint64_t reques
 typedef struct profsvc_admin profsvc_admin_t;
 
 /* Serve GET /healthz, GET /metrics, POST /admin/checkpoint?dir= and POST /admin/load-profiles
- * for ctx on `listen` (token NULL: admin routes answer 403; max_body caps a request body).
- * ctx must outlive profsvc_admin_stop. Errors as ps_admin_start. Caller owns the result. */
+ * for ctx on `listen` (token NULL: admin routes answer 403; max_body caps a request body; limits:
+ * connections and request time). ctx must outlive profsvc_admin_stop. Errors as ps_admin_start.
+ * Caller owns the result. */
 profsvc_admin_t *profsvc_admin_start(profsvc_ctx *ctx, const char *listen, const char *token,
-                                     size_t max_body, ps_err *err);
+                                     size_t max_body, ps_admin_limits limits, ps_err *err);
 /* The bound "host:port" (borrowed, valid until profsvc_admin_stop). */
 const char *profsvc_admin_address(const profsvc_admin_t *a);
 void profsvc_admin_stop(profsvc_admin_t *a);

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ps/httpguard.h"
 #include "shard.h"
 
 static shard_versions_t *vs_of(void *arg)
@@ -94,6 +95,7 @@ static void h_metrics(struct evhttp_request *req, void *arg)
     if (!rc)
         rc = ps_hist_render(&m->latency, "persrv_shard_search_seconds",
                             "Time to answer a search request.", &b, &len);
+    if (!rc) rc = ps_httpguard_render_metrics(&b, &len); /* the admin port's connections */
     if (rc) {
         free(b);
         ps_admin_reply_error(req, PS_ENOMEM, "out of memory rendering metrics");
@@ -214,7 +216,7 @@ static void h_retire(struct evhttp_request *req, void *arg)
 #define SHARD_ADMIN_MAX_BODY ((size_t)(8u << 20) + 65536)
 
 ps_admin_t *shard_admin_start(const shard_ctx *ctx, const char *listen, const char *token,
-                              ps_err *err)
+                              ps_admin_limits limits, ps_err *err)
 {
     static ps_admin_route routes[8];
     void *a = (void *)ctx;
@@ -233,6 +235,7 @@ ps_admin_t *shard_admin_start(const shard_ctx *ctx, const char *listen, const ch
     ps_admin_cfg cfg = {.listen = listen,
                         .token = token,
                         .max_body = SHARD_ADMIN_MAX_BODY,
+                        .limits = limits,
                         .comp = "shard",
                         .routes = routes,
                         .nroutes = sizeof routes / sizeof routes[0],

@@ -15,6 +15,7 @@
 
 #include "ps/config.h"
 #include "ps/curve.h"
+#include "ps/httpguard.h"
 #include "ps/log.h"
 #include "ps/wire.h"
 #include "shard.h"
@@ -79,6 +80,14 @@ int main(int argc, char **argv)
     if (!cfg) return status;
     status = 1;
 
+    /* one fd per admin connection, and the daemon's own (PS_FD_RESERVE) */
+    ps_admin_limits admin_limits = ps_admin_limits_of(cfg);
+    ps_err fd_err = {0, ""};
+    if (ps_fd_limit_raise(
+            admin_limits.max_connections ? admin_limits.max_connections + PS_FD_RESERVE : 0,
+            "shard", NULL, &fd_err))
+        ps_log(PS_LOG_WARN, "shard", "fd_limit_unknown", "msg=\"%s\"", fd_err.msg);
+
     const char *pid_file = ps_cfg_str(cfg, "pid-file");
     const char *ready_file = ps_cfg_str(cfg, "ready-file");
     if (ready_file) unlink(ready_file);
@@ -136,7 +145,7 @@ int main(int argc, char **argv)
                      .nshards = vc.nshards,
                      .max_frame = (size_t)ps_cfg_uint(cfg, "max-frame"),
                      .metrics = &metrics};
-    if (!(admin = shard_admin_start(&ctx, ps_cfg_str(cfg, "admin"), token, &err))) {
+    if (!(admin = shard_admin_start(&ctx, ps_cfg_str(cfg, "admin"), token, admin_limits, &err))) {
         ps_log(PS_LOG_ERROR, "shard", "start_failed", "code=%s msg=\"%s\"", ps_errname(err.code),
                err.msg);
         goto out;

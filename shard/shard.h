@@ -160,8 +160,9 @@ int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, 
 
 /* Start the admin port (ps/admin.h) with the shard's routes: /healthz, /metrics, and
  * /admin/stage, /admin/stage/V/FILE, /admin/prepare, /admin/abort, /admin/activate,
- * /admin/retire. ctx must outlive it. */
+ * /admin/retire, with the admin-max-connections and admin-request-timeout-ms limits. ctx must
+ * outlive it. */
 ps_admin_t *shard_admin_start(const shard_ctx *ctx, const char *listen, const char *token,
-                              ps_err *err);
+                              ps_admin_limits limits, ps_err *err);
 
 #endif
