@@ -807,9 +807,9 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
                                   "(request-timeout-ms)",
                                   g->cfg.request_timeout_ms);
         cut++;
+        atomic_fetch_add(&g->d->timeouts, 1); /* counted before the peer can see the 408 */
         conn_answer_close(c, resp, n);
     }
-    atomic_fetch_add(&g->d->timeouts, cut);
     log_cut(g, 1, cut);
     log_cut(g, 0, 0);
     log_accept_failures(g, 0, g->last_accept_errno);
