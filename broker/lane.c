@@ -25,7 +25,6 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <event2/http.h>
-#include <event2/listener.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>

@@ -30,8 +30,8 @@
  * Counters are per door ("http", "admin"), shared by every guard of the door (the broker's
  * lanes each run one) and process-wide; ps_httpguard_render_metrics writes them all.
  *
- * Threads: a guard belongs to the thread running its event loop; make it, attach listeners
- * and free it while that loop is not running. The door counters are atomics.
+ * Threads: a guard belongs to its event loop: call it from the thread running that loop, or
+ * while the loop is not running. The door counters are atomics, readable from any thread.
  */
 #ifndef PS_HTTPGUARD_H
 #define PS_HTTPGUARD_H
