@@ -10,6 +10,8 @@
 #   fail MESSAGE             print MESSAGE and the tail of every log in $T, exit 1
 #   start_shard NAME FLAGS…  a shard on a free port (retried), pid/ready files in $T; sets
 #                            PID[NAME] and EP[NAME]
+#   start_profile NAME FLAGS…  a profile daemon ($PD) on a port ZeroMQ picks, pid/ready files in
+#                            $T; sets PID[NAME] and EP[NAME]
 #   start_broker NAME TOPOLOGY FLAGS…  a broker on a free HTTP port with its ZeroMQ front door
 #                            on a free port; sets PID[NAME], URL (HTTP), ZEP (ZeroMQ endpoint)
 #   stop NAME                SIGTERM; exit status 0, pid/ready files gone, clean exit logged
@@ -63,6 +65,23 @@ start_shard() {
     grep -q "Address already in use" "$T/$name.log" || fail "$name did not start"
   done
   fail "$name: no free port in 5 attempts"
+}
+
+start_profile() {
+  local name=$1
+  shift
+  rm -f "$T/$name.ready"
+  "$PD" --listen 'tcp://127.0.0.1:*' --ready-file "$T/$name.ready" --pid-file "$T/$name.pid" \
+    "$@" 2>>"$T/$name.log" &
+  PID[$name]=$!
+  for _ in $(seq 1 600); do
+    [ -e "$T/$name.ready" ] && break
+    kill -0 "${PID[$name]}" 2>/dev/null || fail "$name exited before it was ready"
+    sleep 0.05
+  done
+  [ -e "$T/$name.ready" ] || fail "$name not ready after 30 s"
+  [ "$(cat "$T/$name.pid")" = "${PID[$name]}" ] || fail "$name: pid file does not hold ${PID[$name]}"
+  EP[$name]=$(sed -n 1p "$T/$name.ready")
 }
 
 start_broker() {

@@ -39,13 +39,7 @@ $B build --corpus "$T/data/corpus.jsonl" --embeddings "$T/data/embeddings.npy" \
   --clicks "$T/data/clicks.tsv" --out "$T/cluster" --shards 1 >"$T/build.out" 2>&1 \
   || fail "build: $(cat "$T/build.out")"
 
-rm -f "$T/pp.ready"
-"$PD" --listen 'tcp://127.0.0.1:*' --ready-file "$T/pp.ready" --pid-file "$T/pp.pid" \
-  --db "$T/pp" --role primary 2>>"$T/pp.log" &
-PID[pp]=$!
-for _ in $(seq 1 600); do [ -e "$T/pp.ready" ] && break; sleep 0.05; done
-[ -e "$T/pp.ready" ] || fail "the profile primary did not start"
-EP[pp]=$(sed -n 1p "$T/pp.ready")
+start_profile pp --db "$T/pp" --role primary
 start_shard s0 --workers 1 --index "$T/cluster/shard-000" --shard 0 --shards 1
 
 K_SEARCH=sk-search-7f3a9c21d4e8b605

@@ -39,22 +39,6 @@ $B build "${BARGS[@]}" --out "$T/single" >"$T/build.out" 2>&1 || fail "build: $(
 $B build "${BARGS[@]}" --out "$T/cluster" --shards 2 >"$T/build.out" 2>&1 \
   || fail "build: $(cat "$T/build.out")"
 
-# start_profile NAME FLAGS...: a profile daemon on a port ZeroMQ picks; sets PID, EP.
-start_profile() {
-  local name=$1
-  shift
-  rm -f "$T/$name.ready"
-  "$PD" --listen 'tcp://127.0.0.1:*' --ready-file "$T/$name.ready" --pid-file "$T/$name.pid" \
-    "$@" 2>>"$T/$name.log" &
-  PID[$name]=$!
-  for _ in $(seq 1 600); do
-    [ -e "$T/$name.ready" ] && break
-    kill -0 "${PID[$name]}" 2>/dev/null || fail "$name exited before it was ready"
-    sleep 0.05
-  done
-  [ -e "$T/$name.ready" ] || fail "$name not ready after 30 s"
-  EP[$name]=$(sed -n 1p "$T/$name.ready")
-}
 start_profile pp --db "$T/pp" --role primary
 start_profile r1 --db "$T/r1" --role replica --primary "${EP[pp]}"
 start_profile r2 --db "$T/r2" --role replica --primary "${EP[pp]}"

@@ -44,22 +44,6 @@ $B build --corpus "$T/data/corpus.jsonl" --embeddings "$T/data/embeddings.npy" \
   --clicks "$T/data/clicks.tsv" --out "$T/cluster" --shards 1 >"$T/build.out" 2>&1 \
   || fail "build: $(cat "$T/build.out")"
 
-# start_profile NAME FLAGS...: a profile daemon on a port ZeroMQ picks; sets PID, EP.
-start_profile() {
-  local name=$1
-  shift
-  rm -f "$T/$name.ready"
-  "$PD" --listen 'tcp://127.0.0.1:*' --ready-file "$T/$name.ready" --pid-file "$T/$name.pid" \
-    "$@" 2>>"$T/$name.log" &
-  PID[$name]=$!
-  for _ in $(seq 1 600); do
-    [ -e "$T/$name.ready" ] && break
-    kill -0 "${PID[$name]}" 2>/dev/null || fail "$name exited before it was ready"
-    sleep 0.05
-  done
-  [ -e "$T/$name.ready" ] || fail "$name not ready after 30 s"
-  EP[$name]=$(sed -n 1p "$T/$name.ready")
-}
 start_profile pp --db "$T/pp" --role primary
 start_profile r1 --db "$T/r1" --role replica --primary "${EP[pp]}"
 start_shard s0 --workers 1 --index "$T/cluster/shard-000" --shard 0 --shards 1

@@ -50,26 +50,17 @@ cat "$K/broker.pub" "$K/client.pub" >"$K/replica.allow"
 cat "$K/client.pub" >"$K/front.allow"
 : >"$K/servers"
 
-# start_profile NAME KEYNAME ALLOW FLAGS...: a profile daemon on a port ZeroMQ picks.
-start_profile() {
+# curve_profile NAME KEYNAME ALLOW FLAGS...: a profile daemon with its own keys, its endpoint
+# and public key added to the known-servers file
+curve_profile() {
   local name=$1 key=$2 allow=$3
   shift 3
-  rm -f "$T/$name.ready"
-  "$PD" --listen 'tcp://127.0.0.1:*' --ready-file "$T/$name.ready" --pid-file "$T/$name.pid" \
-    --curve-key "$K/$key.key" --curve-allow "$K/$allow" --curve-servers "$K/servers" \
-    "$@" 2>>"$T/$name.log" &
-  PID[$name]=$!
-  for _ in $(seq 1 600); do
-    [ -e "$T/$name.ready" ] && break
-    kill -0 "${PID[$name]}" 2>/dev/null || fail "$name exited before it was ready"
-    sleep 0.05
-  done
-  [ -e "$T/$name.ready" ] || fail "$name not ready after 30 s"
-  EP[$name]=$(sed -n 1p "$T/$name.ready")
+  start_profile "$name" --curve-key "$K/$key.key" --curve-allow "$K/$allow" \
+    --curve-servers "$K/servers" "$@"
   echo "${EP[$name]} $(pub "$key")" >>"$K/servers"
 }
-start_profile pp profile0 primary.allow --db "$T/pp" --role primary
-start_profile r1 profile1 replica.allow --db "$T/r1" --role replica --primary "${EP[pp]}"
+curve_profile pp profile0 primary.allow --db "$T/pp" --role primary
+curve_profile r1 profile1 replica.allow --db "$T/r1" --role replica --primary "${EP[pp]}"
 PERSRV_CURVE_KEY=$K/builder.key PERSRV_CURVE_SERVERS=$K/servers \
   $B push-profiles "${BARGS[@]}" --primary "${EP[pp]}" >"$T/push.out" 2>&1 \
   || fail "push-profiles over CURVE: $(cat "$T/push.out")"

@@ -19,23 +19,6 @@ DIM=16
 ps_test_init profile_repl
 START=$SECONDS
 
-# start_profile NAME FLAGS...: a profile daemon on a port ZeroMQ picks; sets PID, EP.
-start_profile() {
-  local name=$1
-  shift
-  rm -f "$T/$name.ready"
-  "$PD" --listen 'tcp://127.0.0.1:*' --ready-file "$T/$name.ready" --pid-file "$T/$name.pid" \
-    "$@" 2>>"$T/$name.log" &
-  PID[$name]=$!
-  for _ in $(seq 1 600); do
-    [ -e "$T/$name.ready" ] && break
-    kill -0 "${PID[$name]}" 2>/dev/null || fail "$name exited before it was ready"
-    sleep 0.05
-  done
-  [ -e "$T/$name.ready" ] || fail "$name not ready after 30 s"
-  [ "$(cat "$T/$name.pid")" = "${PID[$name]}" ] || fail "$name: pid file does not hold ${PID[$name]}"
-  EP[$name]=$(sed -n 1p "$T/$name.ready")
-}
 
 # converge NAME: within 60 s the replica's checksum line (checksum, keys, seq) equals the
 # primary's, and it reports ready.

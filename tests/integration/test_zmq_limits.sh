@@ -31,13 +31,7 @@ $B build --corpus "$T/data/corpus.jsonl" --embeddings "$T/data/embeddings.npy" \
   --clicks "$T/data/clicks.tsv" --out "$T/cluster" --shards 1 >"$T/build.out" 2>&1 \
   || fail "build: $(cat "$T/build.out")"
 
-rm -f "$T/pp.ready"
-"$PD" --listen 'tcp://127.0.0.1:*' --db "$T/pp" --role primary --ready-file "$T/pp.ready" \
-  2>>"$T/pp.log" &
-PID[pp]=$!
-for _ in $(seq 1 600); do [ -e "$T/pp.ready" ] && break; sleep 0.05; done
-[ -e "$T/pp.ready" ] || fail "profile primary not ready"
-EP[pp]=$(sed -n 1p "$T/pp.ready")
+start_profile pp --db "$T/pp" --role primary
 start_shard s0 --workers 1 --index "$T/cluster/shard-000" --shard 0 --shards 1
 start_broker broker "${EP[s0]}" --deadline-ms 2000
 PID[front]=${PID[broker]}
