@@ -308,10 +308,11 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    /* one fd per HTTP connection of either door, and the daemon's own (PS_FD_RESERVE) */
+    /* one fd per HTTP connection of either door, and the daemon's own (PS_FD_RESERVE); with a
+     * ZeroMQ front door, whose peers libzmq does not cap, the hard limit */
     uint64_t max_conn = ps_cfg_uint(cfg, "max-connections");
     ps_admin_limits admin_limits = ps_admin_limits_of(cfg);
-    if (ps_fd_limit_raise(max_conn && admin_limits.max_connections
+    if (ps_fd_limit_raise(max_conn && admin_limits.max_connections && !ps_cfg_str(cfg, "zmq")
                               ? max_conn + admin_limits.max_connections + PS_FD_RESERVE
                               : 0,
                           "broker", NULL, &err))

@@ -118,6 +118,7 @@ ps_zserver_t *ps_zserver_bind(void *zctx, const ps_zserver_cfg *cfg, ps_err *err
     int64_t maxmsg = (int64_t)cfg->max_frame;
     if (!s->front || !s->back || zmq_setsockopt(s->front, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
         set_int(s->front, ZMQ_ROUTER_MANDATORY, 1) || set_int(s->front, ZMQ_LINGER, 0) ||
+        set_int(s->front, ZMQ_HANDSHAKE_IVL, PS_ZSERVER_HANDSHAKE_MS) ||
         set_int(s->front, ZMQ_SNDHWM, (int)cfg->hwm) ||
         set_int(s->front, ZMQ_RCVHWM, (int)cfg->hwm) || set_int(s->back, ZMQ_LINGER, 0) ||
         set_int(s->back, ZMQ_SNDHWM, 0) || set_int(s->back, ZMQ_RCVHWM, 0) ||

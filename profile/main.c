@@ -24,8 +24,9 @@
 #include "profile.h"
 
 /* The default of max-frame, as text for the table. */
-#define PROFSVC_MAX_FRAME_DEFAULT "4194304" /* a load_profile of 1024 clicks at d = 512 is 2 MiB   \
-                                             */
+#define PROFSVC_MAX_FRAME_DEFAULT                                                                  \
+    "4194304" /* a load_profile of 1024 clicks at d = 512 is 2 MiB                                 \
+               */
 _Static_assert(PS_WIRE_MAX_FRAME == 4194304, "update PROFSVC_MAX_FRAME_DEFAULT");
 
 static const ps_cfg_opt profsvc_opts[] = {
@@ -131,12 +132,11 @@ int main(int argc, char **argv)
     }
     ps_curve_log_mode(curve, "profile", ps_cfg_str(cfg, "listen"));
     status = 1;
-    /* one fd per admin connection, and the daemon's own (PS_FD_RESERVE) */
+    /* the hard limit: every peer of the ZeroMQ port holds an fd, and libzmq caps neither their
+     * number nor (ZMQ_HANDSHAKE_IVL aside) how long one may wait (ps/zserver.h) */
     ps_admin_limits admin_limits = ps_admin_limits_of(cfg);
     ps_err fd_err = {0, ""};
-    if (ps_fd_limit_raise(
-            admin_limits.max_connections ? admin_limits.max_connections + PS_FD_RESERVE : 0,
-            "profile", NULL, &fd_err))
+    if (ps_fd_limit_raise(0, "profile", NULL, &fd_err))
         ps_log(PS_LOG_WARN, "profile", "fd_limit_unknown", "msg=\"%s\"", fd_err.msg);
 
     const char *pid_file = ps_cfg_str(cfg, "pid-file");

@@ -80,12 +80,11 @@ int main(int argc, char **argv)
     if (!cfg) return status;
     status = 1;
 
-    /* one fd per admin connection, and the daemon's own (PS_FD_RESERVE) */
+    /* the hard limit: every peer of the ZeroMQ port holds an fd, and libzmq caps neither their
+     * number nor (ZMQ_HANDSHAKE_IVL aside) how long one may wait (ps/zserver.h) */
     ps_admin_limits admin_limits = ps_admin_limits_of(cfg);
     ps_err fd_err = {0, ""};
-    if (ps_fd_limit_raise(
-            admin_limits.max_connections ? admin_limits.max_connections + PS_FD_RESERVE : 0,
-            "shard", NULL, &fd_err))
+    if (ps_fd_limit_raise(0, "shard", NULL, &fd_err))
         ps_log(PS_LOG_WARN, "shard", "fd_limit_unknown", "msg=\"%s\"", fd_err.msg);
 
     const char *pid_file = ps_cfg_str(cfg, "pid-file");

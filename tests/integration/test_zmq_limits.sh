@@ -12,7 +12,7 @@
 # bounds — an allowed peer's frames each under max-frame: libzmq buffers a whole multipart
 # message and caps only each frame (README, "CURVE on the ZeroMQ sockets") — is measured on
 # the profile primary and printed, not asserted.
-# usage: test_zmq_limits.sh BUILDER SHARD SHARD_CLIENT BROKER PROFILE ZMQ_FLOOD
+# usage: test_zmq_limits.sh BUILDER SHARD SHARD_CLIENT BROKER PROFILE ZMQ_FLOOD CONN_FLOOD
 set -euo pipefail
 B=$1
 S=$2
@@ -20,6 +20,7 @@ C=$3
 BR=$4
 PD=$5
 FL=$6
+CF=$7
 . "$(dirname "$0")/lib.sh"
 ps_test_init zmq_limits
 [ -n "${PERSRV_CURVE_KEY:-}" ] || fail "this test needs CURVE on (not PERSRV_TEST_PLAIN=1)"
@@ -75,6 +76,44 @@ hwm0=$(hwm_mb "${PID[pp]}")
 out=$("$FL" multipart "${EP[pp]}" 25 4000000)
 "$FL" health "${EP[pp]}" >/dev/null || fail "pp: no health answer after 25 x 4 MB"
 echo "  pp: an allowed peer's 25 x 4 MB (each under max-frame): '$out', peak RSS ${hwm0} -> $(hwm_mb "${PID[pp]}") MB (libzmq buffers the message whole)"
+
+# Descriptors exhausted: a shard whose hard fd limit is 200, 300 idle TCP connections to its
+# ZeroMQ port (no handshake ever sent). libzmq accepts what it can and drops a connection that
+# has not finished its handshake in 5 s (PS_ZSERVER_HANDSHAKE_MS): a normal client is served
+# again once they are dropped, whatever the flood holds; the log does not grow by 1 MB. The CPU
+# time is printed: libzmq retries a failing accept() at once (it has no back-off of its own).
+printf '#!/bin/sh\nulimit -n 200\nexec "%s" "$@"\n' "$S" >"$T/lowfd.sh"
+chmod +x "$T/lowfd.sh"
+S0=$S
+S=$T/lowfd.sh
+start_shard lowfd --workers 1 --index "$T/cluster/shard-000" --shard 0 --shards 1
+S=$S0
+pid=$(cat "$T/lowfd.pid")
+log0=$(stat -c %s "$T/lowfd.log")
+cpu0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+port=${EP[lowfd]##*:}
+"$CF" idle "127.0.0.1:$port" 300 15 >"$T/flood.out" &
+FPID=$!
+sleep 2
+fds=$(ls "/proc/$pid/fd" | wc -l)
+t0=$SECONDS
+ok=0
+for _ in 1 2 3 4; do
+  if "$FL" health "${EP[lowfd]}" >/dev/null; then
+    ok=1
+    break
+  fi
+done
+[ $ok = 1 ] || fail "a shard with its descriptors exhausted never answered health (40 s)"
+waited=$((SECONDS - t0))
+wait "$FPID" || true
+cpu=$(($(awk '{print $14 + $15}' "/proc/$pid/stat") - cpu0))
+logd=$(($(stat -c %s "$T/lowfd.log") - log0))
+[ "$logd" -lt 1000000 ] || fail "lowfd: the log grew $logd bytes"
+echo "  ulimit -n 200, 300 idle connections to a shard's ZeroMQ port: $fds fds open, health" \
+  "answered after ${waited} s; CPU $((cpu / 100)).$((cpu % 100)) s over the flood; log +${logd} B;" \
+  "$(cut -d' ' -f1-4 "$T/flood.out")"
+stop lowfd
 
 stop broker
 stop s0

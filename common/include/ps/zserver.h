@@ -38,6 +38,10 @@
 #include "ps/err.h"
 
 #define PS_ZMSG_MAX_PARTS 8 /* route frames + payload a request may have */
+/* A peer that has not completed its handshake (CURVE or not) this long after connecting is
+ * dropped (ZMQ_HANDSHAKE_IVL; libzmq's default is 30 s): idle connections opened to hold a
+ * daemon's file descriptors do not hold them long. */
+#define PS_ZSERVER_HANDSHAKE_MS 5000
 
 /* Receive one whole multipart message into parts[0..*n). Parts beyond `cap` are received and
  * discarded (*n = cap + 1 tells the caller; parts[0..cap) are then closed already). flags: 0
