@@ -312,10 +312,10 @@ int main(int argc, char **argv)
      * ZeroMQ front door, whose peers libzmq does not cap, the hard limit */
     uint64_t max_conn = ps_cfg_uint(cfg, "max-connections");
     ps_admin_limits admin_limits = ps_admin_limits_of(cfg);
-    if (ps_fd_limit_raise(max_conn && admin_limits.max_connections && !ps_cfg_str(cfg, "zmq")
+    if (ps_fd_limit_raise(max_conn && admin_limits.max_connections
                               ? max_conn + admin_limits.max_connections + PS_FD_RESERVE
                               : 0,
-                          "broker", NULL, &err))
+                          ps_cfg_str(cfg, "zmq") ? PS_FD_TO_HARD : 0, "broker", NULL, &err))
         ps_log(PS_LOG_WARN, "broker", "fd_limit_unknown", "msg=\"%s\"", err.msg);
 
     const char *pid_file = ps_cfg_str(cfg, "pid-file");

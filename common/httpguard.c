@@ -920,14 +920,14 @@ void ps_httpguard_free(ps_httpguard_t *g)
 
 /* ---- the file descriptor limit ---------------------------------------------------------- */
 
-int ps_fd_limit_raise(uint64_t need, const char *comp, uint64_t *soft, ps_err *err)
+int ps_fd_limit_raise(uint64_t need, int flags, const char *comp, uint64_t *soft, ps_err *err)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
         return ps_err_set(err, PS_EIO, "getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
     /* an infinite hard limit is not a soft limit Linux takes (fs.nr_open caps it) */
     rlim_t hard = rl.rlim_max == RLIM_INFINITY ? (rlim_t)1 << 20 : rl.rlim_max;
-    rlim_t want = need ? (rlim_t)need : hard;
+    rlim_t want = need && !(flags & PS_FD_TO_HARD) ? (rlim_t)need : hard;
     if (want > hard) want = hard;
     uint64_t before = (uint64_t)rl.rlim_cur;
     if (rl.rlim_cur < want) {

@@ -84,7 +84,9 @@ int main(int argc, char **argv)
      * number nor (ZMQ_HANDSHAKE_IVL aside) how long one may wait (ps/zserver.h) */
     ps_admin_limits admin_limits = ps_admin_limits_of(cfg);
     ps_err fd_err = {0, ""};
-    if (ps_fd_limit_raise(0, "shard", NULL, &fd_err))
+    if (ps_fd_limit_raise(
+            admin_limits.max_connections ? admin_limits.max_connections + PS_FD_RESERVE : 0,
+            PS_FD_TO_HARD, "shard", NULL, &fd_err))
         ps_log(PS_LOG_WARN, "shard", "fd_limit_unknown", "msg=\"%s\"", fd_err.msg);
 
     const char *pid_file = ps_cfg_str(cfg, "pid-file");

@@ -417,15 +417,19 @@ static void test_fd_limit(void **state)
     uint64_t soft = 0;
     ps_err err = {0, ""};
     uint64_t hard = old.rlim_max == RLIM_INFINITY ? (uint64_t)1 << 20 : (uint64_t)old.rlim_max;
-    assert_int_equal(ps_fd_limit_raise(100, "test", &soft, &err), 0);
+    assert_int_equal(ps_fd_limit_raise(100, 0, "test", &soft, &err), 0);
     assert_int_equal(soft, hard < 100 ? hard : 100);
-    assert_int_equal(ps_fd_limit_raise(50, "test", &soft, &err), 0); /* never lowered */
+    assert_int_equal(ps_fd_limit_raise(50, 0, "test", &soft, &err), 0); /* never lowered */
     assert_int_equal(soft, hard < 100 ? hard : 100);
     /* more than the hard limit: as much as there is, and the daemon runs on */
     if (old.rlim_max != RLIM_INFINITY) {
-        assert_int_equal(ps_fd_limit_raise(hard + 1, "test", &soft, &err), 0);
+        assert_int_equal(ps_fd_limit_raise(hard + 1, 0, "test", &soft, &err), 0);
         assert_int_equal(soft, hard);
     }
+    /* PS_FD_TO_HARD: the hard limit whatever the need */
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+    assert_int_equal(ps_fd_limit_raise(100, PS_FD_TO_HARD, "test", &soft, &err), 0);
+    assert_int_equal(soft, hard);
     assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
 }
 

@@ -97,11 +97,13 @@ int ps_httpguard_render_metrics(char **buf, size_t *len);
 #define PS_FD_RESERVE 128
 
 /* Raise this process's RLIMIT_NOFILE soft limit to `need` (at most the hard limit), and log
- * the outcome (event=fd_limit). need 0: raise it to the hard limit. When the hard limit is
+ * the outcome (event=fd_limit). need 0, or flags PS_FD_TO_HARD (a daemon with a ZeroMQ port,
+ * whose peers libzmq does not cap): raise it to the hard limit. When the hard limit is
  * below need the daemon runs anyway and logs event=fd_limit_low (warn) naming both: the
  * connection caps then cannot all be honoured, and accept() failures past the limit are
  * backed off. OUT *soft: the soft limit now (may be NULL). Returns 0, or PS_EIO when
  * getrlimit fails. */
-int ps_fd_limit_raise(uint64_t need, const char *comp, uint64_t *soft, ps_err *err);
+enum { PS_FD_TO_HARD = 1 };
+int ps_fd_limit_raise(uint64_t need, int flags, const char *comp, uint64_t *soft, ps_err *err);
 
 #endif
