@@ -339,6 +339,79 @@ int broker_core_click(broker_core_t *c, const broker_click *k, broker_click_fn d
 /* Shards with a replica up; the first `cap` of the others into down[0..*ndown). */
 uint32_t broker_core_shards_up(broker_core_t *c, uint32_t *down, uint32_t cap, uint32_t *ndown);
 
+/* ---- parse.c: outside input parsed without a socket (HTTP requests, settings) ----------- */
+
+#define BROKER_STICKERS_PREFIX "/v1/stickers/"
+
+/* A decimal integer in [lo, hi] from the len bytes at s: digits only (no sign, no space), at
+ * most 20. Returns 0 with *out set, or -1. */
+int broker_parse_uint(const char *s, size_t len, uint64_t lo, uint64_t hi, uint64_t *out);
+
+/* The endpoint of an HTTP request path (BROKER_EP_SEARCH ... BROKER_EP_METRICS, or
+ * BROKER_EP_OTHER); any path under BROKER_STICKERS_PREFIX is BROKER_EP_STICKER. */
+int broker_http_endpoint(const char *path);
+
+enum { BROKER_P_Q, BROKER_P_USER, BROKER_P_K, BROKER_P_EXPLAIN, BROKER_NPARAMS };
+
+/* The decoded values of /v1/search's parameters q, user, k and explain (malloc'd,
+ * NUL-terminated, len bytes; NULL when absent). */
+typedef struct broker_search_params {
+    char *v[BROKER_NPARAMS];
+    size_t len[BROKER_NPARAMS];
+} broker_search_params;
+
+/* Parse the raw query string of GET /v1/search (still percent-encoded, '+' a space; NULL: none)
+ * into q: k 1..max_k (default BROKER_DEFAULT_K), explain 0, 1, true or false. Values may hold
+ * any bytes, NUL included; unknown parameters are ignored; a known one given twice is an error.
+ * OUT p: the decoded values, which q's strings point into (free with broker_search_params_free,
+ * also after an error). Errors: PS_EINVAL naming the parameter, PS_ENOMEM. */
+int broker_search_parse(const char *query, uint32_t max_k, broker_search_params *p, broker_query *q,
+                        ps_err *err);
+void broker_search_params_free(broker_search_params *p);
+
+/* The body of POST /v1/click: {"user": "...", "sticker_id": "<decimal>" or a JSON integer >= 0,
+ * "query": "...", "click_id": "..."} (query and click_id optional; click_id may be null). */
+typedef struct broker_click_body {
+    const char *user; /* NUL-terminated, no NUL inside */
+    uint64_t sticker_id;
+    const char *query;    /* NUL-terminated; "" when absent */
+    const char *click_id; /* non-empty, no NUL inside; NULL when absent or null (the broker
+                             derives one). Its bytes are checked by broker_core_click
+                             (ps_wire_check_click_id), not here */
+    struct json_t *doc;   /* owns user, query and click_id */
+} broker_click_body;
+
+/* Parse the n bytes of a click body into c (free with broker_click_body_free, also after an
+ * error). Errors: PS_EUTF8 (not UTF-8), PS_EPARSE (not JSON, or a repeated key), PS_EINVAL
+ * naming the field, PS_ENOMEM. */
+int broker_click_parse(const char *body, size_t n, broker_click_body *c, ps_err *err);
+void broker_click_body_free(broker_click_body *c);
+
+/* The key of an Authorization header value "Bearer KEY" (scheme case-insensitive, spaces
+ * before the key and spaces or tabs after it dropped), borrowed from header. OUT *n: its
+ * length. NULL with *n 0 when header is NULL or of another scheme. */
+const char *broker_bearer_key(const char *header, size_t *n);
+
+/* A topology "ep0a|ep0b,ep1,ep2": ',' between shards in shard order, '|' between the replicas
+ * of one shard. */
+typedef struct broker_topology {
+    uint32_t nshards;
+    uint32_t *first; /* nshards + 1: shard s's replicas are endpoint[first[s] .. first[s+1]) */
+    char **endpoint; /* NUL-terminated, 1..BROKER_MAX_ENDPOINT - 1 bytes, pointing into buf */
+    size_t nendpoints;
+    char *buf;
+} broker_topology;
+
+/* Parse a topology into t (free with broker_topology_free; nothing to free after an error).
+ * Errors: PS_EINVAL naming the shard / replica at fault (more than BROKER_MAX_SHARDS shards or
+ * BROKER_MAX_REPLICAS replicas of a shard, an empty endpoint, one too long), PS_ENOMEM. */
+int broker_topology_parse(const char *topology, broker_topology *t, ps_err *err);
+void broker_topology_free(broker_topology *t);
+
+/* Split a listen address "host:port" ("[v6]:port" too) into host (cap bytes) and the port.
+ * Returns 0, or -1 when it is not one. */
+int broker_parse_addr(const char *s, char *host, size_t cap, uint16_t *port);
+
 /* ---- http.c: the HTTP/JSON endpoints ---------------------------------------------------- */
 
 typedef struct broker_http broker_http_t;

@@ -24,8 +24,9 @@
  * round-trip bit for bit.
  *
  * The work behind /v1/search and /v1/stickers is core.c's (shared with the ZeroMQ front door);
- * this file parses the query string and renders JSON. explain=1 adds every hit's stored
- * fields (ocr, queries, keywords, desc, emotion), fetched from the shards holding them.
+ * parse.c parses the path, the query string and the click body; this file renders JSON.
+ * explain=1 adds every hit's stored fields (ocr, queries, keywords, desc, emotion), fetched
+ * from the shards holding them.
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -123,71 +124,6 @@ static void request_done(broker_http_t *h, int ep, int cmd, const char *path, co
            status, secs * 1e3);
 }
 
-/* ---- query string ------------------------------------------------------------------------ */
-
-enum { P_Q, P_USER, P_K, P_EXPLAIN, NPARAMS };
-static const char *const param_names[NPARAMS] = {"q", "user", "k", "explain"};
-
-typedef struct params {
-    char *v[NPARAMS]; /* decoded values (malloc'd), NULL when absent */
-    size_t len[NPARAMS];
-} params;
-
-static void params_free(params *p)
-{
-    for (int i = 0; i < NPARAMS; i++) free(p->v[i]);
-}
-
-/* Parse the raw query string (still percent-encoded; '+' is a space). Unknown parameters are
- * ignored; a known one given twice is an error. Values may hold any bytes, NUL included. */
-static int params_parse(const char *query, params *p, ps_err *err)
-{
-    memset(p, 0, sizeof *p);
-    if (!query) return 0;
-    while (*query) {
-        size_t n = strcspn(query, "&");
-        const char *eq = memchr(query, '=', n);
-        size_t klen = eq ? (size_t)(eq - query) : n;
-        char key[16];
-        int which = -1;
-        if (klen < sizeof key) {
-            memcpy(key, query, klen);
-            key[klen] = '\0';
-            for (int i = 0; i < NPARAMS; i++)
-                if (!strcmp(key, param_names[i])) which = i;
-        }
-        if (which >= 0) {
-            if (p->v[which])
-                return ps_err_set(err, PS_EINVAL, "%s: given more than once", param_names[which]);
-            size_t vlen = eq ? n - klen - 1 : 0;
-            char *raw = strndup(eq ? eq + 1 : "", vlen);
-            if (!raw) return ps_err_set(err, PS_ENOMEM, "out of memory for parameters");
-            p->v[which] = evhttp_uridecode(raw, 1, &p->len[which]);
-            free(raw);
-            if (!p->v[which]) return ps_err_set(err, PS_ENOMEM, "out of memory for parameters");
-        }
-        query += n;
-        if (*query == '&') query++;
-    }
-    return 0;
-}
-
-/* A decimal integer in [lo, hi], digits only. */
-static int parse_uint(const char *s, size_t len, uint64_t lo, uint64_t hi, uint64_t *out)
-{
-    if (len == 0 || len > 20) return -1;
-    uint64_t v = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9') return -1;
-        unsigned d = (unsigned)(s[i] - '0');
-        if (v > (UINT64_MAX - d) / 10) return -1;
-        v = v * 10 + d;
-    }
-    if (v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
 /* ---- search ------------------------------------------------------------------------------ */
 
 static json_t *hit_json(const ps_hit *h, const Persrv__GetStickerReply *f)
@@ -216,35 +152,14 @@ static json_t *failures_json(const broker_result *r)
 
 static int handle_search(broker_http_t *h, struct evhttp_request *req, const char *query, double t0)
 {
-    params p;
+    broker_search_params p;
+    broker_query q;
     ps_err err = {0, ""};
     int status;
-    uint64_t k = BROKER_DEFAULT_K;
-    if (params_parse(query, &p, &err)) {
+    if (broker_search_parse(query, h->max_k, &p, &q, &err)) {
         status = reply_err(req, &err);
         goto out;
     }
-    if (p.v[P_K] && parse_uint(p.v[P_K], p.len[P_K], 1, h->max_k, &k)) {
-        status =
-            reply_error(req, 400, "invalid_argument", "k: must be an integer in 1..%u", h->max_k);
-        goto out;
-    }
-    int explain = 0;
-    if (p.v[P_EXPLAIN]) {
-        if (!strcmp(p.v[P_EXPLAIN], "1") || !strcmp(p.v[P_EXPLAIN], "true")) {
-            explain = 1;
-        } else if (strcmp(p.v[P_EXPLAIN], "0") && strcmp(p.v[P_EXPLAIN], "false")) {
-            status =
-                reply_error(req, 400, "invalid_argument", "explain: must be 0, 1, true or false");
-            goto out;
-        }
-    }
-    broker_query q = {.q = p.v[P_Q],
-                      .qlen = p.len[P_Q],
-                      .user = p.v[P_USER],
-                      .user_len = p.len[P_USER],
-                      .k = (uint32_t)k,
-                      .explain = explain};
     broker_result r;
     if (broker_core_search(h->core, &q, &r, &err)) {
         status = reply_err(req, &err);
@@ -261,7 +176,7 @@ static int handle_search(broker_http_t *h, struct evhttp_request *req, const cha
                   "failed", (int)(r.nshards - r.ok), "failures", failures_json(&r), "hits", hits);
     status = reply_json(req, 200, body);
 out:
-    params_free(&p);
+    broker_search_params_free(&p);
     return status;
 }
 
@@ -314,63 +229,28 @@ static int handle_click(broker_http_t *h, struct evhttp_request *req, const char
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t n = evbuffer_get_length(in);
     const char *body = n ? (const char *)evbuffer_pullup(in, -1) : "";
-    if (!ps_utf8_valid(body, n))
-        return reply_error(req, 400, "invalid_utf8", "body: not valid UTF-8 (JSON is UTF-8)");
-    json_error_t jerr;
-    json_t *j = json_loadb(body, n, JSON_REJECT_DUPLICATES, &jerr);
-    if (!j)
-        return reply_error(req, 400, "parse_error",
-                           "body: %s at byte %d (a JSON object with user, sticker_id, query)",
-                           jerr.text, jerr.position);
+    broker_click_body c;
+    ps_err err = {0, ""};
+    http_click *hc = NULL;
+    size_t ulen = 0;
     int status;
-    json_t *ju = json_object_get(j, "user"), *js = json_object_get(j, "sticker_id"),
-           *jq = json_object_get(j, "query"), *jc = json_object_get(j, "click_id");
-    uint64_t id = 0;
-    if (!json_is_object(j)) {
-        status = reply_error(req, 400, "invalid_argument", "body: must be a JSON object");
-    } else if (!json_is_string(ju)) {
-        status = reply_error(req, 400, "invalid_argument", "user: required, a string");
-    } else if (!(json_is_string(js) &&
-                 !parse_uint(json_string_value(js), json_string_length(js), 0, UINT64_MAX, &id)) &&
-               !(json_is_integer(js) && json_integer_value(js) >= 0)) {
-        status = reply_error(req, 400, "invalid_argument",
-                             "sticker_id: required, an unsigned 64-bit integer (a decimal string "
-                             "for ids over 2^63)");
-    } else if (jq && !json_is_string(jq)) {
-        status = reply_error(req, 400, "invalid_argument", "query: must be a string");
-    } else if (jc && !json_is_null(jc) &&
-               !(json_is_string(jc) && strlen(json_string_value(jc)) == json_string_length(jc) &&
-                 json_string_length(jc) > 0)) {
-        status = reply_error(req, 400, "invalid_argument",
-                             "click_id: must be a non-empty string (1..%d printable ASCII bytes) "
-                             "or absent",
-                             PS_WIRE_MAX_CLICK_ID);
+    if (broker_click_parse(body, n, &c, &err)) {
+        status = reply_err(req, &err);
+    } else if (!(hc = malloc(sizeof *hc + (ulen = strlen(c.user)) + 1))) {
+        status = reply_error(req, 503, "out_of_memory", "out of memory for a click");
     } else {
-        if (json_is_integer(js)) id = (uint64_t)json_integer_value(js);
-        const char *user = json_string_value(ju);
-        size_t ulen = strlen(user);
-        ps_err err = {0, ""};
-        http_click *hc = NULL;
-        if (ulen != json_string_length(ju)) {
-            status = reply_error(req, 400, "invalid_argument", "user: contains a NUL byte");
-        } else if (!(hc = malloc(sizeof *hc + ulen + 1))) {
-            status = reply_error(req, 503, "out_of_memory", "out of memory for a click");
+        *hc = (http_click){.h = h, .req = req, .who = who, .t0 = t0, .sticker_id = c.sticker_id};
+        memcpy(hc->user, c.user, ulen + 1);
+        broker_click k = {
+            .user = c.user, .sticker_id = c.sticker_id, .query = c.query, .click_id = c.click_id};
+        if (broker_core_click(h->core, &k, click_answered, hc, &err)) {
+            free(hc);
+            status = reply_err(req, &err);
         } else {
-            *hc = (http_click){.h = h, .req = req, .who = who, .t0 = t0, .sticker_id = id};
-            memcpy(hc->user, user, ulen + 1);
-            broker_click k = {.user = user,
-                              .sticker_id = id,
-                              .query = jq ? json_string_value(jq) : "",
-                              .click_id = json_is_string(jc) ? json_string_value(jc) : NULL};
-            if (broker_core_click(h->core, &k, click_answered, hc, &err)) {
-                free(hc);
-                status = reply_err(req, &err);
-            } else {
-                status = 0; /* click_answered replies */
-            }
+            status = 0; /* click_answered replies */
         }
     }
-    json_decref(j);
+    broker_click_body_free(&c);
     return status;
 }
 
@@ -379,7 +259,7 @@ static int handle_click(broker_http_t *h, struct evhttp_request *req, const char
 static int handle_sticker(broker_http_t *h, struct evhttp_request *req, const char *idtext)
 {
     uint64_t id;
-    if (parse_uint(idtext, strlen(idtext), 0, UINT64_MAX, &id))
+    if (broker_parse_uint(idtext, strlen(idtext), 0, UINT64_MAX, &id))
         return reply_error(req, 400, "invalid_argument",
                            "id: must be an unsigned 64-bit decimal integer");
     ps_err err = {0, ""};
@@ -428,8 +308,6 @@ static int handle_metrics(broker_http_t *h, struct evhttp_request *req)
     return 200;
 }
 
-#define STICKERS_PREFIX "/v1/stickers/"
-
 /* The request's body framing is unambiguous: no two different Content-Length values, and not
  * Content-Length with Transfer-Encoding (RFC 9112 §6.3: a proxy in front could read another
  * body than ours, request smuggling). Returns NULL, or what is wrong. */
@@ -462,14 +340,8 @@ static int authorize(broker_http_t *h, struct evhttp_request *req, int ep, const
     int retry = 0;
     /* Authorization: Bearer KEY (scheme case-insensitive, spaces around the key ignored) */
     const char *a = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
-    const char *key = NULL;
-    size_t n = 0;
-    if (a && strncasecmp(a, "Bearer ", 7) == 0) {
-        for (key = a + 7; *key == ' '; key++) {
-        }
-        for (n = strlen(key); n && (key[n - 1] == ' ' || key[n - 1] == '\t'); n--) {
-        }
-    }
+    size_t n;
+    const char *key = broker_bearer_key(a, &n);
     switch (broker_keys_check(h->keys, key, n, scope, broker_now(), who, &retry)) {
     case BROKER_AUTH_OK:
         return 0;
@@ -502,21 +374,9 @@ static void on_request(struct evhttp_request *req, void *arg)
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    int ep = BROKER_EP_OTHER, status;
+    int status;
     if (!path) path = "";
-
-    if (!strcmp(path, "/v1/search"))
-        ep = BROKER_EP_SEARCH;
-    else if (!strcmp(path, "/v1/click"))
-        ep = BROKER_EP_CLICK;
-    else if (!strncmp(path, STICKERS_PREFIX, strlen(STICKERS_PREFIX)))
-        ep = BROKER_EP_STICKER;
-    else if (!strcmp(path, "/healthz"))
-        ep = BROKER_EP_HEALTHZ;
-    else if (!strcmp(path, "/readyz"))
-        ep = BROKER_EP_READYZ;
-    else if (!strcmp(path, "/metrics"))
-        ep = BROKER_EP_METRICS;
+    int ep = broker_http_endpoint(path);
 
     const char *bad_framing = framing_error(req);
     if (!uri) {
@@ -544,7 +404,7 @@ static void on_request(struct evhttp_request *req, void *arg)
             status = handle_search(h, req, query, t0);
             break;
         case BROKER_EP_STICKER:
-            status = handle_sticker(h, req, path + strlen(STICKERS_PREFIX));
+            status = handle_sticker(h, req, path + strlen(BROKER_STICKERS_PREFIX));
             break;
         case BROKER_EP_HEALTHZ:
             status = reply_json(req, 200, json_pack("{s:s}", "status", "ok"));

@@ -219,25 +219,6 @@ static int listen_tcp(const char *host, uint16_t port, char *addr, size_t cap)
     return fd;
 }
 
-/* Split "host:port" ("[v6]:port" too). Returns 0 or -1. */
-static int split_addr(const char *s, char *host, size_t cap, uint16_t *port)
-{
-    const char *colon = strrchr(s, ':');
-    if (!colon || colon == s) return -1;
-    size_t hl = (size_t)(colon - s);
-    const char *h = s;
-    if (h[0] == '[' && hl >= 2 && h[hl - 1] == ']') h++, hl -= 2;
-    if (hl == 0 || hl >= cap) return -1;
-    memcpy(host, h, hl);
-    host[hl] = '\0';
-    char *end;
-    errno = 0;
-    unsigned long p = strtoul(colon + 1, &end, 10);
-    if (errno || *end || end == colon + 1 || p > 65535) return -1;
-    *port = (uint16_t)p;
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     ps_err err = {0, ""};
@@ -258,7 +239,7 @@ int main(int argc, char **argv)
     status = 1;
     char host[128], addr[128];
     uint16_t port = 0;
-    if (split_addr(ps_cfg_str(cfg, "http"), host, sizeof host, &port)) {
+    if (broker_parse_addr(ps_cfg_str(cfg, "http"), host, sizeof host, &port)) {
         fprintf(stderr, "broker: http: '%s' is not host:port\n", ps_cfg_str(cfg, "http"));
         ps_cfg_free(cfg);
         return 2;

@@ -164,29 +164,11 @@ void broker_pool_free(broker_pool_t *p)
     free(p);
 }
 
-/* Split `s` (len bytes) at `sep` into at most `cap` parts; OUT starts/lengths. Returns the
- * number of parts, or cap + 1 when there are more. */
-static size_t split(const char *s, size_t len, char sep, const char **start, size_t *plen,
-                    size_t cap)
-{
-    size_t n = 0, i = 0;
-    for (;;) {
-        size_t j = i;
-        while (j < len && s[j] != sep) j++;
-        if (n == cap) return cap + 1;
-        start[n] = s + i;
-        plen[n++] = j - i;
-        if (j == len) return n;
-        i = j + 1;
-    }
-}
-
 broker_pool_t *broker_pool_new(const char *topology, uint32_t deadline_ms, uint32_t retries,
                                size_t max_frame, const ps_curve_t *curve, broker_upmap_t *shared,
                                ps_err *err)
 {
-    const char *sh[BROKER_MAX_SHARDS];
-    size_t shlen[BROKER_MAX_SHARDS];
+    broker_topology t;
     broker_pool_t *p = calloc(1, sizeof *p);
     if (!p) {
         ps_err_set(err, PS_ENOMEM, "out of memory for the shard pool");
@@ -197,41 +179,24 @@ broker_pool_t *broker_pool_new(const char *topology, uint32_t deadline_ms, uint3
     p->max_frame = max_frame;
     p->curve = curve;
     p->next_id = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
-    size_t n = split(topology, strlen(topology), ',', sh, shlen, BROKER_MAX_SHARDS);
-    if (n > BROKER_MAX_SHARDS) {
-        ps_err_set(err, PS_EINVAL, "shards: more than %d shards", BROKER_MAX_SHARDS);
-        goto fail;
-    }
-    if (!(p->zctx = zmq_ctx_new()) || !(p->shards = calloc(n, sizeof *p->shards))) {
+    if (broker_topology_parse(topology, &t, err)) goto fail;
+    if (!(p->zctx = zmq_ctx_new()) || !(p->shards = calloc(t.nshards, sizeof *p->shards))) {
         ps_err_set(err, PS_ENOMEM, "out of memory for the shard pool");
         goto fail;
     }
-    p->nshards = (uint32_t)n;
-    for (size_t s = 0; s < n; s++) {
-        const char *rs[BROKER_MAX_REPLICAS];
-        size_t rlen[BROKER_MAX_REPLICAS];
-        size_t nr = split(sh[s], shlen[s], '|', rs, rlen, BROKER_MAX_REPLICAS);
-        if (nr > BROKER_MAX_REPLICAS) {
-            ps_err_set(err, PS_EINVAL, "shards: shard %zu has more than %d replicas", s,
-                       BROKER_MAX_REPLICAS);
-            goto fail;
-        }
+    p->nshards = t.nshards;
+    for (uint32_t s = 0; s < t.nshards; s++) {
+        uint32_t nr = t.first[s + 1] - t.first[s];
         if (!(p->shards[s].rep = calloc(nr, sizeof(replica)))) {
             ps_err_set(err, PS_ENOMEM, "out of memory for the shard pool");
             goto fail;
         }
-        p->shards[s].nrep = (uint32_t)nr;
-        for (size_t i = 0; i < nr; i++) {
+        p->shards[s].nrep = nr;
+        for (uint32_t i = 0; i < nr; i++) {
             replica *r = &p->shards[s].rep[i];
-            if (rlen[i] == 0 || rlen[i] >= sizeof r->endpoint) {
-                ps_err_set(err, PS_EINVAL, "shards: shard %zu replica %zu: %s endpoint", s, i,
-                           rlen[i] ? "too long an" : "empty");
-                goto fail;
-            }
-            memcpy(r->endpoint, rs[i], rlen[i]);
-            r->endpoint[rlen[i]] = '\0';
+            strcpy(r->endpoint, t.endpoint[t.first[s] + i]); /* < BROKER_MAX_ENDPOINT: parsed so */
             if (ps_curve_check_endpoint(curve, r->endpoint, err)) {
-                ps_err_prefix(err, "shard %zu replica %zu", s, i);
+                ps_err_prefix(err, "shard %u replica %u", s, i);
                 goto fail;
             }
         }
@@ -261,8 +226,10 @@ broker_pool_t *broker_pool_new(const char *topology, uint32_t deadline_ms, uint3
             }
         }
     }
+    broker_topology_free(&t);
     return p;
 fail:
+    broker_topology_free(&t);
     broker_pool_free(p);
     return NULL;
 }
