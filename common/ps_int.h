@@ -89,4 +89,35 @@ int ps__index_build_idmap(ps_index_t *ix, ps_err *err);
 /* Lay out the blocks of every list once pdocs/ptfn are filled (allocates blk_*). */
 int ps__index_build_blocks(ps_index_t *ix, ps_err *err);
 
+/**************************************************************************
+ * store.c
+ *
+ * The decoders of the index records (layout in ps/store.h), apart from RocksDB so that
+ * tests/fuzz feeds them directly. ps_store_open runs them in this order: the M value; an index
+ * of m.ndocs docs (ps__index_alloc) filled by the D records in key order, which must be docs
+ * 0, 1, ... ndocs - 1; ps__store_lists_alloc; the P records in key order; then the blocks and
+ * the id map (index.c). Every error is PS_ECORRUPT naming the record, or PS_ENOMEM.
+ */
+typedef struct ps__store_meta {
+    uint32_t ndocs, dim, nlists;
+    uint64_t npost;
+    ps_field_stats fs[PS_NFIELDS];
+} ps__store_meta;
+
+int ps__store_meta_decode(const uint8_t *v, size_t len, ps__store_meta *m, ps_err *err);
+/* The D record (key k, value v) that must be doc d of ix, into ix's ids, utility and dl. */
+int ps__store_doc_decode(ps_index_t *ix, uint32_t d, const uint8_t *k, size_t kl, const uint8_t *v,
+                         size_t vl, ps_err *err);
+/* ix's lists, pdocs and ptfn for nlists lists of npost postings in all. */
+int ps__store_lists_alloc(ps_index_t *ix, uint32_t nlists, uint64_t npost, ps_err *err);
+/* The P record that must be list l of nlists: its term into the dictionary, its postings at
+ * *off (advanced past them) of the npost, its tfn from ix's dl and field statistics. */
+int ps__store_list_decode(ps_index_t *ix, uint32_t l, uint32_t nlists, uint64_t npost,
+                          uint64_t *off, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl,
+                          ps_err *err);
+/* The T value of doc `doc`. OUT fields[f]: malloc'd NUL-terminated texts (caller frees each;
+ * all NULL after an error). */
+int ps__store_fields_decode(uint32_t doc, const uint8_t *v, size_t len, char *fields[PS_NFIELDS],
+                            ps_err *err);
+
 #endif

@@ -431,8 +431,28 @@ out:
  * Loading
  */
 
-static int load_meta(ps_store_t *st, uint32_t *ndocs, uint32_t *dim, uint32_t *nlists,
-                     uint64_t *npost, ps_field_stats fs[PS_NFIELDS], ps_err *err)
+int ps__store_meta_decode(const uint8_t *p, size_t len, ps__store_meta *m, ps_err *err)
+{
+    if (len != 4 + 4 * 4 + 8 + PS_NFIELDS * 12 || memcmp(p, "PSIX", 4) != 0)
+        return ps_err_set(err, PS_ECORRUPT, "index metadata has a bad size or magic");
+    if (rd_u32le(p + 4) != PS_STORE_FORMAT)
+        return ps_err_set(err, PS_ECORRUPT, "index format %u; this build reads format %d",
+                          rd_u32le(p + 4), PS_STORE_FORMAT);
+    m->ndocs = rd_u32le(p + 8);
+    m->dim = rd_u32le(p + 12);
+    m->nlists = rd_u32le(p + 16);
+    m->npost = rd_u64le(p + 20);
+    for (int f = 0; f < PS_NFIELDS; f++) {
+        m->fs[f].ndocs = rd_u32le(p + 28 + 12 * f);
+        m->fs[f].ntokens = rd_u64le(p + 32 + 12 * f);
+        m->fs[f].avgdl = m->fs[f].ndocs ? (double)m->fs[f].ntokens / m->fs[f].ndocs : 0.0;
+    }
+    if (m->npost >= UINT32_MAX || m->dim > 65536)
+        return ps_err_set(err, PS_ECORRUPT, "index metadata out of range");
+    return 0;
+}
+
+static int load_meta(ps_store_t *st, ps__store_meta *m, ps_err *err)
 {
     char *rerr = NULL;
     size_t len = 0;
@@ -443,28 +463,22 @@ static int load_meta(ps_store_t *st, uint32_t *ndocs, uint32_t *dim, uint32_t *n
         return rc;
     }
     if (!v) return ps_err_set(err, PS_ENOTFOUND, "no index metadata (not an index directory)");
-    const uint8_t *p = (const uint8_t *)v;
-    int rc = 0;
-    if (len != 4 + 4 * 4 + 8 + PS_NFIELDS * 12 || memcmp(p, "PSIX", 4) != 0)
-        rc = ps_err_set(err, PS_ECORRUPT, "index metadata has a bad size or magic");
-    else if (rd_u32le(p + 4) != PS_STORE_FORMAT)
-        rc = ps_err_set(err, PS_ECORRUPT, "index format %u; this build reads format %d",
-                        rd_u32le(p + 4), PS_STORE_FORMAT);
-    if (!rc) {
-        *ndocs = rd_u32le(p + 8);
-        *dim = rd_u32le(p + 12);
-        *nlists = rd_u32le(p + 16);
-        *npost = rd_u64le(p + 20);
-        for (int f = 0; f < PS_NFIELDS; f++) {
-            fs[f].ndocs = rd_u32le(p + 28 + 12 * f);
-            fs[f].ntokens = rd_u64le(p + 32 + 12 * f);
-            fs[f].avgdl = fs[f].ndocs ? (double)fs[f].ntokens / fs[f].ndocs : 0.0;
-        }
-        if (*npost >= UINT32_MAX || *dim > 65536)
-            rc = ps_err_set(err, PS_ECORRUPT, "index metadata out of range");
-    }
+    int rc = ps__store_meta_decode((const uint8_t *)v, len, m, err);
     rocksdb_free(v);
     return rc;
+}
+
+int ps__store_doc_decode(ps_index_t *ix, uint32_t d, const uint8_t *k, size_t kl, const uint8_t *v,
+                         size_t vl, ps_err *err)
+{
+    uint32_t doc = kl == 5 ? (uint32_t)k[1] << 24 | k[2] << 16 | k[3] << 8 | k[4] : UINT32_MAX;
+    if (doc != d || d >= ix->ndocs || vl != 12 + 4 * PS_NFIELDS)
+        return ps_err_set(err, PS_ECORRUPT, "doc record %u is out of sequence or malformed", d);
+    ix->ids[d] = rd_u64le(v);
+    ix->utility[d] = rd_f32le(v + 8);
+    for (int f = 0; f < PS_NFIELDS; f++)
+        ix->dl[(size_t)d * PS_NFIELDS + f] = rd_u32le(v + 12 + 4 * f);
+    return 0;
 }
 
 static int load_docs(ps_store_t *st, ps_err *err)
@@ -478,15 +492,7 @@ static int load_docs(ps_store_t *st, ps_err *err)
         const uint8_t *k = (const uint8_t *)rocksdb_iter_key(it, &kl);
         const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vl);
         if (kl < 1 || k[0] != 'D') break;
-        uint32_t doc = kl == 5 ? (uint32_t)k[1] << 24 | k[2] << 16 | k[3] << 8 | k[4] : UINT32_MAX;
-        if (doc != d || d >= ix->ndocs || vl != 12 + 4 * PS_NFIELDS) {
-            rc = ps_err_set(err, PS_ECORRUPT, "doc record %u is out of sequence or malformed", d);
-            break;
-        }
-        ix->ids[d] = rd_u64le(v);
-        ix->utility[d] = rd_f32le(v + 8);
-        for (int f = 0; f < PS_NFIELDS; f++)
-            ix->dl[(size_t)d * PS_NFIELDS + f] = rd_u32le(v + 12 + 4 * f);
+        if ((rc = ps__store_doc_decode(ix, d, k, kl, v, vl, err))) break;
         d++;
     }
     if (!rc && d != ix->ndocs)
@@ -496,59 +502,65 @@ static int load_docs(ps_store_t *st, ps_err *err)
     return rc;
 }
 
-static int load_lists(ps_store_t *st, uint32_t nlists, uint64_t npost, ps_err *err)
+int ps__store_lists_alloc(ps_index_t *ix, uint32_t nlists, uint64_t npost, ps_err *err)
 {
-    ps_index_t *ix = st->ix;
     ix->lists = calloc(nlists ? nlists : 1, sizeof *ix->lists);
     ix->pdocs = malloc((npost ? npost : 1) * sizeof *ix->pdocs);
     ix->ptfn = malloc((npost ? npost : 1) * sizeof *ix->ptfn);
     if (!ix->lists || !ix->pdocs || !ix->ptfn)
         return ps_err_set(err, PS_ENOMEM, "out of memory loading %llu postings",
                           (unsigned long long)npost);
+    return 0;
+}
+
+int ps__store_list_decode(ps_index_t *ix, uint32_t l, uint32_t nlists, uint64_t npost,
+                          uint64_t *off, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl,
+                          ps_err *err)
+{
+    const uint8_t *end = v + vl;
+    uint64_t n, df, x;
+    if (kl < 3 || k[1] >= PS_NFIELDS || l >= nlists || rd_varint(&v, end, &n) ||
+        rd_varint(&v, end, &df) || n == 0 || n > npost - *off || df < n)
+        return ps_err_set(err, PS_ECORRUPT, "posting list %u has a malformed header", l);
+    int f = k[1];
+    int64_t t = ps__dict_intern(&ix->dict, (const char *)k + 2, kl - 2);
+    if (t < 0) return ps_err_set(err, PS_ENOMEM, "out of memory loading the dictionary");
+    ix->dict.terms[t].list[f] = l;
+    ps__plist *pl = &ix->lists[l];
+    pl->off = (uint32_t)*off;
+    pl->n = (uint32_t)n;
+    pl->df = (uint32_t)df;
+    uint64_t doc = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        if (rd_varint(&v, end, &x) || (i > 0 && x == 0) || (doc += x) >= ix->ndocs)
+            return ps_err_set(err, PS_ECORRUPT, "posting list %u has a bad doc number", l);
+        ix->pdocs[*off + i] = (uint32_t)doc;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        if (rd_varint(&v, end, &x) || x == 0 || x > UINT16_MAX)
+            return ps_err_set(err, PS_ECORRUPT, "posting list %u has a bad tf", l);
+        uint32_t d = ix->pdocs[*off + i];
+        ix->ptfn[*off + i] =
+            ps__tfn((uint32_t)x, ix->dl[(size_t)d * PS_NFIELDS + f], ix->fs[f].avgdl);
+    }
+    *off += n;
+    return 0;
+}
+
+static int load_lists(ps_store_t *st, uint32_t nlists, uint64_t npost, ps_err *err)
+{
+    ps_index_t *ix = st->ix;
+    int rc = ps__store_lists_alloc(ix, nlists, npost, err);
+    if (rc) return rc;
     rocksdb_iterator_t *it = rocksdb_create_iterator(st->db, st->ropts);
     uint64_t off = 0;
     uint32_t l = 0;
-    int rc = 0;
     for (rocksdb_iter_seek(it, "P", 1); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
         size_t kl, vl;
         const uint8_t *k = (const uint8_t *)rocksdb_iter_key(it, &kl);
-        const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vl), *end = v + vl;
+        const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vl);
         if (kl < 1 || k[0] != 'P') break;
-        uint64_t n, df, x;
-        if (kl < 3 || k[1] >= PS_NFIELDS || l >= nlists || rd_varint(&v, end, &n) ||
-            rd_varint(&v, end, &df) || n == 0 || n > npost - off || df < n) {
-            rc = ps_err_set(err, PS_ECORRUPT, "posting list %u has a malformed header", l);
-            break;
-        }
-        int f = k[1];
-        int64_t t = ps__dict_intern(&ix->dict, (const char *)k + 2, kl - 2);
-        if (t < 0) {
-            rc = ps_err_set(err, PS_ENOMEM, "out of memory loading the dictionary");
-            break;
-        }
-        ix->dict.terms[t].list[f] = l;
-        ps__plist *pl = &ix->lists[l];
-        pl->off = (uint32_t)off;
-        pl->n = (uint32_t)n;
-        pl->df = (uint32_t)df;
-        uint64_t doc = 0;
-        for (uint64_t i = 0; i < n && !rc; i++) {
-            if (rd_varint(&v, end, &x) || (i > 0 && x == 0) || (doc += x) >= ix->ndocs)
-                rc = ps_err_set(err, PS_ECORRUPT, "posting list %u has a bad doc number", l);
-            else
-                ix->pdocs[off + i] = (uint32_t)doc;
-        }
-        for (uint64_t i = 0; i < n && !rc; i++) {
-            if (rd_varint(&v, end, &x) || x == 0 || x > UINT16_MAX)
-                rc = ps_err_set(err, PS_ECORRUPT, "posting list %u has a bad tf", l);
-            else {
-                uint32_t d = ix->pdocs[off + i];
-                ix->ptfn[off + i] =
-                    ps__tfn((uint32_t)x, ix->dl[(size_t)d * PS_NFIELDS + f], ix->fs[f].avgdl);
-            }
-        }
-        if (rc) break;
-        off += n;
+        if ((rc = ps__store_list_decode(ix, l, nlists, npost, &off, k, kl, v, vl, err))) break;
         l++;
     }
     rocksdb_iter_destroy(it);
@@ -595,9 +607,7 @@ static int open_embeddings(ps_store_t *st, const char *dir, ps_err *err)
 ps_store_t *ps_store_open(const char *dir, ps_err *err)
 {
     char *rerr = NULL;
-    uint32_t ndocs = 0, dim = 0, nlists = 0;
-    uint64_t npost = 0;
-    ps_field_stats fs[PS_NFIELDS];
+    ps__store_meta m;
     struct stat sb;
     if (stat(dir, &sb) != 0) {
         ps_err_set(err, PS_ENOTFOUND, "index directory %s: %s", dir, strerror(errno));
@@ -622,13 +632,13 @@ ps_store_t *ps_store_open(const char *dir, ps_err *err)
         free(rerr);
         goto err;
     }
-    if (load_meta(st, &ndocs, &dim, &nlists, &npost, fs, err)) goto err;
-    if (!(st->ix = ps__index_alloc(ndocs, dim))) {
-        ps_err_set(err, PS_ENOMEM, "out of memory loading %u docs", ndocs);
+    if (load_meta(st, &m, err)) goto err;
+    if (!(st->ix = ps__index_alloc(m.ndocs, m.dim))) {
+        ps_err_set(err, PS_ENOMEM, "out of memory loading %u docs", m.ndocs);
         goto err;
     }
-    memcpy(st->ix->fs, fs, sizeof fs);
-    if (load_docs(st, err) || load_lists(st, nlists, npost, err) ||
+    memcpy(st->ix->fs, m.fs, sizeof m.fs);
+    if (load_docs(st, err) || load_lists(st, m.nlists, m.npost, err) ||
         ps__index_build_blocks(st->ix, err) || ps__index_build_idmap(st->ix, err))
         goto err;
     if (open_embeddings(st, dir, err)) goto err;
@@ -727,6 +737,34 @@ void ps_profiles_close(ps_profiles_t *p)
     free(p);
 }
 
+int ps__store_fields_decode(uint32_t doc, const uint8_t *p, size_t len, char *fields[PS_NFIELDS],
+                            ps_err *err)
+{
+    const uint8_t *end = p + len;
+    int rc = 0;
+    for (int f = 0; f < PS_NFIELDS; f++) fields[f] = NULL;
+    for (int f = 0; f < PS_NFIELDS && !rc; f++) {
+        uint64_t n;
+        if (rd_varint(&p, end, &n) || n > (uint64_t)(end - p)) {
+            rc = ps_err_set(err, PS_ECORRUPT, "stored fields of doc %u are malformed", doc);
+            break;
+        }
+        if (!(fields[f] = malloc(n + 1))) {
+            rc = ps_err_set(err, PS_ENOMEM, "out of memory reading fields");
+            break;
+        }
+        memcpy(fields[f], p, n);
+        fields[f][n] = '\0';
+        p += n;
+    }
+    if (rc)
+        for (int f = 0; f < PS_NFIELDS; f++) {
+            free(fields[f]);
+            fields[f] = NULL;
+        }
+    return rc;
+}
+
 int ps_store_fields(ps_store_t *st, uint32_t doc, char *fields[PS_NFIELDS], ps_err *err)
 {
     uint8_t k[5];
@@ -743,27 +781,8 @@ int ps_store_fields(ps_store_t *st, uint32_t doc, char *fields[PS_NFIELDS], ps_e
         return rc;
     }
     if (!v) return ps_err_set(err, PS_ECORRUPT, "doc %u has no stored fields", doc);
-    const uint8_t *p = (const uint8_t *)v, *end = p + len;
-    for (int f = 0; f < PS_NFIELDS && !rc; f++) {
-        uint64_t n;
-        if (rd_varint(&p, end, &n) || n > (uint64_t)(end - p)) {
-            rc = ps_err_set(err, PS_ECORRUPT, "stored fields of doc %u are malformed", doc);
-            break;
-        }
-        if (!(fields[f] = malloc(n + 1))) {
-            rc = ps_err_set(err, PS_ENOMEM, "out of memory reading fields");
-            break;
-        }
-        memcpy(fields[f], p, n);
-        fields[f][n] = '\0';
-        p += n;
-    }
+    rc = ps__store_fields_decode(doc, (const uint8_t *)v, len, fields, err);
     rocksdb_free(v);
-    if (rc)
-        for (int f = 0; f < PS_NFIELDS; f++) {
-            free(fields[f]);
-            fields[f] = NULL;
-        }
     return rc;
 }
 
