@@ -171,6 +171,21 @@ int profsvc_store_swap(profsvc_store_t *st, ps_err *err);
 /* Remove a directory tree (no error if it does not exist). Returns 0 or -1 with errno. */
 int profsvc_rmtree(const char *path);
 
+/* The values of the store's records (layout in store.c), checked and decoded; the store's
+ * readers go through these, and tests/fuzz feeds them directly. Each returns 0, or PS_ECORRUPT
+ * naming the user (or the database directory) when the value has the wrong size. */
+/* H: `tail` = bytes of the key after 'H' user 0x00 (the u64BE seq: 8); the value u64LE
+ * sticker_id | f32LE embedding[dim]. OUT *id, emb[0..dim). */
+int profsvc_rec_history(const char *user, size_t tail, const uint8_t *v, size_t vl, size_t dim,
+                        uint64_t *id, float *emb, ps_err *err);
+/* L: u64LE sticker_id | query bytes. OUT *id; *query (borrowed from v) of *qlen bytes. */
+int profsvc_rec_click(const char *user, const uint8_t *v, size_t vl, uint64_t *id,
+                      const uint8_t **query, size_t *qlen, ps_err *err);
+/* N: u64LE, the user's next seq. */
+int profsvc_rec_next(const char *user, const uint8_t *v, size_t vl, uint64_t *next, ps_err *err);
+/* Mdim: u32LE, 1..PS_WIRE_MAX_DIM. */
+int profsvc_rec_dim(const char *dir, const uint8_t *v, size_t vl, uint32_t *dim, ps_err *err);
+
 /* ---- handler.c: one request frame in, one reply frame out --------------------------------- */
 
 /* What /metrics shows; updated from every thread. */

@@ -188,6 +188,46 @@ int profsvc_rmtree(const char *path)
 }
 
 /**************************************************************************
+ * Record values (layout above)
+ */
+
+int profsvc_rec_history(const char *user, size_t tail, const uint8_t *v, size_t vl, size_t dim,
+                        uint64_t *id, float *emb, ps_err *err)
+{
+    if (tail != 8 || vl != 8 + 4 * dim)
+        return ps_err_set(err, PS_ECORRUPT, "user '%s': history entry of %zu bytes, want %zu", user,
+                          vl, 8 + 4 * dim);
+    *id = get_u64le(v);
+    for (size_t j = 0; j < dim; j++) emb[j] = get_f32le(v + 8 + 4 * j);
+    return 0;
+}
+
+int profsvc_rec_click(const char *user, const uint8_t *v, size_t vl, uint64_t *id,
+                      const uint8_t **query, size_t *qlen, ps_err *err)
+{
+    if (vl < 8) return ps_err_set(err, PS_ECORRUPT, "user '%s': click of %zu bytes", user, vl);
+    *id = get_u64le(v);
+    *query = v + 8;
+    *qlen = vl - 8;
+    return 0;
+}
+
+int profsvc_rec_next(const char *user, const uint8_t *v, size_t vl, uint64_t *next, ps_err *err)
+{
+    if (vl != 8) return ps_err_set(err, PS_ECORRUPT, "user '%s': N value of %zu bytes", user, vl);
+    *next = get_u64le(v);
+    return 0;
+}
+
+int profsvc_rec_dim(const char *dir, const uint8_t *v, size_t vl, uint32_t *dim, ps_err *err)
+{
+    *dim = vl == 4 ? get_u32le(v) : 0;
+    if (*dim == 0 || *dim > PS_WIRE_MAX_DIM)
+        return ps_err_set(err, PS_ECORRUPT, "%s: key " DIM_KEY " is malformed", dir);
+    return 0;
+}
+
+/**************************************************************************
  * Open, close, swap
  */
 
@@ -209,10 +249,10 @@ static int open_db(profsvc_store_t *st, ps_err *err)
     size_t len = 0;
     char *v = rocksdb_get(st->db, st->ropts, DIM_KEY, strlen(DIM_KEY), &len, &rerr);
     if (rerr) return rocks_fail(err, &rerr, "reading " DIM_KEY);
-    uint32_t dim = v && len == 4 ? get_u32le((const uint8_t *)v) : 0;
-    int bad = v && (len != 4 || dim == 0 || dim > PS_WIRE_MAX_DIM);
+    uint32_t dim = 0;
+    int rc = v ? profsvc_rec_dim(st->dir, (const uint8_t *)v, len, &dim, err) : 0;
     rocksdb_free(v);
-    if (bad) return ps_err_set(err, PS_ECORRUPT, "%s: key " DIM_KEY " is malformed", st->dir);
+    if (rc) return rc;
     atomic_store(&st->dim, dim);
     return 0;
 }
@@ -387,11 +427,7 @@ static int read_next(profsvc_store_t *st, const char *user, size_t ulen, uint64_
     char *v = rocksdb_get(st->db, st->ropts, (const char *)k, kl, &len, &rerr);
     if (rerr) return rocks_fail(err, &rerr, "reading the user's next seq");
     *next = 0;
-    int rc = 0;
-    if (v && len != 8)
-        rc = ps_err_set(err, PS_ECORRUPT, "user '%s': N value of %zu bytes", user, len);
-    else if (v)
-        *next = get_u64le((const uint8_t *)v);
+    int rc = v ? profsvc_rec_next(user, (const uint8_t *)v, len, next, err) : 0;
     rocksdb_free(v);
     return rc;
 }
@@ -497,19 +533,15 @@ static int collect_history(profsvc_store_t *st, rocksdb_writebatch_t *b, const c
             continue;
         }
         const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vl);
-        if (kl != pl + 8 || vl != 8 + 4 * dim) {
-            rc = ps_err_set(err, PS_ECORRUPT, "user '%s': history entry of %zu bytes, want %zu",
-                            user, vl, 8 + 4 * dim);
+        uint64_t id = 0;
+        /* decoded into the next free slot, kept only when its sticker is new */
+        if ((rc = profsvc_rec_history(user, kl - pl, v, vl, dim, &id, h->embs + h->n * dim, err)))
             break;
-        }
         h->kept++;
-        uint64_t id = get_u64le(v);
         size_t i = 0;
         while (i < h->n && h->ids[i] != id) i++;
         if (i < h->n) continue; /* an older click of a sticker already in */
-        h->ids[h->n] = id;
-        for (size_t j = 0; j < dim; j++) h->embs[h->n * dim + j] = get_f32le(v + 8 + 4 * j);
-        h->n++;
+        h->ids[h->n++] = id;
     }
     if (!rc) {
         char *rerr = NULL;
@@ -810,13 +842,9 @@ static int read_held(profsvc_store_t *st, const char *user, size_t ulen, size_t 
         const char *k = rocksdb_iter_key(it, &kl);
         if (!has_prefix(k, kl, pre, pl)) break;
         const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vl);
-        if (kl != pl + 8 || vl != 8 + 4 * dim) {
-            rc = ps_err_set(err, PS_ECORRUPT, "user '%s': history entry of %zu bytes, want %zu",
-                            user, vl, 8 + 4 * dim);
-            break;
-        }
-        for (size_t j = 0; j < dim; j++) emb[j] = get_f32le(v + 8 + 4 * j);
-        rc = entries_push(held, get_u64le(v), emb, dim, err);
+        uint64_t id = 0;
+        if (!(rc = profsvc_rec_history(user, kl - pl, v, vl, dim, &id, emb, err)))
+            rc = entries_push(held, id, emb, dim, err);
     }
     if (!rc) {
         char *rerr = NULL;
@@ -1023,10 +1051,11 @@ int profsvc_store_clicks(profsvc_store_t *st, const char *user, size_t cap, uint
         size_t kl, vl;
         const char *k = rocksdb_iter_key(it, &kl);
         if (!has_prefix(k, kl, pre, pl)) break;
-        const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vl);
-        if (vl < 8) {
-            rc = ps_err_set(err, PS_ECORRUPT, "user '%s': click of %zu bytes", user, vl);
-        } else if (*n == cap) {
+        const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it, &vl), *query;
+        uint64_t id = 0;
+        size_t qlen;
+        if ((rc = profsvc_rec_click(user, v, vl, &id, &query, &qlen, err))) break;
+        if (*n == cap) {
             rc = ps_err_set(err, PS_ETOOBIG, "user '%s': more than %zu clicks", user, cap);
         } else {
             if (*n == ncap) {
@@ -1038,7 +1067,7 @@ int profsvc_store_clicks(profsvc_store_t *st, const char *user, size_t cap, uint
                 }
                 *ids = p;
             }
-            (*ids)[(*n)++] = get_u64le(v);
+            (*ids)[(*n)++] = id;
         }
     }
     char *rerr = NULL;
