@@ -127,11 +127,18 @@ int profsvc_store_wal(profsvc_store_t *st, uint64_t from, size_t max_bytes, prof
 void profsvc_batches_free(profsvc_batch *b, size_t n);
 
 /* Replica: write one of the primary's batches, which must start at latest + 1, and check
- * that the database then holds seq + count − 1 as its latest. Errors: PS_EINVAL (out of
- * order: the caller must bootstrap), PS_ECORRUPT (a batch that does not parse or lands on
- * other sequence numbers), PS_ESTORE, PS_EUNAVAIL. */
+ * that the database then holds seq + count − 1 as its latest. Nothing is written unless the
+ * batch passes profsvc_batch_check. Errors: PS_EINVAL (out of order: the caller must
+ * bootstrap), PS_ECORRUPT (a batch that does not parse or lands on other sequence numbers),
+ * PS_ESTORE, PS_EUNAVAIL. */
 int profsvc_store_apply(profsvc_store_t *st, uint64_t seq, const void *data, size_t len,
                         ps_err *err);
+
+/* Check the `len` bytes of the batch at `seq` before a replica writes them: a WriteBatch of
+ * exactly its count of puts and deletes in the default column family, nothing else and
+ * nothing after (layout in store.c). OUT *count: its writes. Errors: PS_ECORRUPT naming the
+ * record at fault. */
+int profsvc_batch_check(uint64_t seq, const void *data, size_t len, uint32_t *count, ps_err *err);
 
 /* A checkpoint file. */
 typedef struct profsvc_file {

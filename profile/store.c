@@ -1352,10 +1352,81 @@ int profsvc_store_wal(profsvc_store_t *st, uint64_t from, size_t max_bytes, prof
     return rc;
 }
 
+/*
+ * A batch from the primary is what one of its writes put in a rocksdb WriteBatch (layout in
+ * rocksdb's db/write_batch.cc), and the primary only puts and deletes in the default column
+ * family:
+ *
+ *   fixed64 sequence | fixed32 count | count records, each one of
+ *     0x01 (put)     varint32 klen | key | varint32 vlen | value
+ *     0x00 (delete)  varint32 klen | key
+ *
+ * A replica applies nothing else. RocksDB appends a batch to its WAL before it parses the
+ * records into the memtable, so a malformed batch (an unknown record type, a wrong count, a
+ * truncated record, an operation this database has no setup for) would fail only then, and
+ * stop the database for good: every later write fails, and reopening it replays the batch from
+ * the WAL and fails again.
+ */
+
+/* A varint32 as rocksdb writes it: at most 5 bytes, the last holding the top 4 bits. */
+static int get_varint32(const uint8_t **p, const uint8_t *end, uint32_t *v)
+{
+    uint32_t x = 0;
+    for (int i = 0; i < 5 && *p < end; i++) {
+        uint8_t c = *(*p)++;
+        if (i == 4 && c > 0x0f) return -1;
+        x |= (uint32_t)(c & 0x7f) << (7 * i);
+        if (!(c & 0x80)) {
+            *v = x;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int skip_varstring(const uint8_t **p, const uint8_t *end)
+{
+    uint32_t n;
+    if (get_varint32(p, end, &n) || n > (size_t)(end - *p)) return -1;
+    *p += n;
+    return 0;
+}
+
+int profsvc_batch_check(uint64_t seq, const void *data, size_t len, uint32_t *count, ps_err *err)
+{
+    const uint8_t *p = data, *end = p + len;
+    if (len < 12)
+        return ps_err_set(err, PS_ECORRUPT, "batch at %llu: %zu bytes", (unsigned long long)seq,
+                          len);
+    *count = get_u32le(p + 8);
+    if (*count == 0 || *count > INT32_MAX)
+        return ps_err_set(err, PS_ECORRUPT, "batch at %llu holds %d writes",
+                          (unsigned long long)seq, (int)*count);
+    p += 12;
+    for (uint32_t i = 0; i < *count; i++) {
+        if (p == end)
+            return ps_err_set(err, PS_ECORRUPT, "batch at %llu: %u records of the %u it counts",
+                              (unsigned long long)seq, i, *count);
+        uint8_t type = *p++;
+        if (type != 0x00 && type != 0x01)
+            return ps_err_set(err, PS_ECORRUPT,
+                              "batch at %llu: record %u is of type 0x%02x, not a put or a delete",
+                              (unsigned long long)seq, i, type);
+        if (skip_varstring(&p, end) || (type == 0x01 && skip_varstring(&p, end)))
+            return ps_err_set(err, PS_ECORRUPT, "batch at %llu: record %u is truncated",
+                              (unsigned long long)seq, i);
+    }
+    if (p != end)
+        return ps_err_set(err, PS_ECORRUPT, "batch at %llu: %zu bytes after its %u records",
+                          (unsigned long long)seq, (size_t)(end - p), *count);
+    return 0;
+}
+
 int profsvc_store_apply(profsvc_store_t *st, uint64_t seq, const void *data, size_t len,
                         ps_err *err)
 {
     int rc;
+    uint32_t count = 0;
     if (len < 12)
         return ps_err_set(err, PS_ECORRUPT, "batch at %llu: %zu bytes", (unsigned long long)seq,
                           len);
@@ -1366,18 +1437,17 @@ int profsvc_store_apply(profsvc_store_t *st, uint64_t seq, const void *data, siz
         return ps_err_set(err, PS_EINVAL, "batch at %llu, this replica holds %llu",
                           (unsigned long long)seq, (unsigned long long)latest);
     }
+    if ((rc = profsvc_batch_check(seq, data, len, &count, err))) {
+        db_leave(st);
+        return rc;
+    }
     rocksdb_writebatch_t *wb = rocksdb_writebatch_create_from(data, len);
-    int count = rocksdb_writebatch_count(wb);
     char *rerr = NULL;
-    if (count <= 0)
-        rc = ps_err_set(err, PS_ECORRUPT, "batch at %llu holds %d writes", (unsigned long long)seq,
-                        count);
-    else
-        rocksdb_write(st->db, st->wopts, wb, &rerr);
+    rocksdb_write(st->db, st->wopts, wb, &rerr);
     if (rerr) rc = rocks_fail(err, &rerr, "applying a batch");
     uint64_t now = rocksdb_get_latest_sequence_number(st->db);
     if (!rc && now != seq + (uint64_t)count - 1)
-        rc = ps_err_set(err, PS_ECORRUPT, "batch at %llu of %d writes left the replica at %llu",
+        rc = ps_err_set(err, PS_ECORRUPT, "batch at %llu of %u writes left the replica at %llu",
                         (unsigned long long)seq, count, (unsigned long long)now);
     rocksdb_writebatch_destroy(wb);
     db_leave(st);
