@@ -1,10 +1,10 @@
 /*
  * test_profile_store.c — idempotent clicks in the profile service's store (profile/store.c,
- * compiled in): a click id is stored once per user, a repeat answers duplicate with the
- * user's state and writes nothing (the checksum over every key does not move), the same id
- * for another sticker is a conflict, ids are per user, the window forgets the ids of clicks
- * older than the user's last click_ids, and an id survives a reopen and reaches a replica
- * through the WAL (a replica's directory opened as the primary still knows it: failover).
+ * the library profsvc_store): a click id is stored once per user, a repeat answers duplicate with
+ * the user's state and writes nothing (the checksum over every key does not move), the same id for
+ * another sticker is a conflict, ids are per user, the window forgets the ids of clicks older than
+ * the user's last click_ids, and an id survives a reopen and reaches a replica through the WAL (a
+ * replica's directory opened as the primary still knows it: failover).
  */
 #include <setjmp.h>
 #include <stdarg.h>
