@@ -192,6 +192,14 @@ int profsvc_rec_click(const char *user, const uint8_t *v, size_t vl, uint64_t *i
 int profsvc_rec_next(const char *user, const uint8_t *v, size_t vl, uint64_t *next, ps_err *err);
 /* Mdim: u32LE, 1..PS_WIRE_MAX_DIM. */
 int profsvc_rec_dim(const char *dir, const uint8_t *v, size_t vl, uint32_t *dim, ps_err *err);
+/* I (the key of click id `id`): u64LE seq | u64LE sticker_id. OUT *seq, *sticker. */
+int profsvc_rec_click_id(const char *user, const char *id, const uint8_t *v, size_t vl,
+                         uint64_t *seq, uint64_t *sticker, ps_err *err);
+/* J: `tail` (tl bytes) = the key after 'J' user 0x00, the u64BE seq; the value a click id of
+ * 1..PS_WIRE_MAX_CLICK_ID bytes (vl; its bytes are not checked: they only name an I key to
+ * delete). OUT *seq. */
+int profsvc_rec_window(const char *user, const uint8_t *tail, size_t tl, size_t vl, uint64_t *seq,
+                       ps_err *err);
 
 /* ---- handler.c: one request frame in, one reply frame out --------------------------------- */
 

@@ -227,6 +227,28 @@ int profsvc_rec_dim(const char *dir, const uint8_t *v, size_t vl, uint32_t *dim,
     return 0;
 }
 
+int profsvc_rec_click_id(const char *user, const char *id, const uint8_t *v, size_t vl,
+                         uint64_t *seq, uint64_t *sticker, ps_err *err)
+{
+    if (vl != 16)
+        return ps_err_set(err, PS_ECORRUPT, "user '%s': click id '%s' value of %zu bytes", user, id,
+                          vl);
+    *seq = get_u64le(v);
+    *sticker = get_u64le(v + 8);
+    return 0;
+}
+
+int profsvc_rec_window(const char *user, const uint8_t *tail, size_t tl, size_t vl, uint64_t *seq,
+                       ps_err *err)
+{
+    if (tl != 8 || vl == 0 || vl > PS_WIRE_MAX_CLICK_ID)
+        return ps_err_set(err, PS_ECORRUPT, "user '%s': click id window entry of %zu bytes", user,
+                          vl);
+    *seq = 0;
+    for (int i = 0; i < 8; i++) *seq = *seq << 8 | tail[i];
+    return 0;
+}
+
 /**************************************************************************
  * Open, close, swap
  */
@@ -571,13 +593,9 @@ static int read_click_id(profsvc_store_t *st, const char *user, size_t ulen, con
     char *rerr = NULL;
     char *v = rocksdb_get(st->db, st->ropts, (const char *)k, kl, &len, &rerr);
     if (rerr) return rocks_fail(err, &rerr, "reading a click id");
-    int rc = 0;
+    uint64_t seq;
     *seen = v != NULL;
-    if (v && len != 16)
-        rc = ps_err_set(err, PS_ECORRUPT, "user '%s': click id '%s' value of %zu bytes", user, id,
-                        len);
-    else if (v)
-        *sticker = get_u64le((const uint8_t *)v + 8);
+    int rc = v ? profsvc_rec_click_id(user, id, (const uint8_t *)v, len, &seq, sticker, err) : 0;
     rocksdb_free(v);
     return rc;
 }
@@ -605,14 +623,10 @@ static int put_click_id(profsvc_store_t *st, rocksdb_writebatch_t *b, const char
         const char *j = rocksdb_iter_key(it, &jl);
         if (!has_prefix(j, jl, pre, pl)) break;
         const char *old = rocksdb_iter_value(it, &vl);
-        if (jl != pl + 8 || vl == 0 || vl > PS_WIRE_MAX_CLICK_ID) {
-            rc = ps_err_set(err, PS_ECORRUPT, "user '%s': click id window entry of %zu bytes", user,
-                            vl);
-            break;
-        }
         uint64_t seq = 0;
-        for (int i = 0; i < 8; i++) seq = seq << 8 | (uint8_t)j[pl + i];
-        if (seq > last) break;
+        if ((rc = profsvc_rec_window(user, (const uint8_t *)j + pl, jl - pl, vl, &seq, err)) ||
+            seq > last)
+            break;
         rocksdb_writebatch_delete(b, j, jl);
         size_t ol = id_key(k, user, ulen, old, vl);
         rocksdb_writebatch_delete(b, (const char *)k, ol);

@@ -2,18 +2,19 @@
  * fuzz_profile_store.c — fuzz target for the profile service's record decoders (profile/store.c,
  * layout there): the values a node reads back from its database, which on a replica are
  * whatever the WAL stream wrote (P profiles, H history entries, L click-log entries, N next
- * sequence numbers, the Mdim dimension), and the check a replica runs on each WAL batch before
- * it writes it (profsvc_batch_check). fuzz_profile_wal drives the same through a live store.
+ * sequence numbers, the Mdim dimension, I click ids and J the click id window), and the check a
+ * replica runs on each WAL batch before it writes it (profsvc_batch_check). fuzz_profile_wal
+ * drives the same through a live store.
  *
- * Input: byte 0 picks the decoder (mod 6: P, H, L, N, Mdim, batch); for H, byte 1 is the
- * embedding dimension (0..255) and byte 2 the key's length after the user's 0x00; the rest is
- * the value.
+ * Input: byte 0 picks the decoder (mod 8: P, H, L, N, Mdim, batch, I, J); for H, byte 1 is the
+ * embedding dimension (0..255) and byte 2 the key's length after the user's 0x00; for J, byte 1
+ * is the length of the key's tail (the seq), which comes first; the rest is the value.
  *
  * Any input must give 0 or PS_ECORRUPT with a message, never a crash or a leak. What decodes is
  * what the bytes hold: a profile encodes to the same bytes, an H entry's id and floats and an L
- * entry's id and query are the value's bytes, N and Mdim their integer; a batch the check
- * accepts parses in RocksDB (rocksdb_writebatch_iterate) as exactly its count of puts and
- * deletes.
+ * entry's id and query are the value's bytes, N, Mdim and I their integers, a J entry's seq its
+ * key's 8 bytes big-endian, with a click id that fits in an I key; a batch the check accepts
+ * parses in RocksDB (rocksdb_writebatch_iterate) as exactly its count of puts and deletes.
  */
 #include <rocksdb/c.h>
 #include <stdint.h>
@@ -70,7 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const uint8_t *v = data + 1;
     size_t vl = size - 1;
     int rc;
-    switch (data[0] % 6) {
+    switch (data[0] % 8) {
     case 0: {
         ps_profile p;
         rc = ps_profile_decode(v, vl, &p, &err);
@@ -122,9 +123,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         break;
     }
-    default:
+    case 5:
         fuzz_batch(v, vl);
         break;
+    case 6: {
+        uint64_t seq, sticker;
+        rc = profsvc_rec_click_id("u", "c", v, vl, &seq, &sticker, &err);
+        check_err(rc, &err);
+        if (!rc && (vl != 16 || seq != le64(v) || sticker != le64(v + 8))) abort();
+        break;
+    }
+    default: {
+        if (vl < 1 || v[0] > vl - 1) return 0;
+        size_t tl = v[0];
+        const uint8_t *tail = v + 1;
+        uint64_t seq, be = 0;
+        v += 1 + tl, vl -= 1 + tl;
+        rc = profsvc_rec_window("u", tail, tl, vl, &seq, &err);
+        check_err(rc, &err);
+        if (rc) break;
+        for (size_t i = 0; i < tl; i++) be = be << 8 | tail[i];
+        if (tl != 8 || vl == 0 || vl > PS_WIRE_MAX_CLICK_ID || seq != be) abort();
+        break;
+    }
     }
     return 0;
 }
