@@ -13,9 +13,11 @@
  *
  * Any input must give 0 or a negative PS_E* code with a message, never a crash or a leak. An
  * index that loads is searched (one query of up to three of its terms, MaxScore and exhaustive,
- * every field on); a profile that decodes encodes to the same bytes; stored fields that decode
- * fit in their value.
+ * every field on): both give the same hits when its utilities are finite, >= 0 and non-increasing
+ * and every tfn is finite, as in an index the builder wrote; a profile that decodes encodes to the
+ * same bytes; stored fields that decode fit in their value.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,6 +133,16 @@ static void search(const ps_index_t *ix)
         for (size_t i = 0; !rc && i < n[e]; i++)
             if (hits[e][i].doc >= ix->ndocs || hits[e][i].id != ix->ids[hits[e][i].doc]) abort();
     }
+    /* search.h: both paths give the same hits, on an index like the builder's (utilities finite
+     * and non-increasing, every tfn finite); a corrupt one need only not crash */
+    int sane = 1;
+    for (uint32_t d = 0; sane && d < ix->ndocs; d++)
+        sane = isfinite(ix->utility[d]) && ix->utility[d] >= 0 &&
+               (d == 0 || ix->utility[d] <= ix->utility[d - 1]);
+    for (uint64_t i = 0; sane && i < ix->npostings; i++) sane = isfinite(ix->ptfn[i]);
+    if (sane && n[0] != n[1]) abort();
+    for (size_t i = 0; sane && i < n[0]; i++)
+        if (hits[0][i].id != hits[1][i].id || hits[0][i].score != hits[1][i].score) abort();
     ps_tokens_free(&tok);
     ps_searcher_free(s);
 }
