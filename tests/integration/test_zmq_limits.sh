@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# What one ZeroMQ peer can make a daemon hold (issue 11). Against a shard, the profile primary
-# and the broker's front door, all with CURVE on (lib.sh):
+# What one ZeroMQ peer can make a daemon hold (issue 11). Against a shard, the profile primary,
+# a profile replica and the broker's front door, all with CURVE on (lib.sh):
 #   (a) an outsider without the keys sends one message of 100 frames of 4,000,000 bytes: its
 #       handshake is refused before a byte of the message is read;
 #   (b) an allowed peer sends 100 frames of 5,000,000 bytes: the first is over every daemon's
@@ -33,6 +33,7 @@ $B build --corpus "$T/data/corpus.jsonl" --embeddings "$T/data/embeddings.npy" \
   || fail "build: $(cat "$T/build.out")"
 
 start_profile pp --db "$T/pp" --role primary
+start_profile r1 --db "$T/r1" --role replica --primary "${EP[pp]}"
 start_shard s0 --workers 1 --index "$T/cluster/shard-000" --shard 0 --shards 1
 start_broker broker "${EP[s0]}" --deadline-ms 2000
 PID[front]=${PID[broker]}
@@ -41,7 +42,7 @@ EP[front]=$ZEP
 logf() { if [ "$1" = front ]; then echo "$T/broker.log"; else echo "$T/$1.log"; fi; }
 hwm_mb() { awk '/^VmHWM/ {print int($2 / 1024)}' "/proc/$1/status"; }
 
-for d in s0 pp front; do
+for d in s0 pp r1 front; do
   pid=${PID[$d]} ep=${EP[$d]} log=$(logf $d)
   "$FL" health "$ep" >/dev/null || fail "$d: no health answer before the test"
   hwm0=$(hwm_mb "$pid")
@@ -117,7 +118,9 @@ stop lowfd
 
 stop broker
 stop s0
-kill -TERM "${PID[pp]}"
-wait "${PID[pp]}" || fail "profile primary exited non-zero"
-unset "PID[pp]"
+for d in r1 pp; do
+  kill -TERM "${PID[$d]}"
+  wait "${PID[$d]}" || fail "profile $d exited non-zero"
+  unset "PID[$d]"
+done
 echo "PASS"
