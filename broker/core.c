@@ -17,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -343,18 +342,7 @@ static int encode_get_sticker_emb(void *arg, uint64_t request_id, uint32_t deadl
  * retry safely (every answer does, the in-doubt one included). */
 static void derive_click_id(char out[33])
 {
-    uint8_t r[16];
-    ssize_t got = getrandom(r, sizeof r, GRND_NONBLOCK);
-    if (got != (ssize_t)sizeof r) { /* no entropy yet (early boot): time, pid and a counter */
-        static _Atomic uint64_t n;
-        uint64_t seed = (uint64_t)(broker_now() * 1e9) ^ ((uint64_t)getpid() << 32) ^
-                        atomic_fetch_add(&n, 1) * 0x9e3779b97f4a7c15ull;
-        for (int i = 0; i < 16; i += 8) {
-            uint64_t v = ps_splitmix64(&seed);
-            memcpy(r + i, &v, 8);
-        }
-    }
-    for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", r[i]);
+    ps_random_hex_id(out, (uint64_t)(uintptr_t)out);
 }
 
 /* A click on its way: what the core keeps until the primary's outcome. */

@@ -26,7 +26,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -692,19 +691,10 @@ int persrv_health(persrv_t *ctx, persrv_health_info *out)
 
 /* ---- clicks --------------------------------------------------------------------------------- */
 
-/* A fresh click id: 128 random bits as 32 hex digits (the kernel's, else a splitmix stream
- * seeded like the request ids). */
+/* A fresh click id: 128 random bits as 32 hex digits (ps_random_hex_id). */
 static void new_click_id(persrv_t *c, char out[PERSRV_MAX_CLICK_ID + 1])
 {
-    uint8_t r[16];
-    if (getrandom(r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
-        uint64_t seed = persrv__id_seed(c) ^ c->next_id;
-        for (int i = 0; i < 16; i += 8) {
-            uint64_t v = ps_splitmix64(&seed);
-            memcpy(r + i, &v, 8);
-        }
-    }
-    for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", r[i]);
+    ps_random_hex_id(out, c->next_id ^ (uint64_t)(uintptr_t)c);
 }
 
 int persrv_click(persrv_t *ctx, const char *user, uint64_t sticker_id, const char *query,

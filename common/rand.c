@@ -9,12 +9,15 @@
  */
 #include "ps/rand.h"
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
-#include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #define ZIG_R 3.442619855899      /* start of the tail */
 #define ZIG_V 9.91256303526217e-3 /* area of each layer */
@@ -92,4 +95,27 @@ int ps_random_bytes(void *buf, size_t n)
         n -= (size_t)r;
     }
     return 0;
+}
+
+void ps_random_hex_id(char out[33], uint64_t salt)
+{
+    uint8_t r[16];
+    if (getrandom(r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
+        static _Atomic uint64_t n;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t seed = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^
+                        ((uint64_t)getpid() << 32) ^ salt ^
+                        atomic_fetch_add(&n, 1) * 0x9e3779b97f4a7c15ull;
+        for (int i = 0; i < 16; i += 8) {
+            uint64_t v = ps_splitmix64(&seed);
+            memcpy(r + i, &v, 8);
+        }
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 16; i++) {
+        out[2 * i] = hex[r[i] >> 4];
+        out[2 * i + 1] = hex[r[i] & 15];
+    }
+    out[32] = '\0';
 }

@@ -22,6 +22,11 @@
  * with errno. */
 int ps_random_bytes(void *buf, size_t n);
 
+/* A fresh id of 128 random bits as 32 lowercase hex digits and a NUL (click ids): the
+ * kernel's bits, or — when it has none yet (early boot) — a splitmix64 stream seeded from the
+ * clock, the pid, a process-wide counter and salt, so two calls never repeat. Never fails. */
+void ps_random_hex_id(char out[33], uint64_t salt);
+
 /* splitmix64: advances *x by the golden-ratio increment and returns the mixed value. Used on
  * its own as a small one-word stream, and to expand seeds for ps_rng_seed. */
 static inline uint64_t ps_splitmix64(uint64_t *x)
