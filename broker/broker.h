@@ -29,7 +29,7 @@
 #include "persrv.pb-c.h"
 #include "ps/admin.h"
 #include "ps/analyzer.h"
-#include "ps/curve.h"
+#include "ps/curve_zap.h"
 #include "ps/err.h"
 #include "ps/profile.h"
 #include "ps/search.h"

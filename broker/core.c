@@ -24,7 +24,7 @@
 #include "ps/index.h"
 #include "ps/log.h"
 #include "ps/rand.h"
-#include "ps/wire.h"
+#include "ps/wire_engine.h"
 
 struct broker_core {
     broker_pool_t *pool;

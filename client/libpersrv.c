@@ -162,6 +162,25 @@ void persrv_options_init(persrv_options *opt)
     opt->curve_server_key = opt->curve_public_key = opt->curve_secret_key = NULL;
 }
 
+void persrv__env_free(Persrv__Envelope *env)
+{
+    ps_wire_free(env);
+}
+
+int persrv__encode_query(uint64_t rid, uint32_t deadline_ms, const persrv_query *q, size_t qlen,
+                         const char *api_key, uint8_t **buf, size_t *len, ps_err *e)
+{
+    int rc = ps_wire_encode_query(rid, deadline_ms, q->text, qlen, q->user, q->k, q->explain, buf,
+                                  len, e);
+    if (!rc) rc = ps_wire_append_api_key(buf, len, api_key, e);
+    if (rc) {
+        free(*buf);
+        *buf = NULL;
+        *len = 0;
+    }
+    return rc;
+}
+
 void persrv__wipe_free(char *s)
 {
     if (!s) return;

@@ -171,11 +171,11 @@ static int dispatch(persrv_async_t *a)
     else
         r = find_req(a, env->request_id);
     if (!r) {
-        ps_wire_free(env); /* a late answer to a request that timed out */
+        persrv__env_free(env); /* a late answer to a request that timed out */
         return 0;
     }
     if ((rc = persrv__reply_check(env, PERSRV__ENVELOPE__BODY_QUERY_REPLY, &e))) {
-        ps_wire_free(env);
+        persrv__env_free(env);
         complete(a, r, rc, NULL, e.msg);
     } else if ((rc = persrv__result_from(&env, &res))) {
         complete(a, r, rc, NULL, "persrv_search_async: out of memory for the result");
@@ -307,10 +307,8 @@ int persrv_search_async(persrv_async_t *a, const persrv_query *q, persrv_search_
     r->cb = cb;
     r->arg = arg;
     r->rid = ++a->next_id ? a->next_id : ++a->next_id;
-    if ((rc =
-             ps_wire_encode_query(r->rid, a->timeout_ms, q->text, q->len ? q->len : strlen(q->text),
-                                  q->user, q->k, q->explain, &buf, &len, &e)) ||
-        (rc = ps_wire_append_api_key(&buf, &len, a->api_key, &e))) {
+    if ((rc = persrv__encode_query(r->rid, a->timeout_ms, q, q->len ? q->len : strlen(q->text),
+                                   a->api_key, &buf, &len, &e))) {
         free(buf);
         event_free(r->timer);
         free(r);

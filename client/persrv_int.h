@@ -57,6 +57,15 @@ uint64_t persrv__id_seed(const void *salt);
  * can tell whether the bad frame was meant for it. e->msg says what failed. */
 int persrv__recv(void *sock, size_t max_frame, Persrv__Envelope **out, uint64_t *peek, ps_err *e);
 
+/* Free an envelope from persrv__recv (NULL is fine). */
+void persrv__env_free(Persrv__Envelope *env);
+
+/* A QueryRequest frame for q (qlen bytes of q->text) under request id rid with deadline_ms,
+ * carrying api_key (NULL or "": none). OUT *buf (malloc'd, *len bytes). A ps_* code on error,
+ * e->msg says why. */
+int persrv__encode_query(uint64_t rid, uint32_t deadline_ms, const persrv_query *q, size_t qlen,
+                         const char *api_key, uint8_t **buf, size_t *len, ps_err *e);
+
 /* Check that env, a decoded reply, answers with body `want`. Returns PERSRV_OK, or: for an
  * Error body, the PERSRV_E* code it names and e->msg = "broker: <message>"; for another body,
  * PERSRV_EPROTO ("reply: health_reply where query_reply belongs"). env stays the caller's. */

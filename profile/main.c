@@ -17,7 +17,7 @@
 
 #include "ps/admin.h"
 #include "ps/config.h"
-#include "ps/curve.h"
+#include "ps/curve_zap.h"
 #include "ps/httpguard.h"
 #include "ps/log.h"
 #include "ps/wire.h"

@@ -10,7 +10,7 @@
 #include <time.h>
 
 #include "ps/log.h"
-#include "ps/wire.h"
+#include "ps/wire_engine.h"
 #include "shard.h"
 
 struct shard_handler {

@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "ps/config.h"
-#include "ps/curve.h"
+#include "ps/curve_zap.h"
 #include "ps/httpguard.h"
 #include "ps/log.h"
 #include "ps/wire.h"

@@ -1,5 +1,5 @@
 /*
- * fuzz_config.c — fuzz target for a daemon's configuration (common/config.c: the `key = value`
+ * fuzz_config.c — fuzz target for a daemon's configuration (runtime/config.c: the `key = value`
  * file, PERSRV_* environment variables and flags) and the settings the broker parses further
  * (broker/parse.c: the topologies of --shards, --profile-replicas and --profile-primary, the
  * --http address).

@@ -1,6 +1,6 @@
 /*
  * fuzz_curve.c — fuzz target for the CURVE files a daemon reads at start (ps_curve_load,
- * common/curve.c): its key pair file (`public = KEY` / `secret = KEY`), the allow-list
+ * wire/curve.c): its key pair file (`public = KEY` / `secret = KEY`), the allow-list
  * ("<Z85> [name]" per line) and the known-servers file ("<endpoint> <Z85>" per line, "*" for
  * any other endpoint). They come from secrets-init, cluster-up or an operator's hand, and a
  * daemon parses them before anything else.

@@ -1,6 +1,6 @@
 /*
  * fuzz_store.c — fuzz target for the records of an index directory as ps_store_open and
- * ps_store_fields read them back (common/store.c, layout in ps/store.h): the M metadata, D
+ * ps_store_fields read them back (engine/store.c, layout in ps/store.h): the M metadata, D
  * doc records, P posting lists, T stored fields, and U user profiles (ps_profile_decode). A
  * snapshot is pushed to a shard over the network, so these bytes are outside input too.
  *

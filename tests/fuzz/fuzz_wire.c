@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ps/wire.h"
+#include "ps/wire_engine.h"
 
 static uint8_t *pack_or_die(const Persrv__Envelope *env, size_t *len)
 {

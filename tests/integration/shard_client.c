@@ -39,7 +39,7 @@
 #include "ps/analyzer.h"
 #include "ps/index.h"
 #include "ps/store.h"
-#include "ps/wire.h"
+#include "ps/wire_engine.h"
 
 #define TIMEOUT_MS 30000 /* a reply later than this is a failure, not a measurement */
 #define MAX_SHARDS 16

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 11 must-show 3, the HTTP half: a broker (one shard behind it) under connection floods
-# from conn_flood, on its public HTTP door and its admin port (common/admin.c):
+# from conn_flood, on its public HTTP door and its admin port (runtime/admin.c):
 #   (a) slowloris: 500 connections to each door, each trickling a header byte a second: every
 #       one is answered 408 and closed by request-timeout-ms (never before it), while a normal
 #       client's searches and /healthz keep being answered (each within a generous 10 s);

@@ -26,7 +26,7 @@
 #include <zmq.h>
 
 #include "persrv.h"
-#include "ps/wire.h"
+#include "ps/wire_engine.h"
 
 #define TIMEOUT_MS 300 /* per attempt: long enough for loopback, short enough for the suite */
 

@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "ps/rand.h"
-#include "ps/wire.h"
+#include "ps/wire_engine.h"
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 

@@ -1,0 +1,588 @@
+/*
+ * index.c — building the in-memory inverted index (ps_ixbuild_*) and reading it (ps_index_*).
+ *
+ * Build: stickers arrive in doc order (utility desc, id asc). Each field's tokens are mapped
+ * to term numbers, sorted, and run-length counted into (doc, tf) appended to the (field, term)
+ * list, so every list is born sorted by doc. ps_ixbuild_finish computes the field statistics,
+ * then packs all lists into the flat pdocs/ptfn arrays described in ps_int.h.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ps_int.h"
+#include "ps/alloc.h"
+
+/**************************************************************************
+ * The term dictionary
+ */
+
+int ps__dict_init(ps__dict *d, uint32_t cap)
+{
+    uint32_t nslots = 1024;
+    memset(d, 0, sizeof *d);
+    while (nslots < cap * 2u) nslots <<= 1;
+    d->slots = ps_calloc(nslots, sizeof *d->slots);
+    if (!d->slots) return PS_ENOMEM;
+    d->mask = nslots - 1;
+    return 0;
+}
+
+void ps__dict_free(ps__dict *d)
+{
+    ps_free(d->strs);
+    ps_free(d->terms);
+    ps_free(d->slots);
+    memset(d, 0, sizeof *d);
+}
+
+int64_t ps__dict_find(const ps__dict *d, const char *s, size_t len)
+{
+    uint32_t i = (uint32_t)ps_hash_bytes(s, len) & d->mask;
+    for (;; i = (i + 1) & d->mask) {
+        uint32_t t = d->slots[i];
+        if (t == 0) return -1;
+        const ps__term *term = &d->terms[t - 1];
+        if (term->len == len && memcmp(d->strs + term->str, s, len) == 0) return t - 1;
+    }
+}
+
+static int dict_grow_slots(ps__dict *d)
+{
+    uint32_t nslots = (d->mask + 1) * 2;
+    uint32_t *slots = ps_calloc(nslots, sizeof *slots);
+    if (!slots) return PS_ENOMEM;
+    for (uint32_t t = 0; t < d->nterms; t++) {
+        const ps__term *term = &d->terms[t];
+        uint32_t i = (uint32_t)ps_hash_bytes(d->strs + term->str, term->len) & (nslots - 1);
+        while (slots[i]) i = (i + 1) & (nslots - 1);
+        slots[i] = t + 1;
+    }
+    ps_free(d->slots);
+    d->slots = slots;
+    d->mask = nslots - 1;
+    return 0;
+}
+
+int64_t ps__dict_intern(ps__dict *d, const char *s, size_t len)
+{
+    int64_t found = ps__dict_find(d, s, len);
+    if (found >= 0) return found;
+    if ((uint64_t)(d->nterms + 1) * 2 > d->mask + 1 && dict_grow_slots(d)) return -1;
+    if (d->nterms == d->terms_cap) {
+        uint32_t cap = d->terms_cap ? d->terms_cap * 2 : 1024;
+        ps__term *terms = ps_realloc(d->terms, cap * sizeof *terms);
+        if (!terms) return -1;
+        d->terms = terms;
+        d->terms_cap = cap;
+    }
+    if (d->strs_len + len + 1 > d->strs_cap) {
+        size_t cap = d->strs_cap ? d->strs_cap * 2 : 65536;
+        while (cap < d->strs_len + len + 1) cap *= 2;
+        char *strs = ps_realloc(d->strs, cap);
+        if (!strs) return -1;
+        d->strs = strs;
+        d->strs_cap = cap;
+    }
+    ps__term *term = &d->terms[d->nterms];
+    term->str = (uint32_t)d->strs_len;
+    term->len = (uint32_t)len;
+    for (int f = 0; f < PS_NFIELDS; f++) term->list[f] = PS_NOLIST;
+    memcpy(d->strs + d->strs_len, s, len);
+    d->strs[d->strs_len + len] = '\0';
+    d->strs_len += len + 1;
+
+    uint32_t i = (uint32_t)ps_hash_bytes(s, len) & d->mask;
+    while (d->slots[i]) i = (i + 1) & d->mask;
+    d->slots[i] = d->nterms + 1;
+    return d->nterms++;
+}
+
+/**************************************************************************
+ * Building
+ */
+
+/* A list while it grows: (doc, tf) pairs in doc order. */
+typedef struct blist {
+    uint32_t *docs;
+    uint16_t *tf;
+    uint32_t n, cap;
+} blist;
+
+struct ps_ixbuild {
+    ps_index_t *ix; /* ids/utility/dl filled as docs arrive; dict grows */
+    size_t cap;     /* most docs accepted */
+    blist *bl;      /* one per list number */
+    uint32_t nbl, bl_cap;
+    uint32_t *tids; /* scratch: term numbers of one field */
+    size_t tids_cap;
+};
+
+float ps__tfn(uint32_t tf, uint32_t dl, double avgdl)
+{
+    double norm = PS_BM25_K1 * (1.0 - PS_BM25_B + PS_BM25_B * (double)dl / avgdl);
+    return (float)((double)tf * (PS_BM25_K1 + 1.0) / ((double)tf + norm));
+}
+
+ps_index_t *ps__index_alloc(uint32_t ndocs, uint32_t dim)
+{
+    ps_index_t *ix = ps_calloc(1, sizeof *ix);
+    if (!ix) return NULL;
+    ix->ndocs = ndocs;
+    ix->dim = dim;
+    ix->ids = ps_malloc((ndocs ? ndocs : 1) * sizeof *ix->ids);
+    ix->utility = ps_malloc((ndocs ? ndocs : 1) * sizeof *ix->utility);
+    ix->dl = ps_calloc((size_t)(ndocs ? ndocs : 1) * PS_NFIELDS, sizeof *ix->dl);
+    if (!ix->ids || !ix->utility || !ix->dl || ps__dict_init(&ix->dict, 4096)) {
+        ps_index_free(ix);
+        return NULL;
+    }
+    return ix;
+}
+
+ps_ixbuild_t *ps_ixbuild_new(size_t ndocs, uint32_t dim, ps_err *err)
+{
+    if (ndocs >= UINT32_MAX) {
+        ps_err_set(err, PS_EINVAL, "ndocs %zu exceeds the 32-bit doc space", ndocs);
+        return NULL;
+    }
+    ps_ixbuild_t *b = ps_calloc(1, sizeof *b);
+    if (!b || !(b->ix = ps__index_alloc((uint32_t)ndocs, dim))) {
+        ps_free(b);
+        ps_err_set(err, PS_ENOMEM, "out of memory allocating an index of %zu docs", ndocs);
+        return NULL;
+    }
+    b->ix->ndocs = 0; /* counts docs added */
+    b->cap = ndocs;
+    return b;
+}
+
+void ps_ixbuild_free(ps_ixbuild_t *b)
+{
+    if (!b) return;
+    for (uint32_t i = 0; i < b->nbl; i++) {
+        ps_free(b->bl[i].docs);
+        ps_free(b->bl[i].tf);
+    }
+    ps_free(b->bl);
+    ps_free(b->tids);
+    ps_index_free(b->ix);
+    ps_free(b);
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int blist_push(blist *l, uint32_t doc, uint32_t tf)
+{
+    if (l->n == l->cap) {
+        uint32_t cap = l->cap ? l->cap * 2 : 4;
+        uint32_t *docs = ps_realloc(l->docs, cap * sizeof *docs);
+        if (!docs) return PS_ENOMEM;
+        l->docs = docs;
+        uint16_t *tfs = ps_realloc(l->tf, cap * sizeof *tfs);
+        if (!tfs) return PS_ENOMEM;
+        l->tf = tfs;
+        l->cap = cap;
+    }
+    l->docs[l->n] = doc;
+    l->tf[l->n] = (uint16_t)(tf > UINT16_MAX ? UINT16_MAX : tf);
+    l->n++;
+    return 0;
+}
+
+/* Index one field of doc `doc`. */
+static int add_field(ps_ixbuild_t *b, uint32_t doc, int f, const ps_tokens *tk, ps_err *err)
+{
+    ps_index_t *ix = b->ix;
+    if (tk->n > b->tids_cap) {
+        size_t cap = tk->n * 2;
+        uint32_t *t = ps_realloc(b->tids, cap * sizeof *t);
+        if (!t) return ps_err_set(err, PS_ENOMEM, "out of memory indexing doc %u", doc);
+        b->tids = t;
+        b->tids_cap = cap;
+    }
+    for (size_t i = 0; i < tk->n; i++) {
+        int64_t t = ps__dict_intern(&ix->dict, tk->text + tk->off[i], tk->len[i]);
+        if (t < 0) return ps_err_set(err, PS_ENOMEM, "out of memory growing the dictionary");
+        b->tids[i] = (uint32_t)t;
+    }
+    qsort(b->tids, tk->n, sizeof *b->tids, cmp_u32);
+    for (size_t i = 0; i < tk->n;) {
+        size_t j = i + 1;
+        while (j < tk->n && b->tids[j] == b->tids[i]) j++;
+        ps__term *term = &ix->dict.terms[b->tids[i]];
+        if (term->list[f] == PS_NOLIST) {
+            if (b->nbl == b->bl_cap) {
+                uint32_t cap = b->bl_cap ? b->bl_cap * 2 : 4096;
+                blist *bl = ps_realloc(b->bl, cap * sizeof *bl);
+                if (!bl) return ps_err_set(err, PS_ENOMEM, "out of memory adding a list");
+                b->bl = bl;
+                b->bl_cap = cap;
+            }
+            memset(&b->bl[b->nbl], 0, sizeof b->bl[b->nbl]);
+            term->list[f] = b->nbl++;
+        }
+        if (blist_push(&b->bl[term->list[f]], doc, (uint32_t)(j - i)))
+            return ps_err_set(err, PS_ENOMEM, "out of memory growing a posting list");
+        i = j;
+    }
+    ix->dl[(size_t)doc * PS_NFIELDS + f] = (uint32_t)tk->n;
+    return 0;
+}
+
+int ps_ixbuild_add(ps_ixbuild_t *b, uint64_t id, float utility,
+                   const ps_tokens *const fields[PS_NFIELDS], ps_err *err)
+{
+    ps_index_t *ix = b->ix;
+    uint32_t doc = ix->ndocs;
+    if (doc >= b->cap)
+        return ps_err_set(err, PS_EINVAL, "more stickers than the %zu announced", b->cap);
+    if (!(utility >= 0.0f) || isinf(utility))
+        return ps_err_set(err, PS_EINVAL, "sticker %llu: utility %g is not a finite number >= 0",
+                          (unsigned long long)id, (double)utility);
+    if (doc > 0) {
+        float pu = ix->utility[doc - 1];
+        uint64_t pid = ix->ids[doc - 1];
+        if (utility > pu || (utility == pu && id <= pid))
+            return ps_err_set(err, PS_EINVAL,
+                              "sticker %llu arrives out of (utility desc, id asc) order",
+                              (unsigned long long)id);
+    }
+    for (int f = 0; f < PS_NFIELDS; f++) {
+        if (!fields[f] || fields[f]->n == 0) continue;
+        int rc = add_field(b, doc, f, fields[f], err);
+        if (rc) return rc;
+    }
+    ix->ids[doc] = id;
+    ix->utility[doc] = utility;
+    ix->ndocs = doc + 1;
+    return 0;
+}
+
+int ps__index_build_blocks(ps_index_t *ix, ps_err *err)
+{
+    uint32_t nblocks = 0;
+    for (uint32_t l = 0; l < ix->nlists; l++) {
+        ix->lists[l].blk = nblocks;
+        nblocks += (ix->lists[l].n + PS_BLOCK - 1) / PS_BLOCK;
+    }
+    ix->blk_last = ps_malloc((nblocks ? nblocks : 1) * sizeof *ix->blk_last);
+    if (!ix->blk_last)
+        return ps_err_set(err, PS_ENOMEM, "out of memory allocating %u blocks", nblocks);
+    ix->nblocks = nblocks;
+    for (uint32_t l = 0; l < ix->nlists; l++) {
+        ps__plist *pl = &ix->lists[l];
+        float lmax = 0.0f;
+        for (uint32_t i = 0; i < pl->n; i++)
+            if (ix->ptfn[pl->off + i] > lmax) lmax = ix->ptfn[pl->off + i];
+        for (uint32_t i = 0; i < pl->n; i += PS_BLOCK) {
+            uint32_t end = i + PS_BLOCK < pl->n ? i + PS_BLOCK : pl->n;
+            ix->blk_last[pl->blk + i / PS_BLOCK] = ix->pdocs[pl->off + end - 1];
+        }
+        pl->max_tfn = lmax;
+    }
+    return 0;
+}
+
+int ps__index_build_idmap(ps_index_t *ix, ps_err *err)
+{
+    uint32_t nslots = 16;
+    while (nslots < (uint64_t)ix->ndocs * 2) nslots <<= 1;
+    ps_free(ix->idmap);
+    ix->idmap = ps_calloc(nslots, sizeof *ix->idmap);
+    if (!ix->idmap) return ps_err_set(err, PS_ENOMEM, "out of memory building the id map");
+    ix->idmask = nslots - 1;
+    for (uint32_t d = 0; d < ix->ndocs; d++) {
+        uint32_t i = (uint32_t)ps_hash_u64(ix->ids[d]) & ix->idmask;
+        for (; ix->idmap[i]; i = (i + 1) & ix->idmask)
+            if (ix->ids[ix->idmap[i] - 1] == ix->ids[d])
+                return ps_err_set(err, PS_EINVAL, "sticker id %llu appears twice",
+                                  (unsigned long long)ix->ids[d]);
+        ix->idmap[i] = d + 1;
+    }
+    return 0;
+}
+
+ps_index_t *ps_ixbuild_finish(ps_ixbuild_t **bp, ps_err *err)
+{
+    ps_ixbuild_t *b = *bp;
+    ps_index_t *ix = b->ix;
+    *bp = NULL;
+
+    for (int f = 0; f < PS_NFIELDS; f++) {
+        ps_field_stats *fs = &ix->fs[f];
+        memset(fs, 0, sizeof *fs);
+        for (uint32_t d = 0; d < ix->ndocs; d++) {
+            uint32_t dl = ix->dl[(size_t)d * PS_NFIELDS + f];
+            fs->ndocs += dl > 0;
+            fs->ntokens += dl;
+        }
+        fs->avgdl = fs->ndocs ? (double)fs->ntokens / fs->ndocs : 0.0;
+    }
+
+    uint64_t total = 0;
+    for (uint32_t l = 0; l < b->nbl; l++) total += b->bl[l].n;
+    if (total >= UINT32_MAX) {
+        ps_err_set(err, PS_EINVAL, "%llu postings exceed the 32-bit posting space",
+                   (unsigned long long)total);
+        goto err;
+    }
+    ix->nlists = b->nbl;
+    ix->npostings = total;
+    ix->lists = ps_calloc(b->nbl ? b->nbl : 1, sizeof *ix->lists);
+    ix->pdocs = ps_malloc((total ? total : 1) * sizeof *ix->pdocs);
+    ix->ptfn = ps_malloc((total ? total : 1) * sizeof *ix->ptfn);
+    if (!ix->lists || !ix->pdocs || !ix->ptfn) {
+        ps_err_set(err, PS_ENOMEM, "out of memory packing %llu postings",
+                   (unsigned long long)total);
+        goto err;
+    }
+    /* List numbers are per (term, field); find each list's field to pick its avgdl. */
+    uint8_t *lfield = ps_malloc(b->nbl ? b->nbl : 1);
+    if (!lfield) {
+        ps_err_set(err, PS_ENOMEM, "out of memory packing lists");
+        goto err;
+    }
+    for (uint32_t t = 0; t < ix->dict.nterms; t++)
+        for (int f = 0; f < PS_NFIELDS; f++)
+            if (ix->dict.terms[t].list[f] != PS_NOLIST)
+                lfield[ix->dict.terms[t].list[f]] = (uint8_t)f;
+    uint32_t off = 0;
+    for (uint32_t l = 0; l < b->nbl; l++) {
+        blist *bl = &b->bl[l];
+        int f = lfield[l];
+        ps__plist *pl = &ix->lists[l];
+        pl->off = off;
+        pl->n = pl->df = bl->n;
+        for (uint32_t i = 0; i < bl->n; i++) {
+            uint32_t doc = bl->docs[i];
+            ix->pdocs[off + i] = doc;
+            ix->ptfn[off + i] =
+                ps__tfn(bl->tf[i], ix->dl[(size_t)doc * PS_NFIELDS + f], ix->fs[f].avgdl);
+        }
+        off += bl->n;
+        ps_free(bl->docs);
+        ps_free(bl->tf);
+        bl->docs = NULL;
+        bl->tf = NULL;
+    }
+    ps_free(lfield);
+    if (ps__index_build_blocks(ix, err) || ps__index_build_idmap(ix, err)) goto err;
+    b->ix = NULL;
+    ps_ixbuild_free(b);
+    return ix;
+err:
+    ps_ixbuild_free(b);
+    return NULL;
+}
+
+/**************************************************************************
+ * Partitioning
+ */
+
+uint32_t ps_jump_hash(uint64_t key, uint32_t nbuckets)
+{
+    int64_t b = -1, j = 0;
+    while (j < (int64_t)nbuckets) {
+        b = j;
+        key = key * 2862933555777941757ULL + 1;
+        j = (int64_t)((double)(b + 1) * ((double)(1LL << 31) / (double)((key >> 33) + 1)));
+    }
+    return (uint32_t)b;
+}
+
+ps_index_t *ps_index_partition(const ps_index_t *ix, uint32_t nshards, uint32_t shard,
+                               uint32_t **global_doc, ps_err *err)
+{
+    ps_index_t *sub = NULL;
+    uint32_t *gdoc = NULL, *local = NULL, *cnt = NULL, n = 0;
+    if (global_doc) *global_doc = NULL;
+    if (nshards == 0 || shard >= nshards) {
+        ps_err_set(err, PS_EINVAL, "shard %u of %u does not exist", shard, nshards);
+        return NULL;
+    }
+    gdoc = ps_malloc((ix->ndocs ? ix->ndocs : 1) * sizeof *gdoc);
+    local = ps_malloc((ix->ndocs ? ix->ndocs : 1) * sizeof *local);
+    cnt = ps_calloc(ix->nlists ? ix->nlists : 1, sizeof *cnt);
+    if (!gdoc || !local || !cnt) goto oom;
+    for (uint32_t d = 0; d < ix->ndocs; d++) {
+        local[d] = UINT32_MAX;
+        if (ps_jump_hash(ix->ids[d], nshards) == shard) {
+            local[d] = n;
+            gdoc[n++] = d;
+        }
+    }
+    if (!(sub = ps__index_alloc(n, ix->dim))) goto oom;
+    memcpy(sub->fs, ix->fs, sizeof sub->fs);
+    for (uint32_t i = 0; i < n; i++) {
+        sub->ids[i] = ix->ids[gdoc[i]];
+        sub->utility[i] = ix->utility[gdoc[i]];
+        memcpy(sub->dl + (size_t)i * PS_NFIELDS, ix->dl + (size_t)gdoc[i] * PS_NFIELDS,
+               PS_NFIELDS * sizeof *sub->dl);
+    }
+
+    uint64_t total = 0;
+    uint32_t nlists = 0;
+    for (uint32_t l = 0; l < ix->nlists; l++) {
+        const ps__plist *pl = &ix->lists[l];
+        for (uint32_t i = 0; i < pl->n; i++) cnt[l] += local[ix->pdocs[pl->off + i]] != UINT32_MAX;
+        total += cnt[l];
+        nlists += cnt[l] > 0;
+    }
+    sub->lists = ps_calloc(nlists ? nlists : 1, sizeof *sub->lists);
+    sub->pdocs = ps_malloc((total ? total : 1) * sizeof *sub->pdocs);
+    sub->ptfn = ps_malloc((total ? total : 1) * sizeof *sub->ptfn);
+    if (!sub->lists || !sub->pdocs || !sub->ptfn) goto oom;
+    uint32_t off = 0, nl = 0;
+    for (uint32_t t = 0; t < ix->dict.nterms; t++) {
+        const ps__term *term = &ix->dict.terms[t];
+        int64_t st = -1;
+        for (int f = 0; f < PS_NFIELDS; f++) {
+            uint32_t l = term->list[f];
+            if (l == PS_NOLIST || cnt[l] == 0) continue;
+            if (st < 0 &&
+                (st = ps__dict_intern(&sub->dict, ix->dict.strs + term->str, term->len)) < 0)
+                goto oom;
+            const ps__plist *pl = &ix->lists[l];
+            ps__plist *sl = &sub->lists[nl];
+            sl->off = off;
+            sl->n = cnt[l];
+            sl->df = pl->df; /* corpus-wide, not the slice's */
+            for (uint32_t i = 0; i < pl->n; i++) {
+                uint32_t d = local[ix->pdocs[pl->off + i]];
+                if (d == UINT32_MAX) continue;
+                sub->pdocs[off] = d;
+                sub->ptfn[off++] = ix->ptfn[pl->off + i];
+            }
+            sub->dict.terms[st].list[f] = nl++;
+        }
+    }
+    sub->nlists = nl;
+    sub->npostings = total;
+    if (ps__index_build_blocks(sub, err) || ps__index_build_idmap(sub, err)) goto fail;
+    if (ix->emb) {
+        if (!(sub->emb = ps_malloc(((size_t)n ? n : 1) * ix->dim * sizeof *sub->emb))) goto oom;
+        for (uint32_t i = 0; i < n; i++)
+            memcpy(sub->emb + (size_t)i * ix->dim, ix->emb + (size_t)gdoc[i] * ix->dim,
+                   ix->dim * sizeof *sub->emb);
+    }
+    ps_free(local);
+    ps_free(cnt);
+    if (global_doc)
+        *global_doc = gdoc;
+    else
+        ps_free(gdoc);
+    return sub;
+oom:
+    ps_err_set(err, PS_ENOMEM, "out of memory partitioning shard %u of %u", shard, nshards);
+fail:
+    ps_index_free(sub);
+    ps_free(gdoc);
+    ps_free(local);
+    ps_free(cnt);
+    return NULL;
+}
+
+/**************************************************************************
+ * Reading
+ */
+
+void ps_index_free(ps_index_t *ix)
+{
+    if (!ix) return;
+    ps_free(ix->ids);
+    ps_free(ix->utility);
+    ps_free(ix->dl);
+    ps__dict_free(&ix->dict);
+    ps_free(ix->lists);
+    ps_free(ix->pdocs);
+    ps_free(ix->ptfn);
+    ps_free(ix->blk_last);
+    ps_free(ix->idmap);
+    ps_free(ix->emb);
+    ps_free(ix);
+}
+
+uint32_t ps_index_ndocs(const ps_index_t *ix)
+{
+    return ix->ndocs;
+}
+
+uint32_t ps_index_dim(const ps_index_t *ix)
+{
+    return ix->dim;
+}
+
+uint64_t ps_index_id(const ps_index_t *ix, uint32_t doc)
+{
+    return ix->ids[doc];
+}
+
+float ps_index_utility(const ps_index_t *ix, uint32_t doc)
+{
+    return ix->utility[doc];
+}
+
+const ps_field_stats *ps_index_field_stats(const ps_index_t *ix, int field)
+{
+    return &ix->fs[field];
+}
+
+int ps_index_doc(const ps_index_t *ix, uint64_t id, uint32_t *doc)
+{
+    uint32_t i = (uint32_t)ps_hash_u64(id) & ix->idmask;
+    for (; ix->idmap[i]; i = (i + 1) & ix->idmask)
+        if (ix->ids[ix->idmap[i] - 1] == id) {
+            *doc = ix->idmap[i] - 1;
+            return 0;
+        }
+    return PS_ENOTFOUND;
+}
+
+uint64_t ps_index_npostings(const ps_index_t *ix)
+{
+    return ix->npostings;
+}
+
+size_t ps_index_memory(const ps_index_t *ix)
+{
+    size_t n = (size_t)ix->ndocs * (sizeof *ix->ids + sizeof *ix->utility) +
+               (size_t)ix->ndocs * PS_NFIELDS * sizeof *ix->dl;
+    n += ix->dict.strs_cap + (size_t)ix->dict.terms_cap * sizeof(ps__term) +
+         ((size_t)ix->dict.mask + 1) * sizeof(uint32_t);
+    n += (size_t)ix->nlists * sizeof(ps__plist);
+    n += ix->npostings * (sizeof *ix->pdocs + sizeof *ix->ptfn);
+    n += (size_t)ix->nblocks * sizeof *ix->blk_last;
+    n += ((size_t)ix->idmask + 1) * sizeof *ix->idmap;
+    if (ix->emb) n += (size_t)ix->ndocs * ix->dim * sizeof *ix->emb;
+    return n;
+}
+
+void ps_index_set_embeddings(ps_index_t *ix, float **emb)
+{
+    ps_free(ix->emb);
+    ix->emb = *emb;
+    *emb = NULL;
+}
+
+void ps_index_set_emb_fetch(ps_index_t *ix, ps_emb_fetch_fn fn, void *ctx)
+{
+    ix->fetch = fn;
+    ix->fetch_ctx = ctx;
+}
+
+int ps_index_embeddings(const ps_index_t *ix, const uint32_t *docs, size_t n, float *out,
+                        ps_err *err)
+{
+    if (ix->emb) {
+        for (size_t i = 0; i < n; i++)
+            memcpy(out + i * ix->dim, ix->emb + (size_t)docs[i] * ix->dim, ix->dim * sizeof *out);
+        return 0;
+    }
+    if (ix->fetch) return ix->fetch(ix->fetch_ctx, docs, n, out, err);
+    return ps_err_set(err, PS_EUNAVAIL, "the index has no embeddings");
+}

@@ -1,0 +1,584 @@
+/*
+ * search.c — query evaluation: analysis, clause setup, MaxScore with block skipping,
+ * the exhaustive reference path, and the preference step.
+ *
+ * A clause is one (field, term) posting list with its query weight qw = w_f·idf_f(t) (float).
+ * A posting contributes qw·ptfn (a float product); a doc's Relevance is the double sum of its
+ * contributions taken in descending clause order (clauses sorted by upper bound ascending, so
+ * the sum starts from the strongest clause). Both paths add in exactly this order, so they
+ * produce bit-identical scores.
+ *
+ * MaxScore: clauses [0, ne) are "non-essential": even all of them together plus the best
+ * utility still reachable cannot beat the current R-th recall (theta), so no doc that appears
+ * only in them can enter the top R. Candidates come from the essential clauses [ne, m); the
+ * non-essential ones are probed, strongest first, while the bound still allows a win. Docs
+ * are numbered by descending utility, so utility[d] bounds the utility of every later doc and
+ * ne only grows. Probes skip whole blocks of postings by their last doc.
+ *
+ * (Block-level upper bounds were tried both for the probes and for skipping ranges of
+ * candidates: on this workload a 64-posting block's maximum is close to its list's maximum,
+ * so they pruned nothing and cost ~10%.)
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ps/search.h"
+#include "ps_int.h"
+#include "ps/alloc.h"
+
+#define END_DOC UINT32_MAX
+
+typedef struct clause {
+    const uint32_t *docs; /* list postings */
+    const float *tfn;
+    const uint32_t *blast; /* block last docs */
+    uint32_t n, pos;
+    uint32_t cur;   /* docs[pos], or END_DOC once the list is exhausted */
+    uint32_t nblk;  /* blocks */
+    float qw;       /* w_f · idf_f(t) */
+    float ub;       /* qw · max ptfn */
+    uint32_t order; /* tie-break for sorting: creation order */
+} clause;
+
+typedef struct heapent {
+    double recall, relevance;
+    uint64_t id;
+    uint32_t doc;
+} heapent;
+
+struct ps_searcher {
+    const ps_index_t *ix;
+    ps_analyzer_t *an;
+    ps_tokens tok;
+    clause *cl;
+    size_t cl_cap;
+    double *prefix; /* prefix[i] = Σ ub of clauses [0, i) */
+    size_t prefix_cap;
+    heapent *heap;
+    size_t heap_cap;
+    double *acc;   /* exhaustive path: per-doc sums, all zero between queries */
+    uint8_t *seen; /* exhaustive path: doc touched in this query */
+    uint32_t *touched;
+    size_t ntouched_cap;
+    float *emb; /* preference: R × dim */
+    uint32_t *docs;
+    size_t emb_cap, docs_cap;
+};
+
+void ps_search_opts_default(ps_search_opts *o)
+{
+    memcpy(o->field_w, ps_field_default_weights, sizeof o->field_w);
+    o->R = 100;
+    o->k = 10;
+    o->alpha = 0.3f;
+    o->use_utility = 1;
+    o->exhaustive = 0;
+    o->profile = NULL;
+}
+
+ps_searcher_t *ps_searcher_new(const ps_index_t *ix, ps_err *err)
+{
+    ps_searcher_t *s = ps_calloc(1, sizeof *s);
+    if (!s) {
+        ps_err_set(err, PS_ENOMEM, "out of memory allocating a searcher");
+        return NULL;
+    }
+    s->ix = ix;
+    ps_tokens_init(&s->tok);
+    if (!(s->an = ps_analyzer_new(err))) {
+        ps_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void ps_searcher_free(ps_searcher_t *s)
+{
+    if (!s) return;
+    ps_analyzer_free(s->an);
+    ps_tokens_free(&s->tok);
+    ps_free(s->cl);
+    ps_free(s->prefix);
+    ps_free(s->heap);
+    ps_free(s->acc);
+    ps_free(s->seen);
+    ps_free(s->touched);
+    ps_free(s->emb);
+    ps_free(s->docs);
+    ps_free(s);
+}
+
+/**************************************************************************
+ * The top-R heap: a min-heap whose root is the worst kept hit (lowest recall, then largest id).
+ */
+
+static inline int worse(const heapent *a, const heapent *b)
+{
+    return a->recall < b->recall || (a->recall == b->recall && a->id > b->id);
+}
+
+static void heap_push(heapent *h, size_t *n, size_t cap, const heapent *e)
+{
+    size_t i;
+    if (*n < cap) {
+        i = (*n)++;
+        while (i > 0) {
+            size_t p = (i - 1) / 2;
+            if (!worse(e, &h[p])) break;
+            h[i] = h[p];
+            i = p;
+        }
+        h[i] = *e;
+        return;
+    }
+    if (!worse(&h[0], e)) return;
+    i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && worse(&h[c + 1], &h[c])) c++;
+        if (!worse(&h[c], e)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    h[i] = *e;
+}
+
+static int cmp_clause(const void *a, const void *b)
+{
+    const clause *x = a, *y = b;
+    if (x->ub != y->ub) return x->ub < y->ub ? -1 : 1;
+    return (x->order > y->order) - (x->order < y->order);
+}
+
+static int cmp_hit_recall(const void *a, const void *b)
+{
+    const ps_hit *x = a, *y = b;
+    if (x->recall != y->recall) return x->recall > y->recall ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+static int cmp_hit_score(const void *a, const void *b)
+{
+    const ps_hit *x = a, *y = b;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+/**************************************************************************
+ * Setup: analyze, look up lists, compute query weights and bounds.
+ */
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap) return 0;
+    size_t c = *cap ? *cap : 16;
+    while (c < need) c *= 2;
+    void *q = ps_realloc(*p, c * elem);
+    if (!q) return PS_ENOMEM;
+    *p = q;
+    *cap = c;
+    return 0;
+}
+
+static int check_opts(const ps_search_opts *o, ps_err *err)
+{
+    if (o->R < 1 || o->R > PS_SEARCH_MAX_R)
+        return ps_err_set(err, PS_EINVAL, "R = %u is outside 1..%d", o->R, PS_SEARCH_MAX_R);
+    if (o->k < 1 || o->k > o->R)
+        return ps_err_set(err, PS_EINVAL, "k = %u is outside 1..R (R = %u)", o->k, o->R);
+    for (int f = 0; f < PS_NFIELDS; f++)
+        if (!(o->field_w[f] >= 0.0f) || isinf(o->field_w[f]))
+            return ps_err_set(err, PS_EINVAL, "weight of field %s is not a finite number >= 0",
+                              ps_field_names[f]);
+    if (!(o->alpha >= 0.0f) || isinf(o->alpha))
+        return ps_err_set(err, PS_EINVAL, "alpha is not a finite number >= 0");
+    return 0;
+}
+
+/* Analyze q and fill s->cl with its clauses sorted by upper bound; *m = number of clauses. */
+/* s->tok holds distinct tokens: check there are some, and not too many. */
+static int check_tokens(const ps_tokens *tok, ps_err *err)
+{
+    if (tok->n == 0) return ps_err_set(err, PS_EQUERY, "query has no searchable token");
+    if (tok->n > PS_SEARCH_MAX_TERMS)
+        return ps_err_set(err, PS_ETOOBIG, "query has %zu distinct tokens; at most %d", tok->n,
+                          PS_SEARCH_MAX_TERMS);
+    return 0;
+}
+
+/* Fill s->cl with the clauses of the tokens in s->tok, sorted by upper bound; *m = count. */
+static int setup(ps_searcher_t *s, const ps_search_opts *o, size_t *m, ps_search_stats *st,
+                 ps_err *err)
+{
+    const ps_index_t *ix = s->ix;
+    if (grow((void **)&s->cl, &s->cl_cap, s->tok.n * PS_NFIELDS, sizeof *s->cl))
+        return ps_err_set(err, PS_ENOMEM, "out of memory preparing a query");
+
+    size_t n = 0;
+    st->nterms = (uint32_t)s->tok.n;
+    for (size_t t = 0; t < s->tok.n; t++) {
+        int64_t term = ps__dict_find(&ix->dict, s->tok.text + s->tok.off[t], s->tok.len[t]);
+        if (term < 0) continue;
+        for (int f = 0; f < PS_NFIELDS; f++) {
+            uint32_t l = ix->dict.terms[term].list[f];
+            if (l == PS_NOLIST || o->field_w[f] == 0.0f) continue;
+            const ps__plist *pl = &ix->lists[l];
+            double nf = ix->fs[f].ndocs, df = pl->df;
+            double idf = log(1.0 + (nf - df + 0.5) / (df + 0.5));
+            clause *c = &s->cl[n];
+            c->docs = ix->pdocs + pl->off;
+            c->tfn = ix->ptfn + pl->off;
+            c->blast = ix->blk_last + pl->blk;
+            c->n = pl->n;
+            c->pos = 0;
+            c->nblk = (pl->n + PS_BLOCK - 1) / PS_BLOCK;
+            c->qw = (float)((double)o->field_w[f] * idf);
+            c->ub = c->qw * pl->max_tfn;
+            c->order = (uint32_t)n;
+            if (!(c->qw > 0.0f) || pl->n == 0) continue;
+            st->npostings += pl->n;
+            n++;
+        }
+    }
+    qsort(s->cl, n, sizeof *s->cl, cmp_clause);
+    st->nlists = (uint32_t)n;
+    *m = n;
+    if (grow((void **)&s->heap, &s->heap_cap, o->R, sizeof *s->heap))
+        return ps_err_set(err, PS_ENOMEM, "out of memory preparing a query");
+    if (grow((void **)&s->prefix, &s->prefix_cap, n + 1, sizeof *s->prefix))
+        return ps_err_set(err, PS_ENOMEM, "out of memory preparing a query");
+    double *prefix = s->prefix;
+    prefix[0] = 0.0;
+    for (size_t i = 0; i < n; i++) prefix[i + 1] = prefix[i] + (double)s->cl[i].ub;
+    return 0;
+}
+
+/**************************************************************************
+ * Cursor moves
+ */
+
+/* First index i in [lo, n) with a[i] >= target (n if none): galloping then binary search. */
+static inline uint32_t gallop(const uint32_t *a, uint32_t lo, uint32_t n, uint32_t target)
+{
+    uint32_t step = 1, hi = lo;
+    while (hi < n && a[hi] < target) {
+        lo = hi + 1;
+        hi += step;
+        step *= 2;
+    }
+    if (hi > n) hi = n;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (a[mid] < target)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Move c to its first posting >= d, skipping whole blocks by their last doc. */
+static inline void seek(clause *c, uint32_t d, uint64_t *visited)
+{
+    if (c->cur >= d) return;
+    uint32_t b = gallop(c->blast, c->pos / PS_BLOCK, c->nblk, d);
+    if (b == c->nblk) {
+        c->pos = c->n;
+        c->cur = END_DOC;
+        return;
+    }
+    uint32_t lo = b * PS_BLOCK > c->pos ? b * PS_BLOCK : c->pos;
+    uint32_t hi = b * PS_BLOCK + PS_BLOCK < c->n ? b * PS_BLOCK + PS_BLOCK : c->n;
+    c->pos = gallop(c->docs, lo, hi, d);
+    c->cur = c->docs[c->pos]; /* block b holds a doc >= d, so pos < hi */
+    (*visited)++;
+}
+
+/**************************************************************************
+ * MaxScore with block-max bounds
+ */
+
+static size_t run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stats *st)
+{
+    const ps_index_t *ix = s->ix;
+    clause *cl = s->cl;
+    const double *prefix = s->prefix;
+    heapent *heap = s->heap;
+    size_t nheap = 0, R = o->R, ne = 0;
+    double theta = -INFINITY;
+    uint64_t visited = 0, scored = 0, candidates = 0, bounded = 0;
+
+    for (size_t i = 0; i < m; i++) cl[i].cur = cl[i].n ? cl[i].docs[0] : END_DOC;
+    uint32_t d = END_DOC;
+    for (size_t i = 0; i < m; i++)
+        if (cl[i].cur < d) d = cl[i].cur;
+
+    while (d != END_DOC) {
+        double u = o->use_utility ? (double)ix->utility[d] : 0.0;
+
+        /* Lists that cannot lift a doc past theta even together stop producing candidates. */
+        if (nheap == R && ne < m && prefix[ne + 1] + u < theta) {
+            while (ne < m && prefix[ne + 1] + u < theta) ne++;
+            d = END_DOC;
+            for (size_t i = ne; i < m; i++)
+                if (cl[i].cur < d) d = cl[i].cur;
+            continue;
+        }
+
+        /* Score d on the essential lists and find the next candidate in the same pass. */
+        double rel = 0.0;
+        uint32_t next = END_DOC;
+        candidates++;
+        for (size_t i = m; i-- > ne;) {
+            clause *c = &cl[i];
+            if (c->cur == d) {
+                rel += (double)(c->qw * c->tfn[c->pos]);
+                c->cur = ++c->pos < c->n ? c->docs[c->pos] : END_DOC;
+                visited++;
+            }
+            if (c->cur < next) next = c->cur;
+        }
+        uint32_t doc = d;
+        d = next;
+        if (ne > 0) {
+            if (rel + prefix[ne] + u < theta) continue;
+            bounded++;
+            /* Probe the non-essential lists, strongest first, while they can still matter. */
+            int pruned = 0;
+            for (size_t i = ne; i-- > 0;) {
+                if (rel + prefix[i + 1] + u < theta) {
+                    pruned = 1;
+                    break;
+                }
+                clause *c = &cl[i];
+                seek(c, doc, &visited);
+                if (c->cur == doc) rel += (double)(c->qw * c->tfn[c->pos]);
+            }
+            if (pruned) continue;
+        }
+        if (!(rel > 0.0)) continue;
+        scored++;
+        heapent e = {rel + u, rel, ix->ids[doc], doc};
+        heap_push(heap, &nheap, R, &e);
+        if (nheap == R) theta = heap[0].recall;
+    }
+    st->visited += visited;
+    st->scored += scored;
+    st->candidates += candidates;
+    st->bounded += bounded;
+    return nheap;
+}
+
+/**************************************************************************
+ * Exhaustive term-at-a-time scoring (verification path)
+ */
+
+static int run_exhaustive(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stats *st,
+                          size_t *nout, ps_err *err)
+{
+    const ps_index_t *ix = s->ix;
+    size_t nheap = 0, ntouched = 0;
+    if (!s->acc) {
+        s->acc = ps_calloc(ix->ndocs ? ix->ndocs : 1, sizeof *s->acc);
+        s->seen = ps_calloc(ix->ndocs ? ix->ndocs : 1, 1);
+        if (!s->acc || !s->seen) return ps_err_set(err, PS_ENOMEM, "out of memory (exhaustive)");
+    }
+    uint64_t total = 0;
+    for (size_t i = 0; i < m; i++) total += s->cl[i].n;
+    if (grow((void **)&s->touched, &s->ntouched_cap, total ? total : 1, sizeof *s->touched))
+        return ps_err_set(err, PS_ENOMEM, "out of memory (exhaustive)");
+    for (size_t i = m; i-- > 0;) {
+        const clause *c = &s->cl[i];
+        for (uint32_t p = 0; p < c->n; p++) {
+            uint32_t d = c->docs[p];
+            if (!s->seen[d]) {
+                s->seen[d] = 1;
+                s->touched[ntouched++] = d;
+            }
+            s->acc[d] += (double)(c->qw * c->tfn[p]);
+        }
+    }
+    for (size_t t = 0; t < ntouched; t++) {
+        uint32_t d = s->touched[t];
+        double rel = s->acc[d];
+        double u = o->use_utility ? (double)ix->utility[d] : 0.0;
+        s->acc[d] = 0.0;
+        s->seen[d] = 0;
+        if (!(rel > 0.0)) continue;
+        heapent e = {rel + u, rel, ix->ids[d], d};
+        heap_push(s->heap, &nheap, o->R, &e);
+    }
+    st->visited += total;
+    st->scored += ntouched;
+    *nout = nheap;
+    return 0;
+}
+
+/**************************************************************************
+ * Entry points
+ */
+
+/* Step 2 on the tokens in s->tok: the top R by recall into hits, recall order. */
+static int recall(ps_searcher_t *s, const ps_search_opts *o, ps_hit *hits, size_t *nhits,
+                  ps_search_stats *st, ps_err *err)
+{
+    size_t m = 0, n = 0;
+    int rc;
+    if ((rc = setup(s, o, &m, st, err))) return rc;
+    if (o->exhaustive) {
+        if ((rc = run_exhaustive(s, m, o, st, &n, err))) return rc;
+    } else {
+        n = run_maxscore(s, m, o, st);
+    }
+    for (size_t i = 0; i < n; i++) {
+        const heapent *e = &s->heap[i];
+        ps_hit *h = &hits[i];
+        h->id = e->id;
+        h->doc = e->doc;
+        h->centroid = -1;
+        h->relevance = e->relevance;
+        h->recall = e->recall;
+        h->utility = o->use_utility ? (double)s->ix->utility[e->doc] : 0.0;
+        h->preference = 1.0;
+        h->score = e->recall;
+    }
+    qsort(hits, n, sizeof *hits, cmp_hit_recall);
+    *nhits = n;
+    return 0;
+}
+
+/* Analyze q into s->tok (distinct tokens). */
+static int analyze(ps_searcher_t *s, const char *q, size_t qlen, ps_err *err)
+{
+    int rc = ps_analyze(s->an, q, qlen, "query", &s->tok, err);
+    if (rc) return rc;
+    ps_tokens_distinct(&s->tok);
+    return check_tokens(&s->tok, err);
+}
+
+/* Copy tokens into s->tok, dropping repeats. */
+static int take_tokens(ps_searcher_t *s, const ps_tokens *tok, ps_err *err)
+{
+    ps_tokens_reset(&s->tok);
+    for (size_t i = 0; i < tok->n; i++)
+        if (ps_tokens_push(&s->tok, tok->text + tok->off[i], tok->len[i]))
+            return ps_err_set(err, PS_ENOMEM, "out of memory copying query tokens");
+    ps_tokens_distinct(&s->tok);
+    return check_tokens(&s->tok, err);
+}
+
+static void clear_stats(ps_search_stats *st)
+{
+    memset(st, 0, sizeof *st);
+}
+
+int ps_search_recall(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts *o,
+                     ps_hit *hits, size_t *nhits, ps_search_stats *stats, ps_err *err)
+{
+    ps_search_stats local;
+    ps_search_stats *st = stats ? stats : &local;
+    int rc;
+    clear_stats(st);
+    *nhits = 0;
+    if ((rc = check_opts(o, err)) || (rc = analyze(s, q, qlen, err))) return rc;
+    return recall(s, o, hits, nhits, st, err);
+}
+
+/* Set preference and score of hits[0..n) for o->profile, fetching their embeddings. */
+static int prefer(ps_searcher_t *s, const ps_search_opts *o, ps_hit *hits, size_t n, ps_err *err)
+{
+    const ps_index_t *ix = s->ix;
+    const ps_profile *p = o->profile;
+    int rc;
+    if (!p || p->k == 0 || n == 0) return 0;
+    if (p->dim != ix->dim)
+        return ps_err_set(err, PS_EINVAL, "profile dimension %u differs from the index's %u",
+                          p->dim, ix->dim);
+    if (grow((void **)&s->emb, &s->emb_cap, n * ix->dim, sizeof *s->emb) ||
+        grow((void **)&s->docs, &s->docs_cap, n, sizeof *s->docs))
+        return ps_err_set(err, PS_ENOMEM, "out of memory fetching embeddings");
+    for (size_t i = 0; i < n; i++) s->docs[i] = hits[i].doc;
+    if ((rc = ps_index_embeddings(ix, s->docs, n, s->emb, err))) return rc;
+    ps_prefer(hits, n, s->emb, ix->dim, p, o->alpha);
+    return 0;
+}
+
+int ps_search_shard(ps_searcher_t *s, const ps_tokens *tok, const ps_search_opts *o, ps_hit *hits,
+                    size_t *nhits, ps_search_stats *stats, ps_err *err)
+{
+    ps_search_stats local;
+    ps_search_stats *st = stats ? stats : &local;
+    int rc;
+    clear_stats(st);
+    *nhits = 0;
+    if ((rc = check_opts(o, err)) || (rc = take_tokens(s, tok, err)) ||
+        (rc = recall(s, o, hits, nhits, st, err)))
+        return rc;
+    return prefer(s, o, hits, *nhits, err);
+}
+
+size_t ps_merge_hits(ps_hit *hits, size_t n, uint32_t R, uint32_t k)
+{
+    qsort(hits, n, sizeof *hits, cmp_hit_recall);
+    if (n > R) n = R;
+    qsort(hits, n, sizeof *hits, cmp_hit_score);
+    return n < k ? n : k;
+}
+
+void ps_prefer(ps_hit *hits, size_t n, const float *emb, uint32_t dim, const ps_profile *p,
+               float alpha)
+{
+    /* Dot products come from ps_dot, not BLAS: a BLAS kernel's summation order depends on the
+     * batch and on alignment, and a shard scoring 25 candidates must get the same bits as a
+     * single node scoring 100. */
+    if (!p || p->k == 0 || p->dim != dim) return;
+    double cn2[PS_PROFILE_KMAX];
+    for (uint32_t c = 0; c < p->k; c++)
+        cn2[c] = ps_dot(p->centroids + (size_t)c * dim, p->centroids + (size_t)c * dim, dim);
+    for (size_t i = 0; i < n; i++) {
+        const float *e = emb + i * dim;
+        double en2 = ps_dot(e, e, dim);
+        ps_hit *h = &hits[i];
+        for (uint32_t c = 0; c < p->k; c++) {
+            const float *cv = p->centroids + (size_t)c * dim;
+            /* ‖c − e‖² from the dot product decides all but borderline pairs; those are
+             * settled with ps_l2dist, the function that defined the radius. */
+            double dot = ps_dot(cv, e, dim);
+            double r = p->radius[c], d2 = en2 + cn2[c] - 2.0 * dot;
+            double slack = 1e-9 * (en2 + cn2[c] + 1.0);
+            int near;
+            if (d2 + slack < r * r)
+                near = 1;
+            else if (d2 - slack > r * r)
+                near = 0;
+            else
+                near = ps_l2dist(cv, e, dim) <= r;
+            if (!near) continue;
+            double cosv = en2 > 0 && cn2[c] > 0 ? dot / sqrt(en2 * cn2[c]) : 0.0;
+            double pref = 1.0 + (double)alpha * cosv;
+            double score = h->recall * pref;
+            if (h->centroid < 0 || score > h->score) {
+                h->score = score;
+                h->preference = pref;
+                h->centroid = (int32_t)c;
+            }
+        }
+    }
+}
+
+int ps_search(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts *o, ps_hit *hits,
+              size_t *nhits, ps_search_stats *stats, ps_err *err)
+{
+    ps_search_stats local;
+    ps_search_stats *st = stats ? stats : &local;
+    int rc;
+    clear_stats(st);
+    *nhits = 0;
+    if ((rc = check_opts(o, err)) || (rc = analyze(s, q, qlen, err)) ||
+        (rc = recall(s, o, hits, nhits, st, err)) || (rc = prefer(s, o, hits, *nhits, err)))
+        return rc;
+    *nhits = ps_merge_hits(hits, *nhits, o->R, o->k);
+    return 0;
+}

@@ -1,0 +1,110 @@
+/*
+ * config.h — the configuration of a daemon (DESIGN §3.1, STYLE 8): one table of
+ * {name, type, default, help} drives everything a user can set:
+ *
+ *   --help                    text generated from the table (ps_cfg_help)
+ *   --config FILE             a `key = value` file, one setting per line; '#' starts a comment
+ *                             (at the start of a line or after whitespace); blank lines ignored;
+ *                             a value may be wrapped in double quotes; PERSRV_CONFIG also names it
+ *   --name value, --name=value  flags; a bool flag alone (--name) means true, --no-name false
+ *   PERSRV_<NAME>             environment variables: the name upper-cased, '-' as '_'
+ *
+ * Precedence: flag > environment > file > default. In a file, `max-frame` and `max_frame` name
+ * the same key. Unknown flags, unknown file keys, repeated file keys, malformed or out-of-range
+ * values and missing required settings are errors that name the flag, variable or file:line at
+ * fault. Unknown PERSRV_* variables are ignored: one environment serves every daemon.
+ *
+ * Caps: a config file line is at most PS_CFG_MAX_LINE bytes, a value at most PS_CFG_MAX_VALUE.
+ */
+#ifndef PS_CONFIG_H
+#define PS_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "ps/err.h"
+#include "ps/file.h"
+
+#define PS_CFG_MAX_LINE  4096 /* bytes of one config file line */
+#define PS_CFG_MAX_VALUE 4096 /* bytes of one value */
+#define PS_CFG_MAX_OPTS  128  /* entries of one table */
+
+typedef enum ps_cfg_type {
+    PS_CFG_STRING = 0,
+    PS_CFG_INT,    /* int64_t, decimal */
+    PS_CFG_UINT,   /* uint64_t, decimal, no sign */
+    PS_CFG_DOUBLE, /* finite */
+    PS_CFG_BOOL    /* true|false|yes|no|on|off|1|0 */
+} ps_cfg_type;
+
+enum {
+    PS_CFG_REQUIRED = 1 << 0, /* must be set by a flag, the environment or the file */
+};
+
+/* One setting. Numbers are checked against [min, max] unless min == max == 0. */
+typedef struct ps_cfg_opt {
+    const char *name; /* lowercase, digits and '-': "max-frame" */
+    ps_cfg_type type;
+    const char *def;  /* default, written as in a config file; NULL = unset */
+    const char *help; /* one line for --help */
+    int flags;        /* PS_CFG_REQUIRED */
+    double min, max;  /* range of a number */
+} ps_cfg_opt;
+
+typedef struct ps_cfg ps_cfg_t;
+
+/* A configuration for `prog` (used in --help and messages) over the n entries of `table`
+ * (borrowed; must outlive the result). `about` is a paragraph for --help (may be NULL).
+ * Defaults are applied here. Errors: PS_EINVAL for a bad table (bad name, repeated name, a
+ * default that does not parse, n > PS_CFG_MAX_OPTS), PS_ENOMEM. Caller owns the result
+ * (ps_cfg_free). */
+ps_cfg_t *ps_cfg_new(const char *prog, const char *about, const ps_cfg_opt *table, size_t n,
+                     ps_err *err);
+void ps_cfg_free(ps_cfg_t *c);
+
+/* Apply the config file, environment and flags (argv[1..argc), argv[0] is skipped), in
+ * precedence order. env: a NULL-terminated "NAME=value" array (NULL = the process
+ * environment). Returns 0, 1 when --help was given (nothing else is checked; print
+ * ps_cfg_help and exit 0), or a negative PS_E* code: PS_EINVAL (unknown flag or key, bad
+ * value, missing required setting, stray argument), PS_EIO (config file unreadable),
+ * PS_ETOOBIG (line or value over its cap), PS_ENOMEM. Call once per ps_cfg_t. */
+int ps_cfg_parse(ps_cfg_t *c, int argc, char **argv, char **env, ps_err *err);
+
+/* Write the --help text: usage, the about paragraph, then each option with its type,
+ * default, environment variable and help. */
+void ps_cfg_help(const ps_cfg_t *c, FILE *f);
+
+/* Log the effective configuration as one logfmt line (event=config), every setting with its
+ * value, plus config_file when one was read. A setting whose name ends in "token" is a secret:
+ * it is logged as "<set>". */
+void ps_cfg_log(const ps_cfg_t *c, const char *comp);
+
+/* Values by name. The name must be in the table with that type (a programming error
+ * otherwise: NULL / 0 is returned). Strings are borrowed, valid until ps_cfg_free; NULL when
+ * unset. */
+const char *ps_cfg_str(const ps_cfg_t *c, const char *name);
+int64_t ps_cfg_int(const ps_cfg_t *c, const char *name);
+uint64_t ps_cfg_uint(const ps_cfg_t *c, const char *name);
+double ps_cfg_double(const ps_cfg_t *c, const char *name);
+int ps_cfg_bool(const ps_cfg_t *c, const char *name);
+/* Where the value of `name` came from: "default", "file", "env", "flag", or "unset". */
+const char *ps_cfg_source(const ps_cfg_t *c, const char *name);
+
+/* The start of every daemon's main: build the table, parse flags / environment / file, print
+ * --help, set ps_log_level from the "log-level" setting (which the table must have) and log
+ * the effective configuration. Returns the config (caller frees with ps_cfg_free), or NULL
+ * with *exit_code set: 0 after --help, 2 after a configuration error printed on stderr as
+ * "<prog>: <message>". */
+ps_cfg_t *ps_cfg_daemon(const char *prog, const char *about, const ps_cfg_opt *table, size_t n,
+                        int argc, char **argv, int *exit_code);
+
+/* The daemons' stop signal: SIGTERM and SIGINT write a byte to a self-pipe whose read end this
+ * returns (non-blocking, close-on-exec; it lives until exit, and later calls return the same
+ * fd); SIGPIPE is ignored. -1 with errno when the pipe cannot be made. */
+int ps_daemon_stop_fd(void);
+
+/* Write this process's id to path (ps_write_file_atomic). 0, or -1 with errno. */
+int ps_write_pid_file(const char *path);
+
+#endif
