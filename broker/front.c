@@ -11,8 +11,9 @@
  *                  primary did not answer in click-deadline-ms (retry with the same click_id)
  *   anything else, or a frame that does not decode → Error (code from ps_errname)
  *
- * The reply echoes the request's request_id, also when the frame does not decode (as far as
- * ps_wire_peek_request_id can read it; else 0), so a client can match its Error. The request's
+ * The door is a ps_dispatch table (ps/dispatch.h): the reply echoes the request's request_id,
+ * also when the frame does not decode (as far as ps_wire_peek_request_id can read it; else 0),
+ * so a client can match its Error. The request's
  * deadline_ms is not used to cut the fan-out short: the broker's own deadline (deadline-ms ×
  * attempts) bounds every search.
  */
@@ -20,6 +21,7 @@
 #include <string.h>
 
 #include "broker.h"
+#include "ps/dispatch.h"
 #include "ps/log.h"
 #include "ps/wire.h"
 
@@ -248,57 +250,77 @@ static int authorize(broker_keys_t *keys, const Persrv__Envelope *in, ps_err *er
     }
 }
 
+/* What a front-door request's handlers need. */
+typedef struct front_state {
+    broker_core_t *core;
+    broker_metrics_t *metrics;
+    broker_keys_t *keys;
+    broker_front_later_fn later;
+    void *ticket;
+} front_state;
+
+static int admit(void *state, const Persrv__Envelope *in, ps_err *err)
+{
+    return authorize(((front_state *)state)->keys, in, err);
+}
+
+static int route_query(void *state, const Persrv__Envelope *in, uint8_t **reply, size_t *reply_len,
+                       ps_err *err)
+{
+    return do_query(((front_state *)state)->core, in, reply, reply_len, err);
+}
+
+static int route_sticker(void *state, const Persrv__Envelope *in, uint8_t **reply,
+                         size_t *reply_len, ps_err *err)
+{
+    return do_sticker(((front_state *)state)->core, in, reply, reply_len, err);
+}
+
+static int route_health(void *state, const Persrv__Envelope *in, uint8_t **reply, size_t *reply_len,
+                        ps_err *err)
+{
+    return do_health(((front_state *)state)->core, in, reply, reply_len, err);
+}
+
+static int route_click(void *state, const Persrv__Envelope *in, uint8_t **reply, size_t *reply_len,
+                       ps_err *err)
+{
+    front_state *f = state;
+    int deferred = 0;
+    (void)reply;
+    (void)reply_len;
+    int rc = do_click(f->core, f->metrics, in, f->later, f->ticket, &deferred, err);
+    return rc ? rc : deferred ? PS_DISPATCH_LATER : 0;
+}
+
+static const ps_route routes[] = {
+    {PERSRV__ENVELOPE__BODY_QUERY, route_query, BROKER_EP_ZMQ_SEARCH},
+    {PERSRV__ENVELOPE__BODY_GET_STICKER, route_sticker, BROKER_EP_ZMQ_STICKER},
+    {PERSRV__ENVELOPE__BODY_HEALTH, route_health, BROKER_EP_ZMQ_HEALTH},
+    {PERSRV__ENVELOPE__BODY_CLICK, route_click, BROKER_EP_ZMQ_CLICK},
+};
+
+/* The front door is public: a client's bad request is its business (debug), the broker's own
+ * trouble is not. */
+static const ps_door door = {.component = "broker",
+                             .name = "the broker",
+                             .routes = routes,
+                             .nroutes = sizeof routes / sizeof routes[0],
+                             .other_tag = BROKER_EP_ZMQ_OTHER,
+                             .admit = admit,
+                             .client_error_level = PS_LOG_DEBUG};
+
 int broker_front_handle(broker_core_t *core, broker_metrics_t *metrics, broker_keys_t *keys,
                         size_t max_frame, const void *req, size_t len, uint8_t **reply,
                         size_t *reply_len, broker_front_later_fn later, void *ticket)
 {
     double t0 = broker_now();
-    ps_err err = {0, ""};
-    Persrv__Envelope *in = NULL;
-    int rc, ep = BROKER_EP_ZMQ_OTHER, deferred = 0;
-    uint64_t request_id = 0;
-    *reply = NULL;
-    *reply_len = 0;
-    if ((rc = ps_wire_decode(req, len, max_frame, &in, &err)) != 0) {
-        request_id = ps_wire_peek_request_id(req, len);
-    } else if ((rc = authorize(keys, in, &err)) != 0) {
-        request_id = in->request_id;
-    } else {
-        request_id = in->request_id;
-        switch (in->body_case) {
-        case PERSRV__ENVELOPE__BODY_QUERY:
-            ep = BROKER_EP_ZMQ_SEARCH;
-            rc = do_query(core, in, reply, reply_len, &err);
-            break;
-        case PERSRV__ENVELOPE__BODY_GET_STICKER:
-            ep = BROKER_EP_ZMQ_STICKER;
-            rc = do_sticker(core, in, reply, reply_len, &err);
-            break;
-        case PERSRV__ENVELOPE__BODY_HEALTH:
-            ep = BROKER_EP_ZMQ_HEALTH;
-            rc = do_health(core, in, reply, reply_len, &err);
-            break;
-        case PERSRV__ENVELOPE__BODY_CLICK:
-            ep = BROKER_EP_ZMQ_CLICK;
-            rc = do_click(core, metrics, in, later, ticket, &deferred, &err);
-            break;
-        default:
-            rc = ps_err_set(&err, PS_EINVAL,
-                            "body: the broker answers query, get_sticker, health and click, not %d",
-                            (int)in->body_case);
-            break;
-        }
-    }
-    ps_wire_free(in);
-    if (deferred) return 0; /* click_answered answers and counts it */
-    int status = rc ? ps_err_http_status(rc) : 200;
-    if (rc) {
-        ps_log(status >= 500 ? PS_LOG_WARN : PS_LOG_DEBUG, "broker", "zmq_request_failed",
-               "code=%s msg=\"%.200s\"", ps_errname(rc), err.msg);
-        free(*reply);
-        *reply = NULL;
-        if (error_reply(request_id, &err, reply, reply_len)) return PS_ENOMEM;
-    }
-    broker_metrics_http(metrics, ep, status, broker_now() - t0);
+    front_state f = {core, metrics, keys, later, ticket};
+    ps_dispatch_result res;
+    int rc = ps_dispatch(&door, &f, max_frame, req, len, reply, reply_len, &res);
+    if (rc == PS_DISPATCH_LATER) return 0; /* click_answered answers and counts it */
+    if (rc) return rc;
+    broker_metrics_http(metrics, res.tag, res.code ? ps_err_http_status(res.code) : 200,
+                        broker_now() - t0);
     return 0;
 }

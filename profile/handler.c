@@ -1,8 +1,8 @@
 /*
- * handler.c — the profile service's request logic: decode one frame (ps_wire_decode checks
- * every cap before protobuf-c unpacks it), run it against the store, encode one reply. Every
- * failure becomes an Error envelope with the stable code (ps_errname) and a message naming
- * what was wrong, so a peer's bad input never takes the daemon down or stores anything.
+ * handler.c — the profile service's request logic: its door (ps/dispatch.h: decode one frame,
+ * route it by body, answer every failure as an Error envelope with the stable code and a
+ * message naming what was wrong, so a peer's bad input never takes the daemon down or stores
+ * anything) and the handlers that run a request against the store.
  *
  * Who may ask what (proto/persrv.proto): click and load_profile only the primary takes; wal
  * and checkpoint (a replica's requests) only the primary answers; get_profile, get_clicks,
@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "ps/dispatch.h"
 #include "ps/log.h"
 #include "ps/wire.h"
 #include "profile.h"
@@ -56,9 +57,10 @@ static int write_reply(uint64_t request_id, const profsvc_write_result *r, const
     return ps_wire_pack(&e, out, out_len, err);
 }
 
-static int do_click(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
+static int do_click(void *state, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
                     ps_err *err)
 {
+    profsvc_ctx *ctx = state;
     const Persrv__ClickRequest *c = env->click;
     profsvc_write_result r;
     int rc;
@@ -153,9 +155,10 @@ int profsvc_load_apply(profsvc_ctx *ctx, const profsvc_load *ld, uint64_t reques
     return 0;
 }
 
-static int do_load(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
+static int do_load(void *state, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
                    ps_err *err)
 {
+    profsvc_ctx *ctx = state;
     profsvc_load ld;
     profsvc_write_result r;
     int rc = profsvc_load_parse(ctx, env->load_profile, &ld, err);
@@ -166,9 +169,10 @@ static int do_load(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out,
     return rc;
 }
 
-static int do_get_profile(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out,
-                          size_t *out_len, ps_err *err)
+static int do_get_profile(void *state, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
+                          ps_err *err)
 {
+    profsvc_ctx *ctx = state;
     ps_profile prof;
     int found;
     uint64_t seq;
@@ -194,9 +198,10 @@ static int do_get_profile(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t
     return rc;
 }
 
-static int do_get_clicks(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out,
-                         size_t *out_len, ps_err *err)
+static int do_get_clicks(void *state, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
+                         ps_err *err)
 {
+    profsvc_ctx *ctx = state;
     uint64_t *ids;
     size_t n;
     int rc =
@@ -212,9 +217,10 @@ static int do_get_clicks(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t 
     return rc;
 }
 
-static int do_checksum(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out,
-                       size_t *out_len, ps_err *err)
+static int do_checksum(void *state, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
+                       ps_err *err)
 {
+    profsvc_ctx *ctx = state;
     Persrv__ChecksumReply cr = PERSRV__CHECKSUM_REPLY__INIT;
     int rc = profsvc_store_checksum(ctx->store, &cr.checksum, &cr.keys, &cr.seq, err);
     if (rc) return rc;
@@ -223,9 +229,10 @@ static int do_checksum(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **
     return ps_wire_pack(&e, out, out_len, err);
 }
 
-static int do_health(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
+static int do_health(void *state, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
                      ps_err *err)
 {
+    profsvc_ctx *ctx = state;
     ps_wire_health h = {.shard = 0,
                         .nshards = 1,
                         .snapshot_version = profsvc_store_seq(ctx->store),
@@ -234,9 +241,10 @@ static int do_health(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **ou
     return ps_wire_encode_health_reply(env->request_id, &h, out, out_len, err);
 }
 
-static int do_wal(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
+static int do_wal(void *state, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
                   ps_err *err)
 {
+    profsvc_ctx *ctx = state;
     const Persrv__WalRequest *w = env->wal;
     profsvc_batch *b = NULL;
     size_t n = 0;
@@ -275,9 +283,10 @@ static int do_wal(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out, 
     return rc;
 }
 
-static int do_checkpoint(profsvc_ctx *ctx, const Persrv__Envelope *env, uint8_t **out,
-                         size_t *out_len, ps_err *err)
+static int do_checkpoint(void *state, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
+                         ps_err *err)
 {
+    profsvc_ctx *ctx = state;
     const Persrv__CheckpointRequest *c = env->checkpoint;
     Persrv__CheckpointReply cr = PERSRV__CHECKPOINT_REPLY__INIT;
     Persrv__CheckpointFile *cf = NULL, **cfp = NULL;
@@ -338,64 +347,26 @@ out:
     return rc;
 }
 
-static const char *body_name(Persrv__Envelope__BodyCase c)
-{
-    const ProtobufCFieldDescriptor *f =
-        protobuf_c_message_descriptor_get_field(&persrv__envelope__descriptor, (unsigned)c);
-    return f ? f->name : "unknown";
-}
+static const ps_route routes[] = {
+    {PERSRV__ENVELOPE__BODY_CLICK, do_click, 0},
+    {PERSRV__ENVELOPE__BODY_LOAD_PROFILE, do_load, 0},
+    {PERSRV__ENVELOPE__BODY_GET_PROFILE, do_get_profile, 0},
+    {PERSRV__ENVELOPE__BODY_GET_CLICKS, do_get_clicks, 0},
+    {PERSRV__ENVELOPE__BODY_CHECKSUM, do_checksum, 0},
+    {PERSRV__ENVELOPE__BODY_HEALTH, do_health, 0},
+    {PERSRV__ENVELOPE__BODY_WAL, do_wal, 0},
+    {PERSRV__ENVELOPE__BODY_CHECKPOINT, do_checkpoint, 0},
+};
+
+static const ps_door door = {.component = "profile",
+                             .name = "the profile service",
+                             .routes = routes,
+                             .nroutes = sizeof routes / sizeof routes[0],
+                             .client_error_level = PS_LOG_WARN};
 
 int profsvc_handle(profsvc_ctx *ctx, const void *req, size_t len, uint8_t **reply,
                    size_t *reply_len)
 {
-    Persrv__Envelope *env = NULL;
-    ps_err err = {0, ""};
-    uint64_t request_id = ps_wire_peek_request_id(req, len);
-    int rc = ps_wire_decode(req, len, ctx->max_frame, &env, &err);
-    if (!rc) {
-        request_id = env->request_id;
-        switch (env->body_case) {
-        case PERSRV__ENVELOPE__BODY_CLICK:
-            rc = do_click(ctx, env, reply, reply_len, &err);
-            break;
-        case PERSRV__ENVELOPE__BODY_LOAD_PROFILE:
-            rc = do_load(ctx, env, reply, reply_len, &err);
-            break;
-        case PERSRV__ENVELOPE__BODY_GET_PROFILE:
-            rc = do_get_profile(ctx, env, reply, reply_len, &err);
-            break;
-        case PERSRV__ENVELOPE__BODY_GET_CLICKS:
-            rc = do_get_clicks(ctx, env, reply, reply_len, &err);
-            break;
-        case PERSRV__ENVELOPE__BODY_CHECKSUM:
-            rc = do_checksum(ctx, env, reply, reply_len, &err);
-            break;
-        case PERSRV__ENVELOPE__BODY_HEALTH:
-            rc = do_health(ctx, env, reply, reply_len, &err);
-            break;
-        case PERSRV__ENVELOPE__BODY_WAL:
-            rc = do_wal(ctx, env, reply, reply_len, &err);
-            break;
-        case PERSRV__ENVELOPE__BODY_CHECKPOINT:
-            rc = do_checkpoint(ctx, env, reply, reply_len, &err);
-            break;
-        default:
-            rc = ps_err_set(&err, PS_EINVAL, "body: the profile service does not take %s messages",
-                            body_name(env->body_case));
-            break;
-        }
-    }
-    ps_wire_free(env);
-    if (rc == 0) return 0;
-
-    /* Client errors are the peer's business: warn, answer, keep serving. */
-    ps_log(rc == PS_ENOMEM || ps_err_http_status(rc) >= 500 ? PS_LOG_ERROR : PS_LOG_WARN, "profile",
-           "request_failed", "request_id=%llu bytes=%zu code=%s msg=\"%s\"",
-           (unsigned long long)request_id, len, ps_errname(rc), err.msg);
-    ps_err eerr = {0, ""};
-    int erc = ps_wire_encode_error(request_id, rc, err.msg, reply, reply_len, &eerr);
-    if (erc)
-        ps_log(PS_LOG_ERROR, "profile", "reply_failed", "request_id=%llu code=%s msg=\"%s\"",
-               (unsigned long long)request_id, ps_errname(erc), eerr.msg);
-    return erc;
+    int rc = ps_dispatch(&door, ctx, ctx->max_frame, req, len, reply, reply_len, NULL);
+    return rc == PS_DISPATCH_LATER ? PS_EINTERNAL : rc;
 }

@@ -1,14 +1,14 @@
 /*
- * handler.c — the shard's request logic: decode one frame (ps_wire_decode checks every cap
- * before protobuf-c unpacks it), run it against the shard's index, encode one reply. Every
- * failure becomes an Error envelope with the stable code (ps_errname) and a message naming
- * what was wrong, so a peer's bad input never takes the daemon down.
+ * handler.c — the shard's request logic: the shard's door (ps/dispatch.h: decode one frame,
+ * route it by body, answer failures as Error envelopes with the stable code and a message
+ * naming what was wrong) and the handlers that run a request against the shard's index.
  */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "ps/dispatch.h"
 #include "ps/log.h"
 #include "ps/wire_engine.h"
 #include "shard.h"
@@ -64,9 +64,10 @@ static shard_version *acquire(shard_handler_t *h, uint64_t version, ps_err *err)
     return v;
 }
 
-static int do_search(shard_handler_t *h, const Persrv__Envelope *env, uint8_t **out,
-                     size_t *out_len, ps_err *err)
+static int do_search(void *state, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
+                     ps_err *err)
 {
+    shard_handler_t *h = state;
     const Persrv__SearchRequest *q = env->search;
     ps_search_opts opts;
     ps_profile prof = {0};
@@ -110,9 +111,10 @@ static int do_search(shard_handler_t *h, const Persrv__Envelope *env, uint8_t **
     return rc;
 }
 
-static int do_get_sticker(shard_handler_t *h, const Persrv__Envelope *env, uint8_t **out,
-                          size_t *out_len, ps_err *err)
+static int do_get_sticker(void *state, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
+                          ps_err *err)
 {
+    shard_handler_t *h = state;
     uint64_t id = env->get_sticker->id;
     uint32_t doc;
     shard_version *v = acquire(h, env->get_sticker->snapshot_version, err);
@@ -151,9 +153,10 @@ static int do_get_sticker(shard_handler_t *h, const Persrv__Envelope *env, uint8
     return rc;
 }
 
-static int do_health(shard_handler_t *h, const Persrv__Envelope *env, uint8_t **out,
-                     size_t *out_len, ps_err *err)
+static int do_health(void *state, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
+                     ps_err *err)
 {
+    shard_handler_t *h = state;
     shard_version_info info[SHARD_MAX_HELD];
     ps_wire_snap held[SHARD_MAX_HELD];
     uint64_t active = 0, stickers = 0;
@@ -176,58 +179,21 @@ static int do_health(shard_handler_t *h, const Persrv__Envelope *env, uint8_t **
     return ps_wire_encode_health_reply(env->request_id, &hr, out, out_len, err);
 }
 
-static const char *body_name(Persrv__Envelope__BodyCase c)
-{
-    switch (c) {
-    case PERSRV__ENVELOPE__BODY_SEARCH_REPLY:
-        return "search_reply";
-    case PERSRV__ENVELOPE__BODY_STICKER_REPLY:
-        return "sticker_reply";
-    case PERSRV__ENVELOPE__BODY_HEALTH_REPLY:
-        return "health_reply";
-    case PERSRV__ENVELOPE__BODY_ERROR:
-        return "error";
-    default:
-        return "unknown";
-    }
-}
+static const ps_route routes[] = {
+    {PERSRV__ENVELOPE__BODY_SEARCH, do_search, 0},
+    {PERSRV__ENVELOPE__BODY_GET_STICKER, do_get_sticker, 0},
+    {PERSRV__ENVELOPE__BODY_HEALTH, do_health, 0},
+};
+
+static const ps_door door = {.component = "shard",
+                             .name = "a shard",
+                             .routes = routes,
+                             .nroutes = sizeof routes / sizeof routes[0],
+                             .client_error_level = PS_LOG_WARN};
 
 int shard_handle(shard_handler_t *h, const void *req, size_t len, uint8_t **reply,
                  size_t *reply_len)
 {
-    Persrv__Envelope *env = NULL;
-    ps_err err = {0, ""};
-    uint64_t request_id = 0;
-    int rc = ps_wire_decode(req, len, h->ctx->max_frame, &env, &err);
-    if (!rc) {
-        request_id = env->request_id;
-        switch (env->body_case) {
-        case PERSRV__ENVELOPE__BODY_SEARCH:
-            rc = do_search(h, env, reply, reply_len, &err);
-            break;
-        case PERSRV__ENVELOPE__BODY_GET_STICKER:
-            rc = do_get_sticker(h, env, reply, reply_len, &err);
-            break;
-        case PERSRV__ENVELOPE__BODY_HEALTH:
-            rc = do_health(h, env, reply, reply_len, &err);
-            break;
-        default:
-            rc = ps_err_set(&err, PS_EINVAL, "body: a shard does not take %s messages",
-                            body_name(env->body_case));
-            break;
-        }
-    }
-    ps_wire_free(env);
-    if (rc == 0) return 0;
-
-    /* Client errors are the peer's business: warn, answer, keep serving. */
-    ps_log(rc == PS_ENOMEM || ps_err_http_status(rc) >= 500 ? PS_LOG_ERROR : PS_LOG_WARN, "shard",
-           "request_failed", "request_id=%llu bytes=%zu code=%s msg=\"%s\"",
-           (unsigned long long)request_id, len, ps_errname(rc), err.msg);
-    ps_err eerr = {0, ""};
-    int erc = ps_wire_encode_error(request_id, rc, err.msg, reply, reply_len, &eerr);
-    if (erc)
-        ps_log(PS_LOG_ERROR, "shard", "reply_failed", "request_id=%llu code=%s msg=\"%s\"",
-               (unsigned long long)request_id, ps_errname(erc), eerr.msg);
-    return erc;
+    int rc = ps_dispatch(&door, h, h->ctx->max_frame, req, len, reply, reply_len, NULL);
+    return rc == PS_DISPATCH_LATER ? PS_EINTERNAL : rc;
 }

@@ -484,17 +484,17 @@ static int cmd_bad(int argc, char **argv)
     e.request_id = 5;
     e.body_case = PERSRV__ENVELOPE__BODY_HEALTH;
     e.health = &hr;
-    expect_error(send_raw(s, &e), "version 99", "invalid_argument", NULL, 0);
+    expect_error(send_raw(s, &e), "version 99", "invalid_argument", NULL, 5);
 
     e.version = PS_WIRE_VERSION;
     e.body_case = PERSRV__ENVELOPE__BODY__NOT_SET;
-    expect_error(send_raw(s, &e), "no body", "invalid_argument", NULL, 0);
+    expect_error(send_raw(s, &e), "no body", "invalid_argument", NULL, 5);
 
     Persrv__SearchRequest q = PERSRV__SEARCH_REQUEST__INIT;
     q.recall_depth = 100;
     q.use_utility = 1;
     expect_error(send_raw(s, search_env(&q, 11)), "search without tokens", "invalid_argument",
-                 "invalid_query", 0);
+                 "invalid_query", 11);
 
     static char tokbuf[300][8];
     char *many[300];
@@ -504,16 +504,17 @@ static int cmd_bad(int argc, char **argv)
     }
     q.n_tokens = 300;
     q.tokens = many;
-    expect_error(send_raw(s, search_env(&q, 12)), "search with 300 tokens", "too_large", NULL, 0);
+    expect_error(send_raw(s, search_env(&q, 12)), "search with 300 tokens", "too_large", NULL, 12);
 
     char bad_utf8[] = "\xff\xfe", ok_tok[] = "好";
     char *bad_toks[] = {ok_tok, bad_utf8};
     q.n_tokens = 2;
     q.tokens = bad_toks;
     expect_error(send_raw(s, search_env(&q, 13)), "search with invalid UTF-8", "invalid_utf8", NULL,
-                 0);
+                 13);
 
-    /* Decodable but wrong for this shard: the request_id is echoed. */
+    /* Every Error echoes the request's id, found in the frame when it does not decode
+     * (ps_dispatch's one rule); decodable but wrong for this shard: the same. */
     char *good_toks[] = {ok_tok};
     q.n_tokens = 1;
     q.tokens = good_toks;
