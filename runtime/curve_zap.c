@@ -40,6 +40,10 @@ void ps_curve_log_mode(const ps_curve_t *c, const char *component, const char *l
         ps_log(PS_LOG_INFO, component, "curve",
                "public_key=%s allowed_clients=%zu known_servers=%zu", ps_curve_public(c),
                ps_curve_nallow(c), ps_curve_nknown(c));
+        if (ps_curve_key_mode(c) & 077)
+            ps_log(PS_LOG_WARN, component, "key_file_mode",
+                   "mode=%03o msg=\"a secret key should be readable by its owner only\"",
+                   ps_curve_key_mode(c));
         return;
     }
     ps_log(PS_LOG_WARN, component, "plain_zmq",

@@ -17,7 +17,6 @@
 #include <zmq.h>
 
 #include "ps/curve.h"
-#include "ps/log.h"
 #include "ps/alloc.h"
 
 #define NAME_MAX_LEN 64
@@ -40,6 +39,7 @@ struct ps_curve {
     known_entry *known;
     size_t nknown;
     char any[PS_CURVE_Z85_LEN + 1]; /* the "*" line's key, "" when none */
+    unsigned key_mode;              /* the key file's permission bits */
 };
 
 static const char z85_chars[] =
@@ -195,11 +195,6 @@ int ps_curve_keypair_load(const char *path, ps_curve_keypair *kp, ps_err *err)
     char derived[PS_CURVE_Z85_LEN + 1];
     if (zmq_curve_public(derived, kp->sec) || strcmp(derived, kp->pub) != 0)
         return ps_err_set(err, PS_EINVAL, "%s: the secret key does not match the public key", path);
-    struct stat st;
-    if (stat(path, &st) == 0 && (st.st_mode & 077))
-        ps_log(PS_LOG_WARN, "curve", "key_file_mode",
-               "path=%s mode=%03o msg=\"a secret key should be readable by its owner only\"", path,
-               (unsigned)(st.st_mode & 0777));
     return 0;
 }
 
@@ -276,6 +271,8 @@ ps_curve_t *ps_curve_load(const char *key_file, const char *allow_file, const ch
         return NULL;
     }
     int rc = ps_curve_keypair_load(key_file, &c->kp, err);
+    struct stat st;
+    if (!rc && stat(key_file, &st) == 0) c->key_mode = (unsigned)(st.st_mode & 0777);
     if (!rc && allow_file) {
         c->serves = 1;
         if (!(c->allow = ps_calloc(PS_CURVE_MAX_ALLOW, sizeof *c->allow)))
@@ -378,6 +375,11 @@ const char *ps_curve_allowed(const ps_curve_t *c, const char *z85)
     memcpy(probe.key, z85, PS_CURVE_Z85_LEN + 1);
     const allow_entry *a = bsearch(&probe, c->allow, c->nallow, sizeof *c->allow, cmp_allow);
     return a ? a->name : NULL;
+}
+
+unsigned ps_curve_key_mode(const ps_curve_t *c)
+{
+    return c ? c->key_mode : 0;
 }
 
 size_t ps_curve_nallow(const ps_curve_t *c)

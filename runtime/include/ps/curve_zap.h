@@ -38,7 +38,8 @@ unsigned long long ps_curve_zap_refused(const ps_curve_zap_t *z);
 
 /* Log, at start, which mode a daemon listening at `listen` runs in: "curve" (info, with its
  * public key and the allow-list size) or plain (a warning: for 127.0.0.1 development only;
- * louder when `listen` is not a loopback address). */
+ * louder when `listen` is not a loopback address); a warning too when the key pair file is
+ * readable by others. */
 void ps_curve_log_mode(const ps_curve_t *c, const char *component, const char *listen);
 
 #endif

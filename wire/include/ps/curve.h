@@ -99,6 +99,9 @@ int ps_curve_check_endpoint(const ps_curve_t *c, const char *endpoint, ps_err *e
 /* The allow-list name of client key z85 (Z85, 40 characters), NULL when it is not on c's
  * allow-list (or c is NULL). */
 const char *ps_curve_allowed(const ps_curve_t *c, const char *z85);
+/* The permission bits of the key pair file c was loaded from (a daemon warns when others may
+ * read it: ps_curve_log_mode). */
+unsigned ps_curve_key_mode(const ps_curve_t *c);
 /* Entries of the allow-list; of the known-servers file (a "*" line counts one). */
 size_t ps_curve_nallow(const ps_curve_t *c);
 size_t ps_curve_nknown(const ps_curve_t *c);
