@@ -85,15 +85,17 @@ int ps_search(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts
 int ps_search_recall(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts *opts,
                      ps_hit *hits, size_t *nhits, ps_search_stats *stats, ps_err *err);
 
-/* The shard side of a cluster query: steps 1–3 for already analyzed tokens (the broker
- * analyzes once; repeats are dropped here). OUT hits: the top R by Recall, in recall order,
- * each with its preference and score for opts->profile. Errors as ps_search. */
+/* A partitioned search over one slice of the corpus (an index from ps_index_partition):
+ * steps 1–3 for tokens the caller analyzed once for every slice (repeats are dropped here).
+ * OUT hits: the slice's top R by Recall, in recall order, each with its preference and score
+ * for opts->profile. Errors as ps_search. */
 int ps_search_shard(ps_searcher_t *s, const ps_tokens *tokens, const ps_search_opts *opts,
                     ps_hit *hits, size_t *nhits, ps_search_stats *stats, ps_err *err);
 
-/* The broker side: hits[0..n) gathered from any number of shards (each a top R by recall
- * with scores set) become the global answer: the top R by recall, ranked by score, cut to k.
- * Reorders hits in place; returns the number of results (<= k). Ties break by id. */
+/* Merging a partitioned search: hits[0..n) gathered from any number of slices (each a top R by
+ * recall with scores set, from ps_search_shard) become the answer over the whole corpus: the
+ * top R by recall, ranked by score, cut to k. Reorders hits in place; returns the number of
+ * results (<= k). Ties break by id. */
 size_t ps_merge_hits(ps_hit *hits, size_t n, uint32_t R, uint32_t k);
 
 /* Step 3 on hits[0..n) whose embeddings are emb (n × dim): set preference, score and
