@@ -1075,7 +1075,7 @@ uint64_t ps_wire_peek_request_id(const void *buf, size_t len)
     while (p < end) {
         wfield w;
         uint64_t v;
-        if (next_field(&p, end, &w)) return 0;
+        if (next_field(&p, end, &w)) break; /* keep what was read before the bad field */
         if (w.num == 2 && w.wt == WIRE_VARINT && get_varint(&w.val, end, &v) == 0)
             id = v; /* the last one counts, as in protobuf-c */
     }
