@@ -838,7 +838,9 @@ int ps_wire_decode(const void *buf, size_t len, size_t max_frame, Persrv__Envelo
 
 void ps_wire_free(Persrv__Envelope *env)
 {
-    if (env) protobuf_c_message_free_unpacked(&env->base, NULL);
+    /* Through ps_free, as ps_wire_decode allocated it through ps_malloc. */
+    ProtobufCAllocator alloc = {wire_alloc, wire_dealloc, NULL};
+    if (env) protobuf_c_message_free_unpacked(&env->base, &alloc);
 }
 
 /* ---- encode --------------------------------------------------------------------------------- */
