@@ -256,7 +256,9 @@ int ps_snapshot_verify(const char *dir, const ps_snapshot *s, ps_err *err)
         uint32_t crc;
         uint64_t bytes;
         snprintf(path, sizeof path, "%s/%s", dir, f->name);
-        if (ps_file_crc32(path, &crc, &bytes, err))
+        int rc = ps_file_crc32(path, &crc, &bytes, err);
+        if (rc == PS_ENOMEM) return rc; /* not the file's fault */
+        if (rc)
             return ps_err_set(err, PS_ECORRUPT, "snapshot file %s: missing or unreadable", f->name);
         if (bytes != f->bytes)
             return ps_err_set(err, PS_ECORRUPT,
