@@ -380,11 +380,10 @@ static int run_exhaustive(ps_searcher_t *s, size_t m, const ps_search_opts *o, p
 {
     const ps_index_t *ix = s->ix;
     size_t nheap = 0, ntouched = 0;
-    if (!s->acc) {
-        s->acc = ps_calloc(ix->ndocs ? ix->ndocs : 1, sizeof *s->acc);
-        s->seen = ps_calloc(ix->ndocs ? ix->ndocs : 1, 1);
-        if (!s->acc || !s->seen) return ps_err_set(err, PS_ENOMEM, "out of memory (exhaustive)");
-    }
+    /* Each on its own: after a failed query one of them may exist already. */
+    if (!s->acc) s->acc = ps_calloc(ix->ndocs ? ix->ndocs : 1, sizeof *s->acc);
+    if (!s->seen) s->seen = ps_calloc(ix->ndocs ? ix->ndocs : 1, 1);
+    if (!s->acc || !s->seen) return ps_err_set(err, PS_ENOMEM, "out of memory (exhaustive)");
     uint64_t total = 0;
     for (size_t i = 0; i < m; i++) total += s->cl[i].n;
     if (grow((void **)&s->touched, &s->ntouched_cap, total ? total : 1, sizeof *s->touched))
