@@ -874,40 +874,48 @@ static int op_partition(void *ctx)
     return want(total == ps_index_npostings(F.ix) && ndocs == NDOCS);
 }
 
-/* One sticker with more distinct terms than the dictionary's first hash table holds. */
-static int op_ixbuild_dict(void *ctx)
+/* One sticker with more distinct terms than a dictionary's first hash table holds (4096),
+ * built with no failure injected. */
+static ps_index_t *build_big(void)
 {
-    (void)ctx;
-    ps_err err = {0};
     ps_tokens tok[PS_NFIELDS];
     const ps_tokens *fields[PS_NFIELDS];
     char w[16];
-    int rc = 0;
     for (int f = 0; f < PS_NFIELDS; f++) {
         ps_tokens_init(&tok[f]);
         fields[f] = &tok[f];
     }
-    for (int i = 0; i < 1500 && !rc; i++)
-        rc = ps_tokens_push(&tok[i % PS_NFIELDS], w, (size_t)snprintf(w, sizeof w, "w%d", i / 2));
-    ps_ixbuild_t *b = rc ? NULL : ps_ixbuild_new(1, DIM, &err);
-    if (!rc && !b) rc = chk(err.code ? err.code : OP_WRONG, &err);
-    if (!rc) rc = chk(ps_ixbuild_add(b, 1, 1.0f, fields, &err), &err);
-    if (!rc) {
-        ps_index_t *ix = ps_ixbuild_finish(&b, &err);
-        rc = ix ? want(ps_index_npostings(ix) == 1500) : chk(err.code ? err.code : OP_WRONG, &err);
-        ps_index_free(ix);
-    }
-    ps_ixbuild_free(b);
+    for (int i = 0; i < 4200; i++)
+        assert_int_equal(
+            ps_tokens_push(&tok[i % PS_NFIELDS], w, (size_t)snprintf(w, sizeof w, "w%d", i)), 0);
+    ps_ixbuild_t *b = ps_ixbuild_new(1, DIM, NULL);
+    assert_non_null(b);
+    assert_int_equal(ps_ixbuild_add(b, 1, 1.0f, fields, NULL), 0);
+    ps_index_t *ix = ps_ixbuild_finish(&b, NULL);
+    assert_non_null(ix);
     for (int f = 0; f < PS_NFIELDS; f++) ps_tokens_free(&tok[f]);
+    return ix;
+}
+
+static int op_partition_big(void *ctx)
+{
+    const ps_index_t *big = ctx;
+    ps_err err = {0};
+    ps_index_t *p = ps_index_partition(big, 1, 0, NULL, &err);
+    if (!p) return chk(err.code ? err.code : OP_WRONG, &err);
+    int rc = want(ps_index_npostings(p) == 4200);
+    ps_index_free(p);
     return rc;
 }
 
 static void test_index(void **state)
 {
     (void)state;
-    run_oom("ps_ixbuild_* (750 terms)", op_ixbuild_dict, NULL);
     run_oom("ps_ixbuild_*", op_ixbuild, NULL);
     run_oom("ps_index_partition", op_partition, NULL);
+    ps_index_t *big = build_big();
+    run_oom("ps_index_partition (4200 terms)", op_partition_big, big);
+    ps_index_free(big);
 }
 
 /* ---- search ------------------------------------------------------------------------------ */
