@@ -332,6 +332,24 @@ static void expect_reply(void *sock, const char *want, int *worker)
     msg_free(&m);
 }
 
+/* Workers connect to the back socket in their own threads, after on_ready may have run; the back
+ * socket spreads requests round robin over the workers connected. Send requests one at a time
+ * until every worker has answered one: from then on consecutive requests go to different
+ * workers. */
+static void warm_up(server *s, void *sock)
+{
+    unsigned all = (1u << s->workers) - 1;
+    for (int i = 0; i < 1000; i++) {
+        pthread_mutex_lock(&s->sh.mu);
+        unsigned used = s->sh.used;
+        pthread_mutex_unlock(&s->sh.mu);
+        if (used == all) return;
+        send_str(sock, "warm");
+        expect_reply(sock, "warm", NULL);
+    }
+    fail_msg("not every worker answered 1000 requests");
+}
+
 /* A monitor of sock (before it connects) for `events`. */
 static void *monitor(void *zctx, void *sock, const char *name, int events)
 {
@@ -632,6 +650,7 @@ static void test_max_inflight(void **state)
     zctx = zmq_ctx_new();
     a = client(zctx, ZMQ_DEALER, s.endpoint);
     b = client(zctx, ZMQ_DEALER, s.endpoint);
+    warm_up(&s, a);
     send_str(a, "pair-a");
     send_str(b, "pair-b");
     int wa, wb;
