@@ -1084,6 +1084,28 @@ uint64_t ps_wire_peek_request_id(const void *buf, size_t len)
     return id;
 }
 
+/* v as a protobuf varint at out. Returns its length (1..10). */
+static size_t put_varint(uint8_t *out, uint64_t v)
+{
+    size_t n = 0;
+    while (v > 0x7f) {
+        out[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    out[n++] = (uint8_t)v;
+    return n;
+}
+
+size_t ps_wire_stamp(uint8_t out[PS_WIRE_STAMP_MAX], uint64_t request_id, uint32_t deadline_ms)
+{
+    size_t n = 0;
+    out[n++] = 2 << 3; /* request_id: field 2, wire type 0 (varint) */
+    n += put_varint(out + n, request_id);
+    out[n++] = 3 << 3; /* deadline_ms: field 3, varint */
+    n += put_varint(out + n, deadline_ms);
+    return n;
+}
+
 int ps_wire_error_code(const Persrv__Error *e)
 {
     if (!e || !e->code) return PS_EINTERNAL;

@@ -1384,6 +1384,58 @@ static void test_append_api_key(void **state)
     free(buf);
 }
 
+/* A search encoded once with request_id 0 and deadline 0, then stamped: the decoder reads the
+ * stamped ids (small and largest values), the body is untouched, a second stamp overrides the
+ * first (zeros too), ps_wire_peek_request_id agrees, and an API key appended after still
+ * counts. */
+static void test_stamp(void **state)
+{
+    (void)state;
+    ps_err err;
+    ps_search_opts opts;
+    ps_search_opts_default(&opts);
+    const char *tokens[2] = {"so", "tired"};
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(ps_wire_encode_search(0, 0, tokens, 2, &opts, 5, &buf, &len, &err), 0);
+    const uint64_t ids[] = {1, 127, 128, 300, 1ull << 40, UINT64_MAX};
+    const uint32_t deadlines[] = {1, 250, 0, 16384, 60000, UINT32_MAX};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        uint8_t frame[1024];
+        assert_true(len + 2 * PS_WIRE_STAMP_MAX <= sizeof frame);
+        memcpy(frame, buf, len);
+        size_t n = len + ps_wire_stamp(frame + len, ids[i], deadlines[i]);
+        assert_true(n - len <= PS_WIRE_STAMP_MAX);
+        Persrv__Envelope *e = decode_ok(frame, n);
+        assert_true(e->request_id == ids[i]);
+        assert_true(e->deadline_ms == deadlines[i]);
+        assert_int_equal(e->body_case, PERSRV__ENVELOPE__BODY_SEARCH);
+        assert_int_equal(e->search->n_tokens, 2);
+        assert_string_equal(e->search->tokens[1], "tired");
+        assert_true(e->search->snapshot_version == 5);
+        ps_wire_free(e);
+        assert_true(ps_wire_peek_request_id(frame, n) == ids[i]);
+
+        /* stamped again: the last stamp wins, zeros included */
+        size_t m = n + ps_wire_stamp(frame + n, 0, 0);
+        e = decode_ok(frame, m);
+        assert_true(e->request_id == 0);
+        assert_true(e->deadline_ms == 0);
+        ps_wire_free(e);
+    }
+    uint8_t *k = malloc(len + PS_WIRE_STAMP_MAX);
+    assert_non_null(k);
+    memcpy(k, buf, len);
+    size_t kl = len + ps_wire_stamp(k + len, 42, 9);
+    assert_int_equal(ps_wire_append_api_key(&k, &kl, "key-1", &err), 0);
+    Persrv__Envelope *e = decode_ok(k, kl);
+    assert_true(e->request_id == 42 && e->deadline_ms == 9);
+    assert_string_equal(e->api_key, "key-1");
+    ps_wire_free(e);
+    free(k);
+    free(buf);
+}
+
 /* A client's click (no embedding) round-trips with its click id; click ids outside
  * 1..PS_WIRE_MAX_CLICK_ID bytes of 0x21..0x7e are refused on encode and on decode, in a click
  * and in a click_reply; "" means none. */
@@ -1503,6 +1555,7 @@ int main(void)
         cmocka_unit_test(test_encode_rejects),
         cmocka_unit_test(test_to_opts_defaults),
         cmocka_unit_test(test_append_api_key),
+        cmocka_unit_test(test_stamp),
         cmocka_unit_test(test_click_id),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -182,6 +182,19 @@ uint64_t ps_wire_peek_request_id(const void *buf, size_t len);
  * PS_WIRE_MAX_API_KEY bytes), PS_EINVAL (a NUL or control byte), PS_ENOMEM. */
 int ps_wire_append_api_key(uint8_t **buf, size_t *len, const char *key, ps_err *err);
 
+/* Bytes ps_wire_stamp writes at most: request_id (tag + 10-byte varint) and deadline_ms (tag +
+ * 5-byte varint). */
+#define PS_WIRE_STAMP_MAX 17
+
+/* Write Envelope.request_id = request_id and Envelope.deadline_ms = deadline_ms into out, to be
+ * appended to an encoded envelope: a scalar field that appears again is read with its last
+ * value (protobuf-c and ps_wire_peek_request_id alike), so a request encoded once with
+ * request_id 0 and deadline_ms 0 (proto3 writes neither) is stamped per attempt and per peer
+ * without packing or checking it again. Both fields are always written, zeros included, so a
+ * stamp also overrides ids already in the frame. Returns the bytes written (at most
+ * PS_WIRE_STAMP_MAX); never fails. */
+size_t ps_wire_stamp(uint8_t out[PS_WIRE_STAMP_MAX], uint64_t request_id, uint32_t deadline_ms);
+
 /* The PS_E* code named by an Error's code string; PS_EINTERNAL for a name this peer does not
  * know (a newer peer's code). */
 int ps_wire_error_code(const Persrv__Error *e);
