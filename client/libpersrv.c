@@ -1,19 +1,20 @@
 /*
- * libpersrv.c — the client library (include/persrv.h): one DEALER socket to the broker's front
- * door, Lazy Pirate timeouts and retries, and the conversion of decoded replies into the plain
- * public structs.
+ * libpersrv.c — the client library (include/persrv.h): requests to the broker's front door
+ * through the wire's request helper (ps/zreq.h: one DEALER, Lazy Pirate timeouts and retries,
+ * failover over the endpoints of a comma-separated list, refused connections reported at
+ * once), and the conversion of decoded replies into the plain public structs.
  *
- * A call is one exchange: encode the request with a fresh request_id (ps_wire_encode_*), send
- * it as one frame, wait for the frame whose request_id matches, ps_wire_decode it (every cap
- * and value checked before we look at it), then either map an Error to a PERSRV_E* code or
- * copy the reply's numbers into the result. A result keeps the decoded envelope and points its
- * strings into it, so nothing is copied twice: one allocation holds the public struct, its
- * arrays and the envelope pointer.
+ * A call is one exchange: encode the request once (ps_wire_encode_*, request_id 0, with the API
+ * key appended), let ps_zreq_call stamp a fresh request_id on every attempt and wait for the
+ * reply that echoes it (ps_wire_decode: every cap and value checked before we look at it),
+ * then either map an Error to a PERSRV_E* code or copy the reply's numbers into the result. A
+ * result keeps the decoded envelope and points its strings into it, so nothing is copied twice:
+ * one allocation holds the public struct, its arrays and the envelope pointer.
  *
  * Replies with another request_id are dropped, with one exception: the broker answers a frame
  * it could not decode with an Error of request_id 0 (it could not read the id). Since a socket
  * carries one request at a time (it is replaced after every timeout), such an Error can only
- * be about the request in flight, and is taken as its answer.
+ * be about the request in flight, and is taken as its answer (ps_zreq_call does so).
  *
  * Receiving and decoding a reply (persrv__recv), judging it (persrv__reply_check) and turning a
  * query_reply into a persrv_result (persrv__result_from) are shared with the libevent adapter
@@ -35,19 +36,24 @@
 #include "ps/err.h"
 #include "ps/rand.h"
 #include "ps/wire.h"
+#include "ps/zreq.h"
 
 struct persrv {
     int err;          /* PERSRV_OK or the last call's PERSRV_E* code */
     char errstr[256]; /* what failed, "" after success */
     char errname[32]; /* the broker's Error.code, "" unless the broker sent an error */
-    char *endpoint;   /* owned copy */
-    void *zctx;       /* this context's own ZeroMQ context */
-    void *sock;       /* DEALER; NULL before the first call and after a timeout */
+    char *endpoint;   /* owned copy of the list as given */
+    char **eps;       /* its endpoints (pointing into eplist) */
+    size_t neps;
+    char *eplist;  /* owned: the list with its commas made NULs */
+    void *zctx;    /* this context's own ZeroMQ context */
+    ps_zreq_t *zr; /* the requester; NULL when it could not be made (then made again per call) */
     uint32_t timeout_ms, retries;
     size_t max_frame;
-    uint64_t next_id; /* request ids: a per-context random start, never 0 */
+    uint64_t next_id; /* seeds click ids: a per-context random start */
     char *api_key;    /* owned copy, NULL: none */
     persrv__curve curve;
+    char (*server_keys)[41]; /* per endpoint (persrv_connect_env), NULL: curve.server for all */
 };
 
 /* ---- errors --------------------------------------------------------------------------------- */
@@ -248,38 +254,59 @@ uint64_t persrv__id_seed(const void *salt)
     return ps_splitmix64(&seed) >> 1; /* room to count up without wrapping to 0 */
 }
 
-static void close_sock(persrv_t *c)
+/* The client's own CURVE keys on a new socket (ps_zreq_opts.setup). */
+static int setup_sock(void *arg, void *sock, size_t index, const char *endpoint)
 {
-    if (c->sock) zmq_close(c->sock);
-    c->sock = NULL;
+    const persrv_t *c = arg;
+    (void)endpoint;
+    if (!c->curve.on) return 0;
+    persrv__curve k = c->curve;
+    if (c->server_keys) memcpy(k.server, c->server_keys[index], sizeof k.server);
+    return persrv__curve_apply(&k, sock);
 }
 
-/* A fresh DEALER connected to the endpoint in c->sock. */
-static int open_sock(persrv_t *c)
+/* Make c->zr (the requester over c's endpoints) unless it is there. */
+static int open_zreq(persrv_t *c)
 {
-    int zero = 0;
-    int64_t maxmsg = (int64_t)c->max_frame;
-    if (c->sock) return 0;
+    if (c->zr) return 0;
     if (!c->zctx && !(c->zctx = zmq_ctx_new()))
         return set_err(c, PERSRV_ECONNECT, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
-    if (!(c->sock = zmq_socket(c->zctx, ZMQ_DEALER)))
-        return set_err(c, PERSRV_ECONNECT, "zmq_socket: %s", zmq_strerror(zmq_errno()));
-    if (zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero) ||
-        zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
-        persrv__curve_apply(&c->curve, c->sock)) {
-        int e = zmq_errno();
-        close_sock(c);
-        return set_err(c, PERSRV_ECONNECT, "zmq_setsockopt: %s", zmq_strerror(e));
-    }
-    if (zmq_connect(c->sock, c->endpoint)) {
-        int e = zmq_errno();
-        close_sock(c);
-        return set_err(c, PERSRV_ECONNECT, "connect %.200s: %s", c->endpoint, zmq_strerror(e));
-    }
+    ps_zreq_opts o = {.timeout_ms = c->timeout_ms,
+                      .retries = c->retries,
+                      .max_frame = c->max_frame,
+                      .setup = setup_sock,
+                      .setup_arg = c};
+    ps_err e = {0, ""};
+    if (!(c->zr = ps_zreq_new(c->zctx, (const char *const *)c->eps, c->neps, &o, &e)))
+        return set_err(c, e.code == PS_ENOMEM ? PERSRV_ENOMEM : PERSRV_ECONNECT, "%s", e.msg);
     return 0;
 }
 
-persrv_t *persrv_connect(const char *endpoint, const persrv_options *opt)
+/* Split c->endpoint at its commas into c->eps. PERSRV_EINVAL for an empty element or too
+ * many. */
+static int split_endpoints(persrv_t *c)
+{
+    size_t n = 1;
+    for (const char *p = c->endpoint; *p; p++) n += *p == ',';
+    if (n > PS_ZREQ_MAX_ENDPOINTS)
+        return set_err(c, PERSRV_EINVAL, "persrv_connect: more than %d endpoints",
+                       PS_ZREQ_MAX_ENDPOINTS);
+    if (!(c->eplist = strdup(c->endpoint)) || !(c->eps = calloc(n, sizeof *c->eps)))
+        return PERSRV_ENOMEM;
+    c->neps = 0;
+    for (char *p = c->eplist, *save = NULL;; p = NULL) {
+        char *t = strtok_r(p, ",", &save);
+        if (!t) break;
+        c->eps[c->neps++] = t;
+    }
+    if (c->neps != n)
+        return set_err(c, PERSRV_EINVAL, "persrv_connect: an empty endpoint in '%.200s'",
+                       c->endpoint);
+    return 0;
+}
+
+static persrv_t *connect_keys(const char *endpoint, const persrv_options *opt,
+                              char (*server_keys)[41])
 {
     persrv_options o;
     persrv_t *c = calloc(1, sizeof *c);
@@ -289,6 +316,7 @@ persrv_t *persrv_connect(const char *endpoint, const persrv_options *opt)
     c->retries = o.retries;
     c->max_frame = o.max_frame;
     c->next_id = persrv__id_seed(c);
+    c->server_keys = server_keys;
     if (!endpoint) {
         set_err(c, PERSRV_EINVAL, "persrv_connect: endpoint is NULL");
         return c;
@@ -298,23 +326,34 @@ persrv_t *persrv_connect(const char *endpoint, const persrv_options *opt)
         set_err(c, PERSRV_EINVAL, "persrv_connect: %s", e.msg);
         return c;
     }
-    if (!(c->endpoint = strdup(endpoint)) || (o.api_key && !(c->api_key = strdup(o.api_key)))) {
-        free(c->endpoint);
-        free(c);
+    int rc = 0;
+    if (!(c->endpoint = strdup(endpoint)) || (o.api_key && !(c->api_key = strdup(o.api_key))) ||
+        (rc = split_endpoints(c)) == PERSRV_ENOMEM) {
+        c->server_keys = NULL; /* still the caller's */
+        persrv_close(c);
         return NULL;
     }
+    if (rc) return c;
     if (!(c->zctx = zmq_ctx_new())) {
         if (errno == ENOMEM) {
-            free(c->endpoint);
-            persrv__wipe_free(c->api_key);
-            free(c);
+            c->server_keys = NULL;
+            persrv_close(c);
             return NULL;
         }
         set_err(c, PERSRV_ECONNECT, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
         return c;
     }
-    open_sock(c);
+    if (open_zreq(c) == PERSRV_ENOMEM) {
+        c->server_keys = NULL;
+        persrv_close(c);
+        return NULL;
+    }
     return c;
+}
+
+persrv_t *persrv_connect(const char *endpoint, const persrv_options *opt)
+{
+    return connect_keys(endpoint, opt, NULL);
 }
 
 persrv_t *persrv_connect_env(const char *endpoint, const persrv_options *opt)
@@ -324,24 +363,46 @@ persrv_t *persrv_connect_env(const char *endpoint, const persrv_options *opt)
     if (!o.api_key) o.api_key = getenv("PERSRV_API_KEY");
     ps_err e = {0, ""};
     ps_curve_t *curve = ps_curve_from_env(&e);
+    char(*keys)[41] = NULL;
     if (curve && endpoint) {
-        o.curve_server_key = ps_curve_server_key(curve, endpoint);
+        /* each endpoint of the list its own server key, from the known-servers file */
+        size_t n = 1;
+        for (const char *p = endpoint; *p; p++) n += *p == ',';
+        char *list = strdup(endpoint);
+        if (!list || !(keys = calloc(n, sizeof *keys))) {
+            free(list);
+            ps_curve_free(curve);
+            return NULL;
+        }
+        size_t i = 0;
+        for (char *p = list, *save = NULL, *t; !e.code && (t = strtok_r(p, ",", &save)); p = NULL) {
+            const char *k = ps_curve_server_key(curve, t);
+            if (!k)
+                ps_curve_check_endpoint(curve, t, &e); /* says why */
+            else if (i < n)
+                memcpy(keys[i++], k, 41);
+        }
+        free(list);
+        o.curve_server_key = keys[0];
         o.curve_public_key = ps_curve_public(curve);
         o.curve_secret_key = ps_curve_secret(curve);
-        if (!o.curve_server_key) ps_curve_check_endpoint(curve, endpoint, &e); /* says why */
     }
-    persrv_t *c = e.code ? persrv_connect(NULL, &o) : persrv_connect(endpoint, &o);
+    persrv_t *c = e.code ? connect_keys(NULL, &o, NULL) : connect_keys(endpoint, &o, keys);
     if (c && e.code) set_err(c, PERSRV_EINVAL, "PERSRV_CURVE_*: %s", e.msg);
-    ps_curve_free(curve); /* persrv_connect copied the keys */
+    if (!c || e.code) free(keys); /* else the context owns them */
+    ps_curve_free(curve);         /* persrv_connect copied the keys */
     return c;
 }
 
 void persrv_close(persrv_t *ctx)
 {
     if (!ctx) return;
-    close_sock(ctx);
+    ps_zreq_free(ctx->zr);
     if (ctx->zctx) zmq_ctx_term(ctx->zctx);
     free(ctx->endpoint);
+    free(ctx->eps);
+    free(ctx->eplist);
+    free(ctx->server_keys);
     persrv__wipe_free(ctx->api_key);
     for (volatile char *p = ctx->curve.sec; p < ctx->curve.sec + sizeof ctx->curve.sec; p++) *p = 0;
     free(ctx);
@@ -440,106 +501,59 @@ int persrv__reply_check(const Persrv__Envelope *env, int want, ps_err *e)
     return PERSRV_OK;
 }
 
-/* Outcome of waiting for one reply frame. */
-enum { GOT_REPLY, GOT_NOTHING, GOT_ERROR };
-
-/* Receive frames until the one answering rid arrives or the attempt's deadline (end_ns)
- * passes. OUT *out: the decoded reply on GOT_REPLY. GOT_ERROR: c's error is set. */
-static int await(persrv_t *c, uint64_t rid, uint64_t end_ns, Persrv__Envelope **out)
+/* The client's code for an error of ps_zreq_call. */
+static int from_zreq(int rc)
 {
-    *out = NULL;
-    for (;;) {
-        uint64_t t = now_ns();
-        if (t >= end_ns) return GOT_NOTHING;
-        long wait_ms = (long)((end_ns - t + 999999) / 1000000);
-        zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
-        int n = zmq_poll(&it, 1, wait_ms);
-        if (n < 0) {
-            if (zmq_errno() == EINTR) continue;
-            set_err(c, PERSRV_ECONNECT, "zmq_poll: %s", zmq_strerror(zmq_errno()));
-            return GOT_ERROR;
-        }
-        if (n == 0) continue; /* the loop head decides whether time is up */
-
-        Persrv__Envelope *env = NULL;
-        uint64_t peek = 0;
-        ps_err e = {0, ""};
-        int rc = persrv__recv(c->sock, c->max_frame, &env, &peek, &e);
-        if (rc == PERSRV__AGAIN) continue;
-        if (rc) {
-            if (rc != PERSRV_ECONNECT && peek && peek != rid)
-                continue; /* someone else's broken frame */
-            set_err(c, rc, "%s", e.msg);
-            return GOT_ERROR;
-        }
-        if (env->request_id != rid &&
-            !(env->request_id == 0 && env->body_case == PERSRV__ENVELOPE__BODY_ERROR)) {
-            ps_wire_free(env); /* a late answer to an earlier request */
-            continue;
-        }
-        *out = env;
-        return GOT_REPLY;
+    switch (rc) {
+    case PS_ETIMEDOUT:
+        return PERSRV_ETIMEDOUT;
+    case PS_EUNAVAIL: /* every endpoint refused the connection */
+        return PERSRV_EREFUSED;
+    case PS_EPARSE:
+        return PERSRV_EPROTO;
+    case PS_ENOMEM:
+        return PERSRV_ENOMEM;
+    default: /* an endpoint ZeroMQ rejects, a ZeroMQ call that failed */
+        return PERSRV_ECONNECT;
     }
 }
 
 /* Send r and wait for its answer, up to `attempts` times while attempts time out (Lazy
- * Pirate). OUT *out: the decoded reply, whose body is `want` (the caller frees it with
- * ps_wire_free). An Error reply becomes the matching PERSRV_E* code. */
+ * Pirate, failing over along the endpoint list; ps_zreq_call). OUT *out: the decoded reply,
+ * whose body is `want` (the caller frees it with ps_wire_free). An Error reply becomes the
+ * matching PERSRV_E* code. */
 static int call_n(persrv_t *c, const request *r, int want, uint32_t attempts,
                   Persrv__Envelope **out)
 {
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    ps_err e = {0, ""};
+    Persrv__Envelope *env = NULL;
     int rc;
     *out = NULL;
-    for (uint32_t a = 0; a < attempts; a++) {
-        uint8_t *buf = NULL;
-        size_t len = 0;
-        ps_err e = {0, ""};
-        uint64_t rid = ++c->next_id ? c->next_id : ++c->next_id;
-        uint64_t end = now_ns() + (uint64_t)c->timeout_ms * 1000000u;
-        Persrv__Envelope *env;
-
-        if ((rc = encode(r, rid, c->timeout_ms, &buf, &len, &e)) ||
-            (rc = ps_wire_append_api_key(&buf, &len, c->api_key, &e)))
-            return set_err(c, rc == PS_ENOMEM ? PERSRV_ENOMEM : persrv__from_ps(rc), "%s", e.msg);
-        if ((rc = open_sock(c))) {
-            free(buf);
-            return rc;
-        }
-        /* a fresh DEALER queues the frame even before the connection is up; should its queue
-         * be full, sending counts against the attempt's time */
-        int snd = (int)(c->timeout_ms > INT32_MAX ? INT32_MAX : c->timeout_ms);
-        zmq_setsockopt(c->sock, ZMQ_SNDTIMEO, &snd, sizeof snd);
-        rc = zmq_send(c->sock, buf, len, 0);
+    /* encoded once: ps_zreq_call stamps each attempt's request_id and deadline on it */
+    if ((rc = encode(r, 0, 0, &buf, &len, &e)) ||
+        (rc = ps_wire_append_api_key(&buf, &len, c->api_key, &e))) {
         free(buf);
-        if (rc < 0 && zmq_errno() != EAGAIN) {
-            int err = zmq_errno();
-            close_sock(c);
-            return set_err(c, PERSRV_ECONNECT, "send to %.200s: %s", c->endpoint,
-                           zmq_strerror(err));
-        }
-        switch (rc < 0 ? GOT_NOTHING : await(c, rid, end, &env)) {
-        case GOT_NOTHING:
-            close_sock(c); /* the request, and any late reply to it, go with the socket */
-            continue;
-        case GOT_ERROR:
-            close_sock(c);
-            return c->err;
-        default:
-            break;
-        }
-        if ((rc = persrv__reply_check(env, want, &e))) {
-            if (env->body_case == PERSRV__ENVELOPE__BODY_ERROR)
-                snprintf(c->errname, sizeof c->errname, "%s", env->error->code);
-            else
-                close_sock(c); /* a confused peer: start afresh */
-            ps_wire_free(env);
-            return set_err(c, rc, "%s", e.msg);
-        }
-        *out = env;
-        return PERSRV_OK;
+        return set_err(c, rc == PS_ENOMEM ? PERSRV_ENOMEM : persrv__from_ps(rc), "%s", e.msg);
     }
-    return set_err(c, PERSRV_ETIMEDOUT, "no reply from %.200s within %u ms (%u attempt%s)",
-                   c->endpoint, c->timeout_ms, attempts, attempts == 1 ? "" : "s");
+    if ((rc = open_zreq(c))) {
+        free(buf);
+        return rc;
+    }
+    rc = ps_zreq_call(c->zr, buf, len, c->timeout_ms, attempts, &env, &e);
+    free(buf);
+    if (rc) return set_err(c, from_zreq(rc), "%s", e.msg);
+    if ((rc = persrv__reply_check(env, want, &e))) {
+        if (env->body_case == PERSRV__ENVELOPE__BODY_ERROR)
+            snprintf(c->errname, sizeof c->errname, "%s", env->error->code);
+        else /* a confused peer: start afresh */
+            ps_zreq_reopen(c->zr, ps_zreq_index(c->zr), NULL);
+        ps_wire_free(env);
+        return set_err(c, rc, "%s", e.msg);
+    }
+    *out = env;
+    return PERSRV_OK;
 }
 
 /* call_n with 1 + the context's retries. */

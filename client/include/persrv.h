@@ -28,14 +28,28 @@
  * answer to a later request. A reply larger than max_frame makes ZeroMQ drop the connection:
  * the call then times out.
  *
+ * Several brokers: persrv_connect takes a comma-separated list, "tcp://a:7001,tcp://b:7001".
+ * A context talks to one broker at a time, starting with the first. An attempt that times out
+ * moves to the next broker of the list (round robin) for the next attempt, and a broker that
+ * refuses the connection is left at once for the next one without using up an attempt; later
+ * calls start on the broker that answered last. So with N brokers, retries >= N - 1 lets a
+ * call try every one of them that does not refuse.
+ *
+ * Refused connections: when nobody listens at a broker's address (the TCP connection is
+ * refused or the host is unreachable), the call does not wait for its timeout: ZeroMQ reports
+ * the failed connection attempt, and the call fails at once with PERSRV_EREFUSED ("tcp://...:
+ * connection refused") when every broker of the list refused. A broker that accepts the
+ * connection but does not answer still costs the timeout (PERSRV_ETIMEDOUT).
+ *
  * Threads: a persrv_t belongs to one thread at a time — use one context per thread (or hand a
  * context between threads with your own locking). Each context owns its own ZeroMQ context
  * (one I/O thread); contexts share nothing, so different threads may use different contexts
  * freely. Results and stickers are plain memory, usable from any thread.
  *
  * Connecting is asynchronous (ZeroMQ): persrv_connect fails only for an endpoint ZeroMQ cannot
- * parse or a transport it does not support; an unreachable broker shows up as calls timing
- * out (PERSRV_ETIMEDOUT).
+ * parse or a transport it does not support (for the first of a list; a later one that does not
+ * parse is skipped when a failover reaches it); a broker nobody listens at shows up as
+ * PERSRV_EREFUSED from the call, one that does not answer as PERSRV_ETIMEDOUT.
  *
  * This header uses only <stddef.h> and <stdint.h> types and compiles as C and C++.
  */
@@ -64,7 +78,8 @@ extern "C" {
     X(EUNAUTH, -11, "unauthorized", 0, "the broker wants a valid API key")                         \
     X(EFORBIDDEN, -12, "forbidden", 0, "the API key lacks the scope")                              \
     X(ERATE, -13, "rate_limited", 1, "the API key is over its rate")                               \
-    X(EINDOUBT, -14, "outcome_unknown", 1, "sent, but whether it was stored is unknown")
+    X(EINDOUBT, -14, "outcome_unknown", 1, "sent, but whether it was stored is unknown")           \
+    X(EREFUSED, -15, "connection_refused", 1, "connection refused: no broker listening")
 
 enum {
     PERSRV_OK = 0,
@@ -78,8 +93,8 @@ const char *persrv_strerror(int code);
 /* Stable name of a code ("timed_out"; "ok" for 0, "unknown" outside the table). */
 const char *persrv_errname(int code);
 /* 1 if the same call may succeed when repeated later (PERSRV_ETIMEDOUT, PERSRV_EUNAVAIL,
- * PERSRV_ERATE, PERSRV_EINDOUBT: a click only with the same click id), 0 otherwise (bad input,
- * not found, too big, protocol and server errors, canceled). */
+ * PERSRV_ERATE, PERSRV_EREFUSED, PERSRV_EINDOUBT: a click only with the same click id), 0
+ * otherwise (bad input, not found, too big, protocol and server errors, canceled). */
 int persrv_retriable(int code);
 
 /* ---- context ------------------------------------------------------------------------------ */
@@ -108,18 +123,22 @@ typedef struct persrv_options {
 /* Fill *opt with the defaults (timeout 1000 ms, 1 retry, 4 MiB frames, no API key). */
 void persrv_options_init(persrv_options *opt);
 
-/* Connect to the broker's front door at endpoint ("tcp://host:port"; any ZeroMQ endpoint).
- * opt NULL = defaults. Returns NULL only when out of memory; otherwise a context the caller
- * owns (persrv_close) that carries the outcome: persrv_errcode is PERSRV_EINVAL (NULL
- * endpoint) or PERSRV_ECONNECT (an endpoint ZeroMQ rejects) when connecting failed. Calls on a
- * context whose connect failed try to connect again and fail the same way. */
+/* Connect to the broker's front door at endpoint ("tcp://host:port"; any ZeroMQ endpoint), or
+ * to the first of a comma-separated list of brokers with failover to the others
+ * ("tcp://a:7001,tcp://b:7001"; at most 64; see "Several brokers" above). opt NULL = defaults
+ * (a curve_server_key is then every broker's key). Returns NULL only when out of memory;
+ * otherwise a context the caller owns (persrv_close) that carries the outcome: persrv_errcode
+ * is PERSRV_EINVAL (NULL endpoint, an empty element in the list) or PERSRV_ECONNECT (an
+ * endpoint ZeroMQ rejects) when connecting failed. Calls on a context whose connect failed try
+ * to connect again and fail the same way. */
 persrv_t *persrv_connect(const char *endpoint, const persrv_options *opt);
 
 /* persrv_connect with opt (NULL = defaults) completed from the environment, for tools and
  * services configured the way the daemons are: PERSRV_API_KEY (when opt has no api_key),
  * PERSRV_CURVE_KEY (this client's key pair file, `builder keys`) and PERSRV_CURVE_SERVERS
- * (a known-servers file, "<endpoint> <Z85>" per line, looked up for endpoint). A file that
- * does not read, or an endpoint it has no key for, is PERSRV_EINVAL on the context. */
+ * (a known-servers file, "<endpoint> <Z85>" per line, looked up for every endpoint of the
+ * list). A file that does not read, or an endpoint it has no key for, is PERSRV_EINVAL on the
+ * context. */
 persrv_t *persrv_connect_env(const char *endpoint, const persrv_options *opt);
 
 /* Close the socket and free ctx (NULL is fine). Results and stickers stay valid. */
@@ -184,8 +203,8 @@ typedef struct persrv_result {
  * stays valid until then. NULL on error. A partial answer is PERSRV_OK with partial = 1.
  * Errors: PERSRV_EINVAL (NULL argument, a NUL byte in text, or the broker found the query
  * invalid: empty, no searchable token, not UTF-8, k out of range), PERSRV_ETOOBIG,
- * PERSRV_ETIMEDOUT, PERSRV_EUNAVAIL (all shards down), PERSRV_EPROTO, PERSRV_ESERVER,
- * PERSRV_ENOMEM, PERSRV_ECONNECT. */
+ * PERSRV_ETIMEDOUT, PERSRV_EUNAVAIL (all shards down), PERSRV_EREFUSED (no broker listening),
+ * PERSRV_EPROTO, PERSRV_ESERVER, PERSRV_ENOMEM, PERSRV_ECONNECT. */
 int persrv_search(persrv_t *ctx, const persrv_query *q, persrv_result **out);
 
 /* Free a result (NULL is fine). */
@@ -246,6 +265,7 @@ typedef struct persrv_click_info {
  * invalid: empty user, not UTF-8, control characters; or the click id names a click on
  * another sticker: persrv_errname_last "conflict"), PERSRV_ENOTFOUND (no such sticker),
  * PERSRV_ETOOBIG, PERSRV_EUNAVAIL (not sent to the primary: not stored; retriable),
+ * PERSRV_EREFUSED (no broker listening: not sent, not stored; retriable),
  * PERSRV_EUNAUTH, PERSRV_EFORBIDDEN (the key lacks the scope click), PERSRV_ERATE,
  * PERSRV_EPROTO, PERSRV_ESERVER, PERSRV_ENOMEM, PERSRV_ECONNECT. */
 int persrv_click(persrv_t *ctx, const char *user, uint64_t sticker_id, const char *query,

@@ -70,8 +70,12 @@ LD_LIBRARY_PATH=$LIBDIR "$T/example" "$ZEP" "$q" >"$T/example.out" 2>"$T/example
   || fail "persrv search --broker failed"
 diff "$T/cli.out" "$T/example.out" >&2 || fail "the example's hits differ from persrv search's"
 echo "example against the cluster: $(wc -l <"$T/example.out") hits for '$q', the same as persrv search"
+# A closed port is refused at once (PERSRV_EREFUSED), not waited out: the message says so (a
+# timeout would say "no reply from ... within ... ms").
 LD_LIBRARY_PATH=$LIBDIR "$T/example" "tcp://127.0.0.1:1" "$q" >/dev/null 2>"$T/refused.err" \
   && fail "example succeeded against a closed port"
+grep -q '^tcp://127.0.0.1:1: connection refused$' "$T/refused.err" \
+  || fail "example against a closed port: not the refused error: $(cat "$T/refused.err")"
 echo "example against a closed port: $(cat "$T/refused.err")"
 
 # ---- 4. the CMake package ----------------------------------------------------------------

@@ -7,6 +7,8 @@
  * a late reply to a timed-out attempt and a reply with a wrong request_id both ignored,
  * malformed and unexpected replies (PERSRV_EPROTO), get_sticker found / not found, health, a
  * malformed endpoint (a context that carries the error) and NULL or invalid arguments.
+ * Several brokers in one endpoint list: failover to the next after a timeout, staying there;
+ * a refused connection (PERSRV_EREFUSED at once, also skipping to the next broker).
  * persrv_click: its reply, a generated click id, a caller's id, retries under the same click id
  * after outcome_unknown and after timeouts (PERSRV_EINDOUBT when none lands), definite
  * answers not retried, bad arguments never sent.
@@ -23,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <zmq.h>
 
 #include "persrv.h"
@@ -624,6 +627,91 @@ static void test_bad_endpoint(void **state)
     persrv_close(c);
 }
 
+/* Several brokers: the first never answers, so the retry goes to the second, and the next
+ * call starts there; an empty element in the list is refused. */
+static void test_failover_endpoints(void **state)
+{
+    (void)state;
+    fake *a = fake_start(M_SILENT), *b = fake_start(M_OK);
+    char list[160];
+    snprintf(list, sizeof list, "%s,%s", a->endpoint, b->endpoint);
+    persrv_options o = {.timeout_ms = TIMEOUT_MS, .retries = 1};
+    persrv_t *c = persrv_connect(list, &o);
+    persrv_result *r = NULL;
+    assert_non_null(c);
+    assert_int_equal(persrv_errcode(c), PERSRV_OK);
+    assert_int_equal(persrv_search(c, &tired, &r), PERSRV_OK);
+    assert_true(r->hits[0].id == 7);
+    persrv_result_free(r);
+    assert_int_equal(fake_nreq(a), 1);
+    assert_int_equal(fake_nreq(b), 1);
+    assert_int_equal(persrv_health(c, &(persrv_health_info){0}), PERSRV_OK);
+    assert_int_equal(fake_nreq(a), 1); /* stayed on the broker that answered */
+    assert_int_equal(fake_nreq(b), 2);
+
+    /* both silent: the call times out having asked each once */
+    fake_set(b, M_SILENT, NULL);
+    assert_int_equal(persrv_search(c, &tired, &r), PERSRV_ETIMEDOUT);
+    assert_int_equal(fake_nreq(a), 2);
+    assert_int_equal(fake_nreq(b), 3);
+    persrv_close(c);
+
+    snprintf(list, sizeof list, "%s,,%s", a->endpoint, b->endpoint);
+    c = persrv_connect(list, &o);
+    assert_non_null(c);
+    assert_int_equal(persrv_errcode(c), PERSRV_EINVAL);
+    assert_non_null(strstr(persrv_errstr(c), "empty endpoint"));
+    persrv_close(c);
+    fake_stop(a);
+    fake_stop(b);
+}
+
+/* Nobody listens: PERSRV_EREFUSED at once (well before the 10 s timeout), retriable; a refused
+ * broker of a list is skipped for the next without using up an attempt. */
+static void test_refused(void **state)
+{
+    (void)state;
+    fake *f = fake_start(M_OK);
+    char closed[64], list[160];
+    {
+        void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_ROUTER);
+        size_t n = sizeof closed;
+        assert_int_equal(zmq_bind(s, "tcp://127.0.0.1:*"), 0);
+        assert_int_equal(zmq_getsockopt(s, ZMQ_LAST_ENDPOINT, closed, &n), 0);
+        zmq_close(s);
+        zmq_ctx_term(ctx);
+    }
+    persrv_options o = {.timeout_ms = 10000, .retries = 2};
+    persrv_t *c = persrv_connect(closed, &o);
+    persrv_result *r = (persrv_result *)1;
+    assert_non_null(c);
+    assert_int_equal(persrv_errcode(c), PERSRV_OK); /* connecting is asynchronous */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(persrv_search(c, &tired, &r), PERSRV_EREFUSED);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    assert_true(t1.tv_sec - t0.tv_sec < 10); /* sanity only: not the timeout */
+    assert_null(r);
+    assert_non_null(strstr(persrv_errstr(c), "connection refused"));
+    assert_string_equal(persrv_errname_last(c), "connection_refused");
+    assert_true(persrv_retriable(PERSRV_EREFUSED));
+    persrv_click_info ci;
+    assert_int_equal(persrv_click(c, "u01", 5, "q", NULL, &ci), PERSRV_EREFUSED);
+    assert_int_equal(ci.attempts, 1); /* not sent: nothing in doubt */
+    persrv_close(c);
+
+    snprintf(list, sizeof list, "%s,%s", closed, f->endpoint);
+    o.retries = 0;
+    c = persrv_connect(list, &o);
+    assert_non_null(c);
+    assert_int_equal(persrv_search(c, &tired, &r), PERSRV_OK);
+    assert_true(r->hits[0].id == 7);
+    persrv_result_free(r);
+    assert_int_equal(fake_nreq(f), 1);
+    persrv_close(c);
+    fake_stop(f);
+}
+
 static void test_bad_arguments(void **state)
 {
     (void)state;
@@ -807,6 +895,8 @@ int main(void)
         cmocka_unit_test(test_malformed_reply),
         cmocka_unit_test(test_sticker_and_health),
         cmocka_unit_test(test_bad_endpoint),
+        cmocka_unit_test(test_failover_endpoints),
+        cmocka_unit_test(test_refused),
         cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_click_round_trip),
         cmocka_unit_test(test_click_retried_in_doubt),
