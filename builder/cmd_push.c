@@ -8,9 +8,10 @@
  * same profiles again changes nothing, so a push can be repeated at any time.
  *
  * Two ways in, one load_profile envelope per user either way:
- *   --primary EP   ZeroMQ, one request in flight at a time; each must be acknowledged (the
- *                  primary answers once the write is durable) within --timeout-ms, else the
- *                  push stops with an error naming the user.
+ *   --primary EP   ZeroMQ (ps_zreq), one request in flight at a time; each must be
+ *                  acknowledged (the primary answers once the write is durable) within
+ *                  --timeout-ms, else the push stops with an error naming the user; a primary
+ *                  nobody listens at stops it at once ("connection refused").
  *   --admin URL    the primary's admin HTTP port (libcurl): POST /admin/load-profiles with
  *                  --batch users per request, each framed as u32LE length + envelope, with
  *                  the bearer token from --token-file or PERSRV_ADMIN_TOKEN (never printed).
@@ -33,6 +34,7 @@
 #include "ps/curve.h"
 #include "ps/log.h"
 #include "ps/wire.h"
+#include "ps/zreq.h"
 
 #define BATCH_DEFAULT 64 /* users per admin request */
 #define BATCH_MAX_BYTES                                                                            \
@@ -62,42 +64,6 @@ static void usage(FILE *f)
         "                      take (default 30000)\n"
         "  --help              this text\n",
         BATCH_DEFAULT, PS_WIRE_MAX_HISTORY);
-}
-
-/* Send one frame and wait for the answer to request_id. Returns the reply envelope (caller
- * frees) or NULL with err set. */
-static Persrv__Envelope *rpc(void *sock, const uint8_t *buf, size_t len, uint64_t request_id,
-                             long timeout_ms, ps_err *err)
-{
-    if (zmq_send(sock, buf, len, 0) != (int)len) {
-        ps_err_set(err, PS_EUNAVAIL, "send: %s", zmq_strerror(zmq_errno()));
-        return NULL;
-    }
-    for (;;) {
-        zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
-        int n = zmq_poll(&it, 1, timeout_ms);
-        if (n == 0) {
-            ps_err_set(err, PS_ETIMEDOUT, "no answer in %ld ms", timeout_ms);
-            return NULL;
-        }
-        if (n < 0) {
-            ps_err_set(err, PS_EINTERNAL, "poll: %s", zmq_strerror(zmq_errno()));
-            return NULL;
-        }
-        zmq_msg_t m;
-        zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, sock, 0) < 0) {
-            zmq_msg_close(&m);
-            ps_err_set(err, PS_EUNAVAIL, "receive: %s", zmq_strerror(zmq_errno()));
-            return NULL;
-        }
-        Persrv__Envelope *env = NULL;
-        int rc = ps_wire_decode(zmq_msg_data(&m), zmq_msg_size(&m), 0, &env, err);
-        zmq_msg_close(&m);
-        if (rc) return NULL;
-        if (env->request_id == request_id) return env;
-        ps_wire_free(env); /* an answer to something else: keep waiting */
-    }
 }
 
 /* Pack user u of b into one load_profile envelope. OUT *buf (caller frees), *len; *nitems
@@ -154,23 +120,23 @@ out:
     return rc;
 }
 
-/* Load user u of b into the primary over ZeroMQ. */
-static int push_user(void *sock, const builder_corpus *c, const builder_built *b, size_t u,
-                     uint32_t history, long timeout_ms, uint64_t request_id, size_t *nitems,
-                     ps_err *err)
+/* Load user u of b into the primary over ZeroMQ: one attempt of timeout_ms (ps_zreq_call
+ * stamps its request id and deadline on the frame). */
+static int push_user(ps_zreq_t *z, const builder_corpus *c, const builder_built *b, size_t u,
+                     uint32_t history, long timeout_ms, size_t *nitems, ps_err *err)
 {
     uint8_t *buf = NULL;
     size_t len = 0;
-    int rc = pack_user(c, b, u, history, timeout_ms, request_id, &buf, &len, nitems, err);
+    Persrv__Envelope *r = NULL;
+    int rc = pack_user(c, b, u, history, 0, 0, &buf, &len, nitems, err);
     if (rc) return rc;
-    Persrv__Envelope *r = rpc(sock, buf, len, request_id, timeout_ms, err);
+    uint32_t ms = timeout_ms > (long)UINT32_MAX ? UINT32_MAX : (uint32_t)timeout_ms;
+    rc = ps_zreq_call(z, buf, len, ms, 1, &r, err); /* err: no answer in time, or refused */
     free(buf);
-    if (!r) {
-        rc = err->code;
-    } else if (r->body_case == PERSRV__ENVELOPE__BODY_ERROR) {
+    if (!rc && r->body_case == PERSRV__ENVELOPE__BODY_ERROR) {
         rc = ps_err_set(err, ps_wire_error_code(r->error), "%s: %s", r->error->code,
                         r->error->message);
-    } else if (r->body_case != PERSRV__ENVELOPE__BODY_CLICK_REPLY) {
+    } else if (!rc && r->body_case != PERSRV__ENVELOPE__BODY_CLICK_REPLY) {
         rc = ps_err_set(err, PS_EPARSE, "unexpected reply body %d", (int)r->body_case);
     }
     ps_wire_free(r);
@@ -513,12 +479,13 @@ int builder_cmd_push_profiles(int argc, char **argv)
     builder_corpus c = {0};
     builder_built b = {0};
     ps_clicklog log = {0};
-    void *zctx = NULL, *sock = NULL;
+    void *zctx = NULL;
+    ps_zreq_t *zr = NULL;
     ps_curve_t *curve = NULL;
     admin_conn ac = {0};
     size_t nitems = 0;
     uint64_t seq = 0;
-    int rc = 1, zero = 0, curl_up = 0;
+    int rc = 1, curl_up = 0;
     const char *to = admin ? admin : primary;
     double t0 = builder_now();
     uint64_t id = (uint64_t)(t0 * 1e6);
@@ -541,17 +508,19 @@ int builder_cmd_push_profiles(int argc, char **argv)
     } else {
         /* CURVE from PERSRV_CURVE_KEY / PERSRV_CURVE_SERVERS when the primary runs it */
         if (!(curve = ps_curve_from_env(&err)) && err.code) goto fail;
-        if (!(zctx = zmq_ctx_new()) || !(sock = zmq_socket(zctx, ZMQ_DEALER)) ||
-            zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero) ||
-            ps_curve_client_socket(curve, sock, primary, &err) || zmq_connect(sock, primary)) {
-            if (!err.code)
-                ps_err_set(&err, PS_EINVAL, "--primary %s: %s", primary, zmq_strerror(zmq_errno()));
+        ps_zreq_opts zo = {.timeout_ms = (uint32_t)timeout_ms, .curve = curve};
+        if (!(zctx = zmq_ctx_new())) {
+            ps_err_set(&err, PS_EINTERNAL, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
+            goto fail;
+        }
+        if (!(zr = ps_zreq_new(zctx, &primary, 1, &zo, &err))) {
+            ps_err_prefix(&err, "--primary");
             goto fail;
         }
         builder_progress pr;
         builder_progress_start(&pr, "push profiles", b.nusers, 1);
         for (size_t u = 0; u < b.nusers; u++) {
-            if (push_user(sock, &c, &b, u, history, timeout_ms, ++id, &nitems, &err)) goto fail;
+            if (push_user(zr, &c, &b, u, history, timeout_ms, &nitems, &err)) goto fail;
             builder_progress_tick(&pr, u + 1);
         }
         builder_progress_end(&pr, b.nusers);
@@ -567,7 +536,7 @@ int builder_cmd_push_profiles(int argc, char **argv)
 fail:
     fprintf(stderr, "builder push-profiles: %s\n", err.msg);
 out:
-    if (sock) zmq_close(sock);
+    ps_zreq_free(zr);
     if (zctx) zmq_ctx_term(zctx);
     ps_curve_free(curve);
     admin_close(&ac);

@@ -14,9 +14,11 @@
  *   checkpoint{session 0} → files ─▶ checkpoint{session, file, offset} per chunk into
  *   DIR.incoming (each file fsync'd) ─▶ checkpoint{done} ─▶ profsvc_store_swap
  *
- * Lazy Pirate: a request without an answer within its timeout closes and reopens the socket
- * (whatever the old one still queues is dropped) and is retried; the primary may be down for
- * a while, so the thread keeps trying, warning at most once per WARN_EVERY_S.
+ * Requests go through the wire's request helper (ps/zreq.h, Lazy Pirate): a request without an
+ * answer within its timeout closes and reopens the socket (whatever the old one still queues
+ * is dropped) and is retried, and a primary nobody listens at fails a request at once
+ * (refused) rather than after its timeout; the primary may be down for a while, so the thread
+ * keeps trying, warning at most once per WARN_EVERY_S.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +34,7 @@
 #include "ps/curve.h"
 #include "ps/log.h"
 #include "ps/wire.h"
+#include "ps/zreq.h"
 #include "profile.h"
 
 #define WAL_TIMEOUT_MS     3000  /* a wal request */
@@ -47,8 +50,8 @@ struct profsvc_replica {
     profsvc_replica_cfg cfg;
     pthread_t tid;
     atomic_int stop;
-    void *zctx, *sock;
-    uint64_t next_rid;
+    void *zctx;
+    ps_zreq_t *zr; /* to the primary; made on first use */
     double last_warn;
 };
 
@@ -79,104 +82,49 @@ static int may_warn(profsvc_replica_t *r)
     return 1;
 }
 
-static void close_socket(profsvc_replica_t *r)
-{
-    if (r->sock) zmq_close(r->sock);
-    r->sock = NULL;
-}
-
-static int open_socket(profsvc_replica_t *r, ps_err *err)
-{
-    int zero = 0;
-    int64_t maxmsg = (int64_t)r->cfg.max_frame;
-    close_socket(r);
-    if (!(r->sock = zmq_socket(r->zctx, ZMQ_DEALER)) ||
-        zmq_setsockopt(r->sock, ZMQ_LINGER, &zero, sizeof zero) ||
-        zmq_setsockopt(r->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
-        ps_curve_client_socket(r->cfg.curve, r->sock, r->cfg.primary, NULL) ||
-        zmq_connect(r->sock, r->cfg.primary)) {
-        int rc = ps_err_set(err, PS_EUNAVAIL, "primary %s: %s", r->cfg.primary,
-                            zmq_strerror(zmq_errno()));
-        close_socket(r);
-        return rc;
-    }
-    return 0;
-}
-
-/* Send env (its request_id is set here) and wait up to timeout_ms for the reply echoing it;
- * replies to earlier attempts are skipped. OUT *reply (ps_wire_free) whose body is `want`.
- * Errors: PS_ETIMEDOUT (socket reopened), PS_EUNAVAIL (stopping, or no socket), the code of an
- * Error reply, PS_EPARSE for a reply that does not decode or has another body. */
+/* Send env (packed here with request_id 0: ps_zreq_call stamps each attempt's) and wait for
+ * its reply, up to `attempts` attempts of timeout_ms while they time out. OUT *reply
+ * (ps_wire_free) whose body is `want`. Errors: PS_ETIMEDOUT, PS_EUNAVAIL (stopping, or the
+ * primary refused the connection), the code of an Error reply, PS_EPARSE for a reply that does
+ * not decode or has another body, and ps_zreq_new's. */
 static int rpc(profsvc_replica_t *r, Persrv__Envelope *env, Persrv__Envelope__BodyCase want,
-               int timeout_ms, Persrv__Envelope **reply, ps_err *err)
+               uint32_t timeout_ms, uint32_t attempts, Persrv__Envelope **reply, ps_err *err)
 {
     uint8_t *buf = NULL;
     size_t len = 0;
+    Persrv__Envelope *e = NULL;
     int rc;
     *reply = NULL;
-    if (!r->sock && (rc = open_socket(r, err))) return rc;
-    env->version = PS_WIRE_VERSION;
-    env->request_id = ++r->next_rid;
-    if ((rc = ps_wire_pack(env, &buf, &len, err))) return rc;
-    rc = zmq_send(r->sock, buf, len, ZMQ_DONTWAIT) == (int)len
-             ? 0
-             : ps_err_set(err, PS_EUNAVAIL, "send to %s: %s", r->cfg.primary,
-                          zmq_strerror(zmq_errno()));
-    free(buf);
-    double deadline = mono_s() + timeout_ms / 1e3;
-    while (!rc) {
-        if (atomic_load(&r->stop)) return ps_err_set(err, PS_EUNAVAIL, "stopping");
-        if (mono_s() >= deadline) {
-            rc = ps_err_set(err, PS_ETIMEDOUT, "no answer from %s in %d ms", r->cfg.primary,
-                            timeout_ms);
-            break;
-        }
-        zmq_pollitem_t it = {r->sock, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&it, 1, 100) <= 0 || !(it.revents & ZMQ_POLLIN)) continue;
-        zmq_msg_t m;
-        zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, r->sock, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&m);
-            continue;
-        }
-        Persrv__Envelope *e = NULL;
-        rc = ps_wire_decode(zmq_msg_data(&m), zmq_msg_size(&m), r->cfg.max_frame, &e, err);
-        zmq_msg_close(&m);
-        if (rc) {
-            ps_err_prefix(err, "reply from %s", r->cfg.primary);
-            break;
-        }
-        if (e->request_id != env->request_id) { /* a late answer to an abandoned attempt */
-            ps_wire_free(e);
-            continue;
-        }
-        if (e->body_case == PERSRV__ENVELOPE__BODY_ERROR)
-            rc = ps_err_set(err, ps_wire_error_code(e->error), "primary: %s: %s", e->error->code,
-                            e->error->message);
-        else if (e->body_case != want)
-            rc = ps_err_set(err, PS_EPARSE, "primary: reply body %d, expected %d",
-                            (int)e->body_case, (int)want);
-        if (rc)
-            ps_wire_free(e);
-        else
-            *reply = e;
-        return rc;
+    if (!r->zr) {
+        ps_zreq_opts o = {.max_frame = r->cfg.max_frame, .curve = r->cfg.curve, .stop = &r->stop};
+        if (!(r->zr = ps_zreq_new(r->zctx, &r->cfg.primary, 1, &o, err))) return err->code;
     }
-    close_socket(r); /* Lazy Pirate: whatever the old socket holds is stale now */
+    env->version = PS_WIRE_VERSION;
+    env->request_id = 0;
+    if ((rc = ps_wire_pack(env, &buf, &len, err))) return rc;
+    rc = ps_zreq_call(r->zr, buf, len, timeout_ms, attempts, &e, err);
+    free(buf);
+    if (rc) return rc;
+    if (e->body_case == PERSRV__ENVELOPE__BODY_ERROR)
+        rc = ps_err_set(err, ps_wire_error_code(e->error), "primary: %s: %s", e->error->code,
+                        e->error->message);
+    else if (e->body_case != want)
+        rc = ps_err_set(err, PS_EPARSE, "primary: reply body %d, expected %d", (int)e->body_case,
+                        (int)want);
+    if (rc)
+        ps_wire_free(e);
+    else
+        *reply = e;
     return rc;
 }
 
-static int checkpoint_rpc(profsvc_replica_t *r, Persrv__CheckpointRequest *c, int timeout_ms,
-                          int tries, Persrv__Envelope **reply, ps_err *err)
+static int checkpoint_rpc(profsvc_replica_t *r, Persrv__CheckpointRequest *c, uint32_t timeout_ms,
+                          uint32_t tries, Persrv__Envelope **reply, ps_err *err)
 {
-    int rc;
-    do {
-        Persrv__Envelope e = PERSRV__ENVELOPE__INIT;
-        e.body_case = PERSRV__ENVELOPE__BODY_CHECKPOINT;
-        e.checkpoint = c;
-        rc = rpc(r, &e, PERSRV__ENVELOPE__BODY_CHECKPOINT_REPLY, timeout_ms, reply, err);
-    } while (rc == PS_ETIMEDOUT && --tries > 0 && !atomic_load(&r->stop));
-    return rc;
+    Persrv__Envelope e = PERSRV__ENVELOPE__INIT;
+    e.body_case = PERSRV__ENVELOPE__BODY_CHECKPOINT;
+    e.checkpoint = c;
+    return rpc(r, &e, PERSRV__ENVELOPE__BODY_CHECKPOINT_REPLY, timeout_ms, tries, reply, err);
 }
 
 static int write_all(int fd, const uint8_t *p, size_t n)
@@ -324,7 +272,7 @@ static void *tail_main(void *arg)
         wr.from_seq = profsvc_store_seq(ctx->store) + 1;
         e.body_case = PERSRV__ENVELOPE__BODY_WAL;
         e.wal = &wr;
-        int rc = rpc(r, &e, PERSRV__ENVELOPE__BODY_WAL_REPLY, WAL_TIMEOUT_MS, &reply, &err);
+        int rc = rpc(r, &e, PERSRV__ENVELOPE__BODY_WAL_REPLY, WAL_TIMEOUT_MS, 1, &reply, &err);
         if (rc) {
             if (!atomic_load(&r->stop) && may_warn(r))
                 ps_log(PS_LOG_WARN, "profile", "wal_failed", "primary=%s code=%s msg=\"%s\"",
@@ -363,7 +311,8 @@ static void *tail_main(void *arg)
         }
         if (nb == 0) pause_ms(r, r->cfg.poll_ms);
     }
-    close_socket(r);
+    ps_zreq_free(r->zr);
+    r->zr = NULL;
     return NULL;
 }
 
