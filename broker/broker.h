@@ -11,8 +11,8 @@
  *     http.c / front.c: parse ──▶ core.c: check, analyze once, profile (cached)
  *                                   │ one SearchRequest per shard
  *                                   ▼
- *                   pool.c: DEALER per replica, deadline, failover, health probes
- *                   (Lazy Pirate: a timed-out socket is closed and reopened)
+ *                   pool.c: a ps_zreq (DEALER) per replica, deadline, failover, health
+ *                   probes (Lazy Pirate: a timed-out socket is closed and reopened)
  *
  * A lane handles one request at a time: it sends to every shard, then blocks in zmq_poll until
  * all have answered or given up (at most deadline-ms × (retries + 1)), and never waits on a
@@ -57,9 +57,9 @@ broker_upmap_t *broker_upmap_new(const broker_pool_t *p);
 void broker_upmap_free(broker_upmap_t *u);
 
 /* Parse a topology "ep0a|ep0b,ep1,ep2" (',' between shards in shard order, '|' between the
- * replicas of one shard) and connect a DEALER to every replica (ZMQ_LINGER 0,
- * ZMQ_MAXMSGSIZE max_frame). Errors: PS_EINVAL naming the shard/replica at fault (empty
- * element, endpoint too long, too many shards or replicas, zmq_connect refusing it),
+ * replicas of one shard) and connect a requester (ps/zreq.h: a DEALER, ZMQ_LINGER 0,
+ * ZMQ_MAXMSGSIZE max_frame) to every replica. Errors: PS_EINVAL naming the shard/replica at fault
+ * (empty element, endpoint too long, too many shards or replicas, zmq_connect refusing it),
  * PS_ENOMEM. curve: CURVE client settings (NULL: plain; an endpoint without a known server key
  * is PS_EINVAL), borrowed, must outlive the pool. shared: the up/down map of the same topology to
  * use (it must outlive the pool), NULL for one of its own. Caller owns the result
@@ -74,7 +74,8 @@ uint32_t broker_pool_nreplicas(const broker_pool_t *p, uint32_t shard);
 /* 1 when at least one replica of `shard` answered its last probe or call. */
 int broker_pool_shard_up(const broker_pool_t *p, uint32_t shard);
 
-/* Build the request frame for one attempt (a fresh request_id per attempt). OUT *buf: malloc'd
+/* Build a call's request frame. The pool calls it once per call, with request_id 0 and
+ * deadline_ms 0, and stamps each attempt's own on the frame (ps_wire_stamp). OUT *buf: malloc'd
  * frame (caller frees). Returns 0 or a PS_E* code with err set. */
 typedef int (*broker_encode_fn)(void *arg, uint64_t request_id, uint32_t deadline_ms, uint8_t **buf,
                                 size_t *len, ps_err *err);
@@ -86,6 +87,11 @@ typedef struct broker_call {
     Persrv__Envelope__BodyCase expect; /* the reply body that counts as an answer */
     int error_is_answer; /* an Error reply is the answer too (no failover): the peer judged the
                             request itself, e.g. a click the primary refuses */
+    /* the request: frame (len bytes, encoded with request_id 0 and deadline_ms 0; borrowed for
+       the run, and may be shared by every call of it: a search is encoded once for all shards),
+       or when frame is NULL, encode(arg, 0, 0, ...) called once per call */
+    const uint8_t *frame;
+    size_t len;
     broker_encode_fn encode;
     void *arg;
     /* out */
@@ -100,6 +106,9 @@ typedef struct broker_call {
     uint32_t attempt;
     uint64_t request_id;
     double t0, deadline, budget_end;
+    const uint8_t *req; /* frame, or own */
+    size_t req_len;
+    uint8_t *own; /* what encode built */
 } broker_call;
 
 /* Run calls[0..n) concurrently: send every request, then poll until each has an answer or has
@@ -108,9 +117,10 @@ typedef struct broker_call {
  * that are up (answered their last call or probe): when none of its shard is, it fails at once
  * ("no replica up") without sending, and a failover with no other replica up gives up.
  * A replica that misses its deadline has its socket closed and reopened, so a late reply can
- * never be taken for a later request; replies are also matched by request_id. An Error reply
- * counts as a failed attempt. No two calls of one run may use the same replica at once: give
- * each shard at most one failover call, or only fixed replicas, distinct.
+ * never be taken for a later request; replies are also matched by request_id. A replica that
+ * refuses the connection (nobody listens: ps_zreq's monitor) fails its attempt at once and is
+ * marked down. An Error reply counts as a failed attempt. No two calls of one run may use the same
+ * replica at once: give each shard at most one failover call, or only fixed replicas, distinct.
  * Returns 0 (each call's reply or reason tells how it went), or the encoder's error when a
  * first request cannot be built (then nothing was sent and no call holds a reply). */
 int broker_pool_run(broker_pool_t *p, broker_call *calls, size_t n, ps_err *err);

@@ -1,9 +1,9 @@
 /*
  * core.c — what a search and a sticker lookup do, whichever door they came in by (HTTP in
  * http.c, ZeroMQ in front.c): check the request, analyze the query once, fetch the user's
- * centroids (cached), fan out one SearchRequest per shard (pool.c), merge the replies'
- * hits with ps_merge_hits exactly as a single node ranks them, and with explain fetch the
- * stored fields of every hit from the shard holding it.
+ * centroids (cached), fan out one SearchRequest to every shard (encoded once, pool.c stamping
+ * each attempt's request id), merge the replies' hits with ps_merge_hits exactly as a single node
+ * ranks them, and with explain fetch the stored fields of every hit from the shard holding it.
  *
  * A shard that no replica answered in time makes the answer partial (its failure recorded);
  * when no shard answers the request fails with PS_EUNAVAIL. Input errors are PS_E* codes
@@ -142,14 +142,6 @@ typedef struct sticker_args {
     uint64_t id, version;
 } sticker_args;
 
-static int encode_search(void *arg, uint64_t request_id, uint32_t deadline_ms, uint8_t **buf,
-                         size_t *len, ps_err *err)
-{
-    const search_args *a = arg;
-    return ps_wire_encode_search(request_id, deadline_ms, a->tokens, a->ntokens, &a->opts,
-                                 a->version, buf, len, err);
-}
-
 static int encode_get_sticker(void *arg, uint64_t request_id, uint32_t deadline_ms, uint8_t **buf,
                               size_t *len, ps_err *err)
 {
@@ -260,15 +252,23 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_result *r
     a.opts.profile = user ? broker_profcache_get(c->profiles, user) : NULL;
     a.version = want_version(c);
 
+    /* One request for every shard, encoded once (request_id 0, no deadline: the pool stamps
+     * each attempt's). An encoding failure is the client's input (nothing was sent). */
+    uint8_t *frame = NULL;
+    size_t flen = 0;
+    if ((rc = ps_wire_encode_search(0, 0, a.tokens, a.ntokens, &a.opts, a.version, &frame, &flen,
+                                    err)))
+        return rc;
     uint32_t ns = broker_pool_nshards(c->pool);
     for (uint32_t s = 0; s < ns; s++)
         c->calls[s] = (broker_call){.shard = s,
                                     .replica = -1,
                                     .expect = PERSRV__ENVELOPE__BODY_SEARCH_REPLY,
-                                    .encode = encode_search,
-                                    .arg = &a};
-    /* An encoding failure is the client's input (nothing was sent). */
-    if ((rc = broker_pool_run(c->pool, c->calls, ns, err))) return rc;
+                                    .frame = frame,
+                                    .len = flen};
+    rc = broker_pool_run(c->pool, c->calls, ns, err);
+    free(frame);
+    if (rc) return rc;
 
     size_t nh = 0;
     for (uint32_t s = 0; s < ns; s++) {

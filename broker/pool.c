@@ -1,13 +1,18 @@
 /*
- * pool.c — the broker's ZeroMQ side: one DEALER socket per shard replica, and calls that
- * fan out to several shards at once with a deadline per attempt and failover to the next
- * replica (ZeroMQ guide, "Lazy Pirate": on a timeout the socket is closed and reopened, so
- * whatever the slow replica sends later is dropped with the old socket).
+ * pool.c — the broker's ZeroMQ side: one requester (ps/zreq.h, a DEALER) per shard replica,
+ * and calls that fan out to several shards at once with a deadline per attempt and failover to
+ * the next replica (ZeroMQ guide, "Lazy Pirate": on a timeout the socket is closed and
+ * reopened, so whatever the slow replica sends later is dropped with the old socket). The
+ * requesters of every pending call are polled together in one zmq_poll; ps_zreq does the
+ * sending, the matching and the reopening.
  *
- * A DEALER talking to the shard's ROUTER sends and receives single frames: [envelope]. Every
- * attempt carries a fresh request_id and a reply is taken only if it echoes the current one.
- * Sockets have ZMQ_MAXMSGSIZE (a larger reply drops the connection; the attempt then times
- * out) and ZMQ_LINGER 0 (closing never waits for unsent requests).
+ * A DEALER talking to the shard's ROUTER sends and receives single frames: [envelope]. Each
+ * call's request is encoded once (a search once for all shards: the caller passes one frame)
+ * and every attempt sends it with a fresh request_id and its deadline stamped on
+ * (ps_wire_stamp); a reply is taken only if it echoes the current id. Sockets have
+ * ZMQ_MAXMSGSIZE (a larger reply drops the connection; the attempt then times out) and
+ * ZMQ_LINGER 0 (closing never waits for unsent requests). A replica that refuses the
+ * connection (nobody listens) fails the attempt at once and is marked down.
  *
  * Replica choice: round robin over the replicas that are up (answered their last probe or
  * call); a failover goes to the next replica in order that is up. A replica that is down (it
@@ -34,10 +39,12 @@
 #include "broker.h"
 #include "ps/log.h"
 #include "ps/wire.h"
+#include "ps/zreq.h"
 
 typedef struct replica {
     char endpoint[BROKER_MAX_ENDPOINT];
-    void *sock;               /* NULL when it could not be (re)opened: every attempt on it fails */
+    ps_zreq_t *zr;            /* its requester; its socket is NULL when it could not be
+                                 (re)opened: every attempt on it fails */
     atomic_int *up;           /* REP_UP, REP_SLOW or REP_DOWN (in the map shared by the lanes) */
     atomic_llong *slow_since; /* ms (now_ms) it became SLOW (shared like up) */
     int probe_pending;        /* a HealthRequest with probe_id awaits its answer */
@@ -66,7 +73,8 @@ struct broker_pool {
     uint32_t deadline_ms, retries;
     size_t max_frame;
     const ps_curve_t *curve; /* CURVE client settings (NULL: plain) */
-    uint64_t next_id;
+    uint8_t *probe;          /* a HealthRequest, encoded once */
+    size_t probe_len;
     int probed; /* a probe round ran: later rounds do not wait */
 };
 
@@ -129,36 +137,38 @@ static int slow_usable(const replica *r)
                REP_SLOW_MS;
 }
 
-/* (Re)open the DEALER of r. Returns 0, or -1 (logged) with r->sock NULL. */
+/* r's socket, NULL when it has none. */
+static void *rsock(const replica *r)
+{
+    return r->zr ? ps_zreq_socket(r->zr) : NULL;
+}
+
+/* (Re)open the requester of r (Lazy Pirate: what the old socket held is gone). Returns 0, or
+ * -1 (logged) with no socket. */
 static int replica_open(broker_pool_t *p, replica *r)
 {
-    if (r->sock) zmq_close(r->sock);
+    ps_err e = {0, ""};
     r->probe_pending = 0; /* its answer, if any, dies with the old socket */
-    r->sock = zmq_socket(p->zctx, ZMQ_DEALER);
-    int zero = 0;
-    int64_t maxmsg = (int64_t)p->max_frame;
-    if (!r->sock || zmq_setsockopt(r->sock, ZMQ_LINGER, &zero, sizeof zero) ||
-        zmq_setsockopt(r->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
-        ps_curve_client_socket(p->curve, r->sock, r->endpoint, NULL) ||
-        zmq_connect(r->sock, r->endpoint)) {
-        ps_log(PS_LOG_ERROR, "broker", "socket_failed", "endpoint=%s msg=\"%s\"", r->endpoint,
-               zmq_strerror(zmq_errno()));
-        if (r->sock) zmq_close(r->sock);
-        r->sock = NULL;
-        return -1;
+    if (r->zr) {
+        if (ps_zreq_reopen(r->zr, 0, &e) == 0) return 0;
+    } else {
+        const char *ep = r->endpoint;
+        ps_zreq_opts o = {.max_frame = p->max_frame, .curve = p->curve};
+        if ((r->zr = ps_zreq_new(p->zctx, &ep, 1, &o, &e))) return 0;
     }
-    return 0;
+    ps_log(PS_LOG_ERROR, "broker", "socket_failed", "endpoint=%s msg=\"%s\"", r->endpoint, e.msg);
+    return -1;
 }
 
 void broker_pool_free(broker_pool_t *p)
 {
     if (!p) return;
     for (uint32_t s = 0; p->shards && s < p->nshards; s++) {
-        for (uint32_t i = 0; i < p->shards[s].nrep; i++)
-            if (p->shards[s].rep[i].sock) zmq_close(p->shards[s].rep[i].sock);
+        for (uint32_t i = 0; i < p->shards[s].nrep; i++) ps_zreq_free(p->shards[s].rep[i].zr);
         free(p->shards[s].rep);
     }
     free(p->shards);
+    free(p->probe);
     if (p->zctx) zmq_ctx_term(p->zctx);
     broker_upmap_free(p->own);
     free(p);
@@ -178,12 +188,16 @@ broker_pool_t *broker_pool_new(const char *topology, uint32_t deadline_ms, uint3
     p->retries = retries;
     p->max_frame = max_frame;
     p->curve = curve;
-    p->next_id = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
     if (broker_topology_parse(topology, &t, err)) goto fail;
-    if (!(p->zctx = zmq_ctx_new()) || !(p->shards = calloc(t.nshards, sizeof *p->shards))) {
+    if (ps_wire_encode_health(0, 0, &p->probe, &p->probe_len, err) || !(p->zctx = zmq_ctx_new()) ||
+        !(p->shards = calloc(t.nshards, sizeof *p->shards))) {
         ps_err_set(err, PS_ENOMEM, "out of memory for the shard pool");
         goto fail;
     }
+    /* three sockets per replica: its DEALER, the monitor's and the PAIR that reads it */
+    int maxsock = (int)(3 * t.nendpoints + 64);
+    if (maxsock > zmq_ctx_get(p->zctx, ZMQ_MAX_SOCKETS))
+        zmq_ctx_set(p->zctx, ZMQ_MAX_SOCKETS, maxsock);
     p->nshards = t.nshards;
     for (uint32_t s = 0; s < t.nshards; s++) {
         uint32_t nr = t.first[s + 1] - t.first[s];
@@ -259,11 +273,11 @@ static int pick_replica(shard_slot *sl)
     uint32_t start = sl->rr++ % sl->nrep;
     for (uint32_t i = 0; i < sl->nrep; i++) {
         const replica *r = &sl->rep[(start + i) % sl->nrep];
-        if (UP(r) && r->sock) return (int)((start + i) % sl->nrep);
+        if (UP(r) && rsock(r)) return (int)((start + i) % sl->nrep);
     }
     for (uint32_t i = 0; i < sl->nrep; i++) {
         const replica *r = &sl->rep[(start + i) % sl->nrep];
-        if (slow_usable(r) && r->sock) return (int)((start + i) % sl->nrep);
+        if (slow_usable(r) && rsock(r)) return (int)((start + i) % sl->nrep);
     }
     return -1;
 }
@@ -273,11 +287,11 @@ static int next_up(const shard_slot *sl, int cur)
 {
     for (uint32_t k = 1; k <= sl->nrep; k++) {
         int i = (int)((cur + k) % sl->nrep);
-        if (UP(&sl->rep[i]) && sl->rep[i].sock) return i;
+        if (UP(&sl->rep[i]) && rsock(&sl->rep[i])) return i;
     }
     for (uint32_t k = 1; k < sl->nrep; k++) {
         int i = (int)((cur + k) % sl->nrep);
-        if (slow_usable(&sl->rep[i]) && sl->rep[i].sock) return i;
+        if (slow_usable(&sl->rep[i]) && rsock(&sl->rep[i])) return i;
     }
     return -1;
 }
@@ -290,31 +304,28 @@ static void no_replica_reason(const shard_slot *sl, broker_call *c)
              r->last_err[0] ? r->last_err : "down");
 }
 
-/* Encode and send the current attempt of c. Returns 0, -1 when the send failed (the attempt
- * has failed: reason set), or a PS_E* code from the encoder. */
-static int send_attempt(broker_pool_t *p, broker_call *c, double now, ps_err *err)
+/* Send the current attempt of c (its request stamped with a fresh request_id and the
+ * attempt's deadline). Returns 0, or -1 when the send failed (the attempt has failed: reason
+ * set). Out of memory aborts. */
+static int send_attempt(broker_pool_t *p, broker_call *c, double now)
 {
     replica *r = &p->shards[c->shard].rep[c->cur];
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    c->request_id = p->next_id++;
     c->deadline = now + p->deadline_ms;
     if (c->deadline > c->budget_end) c->deadline = c->budget_end;
     uint32_t ms = c->deadline > now ? (uint32_t)(c->deadline - now + 0.5) : 1;
-    int rc = c->encode(c->arg, c->request_id, ms ? ms : 1, &buf, &len, err);
-    if (rc) return rc;
-    if (!r->sock) {
-        free(buf);
+    if (!rsock(r)) {
         snprintf(c->reason, sizeof c->reason, "replica %d (%s): no socket", c->cur, r->endpoint);
         atomic_store_explicit(r->up, 0, memory_order_relaxed);
         return -1;
     }
-    int sent = zmq_send(r->sock, buf, len, ZMQ_DONTWAIT);
-    free(buf);
-    if (sent != (int)len) {
-        snprintf(c->reason, sizeof c->reason, "replica %d (%s): send: %s", c->cur, r->endpoint,
-                 zmq_strerror(zmq_errno()));
-        snprintf(r->last_err, sizeof r->last_err, "send: %s", zmq_strerror(zmq_errno()));
+    ps_err e = {0, ""};
+    if (ps_zreq_send(r->zr, c->req, c->req_len, ms ? ms : 1, &c->request_id, &e)) {
+        if (e.code == PS_ENOMEM) {
+            ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=request msg=\"%s\"", e.msg);
+            abort();
+        }
+        snprintf(c->reason, sizeof c->reason, "replica %d: %s", c->cur, e.msg);
+        snprintf(r->last_err, sizeof r->last_err, "%s", e.msg);
         atomic_store_explicit(r->up, 0, memory_order_relaxed);
         return -1;
     }
@@ -338,13 +349,7 @@ static void next_attempt(broker_pool_t *p, broker_call *c, double now)
         c->attempt++;
         c->failovers++;
         c->cur = nxt;
-        ps_err e = {0, ""};
-        int rc = send_attempt(p, c, now, &e);
-        if (rc == 0) return;
-        if (rc != -1) { /* the encoder built this frame before: only memory can fail it */
-            ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=request msg=\"%s\"", e.msg);
-            abort();
-        }
+        if (send_attempt(p, c, now) == 0) return;
     }
 }
 
@@ -388,34 +393,34 @@ static void probe_answer(broker_pool_t *p, uint32_t s, int i, Persrv__Envelope *
     log_change(s, i, r, was);
 }
 
+/* What recv_env found. */
+enum { GOT_NOTHING = 0, GOT_ENV = 1, GOT_REFUSED = 2 };
+
 /* Receive the next well-formed envelope waiting on replica i of shard s (frames that do not
- * decode are logged and dropped); a probe answer is settled on the way. Returns 1 with *env
- * set, or 0 when nothing more is waiting. */
+ * decode are logged and dropped); a probe answer is settled on the way. A refused connection
+ * (nobody listens) marks the replica down and reopens its socket: what was sent on it is lost.
+ * Returns GOT_ENV with *env set, GOT_REFUSED, or GOT_NOTHING when nothing more is waiting. */
 static int recv_env(broker_pool_t *p, uint32_t s, int i, Persrv__Envelope **out)
 {
     replica *r = &p->shards[s].rep[i];
     for (;;) {
-        zmq_msg_t m;
-        zmq_msg_init(&m);
-        if (!r->sock || zmq_msg_recv(&m, r->sock, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&m);
-            return 0; /* EAGAIN: nothing more */
-        }
-        int more = zmq_msg_more(&m);
         Persrv__Envelope *env = NULL;
         ps_err e = {0, ""};
-        int rc = more ? PS_EPARSE
-                      : ps_wire_decode(zmq_msg_data(&m), zmq_msg_size(&m), p->max_frame, &env, &e);
-        zmq_msg_close(&m);
-        while (more) { /* a multipart message is not ours: discard the rest */
-            zmq_msg_init(&m);
-            if (zmq_msg_recv(&m, r->sock, ZMQ_DONTWAIT) < 0)
-                more = 0;
-            else
-                more = zmq_msg_more(&m);
-            zmq_msg_close(&m);
+        int rc = r->zr ? ps_zreq_step(r->zr, &env, &e) : PS_ZREQ_NONE;
+        if (rc == PS_ZREQ_NONE) return GOT_NOTHING;
+        if (rc == PS_ZREQ_REFUSED) {
+            int was = STATE(r);
+            atomic_store_explicit(r->up, REP_DOWN, memory_order_relaxed);
+            snprintf(r->last_err, sizeof r->last_err, "connection refused");
+            replica_open(p, r);
+            log_change(s, i, r, was);
+            return GOT_REFUSED;
         }
-        if (rc) {
+        if (rc < 0) {
+            if (rc == PS_ENOMEM) {
+                ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=reply msg=\"%s\"", e.msg);
+                abort();
+            }
             ps_log(PS_LOG_WARN, "broker", "bad_reply", "shard=%u endpoint=%s code=%s msg=\"%s\"", s,
                    r->endpoint, ps_errname(rc), e.msg);
             continue;
@@ -425,7 +430,7 @@ static int recv_env(broker_pool_t *p, uint32_t s, int i, Persrv__Envelope **out)
             continue;
         }
         *out = env;
-        return 1;
+        return GOT_ENV;
     }
 }
 
@@ -435,7 +440,14 @@ static void drain(broker_pool_t *p, broker_call *c, double now)
     replica *r = &p->shards[c->shard].rep[c->cur];
     while (c->pending) {
         Persrv__Envelope *env = NULL;
-        if (!recv_env(p, c->shard, c->cur, &env)) return;
+        int got = recv_env(p, c->shard, c->cur, &env);
+        if (got == GOT_NOTHING) return;
+        if (got == GOT_REFUSED) {
+            snprintf(c->reason, sizeof c->reason, "replica %d (%s): connection refused", c->cur,
+                     r->endpoint);
+            next_attempt(p, c, now);
+            return;
+        }
         if (env->request_id != c->request_id) { /* stale: an earlier request's answer */
             ps_log(PS_LOG_DEBUG, "broker", "stale_reply", "shard=%u request_id=%llu", c->shard,
                    (unsigned long long)env->request_id);
@@ -464,8 +476,31 @@ static void drain(broker_pool_t *p, broker_call *c, double now)
     }
 }
 
+/* Free the frames the run encoded. */
+static void free_own(broker_call *calls, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(calls[i].own);
+        calls[i].own = NULL;
+    }
+}
+
 int broker_pool_run(broker_pool_t *p, broker_call *calls, size_t n, ps_err *err)
 {
+    /* every request encoded before anything is sent: an encoding failure sends nothing */
+    for (size_t i = 0; i < n; i++) {
+        broker_call *c = &calls[i];
+        c->own = NULL;
+        c->req = c->frame;
+        c->req_len = c->len;
+        if (c->frame) continue;
+        int rc = c->encode(c->arg, 0, 0, &c->own, &c->req_len, err);
+        if (rc) {
+            free_own(calls, i);
+            return rc;
+        }
+        c->req = c->own;
+    }
     double now = now_ms();
     for (size_t i = 0; i < n; i++) {
         broker_call *c = &calls[i];
@@ -486,36 +521,26 @@ int broker_pool_run(broker_pool_t *p, broker_call *calls, size_t n, ps_err *err)
             no_replica_reason(&p->shards[calls[i].shard], &calls[i]);
             continue;
         }
-        int rc = send_attempt(p, &calls[i], now, err);
-        if (rc == -1) {
-            next_attempt(p, &calls[i], now);
-        } else if (rc) {
-            /* Nothing answered yet: forget what was sent (reopen those sockets). */
-            for (size_t j = 0; j < i; j++)
-                if (calls[j].pending) {
-                    replica_open(p, &p->shards[calls[j].shard].rep[calls[j].cur]);
-                    calls[j].pending = 0;
-                }
-            return rc;
-        }
+        if (send_attempt(p, &calls[i], now)) next_attempt(p, &calls[i], now);
     }
-    zmq_pollitem_t *items = malloc((n ? n : 1) * sizeof *items);
-    size_t *which = malloc((n ? n : 1) * sizeof *which);
+    size_t cap = (n ? n : 1) * PS_ZREQ_NPOLL;
+    zmq_pollitem_t *items = malloc(cap * sizeof *items);
+    size_t *which = malloc(cap * sizeof *which);
     if (!items || !which) {
         ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=poll");
         abort();
     }
     for (;;) {
-        size_t np = 0;
+        size_t np = 0, npending = 0;
         double first = 0;
         for (size_t i = 0; i < n; i++) {
             if (!calls[i].pending) continue;
-            items[np] = (zmq_pollitem_t){p->shards[calls[i].shard].rep[calls[i].cur].sock, 0,
-                                         ZMQ_POLLIN, 0};
-            which[np++] = i;
-            if (np == 1 || calls[i].deadline < first) first = calls[i].deadline;
+            const replica *r = &p->shards[calls[i].shard].rep[calls[i].cur];
+            int k = ps_zreq_pollitems(r->zr, items + np);
+            for (int j = 0; j < k; j++) which[np++] = i;
+            if (npending++ == 0 || calls[i].deadline < first) first = calls[i].deadline;
         }
-        if (np == 0) break;
+        if (npending == 0) break;
         now = now_ms();
         long wait = first > now ? (long)(first - now) + 1 : 0;
         if (zmq_poll(items, (int)np, wait) < 0 && errno != EINTR) {
@@ -525,8 +550,8 @@ int broker_pool_run(broker_pool_t *p, broker_call *calls, size_t n, ps_err *err)
         now = now_ms();
         for (size_t k = 0; k < np; k++)
             if (items[k].revents & ZMQ_POLLIN) drain(p, &calls[which[k]], now);
-        for (size_t k = 0; k < np; k++) {
-            broker_call *c = &calls[which[k]];
+        for (size_t i = 0; i < n; i++) {
+            broker_call *c = &calls[i];
             if (!c->pending || c->deadline > now) continue;
             replica *r = &p->shards[c->shard].rep[c->cur];
             int was = STATE(r);
@@ -548,6 +573,7 @@ int broker_pool_run(broker_pool_t *p, broker_call *calls, size_t n, ps_err *err)
     }
     free(items);
     free(which);
+    free_own(calls, n);
     return 0;
 }
 
@@ -555,20 +581,14 @@ int broker_pool_run(broker_pool_t *p, broker_call *calls, size_t n, ps_err *err)
 static void probe_send(broker_pool_t *p, uint32_t s, int i)
 {
     replica *r = &p->shards[s].rep[i];
-    uint8_t *buf = NULL;
-    size_t len = 0;
     ps_err e = {0, ""};
-    if (!r->sock && replica_open(p, r)) return;
-    r->probe_id = p->next_id++;
-    if (ps_wire_encode_health(r->probe_id, p->deadline_ms, &buf, &len, &e)) {
-        ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=probe msg=\"%s\"", e.msg);
-        abort(); /* a health request always encodes */
-    }
-    int sent = zmq_send(r->sock, buf, len, ZMQ_DONTWAIT);
-    free(buf);
-    if (sent == (int)len) {
+    if (!rsock(r) && replica_open(p, r)) return;
+    if (ps_zreq_send_aside(r->zr, p->probe, p->probe_len, p->deadline_ms, &r->probe_id, &e) == 0) {
         r->probe_pending = 1;
         r->probe_sent = now_ms();
+    } else if (e.code == PS_ENOMEM) {
+        ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=probe msg=\"%s\"", e.msg);
+        abort();
     }
 }
 
@@ -576,7 +596,9 @@ static void probe_send(broker_pool_t *p, uint32_t s, int i)
 static void probe_collect(broker_pool_t *p, uint32_t s, int i)
 {
     Persrv__Envelope *env = NULL;
-    while (recv_env(p, s, i, &env)) {
+    int got;
+    while ((got = recv_env(p, s, i, &env)) != GOT_NOTHING) {
+        if (got == GOT_REFUSED) continue; /* the replica is down now, its probe lost */
         ps_log(PS_LOG_DEBUG, "broker", "stale_reply", "shard=%u request_id=%llu", s,
                (unsigned long long)env->request_id);
         ps_wire_free(env);
@@ -614,9 +636,10 @@ uint32_t broker_pool_probe(broker_pool_t *p)
         p->probed = 1;
         size_t n = 0;
         for (uint32_t s = 0; s < p->nshards; s++) n += p->shards[s].nrep;
-        zmq_pollitem_t *items = malloc((n ? n : 1) * sizeof *items);
-        uint32_t *ws = malloc((n ? n : 1) * sizeof *ws);
-        int *wi = malloc((n ? n : 1) * sizeof *wi);
+        size_t cap = (n ? n : 1) * PS_ZREQ_NPOLL;
+        zmq_pollitem_t *items = malloc(cap * sizeof *items);
+        uint32_t *ws = malloc(cap * sizeof *ws);
+        int *wi = malloc(cap * sizeof *wi);
         if (!items || !ws || !wi) {
             ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=probe");
             abort();
@@ -625,12 +648,15 @@ uint32_t broker_pool_probe(broker_pool_t *p)
         for (;;) {
             size_t np = 0;
             for (uint32_t s = 0; s < p->nshards; s++)
-                for (uint32_t i = 0; i < p->shards[s].nrep; i++)
-                    if (p->shards[s].rep[i].probe_pending) {
-                        items[np] = (zmq_pollitem_t){p->shards[s].rep[i].sock, 0, ZMQ_POLLIN, 0};
+                for (uint32_t i = 0; i < p->shards[s].nrep; i++) {
+                    const replica *r = &p->shards[s].rep[i];
+                    if (!r->probe_pending) continue;
+                    int k = ps_zreq_pollitems(r->zr, items + np);
+                    for (int j = 0; j < k; j++, np++) {
                         ws[np] = s;
-                        wi[np++] = (int)i;
+                        wi[np] = (int)i;
                     }
+                }
             double now = now_ms();
             if (np == 0 || now >= end) break;
             if (zmq_poll(items, (int)np, (long)(end - now) + 1) < 0 && errno != EINTR) {
