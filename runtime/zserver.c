@@ -362,6 +362,8 @@ int ps_zserve(const ps_zserver_cfg *cfg, uint32_t workers, ps_zhandler_fn fn, vo
               void (*on_ready)(const char *endpoint, void *arg), void *arg, ps_err *err)
 {
     int rc = 0;
+    ps_err local = {0, ""};
+    if (!err) err = &local; /* the code is still returned */
     void *zctx = zmq_ctx_new();
     ps_zserver_t *srv = NULL;
     ps_zworkers_t *ws = NULL;
