@@ -150,24 +150,21 @@ static void h_healthz(struct evhttp_request *req, void *arg)
 static void h_metrics(struct evhttp_request *req, void *arg)
 {
     broker_admin *a = arg;
-    char *text = broker_metrics_render(a->cfg.metrics);
-    size_t len = text ? strlen(text) : 0;
-    if (!text ||
-        ps_buf_printf(&text, &len,
-                      "# HELP persrv_broker_snapshot_version The snapshot version searches ask "
-                      "for.\n# TYPE persrv_broker_snapshot_version gauge\n"
-                      "persrv_broker_snapshot_version %" PRIu64 "\n"
-                      "# HELP persrv_broker_version_switches_total Version switches.\n"
-                      "# TYPE persrv_broker_version_switches_total counter\n"
-                      "persrv_broker_version_switches_total %" PRIu64 "\n",
-                      atomic_load(&a->cfg.version->current),
-                      atomic_load(&a->cfg.version->switches))) {
-        free(text);
+    ps_buf b = PS_BUF_INIT;
+    broker_metrics_render(a->cfg.metrics, &b);
+    ps_buf_printf(&b,
+                  "# HELP persrv_broker_snapshot_version The snapshot version searches ask "
+                  "for.\n# TYPE persrv_broker_snapshot_version gauge\n"
+                  "persrv_broker_snapshot_version %" PRIu64 "\n"
+                  "# HELP persrv_broker_version_switches_total Version switches.\n"
+                  "# TYPE persrv_broker_version_switches_total counter\n"
+                  "persrv_broker_version_switches_total %" PRIu64 "\n",
+                  atomic_load(&a->cfg.version->current), atomic_load(&a->cfg.version->switches));
+    if (b.rc)
         ps_admin_reply_error(req, PS_ENOMEM, "out of memory rendering metrics");
-        return;
-    }
-    ps_admin_reply(req, 200, "text/plain; version=0.0.4", text, len);
-    free(text);
+    else
+        ps_admin_reply(req, 200, "text/plain; version=0.0.4", b.p, b.n);
+    ps_buf_free(&b);
 }
 
 /* One admin port per process. */

@@ -224,8 +224,8 @@ void broker_metrics_shard(broker_metrics_t *m, uint32_t shard, int ok, double se
 /* A click was sent to the profile primary; ... and how it ended (rc 0 or a PS_E* code). */
 void broker_metrics_click_sent(broker_metrics_t *m);
 void broker_metrics_click_done(broker_metrics_t *m, int rc, int duplicate);
-/* The exposition text (malloc'd, caller frees), NULL when out of memory. */
-char *broker_metrics_render(broker_metrics_t *m);
+/* Append the exposition text to b; out of memory is b's sticky error (ps/buf.h). */
+void broker_metrics_render(broker_metrics_t *m, ps_buf *b);
 
 /* ---- clicks.c: clicks in flight to the profile primary, off the lane's critical path ----- */
 

@@ -294,14 +294,15 @@ static int handle_readyz(broker_http_t *h, struct evhttp_request *req)
 
 static int handle_metrics(broker_http_t *h, struct evhttp_request *req)
 {
-    char *text = broker_metrics_render(h->metrics);
-    if (!text) {
+    ps_buf b = PS_BUF_INIT;
+    broker_metrics_render(h->metrics, &b);
+    if (b.rc) {
         ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=metrics");
         abort();
     }
     struct evbuffer *out = evhttp_request_get_output_buffer(req);
-    evbuffer_add(out, text, strlen(text));
-    free(text);
+    evbuffer_add(out, b.p, b.n);
+    ps_buf_free(&b);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4");
     evhttp_send_reply(req, 200, "OK", NULL);

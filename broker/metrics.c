@@ -141,101 +141,68 @@ void broker_metrics_click_done(broker_metrics_t *m, int rc, int duplicate)
     pthread_mutex_unlock(&m->mu);
 }
 
-/* A growing text buffer; on out of memory `s` becomes NULL and stays so. */
-typedef struct sbuf {
-    char *s;
-    size_t len, cap;
-} sbuf;
-
-static void put(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(sbuf *b, const char *fmt, ...)
-{
-    if (!b->s) return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->s + b->len, b->cap - b->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) return;
-        if ((size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        char *t = realloc(b->s, b->cap * 2 + (size_t)n);
-        if (!t) {
-            free(b->s);
-            b->s = NULL;
-            return;
-        }
-        b->s = t;
-        b->cap = b->cap * 2 + (size_t)n;
-    }
-}
-
-static void put_histo(sbuf *b, const char *name, const char *label, const histo *h)
+static void put_histo(ps_buf *b, const char *name, const char *label, const histo *h)
 {
     uint64_t cum = 0;
     for (int i = 0; i < NBUCKETS; i++) {
         cum += h->bucket[i];
-        put(b, "%s_bucket{%s,le=\"%g\"} %llu\n", name, label, bucket_le[i],
-            (unsigned long long)cum);
+        ps_buf_printf(b, "%s_bucket{%s,le=\"%g\"} %llu\n", name, label, bucket_le[i],
+                      (unsigned long long)cum);
     }
-    put(b, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, label, (unsigned long long)h->count);
-    put(b, "%s_sum{%s} %.9g\n", name, label, h->sum);
-    put(b, "%s_count{%s} %llu\n", name, label, (unsigned long long)h->count);
+    ps_buf_printf(b, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, label, (unsigned long long)h->count);
+    ps_buf_printf(b, "%s_sum{%s} %.9g\n", name, label, h->sum);
+    ps_buf_printf(b, "%s_count{%s} %llu\n", name, label, (unsigned long long)h->count);
 }
 
-char *broker_metrics_render(broker_metrics_t *m)
+void broker_metrics_render(broker_metrics_t *m, ps_buf *b)
 {
-    sbuf b = {malloc(4096), 0, 4096};
     pthread_mutex_lock(&m->mu);
     char label[64];
-    put(&b, "# HELP persrv_http_requests_total HTTP requests by endpoint and status code.\n"
-            "# TYPE persrv_http_requests_total counter\n");
+    ps_buf_printf(b,
+                  "# HELP persrv_http_requests_total HTTP requests by endpoint and status code.\n"
+                  "# TYPE persrv_http_requests_total counter\n");
     for (int e = 0; e < BROKER_NEP; e++)
         for (int i = 0; i < m->ep[e].ncodes; i++)
-            put(&b, "persrv_http_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n", ep_names[e],
-                m->ep[e].code[i], (unsigned long long)m->ep[e].count[i]);
-    put(&b, "# HELP persrv_http_request_duration_seconds HTTP request latency.\n"
-            "# TYPE persrv_http_request_duration_seconds histogram\n");
+            ps_buf_printf(b, "persrv_http_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n",
+                          ep_names[e], m->ep[e].code[i], (unsigned long long)m->ep[e].count[i]);
+    ps_buf_printf(b, "# HELP persrv_http_request_duration_seconds HTTP request latency.\n"
+                     "# TYPE persrv_http_request_duration_seconds histogram\n");
     for (int e = 0; e < BROKER_NEP; e++) {
         if (!m->ep[e].latency.count) continue;
         snprintf(label, sizeof label, "endpoint=\"%s\"", ep_names[e]);
-        put_histo(&b, "persrv_http_request_duration_seconds", label, &m->ep[e].latency);
+        put_histo(b, "persrv_http_request_duration_seconds", label, &m->ep[e].latency);
     }
-    put(&b, "# HELP persrv_shard_request_duration_seconds Latency of answered shard calls.\n"
-            "# TYPE persrv_shard_request_duration_seconds histogram\n");
+    ps_buf_printf(b,
+                  "# HELP persrv_shard_request_duration_seconds Latency of answered shard calls.\n"
+                  "# TYPE persrv_shard_request_duration_seconds histogram\n");
     for (uint32_t s = 0; s < m->nshards; s++) {
         snprintf(label, sizeof label, "shard=\"%u\"", s);
-        put_histo(&b, "persrv_shard_request_duration_seconds", label, &m->shard[s].latency);
+        put_histo(b, "persrv_shard_request_duration_seconds", label, &m->shard[s].latency);
     }
-    put(&b, "# HELP persrv_shard_failovers_total Attempts moved to another replica.\n"
-            "# TYPE persrv_shard_failovers_total counter\n");
+    ps_buf_printf(b, "# HELP persrv_shard_failovers_total Attempts moved to another replica.\n"
+                     "# TYPE persrv_shard_failovers_total counter\n");
     for (uint32_t s = 0; s < m->nshards; s++)
-        put(&b, "persrv_shard_failovers_total{shard=\"%u\"} %llu\n", s,
-            (unsigned long long)m->shard[s].failovers);
-    put(&b, "# HELP persrv_shard_failures_total Shard calls that no replica answered.\n"
-            "# TYPE persrv_shard_failures_total counter\n");
+        ps_buf_printf(b, "persrv_shard_failovers_total{shard=\"%u\"} %llu\n", s,
+                      (unsigned long long)m->shard[s].failovers);
+    ps_buf_printf(b, "# HELP persrv_shard_failures_total Shard calls that no replica answered.\n"
+                     "# TYPE persrv_shard_failures_total counter\n");
     for (uint32_t s = 0; s < m->nshards; s++)
-        put(&b, "persrv_shard_failures_total{shard=\"%u\"} %llu\n", s,
-            (unsigned long long)m->shard[s].failures);
-    put(&b,
+        ps_buf_printf(b, "persrv_shard_failures_total{shard=\"%u\"} %llu\n", s,
+                      (unsigned long long)m->shard[s].failures);
+    ps_buf_printf(
+        b,
         "# HELP persrv_broker_clicks_in_flight Clicks sent to the profile primary and not "
         "answered yet.\n"
         "# TYPE persrv_broker_clicks_in_flight gauge\n"
         "persrv_broker_clicks_in_flight %llu\n",
         (unsigned long long)m->clicks_in_flight);
-    put(&b, "# HELP persrv_broker_clicks_total Clicks sent to the profile primary, by outcome "
-            "(in_doubt: no answer in click-deadline-ms; the click may be stored).\n"
-            "# TYPE persrv_broker_clicks_total counter\n");
+    ps_buf_printf(
+        b, "# HELP persrv_broker_clicks_total Clicks sent to the profile primary, by outcome "
+           "(in_doubt: no answer in click-deadline-ms; the click may be stored).\n"
+           "# TYPE persrv_broker_clicks_total counter\n");
     for (int o = 0; o < NCLICK_OUTCOMES; o++)
-        put(&b, "persrv_broker_clicks_total{outcome=\"%s\"} %llu\n", click_outcomes[o],
-            (unsigned long long)m->clicks[o]);
+        ps_buf_printf(b, "persrv_broker_clicks_total{outcome=\"%s\"} %llu\n", click_outcomes[o],
+                      (unsigned long long)m->clicks[o]);
     pthread_mutex_unlock(&m->mu);
-    /* the HTTP doors' connection counters (ps/httpguard.h); b.s is malloc'd, len its bytes */
-    if (b.s && ps_httpguard_render_metrics(&b.s, &b.len)) {
-        free(b.s);
-        return NULL;
-    }
-    return b.s;
+    ps_httpguard_render_metrics(b); /* the HTTP doors' connection counters (ps/httpguard.h) */
 }

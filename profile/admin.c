@@ -81,11 +81,9 @@ static void on_healthz(struct evhttp_request *req, void *arg)
 }
 
 /* One counter or gauge with its HELP and TYPE lines. */
-static int metric(char **buf, size_t *len, const char *name, const char *type, const char *help,
-                  double value)
+static void metric(ps_buf *b, const char *name, const char *type, const char *help, double value)
 {
-    return ps_buf_printf(buf, len, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type,
-                         name, value);
+    ps_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, value);
 }
 
 static void on_metrics(struct evhttp_request *req, void *arg)
@@ -93,56 +91,45 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     profsvc_ctx *ctx = arg;
     const profsvc_stats *s = &ctx->stats;
     lag_view v = lag_of(ctx);
-    char *buf = NULL;
-    size_t len = 0;
-    int rc = ps_buf_printf(&buf, &len,
-                           "# HELP persrv_profile_info This node's role.\n"
-                           "# TYPE persrv_profile_info gauge\n"
-                           "persrv_profile_info{role=\"%s\"} 1\n",
-                           ctx->replica ? "replica" : "primary");
-    rc = rc ? rc
-            : metric(&buf, &len, "persrv_profile_ready", "gauge",
-                     "1 once serving (a replica: once caught up with the primary).",
-                     atomic_load(&ctx->ready) != 0);
-    rc = rc ? rc
-            : metric(&buf, &len, "persrv_profile_seq", "gauge",
-                     "The latest RocksDB sequence number this node holds.", (double)v.seq);
-    rc =
-        rc ? rc
-           : metric(&buf, &len, "persrv_profile_clicks_total", "counter",
-                    "Clicks recorded and acknowledged (durable).", (double)atomic_load(&s->clicks));
-    rc = rc ? rc
-            : metric(&buf, &len, "persrv_profile_click_duplicates_total", "counter",
-                     "Clicks whose click id was stored before: answered, nothing stored.",
-                     (double)atomic_load(&s->duplicates));
-    rc = rc ? rc
-            : metric(&buf, &len, "persrv_profile_loads_total", "counter",
-                     "User profile loads merged (ZeroMQ load_profile and /admin/load-profiles).",
-                     (double)atomic_load(&s->loads));
-    rc = rc ? rc
-            : metric(&buf, &len, "persrv_profile_checkpoints_total", "counter",
-                     "Checkpoints made (for replicas and /admin/checkpoint); on a replica also "
-                     "the bootstraps from a checkpoint it took.",
-                     (double)atomic_load(&s->checkpoints));
-    rc = rc ? rc
-            : metric(&buf, &len, "persrv_profile_replication_lag_seq", "gauge",
-                     "Replica: the primary's latest sequence number last seen minus the one "
-                     "applied (0 on the primary).",
-                     (double)v.lag_seq);
-    rc = rc ? rc
-            : metric(&buf, &len, "persrv_profile_replication_lag_seconds", "gauge",
-                     "Replica: seconds since it last held the primary's latest sequence number "
-                     "(0 while caught up, and on the primary).",
-                     v.lag_s);
-    rc = rc ? rc
-            : ps_hist_render(&s->click_seconds, "persrv_profile_click_duration_seconds",
-                             "Time to record a click, its synced write included.", &buf, &len);
-    rc = rc ? rc : ps_httpguard_render_metrics(&buf, &len); /* the admin port's connections */
-    if (rc)
+    ps_buf b = PS_BUF_INIT;
+    ps_buf_printf(&b,
+                  "# HELP persrv_profile_info This node's role.\n"
+                  "# TYPE persrv_profile_info gauge\n"
+                  "persrv_profile_info{role=\"%s\"} 1\n",
+                  ctx->replica ? "replica" : "primary");
+    metric(&b, "persrv_profile_ready", "gauge",
+           "1 once serving (a replica: once caught up with the primary).",
+           atomic_load(&ctx->ready) != 0);
+    metric(&b, "persrv_profile_seq", "gauge", "The latest RocksDB sequence number this node holds.",
+           (double)v.seq);
+    metric(&b, "persrv_profile_clicks_total", "counter",
+           "Clicks recorded and acknowledged (durable).", (double)atomic_load(&s->clicks));
+    metric(&b, "persrv_profile_click_duplicates_total", "counter",
+           "Clicks whose click id was stored before: answered, nothing stored.",
+           (double)atomic_load(&s->duplicates));
+    metric(&b, "persrv_profile_loads_total", "counter",
+           "User profile loads merged (ZeroMQ load_profile and /admin/load-profiles).",
+           (double)atomic_load(&s->loads));
+    metric(&b, "persrv_profile_checkpoints_total", "counter",
+           "Checkpoints made (for replicas and /admin/checkpoint); on a replica also "
+           "the bootstraps from a checkpoint it took.",
+           (double)atomic_load(&s->checkpoints));
+    metric(&b, "persrv_profile_replication_lag_seq", "gauge",
+           "Replica: the primary's latest sequence number last seen minus the one "
+           "applied (0 on the primary).",
+           (double)v.lag_seq);
+    metric(&b, "persrv_profile_replication_lag_seconds", "gauge",
+           "Replica: seconds since it last held the primary's latest sequence number "
+           "(0 while caught up, and on the primary).",
+           v.lag_s);
+    ps_hist_render(&s->click_seconds, "persrv_profile_click_duration_seconds",
+                   "Time to record a click, its synced write included.", &b);
+    ps_httpguard_render_metrics(&b); /* the admin port's connections */
+    if (b.rc)
         ps_admin_reply_error(req, PS_ENOMEM, "out of memory rendering the metrics");
     else
-        ps_admin_reply(req, 200, "text/plain; version=0.0.4", buf, len);
-    free(buf);
+        ps_admin_reply(req, 200, "text/plain; version=0.0.4", b.p, b.n);
+    ps_buf_free(&b);
 }
 
 /**************************************************************************

@@ -477,40 +477,19 @@ void ps_hist_observe(ps_hist *h, double seconds)
                               memory_order_relaxed);
 }
 
-int ps_buf_printf(char **buf, size_t *len, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0) return PS_EINTERNAL;
-    char *p = realloc(*buf, *len + (size_t)n + 1);
-    if (!p) return PS_ENOMEM;
-    *buf = p;
-    va_start(ap, fmt);
-    vsnprintf(p + *len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    *len += (size_t)n;
-    return 0;
-}
-
-int ps_hist_render(const ps_hist *h, const char *name, const char *help, char **buf, size_t *len)
+void ps_hist_render(const ps_hist *h, const char *name, const char *help, ps_buf *out)
 {
     uint64_t cum = 0;
-    int rc = ps_buf_printf(buf, len, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
-    for (int b = 0; b <= PS_HIST_NBUCKETS && !rc; b++) {
+    ps_buf_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    for (int b = 0; b <= PS_HIST_NBUCKETS; b++) {
         cum += atomic_load_explicit(&h->bucket[b], memory_order_relaxed);
         if (b < PS_HIST_NBUCKETS)
-            rc = ps_buf_printf(buf, len, "%s_bucket{le=\"%g\"} %llu\n", name, hist_le[b],
-                               (unsigned long long)cum);
+            ps_buf_printf(out, "%s_bucket{le=\"%g\"} %llu\n", name, hist_le[b],
+                          (unsigned long long)cum);
         else
-            rc = ps_buf_printf(buf, len, "%s_bucket{le=\"+Inf\"} %llu\n", name,
-                               (unsigned long long)cum);
+            ps_buf_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
     }
-    if (!rc)
-        rc = ps_buf_printf(
-            buf, len, "%s_sum %.9f\n%s_count %llu\n", name,
-            atomic_load_explicit(&h->sum_ns, memory_order_relaxed) / 1e9, name,
-            (unsigned long long)atomic_load_explicit(&h->count, memory_order_relaxed));
-    return rc;
+    ps_buf_printf(out, "%s_sum %.9f\n%s_count %llu\n", name,
+                  atomic_load_explicit(&h->sum_ns, memory_order_relaxed) / 1e9, name,
+                  (unsigned long long)atomic_load_explicit(&h->count, memory_order_relaxed));
 }

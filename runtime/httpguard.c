@@ -117,7 +117,7 @@ static door *door_get(const char *name)
     return d;
 }
 
-int ps_httpguard_render_metrics(char **buf, size_t *len)
+void ps_httpguard_render_metrics(ps_buf *b)
 {
     static const struct {
         const char *name, *type, *help;
@@ -139,19 +139,17 @@ int ps_httpguard_render_metrics(char **buf, size_t *len)
         {"persrv_http_accept_errors_total", "counter",
          "Failed accept() calls (each followed by a back-off).", offsetof(door, accept_errors)},
     };
-    int n = atomic_load(&ndoors), rc = 0;
-    if (n == 0) return 0;
-    for (size_t i = 0; i < sizeof m / sizeof m[0] && !rc; i++) {
-        rc = ps_buf_printf(buf, len, "# HELP %s %s\n# TYPE %s %s\n", m[i].name, m[i].help,
-                           m[i].name, m[i].type);
-        for (int k = 0; k < n && !rc; k++) {
+    int n = atomic_load(&ndoors);
+    for (size_t i = 0; n && i < sizeof m / sizeof m[0]; i++) {
+        ps_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", m[i].name, m[i].help, m[i].name,
+                      m[i].type);
+        for (int k = 0; k < n; k++) {
             const _Atomic uint64_t *v =
                 (const _Atomic uint64_t *)((const char *)&doors[k] + m[i].off);
-            rc = ps_buf_printf(buf, len, "%s{door=\"%s\"} %llu\n", m[i].name, doors[k].name,
-                               (unsigned long long)atomic_load(v));
+            ps_buf_printf(b, "%s{door=\"%s\"} %llu\n", m[i].name, doors[k].name,
+                          (unsigned long long)atomic_load(v));
         }
     }
-    return rc;
 }
 
 /* ---- libevent's own log lines ----------------------------------------------------------- */

@@ -62,10 +62,9 @@ static void h_metrics(struct evhttp_request *req, void *arg)
     shard_version_info info[SHARD_MAX_HELD];
     uint64_t active = 0;
     size_t n = shard_versions_list(ctx->versions, info, SHARD_MAX_HELD, &active);
-    char *b = NULL;
-    size_t len = 0;
-    int rc = ps_buf_printf(
-        &b, &len,
+    ps_buf b = PS_BUF_INIT;
+    ps_buf_printf(
+        &b,
         "# HELP persrv_shard_searches_total Search requests answered.\n"
         "# TYPE persrv_shard_searches_total counter\npersrv_shard_searches_total %" PRIu64 "\n"
         "# HELP persrv_shard_search_errors_total Search requests answered with an error.\n"
@@ -88,21 +87,17 @@ static void h_metrics(struct evhttp_request *req, void *arg)
         "# TYPE persrv_shard_version_loaded gauge\n",
         atomic_load(&m->searches), atomic_load(&m->search_errors), atomic_load(&m->stale_version),
         atomic_load(&m->postings_visited), atomic_load(&m->stickers), n, active);
-    for (size_t i = 0; i < n && !rc; i++)
-        rc = ps_buf_printf(&b, &len,
-                           "persrv_shard_version_loaded{version=\"%" PRIu64 "\",active=\"%d\"} 1\n",
-                           info[i].version, info[i].active);
-    if (!rc)
-        rc = ps_hist_render(&m->latency, "persrv_shard_search_seconds",
-                            "Time to answer a search request.", &b, &len);
-    if (!rc) rc = ps_httpguard_render_metrics(&b, &len); /* the admin port's connections */
-    if (rc) {
-        free(b);
+    for (size_t i = 0; i < n; i++)
+        ps_buf_printf(&b, "persrv_shard_version_loaded{version=\"%" PRIu64 "\",active=\"%d\"} 1\n",
+                      info[i].version, info[i].active);
+    ps_hist_render(&m->latency, "persrv_shard_search_seconds", "Time to answer a search request.",
+                   &b);
+    ps_httpguard_render_metrics(&b); /* the admin port's connections */
+    if (b.rc)
         ps_admin_reply_error(req, PS_ENOMEM, "out of memory rendering metrics");
-        return;
-    }
-    ps_admin_reply(req, 200, "text/plain; version=0.0.4", b, len);
-    free(b);
+    else
+        ps_admin_reply(req, 200, "text/plain; version=0.0.4", b.p, b.n);
+    ps_buf_free(&b);
 }
 
 /* ?version=V, answered with an error when missing or malformed. */

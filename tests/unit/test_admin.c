@@ -191,16 +191,18 @@ static void test_hist(void **state)
     ps_hist_observe(&h, 0.0003);
     ps_hist_observe(&h, 0.0003);
     ps_hist_observe(&h, 9.0);
-    char *buf = NULL;
-    size_t len = 0;
-    assert_int_equal(ps_hist_render(&h, "x_seconds", "x", &buf, &len), 0);
+    ps_buf b = PS_BUF_INIT;
+    ps_hist_render(&h, "x_seconds", "x", &b);
+    assert_int_equal(b.rc, 0);
+    char *buf = b.p;
+    size_t len = b.n;
     assert_non_null(strstr(buf, "x_seconds_bucket{le=\"0.00025\"} 0\n"));
     assert_non_null(strstr(buf, "x_seconds_bucket{le=\"0.0005\"} 2\n"));
     assert_non_null(strstr(buf, "x_seconds_bucket{le=\"2.5\"} 2\n"));
     assert_non_null(strstr(buf, "x_seconds_bucket{le=\"+Inf\"} 3\n"));
     assert_non_null(strstr(buf, "x_seconds_count 3\n"));
     assert_int_equal(strlen(buf), len);
-    free(buf);
+    ps_buf_free(&b);
 }
 
 int main(void)

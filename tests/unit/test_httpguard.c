@@ -144,13 +144,14 @@ static void assert_error(const char *resp, const char *code)
 /* The admin door's counter `name` from ps_httpguard_render_metrics. */
 static uint64_t metric(const char *name)
 {
-    char *buf = NULL, pat[128];
-    size_t len = 0;
-    assert_int_equal(ps_httpguard_render_metrics(&buf, &len), 0);
+    char pat[128];
+    ps_buf b = PS_BUF_INIT;
+    ps_httpguard_render_metrics(&b);
+    assert_int_equal(b.rc, 0);
     snprintf(pat, sizeof pat, "\n%s{door=\"admin\"} ", name);
-    const char *p = buf ? strstr(buf, pat) : NULL;
+    const char *p = b.p ? strstr(b.p, pat) : NULL;
     uint64_t v = p ? strtoull(p + strlen(pat), NULL, 10) : UINT64_MAX;
-    free(buf);
+    ps_buf_free(&b);
     assert_true(v != UINT64_MAX);
     return v;
 }

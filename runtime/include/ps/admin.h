@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ps/buf.h"
 #include "ps/err.h"
 
 struct evhttp_request;
@@ -173,11 +174,8 @@ typedef struct ps_hist {
 } ps_hist;
 
 void ps_hist_observe(ps_hist *h, double seconds);
-/* Append the exposition of h under `name` (with `help`) to a malloc'd buffer *buf of *len
- * bytes (grown; *buf may start NULL). Returns 0 or PS_ENOMEM. */
-int ps_hist_render(const ps_hist *h, const char *name, const char *help, char **buf, size_t *len);
-/* printf onto the same kind of buffer. Returns 0 or PS_ENOMEM. */
-int ps_buf_printf(char **buf, size_t *len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+/* Append the exposition of h under `name` (with `help`) to b; out of memory is b's sticky
+ * error (ps/buf.h). */
+void ps_hist_render(const ps_hist *h, const char *name, const char *help, ps_buf *b);
 
 #endif

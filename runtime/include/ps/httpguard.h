@@ -39,6 +39,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ps/buf.h"
 #include "ps/err.h"
 
 struct event_base;
@@ -78,7 +79,7 @@ void ps_httpguard_unlisten(ps_httpguard_t *g, struct evhttp_bound_socket *bs);
 /* Free the guard: its timers, and the connections not yet handed to evhttp. NULL is fine. */
 void ps_httpguard_free(ps_httpguard_t *g);
 
-/* Append the counters of every door of this process to *buf (malloc'd, grown; *len bytes):
+/* Append the counters of every door of this process to b:
  *   persrv_http_connections{door}                  gauge, open now
  *   persrv_http_connections_max{door}              gauge, the cap (0: none)
  *   persrv_http_connections_accepted_total{door}   counter
@@ -87,8 +88,8 @@ void ps_httpguard_free(ps_httpguard_t *g);
  *   persrv_http_protocol_errors_total{door}        counter, malformed or oversized requests
  *                                                  answered before any handler
  *   persrv_http_accept_errors_total{door}          counter, failed accept() calls
- * Returns 0 or PS_ENOMEM. */
-int ps_httpguard_render_metrics(char **buf, size_t *len);
+ * Out of memory is b's sticky error (ps/buf.h). */
+void ps_httpguard_render_metrics(ps_buf *b);
 
 /* ---- the file descriptor limit ---------------------------------------------------------- */
 
