@@ -15,6 +15,7 @@
 #include "ps/corpus.h"
 #include "ps/hash.h"
 #include "ps/alloc.h"
+#include "ps/buf.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -96,39 +97,12 @@ static void err_at_line(ps_err *err, const char *path, size_t line)
     err->msg[k + n] = '\0';
 }
 
-/* A growable byte buffer with a sticky out-of-memory flag: appends after a failure do
- * nothing, so a build sequence checks once at the end. */
-typedef struct sbuf {
-    char *p;
-    size_t n, cap;
-    int oom;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t n)
-{
-    if (b->oom) return;
-    if (b->cap - b->n < n + 1) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap - b->n < n + 1) cap *= 2;
-        char *p = ps_realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-}
-
 /* Append one line of a multi-line field: '\n'-separated, empty lines dropped. */
-static void sb_line(sbuf *b, const char *s, size_t n)
+static void sb_line(ps_buf *b, const char *s, size_t n)
 {
     if (n == 0) return;
-    if (b->n) sb_add(b, "\n", 1);
-    sb_add(b, s, n);
+    if (b->n) ps_buf_byte(b, '\n');
+    ps_buf_add(b, s, n);
 }
 
 /**************************************************************************
@@ -476,7 +450,7 @@ static int parse_id(const char *line, size_t len, json_t *v, uint64_t *out, ps_e
 }
 
 /* One string (of a field or an array element) into b; NUL bytes are rejected. */
-static int add_text(sbuf *b, const json_t *str, const char *key, ps_err *err)
+static int add_text(ps_buf *b, const json_t *str, const char *key, ps_err *err)
 {
     const char *s = json_string_value(str);
     size_t n = json_string_length(str);
@@ -488,7 +462,8 @@ static int add_text(sbuf *b, const json_t *str, const char *key, ps_err *err)
 /* An OCR line given with an optional confidence: kept if the confidence is absent (NULL or
  * JSON null) or >= OCR_MIN_CONFIDENCE. Returns 0, 1 if text or confidence has the wrong type,
  * or a negative code with err set. */
-static int ocr_scored(sbuf *b, const json_t *text, const json_t *conf, const char *key, ps_err *err)
+static int ocr_scored(ps_buf *b, const json_t *text, const json_t *conf, const char *key,
+                      ps_err *err)
 {
     if (!json_is_string(text)) return 1;
     if (conf && !json_is_null(conf)) {
@@ -508,7 +483,7 @@ static int is_box(const json_t *b)
 /* One element of an ocr array: "text", null, [text, conf], {"text", "confidence"|"conf"|
  * "score"}, PaddleOCR's [box, [text, conf]], or (depth 0 only) a page: an array of those,
  * as PaddleOCR returns per image. Returns 0, 1 for a wrong shape, or a negative code. */
-static int ocr_line(sbuf *b, const json_t *e, int depth, const char *key, ps_err *err)
+static int ocr_line(ps_buf *b, const json_t *e, int depth, const char *key, ps_err *err)
 {
     if (json_is_null(e)) return 0;
     if (json_is_string(e)) return add_text(b, e, key, err);
@@ -536,7 +511,7 @@ static int ocr_line(sbuf *b, const json_t *e, int depth, const char *key, ps_err
 
 /* Field value → text: a string, an array of strings joined with '\n', or null; ocr also takes
  * the shapes of ocr_line. `key` is the name as written in the line, for messages. */
-static int field_text(sbuf *b, int f, const json_t *v, const char *key, ps_err *err)
+static int field_text(ps_buf *b, int f, const json_t *v, const char *key, ps_err *err)
 {
     if (json_is_null(v)) return 0;
     if (json_is_string(v)) return add_text(b, v, key, err);
@@ -587,7 +562,7 @@ int ps_sticker_parse(const char *line, size_t len, ps_sticker_rec *out, ps_err *
     json_error_t je;
     const json_t *val[PS_NFIELDS] = {NULL};
     const char *key[PS_NFIELDS] = {NULL};
-    sbuf b = {NULL, 0, 0, 0};
+    ps_buf b = PS_BUF_INIT;
     int rc = 0;
 
     if (!out) return ps_err_set(err, PS_EINVAL, "out is NULL");
@@ -625,20 +600,20 @@ int ps_sticker_parse(const char *line, size_t len, ps_sticker_rec *out, ps_err *
         key[f] = k;
     }
     for (int f = 0; f < PS_NFIELDS; f++) { /* b is scratch shared by the fields */
-        b.n = 0;
+        ps_buf_reset(&b);
         if (val[f] && (rc = field_text(&b, f, val[f], key[f], err))) goto err;
         if ((out->field[f] = ps_malloc(b.n + 1))) memcpy(out->field[f], b.n ? b.p : "", b.n + 1);
         out->field_len[f] = b.n;
-        if (b.oom || !out->field[f]) {
+        if (b.rc || !out->field[f]) {
             rc = ps_err_set(err, PS_ENOMEM, "field %s: out of memory", ps_field_names[f]);
             goto err;
         }
     }
-    ps_free(b.p);
+    ps_buf_free(&b);
     json_decref(root);
     return 0;
 err:
-    ps_free(b.p);
+    ps_buf_free(&b);
     json_decref(root);
     ps_sticker_rec_clear(out);
     return rc;

@@ -19,82 +19,36 @@
 
 int ps__dict_init(ps__dict *d, uint32_t cap)
 {
-    uint32_t nslots = 1024;
     memset(d, 0, sizeof *d);
-    while (nslots < cap * 2u) nslots <<= 1;
-    d->slots = ps_calloc(nslots, sizeof *d->slots);
-    if (!d->slots) return PS_ENOMEM;
-    d->mask = nslots - 1;
-    return 0;
+    ps_map_init(&d->map, PS_MAP_BYTES);
+    return ps_map_reserve(&d->map, cap < 512 ? 512 : cap) ? PS_ENOMEM : 0;
 }
 
 void ps__dict_free(ps__dict *d)
 {
-    ps_free(d->strs);
+    ps_map_free(&d->map);
     ps_free(d->terms);
-    ps_free(d->slots);
     memset(d, 0, sizeof *d);
-}
-
-int64_t ps__dict_find(const ps__dict *d, const char *s, size_t len)
-{
-    uint32_t i = (uint32_t)ps_hash_bytes(s, len) & d->mask;
-    for (;; i = (i + 1) & d->mask) {
-        uint32_t t = d->slots[i];
-        if (t == 0) return -1;
-        const ps__term *term = &d->terms[t - 1];
-        if (term->len == len && memcmp(d->strs + term->str, s, len) == 0) return t - 1;
-    }
-}
-
-static int dict_grow_slots(ps__dict *d)
-{
-    uint32_t nslots = (d->mask + 1) * 2;
-    uint32_t *slots = ps_calloc(nslots, sizeof *slots);
-    if (!slots) return PS_ENOMEM;
-    for (uint32_t t = 0; t < d->nterms; t++) {
-        const ps__term *term = &d->terms[t];
-        uint32_t i = (uint32_t)ps_hash_bytes(d->strs + term->str, term->len) & (nslots - 1);
-        while (slots[i]) i = (i + 1) & (nslots - 1);
-        slots[i] = t + 1;
-    }
-    ps_free(d->slots);
-    d->slots = slots;
-    d->mask = nslots - 1;
-    return 0;
 }
 
 int64_t ps__dict_intern(ps__dict *d, const char *s, size_t len)
 {
-    int64_t found = ps__dict_find(d, s, len);
-    if (found >= 0) return found;
-    if ((uint64_t)(d->nterms + 1) * 2 > d->mask + 1 && dict_grow_slots(d)) return -1;
-    if (d->nterms == d->terms_cap) {
+    uint64_t *v;
+    if (d->nterms == d->terms_cap) { /* first, so a failure leaves the map as it was */
         uint32_t cap = d->terms_cap ? d->terms_cap * 2 : 1024;
         ps__term *terms = ps_realloc(d->terms, cap * sizeof *terms);
         if (!terms) return -1;
         d->terms = terms;
         d->terms_cap = cap;
     }
-    if (d->strs_len + len + 1 > d->strs_cap) {
-        size_t cap = d->strs_cap ? d->strs_cap * 2 : 65536;
-        while (cap < d->strs_len + len + 1) cap *= 2;
-        char *strs = ps_realloc(d->strs, cap);
-        if (!strs) return -1;
-        d->strs = strs;
-        d->strs_cap = cap;
-    }
+    int rc = ps_map_bytes_add(&d->map, s, len, &v);
+    if (rc < 0) return -1;
+    if (rc == 0) return (int64_t)*v;
     ps__term *term = &d->terms[d->nterms];
-    term->str = (uint32_t)d->strs_len;
+    ps_map_bytes_key(&d->map, v, NULL, &term->str);
     term->len = (uint32_t)len;
     for (int f = 0; f < PS_NFIELDS; f++) term->list[f] = PS_NOLIST;
-    memcpy(d->strs + d->strs_len, s, len);
-    d->strs[d->strs_len + len] = '\0';
-    d->strs_len += len + 1;
-
-    uint32_t i = (uint32_t)ps_hash_bytes(s, len) & d->mask;
-    while (d->slots[i]) i = (i + 1) & d->mask;
-    d->slots[i] = d->nterms + 1;
+    *v = d->nterms;
     return d->nterms++;
 }
 
@@ -445,7 +399,7 @@ ps_index_t *ps_index_partition(const ps_index_t *ix, uint32_t nshards, uint32_t 
             uint32_t l = term->list[f];
             if (l == PS_NOLIST || cnt[l] == 0) continue;
             if (st < 0 &&
-                (st = ps__dict_intern(&sub->dict, ix->dict.strs + term->str, term->len)) < 0)
+                (st = ps__dict_intern(&sub->dict, ps__dict_str(&ix->dict, t), term->len)) < 0)
                 goto oom;
             const ps__plist *pl = &ix->lists[l];
             ps__plist *sl = &sub->lists[nl];
@@ -552,8 +506,8 @@ size_t ps_index_memory(const ps_index_t *ix)
 {
     size_t n = (size_t)ix->ndocs * (sizeof *ix->ids + sizeof *ix->utility) +
                (size_t)ix->ndocs * PS_NFIELDS * sizeof *ix->dl;
-    n += ix->dict.strs_cap + (size_t)ix->dict.terms_cap * sizeof(ps__term) +
-         ((size_t)ix->dict.mask + 1) * sizeof(uint32_t);
+    n += ix->dict.map.keys.cap + (size_t)ix->dict.terms_cap * sizeof(ps__term) +
+         (ix->dict.map.slot ? (ix->dict.map.mask + 1) * sizeof(ps_map_slot) : 0);
     n += (size_t)ix->nlists * sizeof(ps__plist);
     n += ix->npostings * (sizeof *ix->pdocs + sizeof *ix->ptfn);
     n += (size_t)ix->nblocks * sizeof *ix->blk_last;

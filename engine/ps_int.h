@@ -10,6 +10,7 @@
 
 #include "ps/hash.h"
 #include "ps/index.h"
+#include "ps/map.h"
 
 /**************************************************************************
  * index.c
@@ -33,25 +34,34 @@ typedef struct ps__plist {
 } ps__plist;
 
 typedef struct ps__term {
-    uint32_t str;              /* offset of the NUL-terminated term in dict strs */
+    uint32_t str;              /* offset of the NUL-terminated term in dict.map.keys.p */
     uint32_t len;              /* bytes, without the NUL */
     uint32_t list[PS_NFIELDS]; /* list number per field, PS_NOLIST if none */
 } ps__term;
 
-/* Term dictionary: open addressing over term numbers, strings in one arena. */
+/* Term dictionary: term bytes -> term number in a byte-keyed ps_map, which also owns the
+ * strings (terms are never removed, so their offsets in the map's keys stay put). */
 typedef struct ps__dict {
-    char *strs;
-    size_t strs_len, strs_cap;
+    ps_map map; /* value: term number */
     ps__term *terms;
     uint32_t nterms, terms_cap;
-    uint32_t *slots; /* term number + 1, 0 = empty */
-    uint32_t mask;   /* slots - 1 (power of two) */
 } ps__dict;
 
 int ps__dict_init(ps__dict *d, uint32_t cap);
 void ps__dict_free(ps__dict *d);
-/* Term number of the `len` bytes at s, or -1. */
-int64_t ps__dict_find(const ps__dict *d, const char *s, size_t len);
+
+/* Term number of the `len` bytes at s, or -1. Inline: the query path looks up every token. */
+static inline int64_t ps__dict_find(const ps__dict *d, const char *s, size_t len)
+{
+    const uint64_t *v = ps_map_bytes_get(&d->map, s, len);
+    return v ? (int64_t)*v : -1;
+}
+
+/* The NUL-terminated bytes of term t; valid until the next intern. */
+static inline const char *ps__dict_str(const ps__dict *d, uint32_t t)
+{
+    return d->map.keys.p + d->terms[t].str;
+}
 /* Term number of s, adding it (lists all PS_NOLIST) when new; -1 on out of memory. */
 int64_t ps__dict_intern(ps__dict *d, const char *s, size_t len);
 

@@ -24,6 +24,7 @@
 #include "ps/store.h"
 #include "ps_int.h"
 #include "ps/alloc.h"
+#include "ps/buf.h"
 
 struct ps_store {
     rocksdb_t *db;
@@ -36,67 +37,8 @@ struct ps_store {
 };
 
 /**************************************************************************
- * Byte helpers
+ * Byte readers (the writer is ps_buf, ps/buf.h)
  */
-
-typedef struct buf {
-    uint8_t *p;
-    size_t n, cap;
-    int oom;
-} buf;
-
-static void buf_need(buf *b, size_t extra)
-{
-    if (b->oom || b->n + extra <= b->cap) return;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->n + extra) cap *= 2;
-    uint8_t *p = ps_realloc(b->p, cap);
-    if (!p) {
-        b->oom = 1;
-        return;
-    }
-    b->p = p;
-    b->cap = cap;
-}
-
-static void buf_put(buf *b, const void *src, size_t n)
-{
-    if (n == 0) return;
-    buf_need(b, n);
-    if (b->oom) return;
-    memcpy(b->p + b->n, src, n);
-    b->n += n;
-}
-
-static void buf_u32le(buf *b, uint32_t v)
-{
-    uint8_t x[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
-    buf_put(b, x, 4);
-}
-
-static void buf_u64le(buf *b, uint64_t v)
-{
-    buf_u32le(b, (uint32_t)v);
-    buf_u32le(b, (uint32_t)(v >> 32));
-}
-
-static void buf_f32le(buf *b, float f)
-{
-    uint32_t v;
-    memcpy(&v, &f, 4);
-    buf_u32le(b, v);
-}
-
-static void buf_varint(buf *b, uint64_t v)
-{
-    uint8_t x[10];
-    size_t n = 0;
-    do {
-        x[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
-        v >>= 7;
-    } while (v);
-    buf_put(b, x, n);
-}
 
 static uint32_t rd_u32le(const uint8_t *p)
 {
@@ -148,16 +90,17 @@ static void key_doc(uint8_t k[5], char prefix, uint32_t doc)
 typedef struct wctx {
     rocksdb_sstfilewriter_t *w;
     char *rerr;
-    buf key, val;
+    ps_buf key, val; /* the record being written */
 } wctx;
 
 static int put(wctx *c, ps_err *err)
 {
-    if (c->key.oom || c->val.oom) return ps_err_set(err, PS_ENOMEM, "out of memory writing index");
+    if (c->key.rc || c->val.rc) return ps_err_set(err, PS_ENOMEM, "out of memory writing index");
     rocksdb_sstfilewriter_put(c->w, (const char *)c->key.p, c->key.n, (const char *)c->val.p,
                               c->val.n, &c->rerr);
     if (c->rerr) return ps_err_set(err, PS_ESTORE, "writing SST: %s", c->rerr);
-    c->key.n = c->val.n = 0;
+    ps_buf_reset(&c->key);
+    ps_buf_reset(&c->val);
     return 0;
 }
 
@@ -173,7 +116,7 @@ static int cmp_lref(const void *a, const void *b)
     if (x->field != y->field) return x->field < y->field ? -1 : 1;
     const ps__term *tx = &x->ix->dict.terms[x->term], *ty = &y->ix->dict.terms[y->term];
     size_t n = tx->len < ty->len ? tx->len : ty->len;
-    int c = memcmp(x->ix->dict.strs + tx->str, y->ix->dict.strs + ty->str, n);
+    int c = memcmp(ps__dict_str(&x->ix->dict, x->term), ps__dict_str(&y->ix->dict, y->term), n);
     if (c) return c;
     return (tx->len > ty->len) - (tx->len < ty->len);
 }
@@ -225,28 +168,29 @@ static int write_index(wctx *c, const ps_store_input *in, ps_err *err)
 
     for (uint32_t d = 0; d < ix->ndocs; d++) { /* D */
         key_doc(k, 'D', d);
-        buf_put(&c->key, k, 5);
-        buf_u64le(&c->val, ix->ids[d]);
-        buf_f32le(&c->val, ix->utility[d]);
-        for (int f = 0; f < PS_NFIELDS; f++) buf_u32le(&c->val, ix->dl[(size_t)d * PS_NFIELDS + f]);
+        ps_buf_add(&c->key, k, 5);
+        ps_buf_u64le(&c->val, ix->ids[d]);
+        ps_buf_f32le(&c->val, ix->utility[d]);
+        for (int f = 0; f < PS_NFIELDS; f++)
+            ps_buf_u32le(&c->val, ix->dl[(size_t)d * PS_NFIELDS + f]);
         if ((rc = put(c, err))) return rc;
     }
     if (in->info_json) { /* I */
-        buf_put(&c->key, "I", 1);
-        buf_put(&c->val, in->info_json, strlen(in->info_json));
+        ps_buf_add(&c->key, "I", 1);
+        ps_buf_add(&c->val, in->info_json, strlen(in->info_json));
         if ((rc = put(c, err))) return rc;
     }
     /* M */
-    buf_put(&c->key, "M", 1);
-    buf_put(&c->val, "PSIX", 4);
-    buf_u32le(&c->val, PS_STORE_FORMAT);
-    buf_u32le(&c->val, ix->ndocs);
-    buf_u32le(&c->val, ix->dim);
-    buf_u32le(&c->val, ix->nlists);
-    buf_u64le(&c->val, ix->npostings);
+    ps_buf_add(&c->key, "M", 1);
+    ps_buf_add(&c->val, "PSIX", 4);
+    ps_buf_u32le(&c->val, PS_STORE_FORMAT);
+    ps_buf_u32le(&c->val, ix->ndocs);
+    ps_buf_u32le(&c->val, ix->dim);
+    ps_buf_u32le(&c->val, ix->nlists);
+    ps_buf_u64le(&c->val, ix->npostings);
     for (int f = 0; f < PS_NFIELDS; f++) {
-        buf_u32le(&c->val, ix->fs[f].ndocs);
-        buf_u64le(&c->val, ix->fs[f].ntokens);
+        ps_buf_u32le(&c->val, ix->fs[f].ndocs);
+        ps_buf_u64le(&c->val, ix->fs[f].ntokens);
     }
     if ((rc = put(c, err))) return rc;
 
@@ -262,14 +206,14 @@ static int write_index(wctx *c, const ps_store_input *in, ps_err *err)
         const ps__term *term = &ix->dict.terms[refs[r].term];
         const ps__plist *pl = &ix->lists[term->list[refs[r].field]];
         uint8_t f = refs[r].field;
-        buf_put(&c->key, "P", 1);
-        buf_put(&c->key, &f, 1);
-        buf_put(&c->key, ix->dict.strs + term->str, term->len);
-        buf_varint(&c->val, pl->n);
-        buf_varint(&c->val, pl->df);
+        ps_buf_add(&c->key, "P", 1);
+        ps_buf_add(&c->key, &f, 1);
+        ps_buf_add(&c->key, ps__dict_str(&ix->dict, refs[r].term), term->len);
+        ps_buf_varint(&c->val, pl->n);
+        ps_buf_varint(&c->val, pl->df);
         uint32_t prev = 0;
         for (uint32_t i = 0; i < pl->n; i++) {
-            buf_varint(&c->val, ix->pdocs[pl->off + i] - prev);
+            ps_buf_varint(&c->val, ix->pdocs[pl->off + i] - prev);
             prev = ix->pdocs[pl->off + i];
         }
         /* tf is not kept in memory: recover it from ptfn, which is monotone in tf. */
@@ -279,7 +223,7 @@ static int write_index(wctx *c, const ps_store_input *in, ps_err *err)
             float want = ix->ptfn[pl->off + i];
             uint32_t tf = 1;
             while (tf < dl && ps__tfn(tf, dl, ix->fs[f].avgdl) < want) tf++;
-            buf_varint(&c->val, tf);
+            ps_buf_varint(&c->val, tf);
         }
         if ((rc = put(c, err))) {
             ps_free(refs);
@@ -290,13 +234,13 @@ static int write_index(wctx *c, const ps_store_input *in, ps_err *err)
 
     for (uint32_t d = 0; d < ix->ndocs; d++) { /* T */
         key_doc(k, 'T', d);
-        buf_put(&c->key, k, 5);
+        ps_buf_add(&c->key, k, 5);
         for (int f = 0; f < PS_NFIELDS; f++) {
             size_t len = 0;
             const char *t = in->text ? in->text(in->text_ctx, d, f, &len) : NULL;
             if (!t) len = 0;
-            buf_varint(&c->val, len);
-            buf_put(&c->val, t, len);
+            ps_buf_varint(&c->val, len);
+            ps_buf_add(&c->val, t, len);
         }
         if ((rc = put(c, err))) return rc;
     }
@@ -320,9 +264,9 @@ static int write_profiles(wctx *c, const ps_store_input *in, ps_err *err)
                 break;
             }
             if ((rc = ps_profile_encode(&in->profiles[u[i].i], &pb, &plen, err))) break;
-            buf_put(&c->key, "U", 1);
-            buf_put(&c->key, u[i].user, strlen(u[i].user));
-            buf_put(&c->val, pb, plen);
+            ps_buf_add(&c->key, "U", 1);
+            ps_buf_add(&c->key, u[i].user, strlen(u[i].user));
+            ps_buf_add(&c->val, pb, plen);
             ps_free(pb);
             rc = put(c, err);
         }
@@ -343,8 +287,8 @@ static int write_ids(wctx *c, const ps_store_input *in, ps_err *err)
     for (uint32_t i = 0; i < ix->ndocs && !rc; i++) {
         uint8_t xk[9] = {'X'};
         for (int j = 0; j < 8; j++) xk[1 + j] = (uint8_t)(ids[i].id >> (56 - 8 * j));
-        buf_put(&c->key, xk, 9);
-        buf_u32le(&c->val, ids[i].doc);
+        ps_buf_add(&c->key, xk, 9);
+        ps_buf_u32le(&c->val, ids[i].doc);
         rc = put(c, err);
     }
     ps_free(ids);
@@ -420,8 +364,8 @@ out:
     if (rc) remove(sst);
     ps_free(rerr);
     ps_free(c.rerr);
-    ps_free(c.key.p);
-    ps_free(c.val.p);
+    ps_buf_free(&c.key);
+    ps_buf_free(&c.val);
     rocksdb_sstfilewriter_destroy(c.w);
     rocksdb_options_destroy(o);
     rocksdb_envoptions_destroy(eo);

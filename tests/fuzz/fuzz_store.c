@@ -117,7 +117,7 @@ static void search(const ps_index_t *ix)
     uint32_t pick[3] = {0, nt / 2, nt ? nt - 1 : 0};
     for (int i = 0; i < 3 && nt; i++) {
         const ps__term *t = &ix->dict.terms[pick[i]];
-        if (ps_tokens_push(&tok, ix->dict.strs + t->str, t->len)) abort();
+        if (ps_tokens_push(&tok, ps__dict_str(&ix->dict, pick[i]), t->len)) abort();
     }
     ps_tokens_distinct(&tok);
     ps_search_opts o;
