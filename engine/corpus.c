@@ -13,9 +13,9 @@
  * npy.c holds the binary embedding matrix format.
  */
 #include "ps/corpus.h"
-#include "ps/hash.h"
 #include "ps/alloc.h"
 #include "ps/buf.h"
+#include "ps/map.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -807,14 +807,13 @@ int ps_sticker_write(FILE *f, const ps_sticker_rec *r, ps_err *err)
 /**************************************************************************
  * Click log
  *
- * Users and queries are interned in open-addressing hash tables of string indices (slot value
- * index + 1, 0 = empty), kept at most half full. The tables live in log->tab, built lazily, so
- * a zeroed or hand-filled ps_clicklog works with ps_clicklog_add too.
+ * Users and queries are interned through byte-keyed ps_maps (string -> index). The maps live
+ * in log->tab, built lazily, so a zeroed or hand-filled ps_clicklog works with ps_clicklog_add
+ * too.
  */
 typedef struct strtab {
-    uint32_t *slot;
-    size_t mask; /* slots - 1 */
-    size_t cap;  /* capacity of the string array */
+    ps_map index; /* string -> its index in the string array */
+    size_t cap;   /* capacity of the string array */
 } strtab;
 
 struct ps__clicklog_tab {
@@ -822,24 +821,16 @@ struct ps__clicklog_tab {
     size_t ccap; /* capacity of the click arrays */
 };
 
-/* Rebuild t's slots for n strings with room to double before the next rebuild. */
-static int strtab_rehash(strtab *t, char **strs, size_t n)
+/* Index the n strings already in strs (a hand-made duplicate keeps its first index). */
+static int strtab_fill(strtab *t, char **strs, size_t n)
 {
-    size_t size = 16;
-    while (size < 2 * (n + 1)) size *= 2;
-    uint32_t *slot = ps_calloc(size, sizeof *slot);
-    if (!slot) return -1;
+    ps_map_init(&t->index, PS_MAP_BYTES);
     for (size_t j = 0; j < n; j++) {
-        size_t i = ps_hash_bytes(strs[j], strlen(strs[j])) & (size - 1);
-        while (slot[i]) {
-            if (strcmp(strs[slot[i] - 1], strs[j]) == 0) break; /* hand-made duplicate */
-            i = (i + 1) & (size - 1);
-        }
-        if (!slot[i]) slot[i] = (uint32_t)(j + 1);
+        uint64_t *v;
+        int rc = ps_map_bytes_add(&t->index, strs[j], strlen(strs[j]), &v);
+        if (rc < 0) return rc;
+        if (rc == 1) *v = j;
     }
-    ps_free(t->slot);
-    t->slot = slot;
-    t->mask = size - 1;
     return 0;
 }
 
@@ -847,14 +838,11 @@ static int strtab_rehash(strtab *t, char **strs, size_t n)
 static int intern(strtab *t, char ***strs, size_t *n, const char *s, const char *what,
                   uint32_t *out, ps_err *err)
 {
-    size_t i = ps_hash_bytes(s, strlen(s)) & t->mask;
-    while (t->slot[i]) {
-        uint32_t j = t->slot[i] - 1;
-        if (strcmp((*strs)[j], s) == 0) {
-            *out = j;
-            return 0;
-        }
-        i = (i + 1) & t->mask;
+    size_t len = strlen(s);
+    const uint64_t *v = ps_map_bytes_get(&t->index, s, len);
+    if (v) {
+        *out = (uint32_t)*v;
+        return 0;
     }
     if (*n >= UINT32_MAX - 1)
         return ps_err_set(err, PS_ETOOBIG, "more than %u distinct %s", UINT32_MAX - 1, what);
@@ -867,12 +855,21 @@ static int intern(strtab *t, char ***strs, size_t *n, const char *s, const char 
     }
     char *copy = ps_strdup(s);
     if (!copy) return ps_err_set(err, PS_ENOMEM, "out of memory interning %s", what);
-    (*strs)[*n] = copy;
-    t->slot[i] = (uint32_t)(*n + 1);
-    *out = (uint32_t)(*n)++;
-    if (2 * (*n + 1) > t->mask + 1 && strtab_rehash(t, *strs, *n))
+    if (ps_map_bytes_put(&t->index, s, len, *n)) {
+        ps_free(copy);
         return ps_err_set(err, PS_ENOMEM, "out of memory interning %s", what);
+    }
+    (*strs)[*n] = copy;
+    *out = (uint32_t)(*n)++;
     return 0;
+}
+
+static void clicklog_tab_free(struct ps__clicklog_tab *t)
+{
+    if (!t) return;
+    ps_map_free(&t->users.index);
+    ps_map_free(&t->queries.index);
+    ps_free(t);
 }
 
 static int clicklog_tab(ps_clicklog *log, ps_err *err)
@@ -882,11 +879,9 @@ static int clicklog_tab(ps_clicklog *log, ps_err *err)
     t->ccap = log->n;
     t->users.cap = log->nusers;
     t->queries.cap = log->nqueries;
-    if (strtab_rehash(&t->users, log->users, log->nusers) ||
-        strtab_rehash(&t->queries, log->queries, log->nqueries)) {
-        ps_free(t->users.slot);
-        ps_free(t->queries.slot);
-        ps_free(t);
+    if (strtab_fill(&t->users, log->users, log->nusers) ||
+        strtab_fill(&t->queries, log->queries, log->nqueries)) {
+        clicklog_tab_free(t);
         return ps_err_set(err, PS_ENOMEM, "out of memory for the click log tables");
     }
     log->tab = t;
@@ -942,11 +937,7 @@ void ps_clicklog_free(ps_clicklog *log)
     ps_free(log->user);
     ps_free(log->query);
     ps_free(log->sticker);
-    if (log->tab) {
-        ps_free(log->tab->users.slot);
-        ps_free(log->tab->queries.slot);
-        ps_free(log->tab);
-    }
+    clicklog_tab_free(log->tab);
     memset(log, 0, sizeof *log);
 }
 

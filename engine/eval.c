@@ -4,13 +4,13 @@
  * A group's ground truth is turned into a sorted, duplicate-free set once (on the stack for
  * small sets, which is every realistic group), and each cut-off then walks the top k of the
  * ranking with a binary search per item. A truth id counts once, at its first position in
- * the ranking. ps_eval_t keeps one row of sums per user, found through an open-addressing
- * table keyed by user number, and macro-averages at the end: first over a user's groups, then
+ * the ranking. ps_eval_t keeps one row of sums per user, found through a ps_map keyed by
+ * user number, and macro-averages at the end: first over a user's groups, then
  * over users in the order they were first seen.
  */
 #include "ps/eval.h"
-#include "ps/hash.h"
 #include "ps/alloc.h"
+#include "ps/map.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -135,8 +135,7 @@ struct ps_eval {
     size_t nks;
     user_sums *row; /* users in first-seen order */
     size_t nrows, caprows;
-    uint32_t *slot; /* hash table: row index + 1, 0 = empty */
-    size_t mask;
+    ps_map rows; /* user -> row index */
 };
 
 ps_eval_t *ps_eval_new(const size_t *ks, size_t nks, ps_err *err)
@@ -157,8 +156,7 @@ ps_eval_t *ps_eval_new(const size_t *ks, size_t nks, ps_err *err)
     if (!(e = ps_calloc(1, sizeof *e))) goto err;
     memcpy(e->ks, ks, nks * sizeof *ks);
     e->nks = nks;
-    e->mask = 15;
-    if (!(e->slot = ps_calloc(e->mask + 1, sizeof *e->slot))) goto err;
+    ps_map_init(&e->rows, PS_MAP_U64);
     return e;
 
 err:
@@ -171,40 +169,16 @@ void ps_eval_free(ps_eval_t *e)
 {
     if (!e) return;
     ps_free(e->row);
-    ps_free(e->slot);
+    ps_map_free(&e->rows);
     ps_free(e);
-}
-
-/* Double the table and reinsert every row. */
-static int grow_table(ps_eval_t *e)
-{
-    size_t mask = e->mask * 2 + 1;
-    uint32_t *slot = ps_calloc(mask + 1, sizeof *slot);
-    if (!slot) return PS_ENOMEM;
-    for (size_t r = 0; r < e->nrows; r++) {
-        size_t s = (size_t)ps_hash_u64(e->row[r].user) & mask;
-        while (slot[s]) s = (s + 1) & mask;
-        slot[s] = (uint32_t)(r + 1);
-    }
-    ps_free(e->slot);
-    e->slot = slot;
-    e->mask = mask;
-    return 0;
 }
 
 /* The row of `user`, created on first sight; NULL when out of memory. */
 static user_sums *user_row(ps_eval_t *e, uint32_t user)
 {
-    size_t s = (size_t)ps_hash_u64(user) & e->mask;
-    for (; e->slot[s]; s = (s + 1) & e->mask)
-        if (e->row[e->slot[s] - 1].user == user) return &e->row[e->slot[s] - 1];
-
+    uint64_t *r = ps_map_u64_get(&e->rows, user);
+    if (r) return &e->row[*r];
     if (e->nrows >= UINT32_MAX - 1) return NULL;
-    if ((e->nrows + 1) * 2 > e->mask + 1) {
-        if (grow_table(e) < 0) return NULL;
-        s = (size_t)ps_hash_u64(user) & e->mask;
-        while (e->slot[s]) s = (s + 1) & e->mask;
-    }
     if (e->nrows == e->caprows) {
         size_t cap = e->caprows ? e->caprows * 2 : 8;
         user_sums *row = ps_realloc(e->row, cap * sizeof *row);
@@ -212,10 +186,10 @@ static user_sums *user_row(ps_eval_t *e, uint32_t user)
         e->row = row;
         e->caprows = cap;
     }
+    if (ps_map_u64_put(&e->rows, user, e->nrows)) return NULL;
     memset(&e->row[e->nrows], 0, sizeof *e->row);
     e->row[e->nrows].user = user;
-    e->slot[s] = (uint32_t)(++e->nrows);
-    return &e->row[e->nrows - 1];
+    return &e->row[e->nrows++];
 }
 
 int ps_eval_add(ps_eval_t *e, uint32_t user, const uint64_t *ranked, size_t nranked,
