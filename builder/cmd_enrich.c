@@ -53,6 +53,7 @@
 #include "pipeline.h"
 #include "ps/corpus.h"
 #include "ps/log.h"
+#include "ps/map.h"
 
 #define ENRICH_MAX_BYTES_DEFAULT  (20u << 20) /* 20 MiB */
 #define ENRICH_MAX_PIXELS_DEFAULT 40000000ull /* 40 megapixels */
@@ -350,32 +351,18 @@ static int load_manifest(enrich *e, ps_err *err)
     return rc;
 }
 
-/* id -> item, open addressing; NULL-free table of item indexes + 1. */
-typedef struct idmap {
-    size_t *slot, mask;
-} idmap;
-
-static size_t id_slot(const idmap *m, const item *items, uint64_t id)
+/* id -> item index; a repeated id is marked on the later item and maps to the first. Out of
+ * memory aborts, like the rest of this command's setup. */
+static void idmap_build(ps_map *m, item *items, size_t n)
 {
-    size_t i = (size_t)((id * 0x9E3779B97F4A7C15ull) >> 17) & m->mask;
-    while (m->slot[i] && items[m->slot[i] - 1].id != id) i = (i + 1) & m->mask;
-    return i;
-}
-
-static void idmap_build(idmap *m, item *items, size_t n)
-{
-    size_t cap = 16;
-    while (cap < 2 * n + 2) cap *= 2;
-    m->slot = calloc(cap, sizeof *m->slot);
-    if (!m->slot) abort();
-    m->mask = cap - 1;
+    ps_map_init(m, PS_MAP_U64);
+    if (ps_map_reserve(m, n)) abort();
     for (size_t i = 0; i < n; i++) {
-        size_t s = id_slot(m, items, items[i].id);
-        if (m->slot[s])
-            snprintf(items[i].dup, sizeof items[i].dup, "id also of %.40s",
-                     items[m->slot[s] - 1].image);
+        uint64_t *v;
+        if (ps_map_u64_add(m, items[i].id, &v) == 0) /* reserved: cannot fail */
+            snprintf(items[i].dup, sizeof items[i].dup, "id also of %.40s", items[*v].image);
         else
-            m->slot[s] = i + 1;
+            *v = i;
     }
 }
 
@@ -412,7 +399,7 @@ static void item_set_state(item *it, json_t *rec)
 }
 
 /* Read OUT/state/done.jsonl into items[].state; returns the number of lines taken. */
-static size_t state_load(enrich *e, const idmap *m, const char *path)
+static size_t state_load(enrich *e, const ps_map *m, const char *path)
 {
     FILE *f = fopen(path, "rb");
     if (!f) return 0;
@@ -427,12 +414,12 @@ static size_t state_load(enrich *e, const idmap *m, const char *path)
             json_decref(o);
             continue;
         }
-        size_t s = id_slot(m, e->items, id);
-        if (!m->slot[s]) {
+        const uint64_t *v = ps_map_u64_get(m, id);
+        if (!v) {
             json_decref(o); /* a sticker no longer in the input */
             continue;
         }
-        item_set_state(&e->items[m->slot[s] - 1], o);
+        item_set_state(&e->items[*v], o);
         taken++;
     }
     free(line);
@@ -1155,7 +1142,7 @@ int builder_cmd_enrich(int argc, char **argv)
     }
     e.mcfg.prompt_keywords = prompt_kw;
     e.mcfg.prompt_describe = prompt_desc;
-    idmap m = {0};
+    ps_map m = PS_MAP_INIT(PS_MAP_U64);
     int rc = 1;
     char path[4200];
     e.t0 = builder_now();
@@ -1241,7 +1228,7 @@ out:
     }
     free(e.items);
     free(e.todo);
-    free(m.slot);
+    ps_map_free(&m);
     free(prompt_kw);
     free(prompt_desc);
     prompt_kw = prompt_desc = NULL;

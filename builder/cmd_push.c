@@ -31,6 +31,7 @@
 #include "builder.h"
 #include "pipeline.h"
 #include "ps/admin.h"
+#include "ps/buf.h"
 #include "ps/curve.h"
 #include "ps/log.h"
 #include "ps/wire.h"
@@ -153,29 +154,28 @@ typedef struct admin_conn {
     struct curl_slist *hdrs; /* holds the token: wiped before it is freed */
     char *url;               /* BASE/admin/load-profiles */
     long timeout_ms;
-    char *reply; /* the last reply's body, NUL-terminated, at most REPLY_MAX bytes */
-    size_t reply_len;
+    ps_buf reply; /* the last reply's body, NUL-terminated, at most REPLY_MAX bytes */
 } admin_conn;
 
 static size_t on_reply(char *p, size_t size, size_t n, void *arg)
 {
     admin_conn *a = arg;
-    size_t len = size * n, take = a->reply_len + len > REPLY_MAX ? REPLY_MAX - a->reply_len : len;
-    char *r = realloc(a->reply, a->reply_len + take + 1);
-    if (!r) return 0; /* libcurl fails the transfer */
-    memcpy(r + a->reply_len, p, take);
-    a->reply = r;
-    a->reply_len += take;
-    r[a->reply_len] = '\0';
-    return len;
+    size_t len = size * n, take = a->reply.n + len > REPLY_MAX ? REPLY_MAX - a->reply.n : len;
+    ps_buf_add(&a->reply, p, take);
+    return a->reply.rc ? 0 : len; /* out of memory: libcurl fails the transfer */
+}
+
+/* Before a transfer: no body, and no error left from the last one. */
+static void reply_clear(admin_conn *a)
+{
+    ps_buf_free(&a->reply);
 }
 
 /* Drop the reply's trailing newline (messages quote it). */
 static void reply_trim(admin_conn *a)
 {
-    while (a->reply_len &&
-           (a->reply[a->reply_len - 1] == '\n' || a->reply[a->reply_len - 1] == '\r'))
-        a->reply[--a->reply_len] = '\0';
+    while (a->reply.n && (a->reply.p[a->reply.n - 1] == '\n' || a->reply.p[a->reply.n - 1] == '\r'))
+        a->reply.p[--a->reply.n] = '\0';
 }
 
 static void admin_close(admin_conn *a)
@@ -184,7 +184,7 @@ static void admin_close(admin_conn *a)
     curl_slist_free_all(a->hdrs);
     if (a->curl) curl_easy_cleanup(a->curl);
     free(a->url);
-    free(a->reply);
+    ps_buf_free(&a->reply);
     memset(a, 0, sizeof *a);
 }
 
@@ -231,13 +231,13 @@ static int admin_open(admin_conn *a, const char *base, const char *token, long t
 /* The message of a JSON error reply, or the start of whatever came back. */
 static void reply_message(const admin_conn *a, char *out, size_t cap)
 {
-    json_t *j = a->reply ? json_loads(a->reply, 0, NULL) : NULL;
+    json_t *j = a->reply.p ? json_loads(a->reply.p, 0, NULL) : NULL;
     const char *code = NULL, *msg = NULL;
     if (j) json_unpack(j, "{s:{s?s, s?s}}", "error", "code", &code, "message", &msg);
     if (msg)
         snprintf(out, cap, "%s: %s", code ? code : "error", msg);
     else
-        snprintf(out, cap, "%.200s", a->reply ? a->reply : "(no body)");
+        snprintf(out, cap, "%.200s", a->reply.p ? a->reply.p : "(no body)");
     json_decref(j);
 }
 
@@ -250,8 +250,7 @@ static int admin_post(admin_conn *a, const uint8_t *frames, size_t len, size_t u
     for (int attempt = 1; attempt <= ADMIN_TRIES; attempt++) {
         char msg[512];
         long status = 0;
-        a->reply_len = 0;
-        if (a->reply) a->reply[0] = '\0';
+        reply_clear(a);
         curl_easy_setopt(a->curl, CURLOPT_POSTFIELDS, (const char *)frames);
         curl_easy_setopt(a->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
         CURLcode cc = curl_easy_perform(a->curl);
@@ -261,12 +260,12 @@ static int admin_post(admin_conn *a, const uint8_t *frames, size_t len, size_t u
             rc = ps_err_set(err, cc == CURLE_OPERATION_TIMEDOUT ? PS_ETIMEDOUT : PS_EUNAVAIL,
                             "%s: %s", a->url, curl_easy_strerror(cc));
         } else if (status == 200) {
-            json_t *j = json_loads(a->reply ? a->reply : "", 0, NULL);
+            json_t *j = json_loads(a->reply.p ? a->reply.p : "", 0, NULL);
             json_int_t n = -1, s = -1;
             if (!j || json_unpack(j, "{s:I, s:I}", "users", &n, "seq", &s) ||
                 n != (json_int_t)users)
                 rc = ps_err_set(err, PS_EPARSE, "%s: unexpected answer to %zu users: %.200s",
-                                a->url, users, a->reply ? a->reply : "");
+                                a->url, users, a->reply.p ? a->reply.p : "");
             else
                 *seq = (uint64_t)s;
             json_decref(j);
@@ -302,7 +301,7 @@ static int admin_preflight(admin_conn *a, ps_err *err)
     snprintf(health, sizeof health, "%.*s/healthz", (int)ul, a->url);
     CURL *c = curl_easy_init();
     if (!c) return ps_err_set(err, PS_ENOMEM, "out of memory (libcurl)");
-    a->reply_len = 0;
+    reply_clear(a);
     curl_easy_setopt(c, CURLOPT_URL, health);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, a->timeout_ms);
@@ -314,15 +313,15 @@ static int admin_preflight(admin_conn *a, ps_err *err)
     reply_trim(a);
     if (cc != CURLE_OK)
         return ps_err_set(err, PS_EUNAVAIL, "%s: %s", health, curl_easy_strerror(cc));
-    json_t *j = status == 200 && a->reply ? json_loads(a->reply, 0, NULL) : NULL;
+    json_t *j = status == 200 && a->reply.p ? json_loads(a->reply.p, 0, NULL) : NULL;
     const char *role = NULL;
     if (j) json_unpack(j, "{s:s}", "role", &role);
     int primary = role && !strcmp(role, "primary");
     json_decref(j);
     if (!primary)
         return ps_err_set(err, PS_EINVAL, "%s: HTTP %ld, not a profile primary: %.200s", health,
-                          status, a->reply ? a->reply : "");
-    a->reply_len = 0;
+                          status, a->reply.p ? a->reply.p : "");
+    reply_clear(a);
     curl_easy_setopt(a->curl, CURLOPT_POSTFIELDS, "");
     curl_easy_setopt(a->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
     if ((cc = curl_easy_perform(a->curl)) != CURLE_OK)
@@ -338,23 +337,14 @@ static int admin_preflight(admin_conn *a, ps_err *err)
                       "%s: HTTP %ld: %s", a->url, status, msg);
 }
 
-/* Append a u32LE length and the frame to *batch. */
-static int append_frame(uint8_t **batch, size_t *len, size_t *cap, const uint8_t *f, size_t fl,
-                        ps_err *err)
+/* Append a u32LE length and the frame to batch. */
+static int append_frame(ps_buf *batch, const uint8_t *f, size_t fl, ps_err *err)
 {
-    if (*len + 4 + fl > *cap) {
-        size_t nc = *cap ? *cap : 1 << 20;
-        while (nc < *len + 4 + fl) nc *= 2;
-        uint8_t *p = realloc(*batch, nc);
-        if (!p) return ps_err_set(err, PS_ENOMEM, "out of memory for a batch of %zu bytes", nc);
-        *batch = p;
-        *cap = nc;
-    }
-    uint8_t *p = *batch + *len;
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(fl >> (8 * i));
-    memcpy(p + 4, f, fl);
-    *len += 4 + fl;
-    return 0;
+    ps_buf_u32le(batch, (uint32_t)fl);
+    ps_buf_add(batch, f, fl);
+    return batch->rc ? ps_err_set(err, PS_ENOMEM, "out of memory for a batch of %zu bytes",
+                                  batch->n + 4 + fl)
+                     : 0;
 }
 
 /* Every user of b through the admin port, `batch` users (at most BATCH_MAX_BYTES) a request.
@@ -363,30 +353,33 @@ static int push_admin(admin_conn *a, const builder_corpus *c, const builder_buil
                       uint32_t history, long timeout_ms, uint32_t batch, uint64_t *id,
                       size_t *nitems, uint64_t *seq, ps_err *err)
 {
-    uint8_t *buf = NULL, *frames = NULL;
-    size_t len = 0, flen = 0, fcap = 0, users = 0;
+    uint8_t *buf = NULL;
+    ps_buf frames = PS_BUF_INIT;
+    size_t len = 0, users = 0;
     int rc = 0;
     builder_progress pr;
     builder_progress_start(&pr, "push profiles", b->nusers, 1);
     for (size_t u = 0; u < b->nusers && !rc; u++) {
         if ((rc = pack_user(c, b, u, history, timeout_ms, ++*id, &buf, &len, nitems, err))) break;
-        if (users && flen + 4 + len > BATCH_MAX_BYTES) { /* send what is there first */
-            if ((rc = admin_post(a, frames, flen, users, seq, err))) break;
-            flen = users = 0;
+        if (users && frames.n + 4 + len > BATCH_MAX_BYTES) { /* send what is there first */
+            if ((rc = admin_post(a, (const uint8_t *)frames.p, frames.n, users, seq, err))) break;
+            ps_buf_reset(&frames);
+            users = 0;
         }
-        rc = append_frame(&frames, &flen, &fcap, buf, len, err);
+        rc = append_frame(&frames, buf, len, err);
         free(buf);
         buf = NULL;
         if (!rc && ++users == batch) {
-            rc = admin_post(a, frames, flen, users, seq, err);
-            flen = users = 0;
+            rc = admin_post(a, (const uint8_t *)frames.p, frames.n, users, seq, err);
+            ps_buf_reset(&frames);
+            users = 0;
         }
         if (!rc) builder_progress_tick(&pr, u + 1);
     }
-    if (!rc && users) rc = admin_post(a, frames, flen, users, seq, err);
+    if (!rc && users) rc = admin_post(a, (const uint8_t *)frames.p, frames.n, users, seq, err);
     if (!rc) builder_progress_end(&pr, b->nusers);
     free(buf);
-    free(frames);
+    ps_buf_free(&frames);
     return rc;
 }
 

@@ -90,9 +90,7 @@ builder_curlm_t *builder_curlm_new(int parallel, ps_err *err)
 
 void builder_curlm_xfer_clear(builder_curlm_xfer *t)
 {
-    free(t->resp);
-    t->resp = NULL;
-    t->resp_len = 0;
+    ps_buf_free(&t->resp);
 }
 
 /* End t's easy handle and header list (wiped: it may hold a token). */
@@ -158,22 +156,15 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *ud)
 {
     builder_curlm_xfer *t = ud;
     size_t n = size * nmemb, keep = n;
-    if (n > t->cap - t->resp_len) {
+    if (n > t->cap - t->resp.n) {
         if (t->cap_fails) {
             t->too_big = 1;
             return 0; /* libcurl aborts the transfer with CURLE_WRITE_ERROR */
         }
-        keep = t->cap - t->resp_len;
+        keep = t->cap - t->resp.n;
     }
-    if (keep) {
-        char *p = realloc(t->resp, t->resp_len + keep + 1);
-        if (!p) return 0;
-        memcpy(p + t->resp_len, data, keep);
-        t->resp = p;
-        t->resp_len += keep;
-        p[t->resp_len] = '\0';
-    }
-    return n;
+    if (keep) ps_buf_add(&t->resp, data, keep);
+    return t->resp.rc ? 0 : n; /* out of memory: libcurl fails the transfer */
 }
 
 /* Start t. 0, or -1 (not started: cc and cerr say why). */

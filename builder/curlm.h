@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 
+#include "ps/buf.h"
 #include "ps/err.h"
 
 typedef struct builder_curlm builder_curlm_t;
@@ -43,9 +44,9 @@ struct builder_curlm_xfer {
     long status;      /* HTTP status (0 when cc != 0) */
     long retry_after; /* the Retry-After header in seconds, -1 when none */
     int too_big;      /* cap_fails and the response was longer than cap */
-    char *resp;       /* the response body, NUL-terminated, NULL when empty: the owner's until
-                         builder_curlm_add or builder_curlm_xfer_clear frees it */
-    size_t resp_len;
+    ps_buf resp;      /* the response body (resp.p NUL-terminated, NULL when empty; resp.n
+                         bytes): the owner's until builder_curlm_add or
+                         builder_curlm_xfer_clear frees it */
 
     /* ---- private to curlm.c ---- */
     void *easy;

@@ -32,7 +32,8 @@
 #include "gen.h"
 #include "ps/corpus.h"
 #include "pipeline.h"
-#include "ps/hash.h"
+#include "ps/buf.h"
+#include "ps/map.h"
 #include "ps/rand.h"
 
 #include <errno.h>
@@ -170,70 +171,14 @@ static void *xcalloc(size_t n, size_t size, ps_err *err, const char *what)
     return p;
 }
 
-/* Open-addressing set of nonzero uint64 keys. */
-typedef struct u64set {
-    uint64_t *slot;
-    size_t mask;
-} u64set;
-
-static int u64set_init(u64set *s, size_t n, ps_err *err)
+/* A set of u64 keys: a ps_map with the values unused, sized up front for every key so that
+ * adds after the init cannot fail. */
+static int u64set_init(ps_map *s, size_t n, ps_err *err)
 {
-    size_t cap = 16;
-    while (cap < 2 * n) cap <<= 1;
-    s->slot = xcalloc(cap, sizeof *s->slot, err, "a hash set");
-    s->mask = cap - 1;
-    return s->slot ? 0 : PS_ENOMEM;
-}
-
-static size_t u64set_home(const u64set *s, uint64_t key)
-{
-    return (size_t)ps_hash_u64(key) & s->mask;
-}
-
-static size_t u64set_find(const u64set *s, uint64_t key)
-{
-    size_t i = u64set_home(s, key);
-    while (s->slot[i] && s->slot[i] != key) i = (i + 1) & s->mask;
-    return i;
-}
-
-/* Returns 1 if inserted, 0 if already present. The caller sized the set for every key. */
-static int u64set_add(u64set *s, uint64_t key)
-{
-    size_t i = u64set_find(s, key);
-    if (s->slot[i]) return 0;
-    s->slot[i] = key;
-    return 1;
-}
-
-static int u64set_has(const u64set *s, uint64_t key)
-{
-    return s->slot[u64set_find(s, key)] != 0;
-}
-
-/* Remove with backward-shift deletion so probe chains stay intact. */
-static void u64set_del(u64set *s, uint64_t key)
-{
-    size_t i = u64set_find(s, key), j = i;
-    if (!s->slot[i]) return;
-    for (;;) {
-        s->slot[i] = 0;
-        for (;;) {
-            j = (j + 1) & s->mask;
-            if (!s->slot[j]) return;
-            size_t home = u64set_home(s, s->slot[j]);
-            /* Move slot[j] into the hole at i unless its home lies cyclically in (i, j]. */
-            if (i <= j ? (home <= i || home > j) : (home <= i && home > j)) break;
-        }
-        s->slot[i] = s->slot[j];
-        i = j;
-    }
-}
-
-static void u64set_free(u64set *s)
-{
-    free(s->slot);
-    s->slot = NULL;
+    ps_map_init(s, PS_MAP_U64);
+    if (ps_map_reserve(s, n))
+        return ps_err_set(err, PS_ENOMEM, "generate: out of memory allocating a hash set");
+    return 0;
 }
 
 /* Cumulative weights; draw returns the first index whose cumulative weight exceeds u·total. */
@@ -251,52 +196,31 @@ static size_t cdf_draw(const double *cdf, size_t n, ps_rng *r)
     return lo;
 }
 
-/* A growable byte buffer for one output line. */
-typedef struct buf {
-    char *p;
-    size_t n, cap;
-} buf;
-
-static int buf_reserve(buf *b, size_t more)
-{
-    if (b->n + more <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->n + more) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) return PS_ENOMEM;
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-static void buf_put(buf *b, const char *s, size_t n)
-{
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-}
-
-/* Append s as the inside of a JSON string. Reserves what it needs. */
-static int buf_json(buf *b, const char *s, size_t n)
+/* Append s to b as the inside of a JSON string. */
+static void buf_json(ps_buf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    if (buf_reserve(b, 6 * n)) return PS_ENOMEM;
+    if (ps_buf_reserve(b, 6 * n)) return;
+    char *o = b->p + b->n;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == '"' || c == '\\') {
-            b->p[b->n++] = '\\';
-            b->p[b->n++] = (char)c;
+            *o++ = '\\';
+            *o++ = (char)c;
         } else if (c == '\n') {
-            b->p[b->n++] = '\\';
-            b->p[b->n++] = 'n';
+            *o++ = '\\';
+            *o++ = 'n';
         } else if (c < 0x20) {
-            buf_put(b, "\\u00", 4);
-            b->p[b->n++] = hex[c >> 4];
-            b->p[b->n++] = hex[c & 15];
+            memcpy(o, "\\u00", 4);
+            o += 4;
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
         } else {
-            b->p[b->n++] = (char)c;
+            *o++ = (char)c;
         }
     }
-    return 0;
+    b->n = (size_t)(o - b->p);
+    b->p[b->n] = '\0';
 }
 
 static size_t utf8_chars(const char *s)
@@ -490,22 +414,22 @@ out:
 
 static int gen_ids(gen *g)
 {
-    u64set seen = {0};
+    ps_map seen = PS_MAP_INIT(PS_MAP_U64);
     ps_rng r;
     /* 19 digits and <= INT64_MAX, so JSON libraries with signed 64-bit integers read them. */
     const uint64_t base = 1000000000000000000ull, span = (uint64_t)INT64_MAX - base + 1;
 
     g->id = xmalloc(g->n * sizeof *g->id, g->err, "the sticker ids");
     if (!g->id || u64set_init(&seen, g->n, g->err)) {
-        free(seen.slot);
+        ps_map_free(&seen);
         return PS_ENOMEM;
     }
     ps_rng_seed(&r, g->cfg->seed, STREAM_IDS);
     for (size_t i = 0; i < g->n; i++) {
         do g->id[i] = base + ps_rng_below(&r, span);
-        while (!u64set_add(&seen, g->id[i]));
+        while (ps_map_u64_add(&seen, g->id[i], NULL) != 1);
     }
-    u64set_free(&seen);
+    ps_map_free(&seen);
     return 0;
 }
 
@@ -530,35 +454,34 @@ static uint32_t draw_phrase(gen *g, ps_rng *r, const series *se, double p_theme,
     }
 }
 
-static int put_phrases(buf *b, gen *g, const uint32_t *ph, int n)
+static void put_phrases(ps_buf *b, gen *g, const uint32_t *ph, int n)
 {
     for (int k = 0; k < n; k++) {
-        if (k && buf_json(b, "\n", 1)) return PS_ENOMEM;
-        if (buf_json(b, g->phrase[ph[k]], g->plen[ph[k]])) return PS_ENOMEM;
+        if (k) buf_json(b, "\n", 1);
+        buf_json(b, g->phrase[ph[k]], g->plen[ph[k]]);
     }
-    return 0;
 }
 
 /* Append a piece to the description if it fits in GEN_DESC_MAX characters. */
-static int desc_try(buf *d, size_t *chars, const char *s)
+static int desc_try(ps_buf *d, size_t *chars, const char *s)
 {
     size_t c = utf8_chars(s), n = strlen(s);
     if (*chars + c > GEN_DESC_MAX) return 0;
-    if (buf_reserve(d, n)) return -1;
-    buf_put(d, s, n);
+    ps_buf_add(d, s, n);
+    if (d->rc) return -1;
     *chars += c;
     return 1;
 }
 
 /* A VLM-style description: a subject from the series, then actions, quoted phrases and
  * filler until a drawn length of 15–40 characters is reached. */
-static int make_desc(gen *g, ps_rng *r, const series *se, const uint32_t *ocr, int nocr, buf *d)
+static int make_desc(gen *g, ps_rng *r, const series *se, const uint32_t *ocr, int nocr, ps_buf *d)
 {
     size_t chars = 0,
            target = GEN_DESC_MIN + (size_t)ps_rng_below(r, GEN_DESC_MAX - GEN_DESC_MIN + 1);
     int quoted = 0, misses = 0, rc;
 
-    d->n = 0;
+    ps_buf_reset(d);
     if (desc_try(d, &chars, desc_subjects[se->subject].measure) < 0 ||
         desc_try(d, &chars, desc_looks[se->look]) < 0 ||
         desc_try(d, &chars, desc_subjects[se->subject].noun) < 0)
@@ -582,9 +505,7 @@ static int make_desc(gen *g, ps_rng *r, const series *se, const uint32_t *ocr, i
             snprintf(piece, sizeof piece, "，%s", desc_fill[ps_rng_below(r, NELEM(desc_fill))]);
         }
         /* No piece twice ("，在笑，在笑"): a repeat counts as a miss. */
-        if (buf_reserve(d, 1)) return PS_ENOMEM;
-        d->p[d->n] = '\0';
-        rc = strstr(d->p, piece) ? 0 : desc_try(d, &chars, piece);
+        rc = strstr(d->p ? d->p : "", piece) ? 0 : desc_try(d, &chars, piece);
         if (rc < 0) return PS_ENOMEM;
         /* Nothing more fits: end with one character (the target is <= GEN_DESC_MAX). */
         if (rc == 0 && ++misses >= 4) {
@@ -599,7 +520,7 @@ static int make_desc(gen *g, ps_rng *r, const series *se, const uint32_t *ocr, i
 static int gen_corpus(gen *g, FILE *f, const char *path)
 {
     ps_rng r;
-    buf line = {0}, desc = {0};
+    ps_buf line = PS_BUF_INIT, desc = PS_BUF_INIT;
     builder_progress pr;
     int rc = 0;
 
@@ -614,7 +535,6 @@ static int gen_corpus(gen *g, FILE *f, const char *path)
         const series *se = &g->ser[g->sser[i]];
         uint32_t *ocr = g->ocr + 2 * i, *kw = g->kw + 4 * i, emo[2];
         int nocr = 0, nkw, nemo;
-        char head[64];
 
         g->quality[i] = (float)exp(GEN_QUALITY_SIGMA * ps_rng_normal(&r));
         if (ps_rng_unif(&r) < GEN_OCR_SHARE) nocr = ps_rng_unif(&r) < GEN_OCR_TWO ? 2 : 1;
@@ -633,23 +553,17 @@ static int gen_corpus(gen *g, FILE *f, const char *path)
         }
         if (make_desc(g, &r, se, ocr, nocr, &desc)) goto oom;
 
-        line.n = 0;
-        int hn =
-            snprintf(head, sizeof head, "{\"id\":%llu,\"ocr\":\"", (unsigned long long)g->id[i]);
-        if (buf_reserve(&line, (size_t)hn + 64)) goto oom;
-        buf_put(&line, head, (size_t)hn);
-        if (put_phrases(&line, g, ocr, nocr)) goto oom;
-        if (buf_reserve(&line, 16)) goto oom;
-        buf_put(&line, "\",\"keywords\":\"", 14);
-        if (put_phrases(&line, g, kw, nkw)) goto oom;
-        if (buf_reserve(&line, 16)) goto oom;
-        buf_put(&line, "\",\"desc\":\"", 10);
-        if (buf_json(&line, desc.p, desc.n)) goto oom;
-        if (buf_reserve(&line, 16)) goto oom;
-        buf_put(&line, "\",\"emotion\":\"", 13);
-        if (put_phrases(&line, g, emo, nemo)) goto oom;
-        if (buf_reserve(&line, 4)) goto oom;
-        buf_put(&line, "\"}\n", 3);
+        ps_buf_reset(&line);
+        ps_buf_printf(&line, "{\"id\":%llu,\"ocr\":\"", (unsigned long long)g->id[i]);
+        put_phrases(&line, g, ocr, nocr);
+        ps_buf_str(&line, "\",\"keywords\":\"");
+        put_phrases(&line, g, kw, nkw);
+        ps_buf_str(&line, "\",\"desc\":\"");
+        buf_json(&line, desc.p, desc.n);
+        ps_buf_str(&line, "\",\"emotion\":\"");
+        put_phrases(&line, g, emo, nemo);
+        ps_buf_str(&line, "\"}\n");
+        if (line.rc) goto oom;
         if (fwrite(line.p, 1, line.n, f) != line.n) {
             rc = ps_err_set(g->err, PS_EIO, "generate: writing %s: %s", path, strerror(errno));
             goto out;
@@ -661,8 +575,8 @@ static int gen_corpus(gen *g, FILE *f, const char *path)
 oom:
     rc = ps_err_set(g->err, PS_ENOMEM, "generate: out of memory formatting sticker lines");
 out:
-    free(line.p);
-    free(desc.p);
+    ps_buf_free(&line);
+    ps_buf_free(&desc);
     return rc;
 }
 
@@ -840,7 +754,7 @@ typedef struct clicklog {
     uint8_t *favq;   /* Q × U: a favourite series of user u has a sticker answering query j */
     pairv *pairs;    /* P */
     size_t np;
-    u64set pset;       /* keys j·U + u + 1 of the pairs so far */
+    ps_map pset;       /* keys j·U + u + 1 of the pairs so far */
     uint32_t *ucount;  /* U: pairs per user */
     double *w;         /* U: scratch weights */
     uint32_t *pclicks; /* P: clicks per pair */
@@ -854,7 +768,7 @@ static void clicklog_free(clicklog *L)
     free(L->qcdf);
     free(L->favq);
     free(L->pairs);
-    u64set_free(&L->pset);
+    ps_map_free(&L->pset);
     free(L->ucount);
     free(L->w);
     free(L->pclicks);
@@ -936,7 +850,7 @@ static double user_weight(const gen *g, const clicklog *L, size_t j, size_t u)
 static void add_pair(clicklog *L, uint32_t j, uint32_t u)
 {
     L->pairs[L->np++] = (pairv){j, u};
-    u64set_add(&L->pset, (uint64_t)j * L->U + u + 1);
+    ps_map_u64_add(&L->pset, (uint64_t)j * L->U + u + 1, NULL); /* reserved: cannot fail */
     L->ucount[u]++;
 }
 
@@ -946,7 +860,7 @@ static uint32_t draw_user(const gen *g, clicklog *L, ps_rng *r, uint32_t j)
 {
     double acc = 0;
     for (size_t u = 0; u < L->U; u++) {
-        int taken = u64set_has(&L->pset, (uint64_t)j * L->U + u + 1);
+        int taken = !!ps_map_u64_get(&L->pset, (uint64_t)j * L->U + u + 1);
         L->w[u] = acc += taken ? 0.0 : user_weight(g, L, j, u);
     }
     return acc > 0 ? (uint32_t)cdf_draw(L->w, L->U, r) : GEN_NONE;
@@ -976,10 +890,10 @@ static int pick_pairs(gen *g, clicklog *L, ps_rng *r)
         pairv *pv = &L->pairs[scan % L->np];
         if (L->ucount[pv->u] < 2) continue;
         uint32_t u = zero[--nzero];
-        u64set_del(&L->pset, (uint64_t)pv->q * U + pv->u + 1);
+        ps_map_u64_remove(&L->pset, (uint64_t)pv->q * U + pv->u + 1);
         L->ucount[pv->u]--;
         pv->u = u;
-        u64set_add(&L->pset, (uint64_t)pv->q * U + u + 1);
+        ps_map_u64_add(&L->pset, (uint64_t)pv->q * U + u + 1, NULL);
         L->ucount[u]++;
     }
     for (size_t z = 0; z < nzero; z++) {
@@ -1000,7 +914,7 @@ static int pick_pairs(gen *g, clicklog *L, ps_rng *r)
             /* Nearly saturated: take the next free (query, user) slot. */
             for (size_t k = 0; u == GEN_NONE; k++) {
                 size_t slot = ((size_t)j * U + k) % (Q * U);
-                if (!u64set_has(&L->pset, slot + 1)) {
+                if (!ps_map_u64_get(&L->pset, slot + 1)) {
                     j = (uint32_t)(slot / U);
                     u = (uint32_t)(slot % U);
                 }

@@ -468,18 +468,18 @@ static void req_done(builder_models_t *m, mreq *r, int rc, const char *fmt, ...)
 static void server_words(const builder_curlm_xfer *r, char *buf, size_t size)
 {
     buf[0] = '\0';
-    if (!r->resp_len) {
+    if (!r->resp.n) {
         snprintf(buf, size, "(empty body)");
         return;
     }
-    json_t *o = json_loadb(r->resp, r->resp_len, 0, NULL);
+    json_t *o = json_loadb(r->resp.p, r->resp.n, 0, NULL);
     json_t *e = json_object_get(o, "error");
     const char *s = json_string_value(json_object_get(e, "message"));
     if (!s) s = json_string_value(e);
     if (!s) s = json_string_value(json_object_get(o, "detail"));
     size_t n = 0;
-    const char *src = s ? s : r->resp;
-    size_t slen = s ? strlen(s) : r->resp_len;
+    const char *src = s ? s : r->resp.p;
+    size_t slen = s ? strlen(s) : r->resp.n;
     for (size_t i = 0; i < slen && n + 1 < size && n < 160; i++) {
         unsigned char c = (unsigned char)src[i];
         buf[n++] = c >= 0x20 && c != 0x7f ? (char)c : ' ';
@@ -533,11 +533,11 @@ static int take_reply(builder_models_t *m, mreq *r, ps_err *err)
     mjob *j = r->job;
     const builder_curlm_xfer *t = &r->t;
     if (r->kind == K_KEYWORDS)
-        return builder_parse_vlm_keywords(t->resp, t->resp_len, &j->keywords, err);
+        return builder_parse_vlm_keywords(t->resp.p, t->resp.n, &j->keywords, err);
     if (r->kind == K_DESCRIBE)
-        return builder_parse_vlm_describe(t->resp, t->resp_len, &j->desc, &j->emotion, err);
+        return builder_parse_vlm_describe(t->resp.p, t->resp.n, &j->desc, &j->emotion, err);
     uint32_t got = 0;
-    int rc = builder_parse_embedding(t->resp, t->resp_len, m->scratch, m->scratch_cap, &got, err);
+    int rc = builder_parse_embedding(t->resp.p, t->resp.n, m->scratch, m->scratch_cap, &got, err);
     if (rc) return rc;
     if (m->dim && got != m->dim)
         return ps_err_set(err, PS_EINVAL, "the embedding has %u dimensions, expected %u", got,

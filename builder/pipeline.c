@@ -12,7 +12,9 @@
 #include "pipeline.h"
 #include "ps/analyzer.h"
 #include "ps/log.h"
+#include "ps/buf.h"
 #include "ps/hash.h"
+#include "ps/map.h"
 
 double builder_now(void)
 {
@@ -146,39 +148,25 @@ void builder_built_free(builder_built *b)
     memset(b, 0, sizeof *b);
 }
 
-/* Row of each sticker id, open addressing (row + 1, 0 = empty). */
-typedef struct idmap {
-    uint32_t *slot;
-    uint32_t mask;
-    const ps_sticker_rec *recs;
-} idmap;
-
-static int idmap_build(idmap *m, const builder_corpus *c, ps_err *err)
+/* Row of each sticker id. */
+static int idmap_build(ps_map *m, const builder_corpus *c, ps_err *err)
 {
-    uint32_t n = 16;
-    while (n < c->n * 2) n <<= 1;
-    m->slot = calloc(n, sizeof *m->slot);
-    if (!m->slot) return ps_err_set(err, PS_ENOMEM, "out of memory mapping ids");
-    m->mask = n - 1;
-    m->recs = c->recs;
+    ps_map_init(m, PS_MAP_U64);
+    if (ps_map_reserve(m, c->n)) return ps_err_set(err, PS_ENOMEM, "out of memory mapping ids");
     for (size_t r = 0; r < c->n; r++) {
-        uint32_t i = (uint32_t)ps_hash_u64(c->recs[r].id) & m->mask;
-        for (; m->slot[i]; i = (i + 1) & m->mask)
-            if (c->recs[m->slot[i] - 1].id == c->recs[r].id)
-                return ps_err_set(err, PS_EINVAL,
-                                  "sticker id %llu appears on corpus rows %u and %zu",
-                                  (unsigned long long)c->recs[r].id, m->slot[i], r + 1);
-        m->slot[i] = (uint32_t)r + 1;
+        uint64_t *v;
+        if (ps_map_u64_add(m, c->recs[r].id, &v) == 0) /* reserved: cannot fail */
+            return ps_err_set(err, PS_EINVAL, "sticker id %llu appears on corpus rows %llu and %zu",
+                              (unsigned long long)c->recs[r].id, (unsigned long long)*v + 1, r + 1);
+        *v = r;
     }
     return 0;
 }
 
-static int64_t idmap_row(const idmap *m, uint64_t id)
+static int64_t idmap_row(const ps_map *m, uint64_t id)
 {
-    uint32_t i = (uint32_t)ps_hash_u64(id) & m->mask;
-    for (; m->slot[i]; i = (i + 1) & m->mask)
-        if (m->recs[m->slot[i] - 1].id == id) return m->slot[i] - 1;
-    return -1;
+    const uint64_t *v = ps_map_u64_get(m, id);
+    return v ? (int64_t)*v : -1;
 }
 
 typedef struct rowclick {
@@ -193,37 +181,26 @@ static int cmp_rowclick(const void *a, const void *b)
     return (x->click > y->click) - (x->click < y->click);
 }
 
-/* Append the line s[0..len) to the '\n'-joined list in *out unless already present. */
-static int add_distinct_line(char **out, size_t *outlen, const char *s, size_t len)
+/* Append the line s[0..len) to the '\n'-joined list in out unless `seen` holds it. */
+static void add_distinct_line(ps_buf *out, ps_map *seen, const char *s, size_t len)
 {
-    if (len == 0) return 0;
-    const char *p = *out;
-    size_t left = *outlen;
-    while (p && left > 0) {
-        const char *nl = memchr(p, '\n', left);
-        size_t l = nl ? (size_t)(nl - p) : left;
-        if (l == len && memcmp(p, s, len) == 0) return 0;
-        if (!nl) break;
-        left -= l + 1;
-        p = nl + 1;
-    }
-    char *q = realloc(*out, *outlen + len + 2);
-    if (!q) return PS_ENOMEM;
-    if (*outlen) q[(*outlen)++] = '\n';
-    memcpy(q + *outlen, s, len);
-    *outlen += len;
-    q[*outlen] = '\0';
-    *out = q;
-    return 0;
+    if (len == 0 || out->rc) return;
+    int added = ps_map_bytes_add(seen, s, len, NULL);
+    if (added < 0) out->rc = added;
+    if (added != 1) return;
+    if (out->n) ps_buf_byte(out, '\n');
+    ps_buf_add(out, s, len);
 }
 
 /* The queries field of every row: the corpus's own lines, then training queries, distinct. */
-static int integrate_queries(const builder_corpus *c, const ps_clicklog *train, const idmap *m,
+static int integrate_queries(const builder_corpus *c, const ps_clicklog *train, const ps_map *m,
                              builder_built *b, ps_err *err)
 {
     rowclick *rc_ = malloc((train->n ? train->n : 1) * sizeof *rc_);
     size_t nrc = 0;
     int rc = 0;
+    ps_buf lines = PS_BUF_INIT; /* one row's */
+    ps_map seen = PS_MAP_INIT(PS_MAP_BYTES);
     if (!rc_) return ps_err_set(err, PS_ENOMEM, "out of memory integrating queries");
     for (size_t i = 0; i < train->n; i++) {
         int64_t row = idmap_row(m, train->sticker[i]);
@@ -237,14 +214,25 @@ static int integrate_queries(const builder_corpus *c, const ps_clicklog *train, 
         for (size_t s = 0; s < ownlen && !rc;) {
             const char *nl = memchr(own + s, '\n', ownlen - s);
             size_t l = nl ? (size_t)(nl - own - s) : ownlen - s;
-            rc = add_distinct_line(&b->queries[r], &b->queries_len[r], own + s, l);
+            add_distinct_line(&lines, &seen, own + s, l);
             s += l + 1;
         }
-        for (; j < nrc && rc_[j].row == r && !rc; j++) {
+        for (; j < nrc && rc_[j].row == r; j++) {
             const char *q = train->queries[train->query[rc_[j].click]];
-            rc = add_distinct_line(&b->queries[r], &b->queries_len[r], q, strlen(q));
+            add_distinct_line(&lines, &seen, q, strlen(q));
         }
+        if ((rc = lines.rc)) break;
+        if (lines.n) /* a row without queries keeps NULL */
+            b->queries[r] = ps_buf_detach(&lines, &b->queries_len[r]);
+        ps_buf_reset(&lines);
+        if (seen.mask >
+            63) /* a row with many lines: clearing its table for every later row costs more */
+            ps_map_free(&seen);
+        else
+            ps_map_clear(&seen);
     }
+    ps_buf_free(&lines);
+    ps_map_free(&seen);
     free(rc_);
     return rc ? ps_err_set(err, PS_ENOMEM, "out of memory integrating queries") : 0;
 }
@@ -274,7 +262,7 @@ static int cmp_userrow(const void *a, const void *b)
 }
 
 /* One profile per training user over the distinct stickers they clicked. */
-static int build_profiles(const builder_corpus *c, const ps_clicklog *train, const idmap *m,
+static int build_profiles(const builder_corpus *c, const ps_clicklog *train, const ps_map *m,
                           const builder_cfg *cfg, builder_built *b, ps_err *err)
 {
     size_t dim = c->emb.cols, n = 0;
@@ -335,7 +323,7 @@ out:
 int builder_build_index(const builder_corpus *c, const ps_clicklog *train, const builder_cfg *cfg,
                         int with_embeddings, builder_built *b, ps_err *err)
 {
-    idmap m = {0};
+    ps_map m = PS_MAP_INIT(PS_MAP_U64);
     ps_usage usage = {0};
     float *util = NULL;
     docorder *order = NULL;
@@ -430,7 +418,7 @@ out:
     ps_analyzer_free(an);
     for (int f = 0; f < PS_NFIELDS; f++) ps_tokens_free(&tok[f]);
     ps_usage_free(&usage);
-    free(m.slot);
+    ps_map_free(&m);
     free(util);
     free(order);
     return rc;

@@ -174,10 +174,9 @@ static void xfer_done(builder_curlm_xfer *t)
     snprintf(x->cerr, sizeof x->cerr, "%s", t->cerr);
     if (x->read_errno)
         snprintf(x->cerr, sizeof x->cerr, "reading the file: %s", strerror(x->read_errno));
-    x->resp = t->resp;
-    x->resp_len = t->resp_len;
-    t->resp = NULL;
-    t->resp_len = 0;
+    x->resp = t->resp.p; /* NULL when empty, as before */
+    x->resp_len = t->resp.n;
+    t->resp = (ps_buf)PS_BUF_INIT;
     if (x->done) x->done(x);
 }
 
