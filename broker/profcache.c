@@ -12,23 +12,20 @@
  * each until the cache is full, and then the cache is emptied: memory stays bounded by
  * max_entries.
  *
- * A chained hash table keyed by ps_hash_bytes of the user name.
+ * Entries are found through a byte-keyed ps_map: user name -> entry pointer.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "broker.h"
-#include "ps/hash.h"
 #include "ps/log.h"
+#include "ps/map.h"
 #include "ps/wire.h"
 
 typedef struct entry {
-    struct entry *next;
-    uint64_t hash;
     ps_profile prof;  /* k == 0: unknown user */
     double fetched;   /* broker_now() when read from the service */
     uint64_t min_seq; /* a read must have applied at least this sequence (after a click) */
-    char user[];
 } entry;
 
 struct broker_profcache {
@@ -36,8 +33,8 @@ struct broker_profcache {
     broker_pool_t *replicas; /* the profile service's readers (borrowed), or NULL */
     broker_pool_t *primary;  /* its primary, for reads a replica has not caught up with */
     double staleness;        /* seconds an entry from the service is used */
-    entry **buckets;
-    size_t nbuckets, n, max;
+    ps_map users;            /* user name -> entry * (owned) */
+    size_t max;
 };
 
 broker_profcache_t *broker_profcache_new(const char *dir, size_t max_entries, ps_err *err)
@@ -45,9 +42,7 @@ broker_profcache_t *broker_profcache_new(const char *dir, size_t max_entries, ps
     broker_profcache_t *c = calloc(1, sizeof *c);
     if (!c) goto oom;
     c->max = max_entries ? max_entries : 1;
-    c->nbuckets = 1024;
-    while (c->nbuckets < c->max && c->nbuckets < (1u << 20)) c->nbuckets <<= 1;
-    if (!(c->buckets = calloc(c->nbuckets, sizeof *c->buckets))) goto oom;
+    ps_map_init(&c->users, PS_MAP_BYTES);
     if (dir && !(c->db = ps_profiles_open(dir, err))) {
         broker_profcache_free(c);
         return NULL;
@@ -61,22 +56,20 @@ oom:
 
 static void clear(broker_profcache_t *c)
 {
-    for (size_t b = 0; b < c->nbuckets; b++) {
-        for (entry *e = c->buckets[b], *next; e; e = next) {
-            next = e->next;
-            ps_profile_clear(&e->prof);
-            free(e);
-        }
-        c->buckets[b] = NULL;
+    ps_map_entry me;
+    for (size_t pos = 0; ps_map_next(&c->users, &pos, &me);) {
+        entry *e = (entry *)(uintptr_t)*me.val;
+        ps_profile_clear(&e->prof);
+        free(e);
     }
-    c->n = 0;
+    ps_map_clear(&c->users);
 }
 
 void broker_profcache_free(broker_profcache_t *c)
 {
     if (!c) return;
-    if (c->buckets) clear(c);
-    free(c->buckets);
+    clear(c);
+    ps_map_free(&c->users);
     ps_profiles_close(c->db);
     free(c);
 }
@@ -89,13 +82,22 @@ void broker_profcache_use_service(broker_profcache_t *c, broker_pool_t *replicas
     c->staleness = staleness_ms / 1e3;
 }
 
-static entry *lookup(broker_profcache_t *c, const char *user, uint64_t h, entry ***link)
+static entry *lookup(broker_profcache_t *c, const char *user, size_t len)
 {
-    entry **pp = &c->buckets[h & (c->nbuckets - 1)];
-    for (; *pp; pp = &(*pp)->next)
-        if ((*pp)->hash == h && !strcmp((*pp)->user, user)) break;
-    if (link) *link = pp;
-    return *pp;
+    const uint64_t *v = ps_map_bytes_get(&c->users, user, len);
+    return v ? (entry *)(uintptr_t)*v : NULL;
+}
+
+/* A new, zeroed entry for user (not cached yet); the cache is emptied first when full. */
+static entry *insert(broker_profcache_t *c, const char *user, size_t len)
+{
+    if (c->users.n >= c->max) clear(c);
+    entry *e = calloc(1, sizeof *e);
+    if (!e || ps_map_bytes_put(&c->users, user, len, (uintptr_t)e)) {
+        ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=profile_cache");
+        abort();
+    }
+    return e;
 }
 
 static int encode_get_profile(void *arg, uint64_t request_id, uint32_t deadline_ms, uint8_t **buf,
@@ -151,35 +153,23 @@ static int fetch(broker_pool_t *pool, char *user, ps_profile *prof, uint64_t *se
 void broker_profcache_clicked(broker_profcache_t *c, const char *user, uint64_t seq)
 {
     size_t len = strlen(user);
-    uint64_t h = ps_hash_bytes(user, len);
-    entry *e = lookup(c, user, h, NULL);
+    entry *e = lookup(c, user, len);
     if (e) {
         e->fetched = -1e300; /* stale: read again */
         if (seq > e->min_seq) e->min_seq = seq;
     } else if (c->replicas) {
         /* Remember the floor even without an entry yet. */
-        if (c->n >= c->max) clear(c);
-        if (!(e = calloc(1, sizeof *e + len + 1))) {
-            ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=profile_cache");
-            abort();
-        }
-        e->hash = h;
+        e = insert(c, user, len);
         e->fetched = -1e300;
         e->min_seq = seq;
-        memcpy(e->user, user, len + 1);
-        entry **head = &c->buckets[h & (c->nbuckets - 1)];
-        e->next = *head;
-        *head = e;
-        c->n++;
     }
 }
 
 /* The service path: the cached entry while fresh, else a read (from a replica that has
  * applied min_seq, else the primary); a failed read keeps the stale entry. */
-static const ps_profile *get_remote(broker_profcache_t *c, const char *user, size_t len, uint64_t h)
+static const ps_profile *get_remote(broker_profcache_t *c, const char *user, size_t len)
 {
-    entry **link;
-    entry *e = lookup(c, user, h, &link);
+    entry *e = lookup(c, user, len);
     double now = broker_now();
     if (e && now - e->fetched <= c->staleness) return e->prof.k ? &e->prof : NULL;
     ps_profile prof;
@@ -194,34 +184,19 @@ static const ps_profile *get_remote(broker_profcache_t *c, const char *user, siz
         }
     }
     if (!got) return e && e->prof.k ? &e->prof : NULL; /* stale, or none */
-    if (!e) {
-        if (c->n >= c->max) clear(c);
-        if (!(e = calloc(1, sizeof *e + len + 1))) {
-            ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=profile_cache");
-            abort();
-        }
-        e->hash = h;
-        memcpy(e->user, user, len + 1);
-        entry **head = &c->buckets[h & (c->nbuckets - 1)];
-        e->next = *head;
-        *head = e;
-        c->n++;
-    }
+    if (!e) e = insert(c, user, len);
     ps_profile_clear(&e->prof);
     e->prof = prof;
     e->fetched = now;
-    (void)link;
     return e->prof.k ? &e->prof : NULL;
 }
 
 const ps_profile *broker_profcache_get(broker_profcache_t *c, const char *user)
 {
     size_t len = strlen(user);
-    uint64_t h = ps_hash_bytes(user, len);
-    if (c->replicas) return get_remote(c, user, len, h);
-    entry **head = &c->buckets[h & (c->nbuckets - 1)];
-    for (entry *e = *head; e; e = e->next)
-        if (e->hash == h && !strcmp(e->user, user)) return e->prof.k ? &e->prof : NULL;
+    if (c->replicas) return get_remote(c, user, len);
+    const entry *hit = lookup(c, user, len);
+    if (hit) return hit->prof.k ? &hit->prof : NULL;
 
     ps_profile prof = {0};
     if (c->db) {
@@ -233,18 +208,7 @@ const ps_profile *broker_profcache_get(broker_profcache_t *c, const char *user)
             return NULL; /* not cached: the next request tries again */
         }
     }
-    if (c->n >= c->max) clear(c);
-    entry *e = calloc(1, sizeof *e + len + 1);
-    if (!e) {
-        ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=profile_cache");
-        abort();
-    }
-    e->hash = h;
+    entry *e = insert(c, user, len);
     e->prof = prof;
-    memcpy(e->user, user, len + 1);
-    head = &c->buckets[h & (c->nbuckets - 1)];
-    e->next = *head;
-    *head = e;
-    c->n++;
     return e->prof.k ? &e->prof : NULL;
 }
