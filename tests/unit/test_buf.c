@@ -12,73 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "failalloc.h"
 #include "ps/alloc.h"
 #include "ps/buf.h"
 #include "ps/err.h"
-
-/* ---- an allocator that fails from call number `fail_at` on and counts live blocks ---- */
-
-static long calls, fail_at = -1, live;
-
-static int fails(void)
-{
-    return fail_at >= 0 && calls++ >= fail_at;
-}
-
-static void *t_malloc(size_t n)
-{
-    if (fails()) return NULL;
-    void *p = malloc(n);
-    if (p) live++;
-    return p;
-}
-
-static void *t_calloc(size_t n, size_t s)
-{
-    if (fails()) return NULL;
-    void *p = calloc(n, s);
-    if (p) live++;
-    return p;
-}
-
-static void *t_realloc(void *p, size_t n)
-{
-    if (fails()) return NULL;
-    void *q = realloc(p, n);
-    if (q && !p) live++;
-    return q;
-}
-
-static char *t_strdup(const char *s)
-{
-    if (fails()) return NULL;
-    char *p = strdup(s);
-    if (p) live++;
-    return p;
-}
-
-static void t_free(void *p)
-{
-    if (p) live--;
-    free(p);
-}
-
-static void failing_from(long n)
-{
-    static const ps_allocfuncs f = {t_malloc, t_calloc, t_realloc, t_strdup, t_free};
-    calls = 0;
-    fail_at = n;
-    live = 0;
-    ps_set_allocators(&f);
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    ps_reset_allocators();
-    fail_at = -1;
-    return 0;
-}
 
 /* ---- tests ---- */
 
