@@ -25,17 +25,10 @@
 
 #include "broker.h"
 #include "ps/wire_engine.h"
+#include "test_router.h"
 
 #define DEADLINE_MS 300
 #define MAX_SEEN    32
-
-#define SRV_CHECK(c)                                                                               \
-    do {                                                                                           \
-        if (!(c)) {                                                                                \
-            fprintf(stderr, "fake shard: %s failed (line %d)\n", #c, __LINE__);                    \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 enum mode {
     M_OK,          /* answer everything */
@@ -44,11 +37,7 @@ enum mode {
 };
 
 typedef struct shard {
-    void *zctx, *router;
-    char endpoint[64];
-    pthread_t th;
-    atomic_int stop;
-    pthread_mutex_t mu;
+    test_router rt; /* first: the router's function gets &rt */
     enum mode mode;
     uint32_t shard, nshards;
     int nsticker; /* sticker requests seen */
@@ -56,121 +45,65 @@ typedef struct shard {
     uint32_t deadlines[MAX_SEEN];
 } shard;
 
-static void send_to(shard *s, const zmq_msg_t *id, const uint8_t *buf, size_t len)
-{
-    zmq_send(s->router, zmq_msg_data((zmq_msg_t *)id), zmq_msg_size((zmq_msg_t *)id), ZMQ_SNDMORE);
-    zmq_send(s->router, buf, len, 0);
-}
-
-static void sticker_reply(shard *s, const zmq_msg_t *id, uint64_t rid, uint64_t sticker)
+static void sticker_reply(shard *s, const void *id, size_t idlen, uint64_t rid, uint64_t sticker)
 {
     uint8_t *buf;
     size_t len;
     ps_err err;
-    SRV_CHECK(ps_wire_encode_sticker_reply(rid, s->shard, sticker, NULL, 0, &buf, &len, &err) == 0);
-    send_to(s, id, buf, len);
+    TR_CHECK(ps_wire_encode_sticker_reply(rid, s->shard, sticker, NULL, 0, &buf, &len, &err) == 0);
+    test_router_send(&s->rt, id, idlen, buf, len);
     free(buf);
 }
 
-static void serve_one(shard *s)
+/* The test router's function: answer health probes, record and answer sticker requests as
+ * s->mode says. */
+static void serve(test_router *rt, const void *id, size_t idlen, const Persrv__Envelope *in)
 {
-    zmq_msg_t id, body;
-    zmq_msg_init(&id);
-    zmq_msg_init(&body);
-    if (zmq_msg_recv(&id, s->router, ZMQ_DONTWAIT) < 0) {
-        zmq_msg_close(&id);
-        zmq_msg_close(&body);
-        return;
-    }
-    SRV_CHECK(zmq_msg_recv(&body, s->router, 0) >= 0);
-    Persrv__Envelope *in = NULL;
+    shard *s = (shard *)rt;
     ps_err err;
-    SRV_CHECK(ps_wire_decode(zmq_msg_data(&body), zmq_msg_size(&body), 0, &in, &err) == 0);
-    pthread_mutex_lock(&s->mu);
     if (in->body_case == PERSRV__ENVELOPE__BODY_HEALTH) {
         uint8_t *buf;
         size_t len;
         ps_wire_health h = {.shard = s->shard, .nshards = s->nshards, .ready = 1};
-        SRV_CHECK(ps_wire_encode_health_reply(in->request_id, &h, &buf, &len, &err) == 0);
-        send_to(s, &id, buf, len);
+        TR_CHECK(ps_wire_encode_health_reply(in->request_id, &h, &buf, &len, &err) == 0);
+        test_router_send(&s->rt, id, idlen, buf, len);
         free(buf);
     } else {
-        SRV_CHECK(in->body_case == PERSRV__ENVELOPE__BODY_GET_STICKER);
+        TR_CHECK(in->body_case == PERSRV__ENVELOPE__BODY_GET_STICKER);
         int n = s->nsticker++;
         if (n < MAX_SEEN) {
             s->ids[n] = in->request_id;
             s->deadlines[n] = in->deadline_ms;
         }
         uint64_t sticker = in->get_sticker->id;
-        if (s->mode == M_STALE) sticker_reply(s, &id, in->request_id + 1, sticker + 1000);
-        if (s->mode != M_PROBES_ONLY) sticker_reply(s, &id, in->request_id, sticker);
+        if (s->mode == M_STALE) sticker_reply(s, id, idlen, in->request_id + 1, sticker + 1000);
+        if (s->mode != M_PROBES_ONLY) sticker_reply(s, id, idlen, in->request_id, sticker);
     }
-    pthread_mutex_unlock(&s->mu);
-    ps_wire_free(in);
-    zmq_msg_close(&id);
-    zmq_msg_close(&body);
-}
-
-static void *serve(void *arg)
-{
-    shard *s = arg;
-    for (;;) {
-        zmq_pollitem_t it = {s->router, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&it, 1, 20) > 0) {
-            serve_one(s);
-            continue;
-        }
-        if (atomic_load(&s->stop)) break;
-    }
-    return NULL;
 }
 
 static shard *shard_start(uint32_t sh, uint32_t nshards, enum mode mode)
 {
     shard *s = calloc(1, sizeof *s);
-    int zero = 0;
-    size_t n;
     assert_non_null(s);
-    pthread_mutex_init(&s->mu, NULL);
     s->mode = mode;
     s->shard = sh;
     s->nshards = nshards;
-    assert_non_null(s->zctx = zmq_ctx_new());
-    assert_non_null(s->router = zmq_socket(s->zctx, ZMQ_ROUTER));
-    assert_int_equal(zmq_setsockopt(s->router, ZMQ_LINGER, &zero, sizeof zero), 0);
-    assert_int_equal(zmq_bind(s->router, "tcp://127.0.0.1:*"), 0);
-    n = sizeof s->endpoint;
-    assert_int_equal(zmq_getsockopt(s->router, ZMQ_LAST_ENDPOINT, s->endpoint, &n), 0);
-    assert_int_equal(pthread_create(&s->th, NULL, serve, s), 0);
+    test_router_start(&s->rt, serve);
     return s;
 }
 
 static int nsticker(shard *s)
 {
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->rt.mu);
     int n = s->nsticker;
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->rt.mu);
     return n;
 }
 
 static void shard_stop(shard *s)
 {
-    atomic_store(&s->stop, 1);
-    pthread_join(s->th, NULL);
-    zmq_close(s->router);
-    zmq_ctx_term(s->zctx);
-    pthread_mutex_destroy(&s->mu);
+    test_router_stop(&s->rt);
     free(s);
-}
-
-static void closed_endpoint(char *out, size_t cap)
-{
-    void *ctx = zmq_ctx_new(), *r = zmq_socket(ctx, ZMQ_ROUTER);
-    size_t n = cap;
-    assert_int_equal(zmq_bind(r, "tcp://127.0.0.1:*"), 0);
-    assert_int_equal(zmq_getsockopt(r, ZMQ_LAST_ENDPOINT, out, &n), 0);
-    zmq_close(r);
-    zmq_ctx_term(ctx);
 }
 
 static broker_pool_t *pool_new(const char *topology, uint32_t deadline_ms)
@@ -213,7 +146,7 @@ static void test_fan_out(void **state)
     (void)state;
     shard *s0 = shard_start(0, 2, M_OK), *s1 = shard_start(1, 2, M_OK);
     char topo[160];
-    snprintf(topo, sizeof topo, "%s,%s", s0->endpoint, s1->endpoint);
+    snprintf(topo, sizeof topo, "%s,%s", s0->rt.endpoint, s1->rt.endpoint);
     broker_pool_t *p = pool_new(topo, DEADLINE_MS);
     assert_int_equal(broker_pool_nshards(p), 2);
     assert_int_equal(broker_pool_probe(p), 0); /* no shard down */
@@ -239,15 +172,15 @@ static void test_fan_out(void **state)
         assert_string_equal(calls[s].reason, "");
         ps_wire_free(calls[s].reply);
     }
-    pthread_mutex_lock(&s0->mu);
-    pthread_mutex_lock(&s1->mu);
+    pthread_mutex_lock(&s0->rt.mu);
+    pthread_mutex_lock(&s1->rt.mu);
     assert_int_equal(s0->nsticker, 1);
     assert_int_equal(s1->nsticker, 1);
     assert_true(s0->ids[0] != 0 && s1->ids[0] != 0);
     assert_true(s0->deadlines[0] >= 1 && s0->deadlines[0] <= DEADLINE_MS);
     assert_true(s1->deadlines[0] >= 1 && s1->deadlines[0] <= DEADLINE_MS);
-    pthread_mutex_unlock(&s1->mu);
-    pthread_mutex_unlock(&s0->mu);
+    pthread_mutex_unlock(&s1->rt.mu);
+    pthread_mutex_unlock(&s0->rt.mu);
     free(frame);
     broker_pool_free(p);
     shard_stop(s0);
@@ -261,7 +194,7 @@ static void test_failover(void **state)
     (void)state;
     shard *a = shard_start(0, 1, M_PROBES_ONLY), *b = shard_start(0, 1, M_OK);
     char topo[160];
-    snprintf(topo, sizeof topo, "%s|%s", a->endpoint, b->endpoint);
+    snprintf(topo, sizeof topo, "%s|%s", a->rt.endpoint, b->rt.endpoint);
     broker_pool_t *p = pool_new(topo, DEADLINE_MS);
     assert_int_equal(broker_pool_nreplicas(p, 0), 2);
     assert_int_equal(broker_pool_probe(p), 0);
@@ -279,11 +212,11 @@ static void test_failover(void **state)
     assert_int_equal(arg.calls, 1); /* encoded once, stamped twice */
     assert_int_equal(nsticker(a), 1);
     assert_int_equal(nsticker(b), 1);
-    pthread_mutex_lock(&a->mu);
-    pthread_mutex_lock(&b->mu);
+    pthread_mutex_lock(&a->rt.mu);
+    pthread_mutex_lock(&b->rt.mu);
     assert_true(a->ids[0] != b->ids[0]); /* each attempt its own id */
-    pthread_mutex_unlock(&b->mu);
-    pthread_mutex_unlock(&a->mu);
+    pthread_mutex_unlock(&b->rt.mu);
+    pthread_mutex_unlock(&a->rt.mu);
     ps_wire_free(c.reply);
 
     /* a fixed replica that does not answer: one attempt, timed out */
@@ -305,7 +238,7 @@ static void test_stale_dropped(void **state)
 {
     (void)state;
     shard *s = shard_start(0, 1, M_STALE);
-    broker_pool_t *p = pool_new(s->endpoint, DEADLINE_MS);
+    broker_pool_t *p = pool_new(s->rt.endpoint, DEADLINE_MS);
     assert_int_equal(broker_pool_probe(p), 0);
     enc_arg arg = {.id = 9};
     broker_call c = {.shard = 0,
@@ -329,9 +262,9 @@ static void test_refused(void **state)
 {
     (void)state;
     char closed[64], topo[160];
-    closed_endpoint(closed, sizeof closed);
+    test_closed_endpoint(closed, sizeof closed);
     shard *b = shard_start(0, 1, M_OK);
-    snprintf(topo, sizeof topo, "%s|%s", closed, b->endpoint);
+    snprintf(topo, sizeof topo, "%s|%s", closed, b->rt.endpoint);
     broker_pool_t *p = pool_new(topo, 10000);
     double t0 = mono_s();
     assert_int_equal(broker_pool_probe(p), 0); /* b is up */
@@ -373,7 +306,7 @@ static void test_down_and_encoder_error(void **state)
 {
     (void)state;
     char closed[64];
-    closed_endpoint(closed, sizeof closed);
+    test_closed_endpoint(closed, sizeof closed);
     broker_pool_t *p = pool_new(closed, DEADLINE_MS);
     assert_int_equal(broker_pool_probe(p), 1); /* one shard down */
     assert_false(broker_pool_shard_up(p, 0));
@@ -390,7 +323,7 @@ static void test_down_and_encoder_error(void **state)
     broker_pool_free(p);
 
     shard *s = shard_start(0, 1, M_OK);
-    p = pool_new(s->endpoint, DEADLINE_MS);
+    p = pool_new(s->rt.endpoint, DEADLINE_MS);
     assert_int_equal(broker_pool_probe(p), 0);
     arg.fail = 1;
     assert_int_equal(broker_pool_run(p, &c, 1, &err), PS_EINVAL);

@@ -26,17 +26,10 @@
 
 #include "ps/wire.h"
 #include "ps/zreq.h"
+#include "test_router.h"
 
 #define TIMEOUT_MS 300 /* per attempt: long enough for loopback, short enough for the suite */
 #define MAX_SEEN   16
-
-#define SRV_CHECK(c)                                                                               \
-    do {                                                                                           \
-        if (!(c)) {                                                                                \
-            fprintf(stderr, "test server: %s failed (line %d)\n", #c, __LINE__);                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 enum mode {
     M_ECHO,        /* a health_reply (nshards 2) echoing the request id */
@@ -47,11 +40,7 @@ enum mode {
 };
 
 typedef struct server {
-    void *zctx, *router;
-    char endpoint[64];
-    pthread_t th;
-    atomic_int stop;
-    pthread_mutex_t mu;
+    test_router rt; /* first: the router's function gets &rt */
     enum mode mode;
     int nreq;
     uint64_t ids[MAX_SEEN];
@@ -66,33 +55,21 @@ static void reply(server *s, int who, uint64_t id, uint32_t nshards)
     size_t len;
     ps_err err;
     ps_wire_health h = {.nshards = nshards, .shard = 0, .ready = 1};
-    SRV_CHECK(ps_wire_encode_health_reply(id, &h, &buf, &len, &err) == 0);
-    zmq_send(s->router, s->ident[who], s->ident_len[who], ZMQ_SNDMORE);
-    zmq_send(s->router, buf, len, 0);
+    TR_CHECK(ps_wire_encode_health_reply(id, &h, &buf, &len, &err) == 0);
+    test_router_send(&s->rt, s->ident[who], s->ident_len[who], buf, len);
     free(buf);
 }
 
-static void serve_one(server *s)
+/* The test router's function: record the request, answer as s->mode says. */
+static void serve(test_router *rt, const void *id, size_t idlen, const Persrv__Envelope *in)
 {
-    zmq_msg_t id, body;
-    zmq_msg_init(&id);
-    zmq_msg_init(&body);
-    if (zmq_msg_recv(&id, s->router, ZMQ_DONTWAIT) < 0) {
-        zmq_msg_close(&id);
-        zmq_msg_close(&body);
-        return;
-    }
-    SRV_CHECK(zmq_msg_recv(&body, s->router, 0) >= 0);
-    Persrv__Envelope *in = NULL;
-    ps_err err;
-    SRV_CHECK(ps_wire_decode(zmq_msg_data(&body), zmq_msg_size(&body), 0, &in, &err) == 0);
-    pthread_mutex_lock(&s->mu);
+    server *s = (server *)rt;
     int n = s->nreq++;
     int who = n < MAX_SEEN ? n : MAX_SEEN - 1;
     s->ids[who] = in->request_id;
     s->deadlines[who] = in->deadline_ms;
-    s->ident_len[who] = zmq_msg_size(&id) < 64 ? zmq_msg_size(&id) : 64;
-    memcpy(s->ident[who], zmq_msg_data(&id), s->ident_len[who]);
+    s->ident_len[who] = idlen < 64 ? idlen : 64;
+    memcpy(s->ident[who], id, s->ident_len[who]);
     switch (s->mode) {
     case M_ECHO:
         reply(s, who, in->request_id, 2);
@@ -111,78 +88,33 @@ static void serve_one(server *s)
         break;
     case M_JUNK: {
         static const uint8_t junk[] = {0xff, 0xff, 0xff, 0x01};
-        zmq_send(s->router, s->ident[who], s->ident_len[who], ZMQ_SNDMORE);
-        zmq_send(s->router, junk, sizeof junk, 0);
+        test_router_send(&s->rt, s->ident[who], s->ident_len[who], junk, sizeof junk);
         break;
     }
     }
-    pthread_mutex_unlock(&s->mu);
-    ps_wire_free(in);
-    zmq_msg_close(&id);
-    zmq_msg_close(&body);
-}
-
-static void *serve(void *arg)
-{
-    server *s = arg;
-    for (;;) {
-        zmq_pollitem_t it = {s->router, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&it, 1, 20) > 0) {
-            serve_one(s);
-            continue;
-        }
-        if (atomic_load(&s->stop)) break;
-    }
-    return NULL;
 }
 
 static server *server_start(enum mode mode)
 {
     server *s = calloc(1, sizeof *s);
-    int zero = 0;
-    size_t n;
     assert_non_null(s);
-    pthread_mutex_init(&s->mu, NULL);
     s->mode = mode;
-    assert_non_null(s->zctx = zmq_ctx_new());
-    assert_non_null(s->router = zmq_socket(s->zctx, ZMQ_ROUTER));
-    assert_int_equal(zmq_setsockopt(s->router, ZMQ_LINGER, &zero, sizeof zero), 0);
-    assert_int_equal(zmq_bind(s->router, "tcp://127.0.0.1:*"), 0);
-    n = sizeof s->endpoint;
-    assert_int_equal(zmq_getsockopt(s->router, ZMQ_LAST_ENDPOINT, s->endpoint, &n), 0);
-    assert_int_equal(pthread_create(&s->th, NULL, serve, s), 0);
+    test_router_start(&s->rt, serve);
     return s;
 }
 
 static int server_nreq(server *s)
 {
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->rt.mu);
     int n = s->nreq;
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->rt.mu);
     return n;
 }
 
 static void server_stop(server *s)
 {
-    atomic_store(&s->stop, 1);
-    pthread_join(s->th, NULL);
-    zmq_close(s->router);
-    zmq_ctx_term(s->zctx);
-    pthread_mutex_destroy(&s->mu);
+    test_router_stop(&s->rt);
     free(s);
-}
-
-/* An endpoint nobody listens on: a port the kernel gave a socket that is closed again. */
-static void closed_endpoint(char *out, size_t cap)
-{
-    void *ctx = zmq_ctx_new(), *r = zmq_socket(ctx, ZMQ_ROUTER);
-    int zero = 0;
-    size_t n = cap;
-    zmq_setsockopt(r, ZMQ_LINGER, &zero, sizeof zero);
-    assert_int_equal(zmq_bind(r, "tcp://127.0.0.1:*"), 0);
-    assert_int_equal(zmq_getsockopt(r, ZMQ_LAST_ENDPOINT, out, &n), 0);
-    zmq_close(r);
-    zmq_ctx_term(ctx);
 }
 
 /* A health request encoded once, with request_id 0 and no deadline. */
@@ -223,7 +155,7 @@ static void test_round_trip(void **state)
     (void)state;
     server *s = server_start(M_ECHO);
     void *zctx = zmq_ctx_new();
-    const char *eps[] = {s->endpoint};
+    const char *eps[] = {s->rt.endpoint};
     ps_zreq_t *z = requester(zctx, eps, 1, 0);
     frame f = health_frame();
     Persrv__Envelope *r = NULL;
@@ -233,20 +165,20 @@ static void test_round_trip(void **state)
         assert_int_equal(ps_zreq_call(z, f.b, f.n, 0, 0, &r, &err), 0);
         assert_int_equal(r->body_case, PERSRV__ENVELOPE__BODY_HEALTH_REPLY);
         assert_int_equal(r->health_reply->nshards, 2);
-        pthread_mutex_lock(&s->mu);
+        pthread_mutex_lock(&s->rt.mu);
         assert_true(s->ids[i] != 0);
         assert_true(r->request_id == s->ids[i]); /* the stamped id, echoed */
         assert_int_equal(s->deadlines[i], TIMEOUT_MS);
         if (i) assert_true(s->ids[i] != s->ids[i - 1]);
-        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_unlock(&s->rt.mu);
         ps_wire_free(r);
     }
     /* another timeout per call: stamped as the deadline */
     assert_int_equal(ps_zreq_call(z, f.b, f.n, 1234, 1, &r, &err), 0);
     ps_wire_free(r);
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->rt.mu);
     assert_int_equal(s->deadlines[3], 1234);
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->rt.mu);
     assert_int_equal(server_nreq(s), 4);
     free(f.b);
     ps_zreq_free(z);
@@ -259,7 +191,7 @@ static void test_stale_dropped(void **state)
     (void)state;
     server *s = server_start(M_STALE_FIRST);
     void *zctx = zmq_ctx_new();
-    const char *eps[] = {s->endpoint};
+    const char *eps[] = {s->rt.endpoint};
     ps_zreq_t *z = requester(zctx, eps, 1, 0);
     frame f = health_frame();
     Persrv__Envelope *r = NULL;
@@ -281,7 +213,7 @@ static void test_timeout_reopen_retry(void **state)
     (void)state;
     server *s = server_start(M_LATE);
     void *zctx = zmq_ctx_new();
-    const char *eps[] = {s->endpoint};
+    const char *eps[] = {s->rt.endpoint};
     ps_zreq_t *z = requester(zctx, eps, 1, 1);
     frame f = health_frame();
     Persrv__Envelope *r = NULL;
@@ -289,12 +221,12 @@ static void test_timeout_reopen_retry(void **state)
     assert_int_equal(ps_zreq_call(z, f.b, f.n, 0, 0, &r, &err), 0);
     assert_int_equal(r->health_reply->nshards, 2);
     assert_int_equal(server_nreq(s), 2);
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->rt.mu);
     assert_true(s->ids[0] != s->ids[1]);
     assert_true(r->request_id == s->ids[1]);
     assert_false(s->ident_len[0] == s->ident_len[1] &&
                  !memcmp(s->ident[0], s->ident[1], s->ident_len[0])); /* a new socket */
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->rt.mu);
     ps_wire_free(r);
     free(f.b);
     ps_zreq_free(z);
@@ -307,7 +239,7 @@ static void test_timeout_every_attempt(void **state)
     (void)state;
     server *s = server_start(M_SILENT);
     void *zctx = zmq_ctx_new();
-    const char *eps[] = {s->endpoint};
+    const char *eps[] = {s->rt.endpoint};
     ps_zreq_t *z = requester(zctx, eps, 1, 2);
     frame f = health_frame();
     Persrv__Envelope *r = (Persrv__Envelope *)1;
@@ -331,7 +263,7 @@ static void test_failover(void **state)
     (void)state;
     server *a = server_start(M_SILENT), *b = server_start(M_ECHO);
     void *zctx = zmq_ctx_new();
-    const char *eps[] = {a->endpoint, b->endpoint};
+    const char *eps[] = {a->rt.endpoint, b->rt.endpoint};
     ps_zreq_t *z = requester(zctx, eps, 2, 1);
     frame f = health_frame();
     Persrv__Envelope *r = NULL;
@@ -342,16 +274,16 @@ static void test_failover(void **state)
     assert_int_equal(server_nreq(a), 1);
     assert_int_equal(server_nreq(b), 1);
     assert_int_equal(ps_zreq_index(z), 1);
-    assert_string_equal(ps_zreq_endpoint(z), b->endpoint);
+    assert_string_equal(ps_zreq_endpoint(z), b->rt.endpoint);
     assert_int_equal(ps_zreq_call(z, f.b, f.n, 0, 0, &r, &err), 0);
     ps_wire_free(r);
     assert_int_equal(server_nreq(a), 1); /* stayed on b */
     assert_int_equal(server_nreq(b), 2);
 
     /* both silent: every attempt times out, alternating */
-    pthread_mutex_lock(&b->mu);
+    pthread_mutex_lock(&b->rt.mu);
     b->mode = M_SILENT;
-    pthread_mutex_unlock(&b->mu);
+    pthread_mutex_unlock(&b->rt.mu);
     assert_int_equal(ps_zreq_call(z, f.b, f.n, 0, 3, &r, &err), PS_ETIMEDOUT);
     assert_non_null(strstr(err.msg, "over 2 endpoints"));
     assert_int_equal(server_nreq(a), 2);
@@ -368,7 +300,7 @@ static void test_refused(void **state)
 {
     (void)state;
     char closed[64];
-    closed_endpoint(closed, sizeof closed);
+    test_closed_endpoint(closed, sizeof closed);
     void *zctx = zmq_ctx_new();
     const char *eps[] = {closed};
     ps_zreq_opts o = {.timeout_ms = 10000, .retries = 3};
@@ -389,7 +321,7 @@ static void test_refused(void **state)
 
     /* refused, then a live endpoint: no attempt is used up by the refusal (retries 0) */
     server *b = server_start(M_ECHO);
-    const char *two[] = {closed, b->endpoint};
+    const char *two[] = {closed, b->rt.endpoint};
     o.retries = 0;
     assert_non_null(z = ps_zreq_new(zctx, two, 2, &o, &err));
     assert_int_equal(ps_zreq_call(z, f.b, f.n, 0, 0, &r, &err), 0);
@@ -401,7 +333,7 @@ static void test_refused(void **state)
 
     /* every endpoint refuses */
     char closed2[64];
-    closed_endpoint(closed2, sizeof closed2);
+    test_closed_endpoint(closed2, sizeof closed2);
     const char *none[] = {closed, closed2};
     assert_non_null(z = ps_zreq_new(zctx, none, 2, &o, &err));
     double t0 = mono_s();
@@ -420,7 +352,7 @@ static void test_junk_reply(void **state)
     (void)state;
     server *s = server_start(M_JUNK);
     void *zctx = zmq_ctx_new();
-    const char *eps[] = {s->endpoint};
+    const char *eps[] = {s->rt.endpoint};
     ps_zreq_t *z = requester(zctx, eps, 1, 0);
     frame f = health_frame();
     Persrv__Envelope *r = (Persrv__Envelope *)1;
@@ -428,9 +360,9 @@ static void test_junk_reply(void **state)
     assert_int_equal(ps_zreq_call(z, f.b, f.n, 0, 0, &r, &err), PS_EPARSE);
     assert_null(r);
     assert_non_null(strstr(err.msg, "reply from"));
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->rt.mu);
     s->mode = M_ECHO;
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->rt.mu);
     assert_int_equal(ps_zreq_call(z, f.b, f.n, 0, 0, &r, &err), 0); /* and it recovers */
     ps_wire_free(r);
     free(f.b);
@@ -444,7 +376,7 @@ static void test_stop_flag(void **state)
     (void)state;
     server *s = server_start(M_SILENT);
     void *zctx = zmq_ctx_new();
-    const char *eps[] = {s->endpoint};
+    const char *eps[] = {s->rt.endpoint};
     atomic_int stop;
     atomic_init(&stop, 1);
     ps_zreq_opts o = {.timeout_ms = 10000, .stop = &stop};
@@ -478,7 +410,7 @@ static void test_bad_endpoints(void **state)
 
     /* a later endpoint ZeroMQ rejects is skipped when a failover reaches it */
     server *s = server_start(M_SILENT);
-    const char *two[] = {s->endpoint, "nosuchtransport://x"};
+    const char *two[] = {s->rt.endpoint, "nosuchtransport://x"};
     ps_zreq_t *z = requester(zctx, two, 2, 0);
     frame f = health_frame();
     Persrv__Envelope *r = NULL;
@@ -511,7 +443,7 @@ static void test_pieces(void **state)
     (void)state;
     server *s = server_start(M_ECHO);
     void *zctx = zmq_ctx_new();
-    const char *eps[] = {s->endpoint};
+    const char *eps[] = {s->rt.endpoint};
     ps_zreq_t *z = requester(zctx, eps, 1, 0);
     frame f = health_frame();
     Persrv__Envelope *env = NULL;
@@ -535,9 +467,9 @@ static void test_pieces(void **state)
     assert_false(ps_zreq_pending(z));
 
     /* a reopen drops the pending request */
-    pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->rt.mu);
     s->mode = M_SILENT;
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->rt.mu);
     assert_int_equal(ps_zreq_send(z, f.b, f.n, 50, &rid, &err), 0);
     assert_int_equal(ps_zreq_reopen(z, ps_zreq_index(z), &err), 0);
     assert_false(ps_zreq_pending(z));
@@ -546,7 +478,7 @@ static void test_pieces(void **state)
 
     /* refused while a request is outstanding */
     char closed[64];
-    closed_endpoint(closed, sizeof closed);
+    test_closed_endpoint(closed, sizeof closed);
     const char *c[] = {closed};
     z = requester(zctx, c, 1, 0);
     assert_int_equal(ps_zreq_send(z, f.b, f.n, 50, &rid, &err), 0);
