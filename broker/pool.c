@@ -12,7 +12,7 @@
  * (ps_wire_stamp); a reply is taken only if it echoes the current id. Sockets have
  * ZMQ_MAXMSGSIZE (a larger reply drops the connection; the attempt then times out) and
  * ZMQ_LINGER 0 (closing never waits for unsent requests). A replica that refuses the
- * connection (nobody listens) fails the attempt at once and is marked down.
+ * connection is treated as one that does not answer (recv_env).
  *
  * Replica choice: round robin over the replicas that are up (answered their last probe or
  * call); a failover goes to the next replica in order that is up. A replica that is down (it
@@ -394,12 +394,16 @@ static void probe_answer(broker_pool_t *p, uint32_t s, int i, Persrv__Envelope *
 }
 
 /* What recv_env found. */
-enum { GOT_NOTHING = 0, GOT_ENV = 1, GOT_REFUSED = 2 };
+enum { GOT_NOTHING = 0, GOT_ENV = 1 };
 
 /* Receive the next well-formed envelope waiting on replica i of shard s (frames that do not
  * decode are logged and dropped); a probe answer is settled on the way. A refused connection
- * (nobody listens) marks the replica down and reopens its socket: what was sent on it is lost.
- * Returns GOT_ENV with *env set, GOT_REFUSED, or GOT_NOTHING when nothing more is waiting. */
+ * (ps_zreq reports it at once) changes nothing here: the attempt runs to its deadline and the
+ * health probes mark the replica down, as for any replica that does not answer, so failover
+ * and `timed_out` mean what they meant before the pool used ps_zreq. (Failing over at once on
+ * a refusal would spare up to one deadline per search until the next probe: a change of
+ * behaviour for its own issue.) Returns GOT_ENV with *env set, or GOT_NOTHING when nothing more
+ * is waiting. */
 static int recv_env(broker_pool_t *p, uint32_t s, int i, Persrv__Envelope **out)
 {
     replica *r = &p->shards[s].rep[i];
@@ -408,14 +412,7 @@ static int recv_env(broker_pool_t *p, uint32_t s, int i, Persrv__Envelope **out)
         ps_err e = {0, ""};
         int rc = r->zr ? ps_zreq_step(r->zr, &env, &e) : PS_ZREQ_NONE;
         if (rc == PS_ZREQ_NONE) return GOT_NOTHING;
-        if (rc == PS_ZREQ_REFUSED) {
-            int was = STATE(r);
-            atomic_store_explicit(r->up, REP_DOWN, memory_order_relaxed);
-            snprintf(r->last_err, sizeof r->last_err, "connection refused");
-            replica_open(p, r);
-            log_change(s, i, r, was);
-            return GOT_REFUSED;
-        }
+        if (rc == PS_ZREQ_REFUSED) continue; /* see above */
         if (rc < 0) {
             if (rc == PS_ENOMEM) {
                 ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=reply msg=\"%s\"", e.msg);
@@ -442,12 +439,6 @@ static void drain(broker_pool_t *p, broker_call *c, double now)
         Persrv__Envelope *env = NULL;
         int got = recv_env(p, c->shard, c->cur, &env);
         if (got == GOT_NOTHING) return;
-        if (got == GOT_REFUSED) {
-            snprintf(c->reason, sizeof c->reason, "replica %d (%s): connection refused", c->cur,
-                     r->endpoint);
-            next_attempt(p, c, now);
-            return;
-        }
         if (env->request_id != c->request_id) { /* stale: an earlier request's answer */
             ps_log(PS_LOG_DEBUG, "broker", "stale_reply", "shard=%u request_id=%llu", c->shard,
                    (unsigned long long)env->request_id);
@@ -598,7 +589,6 @@ static void probe_collect(broker_pool_t *p, uint32_t s, int i)
     Persrv__Envelope *env = NULL;
     int got;
     while ((got = recv_env(p, s, i, &env)) != GOT_NOTHING) {
-        if (got == GOT_REFUSED) continue; /* the replica is down now, its probe lost */
         ps_log(PS_LOG_DEBUG, "broker", "stale_reply", "shard=%u request_id=%llu", s,
                (unsigned long long)env->request_id);
         ps_wire_free(env);
