@@ -47,7 +47,10 @@ static double now_ms(void)
 
 static void close_socks(ps_zreq_t *z)
 {
-    if (z->sock) zmq_close(z->sock); /* stops its monitor too */
+    /* Stop the monitor before closing: left to zmq_close, libzmq tears it down late and the
+     * next monitor of this context gets no events (every later refusal would be missed). */
+    if (z->sock) zmq_socket_monitor(z->sock, NULL, 0);
+    if (z->sock) zmq_close(z->sock);
     if (z->mon) zmq_close(z->mon);
     z->sock = z->mon = NULL;
     z->pending = 0;

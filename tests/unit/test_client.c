@@ -30,6 +30,7 @@
 
 #include "persrv.h"
 #include "ps/wire_engine.h"
+#include "test_router.h"
 
 #define TIMEOUT_MS 300 /* per attempt: long enough for loopback, short enough for the suite */
 
@@ -673,14 +674,7 @@ static void test_refused(void **state)
     (void)state;
     fake *f = fake_start(M_OK);
     char closed[64], list[160];
-    {
-        void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_ROUTER);
-        size_t n = sizeof closed;
-        assert_int_equal(zmq_bind(s, "tcp://127.0.0.1:*"), 0);
-        assert_int_equal(zmq_getsockopt(s, ZMQ_LAST_ENDPOINT, closed, &n), 0);
-        zmq_close(s);
-        zmq_ctx_term(ctx);
-    }
+    test_closed_endpoint(closed, sizeof closed);
     persrv_options o = {.timeout_ms = 10000, .retries = 2};
     persrv_t *c = persrv_connect(closed, &o);
     persrv_result *r = (persrv_result *)1;

@@ -3,15 +3,18 @@
  * tcp://127.0.0.1:* served by a thread of its own. Each request (identity, one frame) is decoded
  * (ps_wire_decode) and handed to the test's function with the router's mutex held; the test
  * takes the mutex to read what its function recorded. test_closed_endpoint gives an endpoint
- * nobody listens on.
+ * that refuses connections (a bound port that never listens).
  */
 #ifndef PS_TEST_ROUTER_H
 #define PS_TEST_ROUTER_H
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <zmq.h>
 
 #include "ps/wire.h"
@@ -109,17 +112,18 @@ static inline void test_router_stop(test_router *r)
     pthread_mutex_destroy(&r->mu);
 }
 
-/* An endpoint nobody listens on: a port the kernel gave a socket that is closed again. */
+/* An endpoint that refuses connections: a TCP socket bound to a port of 127.0.0.1 that never
+ * listens (a SYN to it is answered with RST). The socket stays open, so no other test of a
+ * parallel run can take the port and answer in its place; the process closes it at exit. */
 static inline void test_closed_endpoint(char *out, size_t cap)
 {
-    void *ctx = zmq_ctx_new(), *r = zmq_socket(ctx, ZMQ_ROUTER);
-    int zero = 0;
-    size_t n = cap;
-    zmq_setsockopt(r, ZMQ_LINGER, &zero, sizeof zero);
-    TR_CHECK(zmq_bind(r, "tcp://127.0.0.1:*") == 0);
-    TR_CHECK(zmq_getsockopt(r, ZMQ_LAST_ENDPOINT, out, &n) == 0);
-    zmq_close(r);
-    zmq_ctx_term(ctx);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    TR_CHECK(fd >= 0);
+    TR_CHECK(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    TR_CHECK(getsockname(fd, (struct sockaddr *)&a, &alen) == 0);
+    snprintf(out, cap, "tcp://127.0.0.1:%u", (unsigned)ntohs(a.sin_port));
 }
 
 #endif

@@ -490,6 +490,35 @@ static void test_pieces(void **state)
     zmq_ctx_term(zctx);
 }
 
+/* Requesters come and go on one context (the pool reopens one after every timeout): a refusal
+ * is still reported to each new one. (Left to zmq_close, a socket's monitor was torn down so
+ * late that the next monitor of the context got no events at all.) */
+static void test_refused_after_close(void **state)
+{
+    (void)state;
+    void *zctx = zmq_ctx_new();
+    char closed[64];
+    test_closed_endpoint(closed, sizeof closed);
+    const char *c[] = {closed};
+    frame f = health_frame();
+    for (int k = 0; k < 5; k++) {
+        ps_zreq_free(requester(zctx, c, 1, 0)); /* one closed before it was ever used */
+        ps_zreq_t *z = requester(zctx, c, 1, 0);
+        Persrv__Envelope *env = NULL;
+        ps_err err = {0, ""};
+        uint64_t rid = 0;
+        assert_int_equal(ps_zreq_send(z, f.b, f.n, 50, &rid, &err), 0);
+        assert_int_equal(poll_step(z, &env, &err), PS_ZREQ_REFUSED);
+        assert_null(env);
+        assert_int_equal(ps_zreq_reopen(z, 0, &err), 0); /* a reopen, then the same again */
+        assert_int_equal(ps_zreq_send(z, f.b, f.n, 50, &rid, &err), 0);
+        assert_int_equal(poll_step(z, &env, &err), PS_ZREQ_REFUSED);
+        ps_zreq_free(z);
+    }
+    free(f.b);
+    zmq_ctx_term(zctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -503,6 +532,7 @@ int main(void)
         cmocka_unit_test(test_stop_flag),
         cmocka_unit_test(test_bad_endpoints),
         cmocka_unit_test(test_pieces),
+        cmocka_unit_test(test_refused_after_close),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
