@@ -20,7 +20,7 @@
 #include "ps/curve.h"
 #include "ps/wire.h"
 
-static void die(const char *what)
+static _Noreturn void die(const char *what)
 {
     fprintf(stderr, "zmq_flood: %s\n", what);
     exit(1);
