@@ -153,7 +153,9 @@ static int replica_open(broker_pool_t *p, replica *r)
         if (ps_zreq_reopen(r->zr, 0, &e) == 0) return 0;
     } else {
         const char *ep = r->endpoint;
-        ps_zreq_opts o = {.max_frame = p->max_frame, .curve = p->curve};
+        /* no monitor: the pool does not act on refusals (recv_env), so it need not watch for
+         * them — one socket and one poll item per replica */
+        ps_zreq_opts o = {.max_frame = p->max_frame, .curve = p->curve, .no_monitor = 1};
         if ((r->zr = ps_zreq_new(p->zctx, &ep, 1, &o, &e))) return 0;
     }
     ps_log(PS_LOG_ERROR, "broker", "socket_failed", "endpoint=%s msg=\"%s\"", r->endpoint, e.msg);
@@ -194,8 +196,8 @@ broker_pool_t *broker_pool_new(const char *topology, uint32_t deadline_ms, uint3
         ps_err_set(err, PS_ENOMEM, "out of memory for the shard pool");
         goto fail;
     }
-    /* three sockets per replica: its DEALER, the monitor's and the PAIR that reads it */
-    int maxsock = (int)(3 * t.nendpoints + 64);
+    /* one socket per replica (its DEALER: no monitor), and room for the rest */
+    int maxsock = (int)(t.nendpoints + 64);
     if (maxsock > zmq_ctx_get(p->zctx, ZMQ_MAX_SOCKETS))
         zmq_ctx_set(p->zctx, ZMQ_MAX_SOCKETS, maxsock);
     p->nshards = t.nshards;

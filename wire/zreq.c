@@ -49,7 +49,7 @@ static void close_socks(ps_zreq_t *z)
 {
     /* Stop the monitor before closing: left to zmq_close, libzmq tears it down late and the
      * next monitor of this context gets no events (every later refusal would be missed). */
-    if (z->sock) zmq_socket_monitor(z->sock, NULL, 0);
+    if (z->sock && z->mon) zmq_socket_monitor(z->sock, NULL, 0);
     if (z->sock) zmq_close(z->sock);
     if (z->mon) zmq_close(z->mon);
     z->sock = z->mon = NULL;
@@ -67,12 +67,14 @@ static int open_socks(ps_zreq_t *z, size_t i, ps_err *err)
     close_socks(z);
     z->cur = i;
     snprintf(mon, sizeof mon, "inproc://ps-zreq-%llu", (unsigned long long)++monitor_seq);
-    if (!(z->sock = zmq_socket(z->zctx, ZMQ_DEALER)) || !(z->mon = zmq_socket(z->zctx, ZMQ_PAIR)) ||
+    if (!(z->sock = zmq_socket(z->zctx, ZMQ_DEALER)) ||
         zmq_setsockopt(z->sock, ZMQ_LINGER, &zero, sizeof zero) ||
-        zmq_setsockopt(z->mon, ZMQ_LINGER, &zero, sizeof zero) ||
         zmq_setsockopt(z->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
-        zmq_socket_monitor(z->sock, mon, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_CONNECT_RETRIED) ||
-        zmq_connect(z->mon, mon)) {
+        (!z->o.no_monitor &&
+         (!(z->mon = zmq_socket(z->zctx, ZMQ_PAIR)) ||
+          zmq_setsockopt(z->mon, ZMQ_LINGER, &zero, sizeof zero) ||
+          zmq_socket_monitor(z->sock, mon, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_CONNECT_RETRIED) ||
+          zmq_connect(z->mon, mon)))) {
         rc = ps_err_set(err, PS_EINTERNAL, "%s: socket: %s", ep, zmq_strerror(zmq_errno()));
         goto fail;
     }
@@ -177,6 +179,7 @@ int ps_zreq_pollitems(const ps_zreq_t *z, zmq_pollitem_t *items)
 {
     if (!z->sock) return 0;
     items[0] = (zmq_pollitem_t){z->sock, 0, ZMQ_POLLIN, 0};
+    if (!z->mon) return 1;
     items[1] = (zmq_pollitem_t){z->mon, 0, ZMQ_POLLIN, 0};
     return 2;
 }

@@ -57,6 +57,8 @@ typedef struct ps_zreq_opts {
     void *setup_arg;
     const atomic_int *stop; /* ps_zreq_call gives up (PS_EUNAVAIL, "stopping") within
                                PS_ZREQ_STOP_POLL_MS once *stop is non-zero; NULL: never */
+    int no_monitor;         /* 1: no socket monitor — refusals go unseen (an attempt runs to
+                               its timeout), one socket per requester, one poll item */
 } ps_zreq_opts;
 
 /* A requester over endpoints[0..n) (1..PS_ZREQ_MAX_ENDPOINTS, each copied) in zctx (borrowed; it
@@ -105,8 +107,9 @@ size_t ps_zreq_index(const ps_zreq_t *z);
  * and ps_zreq_free. For the caller's own socket options; send and receive through here. */
 void *ps_zreq_socket(const ps_zreq_t *z);
 
-/* Fill items[0..PS_ZREQ_NPOLL) for zmq_poll: the DEALER and its monitor, ZMQ_POLLIN. Returns
- * how many were filled (0 while closed). When either is readable, call ps_zreq_step. */
+/* Fill items[0..PS_ZREQ_NPOLL) for zmq_poll: the DEALER and its monitor (none with no_monitor),
+ * ZMQ_POLLIN. Returns how many were filled (0 while closed). When one is readable, call
+ * ps_zreq_step. */
 int ps_zreq_pollitems(const ps_zreq_t *z, zmq_pollitem_t *items);
 
 /* Close the socket and open a new one to endpoint `index` (ps_zreq_index(z) to stay, or
