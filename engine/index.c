@@ -219,25 +219,46 @@ int ps_ixbuild_add(ps_ixbuild_t *b, uint64_t id, float utility,
 
 int ps__index_build_blocks(ps_index_t *ix, ps_err *err)
 {
-    uint32_t nblocks = 0;
-    for (uint32_t l = 0; l < ix->nlists; l++) {
-        ix->lists[l].blk = nblocks;
-        nblocks += (ix->lists[l].n + PS_BLOCK - 1) / PS_BLOCK;
-    }
-    ix->blk_last = ps_malloc((nblocks ? nblocks : 1) * sizeof *ix->blk_last);
-    if (!ix->blk_last)
-        return ps_err_set(err, PS_ENOMEM, "out of memory allocating %u blocks", nblocks);
-    ix->nblocks = nblocks;
+    uint32_t nblocks = 0, nwin = (ix->ndocs + PS_WIN - 1) >> PS_WIN_BITS;
+    uint64_t nwin_q = 0;
     for (uint32_t l = 0; l < ix->nlists; l++) {
         ps__plist *pl = &ix->lists[l];
+        pl->blk = nblocks;
+        nblocks += (pl->n + PS_BLOCK - 1) / PS_BLOCK;
+        pl->win = PS_NOLIST;
+        if (nwin > 0 && pl->n >= nwin && nwin_q + nwin < PS_NOLIST) {
+            pl->win = (uint32_t)nwin_q;
+            nwin_q += nwin;
+        }
+    }
+    ps_free(ix->blk_last);
+    ps_free(ix->win_q);
+    ix->blk_last = ps_malloc((nblocks ? nblocks : 1) * sizeof *ix->blk_last);
+    ix->win_q = ps_calloc(nwin_q ? nwin_q : 1, 1);
+    if (!ix->blk_last || !ix->win_q)
+        return ps_err_set(err, PS_ENOMEM, "out of memory allocating %u blocks", nblocks);
+    ix->nblocks = nblocks;
+    ix->nwin_q = nwin_q;
+    for (uint32_t l = 0; l < ix->nlists; l++) {
+        ps__plist *pl = &ix->lists[l];
+        const uint32_t *docs = ix->pdocs + pl->off;
+        const float *tfn = ix->ptfn + pl->off;
         float lmax = 0.0f;
         for (uint32_t i = 0; i < pl->n; i++)
-            if (ix->ptfn[pl->off + i] > lmax) lmax = ix->ptfn[pl->off + i];
+            if (tfn[i] > lmax) lmax = tfn[i];
         for (uint32_t i = 0; i < pl->n; i += PS_BLOCK) {
             uint32_t end = i + PS_BLOCK < pl->n ? i + PS_BLOCK : pl->n;
-            ix->blk_last[pl->blk + i / PS_BLOCK] = ix->pdocs[pl->off + end - 1];
+            ix->blk_last[pl->blk + i / PS_BLOCK] = docs[end - 1];
         }
         pl->max_tfn = lmax;
+        if (pl->win == PS_NOLIST || !(lmax > 0.0f)) continue;
+        uint8_t *q = ix->win_q + pl->win;
+        for (uint32_t i = 0; i < pl->n; i++) {
+            double r = ceil(255.0 * (double)tfn[i] / (double)lmax);
+            uint8_t v = r >= 255.0 ? 255 : (uint8_t)r;
+            uint32_t w = docs[i] >> PS_WIN_BITS;
+            if (v > q[w]) q[w] = v;
+        }
     }
     return 0;
 }
@@ -456,6 +477,7 @@ void ps_index_free(ps_index_t *ix)
     ps_free(ix->pdocs);
     ps_free(ix->ptfn);
     ps_free(ix->blk_last);
+    ps_free(ix->win_q);
     ps_free(ix->idmap);
     ps_free(ix->emb);
     ps_free(ix);
@@ -510,7 +532,7 @@ size_t ps_index_memory(const ps_index_t *ix)
          (ix->dict.map.slot ? (ix->dict.map.mask + 1) * sizeof(ps_map_slot) : 0);
     n += (size_t)ix->nlists * sizeof(ps__plist);
     n += ix->npostings * (sizeof *ix->pdocs + sizeof *ix->ptfn);
-    n += (size_t)ix->nblocks * sizeof *ix->blk_last;
+    n += (size_t)ix->nblocks * sizeof *ix->blk_last + ix->nwin_q;
     n += ((size_t)ix->idmask + 1) * sizeof *ix->idmap;
     if (ix->emb) n += (size_t)ix->ndocs * ix->dim * sizeof *ix->emb;
     return n;

@@ -21,15 +21,26 @@
  *                     factor; a query multiplies it by w_f·idf_f(t)
  * List L occupies [L.off, L.off + L.n). Lists are cut into blocks of PS_BLOCK postings;
  * blk_last[L.blk + j] is the last doc of block j, so a probe gallops over blocks first.
+ *
+ * Docs are also cut into aligned windows of PS_WIN docs (doc >> PS_WIN_BITS), the unit of
+ * search.c's pruning. A list with at least as many postings as there are windows has a window
+ * table: win_q[L.win + w] = ceil(255 · (largest ptfn in window w) / L.max_tfn), 0 when the list
+ * has no posting there, so qw · max_tfn · q / 255 bounds the list's contributions in window w
+ * (search.c adds a relative slack of 2^-20 for rounding). Shorter lists have L.win = PS_NOLIST:
+ * their postings in a window are few, and search.c reads them for an exact bound. The tables
+ * take at most one byte per posting.
  */
-#define PS_BLOCK  64
-#define PS_NOLIST UINT32_MAX
+#define PS_BLOCK    64
+#define PS_NOLIST   UINT32_MAX
+#define PS_WIN_BITS 8
+#define PS_WIN      (1u << PS_WIN_BITS)
 
 typedef struct ps__plist {
     uint32_t off;  /* first posting */
     uint32_t n;    /* postings */
     uint32_t df;   /* document frequency for idf: == n on a node holding the whole corpus */
     uint32_t blk;  /* first block */
+    uint32_t win;  /* first byte of its window table in win_q, or PS_NOLIST */
     float max_tfn; /* largest ptfn of the list */
 } ps__plist;
 
@@ -80,6 +91,8 @@ struct ps_index {
     uint64_t npostings;
     uint32_t *blk_last;
     uint32_t nblocks;
+    uint8_t *win_q; /* window tables of the long lists */
+    uint64_t nwin_q;
 
     uint32_t *idmap; /* open addressing: doc + 1 keyed by hash of ids[doc]; 0 = empty */
     uint32_t idmask;
@@ -96,7 +109,8 @@ float ps__tfn(uint32_t tf, uint32_t dl, double avgdl);
 ps_index_t *ps__index_alloc(uint32_t ndocs, uint32_t dim);
 /* Build idmap from ids; PS_EINVAL on a repeated id. */
 int ps__index_build_idmap(ps_index_t *ix, ps_err *err);
-/* Lay out the blocks of every list once pdocs/ptfn are filled (allocates blk_*). */
+/* Lay out the blocks and window tables of every list once pdocs/ptfn are filled (allocates
+ * blk_last and win_q). */
 int ps__index_build_blocks(ps_index_t *ix, ps_err *err);
 
 /**************************************************************************

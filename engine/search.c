@@ -1,6 +1,6 @@
 /*
- * search.c — query evaluation: analysis, clause setup, MaxScore with block skipping,
- * the exhaustive reference path, and the preference step.
+ * search.c — query evaluation: analysis, clause setup, windowed block-max MaxScore, the
+ * exhaustive reference path, and the preference step.
  *
  * A clause is one (field, term) posting list with its query weight qw = w_f·idf_f(t) (float).
  * A posting contributes qw·ptfn (a float product); a doc's Relevance is the double sum of its
@@ -8,16 +8,16 @@
  * the sum starts from the strongest clause). Both paths add in exactly this order, so they
  * produce bit-identical scores.
  *
- * MaxScore: clauses [0, ne) are "non-essential": even all of them together plus the best
- * utility still reachable cannot beat the current R-th recall (theta), so no doc that appears
- * only in them can enter the top R. Candidates come from the essential clauses [ne, m); the
- * non-essential ones are probed, strongest first, while the bound still allows a win. Docs
- * are numbered by descending utility, so utility[d] bounds the utility of every later doc and
- * ne only grows. Probes skip whole blocks of postings by their last doc.
- *
- * (Block-level upper bounds were tried both for the probes and for skipping ranges of
- * candidates: on this workload a 64-posting block's maximum is close to its list's maximum,
- * so they pruned nothing and cost ~10%.)
+ * Windowed MaxScore (after Lucene's MaxScoreBulkScorer): docs are taken in aligned windows of
+ * WIN docs. In each window a clause's bound is the largest contribution of the blocks that
+ * overlap the window (blk_max), and utility's bound is the utility of the window's first doc
+ * (docs are numbered by descending utility). Clauses [0, ne) are "non-essential" in the
+ * window: all of them together plus that utility cannot beat the current R-th recall (theta),
+ * so a doc that appears only in them cannot enter the top R. The essential clauses [ne, m)
+ * are scored term-at-a-time into the window's accumulator, strongest first; each doc they
+ * touched is then completed by probing the non-essential clauses, strongest first, while the
+ * bound still allows a win. A window without essential clauses is skipped. ne is a prefix of
+ * the global order in every window, so every doc's sum still runs in descending clause order.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -28,14 +28,18 @@
 #include "ps/alloc.h"
 
 #define END_DOC UINT32_MAX
+#define WIN     PS_WIN
 
 typedef struct clause {
     const uint32_t *docs; /* list postings */
     const float *tfn;
     const uint32_t *blast; /* block last docs */
+    const uint8_t *wq;     /* window table (ps_int.h), NULL for a short list */
+    double wscale;         /* bound of a window = wscale · wq[window] */
     uint32_t n, pos;
     uint32_t cur;   /* docs[pos], or END_DOC once the list is exhausted */
     uint32_t nblk;  /* blocks */
+    uint32_t wpos;  /* short list: first posting not before the last window bounded */
     float qw;       /* w_f · idf_f(t) */
     float ub;       /* qw · max ptfn */
     uint32_t order; /* tie-break for sorting: creation order */
@@ -53,8 +57,14 @@ struct ps_searcher {
     ps_tokens tok;
     clause *cl;
     size_t cl_cap;
-    double *prefix; /* prefix[i] = Σ ub of clauses [0, i) */
+    double *prefix; /* prefix[i] = Σ bound of clauses [0, i) (in the current window) */
     size_t prefix_cap;
+    double wacc[WIN]; /* window accumulator: zero between windows */
+    struct wcand {
+        uint32_t doc;
+        double rel;
+    } wcand[WIN];             /* the window's candidates */
+    uint64_t wbits[WIN / 64]; /* docs of the window the essential clauses touched */
     heapent *heap;
     size_t heap_cap;
     double *acc;   /* exhaustive path: per-doc sums, all zero between queries */
@@ -233,9 +243,12 @@ static int setup(ps_searcher_t *s, const ps_search_opts *o, size_t *m, ps_search
             c->blast = ix->blk_last + pl->blk;
             c->n = pl->n;
             c->pos = 0;
+            c->wpos = 0;
             c->nblk = (pl->n + PS_BLOCK - 1) / PS_BLOCK;
             c->qw = (float)((double)o->field_w[f] * idf);
             c->ub = c->qw * pl->max_tfn;
+            c->wq = pl->win != PS_NOLIST ? ix->win_q + pl->win : NULL;
+            c->wscale = (double)c->qw * (double)pl->max_tfn / 255.0 * (1.0 + 0x1p-20);
             c->order = (uint32_t)n;
             if (!(c->qw > 0.0f) || pl->n == 0) continue;
             st->npostings += pl->n;
@@ -249,9 +262,6 @@ static int setup(ps_searcher_t *s, const ps_search_opts *o, size_t *m, ps_search
         return ps_err_set(err, PS_ENOMEM, "out of memory preparing a query");
     if (grow((void **)&s->prefix, &s->prefix_cap, n + 1, sizeof *s->prefix))
         return ps_err_set(err, PS_ENOMEM, "out of memory preparing a query");
-    double *prefix = s->prefix;
-    prefix[0] = 0.0;
-    for (size_t i = 0; i < n; i++) prefix[i + 1] = prefix[i] + (double)s->cl[i].ub;
     return 0;
 }
 
@@ -297,72 +307,147 @@ static inline void seek(clause *c, uint32_t d, uint64_t *visited)
 }
 
 /**************************************************************************
- * MaxScore with block-max bounds
+ * Windowed MaxScore
  */
+
+/* Largest contribution of c to a doc in [w0, w1): from its window table, or exactly from the
+ * postings of a short list (each read once per query: windows only move forward). */
+static inline double window_bound(clause *c, uint32_t w0, uint32_t w1)
+{
+    if (c->wq) return c->wscale * c->wq[w0 >> PS_WIN_BITS];
+    uint32_t p = c->wpos;
+    while (p < c->n && c->docs[p] < w0) p++;
+    float mx = 0.0f;
+    for (; p < c->n && c->docs[p] < w1; p++)
+        if (c->tfn[p] > mx) mx = c->tfn[p];
+    c->wpos = p;
+    return (double)(c->qw * mx);
+}
+
+/* Score the essential clause c's postings in [w0, w1) into the window accumulator. */
+static inline void taat(ps_searcher_t *s, clause *c, uint32_t w0, uint32_t w1, uint64_t *visited)
+{
+    double *acc = s->wacc;
+    uint64_t *bits = s->wbits;
+    seek(c, w0, visited);
+    uint32_t p = c->pos, n = c->n;
+    const uint32_t *docs = c->docs;
+    const float *tfn = c->tfn;
+    const float qw = c->qw;
+    for (; p < n && docs[p] < w1; p++) {
+        uint32_t j = docs[p] - w0;
+        acc[j] += (double)(qw * tfn[p]);
+        bits[j >> 6] |= 1ull << (j & 63);
+    }
+    *visited += p - c->pos;
+    c->pos = p;
+    c->cur = p < n ? docs[p] : END_DOC;
+}
 
 static size_t run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stats *st)
 {
     const ps_index_t *ix = s->ix;
     clause *cl = s->cl;
-    const double *prefix = s->prefix;
+    double *bound = s->prefix, *acc = s->wacc;
+    uint64_t *bits = s->wbits;
+    struct wcand *cand = s->wcand;
     heapent *heap = s->heap;
-    size_t nheap = 0, R = o->R, ne = 0;
+    size_t nheap = 0, R = o->R;
     double theta = -INFINITY;
     uint64_t visited = 0, scored = 0, candidates = 0, bounded = 0;
 
-    for (size_t i = 0; i < m; i++) cl[i].cur = cl[i].n ? cl[i].docs[0] : END_DOC;
-    uint32_t d = END_DOC;
-    for (size_t i = 0; i < m; i++)
-        if (cl[i].cur < d) d = cl[i].cur;
+    uint32_t first = END_DOC;
+    for (size_t i = 0; i < m; i++) {
+        clause *c = &cl[i];
+        c->cur = c->docs[0];
+        if (c->cur < first) first = c->cur;
+    }
+    for (uint32_t w0 = first & ~(WIN - 1); w0 < ix->ndocs; w0 += WIN) {
+        uint32_t w1 = w0 + WIN;
+        double u = o->use_utility ? (double)ix->utility[w0] : 0.0;
 
-    while (d != END_DOC) {
-        double u = o->use_utility ? (double)ix->utility[d] : 0.0;
-
-        /* Lists that cannot lift a doc past theta even together stop producing candidates. */
-        if (nheap == R && ne < m && prefix[ne + 1] + u < theta) {
-            while (ne < m && prefix[ne + 1] + u < theta) ne++;
-            d = END_DOC;
-            for (size_t i = ne; i < m; i++)
-                if (cl[i].cur < d) d = cl[i].cur;
-            continue;
-        }
-
-        /* Score d on the essential lists and find the next candidate in the same pass. */
-        double rel = 0.0;
-        uint32_t next = END_DOC;
-        candidates++;
-        for (size_t i = m; i-- > ne;) {
-            clause *c = &cl[i];
-            if (c->cur == d) {
-                rel += (double)(c->qw * c->tfn[c->pos]);
-                c->cur = ++c->pos < c->n ? c->docs[c->pos] : END_DOC;
-                visited++;
+        /* The non-essential prefix for this window. */
+        size_t ne = 0;
+        bound[0] = 0.0;
+        if (nheap == R) {
+            while (ne < m) {
+                double b = bound[ne] + window_bound(&cl[ne], w0, w1);
+                if (!(b + u < theta)) break;
+                bound[++ne] = b;
             }
-            if (c->cur < next) next = c->cur;
+            if (ne == m) continue;
         }
-        uint32_t doc = d;
-        d = next;
-        if (ne > 0) {
-            if (rel + prefix[ne] + u < theta) continue;
-            bounded++;
-            /* Probe the non-essential lists, strongest first, while they can still matter. */
-            int pruned = 0;
-            for (size_t i = ne; i-- > 0;) {
-                if (rel + prefix[i + 1] + u < theta) {
-                    pruned = 1;
-                    break;
-                }
-                clause *c = &cl[i];
+
+        /* Essential clauses, strongest first, into the accumulator. */
+        int live = 0;
+        for (size_t i = m; i-- > ne;) {
+            if (cl[i].cur == END_DOC) continue;
+            taat(s, &cl[i], w0, w1, &visited);
+            live |= cl[i].cur != END_DOC;
+        }
+
+        /* The touched docs that may still win, in doc order. The bounds are sums of floats (or
+         * carry a slack far above rounding), so comparing rel with theta − u − bound decides
+         * exactly as rel + bound + u < theta would. */
+        uint32_t nc = 0;
+        double need = theta - u - bound[ne];
+        for (uint32_t wi = 0; wi < WIN / 64; wi++) {
+            uint64_t word = bits[wi];
+            bits[wi] = 0;
+            while (word) {
+                uint32_t j = wi * 64 + (uint32_t)__builtin_ctzll(word);
+                word &= word - 1;
+                double rel = acc[j];
+                acc[j] = 0.0;
+                if (rel < need) continue;
+                cand[nc].doc = w0 + j;
+                cand[nc].rel = rel;
+                nc++;
+            }
+        }
+        candidates += nc;
+        if (ne > 0) bounded += nc;
+        /* Complete them on the non-essential clauses, strongest first, a clause at a time (each
+         * doc still adds its clauses in descending order), dropping those that cannot win. */
+        for (size_t i = ne; i-- > 0 && nc > 0;) {
+            clause *c = &cl[i];
+            double rest = theta - u - bound[i + 1];
+            uint32_t kept = 0;
+            for (uint32_t k = 0; k < nc; k++) {
+                double rel = cand[k].rel;
+                if (rel < rest) continue;
+                uint32_t doc = cand[k].doc;
                 seek(c, doc, &visited);
                 if (c->cur == doc) rel += (double)(c->qw * c->tfn[c->pos]);
+                cand[kept].doc = doc;
+                cand[kept].rel = rel;
+                kept++;
             }
-            if (pruned) continue;
+            nc = kept;
         }
-        if (!(rel > 0.0)) continue;
-        scored++;
-        heapent e = {rel + u, rel, ix->ids[doc], doc};
-        heap_push(heap, &nheap, R, &e);
-        if (nheap == R) theta = heap[0].recall;
+        for (uint32_t k = 0; k < nc; k++) {
+            uint32_t doc = cand[k].doc;
+            double rel = cand[k].rel;
+            double ud = o->use_utility ? (double)ix->utility[doc] : 0.0;
+            if (!(rel > 0.0) || (nheap == R && rel + ud < theta)) continue;
+            scored++;
+            heapent e = {rel + ud, rel, ix->ids[doc], doc};
+            heap_push(heap, &nheap, R, &e);
+            if (nheap == R) theta = heap[0].recall;
+        }
+        /* Every essential clause is exhausted: later docs can only come from clauses that are
+         * non-essential here, and they only become more so (theta rises, utility falls) —
+         * unless a window bound rises again, so go on while any clause has postings left. */
+        if (!live) {
+            uint32_t next = END_DOC;
+            for (size_t i = 0; i < m; i++) {
+                clause *c = &cl[i];
+                if (c->cur < w1) seek(c, w1, &visited);
+                if (c->cur < next) next = c->cur;
+            }
+            if (next == END_DOC) break;
+            w0 = (next & ~(WIN - 1)) - WIN;
+        }
     }
     st->visited += visited;
     st->scored += scored;

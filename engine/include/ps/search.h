@@ -62,7 +62,7 @@ typedef struct ps_search_stats {
     uint64_t npostings;  /* postings in those lists */
     uint64_t visited;    /* postings the evaluation actually read */
     uint64_t candidates; /* stickers whose essential clauses were scored */
-    uint64_t bounded;    /* candidates that needed block-max bounds */
+    uint64_t bounded;    /* candidates completed on non-essential clauses */
     uint64_t scored;     /* stickers fully scored */
 } ps_search_stats;
 
