@@ -33,6 +33,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "proxy_net.h"
+
 #define MAX_PAIRS 256
 #define MAX_HDR   (64 * 1024)
 #define BUF       (256 * 1024)
@@ -62,18 +64,6 @@ static void close_pair(pair *p)
     *p = (pair){.cfd = -1, .ufd = -1};
 }
 
-static int write_all(int fd, const char *b, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, b, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1;
-        b += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* Content-Length of the headers at h (0 if none); *chunked set for a chunked body. */
 static size_t content_length(const char *h, size_t n, int *chunked)
 {
@@ -98,10 +88,10 @@ static size_t content_length(const char *h, size_t n, int *chunked)
 static int from_client(pair *p, const char *b, size_t n)
 {
     while (n > 0) {
-        if (!p->framing) return write_all(p->ufd, b, n);
+        if (!p->framing) return pn_write_all(p->ufd, b, n);
         if (p->body_left > 0) {
             size_t k = n < p->body_left ? n : p->body_left;
-            if (write_all(p->ufd, b, k)) return -1;
+            if (pn_write_all(p->ufd, b, k)) return -1;
             p->body_left -= k;
             b += k;
             n -= k;
@@ -117,7 +107,7 @@ static int from_client(pair *p, const char *b, size_t n)
         if (!end) {
             if (p->hdr_len == MAX_HDR) { /* not HTTP as we know it: stop framing */
                 p->framing = 0;
-                if (write_all(p->ufd, p->hdr, p->hdr_len)) return -1;
+                if (pn_write_all(p->ufd, p->hdr, p->hdr_len)) return -1;
                 p->hdr_len = 0;
             }
             b += k;
@@ -143,7 +133,7 @@ static int from_client(pair *p, const char *b, size_t n)
             }
             return 0;
         }
-        if (write_all(p->ufd, p->hdr, hl)) return -1;
+        if (pn_write_all(p->ufd, p->hdr, hl)) return -1;
         p->hdr_len = 0;
         p->body_left = clen;
         if (chunked) p->framing = 0;
@@ -151,18 +141,6 @@ static int from_client(pair *p, const char *b, size_t n)
         n -= used;
     }
     return 0;
-}
-
-static int listen_any(int *port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) || listen(fd, 64) ||
-        getsockname(fd, (struct sockaddr *)&a, &al))
-        return -1;
-    *port = ntohs(a.sin_port);
-    return fd;
 }
 
 static void usage(FILE *f)
@@ -211,30 +189,24 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    const char *colon = to ? strrchr(to, ':') : NULL;
-    if (optind != argc || !to || !ready || !colon || nth < 1 ||
+    if (optind != argc || !to || !ready || nth < 1 ||
         (stall_text && (!stalled_file || !release_file))) {
         usage(stderr);
         return 2;
     }
-    char host[64];
-    snprintf(host, sizeof host, "%.*s", (int)(colon - to), to);
-    upstream = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons(atoi(colon + 1))};
-    if (inet_pton(AF_INET, host, &upstream.sin_addr) != 1) {
+    if (pn_parse_addr(to, &upstream)) {
         fprintf(stderr, "stall_proxy: --to: '%s' is not IPv4:PORT\n", to);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    int port, lfd = listen_any(&port);
+    struct sockaddr_in self = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int lfd = pn_listen(&self, 64);
     if (lfd < 0) {
         perror("stall_proxy: listen");
         return 1;
     }
     for (int i = 0; i < MAX_PAIRS; i++) pairs[i] = (pair){.cfd = -1, .ufd = -1};
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", ready);
-    FILE *f = fopen(tmp, "w");
-    if (!f || fprintf(f, "127.0.0.1:%d\n", port) < 0 || fclose(f) || rename(tmp, ready)) {
+    if (pn_write_ready(ready, &self)) {
         perror(ready);
         return 1;
     }
@@ -305,7 +277,8 @@ int main(int argc, char **argv)
                 close_pair(p);
                 continue;
             }
-            int rc = from_up ? write_all(p->cfd, buf, (size_t)r) : from_client(p, buf, (size_t)r);
+            int rc =
+                from_up ? pn_write_all(p->cfd, buf, (size_t)r) : from_client(p, buf, (size_t)r);
             if (rc) close_pair(p);
         }
     }
