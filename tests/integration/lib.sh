@@ -15,6 +15,9 @@
 #   start_broker NAME TOPOLOGY FLAGS…  a broker on a free HTTP port with its ZeroMQ front door
 #                            on a free port; sets PID[NAME], URL (HTTP), ZEP (ZeroMQ endpoint)
 #   stop NAME                SIGTERM; exit status 0, pid/ready files gone, clean exit logged
+#
+# start_shard and start_broker listen on 127.0.0.1, or on the loopback address PS_HOST names
+# (PS_HOST=127.0.0.2 start_shard …: a "host" of its own, test_multihost.sh).
 
 ps_test_init() {
   T=$(mktemp -d "/tmp/ps_test_$1_XXXXXX")
@@ -50,13 +53,13 @@ start_shard() {
   for _ in 1 2 3 4 5; do
     port=$($C freeport)
     rm -f "$T/$name.ready"
-    "$S" --listen "tcp://127.0.0.1:$port" --ready-file "$T/$name.ready" \
+    "$S" --listen "tcp://${PS_HOST:-127.0.0.1}:$port" --ready-file "$T/$name.ready" \
       --pid-file "$T/$name.pid" "$@" 2>>"$T/$name.log" &
     pid=$!
     while [ ! -e "$T/$name.ready" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
     if [ -e "$T/$name.ready" ]; then
       PID[$name]=$pid
-      EP[$name]="tcp://127.0.0.1:$port"
+      EP[$name]="tcp://${PS_HOST:-127.0.0.1}:$port"
       grep -qx "${EP[$name]}" "$T/$name.ready" || fail "$name: ready file does not name its endpoint"
       [ "$(cat "$T/$name.pid")" = "$pid" ] || fail "$name: pid file does not hold $pid"
       return 0
@@ -88,8 +91,8 @@ start_broker() {
   local name=$1 topo=$2
   shift 2
   rm -f "$T/$name.ready"
-  "$BR" --shards "$topo" --http 127.0.0.1:0 --zmq 'tcp://127.0.0.1:*' --ready-file "$T/$name.ready" \
-    --pid-file "$T/$name.pid" "$@" 2>>"$T/$name.log" &
+  "$BR" --shards "$topo" --http "${PS_HOST:-127.0.0.1}:0" --zmq "tcp://${PS_HOST:-127.0.0.1}:*" \
+    --ready-file "$T/$name.ready" --pid-file "$T/$name.pid" "$@" 2>>"$T/$name.log" &
   PID[$name]=$!
   for _ in $(seq 1 600); do
     [ -e "$T/$name.ready" ] && break
