@@ -26,7 +26,8 @@
 #      once cleared the replica serves again (its partner stalled, answers are still complete);
 #   5. with every fault cleared, answers equal the reference broker's again.
 # usage: test_multihost.sh BUILDER SHARD SHARD_CLIENT BROKER FAULT_PROXY
-# PS_TEST_DEADLINE_MS (default 400) and PS_TEST_SLACK_MS (default 2000) set the budget.
+# PS_TEST_DEADLINE_MS (default 1000: a healthy replica on a loaded machine answers within it) and
+# PS_TEST_SLACK_MS (default 3000) set the budget.
 # PS_TEST_ISSUE13=1 adds what issue 13 asks of the broker and today's broker does not do (so
 # ctest leaves it out): a replica whose connections are reset or refused is marked down on the
 # transport error, so no search waits out a deadline on it (today the first search after the
@@ -37,8 +38,8 @@ S=$2
 C=$3
 BR=$4
 FP=$5
-D=${PS_TEST_DEADLINE_MS:-400}
-SLACK=${PS_TEST_SLACK_MS:-2000}
+D=${PS_TEST_DEADLINE_MS:-1000}
+SLACK=${PS_TEST_SLACK_MS:-3000}
 BUDGET=$((D * 2 + SLACK))
 LAT="latency 5 2"
 ISSUE13=${PS_TEST_ISSUE13:-0}
@@ -53,8 +54,8 @@ $B generate --out "$T/data" --stickers 3000 --dim 32 --users 4 --clicks 1500 --p
 $B build --corpus "$T/data/corpus.jsonl" --embeddings "$T/data/embeddings.npy" \
   --clicks "$T/data/clicks.tsv" --out "$T/cluster" --shards 2 >"$T/build.out" 2>&1 \
   || fail "build: $(cat "$T/build.out")"
-cut -f2 "$T/data/clicks.tsv" | sed '/^[[:space:]]*$/d' | sort -u | head -n 30 >"$T/queries"
-[ "$(wc -l <"$T/queries")" -ge 20 ] || fail "too few queries"
+cut -f2 "$T/data/clicks.tsv" | sed '/^[[:space:]]*$/d' | sort -u | head -n 20 >"$T/queries"
+[ "$(wc -l <"$T/queries")" -ge 10 ] || fail "too few queries"
 mapfile -t QUERIES <"$T/queries"
 mapfile -t USERS < <(cut -f1 "$T/data/clicks.tsv" | sort -u)
 
@@ -87,7 +88,7 @@ done
 via() { echo "tcp://$BHOST:0;${PEP[$1]#tcp://}"; }
 TOPO="$(via s0a)|$(via s0b),$(via s1a)|$(via s1b)"
 PS_HOST=$BHOST start_broker broker "$TOPO" --profiles "$T/cluster/profiles" --deadline-ms "$D" \
-  --retries 1 --health-interval-ms 250 --admin "$BHOST:0"
+  --retries 1 --health-interval-ms 1000 --admin "$BHOST:0"
 PURL=$URL
 PS_HOST=127.0.0.7 start_broker direct \
   "${EP[s0a]}|${EP[s0b]},${EP[s1a]}|${EP[s1b]}" --profiles "$T/cluster/profiles" \
