@@ -133,8 +133,8 @@ static uint64_t next_rand(void)
     return z ^ (z >> 31);
 }
 
-static void logf_(const char *event, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void logf_(const char *event, const char *fmt, ...)
+static void say(const char *event, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(const char *event, const char *fmt, ...)
 {
     char text[512];
     va_list ap;
@@ -266,7 +266,7 @@ static void accept_some(void)
         pn_addr_str(&peer, ps);
         st.accepted++;
         if (cur.reset || cur.close || nconns == MAX_CONNS) {
-            logf_("turned_away", "peer=%s how=%s", ps, cur.reset ? "reset" : "close");
+            say("turned_away", "peer=%s how=%s", ps, cur.reset ? "reset" : "close");
             if (cur.reset || nconns == MAX_CONNS)
                 close_rst(fd);
             else
@@ -286,14 +286,14 @@ static void accept_some(void)
         if (cur.drop) {
             c->dropped = 1;
         } else if ((c->ufd = connect_upstream(&c->connecting)) < 0) {
-            logf_("upstream_failed", "conn=%lu peer=%s errno=%d", c->id, ps, errno);
+            say("upstream_failed", "conn=%lu peer=%s errno=%d", c->id, ps, errno);
             st.upstream_failed++;
             close_rst(fd);
             free(c);
             continue;
         }
         conns[nconns++] = c;
-        logf_("accept", "conn=%lu peer=%s%s", c->id, ps, c->dropped ? " dropped=1" : "");
+        say("accept", "conn=%lu peer=%s%s", c->id, ps, c->dropped ? " dropped=1" : "");
     }
 }
 
@@ -441,7 +441,7 @@ static void write_atomic(const char *path, const char *text, size_t len)
     FILE *f = fopen(tmp, "w");
     if (!f) return;
     int bad = fwrite(text, 1, len, f) != len;
-    if (fclose(f) || bad || rename(tmp, path)) logf_("write_failed", "path=%s", path);
+    if (fclose(f) || bad || rename(tmp, path)) say("write_failed", "path=%s", path);
 }
 
 /* Move from cur to the faults f: what changes for the open connections and the listener. */
@@ -468,7 +468,7 @@ static void apply(const faults *f)
     }
     st.resets += (unsigned long long)resets;
     st.closes += (unsigned long long)closes;
-    if (resets || closes) logf_("ended", "resets=%d closes=%d", resets, closes);
+    if (resets || closes) say("ended", "resets=%d closes=%d", resets, closes);
     if (f->refuse && lfd >= 0) {
         close(lfd);
         lfd = -1;
@@ -485,7 +485,7 @@ static int relisten(void)
     lfd = pn_listen(&a, 128);
     if (lfd < 0) return -1;
     fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL) | O_NONBLOCK);
-    logf_("listening", "%s", "");
+    say("listening", "%s", "");
     return 0;
 }
 
@@ -513,16 +513,16 @@ static void check_control(const char *path, char *last, size_t *last_len, int *f
         char msg[320];
         int n = snprintf(msg, sizeof msg, "error: %s\n",
                          strlen(text) != len ? "a NUL byte in the control file" : why);
-        logf_("bad_control", "msg=\"%.*s\"", n - 1, msg);
+        say("bad_control", "msg=\"%.*s\"", n - 1, msg);
         write_atomic(applied, msg, (size_t)n);
         return;
     }
     apply(&f);
-    logf_("faults",
-          "latency_us=%lld jitter_us=%lld stall_up=%d stall_down=%d drop=%d reset=%d "
-          "close=%d refuse=%d",
-          (long long)f.lat_us, (long long)f.jit_us, f.stall[UP], f.stall[DOWN], f.drop, f.reset,
-          f.close, f.refuse);
+    say("faults",
+        "latency_us=%lld jitter_us=%lld stall_up=%d stall_down=%d drop=%d reset=%d "
+        "close=%d refuse=%d",
+        (long long)f.lat_us, (long long)f.jit_us, f.stall[UP], f.stall[DOWN], f.drop, f.reset,
+        f.close, f.refuse);
     write_atomic(applied, text, len);
 }
 
@@ -614,7 +614,7 @@ int main(int argc, char **argv)
         return 1;
     }
     char to_str[PN_ADDR_LEN];
-    logf_("ready", "to=%s", pn_addr_str(&target, to_str));
+    say("ready", "to=%s", pn_addr_str(&target, to_str));
 
     static struct pollfd pfd[1 + 2 * MAX_CONNS];
     static int who[1 + 2 * MAX_CONNS]; /* connection index * 2 + (0 client, 1 upstream) */
@@ -623,7 +623,7 @@ int main(int argc, char **argv)
         int64_t now = now_us();
         if (now >= next_control) {
             check_control(control, last, &last_len, &first);
-            if (relisten()) logf_("relisten_failed", "errno=%d", errno);
+            if (relisten()) say("relisten_failed", "errno=%d", errno);
             next_control = now + CONTROL_US;
         }
         if (stats_file && now >= next_stats) {
@@ -684,7 +684,7 @@ int main(int argc, char **argv)
                 socklen_t el = sizeof e;
                 getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &e, &el);
                 if (e) {
-                    logf_("upstream_failed", "conn=%lu errno=%d", c->id, e);
+                    say("upstream_failed", "conn=%lu errno=%d", c->id, e);
                     st.upstream_failed++;
                     end_conn(c, END_RESET);
                 } else {
