@@ -74,11 +74,11 @@ for r in "${REPLICAS[@]}"; do
   : >"$T/$r.ctl"
   "$FP" --listen "${PHOST[$r]}:0" --to "${EP[$r]#tcp://}" --ready-file "$T/p$r.ready" \
     --control "$T/$r.ctl" --stats "$T/$r.stats" --seed $seed 2>>"$T/p$r.log" &
-  PID[p$r]=$!
+  PID["p$r"]=$!
   seed=$((seed + 1))
   for _ in $(seq 1 200); do
     [ -e "$T/p$r.ready" ] && break
-    kill -0 "${PID[p$r]}" 2>/dev/null || fail "proxy of $r exited before it was ready"
+    kill -0 "${PID["p$r"]}" 2>/dev/null || fail "proxy of $r exited before it was ready"
     sleep 0.05
   done
   [ -e "$T/p$r.ready" ] || fail "proxy of $r not ready after 10 s"
