@@ -6,7 +6,7 @@
  * them.
  *
  * Files: the RocksDB database, and embeddings.f32 = ndocs rows of dim little-endian float32 in
- * doc order (read with pread for the ~R stickers a personalized query needs).
+ * doc order (mapped read-only; a personalized query copies the ~R rows it needs).
  *
  * Key layout (numbers big-endian in keys, little-endian in values; varint = LEB128):
  *   'D' u32 doc      -> u64 sticker id | f32 utility | u32 dl[5]                 (32 bytes)
@@ -53,7 +53,7 @@ int ps_store_write(const char *dir, const ps_store_input *in, ps_err *err);
 
 /* Threads: once opened, a store may be read from any number of threads at once
  * (ps_store_index, ps_store_profile, ps_store_fields and the index's embedding fetch are
- * RocksDB reads and pread); opening and closing belong to one owner. */
+ * RocksDB reads and reads of a read-only mapping); opening and closing belong to one owner. */
 typedef struct ps_store ps_store_t;
 
 /* Open an index directory read-only and load its index into memory.
