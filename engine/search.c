@@ -26,6 +26,7 @@
 #include "ps/search.h"
 #include "ps_int.h"
 #include "ps/alloc.h"
+#include "ps/rcache.h"
 
 #define END_DOC UINT32_MAX
 #define WIN     PS_WIN
@@ -85,6 +86,8 @@ void ps_search_opts_default(ps_search_opts *o)
     o->use_utility = 1;
     o->exhaustive = 0;
     o->profile = NULL;
+    o->rcache = NULL;
+    o->rcache_version = 0;
 }
 
 ps_searcher_t *ps_searcher_new(const ps_index_t *ix, ps_err *err)
@@ -509,7 +512,11 @@ static int recall(ps_searcher_t *s, const ps_search_opts *o, ps_hit *hits, size_
                   ps_search_stats *st, ps_err *err)
 {
     size_t m = 0, n = 0;
-    int rc;
+    int rc, cache = o->rcache && !o->exhaustive;
+    if (cache && ps_rcache_get(o->rcache, o->rcache_version, &s->tok, o, hits, nhits)) {
+        st->nterms = (uint32_t)s->tok.n;
+        return 0;
+    }
     if ((rc = setup(s, o, &m, st, err))) return rc;
     if (o->exhaustive) {
         if ((rc = run_exhaustive(s, m, o, st, &n, err))) return rc;
@@ -530,6 +537,7 @@ static int recall(ps_searcher_t *s, const ps_search_opts *o, ps_hit *hits, size_
     }
     qsort(hits, n, sizeof *hits, cmp_hit_recall);
     *nhits = n;
+    if (cache) ps_rcache_put(o->rcache, o->rcache_version, &s->tok, o, hits, n);
     return 0;
 }
 

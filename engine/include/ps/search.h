@@ -41,6 +41,9 @@ typedef struct ps_search_opts {
     int use_utility;           /* default 1; 0 ranks by Relevance alone (baselines) */
     int exhaustive;            /* default 0; 1 scores every matching sticker */
     const ps_profile *profile; /* the user's style profile (borrowed), NULL if none */
+    struct ps_rcache *rcache;  /* recall cache for step 2 (ps/rcache.h, borrowed), NULL: none;
+                                  not used when exhaustive */
+    uint64_t rcache_version;   /* the index's version in the cache key, default 0 */
 } ps_search_opts;
 
 void ps_search_opts_default(ps_search_opts *o);
