@@ -55,6 +55,39 @@ static void h_healthz(struct evhttp_request *req, void *arg)
                                   (json_int_t)active, "versions", held, "staging", staging));
 }
 
+/* The recall cache's counters and gauges (all 0 when it is off: capacity 0 says so). */
+static void render_rcache(ps_rcache_t *rc, ps_buf *b)
+{
+    ps_rcache_stats st;
+    ps_rcache_stats_get(rc, &st);
+    ps_buf_printf(
+        b,
+        "# HELP persrv_shard_rcache_hits_total Searches whose top R by recall came from the "
+        "recall cache.\n# TYPE persrv_shard_rcache_hits_total counter\n"
+        "persrv_shard_rcache_hits_total %" PRIu64 "\n"
+        "# HELP persrv_shard_rcache_misses_total Searches that looked in the recall cache and "
+        "scored the posting lists.\n# TYPE persrv_shard_rcache_misses_total counter\n"
+        "persrv_shard_rcache_misses_total %" PRIu64 "\n"
+        "# HELP persrv_shard_rcache_inserts_total Results stored in the recall cache.\n"
+        "# TYPE persrv_shard_rcache_inserts_total counter\n"
+        "persrv_shard_rcache_inserts_total %" PRIu64 "\n"
+        "# HELP persrv_shard_rcache_evictions_total Entries evicted to stay within "
+        "rcache-bytes.\n# TYPE persrv_shard_rcache_evictions_total counter\n"
+        "persrv_shard_rcache_evictions_total %" PRIu64 "\n"
+        "# HELP persrv_shard_rcache_invalidations_total Entries dropped by a version switch or "
+        "retirement.\n# TYPE persrv_shard_rcache_invalidations_total counter\n"
+        "persrv_shard_rcache_invalidations_total %" PRIu64 "\n"
+        "# HELP persrv_shard_rcache_entries Results held in the recall cache.\n"
+        "# TYPE persrv_shard_rcache_entries gauge\npersrv_shard_rcache_entries %" PRIu64 "\n"
+        "# HELP persrv_shard_rcache_bytes Bytes the recall cache holds (entries and buckets).\n"
+        "# TYPE persrv_shard_rcache_bytes gauge\npersrv_shard_rcache_bytes %" PRIu64 "\n"
+        "# HELP persrv_shard_rcache_capacity_bytes The recall cache's bound (0: off).\n"
+        "# TYPE persrv_shard_rcache_capacity_bytes gauge\n"
+        "persrv_shard_rcache_capacity_bytes %" PRIu64 "\n",
+        st.hits, st.misses, st.inserts, st.evictions, st.dropped, st.entries, st.bytes,
+        st.capacity);
+}
+
 static void h_metrics(struct evhttp_request *req, void *arg)
 {
     const shard_ctx *ctx = arg;
@@ -92,6 +125,7 @@ static void h_metrics(struct evhttp_request *req, void *arg)
                       info[i].version, info[i].active);
     ps_hist_render(&m->latency, "persrv_shard_search_seconds", "Time to answer a search request.",
                    &b);
+    render_rcache(ctx->rcache, &b);
     ps_httpguard_render_metrics(&b); /* the admin port's connections */
     if (b.rc)
         ps_admin_reply_error(req, PS_ENOMEM, "out of memory rendering metrics");

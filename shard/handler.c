@@ -84,6 +84,8 @@ static int do_search(void *state, const Persrv__Envelope *env, uint8_t **out, si
         return rc;
     }
     opts.profile = prof.k ? &prof : NULL;
+    opts.rcache = h->ctx->rcache;
+    opts.rcache_version = shard_version_number(v);
     ps_tokens_reset(&h->tokens);
     for (size_t i = 0; i < q->n_tokens && !rc; i++)
         rc = ps_tokens_push(&h->tokens, q->tokens[i], strlen(q->tokens[i]));

@@ -24,6 +24,12 @@
 #define SHARD_MAX_FRAME_DEFAULT "2097152" /* the largest request wire.h allows is 1.3 MiB */
 _Static_assert(PS_WIRE_MAX_FRAME == 4194304, "update SHARD_MAX_FRAME_DEFAULT");
 
+/* The recall cache's default size, 64 MiB: a cached top 100 takes ~4.2 KB, so it holds ~15,000
+ * distinct queries — the head of a Zipf-shaped query stream, which is where the hits are — for
+ * a few percent of what the index itself takes (a 543k-sticker node holds ~1 GB of embeddings
+ * alone). Entries are per version, and a switch empties the previous version's share. */
+#define SHARD_RCACHE_DEFAULT "67108864"
+
 static const ps_cfg_opt shard_opts[] = {
     {"index", PS_CFG_STRING, NULL,
      "a build's shard directory (builder build --shards: DIR/shard-NNN): with --data, imported "
@@ -48,6 +54,10 @@ static const ps_cfg_opt shard_opts[] = {
      "requests queued to workers before the shard stops reading the socket", 0, 1, 100000},
     {"hwm", PS_CFG_UINT, "1000", "ZeroMQ high water mark of the listening socket, messages", 0, 1,
      1000000},
+    {"rcache-bytes", PS_CFG_UINT, SHARD_RCACHE_DEFAULT,
+     "recall cache: bytes of top-R results kept for repeated queries (LRU, dropped on a version "
+     "switch); 0 turns it off, else at least 4096",
+     0, 0, (double)(1ull << 40)},
     {"drain-ms", PS_CFG_UINT, "1000",
      "on shutdown, how long replies still queued may take to leave (ms)", 0, 0, 60000},
     PS_CURVE_CFG_OPTS,
@@ -73,6 +83,7 @@ int main(int argc, char **argv)
     ps_admin_t *admin = NULL;
     char *token = NULL;
     ps_curve_t *curve = NULL;
+    ps_rcache_t *rcache = NULL;
     static shard_metrics metrics;
     int status = 1, pid_written = 0;
     ps_cfg_t *cfg = ps_cfg_daemon("shard", shard_about, shard_opts,
@@ -141,11 +152,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "shard: %s\n", err.msg);
         goto out;
     }
+    uint64_t rcache_bytes = ps_cfg_uint(cfg, "rcache-bytes");
+    if (rcache_bytes && !(rcache = ps_rcache_new((size_t)rcache_bytes, &err))) {
+        fprintf(stderr, "shard: rcache-bytes: %s\n", err.msg);
+        status = err.code == PS_EINVAL ? 2 : 1;
+        goto out;
+    }
+    vs->rcache = rcache;
     shard_ctx ctx = {.versions = vs,
                      .shard = vc.shard,
                      .nshards = vc.nshards,
                      .max_frame = (size_t)ps_cfg_uint(cfg, "max-frame"),
-                     .metrics = &metrics};
+                     .metrics = &metrics,
+                     .rcache = rcache};
     if (!(admin = shard_admin_start(&ctx, ps_cfg_str(cfg, "admin"), token, admin_limits, &err))) {
         ps_log(PS_LOG_ERROR, "shard", "start_failed", "code=%s msg=\"%s\"", ps_errname(err.code),
                err.msg);
@@ -171,6 +190,7 @@ out:
     if (pid_written) unlink(pid_file);
     ps_admin_stop(admin); /* before the versions: its handlers use them */
     shard_versions_free(vs);
+    ps_rcache_free(rcache); /* the workers and the admin port have stopped */
     free(token);
     ps_curve_free(curve);
     ps_log(status ? PS_LOG_ERROR : PS_LOG_INFO, "shard", "exit", "status=%d", status);

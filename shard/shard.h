@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "ps/admin.h"
+#include "ps/rcache.h"
 #include "ps/search.h"
 #include "ps/snapshot.h"
 #include "ps/store.h"
@@ -55,6 +56,8 @@ typedef struct shard_versions {
     uint32_t shard, nshards;
     char fingerprint[17];
     shard_staging staging;
+    ps_rcache_t *rcache; /* borrowed, NULL: none; a version's entries are dropped when it stops
+                            being active and when it is retired */
 } shard_versions_t;
 
 typedef struct shard_version_info {
@@ -122,6 +125,7 @@ typedef struct shard_ctx {
     uint32_t nshards;           /* shards in the cluster (health replies) */
     size_t max_frame;           /* request frame cap (bytes) */
     shard_metrics *metrics;     /* borrowed */
+    ps_rcache_t *rcache;        /* the recall cache shared by the workers (borrowed), NULL: off */
 } shard_ctx;
 
 typedef struct shard_handler shard_handler_t;
@@ -158,7 +162,8 @@ int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, 
 
 /* ---- admin.c: the shard's admin HTTP port ------------------------------------------------- */
 
-/* Start the admin port (ps/admin.h) with the shard's routes: /healthz, /metrics, and
+/* Start the admin port (ps/admin.h) with the shard's routes: /healthz, /metrics (with the
+ * recall cache's hits, misses, evictions and bytes), and
  * /admin/stage, /admin/stage/V/FILE, /admin/prepare, /admin/abort, /admin/activate,
  * /admin/retire, with the admin-max-connections and admin-request-timeout-ms limits. ctx must
  * outlive it. */

@@ -19,6 +19,10 @@
  * no new request can find it — then waits until the requests still using it have finished
  * before it closes the store and deletes the files. Searchers (per-thread scratch over one
  * index) belong to their version: a request borrows one from the version's free list.
+ *
+ * The recall cache (vs->rcache) keys results by version number: activating a version drops
+ * the previous one's entries, and retiring drops the retired version's entries once no request
+ * uses it any more, so a number installed again later never meets results of its old data.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -700,6 +704,9 @@ int shard_activate(shard_versions_t *vs, uint64_t version, uint64_t *previous, p
     pthread_mutex_lock(&vs->lock);
     vs->active = version;
     pthread_mutex_unlock(&vs->lock);
+    /* The switch: the previous version's cached results go (a request still naming it finds
+     * them again, computed afresh, until it is retired). */
+    if (*previous != version) ps_rcache_drop(vs->rcache, *previous);
     ps_log(PS_LOG_INFO, "shard", "activated", "version=%llu previous=%llu",
            (unsigned long long)version, (unsigned long long)*previous);
     return 0;
@@ -726,6 +733,8 @@ int shard_retire(shard_versions_t *vs, uint64_t version, ps_err *err)
     /* No new request can find it now; wait for those still using it. */
     struct timespec ms = {0, 1000000};
     while (atomic_load(&v->refs) > 1) nanosleep(&ms, NULL);
+    /* Only now: a request that was still running may have cached a result of it. */
+    ps_rcache_drop(vs->rcache, version);
     char *dir = v->dir;
     v->dir = NULL;
     version_free(v);
