@@ -2,15 +2,25 @@
  * bench_engine.c — single-node engine benchmark (one thread, warm).
  *
  *   bench_engine --data DIR [--index DIR] [--queries N] [--seed S] [--personalized X] [--json]
+ *                [--zipf [--zipf-queries N] [--zipf-s S] [--zipf-off N] [--rcache-bytes B]]
  *
  * DIR holds corpus.jsonl, embeddings.npy and clicks.tsv (from `builder generate`). The index
  * is built in a child process (timed: that is the build time; the serving process never sees
  * the build's memory) unless --index names an existing one. The parent opens the index like a
  * serving node, runs N generated queries (1–2 phrases, 80% Chinese) once to warm up, then
  * times each query of a second pass: p50/p90/p99 latency, QPS, postings visited; then the
- * same queries exhaustively, for the pruning ratio. RSS is the serving process's.
+ * same queries exhaustively, for the pruning ratio. RSS is the serving process's. These
+ * headline figures are always without the recall cache.
+ *
+ * --zipf then runs a stream of --zipf-queries (default 100,000) drawn from the same generated
+ * queries, query i with probability ∝ 1/(i+1)^s (--zipf-s, default 1), through a recall cache
+ * of --rcache-bytes (default 64 MiB, the shard's default) that starts empty: hit rate, QPS and
+ * latency of the stream, each query timed. The first --zipf-off queries of the same stream
+ * (default 20,000; 0: none) are then run again without the cache, for its QPS on the same
+ * mix, and their answers compared with the cached run's (zipf_mismatches must be 0).
  */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +31,8 @@
 #include "bench_stats.h"
 #include "gen.h"
 #include "pipeline.h"
+#include "ps/rand.h"
+#include "ps/rcache.h"
 #include "ps/search.h"
 #include "ps/store.h"
 
@@ -88,19 +100,143 @@ static double build_in_child(const char *data, const char *index)
     return builder_now() - t0;
 }
 
+/* The Zipf stream's results (--zipf). */
+typedef struct zipf_run {
+    size_t n, distinct, off_n, mismatches, errors;
+    double s, hit_rate, qps, p50, p99, off_qps, off_p50;
+    ps_rcache_stats cache;
+} zipf_run;
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Query i of the stream's options: as the headline passes (R 100, k 10, the personalized
+ * share with the generated users' profiles). */
+static void zipf_opts(size_t i, double personalized, const ps_profile *prof, size_t nprof,
+                      ps_search_opts *o)
+{
+    ps_search_opts_default(o);
+    o->R = 100;
+    o->k = 10;
+    if (nprof && (double)(i % 1000) < personalized * 1000) o->profile = &prof[i % nprof];
+}
+
+static int zipf_stream(ps_searcher_t *srch, char **queries, size_t nq, size_t n, double s,
+                       size_t off_n, size_t rcache_bytes, uint64_t seed, double personalized,
+                       const ps_profile *prof, size_t nprof, zipf_run *out)
+{
+    ps_err err = {0};
+    memset(out, 0, sizeof *out);
+    out->n = n;
+    out->s = s;
+    if (off_n > n) off_n = n;
+    out->off_n = off_n;
+    ps_rcache_t *cache = ps_rcache_new(rcache_bytes, &err);
+    double *cdf = malloc(nq * sizeof *cdf), *lat = malloc((n ? n : 1) * sizeof *lat);
+    uint32_t *pick = malloc((n ? n : 1) * sizeof *pick);
+    ps_hit *hits = malloc(100 * sizeof *hits),
+           *kept = malloc((off_n ? off_n : 1) * 10 * sizeof *kept);
+    size_t *nkept = calloc(off_n ? off_n : 1, sizeof *nkept);
+    char **drawn = malloc((n ? n : 1) * sizeof *drawn);
+    if (!cache || !cdf || !lat || !pick || !hits || !kept || !nkept || !drawn) {
+        fprintf(stderr, "bench_engine: zipf: %s\n", cache ? "out of memory" : err.msg);
+        return 1;
+    }
+    double sum = 0;
+    for (size_t i = 0; i < nq; i++) cdf[i] = sum += pow((double)(i + 1), -s);
+    ps_rng rng;
+    ps_rng_seed(&rng, seed, 13);
+    for (size_t i = 0; i < n; i++) {
+        double u = ps_rng_unif(&rng) * sum;
+        size_t lo = 0, hi = nq - 1;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (cdf[mid] <= u)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        pick[i] = (uint32_t)lo;
+        drawn[i] = queries[lo];
+    }
+    qsort(drawn, n, sizeof *drawn, cmp_str);
+    for (size_t i = 0; i < n; i++) out->distinct += i == 0 || strcmp(drawn[i], drawn[i - 1]);
+
+    double total = 0;
+    for (size_t i = 0; i < n; i++) {
+        ps_search_opts o;
+        zipf_opts(i, personalized, prof, nprof, &o);
+        o.rcache = cache;
+        size_t nh = 0;
+        const char *q = queries[pick[i]];
+        double q0 = builder_now();
+        int rc = ps_search(srch, q, strlen(q), &o, hits, &nh, NULL, NULL);
+        double dt = builder_now() - q0;
+        lat[i] = dt * 1e3;
+        total += dt;
+        out->errors += rc != 0;
+        if (i < off_n) {
+            memcpy(kept + i * 10, hits, nh * sizeof *hits);
+            nkept[i] = rc ? SIZE_MAX : nh;
+        }
+    }
+    ps_rcache_stats_get(cache, &out->cache);
+    out->hit_rate = n ? (double)out->cache.hits / (double)n : 0;
+    out->qps = total > 0 ? (double)n / total : 0;
+    qsort(lat, n, sizeof *lat, bench_cmp_double);
+    out->p50 = bench_pct(lat, n, 0.5);
+    out->p99 = bench_pct(lat, n, 0.99);
+
+    total = 0;
+    for (size_t i = 0; i < off_n; i++) {
+        ps_search_opts o;
+        zipf_opts(i, personalized, prof, nprof, &o);
+        size_t nh = 0;
+        const char *q = queries[pick[i]];
+        double q0 = builder_now();
+        int rc = ps_search(srch, q, strlen(q), &o, hits, &nh, NULL, NULL);
+        double dt = builder_now() - q0;
+        lat[i] = dt * 1e3;
+        total += dt;
+        if ((rc ? SIZE_MAX : nh) != nkept[i] || memcmp(hits, kept + i * 10, nh * sizeof *hits))
+            out->mismatches++;
+    }
+    out->off_qps = total > 0 ? (double)off_n / total : 0;
+    qsort(lat, off_n, sizeof *lat, bench_cmp_double);
+    out->off_p50 = bench_pct(lat, off_n, 0.5);
+    ps_rcache_free(cache);
+    free(cdf);
+    free(lat);
+    free(pick);
+    free(hits);
+    free(kept);
+    free(nkept);
+    free(drawn);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *data = NULL, *index = NULL;
     size_t nq = 2500;
     uint64_t seed = 1;
     double personalized = 1.0;
-    int json = 0;
+    int json = 0, zipf = 0;
+    size_t zipf_n = 100000, zipf_off = 20000, rcache_bytes = 64u << 20;
+    double zipf_s = 1.0;
     static const struct option opts[] = {{"data", required_argument, 0, 'd'},
                                          {"index", required_argument, 0, 'i'},
                                          {"queries", required_argument, 0, 'q'},
                                          {"seed", required_argument, 0, 's'},
                                          {"personalized", required_argument, 0, 'p'},
                                          {"json", no_argument, 0, 'j'},
+                                         {"zipf", no_argument, 0, 'z'},
+                                         {"zipf-queries", required_argument, 0, 'Z'},
+                                         {"zipf-s", required_argument, 0, 'S'},
+                                         {"zipf-off", required_argument, 0, 'O'},
+                                         {"rcache-bytes", required_argument, 0, 'C'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int ch;
@@ -124,9 +260,26 @@ int main(int argc, char **argv)
         case 'j':
             json = 1;
             break;
+        case 'z':
+            zipf = 1;
+            break;
+        case 'Z':
+            zipf_n = strtoul(optarg, NULL, 10);
+            break;
+        case 'S':
+            zipf_s = strtod(optarg, NULL);
+            break;
+        case 'O':
+            zipf_off = strtoul(optarg, NULL, 10);
+            break;
+        case 'C':
+            rcache_bytes = strtoul(optarg, NULL, 10);
+            break;
         default:
             fprintf(stderr, "usage: bench_engine --data DIR [--index DIR] [--queries N] "
-                            "[--seed S] [--personalized SHARE] [--json]\n");
+                            "[--seed S] [--personalized SHARE] [--json]\n"
+                            "       [--zipf [--zipf-queries N] [--zipf-s S] [--zipf-off N] "
+                            "[--rcache-bytes B]]\n");
             return ch == 'h' ? 0 : 2;
         }
     }
@@ -207,6 +360,10 @@ int main(int argc, char **argv)
             }
         }
     }
+    zipf_run zr;
+    if (zipf && (nq == 0 || zipf_stream(s, queries, nq, zipf_n, zipf_s, zipf_off, rcache_bytes,
+                                        seed, personalized, prof, nprof, &zr)))
+        return 1;
     qsort(lat, nq, sizeof *lat, bench_cmp_double);
     qsort(lat_ex, nq, sizeof *lat_ex, bench_cmp_double);
     long rss = status_kb("VmRSS:"), hwm = status_kb("VmHWM:");
@@ -220,7 +377,7 @@ int main(int argc, char **argv)
                "\"exhaustive_postings_visited_per_query\":%.0f,\"candidates_per_query\":%.0f,"
                "\"bounded_per_query\":%.0f,\"scored_per_query\":%.0f,"
                "\"errors\":%zu,\"hits_per_query\":%.2f,\"build_s\":%.2f,\"load_s\":%.2f,"
-               "\"index_bytes\":%lld,\"rss_bytes\":%ld,\"peak_rss_bytes\":%ld}\n",
+               "\"index_bytes\":%lld,\"rss_bytes\":%ld,\"peak_rss_bytes\":%ld",
                ps_index_ndocs(ix), ps_index_dim(ix), (unsigned long long)ps_index_npostings(ix), nq,
                personalized, bench_pct(lat, nq, 0.5), bench_pct(lat, nq, 0.9),
                bench_pct(lat, nq, 0.99), total * 1e3 / nq, nq / total, bench_pct(lat_ex, nq, 0.5),
@@ -228,6 +385,18 @@ int main(int argc, char **argv)
                (double)visited_ex / nq, (double)cands / nq, (double)bounded / nq,
                (double)scored / nq, errors, (double)nhits_total / nq, build_s, load_s, size,
                rss * 1024, hwm * 1024);
+        if (zipf)
+            printf(",\"zipf_queries\":%zu,\"zipf_s\":%.2f,\"zipf_distinct_queries\":%zu,"
+                   "\"rcache_bytes\":%zu,\"rcache_hit_rate\":%.4f,\"rcache_qps\":%.1f,"
+                   "\"rcache_p50_ms\":%.4f,\"rcache_p99_ms\":%.4f,\"rcache_entries\":%llu,"
+                   "\"rcache_bytes_held\":%llu,\"rcache_evictions\":%llu,\"zipf_errors\":%zu,"
+                   "\"zipf_off_queries\":%zu,\"zipf_off_qps\":%.1f,\"zipf_off_p50_ms\":%.4f,"
+                   "\"zipf_mismatches\":%zu",
+                   zr.n, zr.s, zr.distinct, rcache_bytes, zr.hit_rate, zr.qps, zr.p50, zr.p99,
+                   (unsigned long long)zr.cache.entries, (unsigned long long)zr.cache.bytes,
+                   (unsigned long long)zr.cache.evictions, zr.errors, zr.off_n, zr.off_qps,
+                   zr.off_p50, zr.mismatches);
+        printf("}\n");
     } else {
         printf("%u stickers, %zu queries (%.0f%% personalized), R=100 k=10, one thread\n",
                ps_index_ndocs(ix), nq, personalized * 100);
@@ -239,6 +408,15 @@ int main(int argc, char **argv)
                (double)visited_ex / nq);
         printf("build %.1f s, load %.1f s, index %.1f MB, RSS %.1f MB (peak %.1f MB)\n", build_s,
                load_s, size / 1e6, rss / 1024.0, hwm / 1024.0);
+        if (zipf) {
+            printf("zipf s=%.2f: %zu queries (%zu distinct), recall cache %zu bytes: hit rate "
+                   "%.1f%%  %.0f QPS  p50 %.3f ms  p99 %.3f ms  (%llu entries, %llu evictions)\n",
+                   zr.s, zr.n, zr.distinct, rcache_bytes, zr.hit_rate * 100, zr.qps, zr.p50, zr.p99,
+                   (unsigned long long)zr.cache.entries, (unsigned long long)zr.cache.evictions);
+            printf("  same stream, first %zu without the cache: %.0f QPS  p50 %.3f ms  "
+                   "(%zu answers differ)\n",
+                   zr.off_n, zr.off_qps, zr.off_p50, zr.mismatches);
+        }
     }
     for (size_t i = 0; i < nprof; i++) ps_profile_clear(&prof[i]);
     builder_gen_queries_free(queries, nq);
