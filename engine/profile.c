@@ -33,7 +33,13 @@
 
 static const uint8_t magic[4] = {'P', 'S', 'P', 'F'};
 
-double ps_dot(const float *a, const float *b, size_t dim)
+/* Compiled twice, for AVX2 and for any x86-64, the better chosen at load time: the same
+ * additions in the same order either way (AVX2 without FMA), so the same bits. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+double
+ps_dot(const float *a, const float *b, size_t dim)
 {
     /* Eight named lanes (not an array) so they live in registers; products of floats are
      * exact in double, so only the lane sums round, always in this order. */
