@@ -221,8 +221,11 @@ int ps__index_build_blocks(ps_index_t *ix, ps_err *err)
 {
     uint32_t nblocks = 0, nwin = (ix->ndocs + PS_WIN - 1) >> PS_WIN_BITS;
     uint64_t nwin_q = 0;
+    uint32_t ndense = 0, nwords = nwin * (PS_WIN / 64);
     for (uint32_t l = 0; l < ix->nlists; l++) {
         ps__plist *pl = &ix->lists[l];
+        pl->dense = PS_NOLIST;
+        if (nwin > 0 && (uint64_t)pl->n * PS_DENSE_DIV >= ix->ndocs) pl->dense = ndense++;
         pl->blk = nblocks;
         nblocks += (pl->n + PS_BLOCK - 1) / PS_BLOCK;
         pl->win = PS_NOLIST;
@@ -233,12 +236,19 @@ int ps__index_build_blocks(ps_index_t *ix, ps_err *err)
     }
     ps_free(ix->blk_last);
     ps_free(ix->win_q);
+    ps_free(ix->dense_bits);
+    ps_free(ix->dense_base);
     ix->blk_last = ps_malloc((nblocks ? nblocks : 1) * sizeof *ix->blk_last);
     ix->win_q = ps_calloc(nwin_q ? nwin_q : 1, 1);
-    if (!ix->blk_last || !ix->win_q)
+    ix->dense_bits = ps_calloc((size_t)ndense * nwords + 1, sizeof *ix->dense_bits);
+    ix->dense_base = ps_malloc(((size_t)ndense * nwin + 1) * sizeof *ix->dense_base);
+    if (!ix->blk_last || !ix->win_q || !ix->dense_bits || !ix->dense_base)
         return ps_err_set(err, PS_ENOMEM, "out of memory allocating %u blocks", nblocks);
     ix->nblocks = nblocks;
     ix->nwin_q = nwin_q;
+    ix->ndense = ndense;
+    ix->nwords = nwords;
+    ix->nwin = nwin;
     for (uint32_t l = 0; l < ix->nlists; l++) {
         ps__plist *pl = &ix->lists[l];
         const uint32_t *docs = ix->pdocs + pl->off;
@@ -251,6 +261,16 @@ int ps__index_build_blocks(ps_index_t *ix, ps_err *err)
             ix->blk_last[pl->blk + i / PS_BLOCK] = docs[end - 1];
         }
         pl->max_tfn = lmax;
+        if (pl->dense != PS_NOLIST) {
+            uint64_t *bits = ix->dense_bits + (size_t)pl->dense * nwords;
+            uint32_t *base = ix->dense_base + (size_t)pl->dense * nwin, w = 0;
+            for (uint32_t i = 0; i < pl->n; i++) {
+                uint32_t d = docs[i];
+                for (; w <= d >> PS_WIN_BITS; w++) base[w] = i;
+                bits[d >> 6] |= 1ull << (d & 63);
+            }
+            for (; w < nwin; w++) base[w] = pl->n;
+        }
         if (pl->win == PS_NOLIST || !(lmax > 0.0f)) continue;
         uint8_t *q = ix->win_q + pl->win;
         for (uint32_t i = 0; i < pl->n; i++) {
@@ -478,6 +498,8 @@ void ps_index_free(ps_index_t *ix)
     ps_free(ix->ptfn);
     ps_free(ix->blk_last);
     ps_free(ix->win_q);
+    ps_free(ix->dense_bits);
+    ps_free(ix->dense_base);
     ps_free(ix->idmap);
     ps_free(ix->emb);
     ps_free(ix);
@@ -533,6 +555,8 @@ size_t ps_index_memory(const ps_index_t *ix)
     n += (size_t)ix->nlists * sizeof(ps__plist);
     n += ix->npostings * (sizeof *ix->pdocs + sizeof *ix->ptfn);
     n += (size_t)ix->nblocks * sizeof *ix->blk_last + ix->nwin_q;
+    n += (size_t)ix->ndense *
+         (ix->nwords * sizeof *ix->dense_bits + ix->nwin * sizeof *ix->dense_base);
     n += ((size_t)ix->idmask + 1) * sizeof *ix->idmap;
     if (ix->emb) n += (size_t)ix->ndocs * ix->dim * sizeof *ix->emb;
     return n;

@@ -29,19 +29,27 @@
  * (search.c adds a relative slack of 2^-20 for rounding). Shorter lists have L.win = PS_NOLIST:
  * their postings in a window are few, and search.c reads them for an exact bound. The tables
  * take at most one byte per posting.
+ *
+ * A dense list (at least ndocs / PS_DENSE_DIV postings) also has a bitmap of its docs and the
+ * number of its postings before each window: dense number D = L.dense owns
+ * dense_bits[D · nwords ..] (bit d set when doc d is in the list, nwords = 4 per window) and
+ * dense_base[D · nwin ..], so a probe finds doc d's posting with a bit test and a popcount
+ * instead of a search. The bitmaps take at most half the bytes of the lists' own postings.
  */
-#define PS_BLOCK    64
-#define PS_NOLIST   UINT32_MAX
-#define PS_WIN_BITS 8
-#define PS_WIN      (1u << PS_WIN_BITS)
+#define PS_BLOCK     64
+#define PS_NOLIST    UINT32_MAX
+#define PS_WIN_BITS  8
+#define PS_WIN       (1u << PS_WIN_BITS)
+#define PS_DENSE_DIV 32
 
 typedef struct ps__plist {
-    uint32_t off;  /* first posting */
-    uint32_t n;    /* postings */
-    uint32_t df;   /* document frequency for idf: == n on a node holding the whole corpus */
-    uint32_t blk;  /* first block */
-    uint32_t win;  /* first byte of its window table in win_q, or PS_NOLIST */
-    float max_tfn; /* largest ptfn of the list */
+    uint32_t off;   /* first posting */
+    uint32_t n;     /* postings */
+    uint32_t df;    /* document frequency for idf: == n on a node holding the whole corpus */
+    uint32_t blk;   /* first block */
+    uint32_t win;   /* first byte of its window table in win_q, or PS_NOLIST */
+    uint32_t dense; /* its dense number, or PS_NOLIST */
+    float max_tfn;  /* largest ptfn of the list */
 } ps__plist;
 
 typedef struct ps__term {
@@ -93,6 +101,9 @@ struct ps_index {
     uint32_t nblocks;
     uint8_t *win_q; /* window tables of the long lists */
     uint64_t nwin_q;
+    uint64_t *dense_bits; /* bitmaps of the dense lists */
+    uint32_t *dense_base; /* their postings before each window */
+    uint32_t ndense, nwords, nwin;
 
     uint32_t *idmap; /* open addressing: doc + 1 keyed by hash of ids[doc]; 0 = empty */
     uint32_t idmask;

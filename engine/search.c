@@ -36,6 +36,8 @@ typedef struct clause {
     const float *tfn;
     const uint32_t *blast; /* block last docs */
     const uint8_t *wq;     /* window table (ps_int.h), NULL for a short list */
+    const uint64_t *bits;  /* dense list: its bitmap (ps_int.h), else NULL */
+    const uint32_t *wbase; /* dense list: its postings before each window */
     double wscale;         /* bound of a window = wscale · wq[window] */
     uint32_t n, pos;
     uint32_t cur;   /* docs[pos], or END_DOC once the list is exhausted */
@@ -251,6 +253,10 @@ static int setup(ps_searcher_t *s, const ps_search_opts *o, size_t *m, ps_search
             c->qw = (float)((double)o->field_w[f] * idf);
             c->ub = c->qw * pl->max_tfn;
             c->wq = pl->win != PS_NOLIST ? ix->win_q + pl->win : NULL;
+            c->bits =
+                pl->dense != PS_NOLIST ? ix->dense_bits + (size_t)pl->dense * ix->nwords : NULL;
+            c->wbase =
+                pl->dense != PS_NOLIST ? ix->dense_base + (size_t)pl->dense * ix->nwin : NULL;
             c->wscale = (double)c->qw * (double)pl->max_tfn / 255.0 * (1.0 + 0x1p-20);
             c->order = (uint32_t)n;
             if (!(c->qw > 0.0f) || pl->n == 0) continue;
@@ -327,12 +333,30 @@ static inline double window_bound(clause *c, uint32_t w0, uint32_t w1)
     return (double)(c->qw * mx);
 }
 
+/* Dense list c: is doc in it, and at which posting (*p)? */
+static inline int dense_find(const clause *c, uint32_t doc, uint32_t *p)
+{
+    uint32_t wi = doc >> 6;
+    uint64_t word = c->bits[wi];
+    if (!(word >> (doc & 63) & 1)) return 0;
+    uint32_t first = (doc >> PS_WIN_BITS) * (PS_WIN / 64);
+    uint32_t r = c->wbase[doc >> PS_WIN_BITS];
+    for (uint32_t i = first; i < wi; i++) r += (uint32_t)__builtin_popcountll(c->bits[i]);
+    *p = r + (uint32_t)__builtin_popcountll(word & ((1ull << (doc & 63)) - 1));
+    return 1;
+}
+
 /* Score the essential clause c's postings in [w0, w1) into the window accumulator. */
 static inline void taat(ps_searcher_t *s, clause *c, uint32_t w0, uint32_t w1, uint64_t *visited)
 {
     double *acc = s->wacc;
     uint64_t *bits = s->wbits;
-    seek(c, w0, visited);
+    if (c->wbase && c->cur < w0) {
+        c->pos = c->wbase[w0 >> PS_WIN_BITS];
+        c->cur = c->pos < c->n ? c->docs[c->pos] : END_DOC;
+    } else {
+        seek(c, w0, visited);
+    }
     uint32_t p = c->pos, n = c->n;
     const uint32_t *docs = c->docs;
     const float *tfn = c->tfn;
@@ -420,8 +444,14 @@ static size_t run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, 
                 double rel = cand[k].rel;
                 if (rel < rest) continue;
                 uint32_t doc = cand[k].doc;
-                seek(c, doc, &visited);
-                if (c->cur == doc) rel += (double)(c->qw * c->tfn[c->pos]);
+                if (c->bits) {
+                    uint32_t p;
+                    if (dense_find(c, doc, &p)) rel += (double)(c->qw * c->tfn[p]);
+                    visited++;
+                } else {
+                    seek(c, doc, &visited);
+                    if (c->cur == doc) rel += (double)(c->qw * c->tfn[c->pos]);
+                }
                 cand[kept].doc = doc;
                 cand[kept].rel = rel;
                 kept++;
