@@ -18,6 +18,11 @@
  * touched is then completed by probing the non-essential clauses, strongest first, while the
  * bound still allows a win. A window without essential clauses is skipped. ne is a prefix of
  * the global order in every window, so every doc's sum still runs in descending clause order.
+ * A probe into a dense list is a bit test and a popcount (ps_int.h), into any other a gallop.
+ *
+ * Where the time goes (543k stickers, unpersonalized top 100): the non-essential probes, most
+ * of it waiting for the probed posting's cache line; then the per-window partition; the
+ * term-at-a-time scoring of the essential clauses is a few percent.
  */
 #include <math.h>
 #include <stdlib.h>
