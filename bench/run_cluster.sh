@@ -14,7 +14,12 @@
 #         missing)
 # environment: REQUESTS (per level and run, default 1000), QUERIES (default 1000), REPEAT
 #   (default 3), CONNECTIONS (default 1,4,16), SEED (default 1), SHARD_WORKERS (default 1),
-#   BROKER_FLAGS (extra broker flags, e.g. "--deadline-ms 1000")
+#   BROKER_FLAGS (extra broker flags, e.g. "--deadline-ms 1000"), SHARD_FLAGS (extra shard
+#   flags, e.g. "--rcache-bytes 0")
+# After the cluster's levels, one more line, {"bench":"cluster_cpu",...}: the CPU time the
+# broker, the shards and bench_cluster spent over the whole bench_cluster run (warm-up and every
+# level; threads' schedstat, bash's `time`), per search the broker answered (its /metrics), and
+# the cores the run got (CPU / wall): what bench/capacity_model.py --check compares with.
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: run_cluster.sh DATA BIN [WORK]" >&2; exit 2; }
 DATA=$(cd "$1" && pwd)
@@ -92,9 +97,10 @@ TOPO=""
 for ((i = 0; i < NSHARDS; i++)); do
   n=$(printf 's%d' $i)
   # Port * lets ZeroMQ pick a free port; the ready file holds the bound endpoint.
+  # shellcheck disable=SC2086 # SHARD_FLAGS is a list of flags
   "$S" --index "$CL/$(printf 'shard-%03d' $i)" --shard $i --shards $NSHARDS \
     --listen 'tcp://127.0.0.1:*' --workers "$SHARD_WORKERS" --ready-file "$RUN/$n.ready" \
-    2>>"$RUN/$n.log" &
+    ${SHARD_FLAGS:-} 2>>"$RUN/$n.log" &
   PID[$n]=$!
 done
 for ((i = 0; i < NSHARDS; i++)); do
@@ -109,10 +115,39 @@ wait_ready broker "$RUN/broker.ready"
 URL="http://$(sed -n 1p "$RUN/broker.ready")"
 echo "run_cluster: broker at $URL, shards $TOPO" >&2
 
-"$BC" --url "$URL" --connections "$CONNECTIONS" --requests "$REQUESTS" --queries "$QUERIES" \
-  --seed "$SEED" --repeat "$REPEAT" --users "$USERS" --json >"$RUN/cluster.json" \
-  || fail "bench_cluster"
+# cpu_ns PID: CPU time of every thread of PID so far, in nanoseconds.
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d\n", s}'; }
+daemons_ns() { # broker and shards: "BROKER SHARDS"
+  local s=0
+  for ((i = 0; i < NSHARDS; i++)); do s=$((s + $(cpu_ns "${PID[s$i]}"))); done
+  echo "$(cpu_ns "${PID[broker]}") $s"
+}
+searches() { # searches the broker answered so far (every status code), or -1 without curl
+  command -v curl >/dev/null || { echo -1; return; }
+  curl -fsS "$URL/metrics" | awk '/^persrv_http_requests_total\{endpoint="search"/ {s += $2}
+    END {printf "%d\n", s}'
+}
+read -r b0 s0 < <(daemons_ns)
+q0=$(searches)
+w0=$(date +%s.%N)
+TIMEFORMAT='%U %S'
+{ time "$BC" --url "$URL" --connections "$CONNECTIONS" --requests "$REQUESTS" \
+  --queries "$QUERIES" --seed "$SEED" --repeat "$REPEAT" --users "$USERS" --json \
+  >"$RUN/cluster.json" 2>>"$RUN/bench_cluster.log"; } 2>"$RUN/bc.time" || fail "bench_cluster"
+w1=$(date +%s.%N)
+read -r b1 s1 < <(daemons_ns)
+q1=$(searches)
+read -r cu cs < <(tail -n 1 "$RUN/bc.time")
 cat "$RUN/cluster.json"
+jq -cn --argjson b "$((b1 - b0))" --argjson s "$((s1 - s0))" --argjson cu "$cu" --argjson cs "$cs" \
+  --argjson q "$((q1 - q0))" --argjson w0 "$w0" --argjson w1 "$w1" \
+  --arg cpus "$(taskset -pc $$ 2>/dev/null | sed 's/.*: //')" '
+  ($w1 - $w0) as $w |
+  {bench: "cluster_cpu", shards: 4, searches: $q, wall_s: $w, cpus_allowed: $cpus,
+   broker_cpu_s: ($b / 1e9), shards_cpu_s: ($s / 1e9), client_cpu_s: ($cu + $cs),
+   cores_used: (($b / 1e9 + $s / 1e9 + $cu + $cs) / $w)} +
+  if $q > 0 then {broker_cpu_us_per_query: ($b / 1e3 / $q), shards_cpu_us_per_query:
+    ($s / 1e3 / $q), client_cpu_us_per_query: (($cu + $cs) * 1e6 / $q)} else {} end'
 
 # ---- the broker's cost over the engine ------------------------------------------------------
 jq -cn --slurpfile e "$RUN/engine.json" --slurpfile c "$RUN/cluster.json" '
