@@ -84,7 +84,7 @@ build() { # build SRC OUT N
 }
 # cpu_ns PID: CPU time of every thread of PID so far, in nanoseconds.
 cpu_ns() {
-  cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d\n", s}'
+  cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'
 }
 
 # ---- 1. a shard's cost against its slice size ---------------------------------------------

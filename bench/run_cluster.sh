@@ -116,7 +116,7 @@ URL="http://$(sed -n 1p "$RUN/broker.ready")"
 echo "run_cluster: broker at $URL, shards $TOPO" >&2
 
 # cpu_ns PID: CPU time of every thread of PID so far, in nanoseconds.
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d\n", s}'; }
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
 daemons_ns() { # broker and shards: "BROKER SHARDS"
   local s=0
   for ((i = 0; i < NSHARDS; i++)); do s=$((s + $(cpu_ns "${PID[s$i]}"))); done
@@ -125,7 +125,7 @@ daemons_ns() { # broker and shards: "BROKER SHARDS"
 searches() { # searches the broker answered so far (every status code), or -1 without curl
   command -v curl >/dev/null || { echo -1; return; }
   curl -fsS "$URL/metrics" | awk '/^persrv_http_requests_total\{endpoint="search"/ {s += $2}
-    END {printf "%d\n", s}'
+    END {printf "%.0f\n", s}'
 }
 read -r b0 s0 < <(daemons_ns)
 q0=$(searches)
