@@ -7,22 +7,27 @@
  *   HTTP clients ──▶ one listening socket, accepted by every lane
  *   libpersrv ──▶ ROUTER front (main thread, ps/zserver.h) ──inproc──▶ a lane's DEALER
  *
- *   lane 0..L-1 (lane.c; a thread, its own libevent loop, shares nothing but the metrics):
+ *   lane 0..L-1 (lane.c; a thread, its own libevent loop, shares nothing but the metrics and
+ *   the replicas' health):
  *     http.c / front.c: parse ──▶ core.c: check, analyze once, profile (cached)
  *                                   │ one SearchRequest per shard
  *                                   ▼
- *                   pool.c: a ps_zreq (DEALER) per replica, deadline, failover, health
- *                   probes (Lazy Pirate: a timed-out socket is closed and reopened)
+ *                   fan.c: a DEALER per replica watched by the lane's loop, one state machine
+ *                   per call (its own timer, failover, replies matched by request_id), health
+ *                   probes, replica choice (slow start, panic)
  *
- * A lane handles one request at a time: it sends to every shard, then blocks in zmq_poll until
- * all have answered or given up (at most deadline-ms × (retries + 1)), and never waits on a
- * replica known to be down. L lanes serve L requests at once; HTTP connections are spread
- * over the lanes by whichever accepts them first, ZeroMQ requests round robin.
+ * A lane never blocks on the shards: it sends a request's calls and goes back to its loop,
+ * and the request is answered from the loop once every call has an answer or has given up
+ * (at most deadline-ms × (retries + 1)). Many requests are in flight on a lane at once, on the
+ * same sockets. HTTP connections are spread over the lanes by whichever accepts them first,
+ * ZeroMQ requests round robin. pool.c keeps the blocking calls of the admin port and the
+ * profile service's readers (Lazy Pirate over ps/zreq.h).
  */
 #ifndef BROKER_H
 #define BROKER_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -43,14 +48,56 @@
 #define BROKER_MAX_LANES      64
 
 struct event_base;
+struct event;
+struct fan_run;
 
 /* ---- pool.c: topology, sockets, calls with deadline and failover ------------------------ */
 
 typedef struct broker_pool broker_pool_t;
 
-/* Which replicas are up, shared by the pools of every lane (one flag per replica, atomics), so
- * that a replica one lane finds down is skipped by all, and one lane's probes serve all. */
+/* Which replicas are up, shared by the pools of every lane (atomics), so that a replica one
+ * lane finds down is skipped by all, and one lane's probes serve all. */
 typedef struct broker_upmap broker_upmap_t;
+
+/* A replica's state. DOWN: a transport error (its connection is gone), down-after-missed-probes
+ * health probes in a row unanswered, or it answered a probe as not ready or as another shard.
+ * UP: it answered. SLOW: it missed a call's deadline and has not answered since (busy, not
+ * dead): calls prefer UP replicas, and take a SLOW one only when none is UP, for at most
+ * BROKER_SLOW_MS. */
+enum { BROKER_REP_DOWN = 0, BROKER_REP_UP = 1, BROKER_REP_SLOW = 2 };
+#define BROKER_SLOW_MS 1000
+
+/* One replica's health. */
+typedef struct broker_health {
+    atomic_int state;        /* BROKER_REP_* */
+    atomic_llong slow_since; /* ms (monotonic) it became SLOW */
+    atomic_llong up_since;   /* ms it came back from DOWN (slow start; 0: full weight) */
+    atomic_int missed;       /* health probes unanswered in a row */
+    atomic_int ever_up;      /* it was UP once (coming back then means slow start) */
+} broker_health;
+
+/* The counters of the fan-out and of health marking, for /metrics. */
+enum {
+    BROKER_HC_DOWN_TRANSPORT, /* replicas marked DOWN on a transport error */
+    BROKER_HC_DOWN_PROBES,    /* ... after missed probes in a row */
+    BROKER_HC_DOWN_REFUSED,   /* ... answering not ready, or as another shard */
+    BROKER_HC_UP_AGAIN,       /* replicas back from DOWN (slow start begins) */
+    BROKER_HC_SLOW,           /* UP replicas that missed a call's deadline */
+    BROKER_HC_PANIC,          /* calls sent with every replica of their shard down */
+    BROKER_HC_LATE,           /* replies dropped: their request was no longer pending */
+    BROKER_HC_TIMEOUTS,       /* attempts that missed their deadline */
+    BROKER_HC_SEND_FAILED,    /* attempts that could not be sent (not connected) */
+    BROKER_NHC
+};
+
+struct broker_upmap {
+    size_t n;
+    broker_health *r; /* n, in topology order (shard by shard, replicas in order) */
+    uint32_t nshards;
+    uint32_t *first;       /* nshards + 1: shard s's replicas are r[first[s] .. first[s+1]) */
+    atomic_llong inflight; /* calls pending on every lane */
+    atomic_ullong count[BROKER_NHC];
+};
 
 /* A map for p's topology, every replica down. NULL when out of memory. */
 broker_upmap_t *broker_upmap_new(const broker_pool_t *p);
@@ -100,7 +147,7 @@ typedef struct broker_call {
     double seconds;          /* first send to answer or to giving up */
     int timed_out;           /* failed, and its last attempt missed the deadline */
     char reason[384];        /* why the call failed ("" on success) */
-    /* private to pool.c */
+    /* private to pool.c and fan.c */
     int pending;
     int cur;
     uint32_t attempt;
@@ -108,7 +155,10 @@ typedef struct broker_call {
     double t0, deadline, budget_end;
     const uint8_t *req; /* frame, or own */
     size_t req_len;
-    uint8_t *own; /* what encode built */
+    uint8_t *own;                    /* what encode built */
+    struct broker_call *prev, *next; /* fan.c: the calls pending on replica cur */
+    struct event *timer;             /* fan.c: the attempt's deadline */
+    struct fan_run *run;             /* fan.c: the run the call belongs to */
 } broker_call;
 
 /* Run calls[0..n) concurrently: send every request, then poll until each has an answer or has
@@ -132,6 +182,75 @@ int broker_pool_run(broker_pool_t *p, broker_call *calls, size_t n, ps_err *err)
  * deadline-ms in all (one zmq_poll over every socket), so that readiness is known at start. Returns
  * the number of shards with no replica up. */
 uint32_t broker_pool_probe(broker_pool_t *p);
+
+/* ---- fan.c: a lane's shard calls without blocking ---------------------------------------- */
+
+/* The fan-out of one lane: a DEALER per replica (ZMQ_IMMEDIATE, ZMQ_LINGER 0, ZMQ_MAXMSGSIZE)
+ * whose ZMQ_FD the lane's loop watches; calls (broker_call, as for broker_pool_run) run as
+ * state machines, many at once on the same sockets. */
+typedef struct broker_fan broker_fan_t;
+
+typedef struct broker_fan_cfg {
+    const char *topology; /* "ep0a|ep0b,ep1,..." (broker_topology_parse) */
+    uint32_t deadline_ms; /* per attempt */
+    uint32_t retries;     /* attempts on other replicas after the first */
+    size_t max_frame;
+    const ps_curve_t *curve;     /* CURVE client settings (NULL: plain), borrowed */
+    broker_upmap_t *upmap;       /* the health shared by every lane (NULL: one of its own) */
+    uint32_t health_interval_ms; /* the time between probe rounds (broker_fan_probe) */
+    uint32_t down_after;         /* probes unanswered in a row that mark a replica DOWN (0: 3) */
+    uint32_t slow_start_ms;      /* a replica back from DOWN reaches full weight after this */
+    uint64_t seed;               /* for the weighted choice of a replica */
+} broker_fan_cfg;
+
+/* The fan-out of a lane whose loop is base (borrowed; free the fan before it). Waits at most
+ * deadline-ms for its sockets to connect (so that a lane does not start by failing sends).
+ * Errors: PS_EINVAL naming the shard/replica at fault (topology, CURVE key), PS_EINTERNAL
+ * (libevent, a socket), PS_ENOMEM. Caller owns the result. */
+broker_fan_t *broker_fan_new(struct event_base *base, const broker_fan_cfg *cfg, ps_err *err);
+/* End every call still in flight (failed: "the broker is stopping"; their runs' done is called
+ * from here), then close the sockets. NULL is fine. */
+void broker_fan_free(broker_fan_t *f);
+
+uint32_t broker_fan_nshards(const broker_fan_t *f);
+/* 1 when at least one replica of `shard` is UP (SLOW ones do not count). */
+int broker_fan_shard_up(const broker_fan_t *f, uint32_t shard);
+/* The shared health map (borrowed). */
+broker_upmap_t *broker_fan_upmap(broker_fan_t *f);
+/* Calls pending on this lane. */
+size_t broker_fan_pending(const broker_fan_t *f);
+
+/* A run's end: every call of calls[0..n) has its reply or its reason (as after
+ * broker_pool_run); the callee takes the replies. */
+typedef void (*broker_fan_done_fn)(void *arg, broker_call *calls, size_t n);
+
+/* Start calls[0..n) (their `in` fields set as for broker_pool_run; the array must live until
+ * done) and return without waiting. Each call picks a replica: an UP one, by weight (a replica
+ * back from DOWN ramps from 1/10 to full weight over slow-start-ms); else a SLOW one; else
+ * (panic, as Envoy's: every replica looks down, which a loaded machine can fake) any replica,
+ * so the call is still tried within its deadline. A failed attempt (no reply in deadline-ms,
+ * an Error reply, a send that fails because the replica is not connected) moves to the next
+ * replica in order (UP first, then SLOW, then any) while attempts (retries + 1) and the budget
+ * (deadline-ms × attempts from the first send) remain. A reply whose request is no longer
+ * pending (its attempt timed out, or it is not ours) is dropped; sockets stay open: one late
+ * replica must not cost the other requests in flight on its socket. Returns 0: done(arg,
+ * calls, n) is called exactly once, later, from the loop (never from inside this call). Else
+ * (done never called, nothing sent): the encoder's error, PS_EUNAVAIL (the fan is stopping),
+ * PS_ENOMEM. */
+int broker_fan_start(broker_fan_t *f, broker_call *calls, size_t n, broker_fan_done_fn done,
+                     void *arg, ps_err *err);
+
+/* A health probe round (the lane that probes calls it every health-interval-ms): a replica
+ * whose previous probe is still unanswered has missed one; down-after-missed-probes misses in a
+ * row mark it DOWN. Every replica then gets a HealthRequest; a send that fails (not connected)
+ * marks it DOWN at once. Answers arrive through the loop: ready and the right shard make it
+ * UP (slow start if it was DOWN), not ready or another shard DOWN. The first round waits for
+ * the answers, at most deadline-ms, so that readiness is known at start. Returns the number of
+ * shards with no replica UP. */
+uint32_t broker_fan_probe(broker_fan_t *f);
+
+/* Append the health counters and gauges of u to b (Prometheus text). */
+void broker_upmap_render(const broker_upmap_t *u, ps_buf *b);
 
 /* ---- admin.c: the snapshot version served, the admin port ------------------------------- */
 
@@ -280,7 +399,7 @@ typedef struct broker_failure {
     char reason[384];
 } broker_failure;
 
-/* A search's answer; everything borrowed from the core until its next call. */
+/* A search's answer; everything borrowed for the call of the callback it is handed to. */
 typedef struct broker_result {
     const ps_hit *hits; /* ranked by score */
     size_t nhits;
@@ -296,28 +415,46 @@ typedef struct broker_core broker_core_t;
 
 double broker_now(void); /* monotonic seconds */
 
-/* One lane's search state over its pool and profile cache (borrowed, like metrics).
+/* One lane's search state over its fan-out and profile cache (borrowed, like metrics).
  * Caller owns the result; NULL with err set (out of memory, analyzer). */
-broker_core_t *broker_core_new(broker_pool_t *pool, broker_profcache_t *profiles,
+broker_core_t *broker_core_new(broker_fan_t *fan, broker_profcache_t *profiles,
                                broker_metrics_t *metrics, const broker_limits *lim, ps_err *err);
 /* Where clicks go: the lane's click queue to the profile primary (borrowed). NULL: clicks are
  * refused (PS_EUNAVAIL). */
 void broker_core_set_clicks(broker_core_t *c, broker_clicks_t *clicks);
 /* The shared version state (borrowed; NULL: ask the shards for their active version). */
 void broker_core_set_version(broker_core_t *c, broker_version_t *v);
+/* Free c. Its searches still in flight must have ended (free the fan first). NULL is fine. */
 void broker_core_free(broker_core_t *c);
-broker_pool_t *broker_core_pool(broker_core_t *c);
+broker_fan_t *broker_core_fan(broker_core_t *c);
+uint32_t broker_core_nshards(const broker_core_t *c);
 
-/* Search the cluster. Errors (err set, res holds the failures when PS_EUNAVAIL): PS_EINVAL
+/* How a search ended: rc 0 with res, or a PS_E* code with err (res then holds the failures
+ * when rc is PS_EUNAVAIL, else NULL). Everything passed is borrowed for the call. */
+typedef void (*broker_search_fn)(void *arg, int rc, const ps_err *err, const broker_result *res);
+
+/* Search the cluster without waiting: check q, analyze it, send one SearchRequest to every
+ * shard and return; done(arg, ...) is called exactly once, later, from the lane's loop (never
+ * from inside this call), when every shard has answered or given up (and, with explain, the
+ * hits' stored fields have been fetched: one round, every hit's GetSticker at once). q's
+ * strings are borrowed for this call only. Errors returned here (done never called): PS_EINVAL
  * (k over max-k, a bad user name), PS_EQUERY (empty query, no searchable token), PS_ETOOBIG
- * (q over max-query-bytes, too many tokens), PS_EUTF8, PS_EUNAVAIL (no shard answered),
- * PS_ENOMEM. A shard that does not answer makes the result partial (res->ok < res->nshards). */
-int broker_core_search(broker_core_t *c, const broker_query *q, broker_result *res, ps_err *err);
+ * (q over max-query-bytes, too many tokens), PS_EUTF8, PS_EUNAVAIL (the lane is stopping),
+ * PS_ENOMEM. Errors given to done: PS_EUNAVAIL (no shard answered), PS_ENOMEM. A shard that
+ * does not answer makes the result partial (res->ok < res->nshards). */
+int broker_core_search(broker_core_t *c, const broker_query *q, broker_search_fn done, void *arg,
+                       ps_err *err);
 
-/* The stored fields of sticker `id` from the shard holding it. OUT *reply: an envelope whose
- * sticker_reply is the answer (caller frees with ps_wire_free). Errors: PS_ENOTFOUND,
- * PS_EUNAVAIL (no replica of its shard answered), PS_ENOMEM. */
-int broker_core_sticker(broker_core_t *c, uint64_t id, Persrv__Envelope **reply, ps_err *err);
+/* How a sticker lookup ended: rc 0 with reply (an envelope whose sticker_reply is the answer;
+ * the callee takes it: ps_wire_free), or PS_ENOTFOUND / PS_EUNAVAIL (no replica of its shard
+ * answered) / PS_ENOMEM with err. */
+typedef void (*broker_sticker_fn)(void *arg, int rc, const ps_err *err, Persrv__Envelope *reply);
+
+/* The stored fields of sticker `id` from the shard holding it, without waiting: returns 0 and
+ * done is called once, later, from the loop; or a PS_E* code (PS_EUNAVAIL: stopping,
+ * PS_ENOMEM) and done is never called. */
+int broker_core_sticker(broker_core_t *c, uint64_t id, broker_sticker_fn done, void *arg,
+                        ps_err *err);
 
 /* A click as a door received it; strings borrowed for the call. */
 typedef struct broker_click {
@@ -329,20 +466,20 @@ typedef struct broker_click {
 
 /* How a click ended (called once, from the lane's loop): rc 0 with the primary's reply (stored,
  * or reply->duplicate), or a PS_E* code with err: PS_EINDOUBT (sent, no answer in
- * click-deadline-ms: it may have been stored), PS_EUNAVAIL (not sent), the code of the
- * primary's Error. click_id: the id the click went under (the client's or the derived one).
- * Everything passed is borrowed for the call. */
+ * click-deadline-ms: it may have been stored), PS_ENOTFOUND (no such sticker: not sent),
+ * PS_EUNAVAIL (not sent), the code of the primary's Error. click_id: the id the click went
+ * under (the client's or the derived one). Everything passed is borrowed for the call. */
 typedef void (*broker_click_fn)(void *arg, int rc, const ps_err *err,
                                 const Persrv__ClickReply *reply, const char *click_id);
 
 /* Start a click: check it, fetch the sticker's embedding from the shard holding it (which
- * proves it exists; blocking, within the search deadline), send it to the profile primary with
- * its click id and return without waiting for the primary. Returns 0: done(arg, ...) will be
- * called exactly once, later, from the lane's loop (never from inside this call). Else a PS_E*
- * code (err set), nothing was sent and done is never called: PS_EINVAL (user, query,
- * click_id), PS_ETOOBIG (user over the cap, query over max-query-bytes), PS_EUTF8,
- * PS_ENOTFOUND (no such sticker), PS_EUNAVAIL (the sticker's shard did not answer, the primary
- * is not connected, too many clicks in flight, no profile service configured), PS_ENOMEM. */
+ * proves it exists; within the search deadline, without blocking the lane), then send it to
+ * the profile primary with its click id. Returns 0: done(arg, ...) will be called exactly
+ * once, later, from the lane's loop (never from inside this call); the sticker not found or
+ * its shard not answering come that way too (PS_ENOTFOUND, PS_EUNAVAIL: nothing sent). Else a
+ * PS_E* code (err set), nothing was sent and done is never called: PS_EINVAL (user, query,
+ * click_id), PS_ETOOBIG (user over the cap, query over max-query-bytes), PS_EUTF8, PS_EUNAVAIL
+ * (no profile service configured, stopping), PS_ENOMEM. */
 int broker_core_click(broker_core_t *c, const broker_click *k, broker_click_fn done, void *arg,
                       ps_err *err);
 
@@ -466,9 +603,11 @@ typedef void (*broker_front_later_fn)(void *ticket, uint8_t *reply, size_t reply
 /* Answer one client frame (an Envelope with query, get_sticker, health or click) with one
  * reply frame: query_reply, sticker_reply, health_reply, click_reply, or an Error envelope for
  * anything that fails (request_id 0 when the frame cannot be decoded). OUT *reply: malloc'd
- * (caller frees). A click sent to the profile primary is answered later: *reply is then NULL
- * and later(ticket, ...) is called once from the lane's loop with the answer (never from
- * inside this call); every other request is answered at once and `later` is not called.
+ * (caller frees). A search, a sticker lookup and a click sent on (to the shards, the profile
+ * primary) are answered later: *reply is then NULL and later(ticket, ...) is called once from
+ * the lane's loop with the answer (never from inside this call); a health request and anything
+ * refused before it was sent are answered at once and `later` is not called (later NULL:
+ * searches, lookups and clicks are refused).
  * Returns 0, or PS_ENOMEM when not even an Error could be built. */
 int broker_front_handle(broker_core_t *core, broker_metrics_t *metrics, broker_keys_t *keys,
                         size_t max_frame, const void *req, size_t len, uint8_t **reply,
@@ -486,8 +625,10 @@ typedef struct broker_lane_cfg {
     size_t profile_cache;
     broker_limits lim;
     uint32_t health_interval_ms;
-    int probe;             /* this lane runs the health probes (and reports readiness) */
-    broker_upmap_t *upmap; /* shared by every lane */
+    uint32_t down_after;    /* probes missed in a row that mark a replica down */
+    uint32_t slow_start_ms; /* a replica back from down ramps to full weight over this */
+    int probe;              /* this lane runs the health probes (and reports readiness) */
+    broker_upmap_t *upmap;  /* shared by every lane */
     /* the profile service (NULL topologies: profiles come from `profiles`, no clicks) */
     const char *profile_replicas; /* "ep|ep|...": the nodes profiles are read from */
     const char *profile_primary;  /* where clicks go */
@@ -512,7 +653,7 @@ typedef struct broker_lane_cfg {
 
 typedef struct broker_lane broker_lane_t;
 
-/* Build the lane's state (pool, profile cache, core, HTTP handlers; the first health probe
+/* Build the lane's state (fan-out, profile cache, core, HTTP handlers; the first health probe
  * round, waiting at most deadline-ms) in the calling thread, then start its thread. cfg's
  * strings and the fds must outlive the lane. NULL with err set when it cannot start. */
 broker_lane_t *broker_lane_start(const broker_lane_cfg *cfg, ps_err *err);

@@ -1,13 +1,17 @@
 /*
  * core.c — what a search and a sticker lookup do, whichever door they came in by (HTTP in
  * http.c, ZeroMQ in front.c): check the request, analyze the query once, fetch the user's
- * centroids (cached), fan out one SearchRequest to every shard (encoded once, pool.c stamping
+ * centroids (cached), fan out one SearchRequest to every shard (encoded once, fan.c stamping
  * each attempt's request id), merge the replies' hits with ps_merge_hits exactly as a single node
- * ranks them, and with explain fetch the stored fields of every hit from the shard holding it.
+ * ranks them, and with explain fetch the stored fields of every hit from the shard holding it —
+ * every hit's GetSticker sent at once, one round whatever the hits' shards.
+ *
+ * Nothing here waits: a search is a job that lives from broker_core_search until its done
+ * callback, and the lane serves other requests meanwhile (many jobs at once per lane).
  *
  * A shard that no replica answered in time makes the answer partial (its failure recorded);
  * when no shard answers the request fails with PS_EUNAVAIL. Input errors are PS_E* codes
- * whose ps_err_http_status is a 4xx.
+ * whose ps_err_http_status is a 4xx, returned before anything is sent.
  *
  * A click is checked here, its sticker's embedding fetched from the shard holding it, and then
  * it leaves through clicks.c under its click id (the client's, or one derived here) without the
@@ -27,22 +31,15 @@
 #include "ps/wire_engine.h"
 
 struct broker_core {
-    broker_pool_t *pool;
+    broker_fan_t *fan;
     broker_version_t *version; /* the cluster's snapshot version (shared; NULL: the shards') */
     broker_clicks_t *clicks;   /* clicks in flight to the profile primary (NULL: none) */
     broker_profcache_t *profiles;
     broker_metrics_t *metrics;
     broker_limits lim;
     ps_analyzer_t *analyzer;
-    ps_tokens tokens;
+    ps_tokens tokens; /* scratch of the search being started */
     const char **tok; /* PS_WIRE_MAX_TOKENS pointers into tokens */
-    ps_hit *hits;     /* nshards × R_max */
-    size_t hits_cap;
-    broker_call *calls; /* one per shard */
-    broker_failure *failures;
-    Persrv__Envelope **sticker_env; /* explain: the replies holding fields[i] */
-    Persrv__GetStickerReply **fields;
-    size_t nfields;
 };
 
 double broker_now(void)
@@ -52,26 +49,17 @@ double broker_now(void)
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-broker_core_t *broker_core_new(broker_pool_t *pool, broker_profcache_t *profiles,
+broker_core_t *broker_core_new(broker_fan_t *fan, broker_profcache_t *profiles,
                                broker_metrics_t *metrics, const broker_limits *lim, ps_err *err)
 {
     broker_core_t *c = calloc(1, sizeof *c);
-    uint32_t ns = broker_pool_nshards(pool);
-    uint32_t rmax = lim->R > lim->max_k ? lim->R : lim->max_k;
     if (!c) goto oom;
     ps_tokens_init(&c->tokens);
-    c->pool = pool;
+    c->fan = fan;
     c->profiles = profiles;
     c->metrics = metrics;
     c->lim = *lim;
-    c->hits_cap = (size_t)ns * rmax;
-    if (!(c->tok = calloc(PS_WIRE_MAX_TOKENS, sizeof *c->tok)) ||
-        !(c->hits = malloc(c->hits_cap * sizeof *c->hits)) ||
-        !(c->calls = calloc(ns, sizeof *c->calls)) ||
-        !(c->failures = calloc(ns, sizeof *c->failures)) ||
-        !(c->sticker_env = calloc(lim->max_k, sizeof *c->sticker_env)) ||
-        !(c->fields = calloc(lim->max_k, sizeof *c->fields)))
-        goto oom;
+    if (!(c->tok = calloc(PS_WIRE_MAX_TOKENS, sizeof *c->tok))) goto oom;
     if (!(c->analyzer = ps_analyzer_new(err))) {
         broker_core_free(c);
         return NULL;
@@ -83,34 +71,23 @@ oom:
     return NULL;
 }
 
-static void release_fields(broker_core_t *c)
-{
-    for (size_t i = 0; i < c->nfields; i++) {
-        ps_wire_free(c->sticker_env[i]);
-        c->sticker_env[i] = NULL;
-        c->fields[i] = NULL;
-    }
-    c->nfields = 0;
-}
-
 void broker_core_free(broker_core_t *c)
 {
     if (!c) return;
-    release_fields(c);
     ps_analyzer_free(c->analyzer);
     ps_tokens_free(&c->tokens);
     free(c->tok);
-    free(c->hits);
-    free(c->calls);
-    free(c->failures);
-    free(c->sticker_env);
-    free(c->fields);
     free(c);
 }
 
-broker_pool_t *broker_core_pool(broker_core_t *c)
+broker_fan_t *broker_core_fan(broker_core_t *c)
 {
-    return c->pool;
+    return c->fan;
+}
+
+uint32_t broker_core_nshards(const broker_core_t *c)
+{
+    return broker_fan_nshards(c->fan);
 }
 
 void broker_core_set_clicks(broker_core_t *c, broker_clicks_t *clicks)
@@ -131,13 +108,6 @@ static uint64_t want_version(const broker_core_t *c)
 
 /* ---- search ------------------------------------------------------------------------------ */
 
-typedef struct search_args {
-    const char *const *tokens;
-    size_t ntokens;
-    ps_search_opts opts;
-    uint64_t version;
-} search_args;
-
 typedef struct sticker_args {
     uint64_t id, version;
 } sticker_args;
@@ -150,59 +120,157 @@ static int encode_get_sticker(void *arg, uint64_t request_id, uint32_t deadline_
                                           err);
 }
 
-/* Fetch the stored fields of hits[0..n) into c->fields (NULL where the shard did not answer
- * or does not hold it). One pool run asks every shard for at most one sticker, so the hits
- * take as many rounds as the most any one shard holds. */
-static int fetch_fields(broker_core_t *c, size_t n, uint64_t version, ps_err *err)
+/* A search from broker_core_search to its done callback. */
+typedef struct search_job {
+    broker_core_t *c;
+    broker_search_fn done;
+    void *arg;
+    uint32_t ns, R, k;
+    uint64_t version; /* asked for (0: the shards' active one) */
+    int explain, personalized;
+    uint8_t *frame;           /* the SearchRequest every call sends (attempts re-send it) */
+    broker_call *calls;       /* ns */
+    broker_failure *failures; /* ns */
+    ps_hit *hits;             /* ns × R */
+    broker_result res;
+    /* explain: one call per hit */
+    broker_call *fcalls;
+    sticker_args *fargs;
+    Persrv__Envelope **fenv; /* the replies holding fields[i] */
+    Persrv__GetStickerReply **fields;
+} search_job;
+
+static void job_free(search_job *j)
 {
-    uint32_t ns = broker_pool_nshards(c->pool);
-    sticker_args ids[BROKER_MAX_SHARDS];
-    size_t at[BROKER_MAX_SHARDS];
-    char *done = calloc(n ? n : 1, 1);
-    if (!done) return ps_err_set(err, PS_ENOMEM, "out of memory for explain");
-    c->nfields = n;
-    for (size_t left = n; left > 0;) {
-        size_t nc = 0;
-        uint32_t used[BROKER_MAX_SHARDS / 32 + 1] = {0};
-        for (size_t i = 0; i < n; i++) {
-            if (done[i]) continue;
-            uint32_t s = ps_jump_hash(c->hits[i].id, ns);
-            if (used[s / 32] & (1u << (s % 32))) continue;
-            used[s / 32] |= 1u << (s % 32);
-            ids[nc] = (sticker_args){c->hits[i].id, version};
-            at[nc] = i;
-            c->calls[nc] = (broker_call){.shard = s,
-                                         .replica = -1,
-                                         .expect = PERSRV__ENVELOPE__BODY_STICKER_REPLY,
-                                         .encode = encode_get_sticker,
-                                         .arg = &ids[nc]};
-            nc++;
+    if (!j) return;
+    for (size_t i = 0; j->fenv && i < j->res.nhits; i++) ps_wire_free(j->fenv[i]);
+    free(j->frame);
+    free(j->calls);
+    free(j->failures);
+    free(j->hits);
+    free(j->fcalls);
+    free(j->fargs);
+    free(j->fenv);
+    free(j->fields);
+    free(j);
+}
+
+static void job_finish(search_job *j, int rc, const ps_err *err)
+{
+    j->done(j->arg, rc, err, rc == 0 || rc == PS_EUNAVAIL ? &j->res : NULL);
+    job_free(j);
+}
+
+/* Explain's round has ended: the fields of every hit whose shard answered. */
+static void fields_done(void *arg, broker_call *calls, size_t n)
+{
+    search_job *j = arg;
+    for (size_t i = 0; i < n; i++) {
+        broker_call *call = &calls[i];
+        broker_metrics_shard(j->c->metrics, call->shard, call->reply != NULL, call->seconds,
+                             call->failovers);
+        if (!call->reply) continue;
+        const Persrv__GetStickerReply *r = call->reply->sticker_reply;
+        if (r->found && r->id == j->fargs[i].id) {
+            j->fenv[i] = call->reply;
+            j->fields[i] = call->reply->sticker_reply;
+        } else {
+            ps_wire_free(call->reply);
         }
-        int rc = broker_pool_run(c->pool, c->calls, nc, err);
-        for (size_t j = 0; j < nc; j++) {
-            broker_call *call = &c->calls[j];
-            size_t i = at[j];
-            done[i] = 1;
-            left--;
-            broker_metrics_shard(c->metrics, call->shard, call->reply != NULL, call->seconds,
-                                 call->failovers);
-            if (!call->reply) continue;
-            const Persrv__GetStickerReply *r = call->reply->sticker_reply;
-            if (r->found && r->id == ids[j].id) {
-                c->sticker_env[i] = call->reply;
-                c->fields[i] = call->reply->sticker_reply;
+        call->reply = NULL;
+    }
+    j->res.fields = j->fields;
+    job_finish(j, 0, NULL);
+}
+
+/* Start fetching the stored fields of the merged hits, all in one round. */
+static int fetch_fields(search_job *j, ps_err *err)
+{
+    size_t n = j->res.nhits;
+    if (!(j->fcalls = calloc(n, sizeof *j->fcalls)) || !(j->fargs = calloc(n, sizeof *j->fargs)) ||
+        !(j->fenv = calloc(n, sizeof *j->fenv)) || !(j->fields = calloc(n, sizeof *j->fields)))
+        return ps_err_set(err, PS_ENOMEM, "out of memory for explain");
+    for (size_t i = 0; i < n; i++) {
+        j->fargs[i] = (sticker_args){j->hits[i].id, j->res.version};
+        j->fcalls[i] = (broker_call){.shard = ps_jump_hash(j->hits[i].id, j->ns),
+                                     .replica = -1,
+                                     .expect = PERSRV__ENVELOPE__BODY_STICKER_REPLY,
+                                     .encode = encode_get_sticker,
+                                     .arg = &j->fargs[i]};
+    }
+    return broker_fan_start(j->c->fan, j->fcalls, n, fields_done, j, err);
+}
+
+/* Every shard has answered or given up: merge. */
+static void search_done(void *arg, broker_call *calls, size_t n)
+{
+    search_job *j = arg;
+    broker_core_t *c = j->c;
+    broker_result *res = &j->res;
+    size_t nh = 0;
+    (void)n;
+    for (uint32_t s = 0; s < j->ns; s++) {
+        broker_call *call = &calls[s];
+        if (call->reply) {
+            size_t got = 0;
+            ps_err e = {0, ""};
+            const Persrv__SearchReply *r = call->reply->search_reply;
+            if (r->shard != s) {
+                snprintf(call->reason, sizeof call->reason, "reply from shard %u, not %u", r->shard,
+                         s);
+            } else if (r->n_hits > j->R) {
+                snprintf(call->reason, sizeof call->reason, "%zu hits, more than R = %u", r->n_hits,
+                         j->R);
+            } else if (j->version ? r->snapshot_version != j->version
+                                  : res->version && r->snapshot_version != res->version) {
+                /* never merge two versions: this shard's answer does not count */
+                snprintf(call->reason, sizeof call->reason,
+                         "answered from snapshot version %llu, not %llu",
+                         (unsigned long long)r->snapshot_version,
+                         (unsigned long long)(j->version ? j->version : res->version));
+            } else if (ps_wire_to_hits(r, j->hits + nh, (size_t)j->ns * j->R - nh, &got, &e)) {
+                snprintf(call->reason, sizeof call->reason, "%s", e.msg);
             } else {
-                ps_wire_free(call->reply);
+                nh += got;
+                res->ok++;
+                res->version = r->snapshot_version;
             }
+            ps_wire_free(call->reply);
             call->reply = NULL;
         }
-        if (rc) {
-            free(done);
-            return rc;
+        broker_metrics_shard(c->metrics, s, call->reason[0] == '\0', call->seconds,
+                             call->failovers);
+        if (call->reason[0]) {
+            res->timed_out |= call->timed_out;
+            broker_failure *f = &j->failures[res->nfailures++];
+            f->shard = s;
+            snprintf(f->reason, sizeof f->reason, "%s", call->reason);
         }
     }
-    free(done);
-    return 0;
+    res->nshards = j->ns;
+    res->failures = j->failures;
+    if (res->ok == 0) {
+        ps_err e;
+        ps_err_set(&e, PS_EUNAVAIL, "no shard answered (shard 0: %s)", calls[0].reason);
+        job_finish(j, PS_EUNAVAIL, &e);
+        return;
+    }
+    if (res->ok < j->ns)
+        ps_log(PS_LOG_WARN, "broker", "partial", "shards=%u failed=%u", j->ns, j->ns - res->ok);
+    /* Not knowing the cluster's version yet, adopt the one every shard answered from. */
+    if (!j->version && res->ok == j->ns && c->version)
+        broker_version_adopt(c->version, res->version);
+    res->personalized = j->personalized;
+    res->hits = j->hits;
+    res->nhits = ps_merge_hits(j->hits, nh, j->R, j->k);
+    if (j->explain && res->nhits) {
+        ps_err e = {0, ""};
+        int rc = fetch_fields(j, &e);
+        if (rc) job_finish(j, rc, &e);
+        return;
+    }
+    if (j->explain) res->fields = j->fields; /* no hit: nothing to fetch */
+    job_finish(j, 0, NULL);
 }
 
 /* A user id (valid UTF-8) free of control characters: C0, DEL and C1 (U+0080..U+009F, UTF-8
@@ -217,10 +285,9 @@ static int printable(const char *u, size_t n)
     return 1;
 }
 
-int broker_core_search(broker_core_t *c, const broker_query *q, broker_result *res, ps_err *err)
+int broker_core_search(broker_core_t *c, const broker_query *q, broker_search_fn done, void *arg,
+                       ps_err *err)
 {
-    memset(res, 0, sizeof *res);
-    release_fields(c);
     uint32_t k = q->k ? q->k : BROKER_DEFAULT_K;
     if (k > c->lim.max_k)
         return ps_err_set(err, PS_EINVAL, "k: must be an integer in 1..%u", c->lim.max_k);
@@ -245,86 +312,47 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_result *r
                           PS_WIRE_MAX_TOKENS);
     for (size_t i = 0; i < c->tokens.n; i++) c->tok[i] = c->tokens.text + c->tokens.off[i];
 
-    search_args a = {.tokens = c->tok, .ntokens = c->tokens.n};
-    ps_search_opts_default(&a.opts);
-    a.opts.R = c->lim.R > k ? c->lim.R : k;
-    a.opts.k = k;
-    a.opts.profile = user ? broker_profcache_get(c->profiles, user) : NULL;
-    a.version = want_version(c);
+    uint32_t R = c->lim.R > k ? c->lim.R : k, ns = broker_fan_nshards(c->fan);
+    ps_search_opts opts;
+    ps_search_opts_default(&opts);
+    opts.R = R;
+    opts.k = k;
+    opts.profile = user ? broker_profcache_get(c->profiles, user) : NULL;
 
-    /* One request for every shard, encoded once (request_id 0, no deadline: the pool stamps
+    search_job *j = calloc(1, sizeof *j);
+    if (!j || !(j->calls = calloc(ns, sizeof *j->calls)) ||
+        !(j->failures = calloc(ns, sizeof *j->failures)) ||
+        !(j->hits = malloc((size_t)ns * R * sizeof *j->hits))) {
+        job_free(j);
+        return ps_err_set(err, PS_ENOMEM, "out of memory for a search");
+    }
+    j->c = c;
+    j->done = done;
+    j->arg = arg;
+    j->ns = ns;
+    j->R = R;
+    j->k = k;
+    j->version = want_version(c);
+    j->explain = q->explain;
+    j->personalized = opts.profile != NULL;
+
+    /* One request for every shard, encoded once (request_id 0, no deadline: the fan-out stamps
      * each attempt's). An encoding failure is the client's input (nothing was sent). */
-    uint8_t *frame = NULL;
     size_t flen = 0;
-    if ((rc = ps_wire_encode_search(0, 0, a.tokens, a.ntokens, &a.opts, a.version, &frame, &flen,
-                                    err)))
+    if ((rc = ps_wire_encode_search(0, 0, c->tok, c->tokens.n, &opts, j->version, &j->frame, &flen,
+                                    err))) {
+        job_free(j);
         return rc;
-    uint32_t ns = broker_pool_nshards(c->pool);
+    }
     for (uint32_t s = 0; s < ns; s++)
-        c->calls[s] = (broker_call){.shard = s,
+        j->calls[s] = (broker_call){.shard = s,
                                     .replica = -1,
                                     .expect = PERSRV__ENVELOPE__BODY_SEARCH_REPLY,
-                                    .frame = frame,
+                                    .frame = j->frame,
                                     .len = flen};
-    rc = broker_pool_run(c->pool, c->calls, ns, err);
-    free(frame);
-    if (rc) return rc;
-
-    size_t nh = 0;
-    for (uint32_t s = 0; s < ns; s++) {
-        broker_call *call = &c->calls[s];
-        if (call->reply) {
-            size_t got = 0;
-            ps_err e = {0, ""};
-            const Persrv__SearchReply *r = call->reply->search_reply;
-            if (r->shard != s) {
-                snprintf(call->reason, sizeof call->reason, "reply from shard %u, not %u", r->shard,
-                         s);
-            } else if (r->n_hits > a.opts.R) {
-                snprintf(call->reason, sizeof call->reason, "%zu hits, more than R = %u", r->n_hits,
-                         a.opts.R);
-            } else if (a.version ? r->snapshot_version != a.version
-                                 : res->version && r->snapshot_version != res->version) {
-                /* never merge two versions: this shard's answer does not count */
-                snprintf(call->reason, sizeof call->reason,
-                         "answered from snapshot version %llu, not %llu",
-                         (unsigned long long)r->snapshot_version,
-                         (unsigned long long)(a.version ? a.version : res->version));
-            } else if (ps_wire_to_hits(r, c->hits + nh, c->hits_cap - nh, &got, &e)) {
-                snprintf(call->reason, sizeof call->reason, "%s", e.msg);
-            } else {
-                nh += got;
-                res->ok++;
-                res->version = r->snapshot_version;
-            }
-            ps_wire_free(call->reply);
-            call->reply = NULL;
-        }
-        broker_metrics_shard(c->metrics, s, call->reason[0] == '\0', call->seconds,
-                             call->failovers);
-        if (call->reason[0]) {
-            res->timed_out |= call->timed_out;
-            broker_failure *f = &c->failures[res->nfailures++];
-            f->shard = s;
-            snprintf(f->reason, sizeof f->reason, "%s", call->reason);
-        }
-    }
-    res->nshards = ns;
-    res->failures = c->failures;
-    if (res->ok == 0)
-        return ps_err_set(err, PS_EUNAVAIL, "no shard answered (shard 0: %s)", c->calls[0].reason);
-    if (res->ok < ns)
-        ps_log(PS_LOG_WARN, "broker", "partial", "shards=%u failed=%u", ns, ns - res->ok);
-    /* Not knowing the cluster's version yet, adopt the one every shard answered from. */
-    if (!a.version && res->ok == ns && c->version) broker_version_adopt(c->version, res->version);
-    res->personalized = a.opts.profile != NULL;
-    res->hits = c->hits;
-    res->nhits = ps_merge_hits(c->hits, nh, a.opts.R, a.opts.k);
-    if (q->explain) {
-        if ((rc = fetch_fields(c, res->nhits, res->version, err))) return rc;
-        res->fields = c->fields;
-    }
-    return 0;
+    rc = broker_fan_start(c->fan, j->calls, ns, search_done, j, err);
+    if (rc) job_free(j);
+    return rc;
 }
 
 /* ---- clicks ------------------------------------------------------------------------------ */
@@ -350,7 +378,10 @@ typedef struct click_job {
     broker_core_t *core;
     broker_click_fn done;
     void *arg;
+    broker_call call; /* the sticker's embedding */
+    sticker_args sa;
     char click_id[PS_WIRE_MAX_CLICK_ID + 1];
+    char *query; /* NUL-terminated, after user */
     char user[]; /* NUL-terminated */
 } click_job;
 
@@ -365,11 +396,55 @@ static void click_done(void *arg, int rc, const ps_err *err, const Persrv__Click
     free(j);
 }
 
+/* The sticker's embedding came (or not): send the click to the primary. */
+static void click_fetched(void *arg, broker_call *calls, size_t n)
+{
+    click_job *j = arg;
+    broker_core_t *c = j->core;
+    broker_call *call = &calls[0];
+    ps_err err = {0, ""};
+    int rc;
+    (void)n;
+    broker_metrics_shard(c->metrics, call->shard, call->reply != NULL, call->seconds,
+                         call->failovers);
+    Persrv__GetStickerReply *st = call->reply ? call->reply->sticker_reply : NULL;
+    if (!st) {
+        rc = ps_err_set(&err, PS_EUNAVAIL, "shard %u holding sticker %llu: %s", call->shard,
+                        (unsigned long long)j->sa.id, call->reason);
+    } else if (!st->found || st->id != j->sa.id) {
+        rc = ps_err_set(&err, PS_ENOTFOUND, "sticker_id: no sticker %llu",
+                        (unsigned long long)j->sa.id);
+    } else if (st->n_embedding == 0) {
+        rc = ps_err_set(&err, PS_EUNAVAIL, "shard %u sent no embedding for sticker %llu",
+                        call->shard, (unsigned long long)j->sa.id);
+    } else {
+        Persrv__ClickRequest click = PERSRV__CLICK_REQUEST__INIT;
+        click.user = j->user;
+        click.sticker_id = j->sa.id;
+        click.query = j->query;
+        click.click_id = j->click_id;
+        click.n_embedding = st->n_embedding;
+        click.embedding = st->embedding;
+        if (!c->clicks)
+            rc = ps_err_set(&err, PS_EUNAVAIL, "clicks need the profile service");
+        else
+            rc = broker_clicks_send(c->clicks, &click, click_done, j, &err);
+        if (rc == 0) {
+            broker_metrics_click_sent(c->metrics);
+            ps_wire_free(call->reply);
+            return; /* click_done answers */
+        }
+    }
+    ps_wire_free(call->reply);
+    j->done(j->arg, rc, &err, NULL, j->click_id);
+    free(j);
+}
+
 int broker_core_click(broker_core_t *c, const broker_click *k, broker_click_fn done, void *arg,
                       ps_err *err)
 {
     const char *user = k->user, *query = k->query ? k->query : "";
-    size_t ulen = user ? strlen(user) : 0;
+    size_t ulen = user ? strlen(user) : 0, qlen = strlen(query);
     int rc;
     if (ulen == 0) return ps_err_set(err, PS_EINVAL, "user: required, a non-empty string");
     if (ulen > BROKER_MAX_USER_BYTES)
@@ -378,11 +453,10 @@ int broker_core_click(broker_core_t *c, const broker_click *k, broker_click_fn d
     if (!ps_utf8_valid(user, ulen)) return ps_err_set(err, PS_EUTF8, "user: not valid UTF-8");
     if (!printable(user, ulen))
         return ps_err_set(err, PS_EINVAL, "user: must not contain control characters");
-    if (strlen(query) > c->lim.max_query_bytes)
-        return ps_err_set(err, PS_ETOOBIG, "query: %zu bytes, more than max-query-bytes %zu",
-                          strlen(query), c->lim.max_query_bytes);
-    if (!ps_utf8_valid(query, strlen(query)))
-        return ps_err_set(err, PS_EUTF8, "query: not valid UTF-8");
+    if (qlen > c->lim.max_query_bytes)
+        return ps_err_set(err, PS_ETOOBIG, "query: %zu bytes, more than max-query-bytes %zu", qlen,
+                          c->lim.max_query_bytes);
+    if (!ps_utf8_valid(query, qlen)) return ps_err_set(err, PS_EUTF8, "query: not valid UTF-8");
     if (k->click_id && k->click_id[0] &&
         (rc = ps_wire_check_click_id(k->click_id, "click_id", err)))
         return rc;
@@ -390,94 +464,88 @@ int broker_core_click(broker_core_t *c, const broker_click *k, broker_click_fn d
         return ps_err_set(err, PS_EUNAVAIL,
                           "clicks need the profile service (broker --profile-primary)");
 
-    /* The sticker's embedding, from the shard that holds it (within the search deadline). */
-    uint32_t s = ps_jump_hash(k->sticker_id, broker_pool_nshards(c->pool));
-    sticker_args sa = {k->sticker_id, want_version(c)};
-    broker_call call = {.shard = s,
-                        .replica = -1,
-                        .expect = PERSRV__ENVELOPE__BODY_STICKER_REPLY,
-                        .encode = encode_get_sticker_emb,
-                        .arg = &sa};
-    if ((rc = broker_pool_run(c->pool, &call, 1, err))) return rc;
-    broker_metrics_shard(c->metrics, s, call.reply != NULL, call.seconds, call.failovers);
-    if (!call.reply)
-        return ps_err_set(err, PS_EUNAVAIL, "shard %u holding sticker %llu: %s", s,
-                          (unsigned long long)k->sticker_id, call.reason);
-    Persrv__GetStickerReply *st = call.reply->sticker_reply;
-    if (!st->found || st->id != k->sticker_id) {
-        ps_wire_free(call.reply);
-        return ps_err_set(err, PS_ENOTFOUND, "sticker_id: no sticker %llu",
-                          (unsigned long long)k->sticker_id);
-    }
-    if (st->n_embedding == 0) {
-        ps_wire_free(call.reply);
-        return ps_err_set(err, PS_EUNAVAIL, "shard %u sent no embedding for sticker %llu", s,
-                          (unsigned long long)k->sticker_id);
-    }
-
-    click_job *j = malloc(sizeof *j + ulen + 1);
-    if (!j) {
-        ps_wire_free(call.reply);
-        return ps_err_set(err, PS_ENOMEM, "out of memory for a click");
-    }
+    click_job *j = calloc(1, sizeof *j + ulen + 1 + qlen + 1);
+    if (!j) return ps_err_set(err, PS_ENOMEM, "out of memory for a click");
     j->core = c;
     j->done = done;
     j->arg = arg;
     memcpy(j->user, user, ulen + 1);
+    j->query = j->user + ulen + 1;
+    memcpy(j->query, query, qlen + 1);
     if (k->click_id && k->click_id[0])
         snprintf(j->click_id, sizeof j->click_id, "%s", k->click_id);
     else
         derive_click_id(j->click_id);
-    Persrv__ClickRequest click = PERSRV__CLICK_REQUEST__INIT;
-    click.user = (char *)user;
-    click.sticker_id = k->sticker_id;
-    click.query = (char *)query;
-    click.click_id = j->click_id;
-    click.n_embedding = st->n_embedding;
-    click.embedding = st->embedding;
-    rc = broker_clicks_send(c->clicks, &click, click_done, j, err);
-    ps_wire_free(call.reply);
-    if (rc)
-        free(j);
-    else
-        broker_metrics_click_sent(c->metrics);
+    /* The sticker's embedding, from the shard that holds it (within the search deadline). */
+    j->sa = (sticker_args){k->sticker_id, want_version(c)};
+    j->call = (broker_call){.shard = ps_jump_hash(k->sticker_id, broker_fan_nshards(c->fan)),
+                            .replica = -1,
+                            .expect = PERSRV__ENVELOPE__BODY_STICKER_REPLY,
+                            .encode = encode_get_sticker_emb,
+                            .arg = &j->sa};
+    if ((rc = broker_fan_start(c->fan, &j->call, 1, click_fetched, j, err))) free(j);
     return rc;
 }
 
 /* ---- stickers ---------------------------------------------------------------------------- */
 
-int broker_core_sticker(broker_core_t *c, uint64_t id, Persrv__Envelope **reply, ps_err *err)
+/* A sticker lookup on its way. */
+typedef struct sticker_job {
+    broker_sticker_fn done;
+    void *arg;
+    broker_metrics_t *metrics;
+    broker_call call;
+    sticker_args sa;
+} sticker_job;
+
+static void sticker_fetched(void *arg, broker_call *calls, size_t n)
 {
-    *reply = NULL;
-    uint32_t s = ps_jump_hash(id, broker_pool_nshards(c->pool));
-    sticker_args sa = {id, want_version(c)};
-    broker_call call = {.shard = s,
-                        .replica = -1,
-                        .expect = PERSRV__ENVELOPE__BODY_STICKER_REPLY,
-                        .encode = encode_get_sticker,
-                        .arg = &sa};
-    int rc;
-    if ((rc = broker_pool_run(c->pool, &call, 1, err))) return rc;
-    broker_metrics_shard(c->metrics, s, call.reply != NULL, call.seconds, call.failovers);
-    if (!call.reply)
-        return ps_err_set(err, PS_EUNAVAIL, "shard %u holding sticker %llu: %s", s,
-                          (unsigned long long)id, call.reason);
-    const Persrv__GetStickerReply *r = call.reply->sticker_reply;
-    if (!r->found || r->id != id) {
-        ps_wire_free(call.reply);
-        return ps_err_set(err, PS_ENOTFOUND, "sticker %llu: no such sticker",
-                          (unsigned long long)id);
+    sticker_job *j = arg;
+    broker_call *call = &calls[0];
+    ps_err err = {0, ""};
+    (void)n;
+    broker_metrics_shard(j->metrics, call->shard, call->reply != NULL, call->seconds,
+                         call->failovers);
+    if (!call->reply) {
+        ps_err_set(&err, PS_EUNAVAIL, "shard %u holding sticker %llu: %s", call->shard,
+                   (unsigned long long)j->sa.id, call->reason);
+        j->done(j->arg, err.code, &err, NULL);
+    } else if (!call->reply->sticker_reply->found || call->reply->sticker_reply->id != j->sa.id) {
+        ps_wire_free(call->reply);
+        ps_err_set(&err, PS_ENOTFOUND, "sticker %llu: no such sticker",
+                   (unsigned long long)j->sa.id);
+        j->done(j->arg, err.code, &err, NULL);
+    } else {
+        j->done(j->arg, 0, NULL, call->reply);
     }
-    *reply = call.reply;
-    return 0;
+    free(j);
+}
+
+int broker_core_sticker(broker_core_t *c, uint64_t id, broker_sticker_fn done, void *arg,
+                        ps_err *err)
+{
+    sticker_job *j = calloc(1, sizeof *j);
+    if (!j) return ps_err_set(err, PS_ENOMEM, "out of memory for a sticker lookup");
+    j->done = done;
+    j->arg = arg;
+    j->metrics = c->metrics;
+    j->sa = (sticker_args){id, want_version(c)};
+    j->call = (broker_call){.shard = ps_jump_hash(id, broker_fan_nshards(c->fan)),
+                            .replica = -1,
+                            .expect = PERSRV__ENVELOPE__BODY_STICKER_REPLY,
+                            .encode = encode_get_sticker,
+                            .arg = &j->sa};
+    int rc = broker_fan_start(c->fan, &j->call, 1, sticker_fetched, j, err);
+    if (rc) free(j);
+    return rc;
 }
 
 uint32_t broker_core_shards_up(broker_core_t *c, uint32_t *down, uint32_t cap, uint32_t *ndown)
 {
-    uint32_t ns = broker_pool_nshards(c->pool), up = 0;
+    uint32_t ns = broker_fan_nshards(c->fan), up = 0;
     *ndown = 0;
     for (uint32_t s = 0; s < ns; s++) {
-        if (broker_pool_shard_up(c->pool, s))
+        if (broker_fan_shard_up(c->fan, s))
             up++;
         else if (*ndown < cap)
             down[(*ndown)++] = s;

@@ -2,8 +2,9 @@
  * front.c — the broker's ZeroMQ front door, one frame in and one frame out (the sockets are
  * lane.c's and ps/zserver.h's): what libpersrv and the `persrv` CLI speak.
  *
- *   query        → query_reply  (the search of GET /v1/search: same checks, same answer)
- *   get_sticker  → sticker_reply (found = true), or Error not_found
+ *   query        → query_reply  (the search of GET /v1/search: same checks, same answer;
+ *                  answered from the lane's loop once the shards answered)
+ *   get_sticker  → sticker_reply (found = true), or Error not_found (answered later too)
  *   health       → health_reply (nshards, shards_up, ready = every shard has a replica up)
  *   click        → click_reply once the profile primary answered (POST /v1/click's checks;
  *                  answered from the lane's loop later, so the lane serves other requests
@@ -37,33 +38,65 @@ static int pack(Persrv__Envelope *env, uint8_t **reply, size_t *reply_len, ps_er
     return ps_wire_pack(env, reply, reply_len, err);
 }
 
-static int do_query(broker_core_t *core, const Persrv__Envelope *in, uint8_t **reply,
-                    size_t *reply_len, ps_err *err)
-{
-    const Persrv__QueryRequest *qr = in->query;
-    double t0 = broker_now();
-    broker_query q = {.q = qr->q,
-                      .qlen = strlen(qr->q),
-                      .user = qr->user,
-                      .user_len = strlen(qr->user),
-                      .k = qr->k,
-                      .explain = qr->explain};
-    broker_result r;
-    int rc;
-    if ((rc = broker_core_search(core, &q, &r, err))) return rc;
+/* A request answered from the lane's loop once its shards have answered. */
+typedef struct front_later {
+    broker_metrics_t *metrics;
+    broker_front_later_fn later;
+    void *ticket;
+    uint64_t request_id;
+    int endpoint; /* BROKER_EP_ZMQ_* */
+    double t0;
+} front_later;
 
-    Persrv__Hit *hits = calloc(r.nhits ? r.nhits : 1, sizeof *hits);
-    Persrv__Hit **hitp = calloc(r.nhits ? r.nhits : 1, sizeof *hitp);
-    Persrv__GetStickerReply *empty = calloc(r.nhits ? r.nhits : 1, sizeof *empty);
-    Persrv__GetStickerReply **fieldp = calloc(r.nhits ? r.nhits : 1, sizeof *fieldp);
-    Persrv__ShardFailure *fail = calloc(r.nfailures ? r.nfailures : 1, sizeof *fail);
-    Persrv__ShardFailure **failp = calloc(r.nfailures ? r.nfailures : 1, sizeof *failp);
+static front_later *later_new(broker_metrics_t *metrics, const Persrv__Envelope *in, int endpoint,
+                              broker_front_later_fn later, void *ticket)
+{
+    front_later *fl = malloc(sizeof *fl);
+    if (fl)
+        *fl = (front_later){.metrics = metrics,
+                            .later = later,
+                            .ticket = ticket,
+                            .request_id = in->request_id,
+                            .endpoint = endpoint,
+                            .t0 = broker_now()};
+    return fl;
+}
+
+/* Send reply (rc 0: packed by the caller) or the Error of (rc, err), count it and free fl. */
+static void later_answer(front_later *fl, int rc, const ps_err *err, uint8_t *reply,
+                         size_t reply_len)
+{
+    if (rc) {
+        if (ps_err_http_status(rc) >= 500)
+            ps_log(PS_LOG_WARN, "broker", "zmq_request_failed", "code=%s msg=\"%.200s\"",
+                   ps_errname(rc), err->msg);
+        if (error_reply(fl->request_id, err, &reply, &reply_len)) {
+            ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=reply");
+            abort();
+        }
+    }
+    broker_metrics_http(fl->metrics, fl->endpoint, rc ? ps_err_http_status(rc) : 200,
+                        broker_now() - fl->t0);
+    fl->later(fl->ticket, reply, reply_len);
+    free(fl);
+}
+
+static int pack_query_reply(const broker_result *r, uint64_t request_id, double t0, uint8_t **reply,
+                            size_t *reply_len, ps_err *err)
+{
+    int rc;
+    Persrv__Hit *hits = calloc(r->nhits ? r->nhits : 1, sizeof *hits);
+    Persrv__Hit **hitp = calloc(r->nhits ? r->nhits : 1, sizeof *hitp);
+    Persrv__GetStickerReply *empty = calloc(r->nhits ? r->nhits : 1, sizeof *empty);
+    Persrv__GetStickerReply **fieldp = calloc(r->nhits ? r->nhits : 1, sizeof *fieldp);
+    Persrv__ShardFailure *fail = calloc(r->nfailures ? r->nfailures : 1, sizeof *fail);
+    Persrv__ShardFailure **failp = calloc(r->nfailures ? r->nfailures : 1, sizeof *failp);
     if (!hits || !hitp || !empty || !fieldp || !fail || !failp) {
         rc = ps_err_set(err, PS_ENOMEM, "out of memory for the reply");
         goto out;
     }
-    for (size_t i = 0; i < r.nhits; i++) {
-        const ps_hit *h = &r.hits[i];
+    for (size_t i = 0; i < r->nhits; i++) {
+        const ps_hit *h = &r->hits[i];
         persrv__hit__init(&hits[i]);
         hits[i].id = h->id;
         hits[i].relevance = h->relevance;
@@ -73,37 +106,37 @@ static int do_query(broker_core_t *core, const Persrv__Envelope *in, uint8_t **r
         hits[i].score = h->score;
         hits[i].centroid = h->centroid;
         hitp[i] = &hits[i];
-        if (r.fields) {
+        if (r->fields) {
             /* A hit whose fields could not be fetched gets an empty, not-found entry, so
              * fields[i] stays hits[i]'s. */
             persrv__get_sticker_reply__init(&empty[i]);
             empty[i].id = h->id;
-            fieldp[i] = r.fields[i] ? r.fields[i] : &empty[i];
+            fieldp[i] = r->fields[i] ? r->fields[i] : &empty[i];
         }
     }
-    for (size_t i = 0; i < r.nfailures; i++) {
+    for (size_t i = 0; i < r->nfailures; i++) {
         persrv__shard_failure__init(&fail[i]);
-        fail[i].shard = r.failures[i].shard;
-        fail[i].reason = (char *)r.failures[i].reason;
+        fail[i].shard = r->failures[i].shard;
+        fail[i].reason = (char *)r->failures[i].reason;
         failp[i] = &fail[i];
     }
     Persrv__QueryReply qrep = PERSRV__QUERY_REPLY__INIT;
-    qrep.n_hits = r.nhits;
+    qrep.n_hits = r->nhits;
     qrep.hits = hitp;
-    qrep.n_fields = r.fields ? r.nhits : 0;
+    qrep.n_fields = r->fields ? r->nhits : 0;
     qrep.fields = fieldp;
-    qrep.partial = r.ok < r.nshards;
-    qrep.timed_out = r.timed_out;
-    qrep.personalized = r.personalized;
-    qrep.snapshot_version = r.version;
-    qrep.shards_total = r.nshards;
-    qrep.n_failures = r.nfailures;
+    qrep.partial = r->ok < r->nshards;
+    qrep.timed_out = r->timed_out;
+    qrep.personalized = r->personalized;
+    qrep.snapshot_version = r->version;
+    qrep.shards_total = r->nshards;
+    qrep.n_failures = r->nfailures;
     qrep.failures = failp;
     double took = (broker_now() - t0) * 1e6;
     qrep.took_us = took > 4e9 ? 4000000000u : (uint32_t)took;
     Persrv__Envelope env = PERSRV__ENVELOPE__INIT;
     env.version = PS_WIRE_VERSION;
-    env.request_id = in->request_id;
+    env.request_id = request_id;
     env.body_case = PERSRV__ENVELOPE__BODY_QUERY_REPLY;
     env.query_reply = &qrep;
     rc = pack(&env, reply, reply_len, err);
@@ -117,16 +150,61 @@ out:
     return rc;
 }
 
-static int do_sticker(broker_core_t *core, const Persrv__Envelope *in, uint8_t **reply,
-                      size_t *reply_len, ps_err *err)
+static void query_answered(void *arg, int rc, const ps_err *err, const broker_result *r)
 {
-    Persrv__Envelope *got;
-    int rc;
-    if ((rc = broker_core_sticker(core, in->get_sticker->id, &got, err))) return rc;
-    got->request_id = in->request_id;
-    got->deadline_ms = 0;
-    rc = pack(got, reply, reply_len, err);
-    ps_wire_free(got);
+    front_later *fl = arg;
+    uint8_t *reply = NULL;
+    size_t reply_len = 0;
+    ps_err perr = {0, ""};
+    if (rc == 0 && (rc = pack_query_reply(r, fl->request_id, fl->t0, &reply, &reply_len, &perr)))
+        err = &perr;
+    later_answer(fl, rc, err, reply, reply_len);
+}
+
+static int do_query(broker_core_t *core, broker_metrics_t *metrics, const Persrv__Envelope *in,
+                    broker_front_later_fn later, void *ticket, ps_err *err)
+{
+    const Persrv__QueryRequest *qr = in->query;
+    if (!later)
+        return ps_err_set(err, PS_EINVAL, "query: not taken on this path (no deferred answers)");
+    broker_query q = {.q = qr->q,
+                      .qlen = strlen(qr->q),
+                      .user = qr->user,
+                      .user_len = strlen(qr->user),
+                      .k = qr->k,
+                      .explain = qr->explain};
+    front_later *fl = later_new(metrics, in, BROKER_EP_ZMQ_SEARCH, later, ticket);
+    if (!fl) return ps_err_set(err, PS_ENOMEM, "out of memory for a search");
+    int rc = broker_core_search(core, &q, query_answered, fl, err);
+    if (rc) free(fl);
+    return rc;
+}
+
+static void sticker_answered(void *arg, int rc, const ps_err *err, Persrv__Envelope *got)
+{
+    front_later *fl = arg;
+    uint8_t *reply = NULL;
+    size_t reply_len = 0;
+    ps_err perr = {0, ""};
+    if (rc == 0) {
+        got->request_id = fl->request_id;
+        got->deadline_ms = 0;
+        if ((rc = pack(got, &reply, &reply_len, &perr))) err = &perr;
+        ps_wire_free(got);
+    }
+    later_answer(fl, rc, err, reply, reply_len);
+}
+
+static int do_sticker(broker_core_t *core, broker_metrics_t *metrics, const Persrv__Envelope *in,
+                      broker_front_later_fn later, void *ticket, ps_err *err)
+{
+    if (!later)
+        return ps_err_set(err, PS_EINVAL,
+                          "get_sticker: not taken on this path (no deferred answers)");
+    front_later *fl = later_new(metrics, in, BROKER_EP_ZMQ_STICKER, later, ticket);
+    if (!fl) return ps_err_set(err, PS_ENOMEM, "out of memory for a sticker lookup");
+    int rc = broker_core_sticker(core, in->get_sticker->id, sticker_answered, fl, err);
+    if (rc) free(fl);
     return rc;
 }
 
@@ -135,7 +213,7 @@ static int do_health(broker_core_t *core, const Persrv__Envelope *in, uint8_t **
 {
     uint32_t ndown, down[1];
     Persrv__HealthReply h = PERSRV__HEALTH_REPLY__INIT;
-    h.nshards = broker_pool_nshards(broker_core_pool(core));
+    h.nshards = broker_core_nshards(core);
     h.shards_up = broker_core_shards_up(core, down, 0, &ndown);
     h.ready = h.shards_up == h.nshards;
     Persrv__Envelope env = PERSRV__ENVELOPE__INIT;
@@ -267,13 +345,21 @@ static int admit(void *state, const Persrv__Envelope *in, ps_err *err)
 static int route_query(void *state, const Persrv__Envelope *in, uint8_t **reply, size_t *reply_len,
                        ps_err *err)
 {
-    return do_query(((front_state *)state)->core, in, reply, reply_len, err);
+    front_state *f = state;
+    (void)reply;
+    (void)reply_len;
+    int rc = do_query(f->core, f->metrics, in, f->later, f->ticket, err);
+    return rc ? rc : PS_DISPATCH_LATER;
 }
 
 static int route_sticker(void *state, const Persrv__Envelope *in, uint8_t **reply,
                          size_t *reply_len, ps_err *err)
 {
-    return do_sticker(((front_state *)state)->core, in, reply, reply_len, err);
+    front_state *f = state;
+    (void)reply;
+    (void)reply_len;
+    int rc = do_sticker(f->core, f->metrics, in, f->later, f->ticket, err);
+    return rc ? rc : PS_DISPATCH_LATER;
 }
 
 static int route_health(void *state, const Persrv__Envelope *in, uint8_t **reply, size_t *reply_len,

@@ -150,33 +150,71 @@ static json_t *failures_json(const broker_result *r)
     return a;
 }
 
-static int handle_search(broker_http_t *h, struct evhttp_request *req, const char *query, double t0)
+/* A search or sticker lookup waiting for its shards. */
+typedef struct http_pending {
+    broker_http_t *h;
+    struct evhttp_request *req; /* libevent keeps it until we reply, even if the client left */
+    const char *who;            /* the key's name (borrowed from the key set), NULL: open */
+    int cmd;
+    double t0;
+    uint64_t id;   /* the sticker asked for */
+    char path[72]; /* for the log line */
+} http_pending;
+
+static http_pending *pending_new(broker_http_t *h, struct evhttp_request *req, const char *who,
+                                 double t0, const char *path)
 {
-    broker_search_params p;
+    http_pending *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    *p = (http_pending){
+        .h = h, .req = req, .who = who, .cmd = (int)evhttp_request_get_command(req), .t0 = t0};
+    snprintf(p->path, sizeof p->path, "%s", path);
+    return p;
+}
+
+static void search_answered(void *arg, int rc, const ps_err *err, const broker_result *r)
+{
+    http_pending *p = arg;
+    int status;
+    if (rc) {
+        status = reply_err(p->req, err);
+    } else {
+        json_t *hits = json_array();
+        for (size_t i = 0; i < r->nhits; i++)
+            json_array_append_new(hits, hit_json(&r->hits[i], r->fields ? r->fields[i] : NULL));
+        json_t *body = json_pack(
+            "{s:I, s:b, s:b, s:I, s:b, s:{s:i, s:i, s:i, s:o}, s:o}", "took",
+            (json_int_t)((broker_now() - p->t0) * 1e3), "timed_out", r->timed_out, "partial",
+            r->ok < r->nshards, "version", (json_int_t)r->version, "personalized", r->personalized,
+            "shards", "total", (int)r->nshards, "successful", (int)r->ok, "failed",
+            (int)(r->nshards - r->ok), "failures", failures_json(r), "hits", hits);
+        status = reply_json(p->req, 200, body);
+    }
+    request_done(p->h, BROKER_EP_SEARCH, p->cmd, p->path, p->who, status, p->t0);
+    free(p);
+}
+
+/* GET /v1/search. Returns the status of an answer sent now, or 0 when search_answered will
+ * answer once the shards have. */
+static int handle_search(broker_http_t *h, struct evhttp_request *req, const char *query,
+                         const char *who, double t0)
+{
+    broker_search_params sp;
     broker_query q;
     ps_err err = {0, ""};
+    http_pending *p = NULL;
     int status;
-    if (broker_search_parse(query, h->max_k, &p, &q, &err)) {
+    if (broker_search_parse(query, h->max_k, &sp, &q, &err)) {
         status = reply_err(req, &err);
-        goto out;
-    }
-    broker_result r;
-    if (broker_core_search(h->core, &q, &r, &err)) {
+    } else if (!(p = pending_new(h, req, who, t0, "/v1/search"))) {
+        status = reply_error(req, 503, "out_of_memory", "out of memory for a search");
+    } else if (broker_core_search(h->core, &q, search_answered, p, &err)) {
+        free(p);
         status = reply_err(req, &err);
-        goto out;
+    } else {
+        status = 0;
     }
-    json_t *hits = json_array();
-    for (size_t i = 0; i < r.nhits; i++)
-        json_array_append_new(hits, hit_json(&r.hits[i], r.fields ? r.fields[i] : NULL));
-    json_t *body =
-        json_pack("{s:I, s:b, s:b, s:I, s:b, s:{s:i, s:i, s:i, s:o}, s:o}", "took",
-                  (json_int_t)((broker_now() - t0) * 1e3), "timed_out", r.timed_out, "partial",
-                  r.ok < r.nshards, "version", (json_int_t)r.version, "personalized",
-                  r.personalized, "shards", "total", (int)r.nshards, "successful", (int)r.ok,
-                  "failed", (int)(r.nshards - r.ok), "failures", failures_json(&r), "hits", hits);
-    status = reply_json(req, 200, body);
-out:
-    broker_search_params_free(&p);
+    broker_search_params_free(&sp);
     return status;
 }
 
@@ -256,32 +294,52 @@ static int handle_click(broker_http_t *h, struct evhttp_request *req, const char
 
 /* ---- stickers ---------------------------------------------------------------------------- */
 
-static int handle_sticker(broker_http_t *h, struct evhttp_request *req, const char *idtext)
+static void sticker_answered(void *arg, int rc, const ps_err *err, Persrv__Envelope *env)
 {
+    http_pending *p = arg;
+    int status;
+    if (rc) {
+        status = reply_err(p->req, err);
+    } else {
+        const Persrv__GetStickerReply *r = env->sticker_reply;
+        char idbuf[24];
+        snprintf(idbuf, sizeof idbuf, "%llu", (unsigned long long)p->id);
+        status = reply_json(p->req, 200,
+                            json_pack("{s:s, s:i, s:f, s:s, s:s, s:s, s:s, s:s}", "id", idbuf,
+                                      "shard", (int)r->shard, "utility", r->utility, "ocr", r->ocr,
+                                      "queries", r->queries, "keywords", r->keywords, "desc",
+                                      r->desc, "emotion", r->emotion));
+        ps_wire_free(env);
+    }
+    request_done(p->h, BROKER_EP_STICKER, p->cmd, p->path, p->who, status, p->t0);
+    free(p);
+}
+
+/* GET /v1/stickers/{id}: the status of an answer sent now, or 0 (sticker_answered answers). */
+static int handle_sticker(broker_http_t *h, struct evhttp_request *req, const char *path,
+                          const char *who, double t0)
+{
+    const char *idtext = path + strlen(BROKER_STICKERS_PREFIX);
     uint64_t id;
     if (broker_parse_uint(idtext, strlen(idtext), 0, UINT64_MAX, &id))
         return reply_error(req, 400, "invalid_argument",
                            "id: must be an unsigned 64-bit decimal integer");
     ps_err err = {0, ""};
-    Persrv__Envelope *env;
-    if (broker_core_sticker(h->core, id, &env, &err)) return reply_err(req, &err);
-    const Persrv__GetStickerReply *r = env->sticker_reply;
-    char idbuf[24];
-    snprintf(idbuf, sizeof idbuf, "%llu", (unsigned long long)id);
-    int status = reply_json(req, 200,
-                            json_pack("{s:s, s:i, s:f, s:s, s:s, s:s, s:s, s:s}", "id", idbuf,
-                                      "shard", (int)r->shard, "utility", r->utility, "ocr", r->ocr,
-                                      "queries", r->queries, "keywords", r->keywords, "desc",
-                                      r->desc, "emotion", r->emotion));
-    ps_wire_free(env);
-    return status;
+    http_pending *p = pending_new(h, req, who, t0, path);
+    if (!p) return reply_error(req, 503, "out_of_memory", "out of memory for a sticker lookup");
+    p->id = id;
+    if (broker_core_sticker(h->core, id, sticker_answered, p, &err)) {
+        free(p);
+        return reply_err(req, &err);
+    }
+    return 0;
 }
 
 /* ---- the rest ---------------------------------------------------------------------------- */
 
 static int handle_readyz(broker_http_t *h, struct evhttp_request *req)
 {
-    uint32_t ns = broker_pool_nshards(broker_core_pool(h->core)), ndown;
+    uint32_t ns = broker_core_nshards(h->core), ndown;
     uint32_t downs[BROKER_MAX_SHARDS];
     uint32_t up = broker_core_shards_up(h->core, downs, BROKER_MAX_SHARDS, &ndown);
     json_t *down = json_array();
@@ -296,6 +354,7 @@ static int handle_metrics(broker_http_t *h, struct evhttp_request *req)
 {
     ps_buf b = PS_BUF_INIT;
     broker_metrics_render(h->metrics, &b);
+    broker_upmap_render(broker_fan_upmap(broker_core_fan(h->core)), &b);
     if (b.rc) {
         ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=metrics");
         abort();
@@ -402,10 +461,10 @@ static void on_request(struct evhttp_request *req, void *arg)
             if ((status = handle_click(h, req, who, t0)) == 0) return; /* answered later */
             break;
         case BROKER_EP_SEARCH:
-            status = handle_search(h, req, query, t0);
+            if ((status = handle_search(h, req, query, who, t0)) == 0) return; /* later */
             break;
         case BROKER_EP_STICKER:
-            status = handle_sticker(h, req, path + strlen(BROKER_STICKERS_PREFIX));
+            if ((status = handle_sticker(h, req, path, who, t0)) == 0) return; /* later */
             break;
         case BROKER_EP_HEALTHZ:
             status = reply_json(req, 200, json_pack("{s:s}", "status", "ok"));

@@ -10,8 +10,10 @@
  *     requests slower than request-timeout-ms and backs off failed accept() calls,
  *   - front-door requests on a DEALER connected to the ZeroMQ server's inproc back socket
  *     (the server spreads them round robin), read through ZMQ_FD,
+ *   - replies from the shard replicas (fan.c: the lane's DEALERs, one per replica, their
+ *     ZMQ_FD in this loop; many requests in flight at once, each with its own timers),
  *   - on one lane (cfg->probe), the health probes of every replica on a timer: which replicas
- *     are up is one map shared by all lanes' pools.
+ *     are up is one map shared by all lanes.
  * Nothing is shared between lanes but the metrics (locked) and the read-only configuration.
  *
  * ZMQ_FD is edge-triggered: it signals that the socket's state may have changed, and stays
@@ -43,7 +45,7 @@ struct broker_lane {
     struct evhttp *http;
     struct evhttp_bound_socket *listener;
     ps_httpguard_t *guard;
-    broker_pool_t *pool;
+    broker_fan_t *fan;                           /* the shards */
     broker_pool_t *prof_replicas, *prof_primary; /* the profile service, or NULL */
     broker_clicks_t *clicks;                     /* clicks to the primary, or NULL */
     broker_profcache_t *profiles;
@@ -127,7 +129,7 @@ static void on_health(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     broker_lane_t *l = arg;
-    uint32_t down = l->cfg.probe ? broker_pool_probe(l->pool) : 0;
+    uint32_t down = l->cfg.probe ? broker_fan_probe(l->fan) : 0;
     if (l->cfg.probe && l->prof_replicas) broker_pool_probe(l->prof_replicas);
     if (l->cfg.probe && l->prof_primary) broker_pool_probe(l->prof_primary);
     if (l->cfg.probe && down == 0 && !l->ready) {
@@ -165,8 +167,9 @@ static void *lane_main(void *arg)
 
 static void lane_free(broker_lane_t *l)
 {
-    /* first: a click still in flight is answered (outcome unknown) while its HTTP request and
-     * the front door's socket still exist */
+    /* first: a click, search or lookup still in flight is answered (outcome unknown, shards
+     * failed) while its HTTP request and the front door's socket still exist */
+    broker_fan_free(l->fan);
     broker_clicks_free(l->clicks);
     if (l->zev) event_free(l->zev);
     if (l->health_ev) event_free(l->health_ev);
@@ -180,7 +183,6 @@ static void lane_free(broker_lane_t *l)
     broker_profcache_free(l->profiles);
     broker_pool_free(l->prof_replicas);
     broker_pool_free(l->prof_primary);
-    broker_pool_free(l->pool);
     free(l);
 }
 
@@ -192,10 +194,22 @@ broker_lane_t *broker_lane_start(const broker_lane_cfg *cfg, ps_err *err)
         return NULL;
     }
     l->cfg = *cfg;
-    if (!(l->pool = broker_pool_new(cfg->topology, cfg->deadline_ms, cfg->retries, cfg->max_frame,
-                                    cfg->curve, cfg->upmap, err)) ||
+    if (!(l->base = event_base_new()) || !(l->http = evhttp_new(l->base))) {
+        ps_err_set(err, PS_EINTERNAL, "libevent setup failed");
+        goto fail;
+    }
+    broker_fan_cfg fc = {.topology = cfg->topology,
+                         .deadline_ms = cfg->deadline_ms,
+                         .retries = cfg->retries,
+                         .max_frame = cfg->max_frame,
+                         .curve = cfg->curve,
+                         .upmap = cfg->upmap,
+                         .health_interval_ms = cfg->health_interval_ms,
+                         .down_after = cfg->down_after,
+                         .slow_start_ms = cfg->slow_start_ms};
+    if (!(l->fan = broker_fan_new(l->base, &fc, err)) ||
         !(l->profiles = broker_profcache_new(cfg->profiles, cfg->profile_cache, err)) ||
-        !(l->core = broker_core_new(l->pool, l->profiles, cfg->metrics, &cfg->lim, err)))
+        !(l->core = broker_core_new(l->fan, l->profiles, cfg->metrics, &cfg->lim, err)))
         goto fail;
     if (cfg->profile_replicas &&
         !(l->prof_replicas = broker_pool_new(cfg->profile_replicas, cfg->deadline_ms, cfg->retries,
@@ -211,10 +225,6 @@ broker_lane_t *broker_lane_start(const broker_lane_cfg *cfg, ps_err *err)
         broker_profcache_use_service(l->profiles, l->prof_replicas, l->prof_primary,
                                      cfg->profile_staleness_ms);
     broker_core_set_version(l->core, cfg->version);
-    if (!(l->base = event_base_new()) || !(l->http = evhttp_new(l->base))) {
-        ps_err_set(err, PS_EINTERNAL, "libevent setup failed");
-        goto fail;
-    }
     if (cfg->profile_primary &&
         !(l->clicks = broker_clicks_new(l->base, cfg->profile_primary, cfg->click_deadline_ms,
                                         cfg->max_frame, cfg->max_clicks, cfg->curve, err)))

@@ -59,12 +59,6 @@ typedef struct shard_slot {
     uint32_t rr; /* round-robin position */
 } shard_slot;
 
-struct broker_upmap {
-    size_t n;
-    atomic_int *up;
-    atomic_llong *slow_since;
-};
-
 struct broker_pool {
     void *zctx;
     broker_upmap_t *own; /* the map when none was shared */
@@ -78,15 +72,13 @@ struct broker_pool {
     int probed; /* a probe round ran: later rounds do not wait */
 };
 
-/* A replica's state. DOWN: its last health probe went unanswered, or it cannot be sent to, or
- * it is not ready: calls skip it. SLOW: it missed a call's deadline and has not answered
- * since: calls go to replicas that are UP first, and to a SLOW one only when no replica of the
- * shard is UP, for at most REP_SLOW_MS — a replica slowed down by a load (a push staging the
- * next version, a burst) still serves rather than take its whole shard out until the next
- * probe, while a dead one stops costing each call a deadline after REP_SLOW_MS. Any answer
- * makes a replica UP again. */
-enum { REP_DOWN = 0, REP_UP = 1, REP_SLOW = 2 };
-#define REP_SLOW_MS 1000
+/* A replica's state (broker.h: BROKER_REP_*). The profile service's pools and the admin port's
+ * keep the rules they had: DOWN when the last health probe went unanswered, or a send failed;
+ * SLOW after a missed deadline, usable for BROKER_SLOW_MS when no replica is UP. */
+#define REP_DOWN    BROKER_REP_DOWN
+#define REP_UP      BROKER_REP_UP
+#define REP_SLOW    BROKER_REP_SLOW
+#define REP_SLOW_MS BROKER_SLOW_MS
 #define STATE(r)    atomic_load_explicit((r)->up, memory_order_relaxed)
 #define UP(r)       (STATE(r) == REP_UP)
 
@@ -95,23 +87,30 @@ broker_upmap_t *broker_upmap_new(const broker_pool_t *p)
     broker_upmap_t *u = calloc(1, sizeof *u);
     if (!u) return NULL;
     for (uint32_t s = 0; s < p->nshards; s++) u->n += p->shards[s].nrep;
-    if (!(u->up = calloc(u->n ? u->n : 1, sizeof *u->up)) ||
-        !(u->slow_since = calloc(u->n ? u->n : 1, sizeof *u->slow_since))) {
+    u->nshards = p->nshards;
+    if (!(u->r = calloc(u->n ? u->n : 1, sizeof *u->r)) ||
+        !(u->first = calloc(p->nshards + 1, sizeof *u->first))) {
         broker_upmap_free(u);
         return NULL;
     }
+    for (uint32_t s = 0; s < p->nshards; s++) u->first[s + 1] = u->first[s] + p->shards[s].nrep;
     for (size_t i = 0; i < u->n; i++) {
-        atomic_init(&u->up[i], 0);
-        atomic_init(&u->slow_since[i], 0);
+        atomic_init(&u->r[i].state, REP_DOWN);
+        atomic_init(&u->r[i].slow_since, 0);
+        atomic_init(&u->r[i].up_since, 0);
+        atomic_init(&u->r[i].missed, 0);
+        atomic_init(&u->r[i].ever_up, 0);
     }
+    atomic_init(&u->inflight, 0);
+    for (int i = 0; i < BROKER_NHC; i++) atomic_init(&u->count[i], 0);
     return u;
 }
 
 void broker_upmap_free(broker_upmap_t *u)
 {
     if (!u) return;
-    free(u->up);
-    free(u->slow_since);
+    free(u->r);
+    free(u->first);
     free(u);
 }
 
@@ -229,8 +228,8 @@ broker_pool_t *broker_pool_new(const char *topology, uint32_t deadline_ms, uint3
                 ps_err_set(err, PS_EINVAL, "shards: the shared replica map is too small");
                 goto fail;
             }
-            p->shards[s].rep[i].slow_since = &u->slow_since[at];
-            p->shards[s].rep[i].up = &u->up[at++];
+            p->shards[s].rep[i].slow_since = &u->r[at].slow_since;
+            p->shards[s].rep[i].up = &u->r[at++].state;
         }
     for (uint32_t s = 0; s < p->nshards; s++) {
         for (uint32_t i = 0; i < p->shards[s].nrep; i++) {
