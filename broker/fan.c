@@ -226,20 +226,22 @@ static int pick(broker_fan_t *f, uint32_t s, double now, int *panic)
     return (int)(start % sl->nrep);
 }
 
-/* The replica a failed attempt on `cur` moves to: the next UP one in order (cur itself last),
- * else the next usable SLOW one, else (panic) the next one whatever its state. */
+/* The replica a failed attempt on `cur` moves to: another one, UP first, then a usable SLOW
+ * one, then (panic) any other whatever its state; cur itself only when it is UP, or the
+ * shard's only replica (a failover goes elsewhere whenever it can). */
 static int next_replica(broker_fan_t *f, uint32_t s, int cur, double now, int *panic)
 {
     fshard *sl = &f->shards[s];
     *panic = 0;
-    for (uint32_t k = 1; k <= sl->nrep; k++) {
+    for (uint32_t k = 1; k < sl->nrep; k++) {
         int i = (int)((cur + k) % sl->nrep);
         if (state(&sl->rep[i]) == BROKER_REP_UP) return i;
     }
-    for (uint32_t k = 1; k <= sl->nrep; k++) {
+    for (uint32_t k = 1; k < sl->nrep; k++) {
         int i = (int)((cur + k) % sl->nrep);
         if (slow_usable(&sl->rep[i], now)) return i;
     }
+    if (state(&sl->rep[cur]) == BROKER_REP_UP) return cur;
     *panic = 1;
     return (int)((cur + 1) % sl->nrep);
 }
