@@ -195,12 +195,11 @@ typedef struct broker_fan_cfg {
     uint32_t deadline_ms; /* per attempt */
     uint32_t retries;     /* attempts on other replicas after the first */
     size_t max_frame;
-    const ps_curve_t *curve;     /* CURVE client settings (NULL: plain), borrowed */
-    broker_upmap_t *upmap;       /* the health shared by every lane (NULL: one of its own) */
-    uint32_t health_interval_ms; /* the time between probe rounds (broker_fan_probe) */
-    uint32_t down_after;         /* probes unanswered in a row that mark a replica DOWN (0: 3) */
-    uint32_t slow_start_ms;      /* a replica back from DOWN reaches full weight after this */
-    uint64_t seed;               /* for the weighted choice of a replica */
+    const ps_curve_t *curve; /* CURVE client settings (NULL: plain), borrowed */
+    broker_upmap_t *upmap;   /* the health shared by every lane (NULL: one of its own) */
+    uint32_t down_after;     /* probes unanswered in a row that mark a replica DOWN (0: 3) */
+    uint32_t slow_start_ms;  /* a replica back from DOWN reaches full weight after this */
+    uint64_t seed;           /* for the weighted choice of a replica */
 } broker_fan_cfg;
 
 /* The fan-out of a lane whose loop is base (borrowed; free the fan before it). Waits at most

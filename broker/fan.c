@@ -88,7 +88,7 @@ struct broker_fan {
     broker_upmap_t *own, *u;
     fshard *shards;
     uint32_t nshards;
-    uint32_t deadline_ms, retries, interval_ms, down_after, slow_start_ms;
+    uint32_t deadline_ms, retries, down_after, slow_start_ms;
     size_t max_frame;
     uint64_t next_id;
     ps_rng rng;
@@ -759,7 +759,6 @@ broker_fan_t *broker_fan_new(struct event_base *base, const broker_fan_cfg *cfg,
     f->deadline_ms = cfg->deadline_ms ? cfg->deadline_ms : 1;
     f->retries = cfg->retries;
     f->max_frame = cfg->max_frame;
-    f->interval_ms = cfg->health_interval_ms;
     f->down_after = cfg->down_after ? cfg->down_after : DEFAULT_DOWN;
     f->slow_start_ms = cfg->slow_start_ms;
     uint64_t seed = cfg->seed;

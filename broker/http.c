@@ -23,8 +23,10 @@
  * JSON number carries exactly; scores are doubles printed by jansson ("%.17g"), so they
  * round-trip bit for bit.
  *
- * The work behind /v1/search and /v1/stickers is core.c's (shared with the ZeroMQ front door);
- * parse.c parses the path, the query string and the click body; this file renders JSON.
+ * The work behind /v1/search and /v1/stickers is core.c's (shared with the ZeroMQ front door),
+ * and is answered from the lane's loop once the shards have answered (the lane serves other
+ * requests meanwhile); parse.c parses the path, the query string and the click body; this file
+ * renders JSON. /metrics adds the replicas' health (fan.c) to metrics.c's.
  * explain=1 adds every hit's stored fields (ocr, queries, keywords, desc, emotion), fetched
  * from the shards holding them.
  */

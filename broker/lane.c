@@ -1,5 +1,5 @@
 /*
- * lane.c — one lane of the broker: a thread with its own libevent loop, shard pool, profile
+ * lane.c — one lane of the broker: a thread with its own libevent loop, shard fan-out, profile
  * cache and search state, serving
  *   - HTTP connections it accepts from the shared listening socket (every lane listens on a
  *     dup of the same socket; whichever lane is idle accepts the next connection, and the
@@ -14,7 +14,10 @@
  *     ZMQ_FD in this loop; many requests in flight at once, each with its own timers),
  *   - on one lane (cfg->probe), the health probes of every replica on a timer: which replicas
  *     are up is one map shared by all lanes.
- * Nothing is shared between lanes but the metrics (locked) and the read-only configuration.
+ * Nothing is shared between lanes but the metrics (locked), the replicas' health (atomics) and
+ * the read-only configuration. A lane never waits for a shard, so "whichever lane is idle"
+ * means whichever loop turns first; a lane's searches wait only where the profile cache reads
+ * the profile service on a miss (pool.c, blocking).
  *
  * ZMQ_FD is edge-triggered: it signals that the socket's state may have changed, and stays
  * quiet until ZMQ_EVENTS is read again. So the callback reads ZMQ_EVENTS and takes messages
@@ -204,7 +207,6 @@ broker_lane_t *broker_lane_start(const broker_lane_cfg *cfg, ps_err *err)
                          .max_frame = cfg->max_frame,
                          .curve = cfg->curve,
                          .upmap = cfg->upmap,
-                         .health_interval_ms = cfg->health_interval_ms,
                          .down_after = cfg->down_after,
                          .slow_start_ms = cfg->slow_start_ms};
     if (!(l->fan = broker_fan_new(l->base, &fc, err)) ||

@@ -295,7 +295,6 @@ static void fan_open(fixture *fx, const char *topology, uint32_t retries, uint32
                           .deadline_ms = DEADLINE_MS,
                           .retries = retries,
                           .max_frame = 1 << 20,
-                          .health_interval_ms = 100,
                           .down_after = down_after,
                           .slow_start_ms = slow_start_ms,
                           .seed = 7};
