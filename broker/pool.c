@@ -326,7 +326,7 @@ static int send_attempt(broker_pool_t *p, broker_call *c, double now)
             abort();
         }
         snprintf(c->reason, sizeof c->reason, "replica %d: %s", c->cur, e.msg);
-        snprintf(r->last_err, sizeof r->last_err, "%s", e.msg);
+        snprintf(r->last_err, sizeof r->last_err, "%.150s", e.msg);
         atomic_store_explicit(r->up, 0, memory_order_relaxed);
         return -1;
     }
