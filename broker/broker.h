@@ -185,9 +185,9 @@ uint32_t broker_pool_probe(broker_pool_t *p);
 
 /* ---- fan.c: a lane's shard calls without blocking ---------------------------------------- */
 
-/* The fan-out of one lane: a DEALER per replica (ZMQ_IMMEDIATE, ZMQ_LINGER 0, ZMQ_MAXMSGSIZE)
- * whose ZMQ_FD the lane's loop watches; calls (broker_call, as for broker_pool_run) run as
- * state machines, many at once on the same sockets. */
+/* The fan-out of one lane: a DEALER per replica (ZMQ_IMMEDIATE, ZMQ_LINGER 0, ZMQ_MAXMSGSIZE,
+ * no high-water mark) whose ZMQ_FD the lane's loop watches; calls (broker_call, as for
+ * broker_pool_run) run as state machines, many at once on the same sockets. */
 typedef struct broker_fan broker_fan_t;
 
 typedef struct broker_fan_cfg {

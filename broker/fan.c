@@ -17,6 +17,9 @@
  * ZeroMQ reconnects by itself, and request ids, drawn from a per-lane counter started at a
  * random point, never repeat, so an old reply cannot be taken for a new request.
  *
+ * The sockets have no high-water mark (what is queued is bounded by the requests in flight),
+ * so a send fails only when the replica has no connection, never because it is busy.
+ *
  * Health (shared by every lane through the upmap, see broker.h): a transport error (a send
  * that fails because the replica has no connection; ZMQ_IMMEDIATE makes that immediate) marks
  * a replica DOWN at once; health probes (the probing lane, broker_fan_probe) mark it DOWN only
@@ -140,7 +143,10 @@ static void log_change(const frep *r, int was, int now)
 /* r answered something: UP (from DOWN: slow start when it had been UP before). */
 static void mark_up(broker_fan_t *f, frep *r)
 {
-    atomic_store_explicit(&r->h->missed, 0, memory_order_relaxed);
+    /* read first: every answer lands here, and the map is shared by the lanes */
+    if (atomic_load_explicit(&r->h->missed, memory_order_relaxed))
+        atomic_store_explicit(&r->h->missed, 0, memory_order_relaxed);
+    if (state(r) == BROKER_REP_UP) return;
     int was = atomic_exchange_explicit(&r->h->state, BROKER_REP_UP, memory_order_relaxed);
     if (was == BROKER_REP_UP) return;
     if (was == BROKER_REP_DOWN) {
@@ -728,6 +734,8 @@ static int open_rep(broker_fan_t *f, frep *r, const ps_curve_t *curve, ps_err *e
     if (!(r->sock = zmq_socket(f->zctx, ZMQ_DEALER)) ||
         zmq_setsockopt(r->sock, ZMQ_LINGER, &zero, sizeof zero) ||
         zmq_setsockopt(r->sock, ZMQ_IMMEDIATE, &one, sizeof one) ||
+        zmq_setsockopt(r->sock, ZMQ_SNDHWM, &zero, sizeof zero) ||
+        zmq_setsockopt(r->sock, ZMQ_RCVHWM, &zero, sizeof zero) ||
         zmq_setsockopt(r->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg))
         return ps_err_set(err, PS_EINTERNAL, "shard %u replica %d: socket: %s", r->shard, r->idx,
                           zmq_strerror(zmq_errno()));
