@@ -230,12 +230,14 @@ typedef void (*broker_fan_done_fn)(void *arg, broker_call *calls, size_t n);
  * so the call is still tried within its deadline. A failed attempt (no reply in deadline-ms,
  * an Error reply, a send that fails because the replica is not connected) moves to the next
  * replica in order (UP first, then SLOW, then any) while attempts (retries + 1) and the budget
- * (deadline-ms × attempts from the first send) remain. A reply whose request is no longer
- * pending (its attempt timed out, or it is not ours) is dropped; sockets stay open: one late
- * replica must not cost the other requests in flight on its socket. Returns 0: done(arg,
- * calls, n) is called exactly once, later, from the loop (never from inside this call). Else
- * (done never called, nothing sent): the encoder's error, PS_EUNAVAIL (the fan is stopping),
- * PS_ENOMEM. */
+ * (deadline-ms × attempts from the first send) remain; when a timed-out attempt has no other
+ * replica to go to, its request is given the next attempt's deadline instead of being sent
+ * again (a shard computes every request it took: a copy would double a busy replica's work). A
+ * reply whose request is no longer pending (its attempt timed out, or it is not ours) is dropped;
+ * sockets stay open: one late replica must not cost the other requests in flight on its socket.
+ * Returns 0: done(arg, calls, n) is called exactly once, later, from the loop (never from inside
+ * this call). Else (done never called, nothing sent): the encoder's error, PS_EUNAVAIL (the fan is
+ * stopping), PS_ENOMEM. */
 int broker_fan_start(broker_fan_t *f, broker_call *calls, size_t n, broker_fan_done_fn done,
                      void *arg, ps_err *err);
 

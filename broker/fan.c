@@ -4,7 +4,8 @@
  *
  *   start ──▶ pick a replica ──▶ send (request_id, deadline stamped) ──▶ pending on that replica
  *      pending ── reply with its request_id ──▶ answered (or, an Error: next attempt)
- *      pending ── its timer (deadline-ms, cut to the call's budget) ──▶ next attempt
+ *      pending ── its timer (deadline-ms, cut to the call's budget) ──▶ next attempt (with
+ *                 no other replica to go to: the same request waited for one deadline more)
  *      send fails (the replica is not connected: ZMQ_IMMEDIATE) ──▶ next attempt at once
  *      next attempt: the next replica in order while attempts and budget remain, else failed
  *
@@ -395,13 +396,29 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     double now = now_ms();
     (void)fd;
     (void)what;
-    unpend(f, r, c);
     count(f, BROKER_HC_TIMEOUTS);
+    snprintf(r->last_err, sizeof r->last_err, "no reply in %u ms", f->deadline_ms);
+    mark_slow(f, r, now);
+    uint32_t max_attempts = c->replica >= 0 ? 1 : f->retries + 1;
+    int panic;
+    if (c->attempt + 1 < max_attempts && now < c->budget_end &&
+        next_replica(f, c->shard, c->cur, now, &panic) == c->cur) {
+        /* Nowhere else to go (the shard's only replica, or every other one down): keep
+         * waiting for this attempt's answer until the next attempt's deadline rather than send
+         * the request again — a shard computes every request it took, so a second copy would
+         * only double the work of a replica that is late because it is busy. */
+        c->attempt++;
+        c->deadline = now + f->deadline_ms;
+        if (c->deadline > c->budget_end) c->deadline = c->budget_end;
+        uint32_t ms = (uint32_t)(c->deadline - now + 0.5);
+        struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+        evtimer_add(c->timer, &tv);
+        return;
+    }
+    unpend(f, r, c);
     c->timed_out = 1; /* until an answer comes: failed, and an attempt missed its deadline */
     snprintf(c->reason, sizeof c->reason, "replica %d (%.200s): no reply in %u ms", c->cur,
              r->endpoint, f->deadline_ms);
-    snprintf(r->last_err, sizeof r->last_err, "no reply in %u ms", f->deadline_ms);
-    mark_slow(f, r, now);
     ps_log(PS_LOG_WARN, "broker", "shard_timeout", "shard=%u replica=%d endpoint=%s", c->shard,
            c->cur, r->endpoint);
     /* c may be gone once it ended (its run's done frees the calls) */

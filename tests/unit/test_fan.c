@@ -41,7 +41,8 @@ enum mode {
     M_NO_PROBES,   /* answer sticker requests, never a probe */
     M_HOLD,        /* hold sticker requests until `hold` of them are in, answer them in reverse */
     M_SILENT_ONE,  /* never answer the request for sticker 1 (answer the rest, probes too) */
-    M_LATE         /* hold a sticker request until the next one comes, then answer both */
+    M_LATE,        /* hold a sticker request until the next one comes, then answer both */
+    M_TILL_PROBE   /* hold sticker requests until a health probe comes, then answer them */
 };
 
 typedef struct held {
@@ -97,6 +98,7 @@ static void serve(test_router *rt, const void *id, size_t idlen, const Persrv__E
     ps_err err;
     if (in->body_case == PERSRV__ENVELOPE__BODY_HEALTH) {
         s->nprobe++;
+        if (s->mode == M_TILL_PROBE) release(s);
         if (s->mode == M_NO_PROBES) return;
         uint8_t *buf;
         size_t len;
@@ -122,6 +124,9 @@ static void serve(test_router *rt, const void *id, size_t idlen, const Persrv__E
     case M_LATE:
         hold(s, id, idlen, in->request_id, sticker);
         if (s->nheld >= 2) release(s);
+        break;
+    case M_TILL_PROBE:
+        hold(s, id, idlen, in->request_id, sticker);
         break;
     default:
         sticker_reply(s, id, idlen, in->request_id, sticker);
@@ -285,14 +290,14 @@ typedef struct fixture {
     broker_fan_t *f;
 } fixture;
 
-static void fan_open(fixture *fx, const char *topology, uint32_t retries, uint32_t down_after,
-                     uint32_t slow_start_ms)
+static void fan_open_d(fixture *fx, const char *topology, uint32_t deadline_ms, uint32_t retries,
+                       uint32_t down_after, uint32_t slow_start_ms)
 {
     ps_err err = {0, ""};
     fx->base = event_base_new();
     assert_non_null(fx->base);
     broker_fan_cfg cfg = {.topology = topology,
-                          .deadline_ms = DEADLINE_MS,
+                          .deadline_ms = deadline_ms,
                           .retries = retries,
                           .max_frame = 1 << 20,
                           .down_after = down_after,
@@ -301,6 +306,12 @@ static void fan_open(fixture *fx, const char *topology, uint32_t retries, uint32
     fx->f = broker_fan_new(fx->base, &cfg, &err);
     if (!fx->f) fprintf(stderr, "broker_fan_new: %s\n", err.msg);
     assert_non_null(fx->f);
+}
+
+static void fan_open(fixture *fx, const char *topology, uint32_t retries, uint32_t down_after,
+                     uint32_t slow_start_ms)
+{
+    fan_open_d(fx, topology, DEADLINE_MS, retries, down_after, slow_start_ms);
 }
 
 static void fan_close(fixture *fx)
@@ -397,6 +408,45 @@ static void test_deadline_per_request(void **state)
     assert_null(r[0].call.reply);
     assert_true(r[0].call.timed_out);
     assert_int_equal(counter(&fx, BROKER_HC_TIMEOUTS), 1);
+    fan_close(&fx);
+    replica_stop(a);
+}
+
+typedef struct counter_at {
+    fixture *fx;
+    int which;
+    unsigned long long n;
+} counter_at;
+
+static unsigned long long counter(fixture *fx, int which);
+
+static int counter_reached(void *arg)
+{
+    counter_at *c = arg;
+    return counter(c->fx, c->which) >= c->n;
+}
+
+/* The shard's only replica misses the first deadline: with nowhere else to go, the request is
+ * not sent again (a busy replica would compute it twice) but waited for one deadline more, and
+ * its answer, late for the first attempt, is taken. */
+static void test_single_replica_waits(void **state)
+{
+    (void)state;
+    replica *a = replica_start(0, 1, M_TILL_PROBE);
+    fixture fx;
+    fan_open_d(&fx, a->rt.endpoint, 2000, 1, 3, 0);
+    assert_int_equal(broker_fan_probe(fx.f), 0);
+    req r;
+    req_start(fx.f, &r, 0, -1, 31);
+    counter_at one = {&fx, BROKER_HC_TIMEOUTS, 1};
+    spin_until(fx.base, counter_reached, &one);
+    assert_int_equal(r.done, 0); /* still waiting */
+    broker_fan_probe(fx.f);      /* the replica answers what it held */
+    spin_until(fx.base, req_ended, &r);
+    expect_answer(&r, 31);
+    assert_int_equal(r.call.failovers, 0);
+    assert_int_equal(nsticker(a), 1); /* sent once */
+    assert_int_equal(counter(&fx, BROKER_HC_LATE), 0);
     fan_close(&fx);
     replica_stop(a);
 }
@@ -648,6 +698,7 @@ int main(void)
         cmocka_unit_test(test_late_reply_dropped),
         cmocka_unit_test(test_deadline_per_request),
         cmocka_unit_test(test_failover),
+        cmocka_unit_test(test_single_replica_waits),
         cmocka_unit_test(test_missed_probes_and_panic),
         cmocka_unit_test(test_transport_error),
         cmocka_unit_test(test_slow_start),
