@@ -1,5 +1,6 @@
 /*
- * zserver.c — the ZeroMQ request server loop (ps/zserver.h): ROUTER front, inproc DEALER back.
+ * zserver.c — the ZeroMQ request server loop (ps/zserver.h): ROUTER front, inproc DEALER back,
+ * and the requests the loop answers itself (cfg.inline_fn).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -196,11 +197,38 @@ static void refuse_oversized(ps_zserver_t *s, zmq_msg_t *parts)
     free(buf);
 }
 
+/* Offer a request parts[0..n) (n in 2..PS_ZMSG_MAX_PARTS) to cfg.inline_fn. 1: it answered and
+ * the answer went back along the route (or was dropped and counted in *dropped: the peer is
+ * gone or its queue full), parts consumed; 0: for a worker, parts untouched. */
+static int answer_inline(ps_zserver_t *s, zmq_msg_t *parts, int n, uint64_t *dropped)
+{
+    zmq_msg_t *payload = &parts[n - 1], answer;
+    uint8_t *reply = NULL;
+    size_t reply_len = 0;
+    if (s->cfg.inline_fn(s->cfg.inline_state, zmq_msg_data(payload), zmq_msg_size(payload), &reply,
+                         &reply_len) != 1)
+        return 0;
+    if (zmq_msg_init_size(&answer, reply_len)) { /* out of memory: a worker answers */
+        free(reply);
+        return 0;
+    }
+    if (reply_len) memcpy(zmq_msg_data(&answer), reply, reply_len);
+    free(reply);
+    zmq_msg_move(payload, &answer); /* releases the request's payload */
+    zmq_msg_close(&answer);
+    if (ps_zmsg_send_multi(s->front, parts, n, ZMQ_DONTWAIT) < 0) {
+        (*dropped)++;
+        ps_log(PS_LOG_WARN, s->cfg.component, "reply_dropped", "reason=\"%s\" inline=1",
+               errno == EHOSTUNREACH ? "peer gone" : zmq_strerror(errno));
+    }
+    return 1;
+}
+
 int ps_zserver_run(ps_zserver_t *s, int stop_fd, ps_err *err)
 {
     const char *who = s->cfg.component;
     zmq_msg_t parts[PS_ZMSG_MAX_PARTS];
-    uint64_t inflight = 0, served = 0, dropped = 0;
+    uint64_t inflight = 0, served = 0, dropped = 0, inlined = 0;
     int stopping = 0, rc = 0;
     while (!stopping || inflight > 0) {
         zmq_pollitem_t items[3] = {{s->back, 0, ZMQ_POLLIN, 0},
@@ -244,6 +272,10 @@ int ps_zserver_run(ps_zserver_t *s, int stop_fd, ps_err *err)
                 refuse_oversized(s, parts);
                 continue;
             }
+            if (s->cfg.inline_fn && answer_inline(s, parts, n, &dropped)) {
+                inlined++;
+                continue;
+            }
             if (ps_zmsg_send_multi(s->back, parts, n, 0) < 0) {
                 rc = ps_err_set(err, PS_EINTERNAL, "to workers: %s", zmq_strerror(errno));
                 break;
@@ -251,8 +283,8 @@ int ps_zserver_run(ps_zserver_t *s, int stop_fd, ps_err *err)
             inflight++;
         }
     }
-    ps_log(PS_LOG_INFO, who, "drained", "served=%llu replies_dropped=%llu",
-           (unsigned long long)served, (unsigned long long)dropped);
+    ps_log(PS_LOG_INFO, who, "drained", "served=%llu served_inline=%llu replies_dropped=%llu",
+           (unsigned long long)served, (unsigned long long)inlined, (unsigned long long)dropped);
     return rc;
 }
 

@@ -112,6 +112,10 @@ static void h_metrics(struct evhttp_request *req, void *arg)
         "# HELP persrv_shard_sticker_lookups_total Get-sticker requests.\n"
         "# TYPE persrv_shard_sticker_lookups_total counter\n"
         "persrv_shard_sticker_lookups_total %" PRIu64 "\n"
+        "# HELP persrv_shard_health_inline_total Health requests the server loop answered itself, "
+        "without waiting for a worker.\n"
+        "# TYPE persrv_shard_health_inline_total counter\n"
+        "persrv_shard_health_inline_total %" PRIu64 "\n"
         "# HELP persrv_shard_versions_held Snapshot versions loaded.\n"
         "# TYPE persrv_shard_versions_held gauge\npersrv_shard_versions_held %zu\n"
         "# HELP persrv_shard_active_version The version the pointer names.\n"
@@ -119,7 +123,8 @@ static void h_metrics(struct evhttp_request *req, void *arg)
         "# HELP persrv_shard_version_loaded A loaded version (1), active or not.\n"
         "# TYPE persrv_shard_version_loaded gauge\n",
         atomic_load(&m->searches), atomic_load(&m->search_errors), atomic_load(&m->stale_version),
-        atomic_load(&m->postings_visited), atomic_load(&m->stickers), n, active);
+        atomic_load(&m->postings_visited), atomic_load(&m->stickers),
+        atomic_load(&m->health_inline), n, active);
     for (size_t i = 0; i < n; i++)
         ps_buf_printf(&b, "persrv_shard_version_loaded{version=\"%" PRIu64 "\",active=\"%d\"} 1\n",
                       info[i].version, info[i].active);

@@ -1,7 +1,8 @@
 /*
  * handler.c — the shard's request logic: the shard's door (ps/dispatch.h: decode one frame,
  * route it by body, answer failures as Error envelopes with the stable code and a message
- * naming what was wrong) and the handlers that run a request against the shard's index.
+ * naming what was wrong) and the handlers that run a request against the shard's index; and
+ * the server loop's inline answer to a HealthRequest (shard_handle_inline).
  */
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -192,6 +193,21 @@ static const ps_door door = {.component = "shard",
                              .routes = routes,
                              .nroutes = sizeof routes / sizeof routes[0],
                              .client_error_level = PS_LOG_WARN};
+
+int shard_handle_inline(shard_handler_t *h, const void *req, size_t len, uint8_t **reply,
+                        size_t *reply_len)
+{
+    if (len > SHARD_INLINE_MAX) return 0; /* not a HealthRequest: no decoding it twice */
+    Persrv__Envelope *env = NULL;
+    if (ps_wire_decode(req, len, h->ctx->max_frame, &env, NULL)) return 0; /* a worker's Error */
+    int rc = 0;
+    if (env->body_case == PERSRV__ENVELOPE__BODY_HEALTH) {
+        atomic_fetch_add(&h->ctx->metrics->health_inline, 1);
+        rc = do_health(h, env, reply, reply_len, NULL) == 0;
+    }
+    ps_wire_free(env);
+    return rc;
+}
 
 int shard_handle(shard_handler_t *h, const void *req, size_t len, uint8_t **reply,
                  size_t *reply_len)

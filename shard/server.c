@@ -1,7 +1,8 @@
 /*
  * server.c — the shard's ZeroMQ side: the request server and worker threads of ps/zserver.h
  * (ROUTER front, inproc DEALER back, in-flight counting and drain), each worker with its own
- * shard handler.
+ * shard handler; HealthRequests are answered by the server loop itself with a handler of its
+ * own (shard_handle_inline), so they do not wait behind searches.
  *
  * Stopping: the signal handler writes a byte to a self-pipe that the server loop watches.
  * Once nothing is in flight, zmq_ctx_shutdown makes every worker's blocking receive return
@@ -26,6 +27,12 @@ static int handle(void *state, const void *req, size_t len, uint8_t **reply, siz
     return shard_handle(state, req, len, reply, reply_len);
 }
 
+static int handle_inline(void *state, const void *req, size_t len, uint8_t **reply,
+                         size_t *reply_len)
+{
+    return shard_handle_inline(state, req, len, reply, reply_len);
+}
+
 static void on_ready(const char *endpoint, void *arg)
 {
     const shard_ctx *ctx = arg;
@@ -43,6 +50,8 @@ int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, 
     if (!handlers) return ps_err_set(err, PS_ENOMEM, "out of memory starting the server");
     for (uint32_t i = 0; i < cfg->workers && !rc; i++)
         if (!(handlers[i] = shard_handler_new(ctx, err))) rc = err->code;
+    shard_handler_t *loop_handler = rc ? NULL : shard_handler_new(ctx, err); /* inline health */
+    if (!rc && !loop_handler) rc = err->code;
     ps_zserver_cfg zc = {.component = "shard",
                          .listen = cfg->listen,
                          .backend = SHARD_BACKEND,
@@ -51,11 +60,14 @@ int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, 
                          .drain_ms = cfg->drain_ms,
                          .hwm = cfg->hwm,
                          .ready_extra = cfg->admin,
-                         .curve = cfg->curve};
+                         .curve = cfg->curve,
+                         .inline_fn = handle_inline,
+                         .inline_state = loop_handler};
     if (!rc)
         rc = ps_zserve(&zc, cfg->workers, handle, handlers, cfg->ready_file, stop_fd, on_ready,
                        (void *)ctx, err);
     for (uint32_t i = 0; i < cfg->workers; i++) shard_handler_free(handlers[i]);
+    shard_handler_free(loop_handler);
     free(handlers);
     return rc;
 }

@@ -6,8 +6,9 @@
  * GetStickerRequest and HealthRequest envelopes (proto/persrv.proto) over ZeroMQ.
  *
  *   peers (DEALER or REQ) ──tcp──▶ ROUTER front ──▶ main loop ──inproc──▶ DEALER back
- *                                                                          │ round robin
- *                                                   worker 0..W-1 (DEALER, own ps_searcher)
+ *                                                      │                   │ round robin
+ *                                  HealthRequest answered here   worker 0..W-1 (DEALER, own
+ *                                  (shard_handle_inline)                         ps_searcher)
  */
 #ifndef SHARD_H
 #define SHARD_H
@@ -115,7 +116,8 @@ int shard_retire(shard_versions_t *vs, uint64_t version, ps_err *err);
 /* Counters for /metrics, updated with atomics by every worker. */
 typedef struct shard_metrics {
     _Atomic uint64_t searches, search_errors, stale_version, postings_visited, stickers;
-    ps_hist latency; /* search handling, seconds */
+    _Atomic uint64_t health_inline; /* HealthRequests answered by the server loop itself */
+    ps_hist latency;                /* search handling, seconds */
 } shard_metrics;
 
 /* What every worker shares. */
@@ -140,6 +142,20 @@ void shard_handler_free(shard_handler_t *h);
  * frame cannot be decoded). Returns 0, or PS_ENOMEM when not even an Error could be built. */
 int shard_handle(shard_handler_t *h, const void *req, size_t len, uint8_t **reply,
                  size_t *reply_len);
+
+/* Frames longer than this are never HealthRequests (an envelope with an empty body, its ids,
+ * a stamp and at most an API key of PS_WIRE_MAX_API_KEY bytes): shard_handle_inline leaves
+ * them to the workers without decoding them. */
+#define SHARD_INLINE_MAX 512
+
+/* The server loop's inline answer (ps_zinline_fn of ps/zserver.h): a HealthRequest is answered
+ * at once on the loop's thread (1, *reply as for shard_handle), so the broker's probes of a
+ * shard whose workers are all busy searching are not queued behind the searches; anything
+ * else, or a frame that does not decode, is left to the workers (0). h is the loop's own
+ * handler; the health answer reads only the versions' table (under its lock, held briefly by
+ * any thread) and ctx's constants. */
+int shard_handle_inline(shard_handler_t *h, const void *req, size_t len, uint8_t **reply,
+                        size_t *reply_len);
 
 /* ---- server.c: sockets, worker threads, the proxy loop ----------------------------------- */
 

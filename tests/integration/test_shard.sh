@@ -7,7 +7,8 @@
 #   - a 3-shard cluster (builder build --shards 3) merged == the single-node engine, with and
 #     without profiles; a 1-shard cluster serving the single-node index, likewise;
 #   - bad input (garbage, empty, version 99, no/300/invalid-UTF-8 tokens, oversized frame ...)
-#     answered with errors while the shard keeps serving; GetSticker; health over DEALER and REQ;
+#     answered with errors while the shard keeps serving; GetSticker; health over DEALER and REQ,
+#     answered by the server loop itself (its drain log counts them);
 #   - SIGTERM -> exit status 0, pid and ready files removed.
 # usage: test_shard.sh BUILDER SHARD SHARD_CLIENT
 set -euo pipefail
@@ -77,4 +78,8 @@ $C compare "$T/single" "$T/cluster/profiles" "$T/data/clicks.tsv" 60 \
 $C stickers "$T/single" "${EP[s0]}" "${EP[s1]}" "${EP[s2]}" || fail "GetSticker"
 
 for i in 0 1 2; do stop "s$i"; done
+# health is answered by the server loop itself (never queued behind searches at the workers):
+# s0 answered its two health requests there
+grep "event=drained" "$T/s0.log" | grep -q "served_inline=2 " \
+  || fail "s0 did not answer health inline: $(grep drained "$T/s0.log")"
 echo "test_shard: all checks passed"

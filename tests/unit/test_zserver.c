@@ -10,8 +10,10 @@
  * and reaches no worker; max_inflight 1 keeps a second request from the workers while one is
  * in flight, 2 lets two run at once; a stop drains: a slow request in flight when the stop
  * byte is read is still answered, one sent after is never handled, and ps_zserve returns 0;
- * the ready file holds the endpoint and ready_extra; start errors; CURVE admits a client on the
- * allow-list and refuses a stranger's handshake (a monitor sees it) before any worker runs.
+ * with every worker held, the loop's inline_fn answers a "ping" (DEALER and REQ) while a
+ * request for a worker sent before it stays unhandled and unanswered until the workers are
+ * released; the ready file holds the endpoint and ready_extra; start errors; CURVE admits a client
+ * on the allow-list and refuses a stranger's handshake (a monitor sees it) before any worker runs.
  *
  * No sleep decides a result. Waits for something that must happen fail after 10 s; the one
  * wait for something that must not happen (a second request while max_inflight is 1) lasts
@@ -25,6 +27,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,15 +51,17 @@
 typedef struct shared {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int calls;         /* handler calls */
-    int inside;        /* handlers running now */
-    int max_inside;    /* most running at once */
-    size_t max_len;    /* longest request seen */
-    unsigned used;     /* bit i: worker i answered */
-    int slow_entered;  /* "slow" requests that reached a worker */
-    int gate_open;     /* "slow" requests may finish */
-    int pairs;         /* "pair" requests that reached a worker */
-    int pair_timeouts; /* "pair" requests that never met a second one */
+    int calls;                   /* handler calls */
+    int inside;                  /* handlers running now */
+    int max_inside;              /* most running at once */
+    size_t max_len;              /* longest request seen */
+    unsigned used;               /* bit i: worker i answered */
+    int slow_entered;            /* "slow" requests that reached a worker */
+    int gate_open;               /* "slow" requests may finish */
+    int pairs;                   /* "pair" requests that reached a worker */
+    int pair_timeouts;           /* "pair" requests that never met a second one */
+    _Atomic int inline_offered;  /* requests the server loop offered inline_handler */
+    _Atomic int inline_answered; /* of which it answered */
 } shared;
 
 typedef struct wstate {
@@ -112,6 +117,22 @@ static int handler(void *state, const void *req, size_t len, uint8_t **reply, si
     if (len) memcpy(*reply + hn, req, len);
     *reply_len = (size_t)hn + len;
     return 0;
+}
+
+/* The server loop's inline answer: "inline|" + a request starting "ping"; the rest go to the
+ * workers. It touches only atomics: it runs on the loop's thread while workers hold mu. */
+static int inline_handler(void *state, const void *req, size_t len, uint8_t **reply,
+                          size_t *reply_len)
+{
+    shared *sh = state;
+    atomic_fetch_add(&sh->inline_offered, 1);
+    if (len < 4 || memcmp(req, "ping", 4)) return 0;
+    if (!(*reply = malloc(7 + len))) return 0;
+    memcpy(*reply, "inline|", 7);
+    memcpy(*reply + 7, req, len);
+    *reply_len = 7 + len;
+    atomic_fetch_add(&sh->inline_answered, 1);
+    return 1;
 }
 
 /* Wait until *field >= want (10 s at most, or ms if given). 1 when reached. */
@@ -329,6 +350,16 @@ static void expect_reply(void *sock, const char *want, int *worker)
     assert_true(w >= 0 && w < MAX_WORKERS);
     assert_string_equal(m.frame[0] + off, want);
     if (worker) *worker = w;
+    msg_free(&m);
+}
+
+/* The reply to a one-frame request, exactly `want`, from a REQ or DEALER peer. */
+static void expect_exact(void *sock, const char *want)
+{
+    msg m;
+    if (!recv_msg(sock, &m, GUARD_MS)) fail_msg("no reply '%s'", want);
+    assert_int_equal(m.n, 1);
+    assert_string_equal(m.frame[0], want);
     msg_free(&m);
 }
 
@@ -703,6 +734,66 @@ static void test_stop_drains(void **state)
     close_all(zctx, socks, 2);
 }
 
+/* Inline answers: with every worker held by a slow request, a "ping" (the health probe's
+ * stand-in) from a DEALER and from a REQ peer is answered by the loop itself, along its route,
+ * while a request for a worker sent before it is still unanswered (and unhandled: no worker is
+ * free); released, the workers answer the rest. Without inline_fn the pings would wait behind
+ * the slow requests and this test fails. */
+static void test_inline_while_busy(void **state)
+{
+    (void)state;
+    server s;
+    server_init(&s, 2);
+    s.cfg.inline_fn = inline_handler;
+    s.cfg.inline_state = &s.sh;
+    assert_true(server_start(&s));
+    void *zctx = zmq_ctx_new();
+    void *a = client(zctx, ZMQ_DEALER, s.endpoint);
+    void *b = client(zctx, ZMQ_DEALER, s.endpoint);
+    void *p = client(zctx, ZMQ_DEALER, s.endpoint);
+    void *r = client(zctx, ZMQ_REQ, s.endpoint);
+    warm_up(&s, a); /* both workers connected: the next two requests go one to each */
+    int warm = get(&s.sh, &s.sh.calls);
+
+    send_str(a, "slow-1");
+    send_str(a, "slow-2");
+    assert_true(wait_for(&s.sh, &s.sh.slow_entered, 2, GUARD_MS)); /* every worker held */
+    send_str(b, "search");
+    send_str(p, "ping-dealer");
+    expect_exact(p, "inline|ping-dealer");
+    send_str(r, "ping-req");
+    expect_exact(r, "inline|ping-req");
+    /* "search", whether the loop has read it yet or not, has no free worker: neither handled
+     * nor answered */
+    assert_int_equal(get(&s.sh, &s.sh.calls), warm + 2);
+    msg m;
+    assert_false(recv_msg(b, &m, 0));
+    assert_int_equal(atomic_load(&s.sh.inline_answered), 2);
+
+    open_gate(&s.sh);
+    int seen1 = 0, seen2 = 0;
+    for (int i = 0; i < 2; i++) {
+        assert_true(recv_msg(a, &m, GUARD_MS));
+        assert_int_equal(m.n, 1);
+        if (strstr(m.frame[0], "|slow-1")) seen1++;
+        if (strstr(m.frame[0], "|slow-2")) seen2++;
+        msg_free(&m);
+    }
+    assert_int_equal(seen1, 1);
+    assert_int_equal(seen2, 1);
+    expect_reply(b, "search", NULL);
+    /* a ping once the workers are free is still the loop's, never a worker's */
+    send_str(p, "ping-idle");
+    expect_exact(p, "inline|ping-idle");
+    assert_int_equal(get(&s.sh, &s.sh.calls), warm + 3);
+    assert_int_equal(atomic_load(&s.sh.inline_answered), 3);
+    assert_int_equal(atomic_load(&s.sh.inline_offered), warm + 6);
+
+    void *socks[] = {a, b, p, r};
+    close_all(zctx, socks, 4);
+    server_stop(&s);
+}
+
 /* Errors that keep it from starting: returned, with err set; no ready file. */
 static void test_start_errors(void **state)
 {
@@ -807,6 +898,7 @@ int main(void)
         cmocka_unit_test(test_max_frame),
         cmocka_unit_test(test_max_inflight),
         cmocka_unit_test(test_stop_drains),
+        cmocka_unit_test(test_inline_while_busy),
         cmocka_unit_test_setup_teardown(test_start_errors, tmp_setup, tmp_teardown),
         cmocka_unit_test_setup_teardown(test_curve, tmp_setup, tmp_teardown),
     };

@@ -25,6 +25,17 @@
  * its allow-list) keeps an unknown peer from making a daemon buffer a message of many
  * max-size frames.
  *
+ * Inline answers (cfg.inline_fn): a request the server loop can answer itself, at once and
+ * without blocking — a health probe — need not wait for a worker. The loop offers every request
+ * it reads from the front to inline_fn before handing it to the workers; a request inline_fn
+ * answers goes straight back along its route and never reaches a worker, so it is answered
+ * while every worker is busy with slow requests (a busy shard still answers its broker's
+ * probes, which would otherwise queue behind searches and make the shard look dead). It is
+ * answered only while the loop reads the front: not at max_inflight, not once stopping.
+ * inline_fn runs on the loop's thread, beside the workers: whatever state it reads it must
+ * read thread-safely (atomics, or a lock that no one holds for long), and it must be cheap —
+ * every request waits for it, and the loop answers nothing else while it runs.
+ *
  * Threads: the server's sockets belong to the thread that calls ps_zserver_run; each worker
  * socket to its worker.
  */
@@ -60,6 +71,13 @@ int ps_zmsg_send_multi(void *sock, zmq_msg_t *parts, int n, int flags);
  * Returns 0 or -1 (out of memory; the old payload is closed either way). */
 int ps_zmsg_set_payload(zmq_msg_t *parts, int n, const void *buf, size_t len);
 
+/* The server loop's inline answer (see the file comment): called for each request's payload
+ * (len bytes at req) on the loop's thread. Returns 1 with *reply (malloc'd, *reply_len bytes;
+ * the loop sends it back along the request's route and frees it), or 0 when the request is for
+ * a worker (also when an answer could not be built: out of memory; *reply is then ignored). */
+typedef int (*ps_zinline_fn)(void *state, const void *req, size_t len, uint8_t **reply,
+                             size_t *reply_len);
+
 typedef struct ps_zserver_cfg {
     const char *component;        /* log component ("shard", "broker") */
     const char *listen;           /* ZeroMQ endpoint of the ROUTER front */
@@ -72,6 +90,8 @@ typedef struct ps_zserver_cfg {
                                      (e.g. the admin address; NULL: none) */
     const struct ps_curve *curve; /* CURVE on the front (ps/curve.h; a ZAP handler is started in
                                      the context), NULL: plain */
+    ps_zinline_fn inline_fn;      /* NULL: every request goes to a worker */
+    void *inline_state;           /* inline_fn's state (borrowed; read thread-safely) */
 } ps_zserver_cfg;
 
 typedef struct ps_zserver ps_zserver_t;
