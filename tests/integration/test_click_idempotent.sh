@@ -8,10 +8,10 @@
 #      sticker is 409 conflict; a click without an id gets a derived one (32 hex digits) that a
 #      retry can use; malformed ids are 4xx and store nothing.
 #   2. The primary frozen with SIGSTOP: an HTTP click and a `persrv click` (libpersrv, which
-#      retries once under the same id) are sent and wait on it. While both are in flight
-#      (persrv_broker_clicks_in_flight >= 2 before and after), searches over HTTP and the
-#      ZeroMQ front door on the broker's only lane all answer 200, each well before the click
-#      deadline. Then the HTTP click answers 504 outcome_unknown naming its click id, and
+#      retries once under the same id) are sent and wait on it. While they are in flight
+#      (persrv_broker_clicks_in_flight 2 before, >= 1 after at least the first round of
+#      searches), searches over HTTP and the ZeroMQ front door on the broker's only lane all
+#      answer 200, each well before the click deadline. Then the HTTP click answers 504 outcome_unknown naming its click id, and
 #      `persrv click` exits 3 (outcome unknown) after 2 attempts.
 #   3. SIGCONT: the primary applies what was queued — 3 requests for 2 click ids — and stores
 #      each click once. Retrying both ids (HTTP and `persrv click`) answers duplicate and stores
@@ -132,10 +132,15 @@ done
 [ "$(metric persrv_broker_clicks_in_flight)" = 2 ] \
   || fail "the two clicks are not in flight: $(metric persrv_broker_clicks_in_flight)"
 
+# Each round (HTTP for two users, then the front door) reads the metric after it: the rounds
+# that end with a click still in flight were answered while the clicks waited on the frozen
+# primary; the first must be one of them. The rounds stop once no click is in flight (on a
+# loaded machine 8 rounds of curl, jq and persrv may outlast the clicks' 3 to 6 s).
 cut -f2 "$T/data/clicks.tsv" | sort -u | head -n 8 >"$T/queries"
 max_total=0
 max_took=0
 n=0
+overlapped=0
 while IFS= read -r q; do
   for user in "$U" u01; do
     out=$(curl -s -o "$T/search.json" -w '%{http_code} %{time_total}' -G \
@@ -150,11 +155,14 @@ while IFS= read -r q; do
   "$P" search --broker "$ZEP" --user u01 --k 5 -- "$q" >/dev/null \
     || fail "front-door search '$q' during the freeze"
   n=$((n + 1))
+  inflight=$(metric persrv_broker_clicks_in_flight)
+  [ "$inflight" -ge 1 ] || break
+  overlapped=$n
 done <"$T/queries"
-inflight=$(metric persrv_broker_clicks_in_flight)
-[ "$inflight" -ge 1 ] || fail "the clicks were answered before the searches ended: they did not overlap"
-echo "  primary frozen: $n searches (HTTP and ZeroMQ, one lane) answered 200 while $inflight click(s) waited on it;" \
-  "slowest ${max_total}s end to end, broker took <= ${max_took} ms"
+[ "$overlapped" -ge 3 ] \
+  || fail "the clicks were answered before the first searches ended: they did not overlap"
+echo "  primary frozen: $overlapped of $n searches (HTTP and ZeroMQ, one lane) answered 200 while" \
+  "clicks waited on it; slowest ${max_total}s end to end, broker took <= ${max_took} ms"
 awk -v t="$max_total" -v d=$CLICK_MS 'BEGIN { exit !(t * 1000 < d) }' \
   || fail "a search took ${max_total}s: it waited for a click (click deadline $CLICK_MS ms)"
 

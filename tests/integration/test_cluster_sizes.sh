@@ -8,6 +8,8 @@
 # exactly the ids, order and scores of `persrv search --index SINGLE --json --k 10` (read with
 # jq), as complete answers from all N shards. The single-node answers are computed once and reused
 # for every N. Each cluster is stopped with SIGTERM (exit status 0) before the next starts.
+# The HTTP searches of a cluster go through one curl (-K config, keep-alive) and every phase's
+# answers are read by one jq, so that the test costs searches rather than process starts.
 # usage: test_cluster_sizes.sh BUILDER SHARD SHARD_CLIENT BROKER PERSRV
 # PS_TEST_SINGLE_K (default 10) is the k of the single-node reference; set it to another
 # value to see this test fail.
@@ -58,24 +60,58 @@ nq=${#Q[@]}
 [ "$(sort -u "$T/queries" | wc -l)" -eq "$nq" ] || fail "queries are not distinct"
 
 # ---- the single-node reference, computed once ---------------------------------------------
+# One process per answer only where the answer needs one (persrv); the answers are read by one
+# jq per phase and the HTTP searches sent by one curl per cluster (keep-alive), so the test's
+# cost is the searches, not ~10,000 process starts (which made it time out on a loaded box).
 HITS='[.hits[] | [.id, .score, .recall, .relevance, .utility, .preference, .centroid]]'
-WANT=()
 WHO=()
-for ((i = 0; i < nq; i++)); do
-  u=${USERS[$((i % ${#USERS[@]}))]}
-  for who in "" "$u"; do
-    pargs=()
-    [ -n "$who" ] && pargs=(--user "$who")
-    "$P" search --index "$T/single" --json --k "$SINGLE_K" "${pargs[@]}" -- "${Q[$i]}" \
-      >"$T/single.json" || fail "persrv search '${Q[$i]}' user '$who' failed"
-    WANT+=("$(jq -r "$HITS | tojson" "$T/single.json")")
-    WHO+=("$who")
-  done
+for ((i = 0; i < nq; i++)); do WHO+=("" "${USERS[$((i % ${#USERS[@]}))]}"); done
+NA=${#WHO[@]}
+answers() { # DIR: the files DIR/0.json .. DIR/(NA-1).json, in order
+  local j
+  for ((j = 0; j < NA; j++)); do printf '%s\n' "$1/$j.json"; done
+}
+mkdir -p "$T/ref"
+for ((j = 0; j < NA; j++)); do
+  pargs=()
+  [ -n "${WHO[$j]}" ] && pargs=(--user "${WHO[$j]}")
+  "$P" search --index "$T/single" --json --k "$SINGLE_K" "${pargs[@]}" -- "${Q[$((j / 2))]}" \
+    >"$T/ref/$j.json" || fail "persrv search '${Q[$((j / 2))]}' user '${WHO[$j]}' failed"
 done
+mapfile -t WANT < <(answers "$T/ref" | xargs jq -r "$HITS | tojson")
+[ ${#WANT[@]} -eq "$NA" ] || fail "the single-node answers do not all parse: ${#WANT[@]} of $NA"
 nonempty=0
 for w in "${WANT[@]}"; do [ "$w" != "[]" ] && nonempty=$((nonempty + 1)); done
-[ $nonempty -ge $nq ] || fail "only $nonempty of ${#WANT[@]} single-node answers have hits"
-echo "single node: ${#WANT[@]} reference answers ($nq queries x (no user, user)), $nonempty with hits"
+[ $nonempty -ge $nq ] || fail "only $nonempty of $NA single-node answers have hits"
+echo "single node: $NA reference answers ($nq queries x (no user, user)), $nonempty with hits"
+
+# The curl config of every HTTP search (URL-encoded by jq), answers into $T/http/J.json.
+printf '%s\n' "${Q[@]}" | jq -R -r --arg k "$K" --arg out "$T/http" \
+  --argjson users "$(printf '%s\n' "${USERS[@]}" | jq -R . | jq -s -c .)" '
+  [inputs] as $rest | ([.] + $rest) | to_entries[] | .key as $i | .value as $q |
+  ("", $users[$i % ($users | length)]) as $u |
+  "url = \"/v1/search?q=\($q | @uri)&k=\($k)\(if $u == "" then "" else "&user=\($u | @uri)" end)\"",
+  "output = \"\($out)/\($i * 2 + (if $u == "" then 0 else 1 end)).json\""' >"$T/curl.conf.tmpl"
+[ "$(grep -c '^url' "$T/curl.conf.tmpl")" -eq "$NA" ] || fail "curl config: wrong number of URLs"
+
+# check_answers N KIND DIR: every answer in DIR complete from N shards and equal to WANT.
+check_answers() {
+  local n=$1 kind=$2 dir=$3 j ok pers got lines
+  mapfile -t lines < <(answers "$dir" | xargs jq -r --argjson n "$n" "(.partial == false and
+    (.timed_out // false) == false and .shards.total == \$n and .shards.successful == \$n and
+    (.shards.failed // 0) == 0) as \$ok | \"\(\$ok) \(.personalized) \($HITS | tojson)\"")
+  [ ${#lines[@]} -eq "$NA" ] || fail "$n shards, $kind: ${#lines[@]} of $NA answers are JSON"
+  personalized=0
+  for ((j = 0; j < NA; j++)); do
+    read -r ok pers got <<<"${lines[$j]}"
+    [ "$ok" = true ] || fail "$n shards, $kind: search '${Q[$((j / 2))]}': not a complete answer: $(head -c 300 "$dir/$j.json")"
+    [ "$pers" = true ] && personalized=$((personalized + 1))
+    [ "$got" = "${WANT[$j]}" ] || fail "$n shards, $kind: search '${Q[$((j / 2))]}' user '${WHO[$j]}' differs from the single node
+  ($j of $NA matched before it):
+  $kind: $got
+  single: ${WANT[$j]}"
+  done
+}
 
 # ---- every cluster size ------------------------------------------------------------------
 for n in "${SIZES[@]}"; do
@@ -87,55 +123,33 @@ for n in "${SIZES[@]}"; do
   start_broker "broker$n" "$topo" --profiles "$T/cluster$n/profiles" --deadline-ms 5000 \
     --retries 1 --health-interval-ms 200
 
-  matched=0
-  personalized=0
-  for ((j = 0; j < ${#WANT[@]}; j++)); do
-    q=${Q[$((j / 2))]}
-    who=${WHO[$j]}
-    uargs=()
-    [ -n "$who" ] && uargs=(--data-urlencode "user=$who")
-    st=$(curl -s -o "$T/body" -w '%{http_code}' -G --data-urlencode "q=$q" \
-      --data-urlencode "k=$K" "${uargs[@]}" "$URL/v1/search") || st="curl_failed_$?"
-    [ "$st" = 200 ] || fail "$n shards: search '$q' user '$who': status $st: $(head -c 300 "$T/body")"
-    # One jq per answer: "complete personalized hits".
-    line=$(jq -r --argjson n "$n" "(.partial == false and .timed_out == false and
-           .shards.total == \$n and .shards.successful == \$n and .shards.failed == 0) as \$ok |
-           \"\(\$ok) \(.personalized) \($HITS | tojson)\"" "$T/body") \
-      || fail "$n shards: search '$q': not JSON: $(head -c 300 "$T/body")"
-    read -r ok pers got <<<"$line"
-    [ "$ok" = true ] || fail "$n shards: search '$q': not a complete answer: $(head -c 300 "$T/body")"
-    [ "$pers" = true ] && personalized=$((personalized + 1))
-    [ "$got" = "${WANT[$j]}" ] || fail "$n shards: search '$q' user '$who' differs from the single node
-  ($matched of ${#WANT[@]} matched before it):
-  broker: $got
-  single: ${WANT[$j]}"
-    matched=$((matched + 1))
+  # Over HTTP: one curl, one status line per search, in order.
+  rm -rf "$T/http"
+  mkdir -p "$T/http"
+  sed "s|^url = \"|url = \"$URL|" "$T/curl.conf.tmpl" >"$T/curl.conf"
+  curl -s -K "$T/curl.conf" -w '%{http_code}\n' >"$T/status" || fail "$n shards: curl failed ($?)"
+  mapfile -t ST <"$T/status"
+  [ ${#ST[@]} -eq "$NA" ] || fail "$n shards: ${#ST[@]} of $NA HTTP searches answered"
+  for ((j = 0; j < NA; j++)); do
+    [ "${ST[$j]}" = 200 ] || fail "$n shards: search '${Q[$((j / 2))]}' user '${WHO[$j]}': status ${ST[$j]}: $(head -c 300 "$T/http/$j.json")"
   done
+  check_answers "$n" broker "$T/http"
   [ $personalized -gt 0 ] || fail "$n shards: no search was personalized"
-  echo "N=$n: $matched/${#WANT[@]} searches ($nq queries x (no user, user)) equal the single node" \
+  echo "N=$n: $NA/$NA searches ($nq queries x (no user, user)) equal the single node" \
     "($personalized personalized)"
 
   # The same searches through libpersrv (the persrv CLI over the ZeroMQ front door).
-  zmatched=0
-  for ((j = 0; j < ${#WANT[@]}; j++)); do
-    q=${Q[$((j / 2))]}
-    who=${WHO[$j]}
+  rm -rf "$T/z"
+  mkdir -p "$T/z"
+  for ((j = 0; j < NA; j++)); do
     pargs=()
-    [ -n "$who" ] && pargs=(--user "$who")
-    "$P" search --broker "$ZEP" --json --k "$K" --timeout 10000 "${pargs[@]}" -- "$q" \
-      >"$T/zbody" 2>"$T/zerr" || fail "$n shards: persrv --broker '$q' user '$who': $(cat "$T/zerr")"
-    line=$(jq -r --argjson n "$n" "(.partial == false and .shards.total == \$n and
-           .shards.successful == \$n) as \$ok | \"\(\$ok) \($HITS | tojson)\"" "$T/zbody") \
-      || fail "$n shards: persrv --broker '$q': not JSON: $(head -c 300 "$T/zbody")"
-    read -r ok got <<<"$line"
-    [ "$ok" = true ] || fail "$n shards: persrv --broker '$q': not complete: $(head -c 300 "$T/zbody")"
-    [ "$got" = "${WANT[$j]}" ] || fail "$n shards: persrv --broker '$q' user '$who' differs from the single node
-  ($zmatched of ${#WANT[@]} matched before it):
-  libpersrv: $got
-  single:    ${WANT[$j]}"
-    zmatched=$((zmatched + 1))
+    [ -n "${WHO[$j]}" ] && pargs=(--user "${WHO[$j]}")
+    "$P" search --broker "$ZEP" --json --k "$K" --timeout 10000 "${pargs[@]}" -- "${Q[$((j / 2))]}" \
+      >"$T/z/$j.json" 2>"$T/zerr" \
+      || fail "$n shards: persrv --broker '${Q[$((j / 2))]}' user '${WHO[$j]}': $(cat "$T/zerr")"
   done
-  echo "N=$n: $zmatched/${#WANT[@]} searches through libpersrv equal the single node"
+  check_answers "$n" libpersrv "$T/z"
+  echo "N=$n: $NA/$NA searches through libpersrv equal the single node"
 
   stop "broker$n"
   [ ! -e "$T/broker$n.ready" ] || fail "broker ($n shards) left its ready file"
