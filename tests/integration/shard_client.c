@@ -14,6 +14,9 @@
  *   shard_client stickers SINGLE_DIR EP0 EP1 ...
  *       GetSticker of known ids (fields and utility as stored in SINGLE_DIR) on the shard that
  *       holds them (jump hash) and found=false on the others
+ *   shard_client health-busy EP N
+ *       N pipelined searches then a HealthRequest on one connection: health must be answered
+ *       before the last search (the server loop answers it, not the worker behind them)
  *   shard_client flood EP N
  *       N pipelined searches, then count the replies (manual drain checks)
  *   shard_client bad EP MAX_FRAME
@@ -32,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -578,6 +582,57 @@ static int cmd_bad(int argc, char **argv)
 
 /* Send n searches without waiting, then count the replies until n arrive or the timeout hits
  * (for manual drain checks: SIGTERM the shard meanwhile; every request it took is answered). */
+/* health-busy EP N: N pipelined searches, then a HealthRequest, on one connection (a shard with
+ * one worker). The replies come back in the order the shard sends them: the health reply must
+ * come before the last search's (fewer than N search replies before it) — the server loop
+ * answers health itself (ps/zserver.h, inline answers); queued at the worker, it would come
+ * after all N. Then every search must still be answered. No clock decides the result; the
+ * wait for health is printed. */
+static int cmd_health_busy(int argc, char **argv)
+{
+    if (argc != 2) die("usage: health-busy EP N");
+    long n = atol(argv[1]), before = -1, got = 0;
+    if (n < 2) die("health-busy: N must be at least 2");
+    void *s = connect_to(argv[0], ZMQ_DEALER);
+    const char *toks[] = {"好", "累", "好累"};
+    ps_search_opts opts;
+    ps_search_opts_default(&opts);
+    opts.R = 1000;
+    opts.k = 10;
+    for (long i = 0; i < n; i++) {
+        uint8_t *buf;
+        size_t len;
+        if (ps_wire_encode_search(next_id++, 0, toks, 3, &opts, 0, &buf, &len, NULL)) die("encode");
+        send_frame(s, buf, len);
+        free(buf);
+    }
+    uint8_t *buf;
+    size_t len;
+    uint64_t hid = next_id++;
+    if (ps_wire_encode_health(hid, 0, &buf, &len, NULL)) die("encode health");
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    send_frame(s, buf, len);
+    free(buf);
+    while (before < 0 || got < n) {
+        Persrv__Envelope *env = recv_env(s);
+        if (env->body_case == PERSRV__ENVELOPE__BODY_HEALTH_REPLY && env->request_id == hid) {
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            before = got;
+        } else if (env->body_case == PERSRV__ENVELOPE__BODY_SEARCH_REPLY) {
+            got++;
+        } else {
+            die("health-busy: unexpected reply body %d", env->body_case);
+        }
+        ps_wire_free(env);
+    }
+    double ms = (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6;
+    printf("health-busy: health answered in %.2f ms, after %ld of %ld searches\n", ms, before, n);
+    if (before >= n) die("health-busy: health waited for all %ld searches", n);
+    zmq_close(s);
+    return 0;
+}
+
 static int cmd_flood(int argc, char **argv)
 {
     if (argc != 2) die("usage: flood EP N");
@@ -719,7 +774,8 @@ static int cmd_front_bad(int argc, char **argv)
 int main(int argc, char **argv)
 {
     if (argc < 2)
-        die("usage: shard_client freeport|health|compare|stickers|flood|bad|front-bad ...");
+        die("usage: shard_client freeport|health|health-busy|compare|stickers|flood|bad|front-bad "
+            "...");
     const char *cmd = argv[1];
     if (!strcmp(cmd, "freeport")) return cmd_freeport();
     zctx = zmq_ctx_new();
@@ -730,6 +786,8 @@ int main(int argc, char **argv)
         rc = cmd_compare(argc - 2, argv + 2);
     else if (!strcmp(cmd, "stickers"))
         rc = cmd_stickers(argc - 2, argv + 2);
+    else if (!strcmp(cmd, "health-busy"))
+        rc = cmd_health_busy(argc - 2, argv + 2);
     else if (!strcmp(cmd, "flood"))
         rc = cmd_flood(argc - 2, argv + 2);
     else if (!strcmp(cmd, "bad"))

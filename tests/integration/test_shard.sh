@@ -8,7 +8,8 @@
 #     without profiles; a 1-shard cluster serving the single-node index, likewise;
 #   - bad input (garbage, empty, version 99, no/300/invalid-UTF-8 tokens, oversized frame ...)
 #     answered with errors while the shard keeps serving; GetSticker; health over DEALER and REQ,
-#     answered by the server loop itself (its drain log counts them);
+#     answered by the server loop itself (its drain log counts them), also behind 2,000
+#     searches queued at a one-worker shard (before the last of them);
 #   - SIGTERM -> exit status 0, pid and ready files removed.
 # usage: test_shard.sh BUILDER SHARD SHARD_CLIENT
 set -euo pipefail
@@ -69,6 +70,13 @@ for i in 0 1 2; do
 done
 [ $total -eq 20000 ] || fail "shards hold $total stickers, not 20000"
 $C health "${EP[s0]}" --req --expect-shard 0 >/dev/null || fail "health from a REQ peer"
+# a busy shard still answers health at once: 2,000 searches then a health request on one
+# connection to a shard with one worker; the health reply comes before the last search's (the
+# server loop answers it; queued at the worker it would come after all 2,000)
+start_shard busy --index "$T/cluster/shard-002" --shard 2 --shards 3 --workers 1 \
+  --max-inflight 4096
+$C health-busy "${EP[busy]}" 2000 || fail "health waited behind the searches"
+stop busy
 
 $C bad "${EP[s1]}" 262144 || fail "bad input"
 grep -q "level=warn comp=shard event=request_failed" "$T/s1.log" \
