@@ -1,7 +1,8 @@
 /*
  * bench_engine.c — single-node engine benchmark (one thread, warm).
  *
- *   bench_engine --data DIR [--index DIR] [--queries N] [--seed S] [--personalized X] [--json]
+ *   bench_engine --data DIR [--index DIR] [--queries N] [--seed S] [--personalized X]
+ *                [--no-exhaustive] [--json]
  *                [--zipf [--zipf-queries N] [--zipf-s S] [--zipf-off N] [--rcache-bytes B]]
  *
  * DIR holds corpus.jsonl, embeddings.npy and clicks.tsv (from `builder generate`). The index
@@ -9,7 +10,8 @@
  * the build's memory) unless --index names an existing one. The parent opens the index like a
  * serving node, runs N generated queries (1–2 phrases, 80% Chinese) once to warm up, then
  * times each query of a second pass: p50/p90/p99 latency, QPS, postings visited; then the
- * same queries exhaustively, for the pruning ratio. RSS is the serving process's. These
+ * same queries exhaustively, for the pruning ratio (--no-exhaustive: not, the exhaustive
+ * figures are then 0; for profiling the pruned path alone). RSS is the serving process's. These
  * headline figures are always without the recall cache. cpu_p50_ms, cpu_p99_ms and cpu_qps
  * time the same pass by the thread's CPU time: on a shared machine they leave out the time
  * the thread waited for a core (cache and memory contention still count).
@@ -241,7 +243,7 @@ int main(int argc, char **argv)
     size_t nq = 2500;
     uint64_t seed = 1;
     double personalized = 1.0;
-    int json = 0, zipf = 0;
+    int json = 0, zipf = 0, no_exhaustive = 0;
     size_t zipf_n = 100000, zipf_off = 20000, rcache_bytes = 64u << 20;
     double zipf_s = 1.0;
     static const struct option opts[] = {{"data", required_argument, 0, 'd'},
@@ -255,6 +257,7 @@ int main(int argc, char **argv)
                                          {"zipf-s", required_argument, 0, 'S'},
                                          {"zipf-off", required_argument, 0, 'O'},
                                          {"rcache-bytes", required_argument, 0, 'C'},
+                                         {"no-exhaustive", no_argument, 0, 'E'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int ch;
@@ -293,9 +296,12 @@ int main(int argc, char **argv)
         case 'C':
             rcache_bytes = strtoul(optarg, NULL, 10);
             break;
+        case 'E':
+            no_exhaustive = 1;
+            break;
         default:
             fprintf(stderr, "usage: bench_engine --data DIR [--index DIR] [--queries N] "
-                            "[--seed S] [--personalized SHARE] [--json]\n"
+                            "[--seed S] [--personalized SHARE] [--no-exhaustive] [--json]\n"
                             "       [--zipf [--zipf-queries N] [--zipf-s S] [--zipf-off N] "
                             "[--rcache-bytes B]]\n");
             return ch == 'h' ? 0 : 2;
@@ -344,12 +350,12 @@ int main(int argc, char **argv)
     }
     ps_searcher_t *s = ps_searcher_new(ix, &err);
     ps_hit *hits = malloc(100 * sizeof *hits);
-    double *lat = malloc(nq * sizeof *lat), *lat_ex = malloc(nq * sizeof *lat_ex);
+    double *lat = malloc(nq * sizeof *lat), *lat_ex = calloc(nq ? nq : 1, sizeof *lat_ex);
     double *clat = malloc(nq * sizeof *clat), ctotal = 0;
     uint64_t visited = 0, visited_ex = 0, npost = 0, scored = 0, cands = 0, bounded = 0;
     size_t errors = 0, nhits_total = 0;
     double total = 0, total_ex = 0;
-    for (int pass = 0; pass < 3; pass++) {
+    for (int pass = 0; pass < (no_exhaustive ? 2 : 3); pass++) {
         for (size_t i = 0; i < nq; i++) {
             ps_search_opts o;
             ps_search_opts_default(&o);
@@ -404,7 +410,7 @@ int main(int argc, char **argv)
                ps_index_ndocs(ix), ps_index_dim(ix), (unsigned long long)ps_index_npostings(ix), nq,
                personalized, bench_pct(lat, nq, 0.5), bench_pct(lat, nq, 0.9),
                bench_pct(lat, nq, 0.99), total * 1e3 / nq, nq / total, bench_pct(lat_ex, nq, 0.5),
-               bench_pct(lat_ex, nq, 0.99), nq / total_ex, (double)npost / nq, (double)visited / nq,
+               bench_pct(lat_ex, nq, 0.99), (total_ex > 0 ? nq / total_ex : 0.0), (double)npost / nq, (double)visited / nq,
                (double)visited_ex / nq, (double)cands / nq, (double)bounded / nq,
                (double)scored / nq, errors, (double)nhits_total / nq, build_s, load_s, size,
                rss * 1024, hwm * 1024, bench_pct(clat, nq, 0.5), bench_pct(clat, nq, 0.99),
@@ -428,7 +434,7 @@ int main(int argc, char **argv)
                bench_pct(lat, nq, 0.5), bench_pct(lat, nq, 0.9), bench_pct(lat, nq, 0.99),
                nq / total, (double)visited / nq);
         printf("exhaustive: p50 %.3f ms  p99 %.3f ms  %.0f QPS  %.0f postings/query\n",
-               bench_pct(lat_ex, nq, 0.5), bench_pct(lat_ex, nq, 0.99), nq / total_ex,
+               bench_pct(lat_ex, nq, 0.5), bench_pct(lat_ex, nq, 0.99), (total_ex > 0 ? nq / total_ex : 0.0),
                (double)visited_ex / nq);
         printf("build %.1f s, load %.1f s, index %.1f MB, RSS %.1f MB (peak %.1f MB)\n", build_s,
                load_s, size / 1e6, rss / 1024.0, hwm / 1024.0);
