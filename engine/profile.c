@@ -60,6 +60,64 @@ ps_dot(const float *a, const float *b, size_t dim)
     return (((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))) + tail;
 }
 
+/* ps_dot of e with itself and with k centroids at once, the centroids already in double (cd:
+ * k × dim): e is read and widened once, and the 8·(k + 1) lanes are independent chains. Each
+ * lane adds the same products in the same order as ps_dot, and a float widened to double is
+ * the same double whoever widens it, so every result has ps_dot's bits. K is a constant in
+ * each call below, so the lanes stay in registers. */
+static inline __attribute__((always_inline)) void
+dots_k(const float *e, const double *cd, uint32_t K, size_t dim, double *ee, double *out)
+{
+    double le[8] = {0}, lc[PS_PROFILE_KMAX][8] = {{0}};
+    size_t i = 0;
+    for (; i + 8 <= dim; i += 8) {
+        double x[8];
+        for (int j = 0; j < 8; j++) x[j] = (double)e[i + j];
+        for (int j = 0; j < 8; j++) le[j] += x[j] * x[j];
+        for (uint32_t c = 0; c < K; c++)
+            for (int j = 0; j < 8; j++) lc[c][j] += x[j] * cd[c * dim + i + j];
+    }
+    double te = 0, tc[PS_PROFILE_KMAX] = {0};
+    for (size_t t = i; t < dim; t++) {
+        double x = (double)e[t];
+        te += x * x;
+        for (uint32_t c = 0; c < K; c++) tc[c] += x * cd[c * dim + t];
+    }
+#define LANES(l, t)                                                                                \
+    ((((l)[0] + (l)[4]) + ((l)[1] + (l)[5])) + (((l)[2] + (l)[6]) + ((l)[3] + (l)[7]))) + (t)
+    *ee = LANES(le, te);
+    for (uint32_t c = 0; c < K; c++) out[c] = LANES(lc[c], tc[c]);
+#undef LANES
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void
+ps_dot_many(const float *e, const double *cd, uint32_t k, size_t dim, double *ee, double *out)
+{
+    switch (k) {
+    case 0:
+        dots_k(e, cd, 0, dim, ee, out);
+        break;
+    case 1:
+        dots_k(e, cd, 1, dim, ee, out);
+        break;
+    case 2:
+        dots_k(e, cd, 2, dim, ee, out);
+        break;
+    case 3:
+        dots_k(e, cd, 3, dim, ee, out);
+        break;
+    case 4:
+        dots_k(e, cd, 4, dim, ee, out);
+        break;
+    default:
+        dots_k(e, cd, PS_PROFILE_KMAX, dim, ee, out);
+        break;
+    }
+}
+
 double ps_l2dist(const float *a, const float *b, size_t dim)
 {
     /* Keep this a plain loop: other components re-implement it and compare bit for bit. */

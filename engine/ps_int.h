@@ -108,7 +108,9 @@ struct ps_index {
     uint32_t *idmap; /* open addressing: doc + 1 keyed by hash of ids[doc]; 0 = empty */
     uint32_t idmask;
 
-    float *emb; /* ndocs × dim, or NULL */
+    float *emb;            /* ndocs × dim, or NULL */
+    const float *emb_rows; /* the same rows readable in place but not owned (store.c's
+                            * mapping of its embeddings file), or NULL */
     ps_emb_fetch_fn fetch;
     void *fetch_ctx;
 };

@@ -608,6 +608,7 @@ ps_store_t *ps_store_open(const char *dir, ps_err *err)
         goto err;
     if (open_embeddings(st, dir, err)) goto err;
     ps_index_set_emb_fetch(st->ix, fetch_embeddings, st);
+    if (st->emb != MAP_FAILED) st->ix->emb_rows = st->emb;
     return st;
 err:
     ps_err_prefix(err, "%s", dir);

@@ -1,7 +1,7 @@
 /*
- * test_profile.c — ps_l2dist, k-means profiles (blobs, k capped by distinct points, n == 0,
- * determinism, radius exactness) and the stored format (round trip, every truncation and
- * garbled header rejected, argument checks).
+ * test_profile.c — ps_l2dist, ps_dot and ps_dot_many (the same bits), k-means profiles (blobs, k
+ * capped by distinct points, n == 0, determinism, radius exactness) and the stored format (round
+ * trip, every truncation and garbled header rejected, argument checks).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -54,6 +54,42 @@ static void test_l2dist(void **state)
     double s = 0.0;
     for (size_t i = 0; i < 512; i++) s += ((double)x[i] - x[512 + i]) * ((double)x[i] - x[512 + i]);
     assert_true(ps_l2dist(x, x + 512, 512) == sqrt(s));
+    free(x);
+}
+
+/* ps_dot_many gives ps_dot's bits for every k and for dims with and without a tail of lanes,
+ * with the vectors at odd offsets; and ps_dot itself is the documented lane order. */
+static void test_dot_many(void **state)
+{
+    (void)state;
+    static const size_t dims[] = {1, 3, 7, 8, 9, 15, 16, 17, 64, 511, 512, 515};
+    float *x = random_points(PS_PROFILE_KMAX + 2, 600, 7);
+    for (size_t di = 0; di < sizeof dims / sizeof *dims; di++) {
+        size_t dim = dims[di];
+        const float *e = x + 1; /* not 32-byte aligned */
+        const float *cv = x + 600 + 3;
+        double *cd = malloc(PS_PROFILE_KMAX * dim * sizeof *cd);
+        assert_non_null(cd);
+        for (uint32_t c = 0; c < PS_PROFILE_KMAX; c++)
+            for (size_t i = 0; i < dim; i++) cd[c * dim + i] = (double)cv[c * 600 + i];
+        for (uint32_t k = 0; k <= PS_PROFILE_KMAX; k++) {
+            double ee = -1, out[PS_PROFILE_KMAX];
+            for (uint32_t c = 0; c < PS_PROFILE_KMAX; c++) out[c] = -1;
+            ps_dot_many(e, cd, k, dim, &ee, out);
+            assert_true(ee == ps_dot(e, e, dim));
+            for (uint32_t c = 0; c < k; c++) assert_true(out[c] == ps_dot(cv + c * 600, e, dim));
+            for (uint32_t c = k; c < PS_PROFILE_KMAX; c++) assert_true(out[c] == -1);
+        }
+        /* The reference: eight lanes over full groups of 8, a sequential tail, fixed combine. */
+        double l[8] = {0}, tail = 0;
+        size_t i = 0;
+        for (; i + 8 <= dim; i += 8)
+            for (int j = 0; j < 8; j++) l[j] += (double)e[i + j] * (double)cv[i + j];
+        for (; i < dim; i++) tail += (double)e[i] * (double)cv[i];
+        double want = (((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))) + tail;
+        assert_true(ps_dot(e, cv, dim) == want);
+        free(cd);
+    }
     free(x);
 }
 
@@ -349,15 +385,11 @@ static void test_build_rejects(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_l2dist),
-        cmocka_unit_test(test_two_blobs),
-        cmocka_unit_test(test_k_capped_by_distinct),
-        cmocka_unit_test(test_empty),
-        cmocka_unit_test(test_radius_property),
-        cmocka_unit_test(test_deterministic),
-        cmocka_unit_test(test_round_trip),
-        cmocka_unit_test(test_decode_rejects),
-        cmocka_unit_test(test_build_rejects),
+        cmocka_unit_test(test_l2dist),         cmocka_unit_test(test_dot_many),
+        cmocka_unit_test(test_two_blobs),      cmocka_unit_test(test_k_capped_by_distinct),
+        cmocka_unit_test(test_empty),          cmocka_unit_test(test_radius_property),
+        cmocka_unit_test(test_deterministic),  cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_decode_rejects), cmocka_unit_test(test_build_rejects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,6 +31,10 @@ double ps_l2dist(const float *a, const float *b, size_t dim);
  * kernel, so every node that scores a sticker for a centroid gets the same bits. */
 double ps_dot(const float *a, const float *b, size_t dim);
 
+/* ps_dot(e, e) into *ee and ps_dot(e, centroid c) into out[c] for the k <= PS_PROFILE_KMAX
+ * centroids given widened to double (cd: k × dim), with exactly ps_dot's bits, in one pass. */
+void ps_dot_many(const float *e, const double *cd, uint32_t k, size_t dim, double *ee, double *out);
+
 /* Build a profile from the n embeddings at emb (row-major n × dim; the caller passes the
  * user's distinct clicked stickers). k = min(kmax, n distinct points); k-means++ seeded by
  * `seed`, Lloyd iterations until assignments are stable or 100 rounds; deterministic for the
