@@ -342,6 +342,8 @@ void broker_metrics_http(broker_metrics_t *m, int endpoint, int status, double s
 void broker_metrics_shard(broker_metrics_t *m, uint32_t shard, int ok, double seconds,
                           uint32_t failovers);
 /* A click was sent to the profile primary; ... and how it ended (rc 0 or a PS_E* code). */
+/* A search needed a second round for n shards (its first-round depth was not enough). */
+void broker_metrics_second_round(broker_metrics_t *m, uint32_t n);
 void broker_metrics_click_sent(broker_metrics_t *m);
 void broker_metrics_click_done(broker_metrics_t *m, int rc, int duplicate);
 /* Append the exposition text to b; out of memory is b's sticky error (ps/buf.h). */
@@ -381,6 +383,7 @@ int broker_clicks_send(broker_clicks_t *q, const Persrv__ClickRequest *click,
 
 typedef struct broker_limits {
     uint32_t R;
+    uint32_t shard_depth; /* hits asked of each shard in a first round (0: R/N + half + 8) */
     uint32_t max_k;
     size_t max_query_bytes;
     uint32_t deadline_ms;

@@ -126,12 +126,19 @@ typedef struct search_job {
     broker_search_fn done;
     void *arg;
     uint32_t ns, R, k;
+    uint32_t depth;   /* hits asked of each shard in the first round (<= R) */
     uint64_t version; /* asked for (0: the shards' active one) */
     int explain, personalized;
-    uint8_t *frame;           /* the SearchRequest every call sends (attempts re-send it) */
+    uint8_t *frame;   /* the SearchRequest every call sends (attempts re-send it) */
+    uint8_t *frame_r; /* the same at depth R, for a second round (depth < R) */
+    size_t flen_r;
     broker_call *calls;       /* ns */
+    broker_call *calls2;      /* ns: the second round's */
     broker_failure *failures; /* ns */
-    ps_hit *hits;             /* ns × R */
+    ps_hit *hits;             /* ns × R: shard s's hits at s × R, then the merge */
+    uint32_t *nhit;           /* ns: hits of shard s (answered shards) */
+    uint8_t *answered;        /* ns */
+    ps_hit *scratch;          /* ns × depth: the first round's hits in recall order */
     broker_result res;
     /* explain: one call per hit */
     broker_call *fcalls;
@@ -145,9 +152,14 @@ static void job_free(search_job *j)
     if (!j) return;
     for (size_t i = 0; j->fenv && i < j->res.nhits; i++) ps_wire_free(j->fenv[i]);
     free(j->frame);
+    free(j->frame_r);
     free(j->calls);
+    free(j->calls2);
     free(j->failures);
     free(j->hits);
+    free(j->nhit);
+    free(j->answered);
+    free(j->scratch);
     free(j->fcalls);
     free(j->fargs);
     free(j->fenv);
@@ -201,60 +213,102 @@ static int fetch_fields(search_job *j, ps_err *err)
     return broker_fan_start(j->c->fan, j->fcalls, n, fields_done, j, err);
 }
 
-/* Every shard has answered or given up: merge. */
-static void search_done(void *arg, broker_call *calls, size_t n)
+/* Take call's reply as shard s's hits (at most limit) into its slot of j->hits; on any fault
+ * call->reason says why and the slot is left as it was. Returns 1 when taken. */
+static int take_reply(search_job *j, broker_call *call, uint32_t s, uint32_t limit)
 {
-    search_job *j = arg;
+    broker_result *res = &j->res;
+    int ok = 0;
+    if (!call->reply) return 0;
+    size_t got = 0;
+    ps_err e = {0, ""};
+    const Persrv__SearchReply *r = call->reply->search_reply;
+    if (r->shard != s) {
+        snprintf(call->reason, sizeof call->reason, "reply from shard %u, not %u", r->shard, s);
+    } else if (r->n_hits > limit) {
+        snprintf(call->reason, sizeof call->reason, "%zu hits, more than the %u asked for",
+                 r->n_hits, limit);
+    } else if (j->version ? r->snapshot_version != j->version
+                          : res->version && r->snapshot_version != res->version) {
+        /* never merge two versions: this shard's answer does not count */
+        snprintf(call->reason, sizeof call->reason, "answered from snapshot version %llu, not %llu",
+                 (unsigned long long)r->snapshot_version,
+                 (unsigned long long)(j->version ? j->version : res->version));
+    } else if (ps_wire_to_hits(r, j->hits + (size_t)s * j->R, j->R, &got, &e)) {
+        snprintf(call->reason, sizeof call->reason, "%s", e.msg);
+    } else {
+        j->nhit[s] = (uint32_t)got;
+        res->version = r->snapshot_version;
+        ok = 1;
+    }
+    ps_wire_free(call->reply);
+    call->reply = NULL;
+    return ok;
+}
+
+static void record_failure(search_job *j, const broker_call *call, uint32_t s)
+{
+    broker_result *res = &j->res;
+    res->timed_out |= call->timed_out;
+    broker_failure *f = &j->failures[res->nfailures++];
+    f->shard = s;
+    snprintf(f->reason, sizeof f->reason, "%s", call->reason);
+}
+
+/* The engine's recall order: higher recall first, ties by lower id. */
+static int recall_before(const ps_hit *a, const ps_hit *b)
+{
+    return a->recall > b->recall || (a->recall == b->recall && a->id < b->id);
+}
+
+static int cmp_recall(const void *a, const void *b)
+{
+    return recall_before(b, a) - recall_before(a, b);
+}
+
+/* After a first round at depth < R: the shards whose unseen hits could still be in the top R.
+ * A shard that returned fewer than depth hits has no more. Any other shard's unseen hits all
+ * rank after its last one (it returned its best depth in recall order, ties by id), so it is
+ * done when that last hit ranks no better than the R-th of everything returned; when fewer
+ * than R came back in all, it is not. Marks them in need[]; returns how many. */
+static uint32_t incomplete(search_job *j, uint8_t *need)
+{
+    size_t n = 0;
+    for (uint32_t s = 0; s < j->ns; s++)
+        if (j->answered[s]) {
+            memcpy(j->scratch + n, j->hits + (size_t)s * j->R, j->nhit[s] * sizeof *j->hits);
+            n += j->nhit[s];
+        }
+    const ps_hit *rth = NULL;
+    if (n >= j->R) {
+        qsort(j->scratch, n, sizeof *j->scratch, cmp_recall);
+        rth = &j->scratch[j->R - 1];
+    }
+    uint32_t count = 0;
+    for (uint32_t s = 0; s < j->ns; s++) {
+        need[s] = 0;
+        if (!j->answered[s] || j->nhit[s] < j->depth) continue;
+        const ps_hit *h = j->hits + (size_t)s * j->R, *last = &h[0];
+        for (uint32_t i = 1; i < j->nhit[s]; i++)
+            if (recall_before(last, &h[i])) last = &h[i];
+        if (rth && !recall_before(last, rth)) continue;
+        need[s] = 1;
+        count++;
+    }
+    return count;
+}
+
+/* Merge the answered shards' hits into the top k and finish (or fetch explain's fields). */
+static void merge_finish(search_job *j)
+{
     broker_core_t *c = j->c;
     broker_result *res = &j->res;
     size_t nh = 0;
-    (void)n;
-    for (uint32_t s = 0; s < j->ns; s++) {
-        broker_call *call = &calls[s];
-        if (call->reply) {
-            size_t got = 0;
-            ps_err e = {0, ""};
-            const Persrv__SearchReply *r = call->reply->search_reply;
-            if (r->shard != s) {
-                snprintf(call->reason, sizeof call->reason, "reply from shard %u, not %u", r->shard,
-                         s);
-            } else if (r->n_hits > j->R) {
-                snprintf(call->reason, sizeof call->reason, "%zu hits, more than R = %u", r->n_hits,
-                         j->R);
-            } else if (j->version ? r->snapshot_version != j->version
-                                  : res->version && r->snapshot_version != res->version) {
-                /* never merge two versions: this shard's answer does not count */
-                snprintf(call->reason, sizeof call->reason,
-                         "answered from snapshot version %llu, not %llu",
-                         (unsigned long long)r->snapshot_version,
-                         (unsigned long long)(j->version ? j->version : res->version));
-            } else if (ps_wire_to_hits(r, j->hits + nh, (size_t)j->ns * j->R - nh, &got, &e)) {
-                snprintf(call->reason, sizeof call->reason, "%s", e.msg);
-            } else {
-                nh += got;
-                res->ok++;
-                res->version = r->snapshot_version;
-            }
-            ps_wire_free(call->reply);
-            call->reply = NULL;
+    for (uint32_t s = 0; s < j->ns; s++)
+        if (j->answered[s]) {
+            memmove(j->hits + nh, j->hits + (size_t)s * j->R, j->nhit[s] * sizeof *j->hits);
+            nh += j->nhit[s];
         }
-        broker_metrics_shard(c->metrics, s, call->reason[0] == '\0', call->seconds,
-                             call->failovers);
-        if (call->reason[0]) {
-            res->timed_out |= call->timed_out;
-            broker_failure *f = &j->failures[res->nfailures++];
-            f->shard = s;
-            snprintf(f->reason, sizeof f->reason, "%s", call->reason);
-        }
-    }
-    res->nshards = j->ns;
-    res->failures = j->failures;
-    if (res->ok == 0) {
-        ps_err e;
-        ps_err_set(&e, PS_EUNAVAIL, "no shard answered (shard 0: %s)", calls[0].reason);
-        job_finish(j, PS_EUNAVAIL, &e);
-        return;
-    }
     if (res->ok < j->ns)
         ps_log(PS_LOG_WARN, "broker", "partial", "shards=%u failed=%u", j->ns, j->ns - res->ok);
     /* Not knowing the cluster's version yet, adopt the one every shard answered from. */
@@ -271,6 +325,72 @@ static void search_done(void *arg, broker_call *calls, size_t n)
     }
     if (j->explain) res->fields = j->fields; /* no hit: nothing to fetch */
     job_finish(j, 0, NULL);
+}
+
+/* The second round has ended: a shard that answered at depth R replaces its first-round hits;
+ * one that did not counts as not answered (its first-round hits may lack some of its share, and
+ * a reply that failed to decode may have overwritten them), so the answer is partial. */
+static void search_done2(void *arg, broker_call *calls, size_t n)
+{
+    search_job *j = arg;
+    for (size_t i = 0; i < n; i++) {
+        broker_call *call = &calls[i];
+        uint32_t s = call->shard;
+        int ok = take_reply(j, call, s, j->R);
+        broker_metrics_shard(j->c->metrics, s, ok, call->seconds, call->failovers);
+        if (!ok) {
+            if (!call->reason[0]) snprintf(call->reason, sizeof call->reason, "no answer");
+            record_failure(j, call, s);
+            j->answered[s] = 0;
+            j->res.ok--;
+        }
+    }
+    merge_finish(j);
+}
+
+/* Every shard has answered or given up: merge, or first ask again at depth R the shards whose
+ * first-round hits may not hold all of their share of the top R. */
+static void search_done(void *arg, broker_call *calls, size_t n)
+{
+    search_job *j = arg;
+    broker_core_t *c = j->c;
+    broker_result *res = &j->res;
+    (void)n;
+    for (uint32_t s = 0; s < j->ns; s++) {
+        broker_call *call = &calls[s];
+        j->answered[s] = (uint8_t)take_reply(j, call, s, j->depth);
+        res->ok += j->answered[s];
+        broker_metrics_shard(c->metrics, s, call->reason[0] == '\0', call->seconds,
+                             call->failovers);
+        if (call->reason[0]) record_failure(j, call, s);
+    }
+    res->nshards = j->ns;
+    res->failures = j->failures;
+    if (res->ok == 0) {
+        ps_err e;
+        ps_err_set(&e, PS_EUNAVAIL, "no shard answered (shard 0: %s)", calls[0].reason);
+        job_finish(j, PS_EUNAVAIL, &e);
+        return;
+    }
+    if (j->depth < j->R) {
+        uint8_t need[j->ns];
+        uint32_t n2 = incomplete(j, need), m = 0;
+        if (n2 > 0) {
+            for (uint32_t s = 0; s < j->ns; s++)
+                if (need[s])
+                    j->calls2[m++] = (broker_call){.shard = s,
+                                                   .replica = -1,
+                                                   .expect = PERSRV__ENVELOPE__BODY_SEARCH_REPLY,
+                                                   .frame = j->frame_r,
+                                                   .len = j->flen_r};
+            broker_metrics_second_round(c->metrics, n2);
+            ps_err e = {0, ""};
+            int rc = broker_fan_start(c->fan, j->calls2, m, search_done2, j, &e);
+            if (rc) job_finish(j, rc, &e);
+            return;
+        }
+    }
+    merge_finish(j);
 }
 
 /* A user id (valid UTF-8) free of control characters: C0, DEL and C1 (U+0080..U+009F, UTF-8
@@ -319,13 +439,25 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_search_fn
     opts.k = k;
     opts.profile = user ? broker_profcache_get(c->profiles, user) : NULL;
 
+    /* Each shard is asked first for its best `depth`, about its share of R with room to spare;
+     * the few shards that may hold more of the top R are asked again at R (search_done). */
+    uint32_t depth = R;
+    if (ns > 1) {
+        uint32_t share = (R + ns - 1) / ns;
+        depth = c->lim.shard_depth ? c->lim.shard_depth : share + share / 2 + 8;
+        if (depth > R) depth = R;
+    }
     search_job *j = calloc(1, sizeof *j);
     if (!j || !(j->calls = calloc(ns, sizeof *j->calls)) ||
+        !(j->calls2 = calloc(ns, sizeof *j->calls2)) ||
         !(j->failures = calloc(ns, sizeof *j->failures)) ||
-        !(j->hits = malloc((size_t)ns * R * sizeof *j->hits))) {
+        !(j->hits = malloc((size_t)ns * R * sizeof *j->hits)) ||
+        !(j->nhit = calloc(ns, sizeof *j->nhit)) || !(j->answered = calloc(ns, 1)) ||
+        !(j->scratch = malloc((size_t)ns * depth * sizeof *j->scratch))) {
         job_free(j);
         return ps_err_set(err, PS_ENOMEM, "out of memory for a search");
     }
+    j->depth = depth;
     j->c = c;
     j->done = done;
     j->arg = arg;
@@ -339,6 +471,13 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_search_fn
     /* One request for every shard, encoded once (request_id 0, no deadline: the fan-out stamps
      * each attempt's). An encoding failure is the client's input (nothing was sent). */
     size_t flen = 0;
+    if (depth < R && (rc = ps_wire_encode_search(0, 0, c->tok, c->tokens.n, &opts, j->version,
+                                                 &j->frame_r, &j->flen_r, err))) {
+        job_free(j);
+        return rc;
+    }
+    opts.R = depth;
+    opts.k = k < depth ? k : depth;
     if ((rc = ps_wire_encode_search(0, 0, c->tok, c->tokens.n, &opts, j->version, &j->frame, &flen,
                                     err))) {
         job_free(j);

@@ -87,6 +87,10 @@ static const ps_cfg_opt broker_opts[] = {
     {"max-k", PS_CFG_UINT, "100", "largest k a search may ask for", 0, 1, PS_SEARCH_MAX_R},
     {"recall-depth", PS_CFG_UINT, "100", "R, the recall depth: candidates each shard returns", 0, 1,
      PS_SEARCH_MAX_R},
+    {"shard-depth", PS_CFG_UINT, "0",
+     "hits asked of each shard in a search's first round; a shard that may hold more of the top "
+     "R is asked again at R (0: R/N plus half of that plus 8)",
+     0, 0, PS_SEARCH_MAX_R},
     {"max-body", PS_CFG_UINT, "65536", "largest HTTP request body in bytes (larger: 413)", 0, 0,
      1u << 30},
     {"max-headers", PS_CFG_UINT, "65536",
@@ -392,6 +396,7 @@ int main(int argc, char **argv)
                           .profiles = ps_cfg_str(cfg, "profiles"),
                           .profile_cache = (size_t)ps_cfg_uint(cfg, "profile-cache"),
                           .lim = {.R = (uint32_t)ps_cfg_uint(cfg, "recall-depth"),
+                                  .shard_depth = (uint32_t)ps_cfg_uint(cfg, "shard-depth"),
                                   .max_k = (uint32_t)ps_cfg_uint(cfg, "max-k"),
                                   .max_query_bytes = (size_t)ps_cfg_uint(cfg, "max-query-bytes"),
                                   .deadline_ms = (uint32_t)ps_cfg_uint(cfg, "deadline-ms")},

@@ -5,6 +5,9 @@
  *   persrv_shard_request_duration_seconds{shard}       histogram (answered calls)
  *   persrv_shard_failovers_total{shard}                counter
  *   persrv_shard_failures_total{shard}                 counter (calls no replica answered)
+ *   persrv_broker_second_rounds_total                  counter: searches that asked some
+ *                                                      shards again at depth R
+ *   persrv_broker_second_round_shards_total            counter: the shard calls they made
  *   persrv_broker_clicks_in_flight                     gauge (sent to the profile primary,
  *                                                      not answered yet)
  *   persrv_broker_clicks_total{outcome}                counter: stored, duplicate, in_doubt
@@ -61,6 +64,7 @@ struct broker_metrics {
     shard_stats *shard;
     uint32_t nshards;
     uint64_t clicks_in_flight;
+    uint64_t second_rounds, second_round_shards;
     uint64_t clicks[NCLICK_OUTCOMES];
 };
 
@@ -120,6 +124,14 @@ void broker_metrics_shard(broker_metrics_t *m, uint32_t shard, int ok, double se
         observe(&s->latency, seconds);
     else
         s->failures++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void broker_metrics_second_round(broker_metrics_t *m, uint32_t n)
+{
+    pthread_mutex_lock(&m->mu);
+    m->second_rounds++;
+    m->second_round_shards += n;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -189,6 +201,15 @@ void broker_metrics_render(broker_metrics_t *m, ps_buf *b)
     for (uint32_t s = 0; s < m->nshards; s++)
         ps_buf_printf(b, "persrv_shard_failures_total{shard=\"%u\"} %llu\n", s,
                       (unsigned long long)m->shard[s].failures);
+    ps_buf_printf(b,
+                  "# HELP persrv_broker_second_rounds_total Searches that asked some shards "
+                  "again at depth R (their first-round depth was not enough).\n"
+                  "# TYPE persrv_broker_second_rounds_total counter\n"
+                  "persrv_broker_second_rounds_total %llu\n"
+                  "# HELP persrv_broker_second_round_shards_total Shard calls of second rounds.\n"
+                  "# TYPE persrv_broker_second_round_shards_total counter\n"
+                  "persrv_broker_second_round_shards_total %llu\n",
+                  (unsigned long long)m->second_rounds, (unsigned long long)m->second_round_shards);
     ps_buf_printf(
         b,
         "# HELP persrv_broker_clicks_in_flight Clicks sent to the profile primary and not "

@@ -7,7 +7,9 @@
 # through libpersrv over the broker's ZeroMQ front door (`persrv search --broker EP --json`),
 # exactly the ids, order and scores of `persrv search --index SINGLE --json --k 10` (read with
 # jq), as complete answers from all N shards. The single-node answers are computed once and reused
-# for every N. Each cluster is stopped with SIGTERM (exit status 0) before the next starts.
+# for every N. For N > 1 a second broker whose first round asks each shard for 1 hit
+# (--shard-depth 1, so that nearly every search asks some shards again at R) must give the
+# same answers. Each cluster is stopped with SIGTERM (exit status 0) before the next starts.
 # The HTTP searches of a cluster go through one curl (-K config, keep-alive) and every phase's
 # answers are read by one jq, so that the test costs searches rather than process starts.
 # usage: test_cluster_sizes.sh BUILDER SHARD SHARD_CLIENT BROKER PERSRV
@@ -113,6 +115,20 @@ check_answers() {
   done
 }
 
+# http_searches N: every search over HTTP to $URL: one curl, one status line per search.
+http_searches() {
+  local n=$1 j
+  rm -rf "$T/http"
+  mkdir -p "$T/http"
+  sed "s|^url = \"|url = \"$URL|" "$T/curl.conf.tmpl" >"$T/curl.conf"
+  curl -s -K "$T/curl.conf" -w '%{http_code}\n' >"$T/status" || fail "$n shards: curl failed ($?)"
+  mapfile -t ST <"$T/status"
+  [ ${#ST[@]} -eq "$NA" ] || fail "$n shards: ${#ST[@]} of $NA HTTP searches answered"
+  for ((j = 0; j < NA; j++)); do
+    [ "${ST[$j]}" = 200 ] || fail "$n shards: search '${Q[$((j / 2))]}' user '${WHO[$j]}': status ${ST[$j]}: $(head -c 300 "$T/http/$j.json")"
+  done
+}
+
 # ---- every cluster size ------------------------------------------------------------------
 for n in "${SIZES[@]}"; do
   topo=""
@@ -123,16 +139,7 @@ for n in "${SIZES[@]}"; do
   start_broker "broker$n" "$topo" --profiles "$T/cluster$n/profiles" --deadline-ms 5000 \
     --retries 1 --health-interval-ms 200
 
-  # Over HTTP: one curl, one status line per search, in order.
-  rm -rf "$T/http"
-  mkdir -p "$T/http"
-  sed "s|^url = \"|url = \"$URL|" "$T/curl.conf.tmpl" >"$T/curl.conf"
-  curl -s -K "$T/curl.conf" -w '%{http_code}\n' >"$T/status" || fail "$n shards: curl failed ($?)"
-  mapfile -t ST <"$T/status"
-  [ ${#ST[@]} -eq "$NA" ] || fail "$n shards: ${#ST[@]} of $NA HTTP searches answered"
-  for ((j = 0; j < NA; j++)); do
-    [ "${ST[$j]}" = 200 ] || fail "$n shards: search '${Q[$((j / 2))]}' user '${WHO[$j]}': status ${ST[$j]}: $(head -c 300 "$T/http/$j.json")"
-  done
+  http_searches "$n"
   check_answers "$n" broker "$T/http"
   [ $personalized -gt 0 ] || fail "$n shards: no search was personalized"
   echo "N=$n: $NA/$NA searches ($nq queries x (no user, user)) equal the single node" \
@@ -153,6 +160,21 @@ for n in "${SIZES[@]}"; do
 
   stop "broker$n"
   [ ! -e "$T/broker$n.ready" ] || fail "broker ($n shards) left its ready file"
+
+  # The broker asks each shard for its best few first and asks again, at R, only the shards
+  # whose unseen hits could still rank in the top R. With a first-round depth of 1 nearly every
+  # search takes that second round: the answers must not change.
+  if [ "$n" -gt 1 ]; then
+    start_broker "deep$n" "$topo" --profiles "$T/cluster$n/profiles" --deadline-ms 5000 \
+      --retries 1 --health-interval-ms 200 --shard-depth 1
+    http_searches "$n"
+    check_answers "$n" "broker --shard-depth 1" "$T/http"
+    rounds=$(curl -s "$URL/metrics" | awk '$1 == "persrv_broker_second_rounds_total" {print $2}')
+    [ "${rounds:-0}" -gt $((NA / 2)) ] \
+      || fail "$n shards, --shard-depth 1: only ${rounds:-0} of $NA searches took a second round"
+    echo "N=$n: $NA/$NA searches with a first round of depth 1 ($rounds second rounds) equal the single node"
+    stop "deep$n"
+  fi
   for ((s = 0; s < n; s++)); do stop "n${n}s$s"; done
 done
 echo "test_cluster_sizes: all checks passed in $((SECONDS - START)) s"
