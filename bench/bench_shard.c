@@ -2,13 +2,15 @@
  * bench_shard.c — the CPU cost of one shard's search on its slice (one thread, warm).
  *
  *   bench_shard --index SLICE [--profiles DIR] [--queries N] [--seed S] [--repeat R]
- *               [--personalized SHARE] [--json]
+ *               [--depth D] [--personalized SHARE] [--json]
  *
  * SLICE is one shard directory of `builder build --shards N` (or a single-node index). The
  * work timed is what a shard's worker does for one search request, without the wire:
- * ps_search_shard with R = 100 on the distinct tokens the broker's analyzer sends (the queries
- * are analyzed once up front, as the broker does, and not timed), with the profile of user
- * u01..u64 in rotation (those found in --profiles DIR, default the slice itself; a
+ * ps_search_shard with R = D (--depth, default 100; the broker asks a shard of N for
+ * R/N + half + 8 first, bench/run_capacity.sh passes that) on the distinct tokens the broker's
+ * analyzer sends (the queries are analyzed once up front, as the broker does, and not timed), with
+ * the profile of user u01..u64 in rotation (those found in --profiles DIR, default the slice
+ * itself; a
  * --personalized share of the queries carries one, default 1), recall cache off. The N
  * generated queries are the ones bench_engine and bench_cluster ask (same seed, same
  * generator). One warm-up pass, then --repeat (default 5) timed passes; each pass's cost is
@@ -47,7 +49,9 @@ int main(int argc, char **argv)
     uint64_t seed = 1;
     double personalized = 1.0;
     int json = 0;
+    uint32_t depth = 100;
     static const struct option opts[] = {{"index", required_argument, 0, 'i'},
+                                         {"depth", required_argument, 0, 'd'},
                                          {"profiles", required_argument, 0, 'P'},
                                          {"queries", required_argument, 0, 'q'},
                                          {"seed", required_argument, 0, 's'},
@@ -80,15 +84,22 @@ int main(int argc, char **argv)
         case 'j':
             json = 1;
             break;
+        case 'd':
+            depth = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
         default:
             fprintf(stderr, "usage: bench_shard --index SLICE [--profiles DIR] [--queries N] "
-                            "[--seed S] [--repeat R] [--personalized SHARE] [--json]\n");
+                            "[--seed S] [--repeat R] [--depth D] [--personalized SHARE] "
+                            "[--json]\n");
             return ch == 'h' ? 0 : 2;
         }
     }
-    if (!index || nq == 0 || repeat == 0 || repeat > MAX_REPEAT) {
-        fprintf(stderr, "bench_shard: --index is required; --queries >= 1; --repeat 1..%d\n",
-                MAX_REPEAT);
+    if (!index || nq == 0 || repeat == 0 || repeat > MAX_REPEAT || depth < 10 ||
+        depth > PS_SEARCH_MAX_R) {
+        fprintf(stderr,
+                "bench_shard: --index is required; --queries >= 1; --repeat 1..%d; --depth "
+                "10..%d\n",
+                MAX_REPEAT, PS_SEARCH_MAX_R);
         return 2;
     }
 
@@ -139,7 +150,7 @@ int main(int argc, char **argv)
     }
 
     ps_searcher_t *s = ps_searcher_new(ix, &err);
-    ps_hit *hits = malloc(100 * sizeof *hits);
+    ps_hit *hits = malloc(depth * sizeof *hits);
     if (!s || !hits) {
         fprintf(stderr, "bench_shard: %s\n", s ? "out of memory" : err.msg);
         return 1;
@@ -152,7 +163,7 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < nq; i++) {
             ps_search_opts o;
             ps_search_opts_default(&o);
-            o.R = 100;
+            o.R = depth;
             o.k = 10;
             if (nprof && (double)(i % 1000) < personalized * 1000) o.profile = &prof[i % nprof];
             ps_search_stats sst;
@@ -174,10 +185,10 @@ int main(int argc, char **argv)
     if (json) {
         printf("{\"bench\":\"shard\",\"slice_stickers\":%u,\"dim\":%u,\"postings\":%llu,"
                "\"queries\":%zu,\"repeat\":%zu,\"personalized_share\":%.2f,\"profiles\":%zu,"
-               "\"R\":100,\"cpu_us_per_query\":%.2f,\"wall_us_per_query\":%.2f,"
+               "\"R\":%u,\"cpu_us_per_query\":%.2f,\"wall_us_per_query\":%.2f,"
                "\"cpu_us_per_query_runs\":[",
                ps_index_ndocs(ix), ps_index_dim(ix), (unsigned long long)ps_index_npostings(ix), nq,
-               repeat, personalized, nprof, cpu_med, wall_med);
+               repeat, personalized, nprof, depth, cpu_med, wall_med);
         for (size_t r = 0; r < repeat; r++) printf("%s%.2f", r ? "," : "", runs[r]);
         printf("],\"postings_visited_per_query\":%.0f,\"hits_per_query\":%.2f,\"errors\":%zu}\n",
                (double)visited / (double)nq, (double)nhits / (double)nq, errors);
