@@ -85,8 +85,8 @@ static const ps_cfg_opt broker_opts[] = {
     {"max-query-bytes", PS_CFG_UINT, "1024", "longest query q in bytes (longer: 413 too_large)", 0,
      1, 65536},
     {"max-k", PS_CFG_UINT, "100", "largest k a search may ask for", 0, 1, PS_SEARCH_MAX_R},
-    {"recall-depth", PS_CFG_UINT, "100", "R, the recall depth: candidates each shard returns", 0, 1,
-     PS_SEARCH_MAX_R},
+    {"recall-depth", PS_CFG_UINT, "100",
+     "R, the recall depth: the top R by recall are ranked by score", 0, 1, PS_SEARCH_MAX_R},
     {"shard-depth", PS_CFG_UINT, "0",
      "hits asked of each shard in a search's first round; a shard that may hold more of the top "
      "R is asked again at R (0: R/N plus half of that plus 8)",
