@@ -50,6 +50,7 @@
 
 static void *zctx;
 static uint64_t next_id = 1000;
+static int conn_hwm = -1; /* >= 0: ZMQ_SNDHWM / ZMQ_RCVHWM of the next sockets (0: no limit) */
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void die(const char *fmt, ...)
@@ -72,6 +73,8 @@ static void *connect_to(const char *ep, int type)
         zmq_setsockopt(s, ZMQ_SNDTIMEO, &t, sizeof t) ||
         zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero) ||
         zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+        (conn_hwm >= 0 && (zmq_setsockopt(s, ZMQ_SNDHWM, &conn_hwm, sizeof conn_hwm) ||
+                           zmq_setsockopt(s, ZMQ_RCVHWM, &conn_hwm, sizeof conn_hwm))) ||
         ps_curve_env_client(s, ep, NULL) || zmq_connect(s, ep))
         die("connect %s: %s", ep, zmq_strerror(zmq_errno()));
     return s;
@@ -587,13 +590,19 @@ static int cmd_bad(int argc, char **argv)
  * come before the last search's (fewer than N search replies before it) — the server loop
  * answers health itself (ps/zserver.h, inline answers); queued at the worker, it would come
  * after all N. Then every search must still be answered. No clock decides the result; the
- * wait for health is printed. */
+ * wait for health is printed. The replies pile up while the N requests go out, so this socket
+ * has no high-water mark, and the shard must be started with one of at least N (--hwm): a
+ * shard drops a reply its client's full pipe cannot take, which a descheduled client on a busy
+ * machine would otherwise see as a lost reply. The client reads nothing for a second after
+ * sending, so that the pile-up happens on any machine. */
 static int cmd_health_busy(int argc, char **argv)
 {
     if (argc != 2) die("usage: health-busy EP N");
     long n = atol(argv[1]), before = -1, got = 0;
     if (n < 2) die("health-busy: N must be at least 2");
+    conn_hwm = 0;
     void *s = connect_to(argv[0], ZMQ_DEALER);
+    conn_hwm = -1;
     const char *toks[] = {"好", "累", "好累"};
     ps_search_opts opts;
     ps_search_opts_default(&opts);
@@ -614,6 +623,10 @@ static int cmd_health_busy(int argc, char **argv)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     send_frame(s, buf, len);
     free(buf);
+    /* Read nothing for a second, as a client descheduled on a busy machine would: the replies
+     * pile up (all of them, on an idle machine), and none may be lost. */
+    struct timespec pause = {1, 0};
+    nanosleep(&pause, NULL);
     while (before < 0 || got < n) {
         Persrv__Envelope *env = recv_env(s);
         if (env->body_case == PERSRV__ENVELOPE__BODY_HEALTH_REPLY && env->request_id == hid) {

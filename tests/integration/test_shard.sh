@@ -74,7 +74,7 @@ $C health "${EP[s0]}" --req --expect-shard 0 >/dev/null || fail "health from a R
 # connection to a shard with one worker; the health reply comes before the last search's (the
 # server loop answers it; queued at the worker it would come after all 2,000)
 start_shard busy --index "$T/cluster/shard-002" --shard 2 --shards 3 --workers 1 \
-  --max-inflight 4096
+  --max-inflight 4096 --hwm 4096
 $C health-busy "${EP[busy]}" 2000 || fail "health waited behind the searches"
 stop busy
 
