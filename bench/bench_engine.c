@@ -410,11 +410,11 @@ int main(int argc, char **argv)
                ps_index_ndocs(ix), ps_index_dim(ix), (unsigned long long)ps_index_npostings(ix), nq,
                personalized, bench_pct(lat, nq, 0.5), bench_pct(lat, nq, 0.9),
                bench_pct(lat, nq, 0.99), total * 1e3 / nq, nq / total, bench_pct(lat_ex, nq, 0.5),
-               bench_pct(lat_ex, nq, 0.99), (total_ex > 0 ? nq / total_ex : 0.0), (double)npost / nq, (double)visited / nq,
-               (double)visited_ex / nq, (double)cands / nq, (double)bounded / nq,
-               (double)scored / nq, errors, (double)nhits_total / nq, build_s, load_s, size,
-               rss * 1024, hwm * 1024, bench_pct(clat, nq, 0.5), bench_pct(clat, nq, 0.99),
-               ctotal > 0 ? nq / ctotal : 0.0);
+               bench_pct(lat_ex, nq, 0.99), (total_ex > 0 ? nq / total_ex : 0.0),
+               (double)npost / nq, (double)visited / nq, (double)visited_ex / nq,
+               (double)cands / nq, (double)bounded / nq, (double)scored / nq, errors,
+               (double)nhits_total / nq, build_s, load_s, size, rss * 1024, hwm * 1024,
+               bench_pct(clat, nq, 0.5), bench_pct(clat, nq, 0.99), ctotal > 0 ? nq / ctotal : 0.0);
         if (zipf)
             printf(",\"zipf_queries\":%zu,\"zipf_s\":%.2f,\"zipf_distinct_queries\":%zu,"
                    "\"rcache_bytes\":%zu,\"rcache_hit_rate\":%.4f,\"rcache_qps\":%.1f,"
@@ -434,8 +434,8 @@ int main(int argc, char **argv)
                bench_pct(lat, nq, 0.5), bench_pct(lat, nq, 0.9), bench_pct(lat, nq, 0.99),
                nq / total, (double)visited / nq);
         printf("exhaustive: p50 %.3f ms  p99 %.3f ms  %.0f QPS  %.0f postings/query\n",
-               bench_pct(lat_ex, nq, 0.5), bench_pct(lat_ex, nq, 0.99), (total_ex > 0 ? nq / total_ex : 0.0),
-               (double)visited_ex / nq);
+               bench_pct(lat_ex, nq, 0.5), bench_pct(lat_ex, nq, 0.99),
+               (total_ex > 0 ? nq / total_ex : 0.0), (double)visited_ex / nq);
         printf("build %.1f s, load %.1f s, index %.1f MB, RSS %.1f MB (peak %.1f MB)\n", build_s,
                load_s, size / 1e6, rss / 1024.0, hwm / 1024.0);
         if (zipf) {

@@ -255,17 +255,6 @@ static void record_failure(search_job *j, const broker_call *call, uint32_t s)
     snprintf(f->reason, sizeof f->reason, "%s", call->reason);
 }
 
-/* The engine's recall order: higher recall first, ties by lower id. */
-static int recall_before(const ps_hit *a, const ps_hit *b)
-{
-    return a->recall > b->recall || (a->recall == b->recall && a->id < b->id);
-}
-
-static int cmp_recall(const void *a, const void *b)
-{
-    return recall_before(b, a) - recall_before(a, b);
-}
-
 /* After a first round at depth < R: the shards whose unseen hits could still be in the top R.
  * A shard that returned fewer than depth hits has no more. Any other shard's unseen hits all
  * rank after its last one (it returned its best depth in recall order, ties by id), so it is
@@ -281,7 +270,7 @@ static uint32_t incomplete(search_job *j, uint8_t *need)
         }
     const ps_hit *rth = NULL;
     if (n >= j->R) {
-        qsort(j->scratch, n, sizeof *j->scratch, cmp_recall);
+        qsort(j->scratch, n, sizeof *j->scratch, ps_hit_cmp_recall);
         rth = &j->scratch[j->R - 1];
     }
     uint32_t count = 0;
@@ -290,8 +279,8 @@ static uint32_t incomplete(search_job *j, uint8_t *need)
         if (!j->answered[s] || j->nhit[s] < j->depth) continue;
         const ps_hit *h = j->hits + (size_t)s * j->R, *last = &h[0];
         for (uint32_t i = 1; i < j->nhit[s]; i++)
-            if (recall_before(last, &h[i])) last = &h[i];
-        if (rth && !recall_before(last, rth)) continue;
+            if (ps_hit_cmp_recall(last, &h[i]) < 0) last = &h[i];
+        if (rth && ps_hit_cmp_recall(last, rth) >= 0) continue;
         need[s] = 1;
         count++;
     }

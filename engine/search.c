@@ -179,7 +179,7 @@ static int cmp_clause(const void *a, const void *b)
     return (x->order > y->order) - (x->order < y->order);
 }
 
-static int cmp_hit_recall(const void *a, const void *b)
+int ps_hit_cmp_recall(const void *a, const void *b)
 {
     const ps_hit *x = a, *y = b;
     if (x->recall != y->recall) return x->recall > y->recall ? -1 : 1;
@@ -610,7 +610,7 @@ static int recall(ps_searcher_t *s, const ps_search_opts *o, ps_hit *hits, size_
         h->preference = 1.0;
         h->score = e->recall;
     }
-    qsort(hits, n, sizeof *hits, cmp_hit_recall);
+    qsort(hits, n, sizeof *hits, ps_hit_cmp_recall);
     *nhits = n;
     if (cache) ps_rcache_put(o->rcache, o->rcache_version, &s->tok, o, hits, n);
     return 0;
@@ -697,7 +697,7 @@ int ps_search_shard(ps_searcher_t *s, const ps_tokens *tok, const ps_search_opts
 
 size_t ps_merge_hits(ps_hit *hits, size_t n, uint32_t R, uint32_t k)
 {
-    qsort(hits, n, sizeof *hits, cmp_hit_recall);
+    qsort(hits, n, sizeof *hits, ps_hit_cmp_recall);
     if (n > R) n = R;
     qsort(hits, n, sizeof *hits, cmp_hit_score);
     return n < k ? n : k;

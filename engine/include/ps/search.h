@@ -101,6 +101,10 @@ int ps_search_shard(ps_searcher_t *s, const ps_tokens *tokens, const ps_search_o
  * results (<= k). Ties break by id. */
 size_t ps_merge_hits(ps_hit *hits, size_t n, uint32_t R, uint32_t k);
 
+/* The recall order every top R uses, as a qsort comparator: higher recall first, ties by lower
+ * id. */
+int ps_hit_cmp_recall(const void *a, const void *b);
+
 /* Step 3 on hits[0..n) whose embeddings are emb (n × dim): set preference, score and
  * centroid (order unchanged). profile NULL or k == 0 leaves score = recall. */
 void ps_prefer(ps_hit *hits, size_t n, const float *emb, uint32_t dim, const ps_profile *profile,
