@@ -417,8 +417,14 @@ run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stat
         bound[0] = 0.0;
         if (nheap == R) {
             while (ne < m) {
-                double b = bound[ne] + window_bound(&cl[ne], w0, w1);
+                double wb = window_bound(&cl[ne], w0, w1), b = bound[ne] + wb;
                 if (!(b + u < theta)) break;
+                /* A dense clause will be probed here: ask for its window's bitmap line and
+                 * posting base now, so they arrive while the essential clauses are scored. */
+                if (cl[ne].bits && wb > 0.0) {
+                    __builtin_prefetch(cl[ne].bits + (w0 >> 6));
+                    __builtin_prefetch(cl[ne].wbase + (w0 >> PS_WIN_BITS));
+                }
                 bound[++ne] = b;
             }
             if (ne == m) continue;
