@@ -16,11 +16,14 @@
  * so a doc that appears only in them cannot enter the top R. The essential clauses [ne, m)
  * are scored term-at-a-time into the window's accumulator, strongest first; each doc they
  * touched is then completed by probing the non-essential clauses, strongest first, while the
- * bound still allows a win. A window without essential clauses is skipped. ne is a prefix of
- * the global order in every window, so every doc's sum still runs in descending clause order.
- * A clause with no posting in the window is not probed at all. A probe into a dense list is a
- * bit test and a popcount (ps_int.h); a short list's postings in the window, which its exact
- * bound has just read, are merged with the candidates; any other list is galloped.
+ * bound still allows a win. A window without essential clauses is skipped. Otherwise the
+ * non-essential prefix is cut back to its last dense clause: the sparser clauses above it are
+ * scored with the essential ones (a few postings in order cost less than a search per
+ * candidate, and fewer docs then pass as candidates). ne is a prefix of the global order in
+ * every window, so every doc's sum still runs in descending clause order. A clause with no
+ * posting in the window is not probed at all. A probe into a dense list is a bit test and a
+ * popcount (ps_int.h); a short list's postings in the window, which its exact bound has just
+ * read, are merged with the candidates; any other list is galloped.
  *
  * The preference step reads each candidate's embedding row where it lies (resident or mapped),
  * prefetching the next row, and takes e·e and e·c for every centroid in one pass
@@ -428,6 +431,10 @@ run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stat
                 bound[++ne] = b;
             }
             if (ne == m) continue;
+            /* Probe only the dense clauses: a sparser clause has a few postings in the window,
+             * cheaper to add in order than to search for each candidate, and a clause moved to
+             * the essential side also raises the bar for the candidates. */
+            while (ne > 0 && !cl[ne - 1].bits) ne--;
         }
 
         /* Essential clauses, strongest first, into the accumulator. */
