@@ -77,6 +77,8 @@ struct ps_searcher {
     size_t cl_cap;
     double *prefix; /* prefix[i] = Σ bound of clauses [0, i) (in the current window) */
     size_t prefix_cap;
+    double *wall; /* per window: Σ bound of every clause, with a slack (window_totals) */
+    size_t wall_cap;
     double wacc[WIN]; /* window accumulator: zero between windows */
     struct wcand {
         uint32_t doc;
@@ -130,6 +132,7 @@ void ps_searcher_free(ps_searcher_t *s)
     ps_tokens_free(&s->tok);
     ps_free(s->cl);
     ps_free(s->prefix);
+    ps_free(s->wall);
     ps_free(s->heap);
     ps_free(s->acc);
     ps_free(s->seen);
@@ -284,7 +287,8 @@ static int setup(ps_searcher_t *s, const ps_search_opts *o, size_t *m, ps_search
     *m = n;
     if (grow((void **)&s->heap, &s->heap_cap, o->R, sizeof *s->heap))
         return ps_err_set(err, PS_ENOMEM, "out of memory preparing a query");
-    if (grow((void **)&s->prefix, &s->prefix_cap, n + 1, sizeof *s->prefix))
+    if (grow((void **)&s->prefix, &s->prefix_cap, n + 1, sizeof *s->prefix) ||
+        grow((void **)&s->wall, &s->wall_cap, (ix->ndocs >> PS_WIN_BITS) + 1, sizeof *s->wall))
         return ps_err_set(err, PS_ENOMEM, "out of memory preparing a query");
     return 0;
 }
@@ -387,6 +391,32 @@ static inline void taat(ps_searcher_t *s, clause *c, uint32_t w0, uint32_t w1, u
     c->cur = p < n ? docs[p] : END_DOC;
 }
 
+/* wall[w] = Σ over the clauses of their bound in window w, times 1 + 2^-30: far above the
+ * rounding of any order of summing them, so a window whose wall[w] + utility bound is below
+ * theta holds no doc that can win, whatever its partition would say. One pass over the window
+ * tables (and the short lists' postings) per query, then one compare per window. */
+static void window_totals(ps_searcher_t *s, size_t m)
+{
+    uint32_t nwin = (s->ix->ndocs + WIN - 1) >> PS_WIN_BITS;
+    double *wall = s->wall;
+    memset(wall, 0, nwin * sizeof *wall);
+    for (size_t i = 0; i < m; i++) {
+        const clause *c = &s->cl[i];
+        if (c->wq) {
+            for (uint32_t w = 0; w < nwin; w++) wall[w] += c->wscale * c->wq[w];
+            continue;
+        }
+        for (uint32_t p = 0; p < c->n;) {
+            uint32_t w = c->docs[p] >> PS_WIN_BITS;
+            float mx = 0.0f;
+            for (; p < c->n && c->docs[p] >> PS_WIN_BITS == w; p++)
+                if (c->tfn[p] > mx) mx = c->tfn[p];
+            wall[w] += (double)(c->qw * mx);
+        }
+    }
+    for (uint32_t w = 0; w < nwin; w++) wall[w] *= 1.0 + 0x1p-30;
+}
+
 /* Compiled for x86-64-v2 (hardware popcount for the dense probes) beside the baseline, the
  * better chosen at load time; the arithmetic is the same either way. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__)
@@ -405,6 +435,7 @@ run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stat
     double theta = -INFINITY;
     uint64_t visited = 0, scored = 0, candidates = 0, bounded = 0;
 
+    window_totals(s, m);
     uint32_t first = END_DOC;
     for (size_t i = 0; i < m; i++) {
         clause *c = &cl[i];
@@ -414,6 +445,7 @@ run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stat
     for (uint32_t w0 = first & ~(WIN - 1); w0 < ix->ndocs; w0 += WIN) {
         uint32_t w1 = w0 + WIN;
         double u = o->use_utility ? (double)ix->utility[w0] : 0.0;
+        if (s->wall[w0 >> PS_WIN_BITS] + u < theta) continue;
 
         /* The non-essential prefix for this window. */
         size_t ne = 0;
