@@ -551,8 +551,10 @@ run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stat
         for (uint32_t k = 0; k < nc; k++) {
             uint32_t doc = cand[k].doc;
             double rel = cand[k].rel;
+            /* The doc's utility is at most u: most candidates fail without reading it. */
+            if (!(rel > 0.0) || (nheap == R && rel + u < theta)) continue;
             double ud = o->use_utility ? (double)ix->utility[doc] : 0.0;
-            if (!(rel > 0.0) || (nheap == R && rel + ud < theta)) continue;
+            if (nheap == R && rel + ud < theta) continue;
             scored++;
             heapent e = {rel + ud, rel, ix->ids[doc], doc};
             heap_push(heap, &nheap, R, &e);
