@@ -10,8 +10,9 @@
  * the build's memory) unless --index names an existing one. The parent opens the index like a
  * serving node, runs N generated queries (1–2 phrases, 80% Chinese) once to warm up, then
  * times each query of a second pass: p50/p90/p99 latency, QPS, postings visited; then the
- * same queries exhaustively, for the pruning ratio (--no-exhaustive: not, the exhaustive
- * figures are then 0; for profiling the pruned path alone). RSS is the serving process's. These
+ * same queries exhaustively, for the pruning ratio, with every answer compared with the timed
+ * pass's (exhaustive_mismatches must be 0) (--no-exhaustive: not, the exhaustive figures are
+ * then 0; for profiling the pruned path alone). RSS is the serving process's. These
  * headline figures are always without the recall cache. cpu_p50_ms, cpu_p99_ms and cpu_qps
  * time the same pass by the thread's CPU time: on a shared machine they leave out the time
  * the thread waited for a core (cache and memory contention still count).
@@ -353,8 +354,11 @@ int main(int argc, char **argv)
     double *lat = malloc(nq * sizeof *lat), *lat_ex = calloc(nq ? nq : 1, sizeof *lat_ex);
     double *clat = malloc(nq * sizeof *clat), ctotal = 0;
     uint64_t visited = 0, visited_ex = 0, npost = 0, scored = 0, cands = 0, bounded = 0;
-    size_t errors = 0, nhits_total = 0;
+    size_t errors = 0, nhits_total = 0, mismatches_ex = 0;
     double total = 0, total_ex = 0;
+    /* The timed pass's answers, which the exhaustive pass must repeat bit for bit. */
+    ps_hit *kept = calloc(nq ? nq * 10 : 1, sizeof *kept);
+    size_t *nkept = calloc(nq ? nq : 1, sizeof *nkept);
     for (int pass = 0; pass < (no_exhaustive ? 2 : 3); pass++) {
         for (size_t i = 0; i < nq; i++) {
             ps_search_opts o;
@@ -380,7 +384,10 @@ int main(int argc, char **argv)
                 bounded += sst.bounded;
                 errors += rc != 0;
                 nhits_total += nh;
+                nkept[i] = nh;
+                memcpy(kept + i * 10, hits, nh * sizeof *hits);
             } else if (pass == 2) {
+                mismatches_ex += nh != nkept[i] || memcmp(hits, kept + i * 10, nh * sizeof *hits);
                 lat_ex[i] = dt * 1e3;
                 total_ex += dt;
                 visited_ex += sst.visited;
@@ -404,7 +411,8 @@ int main(int argc, char **argv)
                "\"postings_in_lists_per_query\":%.0f,\"postings_visited_per_query\":%.0f,"
                "\"exhaustive_postings_visited_per_query\":%.0f,\"candidates_per_query\":%.0f,"
                "\"bounded_per_query\":%.0f,\"scored_per_query\":%.0f,"
-               "\"errors\":%zu,\"hits_per_query\":%.2f,\"build_s\":%.2f,\"load_s\":%.2f,"
+               "\"errors\":%zu,\"exhaustive_mismatches\":%zu,\"hits_per_query\":%.2f,\"build_s\":%."
+               "2f,\"load_s\":%.2f,"
                "\"index_bytes\":%lld,\"rss_bytes\":%ld,\"peak_rss_bytes\":%ld,"
                "\"cpu_p50_ms\":%.4f,\"cpu_p99_ms\":%.4f,\"cpu_qps\":%.1f",
                ps_index_ndocs(ix), ps_index_dim(ix), (unsigned long long)ps_index_npostings(ix), nq,
@@ -412,7 +420,7 @@ int main(int argc, char **argv)
                bench_pct(lat, nq, 0.99), total * 1e3 / nq, nq / total, bench_pct(lat_ex, nq, 0.5),
                bench_pct(lat_ex, nq, 0.99), (total_ex > 0 ? nq / total_ex : 0.0),
                (double)npost / nq, (double)visited / nq, (double)visited_ex / nq,
-               (double)cands / nq, (double)bounded / nq, (double)scored / nq, errors,
+               (double)cands / nq, (double)bounded / nq, (double)scored / nq, errors, mismatches_ex,
                (double)nhits_total / nq, build_s, load_s, size, rss * 1024, hwm * 1024,
                bench_pct(clat, nq, 0.5), bench_pct(clat, nq, 0.99), ctotal > 0 ? nq / ctotal : 0.0);
         if (zipf)
@@ -457,6 +465,8 @@ int main(int argc, char **argv)
     free(lat);
     free(clat);
     free(lat_ex);
+    free(kept);
+    free(nkept);
     ps_searcher_free(s);
     ps_store_close(st);
     return 0;
