@@ -32,13 +32,13 @@
  *
  * A dense list (at least ndocs / PS_DENSE_DIV postings) also has a bitmap of its docs and the
  * number of its postings before each window: dense number D = L.dense owns
- * dense_bits[D · nwords ..] (bit d set when doc d is in the list, nwords = 4 per window) and
- * dense_base[D · nwin ..], so a probe finds doc d's posting with a bit test and a popcount
+ * dense_bits[D · nwords ..] (bit d set when doc d is in the list; PS_WIN / 64 words per
+ * window) and dense_base[D · nwin ..], so a probe finds doc d's posting with a bit test and a popcount
  * instead of a search. The bitmaps take at most half the bytes of the lists' own postings.
  */
 #define PS_BLOCK     64
 #define PS_NOLIST    UINT32_MAX
-#define PS_WIN_BITS  8
+#define PS_WIN_BITS  9
 #define PS_WIN       (1u << PS_WIN_BITS)
 #define PS_DENSE_DIV 32
 
