@@ -33,8 +33,8 @@
  * A dense list (at least ndocs / PS_DENSE_DIV postings) also has a bitmap of its docs and the
  * number of its postings before each window: dense number D = L.dense owns
  * dense_bits[D · nwords ..] (bit d set when doc d is in the list; PS_WIN / 64 words per
- * window) and dense_base[D · nwin ..], so a probe finds doc d's posting with a bit test and a popcount
- * instead of a search. The bitmaps take at most half the bytes of the lists' own postings.
+ * window) and dense_base[D · nwin ..], so a probe finds doc d's posting with a bit test and a
+ * popcount instead of a search. The bitmaps take at most half the bytes of the lists' own postings.
  */
 #define PS_BLOCK     64
 #define PS_NOLIST    UINT32_MAX

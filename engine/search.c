@@ -288,7 +288,7 @@ static int setup(ps_searcher_t *s, const ps_search_opts *o, size_t *m, ps_search
     if (grow((void **)&s->heap, &s->heap_cap, o->R, sizeof *s->heap))
         return ps_err_set(err, PS_ENOMEM, "out of memory preparing a query");
     if (grow((void **)&s->prefix, &s->prefix_cap, n + 1, sizeof *s->prefix) ||
-        grow((void **)&s->wall, &s->wall_cap, (ix->ndocs >> PS_WIN_BITS) + 1, sizeof *s->wall))
+        grow((void **)&s->wall, &s->wall_cap, ix->nwin + 1, sizeof *s->wall))
         return ps_err_set(err, PS_ENOMEM, "out of memory preparing a query");
     return 0;
 }
@@ -397,7 +397,7 @@ static inline void taat(ps_searcher_t *s, clause *c, uint32_t w0, uint32_t w1, u
  * tables (and the short lists' postings) per query, then one compare per window. */
 static void window_totals(ps_searcher_t *s, size_t m)
 {
-    uint32_t nwin = (s->ix->ndocs + WIN - 1) >> PS_WIN_BITS;
+    uint32_t nwin = s->ix->nwin;
     double *wall = s->wall;
     memset(wall, 0, nwin * sizeof *wall);
     for (size_t i = 0; i < m; i++) {
