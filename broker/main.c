@@ -130,7 +130,7 @@ static const ps_cfg_opt broker_opts[] = {
      "'Authorization: Bearer KEY' (401/403/429); without it the door is open (development)",
      0, 0, 0},
     PS_ADMIN_CFG_OPTS("/admin/switch"),
-    {"version", PS_CFG_UINT, "0",
+    {"snapshot-version", PS_CFG_UINT, "0",
      "snapshot version to serve at start (0: the shards' active version, adopted from the first "
      "answer every shard gives from one version)",
      0, 0, 9223372036854775807.0},
@@ -348,7 +348,7 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    broker_version_init(&version, ps_cfg_uint(cfg, "version"));
+    broker_version_init(&version, ps_cfg_uint(cfg, "snapshot-version"));
     if (ps_admin_token_load(ps_cfg_str(cfg, "admin-token"), ps_cfg_str(cfg, "admin-token-file"),
                             &token, &err)) {
         ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"%s\"", err.msg);

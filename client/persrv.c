@@ -34,6 +34,7 @@
 #include "ps/log.h"
 #include "ps/search.h"
 #include "ps/store.h"
+#include "ps/version.h"
 
 static void usage(FILE *f)
 {
@@ -62,6 +63,7 @@ static void usage(FILE *f)
                "  --explain       print the score breakdown and stored fields\n"
                "  --json          print one JSON object\n"
                "  --help          this text\n"
+               "  --version       print the version, commit and build type (persrv --version)\n"
                "With --broker, the broker's API key (if it runs with --api-keys) is read from\n"
                "$PERSRV_API_KEY.\n");
 }
@@ -590,6 +592,10 @@ int main(int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "click") == 0) return cmd_click(argc - 1, argv + 1);
     if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
         usage(stdout);
+        return 0;
+    }
+    if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+        ps_version_print("persrv", stdout);
         return 0;
     }
     usage(stderr);

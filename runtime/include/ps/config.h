@@ -3,6 +3,7 @@
  * {name, type, default, help} drives everything a user can set:
  *
  *   --help                    text generated from the table (ps_cfg_help)
+ *   --version                 one line: "persrv-<prog> 0.1.0 (commit 9b0e0ed, RelWithDebInfo)"
  *   --config FILE             a `key = value` file, one setting per line; '#' starts a comment
  *                             (at the start of a line or after whitespace); blank lines ignored;
  *                             a value may be wrapped in double quotes; PERSRV_CONFIG also names it
@@ -57,16 +58,21 @@ typedef struct ps_cfg ps_cfg_t;
 /* A configuration for `prog` (used in --help and messages) over the n entries of `table`
  * (borrowed; must outlive the result). `about` is a paragraph for --help (may be NULL).
  * Defaults are applied here. Errors: PS_EINVAL for a bad table (bad name, repeated name, a
+ * name the parser keeps for itself: help, config, version;
  * default that does not parse, n > PS_CFG_MAX_OPTS), PS_ENOMEM. Caller owns the result
  * (ps_cfg_free). */
 ps_cfg_t *ps_cfg_new(const char *prog, const char *about, const ps_cfg_opt *table, size_t n,
                      ps_err *err);
 void ps_cfg_free(ps_cfg_t *c);
 
+/* What ps_cfg_parse returns, besides 0 and errors, for the flags that only print. */
+enum { PS_CFG_HELP = 1, PS_CFG_VERSION = 2 };
+
 /* Apply the config file, environment and flags (argv[1..argc), argv[0] is skipped), in
  * precedence order. env: a NULL-terminated "NAME=value" array (NULL = the process
- * environment). Returns 0, 1 when --help was given (nothing else is checked; print
- * ps_cfg_help and exit 0), or a negative PS_E* code: PS_EINVAL (unknown flag or key, bad
+ * environment). Returns 0, PS_CFG_HELP (1) when --help was given or PS_CFG_VERSION (2) when
+ * --version was (nothing else is checked; print ps_cfg_help or ps_version_print and exit 0;
+ * --help wins when both are given), or a negative PS_E* code: PS_EINVAL (unknown flag or key, bad
  * value, missing required setting, stray argument), PS_EIO (config file unreadable),
  * PS_ETOOBIG (line or value over its cap), PS_ENOMEM. Call once per ps_cfg_t. */
 int ps_cfg_parse(ps_cfg_t *c, int argc, char **argv, char **env, ps_err *err);
@@ -92,9 +98,10 @@ int ps_cfg_bool(const ps_cfg_t *c, const char *name);
 const char *ps_cfg_source(const ps_cfg_t *c, const char *name);
 
 /* The start of every daemon's main: build the table, parse flags / environment / file, print
- * --help, set ps_log_level from the "log-level" setting (which the table must have) and log
- * the effective configuration. Returns the config (caller frees with ps_cfg_free), or NULL
- * with *exit_code set: 0 after --help, 2 after a configuration error printed on stderr as
+ * --help or --version (as "persrv-<prog>"), set ps_log_level from the "log-level" setting (which
+ * the table must have) and log the effective configuration. Returns the config (caller frees with
+ * ps_cfg_free), or NULL with *exit_code set: 0 after --help, 2 after a configuration error printed
+ * on stderr as
  * "<prog>: <message>". */
 ps_cfg_t *ps_cfg_daemon(const char *prog, const char *about, const ps_cfg_opt *table, size_t n,
                         int argc, char **argv, int *exit_code);
