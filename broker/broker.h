@@ -342,6 +342,12 @@ void broker_metrics_http(broker_metrics_t *m, int endpoint, int status, double s
 void broker_metrics_shard(broker_metrics_t *m, uint32_t shard, int ok, double seconds,
                           uint32_t failovers);
 /* A click was sent to the profile primary; ... and how it ended (rc 0 or a PS_E* code). */
+/* A search was answered (r: the result the door sends) on the door of `endpoint`
+ * (BROKER_EP_SEARCH or BROKER_EP_ZMQ_SEARCH): counts it when it is partial (r->ok <
+ * r->nshards). Every door calls it once per search it answers with a result. */
+struct broker_result; /* core.c's, below */
+void broker_metrics_search_answered(broker_metrics_t *m, int endpoint,
+                                    const struct broker_result *r);
 /* A search needed a second round for n shards (its first-round depth was not enough). */
 void broker_metrics_second_round(broker_metrics_t *m, uint32_t n);
 void broker_metrics_click_sent(broker_metrics_t *m);

@@ -191,6 +191,7 @@ static void search_answered(void *arg, int rc, const ps_err *err, const broker_r
             "shards", "total", (int)r->nshards, "successful", (int)r->ok, "failed",
             (int)(r->nshards - r->ok), "failures", failures_json(r), "hits", hits);
         status = reply_json(p->req, 200, body);
+        broker_metrics_search_answered(p->h->metrics, BROKER_EP_SEARCH, r);
     }
     request_done(p->h, BROKER_EP_SEARCH, p->cmd, p->path, p->who, status, p->t0);
     free(p);
