@@ -135,7 +135,7 @@ static const ps_cfg_opt broker_opts[] = {
      "answer every shard gives from one version)",
      0, 0, 9223372036854775807.0},
     PS_CURVE_CFG_OPTS,
-    {"log-level", PS_CFG_STRING, "info", "debug, info, warn, error or off", 0, 0, 0},
+    PS_LOG_CFG_OPTS,
     {"pid-file", PS_CFG_STRING, NULL, "write the process id here (removed on exit)", 0, 0, 0},
     {"ready-file", PS_CFG_STRING, NULL,
      "write the HTTP address here once listening and every shard answered a health probe "

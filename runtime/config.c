@@ -476,6 +476,13 @@ int ps_cfg_bool(const ps_cfg_t *c, const char *name)
     return v && v->text ? v->v.b : 0;
 }
 
+const char *ps_cfg_text(const ps_cfg_t *c, const char *name)
+{
+    if (!c || !name) return NULL;
+    int i = find_opt(c, name, strlen(name));
+    return i < 0 ? NULL : c->val[i].text;
+}
+
 const char *ps_cfg_source(const ps_cfg_t *c, const char *name)
 {
     if (!c || !name) return src_names[SRC_UNSET];
@@ -505,6 +512,9 @@ ps_cfg_t *ps_cfg_daemon(const char *prog, const char *about, const ps_cfg_opt *t
     if (!rc && level < 0)
         rc = ps_err_set(&err, PS_EINVAL, "log-level: '%s' is not debug, info, warn, error or off",
                         ps_cfg_str(c, "log-level"));
+    const char *log_file = rc ? NULL : ps_cfg_str(c, "log-file");
+    if (log_file && ps_log_reopen(log_file))
+        rc = ps_err_set(&err, PS_EINVAL, "log-file %s: %s", log_file, strerror(errno));
     if (rc) {
         fprintf(stderr, "%s: %s\n", prog, err.msg);
         ps_cfg_free(c);
@@ -513,6 +523,12 @@ ps_cfg_t *ps_cfg_daemon(const char *prog, const char *about, const ps_cfg_opt *t
     }
     ps_log_level = level;
     ps_cfg_log(c, prog);
+    if (ps_daemon_reload_start(prog, table, n, argc, argv, &err)) {
+        ps_log(PS_LOG_ERROR, prog, "start_failed", "msg=\"%s\"", err.msg);
+        ps_cfg_free(c);
+        *exit_code = 1;
+        return NULL;
+    }
     return c;
 }
 
