@@ -1,10 +1,11 @@
 # build_info.cmake — writes ps_build_info.h, what `--version` and the persrv_build_info metric
 # print (base/version.c): the project version, the commit and the build type.
 #   cmake -DSRC=<source dir> -DOUT=<header> -DVERSION=0.1.0 -DBUILD_TYPE=RelWithDebInfo
-#         -P cmake/build_info.cmake
+#         [-DFALLBACK_COMMIT=<commit>] -P cmake/build_info.cmake
 # The commit is `git rev-parse --short HEAD` of SRC when SRC is the top of a git checkout (a
-# worktree too), else "unknown" (a release tarball, or a tarball unpacked inside some other
-# repository, whose HEAD is not ours). It runs at configure time and again at every build
+# worktree too), else FALLBACK_COMMIT when given (the PERSRV_COMMIT cache variable: a docker
+# build, whose context has no .git), else "unknown" (a release tarball, or a tarball unpacked
+# inside some other repository, whose HEAD is not ours). It runs at configure time and again at every build
 # (base/CMakeLists.txt: the ps_build_info target); the header is rewritten only when its text
 # changes, so a build at an unchanged HEAD recompiles nothing, and a new commit recompiles one
 # file and relinks.
@@ -30,6 +31,13 @@ if(GIT_EXE)
         set(COMMIT ${sha})
       endif()
     endif()
+  endif()
+endif()
+if(COMMIT STREQUAL "unknown" AND FALLBACK_COMMIT)
+  if(FALLBACK_COMMIT MATCHES "^[0-9A-Za-z._-]+$")
+    set(COMMIT ${FALLBACK_COMMIT})
+  else()
+    message(WARNING "PERSRV_COMMIT '${FALLBACK_COMMIT}': letters, digits, '.', '_', '-' only")
   endif()
 endif()
 if(NOT BUILD_TYPE)

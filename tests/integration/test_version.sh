@@ -6,7 +6,9 @@
 # `git rev-parse --short HEAD`, or "unknown" when the source is not a git checkout.
 # Also: `builder build --version V` still names a snapshot version (not this flag), and the
 # broker's own snapshot setting is --snapshot-version.
-# usage: test_version.sh SOURCE_DIR VERSION BUILD_TYPE BROKER SHARD PROFILE BUILDER PERSRV
+# cmake/build_info.cmake outside a git checkout (a tarball): "unknown", or PERSRV_COMMIT's
+# value (a docker build); a value that could break the C string or the metric label is refused.
+# usage: test_version.sh SOURCE_DIR VERSION BUILD_TYPE BROKER SHARD PROFILE BUILDER PERSRV CMAKE
 set -euo pipefail
 SRC=$1
 VERSION=$2
@@ -16,6 +18,7 @@ S=$5
 PD=$6
 B=$7
 P=$8
+CMAKE=$9
 T=$(mktemp -d /tmp/ps_test_version_XXXXXX)
 trap 'rm -rf "$T"' EXIT
 fail() {
@@ -65,4 +68,17 @@ rc=0
 rc=0
 "$B" activate --version 1 >"$T/out" 2>"$T/err" || rc=$?
 [ $rc -ne 0 ] && ! grep -q "persrv-builder" "$T/out" || fail "builder activate --version: rc=$rc"
+# the header the binaries' line comes from, written for a tree that is no git checkout
+mkdir "$T/tarball"
+info() { # [FALLBACK]: the commit build_info.cmake writes for $T/tarball
+  "$CMAKE" -DSRC="$T/tarball" -DOUT="$T/info.h" -DVERSION="$VERSION" -DBUILD_TYPE=Release \
+    ${1:+"-DFALLBACK_COMMIT=$1"} -P "$SRC/cmake/build_info.cmake" 2>"$T/cmake.err" \
+    || fail "build_info.cmake: $(cat "$T/cmake.err")"
+  sed -n 's/^#define PS_BUILD_COMMIT "\(.*\)"$/\1/p' "$T/info.h"
+}
+[ "$(info)" = unknown ] || fail "not a checkout: commit $(info), want unknown"
+[ "$(info 1a2b3c4)" = 1a2b3c4 ] || fail "PERSRV_COMMIT=1a2b3c4 not used: $(info 1a2b3c4)"
+[ "$(info 'x"y')" = unknown ] && grep -q "letters, digits" "$T/cmake.err" \
+  || fail "PERSRV_COMMIT with a quote not refused"
+grep -qx "#define PS_BUILD_VERSION \"$VERSION\"" "$T/info.h" || fail "info.h: $(cat "$T/info.h")"
 echo "test_version: OK (commit $commit)"
