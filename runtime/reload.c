@@ -11,10 +11,12 @@
  * Making one live means giving its readers a value they load per request (an atomic), then
  * adding it to live_opts below with the code that stores it.
  *
- * The thread owns copies of what it compares: `running`, the configuration parsed as the
- * daemon started (what it runs with), and the log settings applied last. It never touches the
- * daemon's own ps_cfg_t, which main frees on its way out while this thread may still be
- * waiting for a signal.
+ * SIGHUP is blocked in every other thread of the daemon (ps_daemon_reload_start runs before
+ * the daemon starts any), so the handler runs on this thread and no other thread's system call
+ * sees EINTR because of it. The thread owns copies of what it compares: `running`, the
+ * configuration parsed as the daemon started (what it runs with), and the log settings applied
+ * last. It never touches the daemon's own ps_cfg_t, which main frees on its way out while this
+ * thread may still be waiting for a signal.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -149,6 +151,10 @@ static void reload(reload_state *r)
 static void *reload_main(void *arg)
 {
     reload_state *r = arg;
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    pthread_sigmask(SIG_UNBLOCK, &hup, NULL); /* the one thread that takes SIGHUP */
     for (;;) {
         struct pollfd pfd = {.fd = hup_pipe[0], .events = POLLIN};
         if (poll(&pfd, 1, -1) < 0) {
@@ -178,19 +184,24 @@ int ps_daemon_reload_start(const char *prog, const ps_cfg_opt *table, size_t n, 
     for (int i = 0; i < 2; i++)
         if (fcntl(hup_pipe[i], F_SETFL, O_NONBLOCK) || fcntl(hup_pipe[i], F_SETFD, FD_CLOEXEC))
             return ps_err_set(err, PS_EIO, "reload pipe: %s", strerror(errno));
-    pthread_t t;
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old); /* the thread takes no signal: main's handlers do */
-    int rc = pthread_create(&t, NULL, reload_main, &st);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc) return ps_err_set(err, PS_EIO, "reload thread: %s", strerror(rc));
-    pthread_detach(t);
+    /* SIGHUP is blocked in the calling thread, and so in every thread the daemon starts
+     * after it (they inherit the mask), and taken by this file's thread alone: no other
+     * thread's system call is ever interrupted by it (EINTR). The handler first, so that a
+     * SIGHUP waiting while the mask is set up is caught, not fatal. */
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_hup;
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_RESTART;
     sigaction(SIGHUP, &sa, NULL);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old); /* the thread starts with every signal blocked */
+    pthread_t t;
+    int rc = pthread_create(&t, NULL, reload_main, &st);
+    sigaddset(&old, SIGHUP);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc) return ps_err_set(err, PS_EIO, "reload thread: %s", strerror(rc));
+    pthread_detach(t);
     return 0;
 }

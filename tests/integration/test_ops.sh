@@ -11,6 +11,7 @@
 #     new log file, the moved file keeps the old lines, the reload line names log-level as
 #     changed and max-k as restart_needed, debug lines now appear (the broker's event=request,
 #     the shard's event=search), and max-k is still the old value (k above the new one: 200);
+#   - 20 SIGHUPs among 20 searches: every search answered, the daemons alive;
 #   - SIGHUP with a broken config file: still alive, event=reload_failed naming the line, the
 #     level unchanged; with an unchanged one (profile): changed=- restart_needed=-;
 #   - SIGTERM after all that: exit status 0, the exit line in the log file.
@@ -102,6 +103,19 @@ wait_for "$T/broker.file.log" "level=debug comp=broker event=request"
 wait_for "$T/s0.file.log" "level=debug comp=shard event=search"
 grep -q "event=request" "$T/broker.file.log.1" && fail "a debug line in the moved file"
 echo "  debug lines after the reload: broker event=request, shard event=search"
+
+# SIGHUPs while searching (both doors' threads busy): every search answered, one reload each
+for i in $(seq 1 20); do
+  kill -HUP "${PID[broker]}" "${PID[s0]}"
+  [ "$(search 10)" = 200 ] || fail "search $i among SIGHUPs: $(cat "$T/body")"
+done
+for _ in $(seq 1 600); do
+  [ "$(grep -c "event=reload " "$T/broker.file.log")" -ge 2 ] && break
+  sleep 0.05
+done
+for n in broker s0; do alive "$n" "after 20 SIGHUPs"; done
+grep -q "event=reload_failed" "$T/broker.file.log" "$T/s0.file.log" && fail "a reload failed"
+echo "  20 SIGHUPs among 20 searches: all answered, $(grep -c "event=reload " "$T/broker.file.log") broker reloads"
 
 # a config that no longer parses: nothing changes, the daemon lives on
 echo "max-k is many" >>"$T/broker.conf"

@@ -124,7 +124,9 @@ ps_cfg_t *ps_cfg_daemon(const char *prog, const char *about, const ps_cfg_opt *t
 
 /* SIGHUP: reopen the log file and re-read the configuration (reload.c). The signal handler
  * only writes a byte to a self-pipe (non-blocking, close-on-exec); a thread of the runtime's
- * own reads it and, per signal:
+ * own reads it. SIGHUP is blocked in the calling thread and so in every thread started after
+ * it: call this before the daemon starts any (ps_cfg_daemon does), and only the reload thread
+ * ever takes the signal. Per signal, the thread:
  *   1. parses the same table again from the same flags, environment and config file (the
  *      file is read anew: precedence is unchanged, so a flag still beats the file);
  *   2. reopens "log-file" (the new value when it changed; unset again: back to stderr), so a
