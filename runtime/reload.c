@@ -140,11 +140,13 @@ static void reload(reload_state *r)
         ps_cfg_free(next);
         return;
     }
-    ps_log(file_err[0] ? PS_LOG_ERROR : PS_LOG_INFO, r->prog, "reload",
-           "changed=%s restart_needed=%s log_level=%s log_file=%s%s%s%s",
-           changed[0] ? changed : "-", restart[0] ? restart : "-", r->log_level,
-           r->log_file ? r->log_file : "-", file_err[0] ? " log_file_error=\"" : "", file_err,
-           file_err[0] ? "\"" : "");
+    /* the operator asked for this line: written at any level but off */
+    if (level < PS_LOG_OFF)
+        ps__log(file_err[0] ? PS_LOG_ERROR : PS_LOG_INFO, r->prog, "reload",
+                "changed=%s restart_needed=%s log_level=%s log_file=%s%s%s%s",
+                changed[0] ? changed : "-", restart[0] ? restart : "-", r->log_level,
+                r->log_file ? r->log_file : "-", file_err[0] ? " log_file_error=\"" : "", file_err,
+                file_err[0] ? "\"" : "");
     ps_cfg_free(next);
 }
 

@@ -13,7 +13,8 @@
 #     the shard's event=search), and max-k is still the old value (k above the new one: 200);
 #   - 20 SIGHUPs among 20 searches: every search answered, the daemons alive;
 #   - SIGHUP with a broken config file: still alive, event=reload_failed naming the line, the
-#     level unchanged; with an unchanged one (profile): changed=- restart_needed=-;
+#     level unchanged; with an unchanged one (profile): changed=- restart_needed=-; to
+#     log-level warn: the reload line is still written, the info exit line no longer;
 #   - SIGTERM after all that: exit status 0, the exit line in the log file.
 # usage: test_ops.sh BUILDER SHARD SHARD_CLIENT BROKER PROFILE
 set -euo pipefail
@@ -129,6 +130,12 @@ grep -q "log_level=debug" "$T/broker.file.log" || fail "reload_failed: the level
 [ "$(search 10)" = 200 ] || fail "search after a failed reload"
 echo "  a broken config: $(grep -o 'event=reload_failed msg="[^"]*"' "$T/broker.file.log")"
 
+# a quieter level: the reload line itself is still written, info lines no longer are
+sed -i 's/^log-level = info/log-level = warn/' "$T/p.conf"
+kill -HUP "${PID[p]}"
+wait_for "$T/p.file.log" "event=reload changed=log-level restart_needed=- log_level=warn"
+alive p "after SIGHUP to log-level warn"
+
 # ---- SIGTERM still stops them cleanly, logging to the file -----------------------------------
 for n in broker s0 s1 p; do
   rc=0
@@ -136,6 +143,10 @@ for n in broker s0 s1 p; do
   wait "${PID[$n]}" || rc=$?
   unset "PID[$n]"
   [ $rc -eq 0 ] || fail "$n exited with status $rc after SIGTERM"
-  grep -q "event=exit status=0" "$T/$n.file.log" || fail "$n did not log a clean exit to its file"
+  if [ "$n" = p ]; then # at warn: no info exit line
+    grep -q "event=exit" "$T/$n.file.log" && fail "p logged an info line at log-level warn"
+  else
+    grep -q "event=exit status=0" "$T/$n.file.log" || fail "$n did not log a clean exit to its file"
+  fi
 done
 echo "test_ops: all checks passed"

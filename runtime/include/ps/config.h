@@ -132,9 +132,10 @@ ps_cfg_t *ps_cfg_daemon(const char *prog, const char *about, const ps_cfg_opt *t
  *   2. reopens "log-file" (the new value when it changed; unset again: back to stderr), so a
  *      log moved away by logrotate is followed by a new file;
  *   3. applies "log-level";
- *   4. logs one line, event=reload: changed= the settings applied now (log-level, log-file),
- *      restart_needed= every other setting whose value differs from the one the daemon
- *      started with (it takes effect at the next start only), and the log level and file.
+ *   4. logs one line, event=reload (at any log level but off): changed= the settings
+ *      applied now (log-level, log-file), restart_needed= every other setting whose value
+ *      differs from the one the daemon started with (it takes effect at the next start only),
+ *      and the log level and file.
  * A configuration that no longer parses changes nothing (the log file is still reopened):
  * event=reload_failed names what is wrong. Called once, by ps_cfg_daemon, with the table and
  * arguments it was given (borrowed: they must live until exit, as main's argv and a static
