@@ -335,6 +335,7 @@ enum {
     BROKER_EP_ZMQ_OTHER,
     BROKER_EP_ZMQ_CLICK,
     BROKER_EP_MSEARCH,
+    BROKER_EP_OPENAPI,
     BROKER_NEP
 };
 
@@ -641,6 +642,10 @@ broker_auth broker_keys_check(broker_keys_t *ks, const char *key, size_t n, unsi
 broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_metrics_t *metrics,
                                uint32_t max_k, broker_keys_t *keys, int access_log, ps_err *err);
 void broker_http_free(broker_http_t *h);
+
+/* broker/www/openapi.json, embedded at build time (CMakeLists.txt): NUL-terminated. */
+extern const char broker_openapi_json[];
+extern const size_t broker_openapi_json_len;
 
 /* ---- front.c: the ZeroMQ front door's requests ------------------------------------------ */
 

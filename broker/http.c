@@ -16,6 +16,8 @@
  *                                         profile primary (answered from the lane's loop once
  *                                         the primary answers: the lane does not wait)
  *   GET /v1/stickers/{id}                 a sticker's stored fields, from the shard holding it
+ *   GET /openapi.json                     the OpenAPI 3 description of this API
+ *                                         (broker/www/openapi.json, embedded)
  *   GET /healthz                          the process is alive
  *   GET /readyz                           every shard has a replica answering (else 503)
  *   GET /metrics                          Prometheus text (metrics.c)
@@ -26,7 +28,8 @@
  * /healthz, /readyz and /metrics stay open.
  *
  * Request ids: X-Request-Id (1..128 printable ASCII bytes; else a 400), or a W3C traceparent's
- * trace id, or a new random one, is the request's id: sent back in X-Request-Id (and the
+ * trace id, or a new random one, is the request's id (a bad X-Request-Id: 400, or 413 over 128
+ * bytes): sent back in X-Request-Id (and the
  * traceparent as it came), in a search answer's "request_id", in the broker's log lines about
  * the request, and to the shards in the envelope's trace_id (their log lines name it).
  * With access-log, a line per request at info.
@@ -195,8 +198,8 @@ static int traceparent_id(const char *tp, char out[33])
 
 /* The request's id into rid: X-Request-Id as sent (checked: 1..128 printable ASCII bytes), else
  * a valid traceparent's trace id, else a new random one; X-Request-Id (and a valid traceparent,
- * as it came) go back in the answer's headers. Returns 0, or the status of the 400 sent for a
- * bad X-Request-Id. */
+ * as it came) go back in the answer's headers. Returns 0, or the status of the 400 (413 when
+ * too long) sent for a bad X-Request-Id, whose answer carries a new id. */
 static int request_id(struct evhttp_request *req, char rid[PS_WIRE_MAX_TRACE + 1])
 {
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
@@ -205,25 +208,23 @@ static int request_id(struct evhttp_request *req, char rid[PS_WIRE_MAX_TRACE + 1
     const char *tp = evhttp_find_header(in, "traceparent");
     char tid[33];
     int have_tp = traceparent_id(tp, tid);
-    if (x) {
-        ps_err e = {0, ""};
-        if (ps_wire_check_trace(x, &e)) {
-            rid[0] = '\0';
-            return reply_error(req, 400, ps_errname(e.code),
-                               "X-Request-Id: 1..%d bytes of printable ASCII without spaces",
-                               PS_WIRE_MAX_TRACE);
-        }
-        snprintf(rid, PS_WIRE_MAX_TRACE + 1, "%s", x);
-    } else if (have_tp) {
+    ps_err e = {0, ""};
+    if (!x && have_tp) {
         memcpy(rid, tid, 33);
-    } else {
+    } else if (!x || ps_wire_check_trace(x, &e)) {
         char r[33];
         ps_random_hex_id(r, (uint64_t)(uintptr_t)req);
         memcpy(rid, r, 16);
         rid[16] = '\0';
+    } else {
+        snprintf(rid, PS_WIRE_MAX_TRACE + 1, "%s", x);
     }
     evhttp_add_header(out, "X-Request-Id", rid);
     if (have_tp) evhttp_add_header(out, "traceparent", tp);
+    if (e.code) /* the answer names the id the broker logged it under */
+        return reply_error(req, ps_err_http_status(e.code), ps_errname(e.code),
+                           "X-Request-Id: 1..%d bytes of printable ASCII without spaces",
+                           PS_WIRE_MAX_TRACE);
     return 0;
 }
 
@@ -779,6 +780,15 @@ static void on_request(struct evhttp_request *req, void *arg)
         case BROKER_EP_READYZ:
             status = handle_readyz(h, req);
             break;
+        case BROKER_EP_OPENAPI: {
+            struct evbuffer *out = evhttp_request_get_output_buffer(req);
+            evbuffer_add_reference(out, broker_openapi_json, broker_openapi_json_len, NULL, NULL);
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                              "application/json");
+            evhttp_send_reply(req, 200, "OK", NULL);
+            status = 200;
+            break;
+        }
         default:
             status = handle_metrics(h, req);
             break;

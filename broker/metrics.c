@@ -70,7 +70,7 @@ struct broker_metrics {
 
 static const char *const ep_names[BROKER_NEP] = {
     "search",     "click",       "sticker",    "healthz",   "readyz",    "metrics", "other",
-    "zmq_search", "zmq_sticker", "zmq_health", "zmq_other", "zmq_click", "msearch"};
+    "zmq_search", "zmq_sticker", "zmq_health", "zmq_other", "zmq_click", "msearch", "openapi"};
 
 broker_metrics_t *broker_metrics_new(uint32_t nshards)
 {

@@ -39,6 +39,7 @@ int broker_http_endpoint(const char *path)
 {
     if (!strcmp(path, "/v1/search")) return BROKER_EP_SEARCH;
     if (!strcmp(path, "/v1/msearch")) return BROKER_EP_MSEARCH;
+    if (!strcmp(path, "/openapi.json")) return BROKER_EP_OPENAPI;
     if (!strcmp(path, "/v1/click")) return BROKER_EP_CLICK;
     if (!strncmp(path, BROKER_STICKERS_PREFIX, strlen(BROKER_STICKERS_PREFIX)))
         return BROKER_EP_STICKER;
