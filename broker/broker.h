@@ -466,6 +466,18 @@ typedef void (*broker_search_fn)(void *arg, int rc, const ps_err *err, const bro
 int broker_core_search(broker_core_t *c, const broker_query *q, broker_search_fn done, void *arg,
                        ps_err *err);
 
+/* Many searches (POST /v1/msearch) in one round: every shard gets one request holding all of
+ * them (each at depth R: no second round) and answers each in its place. qs[0..n) (n <=
+ * BROKER_MAX_BATCH) are checked as broker_core_search checks one: rcs[i] and errs[i] are search
+ * i's error at once (done is never called for it), else 0 and done(args[i], ...) is called for
+ * it exactly once, later, from the lane's loop, as for broker_core_search. trace: the batch's
+ * id for the shards' logs (each search carries its own qs[i].trace). Returns 0 with *started
+ * the number of searches started, or a PS_E* code for the whole batch (none started: PS_ENOMEM,
+ * PS_EUNAVAIL when stopping). */
+int broker_core_msearch(broker_core_t *c, const broker_query *qs, size_t n, broker_search_fn done,
+                        void *const *args, int *rcs, ps_err *errs, const char *trace,
+                        size_t *started, ps_err *err);
+
 /* How a sticker lookup ended: rc 0 with reply (an envelope whose sticker_reply is the answer;
  * the callee takes it: ps_wire_free), or PS_ENOTFOUND / PS_EUNAVAIL (no replica of its shard
  * answered) / PS_ENOMEM with err. */
