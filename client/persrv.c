@@ -546,7 +546,8 @@ static int batch_line(local_node *n, size_t lineno, const char *line, size_t len
 
 /* search --index DIR --queries PATH: every line of PATH ("-": stdin) in order. Exit status: 0
  * every line answered, 1 some line failed (each has its error line) or the batch stopped (the
- * index does not open, PATH does not read, stdout fails: stderr says which). */
+ * index does not open, PATH does not read, stdout fails: stderr alone says which, stdout holds
+ * only the lines answered). */
 static int search_batch(const char *index, const char *path, const char *user, ps_search_opts o)
 {
     ps_err err = {0};
@@ -665,7 +666,7 @@ static int cmd_search(int argc, char **argv)
                             "QUERY argument\n");
             return 2;
         }
-        json_errors = 1;
+        /* stdout holds one line per line of input; a batch that stops says why on stderr */
         return search_batch(index, queries, user, o);
     }
     if (!index && !broker) broker = getenv("PERSRV_BROKER");
