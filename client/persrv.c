@@ -660,6 +660,10 @@ static int cmd_search(int argc, char **argv)
         fprintf(stderr, "persrv search: --index and --broker exclude each other\n");
         return 2;
     }
+    if (index && timeout_ms) {
+        fprintf(stderr, "persrv search: --timeout is for --broker\n");
+        return 2;
+    }
     if (queries) {
         if (!index || optind != argc) {
             fprintf(stderr, "persrv search: --queries needs --index (a local index) and no "
@@ -679,10 +683,6 @@ static int cmd_search(int argc, char **argv)
     }
     if (broker && r_given) {
         fprintf(stderr, "persrv search: --R is for a single node (--index); the broker sets R\n");
-        return 2;
-    }
-    if (index && timeout_ms) {
-        fprintf(stderr, "persrv search: --timeout is for --broker\n");
         return 2;
     }
     json_errors = json;
