@@ -314,6 +314,9 @@ void broker_profcache_use_service(broker_profcache_t *c, broker_pool_t *replicas
 /* The profile of `user` (borrowed, valid until the next broker_profcache_get), or NULL for an
  * unknown user or one without centroids. A storage error is logged and treated as unknown. */
 const ps_profile *broker_profcache_get(broker_profcache_t *c, const char *user);
+/* The same, naming the request's trace id (NULL: none) to the profile service it may read. */
+const ps_profile *broker_profcache_get_traced(broker_profcache_t *c, const char *user,
+                                              const char *trace);
 
 /* A click of `user` was acknowledged at sequence `seq`: the next read of the user must come
  * from a node that has applied it. */
@@ -386,7 +389,7 @@ uint32_t broker_clicks_pending(const broker_clicks_t *q);
  * done(arg, ...) runs exactly once, later, from the base's loop. Else (done never called, and
  * nothing can have been stored): PS_EUNAVAIL (no connection up, its queue full, max_pending in
  * flight), PS_EINVAL and friends (a click ps_wire_pack refuses), PS_ENOMEM. */
-int broker_clicks_send(broker_clicks_t *q, const Persrv__ClickRequest *click,
+int broker_clicks_send(broker_clicks_t *q, const Persrv__ClickRequest *click, const char *trace,
                        broker_click_done_fn done, void *arg, ps_err *err);
 
 /* ---- core.c: search and sticker lookup, whichever door they came in by --------------- */

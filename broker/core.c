@@ -494,7 +494,7 @@ static int search_prepare(broker_core_t *c, const broker_query *q, int one_round
     ps_search_opts_default(&opts);
     opts.R = R;
     opts.k = k;
-    opts.profile = user ? broker_profcache_get(c->profiles, user) : NULL;
+    opts.profile = user ? broker_profcache_get_traced(c->profiles, user, q->trace) : NULL;
 
     /* Each shard is asked first for its best `depth`, about its share of R with room to spare;
      * the few shards that may hold more of the top R are asked again at R (search_done). */
@@ -772,7 +772,7 @@ static void click_fetched(void *arg, broker_call *calls, size_t n)
         if (!c->clicks)
             rc = ps_err_set(&err, PS_EUNAVAIL, "clicks need the profile service");
         else
-            rc = broker_clicks_send(c->clicks, &click, click_done, j, &err);
+            rc = broker_clicks_send(c->clicks, &click, j->trace, click_done, j, &err);
         if (rc == 0) {
             broker_metrics_click_sent(c->metrics);
             ps_wire_free(call->reply);
