@@ -448,10 +448,11 @@ static int handle_msearch(broker_http_t *h, struct evhttp_request *req, const ch
     json_t *v;
     json_object_foreach(doc, key, v)
     {
-        if (strcmp(key, "searches")) {
+        if (strcmp(key, "searches")) { /* key lives in doc: answer before freeing it */
+            int st = reply_error(req, 400, "invalid_argument",
+                                 "body.%.40s: not a member of an msearch body (searches)", key);
             json_decref(doc);
-            return reply_error(req, 400, "invalid_argument",
-                               "body.%.40s: not a member of an msearch body (searches)", key);
+            return st;
         }
     }
     list = json_object_get(doc, "searches");
