@@ -332,6 +332,8 @@ enum {
     BROKER_EP_ZMQ_HEALTH,
     BROKER_EP_ZMQ_OTHER,
     BROKER_EP_ZMQ_CLICK,
+    BROKER_EP_PAGE,  /* GET / (page.c) */
+    BROKER_EP_IMAGE, /* GET /images/... (page.c) */
     BROKER_NEP
 };
 
@@ -493,13 +495,15 @@ uint32_t broker_core_shards_up(broker_core_t *c, uint32_t *down, uint32_t cap, u
 /* ---- parse.c: outside input parsed without a socket (HTTP requests, settings) ----------- */
 
 #define BROKER_STICKERS_PREFIX "/v1/stickers/"
+#define BROKER_IMAGES_PREFIX   "/images/"
 
 /* A decimal integer in [lo, hi] from the len bytes at s: digits only (no sign, no space), at
  * most 20. Returns 0 with *out set, or -1. */
 int broker_parse_uint(const char *s, size_t len, uint64_t lo, uint64_t hi, uint64_t *out);
 
-/* The endpoint of an HTTP request path (BROKER_EP_SEARCH ... BROKER_EP_METRICS, or
- * BROKER_EP_OTHER); any path under BROKER_STICKERS_PREFIX is BROKER_EP_STICKER. */
+/* The endpoint of an HTTP request path (BROKER_EP_SEARCH ... BROKER_EP_METRICS, BROKER_EP_PAGE
+ * for "/", or BROKER_EP_OTHER); any path under BROKER_STICKERS_PREFIX is BROKER_EP_STICKER, any
+ * under BROKER_IMAGES_PREFIX BROKER_EP_IMAGE. */
 int broker_http_endpoint(const char *path);
 
 enum { BROKER_P_Q, BROKER_P_USER, BROKER_P_K, BROKER_P_EXPLAIN, BROKER_NPARAMS };
@@ -567,6 +571,7 @@ int broker_parse_addr(const char *s, char *host, size_t cap, uint16_t *port);
 
 typedef struct broker_http broker_http_t;
 struct evhttp;
+struct evhttp_request;
 
 /* ---- keys.c: API keys of the public HTTP door ------------------------------------------- */
 
@@ -597,6 +602,21 @@ broker_auth broker_keys_check(broker_keys_t *ks, const char *key, size_t n, unsi
 broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_metrics_t *metrics,
                                uint32_t max_k, broker_keys_t *keys, ps_err *err);
 void broker_http_free(broker_http_t *h);
+/* Serve /images/ from `root` (borrowed, must outlive h; NULL: /images/ is 404). */
+void broker_http_set_image_root(broker_http_t *h, const char *root);
+
+/* ---- page.c: the search page and the sticker pictures ----------------------------------- */
+
+#define BROKER_IMAGE_MAX (1 << 20) /* bytes of a picture /images/ serves (larger: 413) */
+
+/* Answer GET/HEAD of ep BROKER_EP_PAGE (the page) or BROKER_EP_IMAGE (`path` under
+ * image_root, NULL: none). Returns 0 once answered, or a PS_E* code with err set and nothing
+ * sent (PS_ENOTFOUND, PS_EFORBIDDEN for a symbolic link, PS_ETOOBIG, PS_ENOMEM). */
+int broker_page_serve(struct evhttp_request *req, int ep, const char *path, const char *image_root,
+                      ps_err *err);
+/* The URL a page loads a sticker's picture from: an http(s) image reference as it is, a path
+ * as "/images/<path>" (percent-encoded). New reference, or NULL for no image (or no memory). */
+struct json_t *broker_page_image_url(const char *image);
 
 /* ---- front.c: the ZeroMQ front door's requests ------------------------------------------ */
 
@@ -639,7 +659,8 @@ typedef struct broker_lane_cfg {
     uint32_t profile_staleness_ms, click_deadline_ms;
     uint32_t max_clicks; /* clicks in flight to the primary per lane */
     broker_upmap_t *replicas_upmap, *primary_upmap;
-    int http_fd; /* listening socket to accept on (the lane dups it), -1: none */
+    int http_fd;            /* listening socket to accept on (the lane dups it), -1: none */
+    const char *image_root; /* directory /images/ serves (NULL: none) */
     size_t max_body, max_headers;
     int http_timeout_s;
     uint32_t max_connections;    /* the HTTP door's, all lanes together (0: no cap) */

@@ -11,6 +11,7 @@
  *   GET /healthz                          the process is alive
  *   GET /readyz                           every shard has a replica answering (else 503)
  *   GET /metrics                          Prometheus text (metrics.c)
+ *   GET /, GET /images/<path>             the search page and the stickers' pictures (page.c)
  *
  * With --api-keys (keys.c), search, sticker and click requests need `Authorization: Bearer KEY`
  * of a key with the scope (search; click): 401 without a valid key, 403 without the scope, 429
@@ -28,7 +29,9 @@
  * requests meanwhile); parse.c parses the path, the query string and the click body; this file
  * renders JSON. /metrics adds the replicas' health (fan.c) to metrics.c's.
  * explain=1 adds every hit's stored fields (ocr, queries, keywords, desc, emotion), fetched
- * from the shards holding them.
+ * from the shards holding them, and for a sticker with a picture its reference (image) and where
+ * a page loads it (image_url: a URL as it is, a path under the image root as /images/<path>);
+ * GET /v1/stickers/{id} adds the same two.
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -51,7 +54,8 @@ struct broker_http {
     broker_core_t *core;
     broker_metrics_t *metrics;
     uint32_t max_k;
-    broker_keys_t *keys; /* NULL: open */
+    broker_keys_t *keys;    /* NULL: open */
+    const char *image_root; /* NULL: /images/ is 404 */
 };
 
 /* ---- replies ----------------------------------------------------------------------------- */
@@ -139,6 +143,10 @@ static json_t *hit_json(const ps_hit *h, const Persrv__GetStickerReply *f)
         const char *text[PS_NFIELDS] = {f->ocr, f->queries, f->keywords, f->desc, f->emotion};
         for (int i = 0; i < PS_NFIELDS; i++)
             json_object_set_new(o, ps_field_names[i], json_string(text[i]));
+        if (f->image && f->image[0]) {
+            json_object_set_new(o, "image", json_string(f->image));
+            json_object_set_new(o, "image_url", broker_page_image_url(f->image));
+        }
     }
     return o;
 }
@@ -306,11 +314,15 @@ static void sticker_answered(void *arg, int rc, const ps_err *err, Persrv__Envel
         const Persrv__GetStickerReply *r = env->sticker_reply;
         char idbuf[24];
         snprintf(idbuf, sizeof idbuf, "%llu", (unsigned long long)p->id);
-        status = reply_json(p->req, 200,
-                            json_pack("{s:s, s:i, s:f, s:s, s:s, s:s, s:s, s:s}", "id", idbuf,
-                                      "shard", (int)r->shard, "utility", r->utility, "ocr", r->ocr,
-                                      "queries", r->queries, "keywords", r->keywords, "desc",
-                                      r->desc, "emotion", r->emotion));
+        json_t *o =
+            json_pack("{s:s, s:i, s:f, s:s, s:s, s:s, s:s, s:s}", "id", idbuf, "shard",
+                      (int)r->shard, "utility", r->utility, "ocr", r->ocr, "queries", r->queries,
+                      "keywords", r->keywords, "desc", r->desc, "emotion", r->emotion);
+        if (o && r->image && r->image[0]) {
+            json_object_set_new(o, "image", json_string(r->image));
+            json_object_set_new(o, "image_url", broker_page_image_url(r->image));
+        }
+        status = reply_json(p->req, 200, o);
         ps_wire_free(env);
     }
     request_done(p->h, BROKER_EP_STICKER, p->cmd, p->path, p->who, status, p->t0);
@@ -474,6 +486,13 @@ static void on_request(struct evhttp_request *req, void *arg)
         case BROKER_EP_READYZ:
             status = handle_readyz(h, req);
             break;
+        case BROKER_EP_PAGE:
+        case BROKER_EP_IMAGE: {
+            ps_err err = {0, ""};
+            status =
+                broker_page_serve(req, ep, path, h->image_root, &err) ? reply_err(req, &err) : 200;
+            break;
+        }
         default:
             status = handle_metrics(h, req);
             break;
@@ -496,6 +515,11 @@ broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_
     h->keys = keys;
     evhttp_set_gencb(http, on_request, h);
     return h;
+}
+
+void broker_http_set_image_root(broker_http_t *h, const char *root)
+{
+    h->image_root = root;
 }
 
 void broker_http_free(broker_http_t *h)
