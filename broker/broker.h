@@ -141,6 +141,8 @@ typedef struct broker_call {
     size_t len;
     broker_encode_fn encode;
     void *arg;
+    uint32_t budget_ms; /* the call's whole time, when shorter than deadline-ms × attempts (0:
+                           that) */
     /* out */
     Persrv__Envelope *reply; /* the answer (caller frees with ps_wire_free); NULL on failure */
     uint32_t failovers;      /* attempts moved to another (or the reopened) replica */
@@ -332,6 +334,8 @@ enum {
     BROKER_EP_ZMQ_HEALTH,
     BROKER_EP_ZMQ_OTHER,
     BROKER_EP_ZMQ_CLICK,
+    BROKER_EP_MSEARCH,
+    BROKER_EP_OPENAPI,
     BROKER_EP_PAGE,  /* GET / (page.c) */
     BROKER_EP_IMAGE, /* GET /images/... (page.c) */
     BROKER_NEP
@@ -396,8 +400,15 @@ typedef struct broker_query {
     size_t qlen;
     const char *user; /* NUL-terminated, user_len bytes; NULL or "" = none */
     size_t user_len;
-    uint32_t k;  /* 0 = BROKER_DEFAULT_K */
-    int explain; /* also fetch every hit's stored fields */
+    uint32_t k;              /* 0 = BROKER_DEFAULT_K */
+    int explain;             /* also fetch every hit's stored fields */
+    const uint64_t *exclude; /* ids never returned (distinct), nexclude <= BROKER_MAX_EXCLUDE */
+    size_t nexclude;
+    uint32_t offset;     /* hits skipped: the answer is ranks offset .. offset + k - 1 */
+    uint32_t timeout_ms; /* the whole search's time (0: the broker's deadline and retries) */
+    int allow_partial;   /* 0: a shard without an answer fails the search (503, or 504 when
+                          * one timed out) instead of a partial answer */
+    const char *trace;   /* the request's id for logs and the shards (NULL: none) */
 } broker_query;
 
 typedef struct broker_failure {
@@ -468,6 +479,7 @@ typedef struct broker_click {
     uint64_t sticker_id;
     const char *query;    /* NULL = "" */
     const char *click_id; /* NULL or "": the broker derives one (ps_wire_check_click_id else) */
+    const char *trace;    /* the request's trace id (NULL: none) */
 } broker_click;
 
 /* How a click ended (called once, from the lane's loop): rc 0 with the primary's reply (stored,
@@ -506,22 +518,55 @@ int broker_parse_uint(const char *s, size_t len, uint64_t lo, uint64_t hi, uint6
  * under BROKER_IMAGES_PREFIX BROKER_EP_IMAGE. */
 int broker_http_endpoint(const char *path);
 
-enum { BROKER_P_Q, BROKER_P_USER, BROKER_P_K, BROKER_P_EXPLAIN, BROKER_NPARAMS };
+enum {
+    BROKER_P_Q,
+    BROKER_P_USER,
+    BROKER_P_K,
+    BROKER_P_EXPLAIN,
+    BROKER_P_EXCLUDE,
+    BROKER_P_OFFSET,
+    BROKER_P_TIMEOUT,
+    BROKER_P_ALLOW_PARTIAL,
+    BROKER_NPARAMS
+};
+/* Their names, in BROKER_P_* order: the same in a query string and in a JSON body. */
+extern const char *const broker_search_param_names[BROKER_NPARAMS];
 
-/* The decoded values of /v1/search's parameters q, user, k and explain (malloc'd,
- * NUL-terminated, len bytes; NULL when absent). */
+#define BROKER_MAX_EXCLUDE 100   /* ids a search may exclude */
+#define BROKER_MAX_TIMEOUT 60000 /* ms: the largest per-request timeout */
+#define BROKER_MAX_BATCH   32    /* searches in one POST /v1/msearch */
+
+/* A search's parameters as text: the decoded values (malloc'd, NUL-terminated, len bytes; NULL
+ * when absent), and the excluded ids once parsed. */
 typedef struct broker_search_params {
     char *v[BROKER_NPARAMS];
     size_t len[BROKER_NPARAMS];
+    uint64_t exclude[BROKER_MAX_EXCLUDE];
 } broker_search_params;
 
 /* Parse the raw query string of GET /v1/search (still percent-encoded, '+' a space; NULL: none)
- * into q: k 1..max_k (default BROKER_DEFAULT_K), explain 0, 1, true or false. Values may hold
- * any bytes, NUL included; unknown parameters are ignored; a known one given twice is an error.
- * OUT p: the decoded values, which q's strings point into (free with broker_search_params_free,
- * also after an error). Errors: PS_EINVAL naming the parameter, PS_ENOMEM. */
+ * into q (broker_search_check). Values may hold any bytes, NUL included; a parameter given
+ * twice or one that is not a search parameter is an error naming it. OUT p: the decoded
+ * values, which q's strings point into (free with broker_search_params_free, also after an
+ * error). Errors: PS_EINVAL naming the parameter, PS_ENOMEM. */
 int broker_search_parse(const char *query, uint32_t max_k, broker_search_params *p, broker_query *q,
                         ps_err *err);
+
+/* The same from a JSON object (POST /v1/search, an element of /v1/msearch's "searches"): "q"
+ * and "user" strings, "k" and "offset" integers, "explain" and "allow_partial" booleans,
+ * "exclude" an array of ids (decimal strings or integers), "timeout" an integer (ms) or a
+ * string as in a query string ("150ms", "2s"). `at` names the object in errors ("body",
+ * "searches[3]"). Errors: PS_EINVAL naming the member (unknown member, wrong type, bad value),
+ * PS_ETOOBIG (exclude over BROKER_MAX_EXCLUDE), PS_ENOMEM. */
+int broker_search_parse_json(const struct json_t *obj, const char *at, uint32_t max_k,
+                             broker_search_params *p, broker_query *q, ps_err *err);
+
+/* Check p's values into q: k 1..max_k (default BROKER_DEFAULT_K); explain and allow_partial
+ * 0, 1, true or false (allow_partial default true); exclude comma-separated decimal ids, at
+ * most BROKER_MAX_EXCLUDE, repeats dropped; offset >= 0 (core.c checks offset + k against the
+ * recall depth); timeout 1..BROKER_MAX_TIMEOUT ms, written as milliseconds with an optional
+ * "ms" or as seconds with "s". */
+int broker_search_check(broker_search_params *p, uint32_t max_k, broker_query *q, ps_err *err);
 void broker_search_params_free(broker_search_params *p);
 
 /* The body of POST /v1/click: {"user": "...", "sticker_id": "<decimal>" or a JSON integer >= 0,
@@ -600,7 +645,7 @@ broker_auth broker_keys_check(broker_keys_t *ks, const char *key, size_t n, unsi
 /* Attach the endpoints to `http` (core, metrics and keys borrowed; they must outlive the
  * result; keys NULL: open, no key asked). Caller owns the result. NULL when out of memory. */
 broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_metrics_t *metrics,
-                               uint32_t max_k, broker_keys_t *keys, ps_err *err);
+                               uint32_t max_k, broker_keys_t *keys, int access_log, ps_err *err);
 void broker_http_free(broker_http_t *h);
 /* Serve /images/ from `root` (borrowed, must outlive h; NULL: /images/ is 404). */
 void broker_http_set_image_root(broker_http_t *h, const char *root);
@@ -617,6 +662,10 @@ int broker_page_serve(struct evhttp_request *req, int ep, const char *path, cons
 /* The URL a page loads a sticker's picture from: an http(s) image reference as it is, a path
  * as "/images/<path>" (percent-encoded). New reference, or NULL for no image (or no memory). */
 struct json_t *broker_page_image_url(const char *image);
+
+/* broker/www/openapi.json, embedded at build time (CMakeLists.txt): NUL-terminated. */
+extern const char broker_openapi_json[];
+extern const size_t broker_openapi_json_len;
 
 /* ---- front.c: the ZeroMQ front door's requests ------------------------------------------ */
 
@@ -671,6 +720,7 @@ typedef struct broker_lane_cfg {
     uint32_t drain_ms;
     broker_metrics_t *metrics;
     broker_keys_t *keys;         /* API keys of the HTTP door, shared; NULL: open */
+    int access_log;              /* a log line per HTTP request at info (else at debug) */
     broker_version_t *version;   /* shared by every lane */
     void (*on_ready)(void *arg); /* called (from the lane) the first time every shard is up */
     void *ready_arg;

@@ -110,14 +110,20 @@ static uint64_t want_version(const broker_core_t *c)
 
 typedef struct sticker_args {
     uint64_t id, version;
+    const char *trace; /* the request's trace id, or NULL */
 } sticker_args;
 
 static int encode_get_sticker(void *arg, uint64_t request_id, uint32_t deadline_ms, uint8_t **buf,
                               size_t *len, ps_err *err)
 {
     const sticker_args *a = arg;
-    return ps_wire_encode_get_sticker_emb(request_id, deadline_ms, a->id, 0, a->version, buf, len,
-                                          err);
+    int rc = ps_wire_encode_get_sticker_emb(request_id, deadline_ms, a->id, 0, a->version, buf, len,
+                                            err);
+    if (!rc && (rc = ps_wire_append_trace(buf, len, a->trace, err))) {
+        free(*buf);
+        *buf = NULL;
+    }
+    return rc;
 }
 
 /* A search from broker_core_search to its done callback. */
@@ -126,6 +132,13 @@ typedef struct search_job {
     broker_search_fn done;
     void *arg;
     uint32_t ns, R, k;
+    uint32_t keep;     /* the recall depth of the answer: R less the excluded ids' room */
+    uint32_t offset;   /* ranks skipped */
+    uint64_t *exclude; /* nexclude ids never returned */
+    size_t nexclude;
+    int allow_partial;
+    double t_end;     /* a per-request timeout's end (broker_now), or 0 */
+    char *trace;      /* the request's trace id, or NULL */
     uint32_t depth;   /* hits asked of each shard in the first round (<= R) */
     uint64_t version; /* asked for (0: the shards' active one) */
     int explain, personalized;
@@ -153,6 +166,8 @@ static void job_free(search_job *j)
     for (size_t i = 0; j->fenv && i < j->res.nhits; i++) ps_wire_free(j->fenv[i]);
     free(j->frame);
     free(j->frame_r);
+    free(j->exclude);
+    free(j->trace);
     free(j->calls);
     free(j->calls2);
     free(j->failures);
@@ -195,6 +210,14 @@ static void fields_done(void *arg, broker_call *calls, size_t n)
     job_finish(j, 0, NULL);
 }
 
+/* What is left of a per-request timeout, in ms for a call's budget (0: no timeout; at least 1). */
+static uint32_t budget_left(const search_job *j)
+{
+    if (j->t_end == 0) return 0;
+    double ms = (j->t_end - broker_now()) * 1e3;
+    return ms < 1 ? 1 : (uint32_t)ms;
+}
+
 /* Start fetching the stored fields of the merged hits, all in one round. */
 static int fetch_fields(search_job *j, ps_err *err)
 {
@@ -203,12 +226,13 @@ static int fetch_fields(search_job *j, ps_err *err)
         !(j->fenv = calloc(n, sizeof *j->fenv)) || !(j->fields = calloc(n, sizeof *j->fields)))
         return ps_err_set(err, PS_ENOMEM, "out of memory for explain");
     for (size_t i = 0; i < n; i++) {
-        j->fargs[i] = (sticker_args){j->hits[i].id, j->res.version};
+        j->fargs[i] = (sticker_args){j->hits[i].id, j->res.version, j->trace};
         j->fcalls[i] = (broker_call){.shard = ps_jump_hash(j->hits[i].id, j->ns),
                                      .replica = -1,
                                      .expect = PERSRV__ENVELOPE__BODY_STICKER_REPLY,
                                      .encode = encode_get_sticker,
-                                     .arg = &j->fargs[i]};
+                                     .arg = &j->fargs[i],
+                                     .budget_ms = budget_left(j)};
     }
     return broker_fan_start(j->c->fan, j->fcalls, n, fields_done, j, err);
 }
@@ -298,14 +322,26 @@ static void merge_finish(search_job *j)
             memmove(j->hits + nh, j->hits + (size_t)s * j->R, j->nhit[s] * sizeof *j->hits);
             nh += j->nhit[s];
         }
-    if (res->ok < j->ns)
-        ps_log(PS_LOG_WARN, "broker", "partial", "shards=%u failed=%u", j->ns, j->ns - res->ok);
+    if (res->ok < j->ns) {
+        ps_log(PS_LOG_WARN, "broker", "partial", "shards=%u failed=%u trace=%s", j->ns,
+               j->ns - res->ok, j->trace ? j->trace : "-");
+        if (!j->allow_partial) {
+            ps_err e;
+            int code = res->timed_out ? PS_ETIMEDOUT : PS_EUNAVAIL;
+            ps_err_set(&e, code,
+                       "%u of %u shards did not answer (shard %u: %s); allow_partial is "
+                       "false",
+                       j->ns - res->ok, j->ns, res->failures[0].shard, res->failures[0].reason);
+            job_finish(j, code, &e);
+            return;
+        }
+    }
     /* Not knowing the cluster's version yet, adopt the one every shard answered from. */
     if (!j->version && res->ok == j->ns && c->version)
         broker_version_adopt(c->version, res->version);
     res->personalized = j->personalized;
     res->hits = j->hits;
-    res->nhits = ps_merge_hits(j->hits, nh, j->R, j->k);
+    res->nhits = ps_rank_hits(j->hits, nh, j->keep, j->exclude, j->nexclude, j->offset, j->k);
     if (j->explain && res->nhits) {
         ps_err e = {0, ""};
         int rc = fetch_fields(j, &e);
@@ -371,7 +407,8 @@ static void search_done(void *arg, broker_call *calls, size_t n)
                                                    .replica = -1,
                                                    .expect = PERSRV__ENVELOPE__BODY_SEARCH_REPLY,
                                                    .frame = j->frame_r,
-                                                   .len = j->flen_r};
+                                                   .len = j->flen_r,
+                                                   .budget_ms = budget_left(j)};
             broker_metrics_second_round(c->metrics, n2);
             ps_err e = {0, ""};
             int rc = broker_fan_start(c->fan, j->calls2, m, search_done2, j, &e);
@@ -421,7 +458,19 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_search_fn
                           PS_WIRE_MAX_TOKENS);
     for (size_t i = 0; i < c->tokens.n; i++) c->tok[i] = c->tokens.text + c->tokens.off[i];
 
-    uint32_t R = c->lim.R > k ? c->lim.R : k, ns = broker_fan_nshards(c->fan);
+    uint32_t keep = c->lim.R > k ? c->lim.R : k, ns = broker_fan_nshards(c->fan);
+    if (q->offset && (uint64_t)q->offset + k > keep)
+        return ps_err_set(err, PS_EINVAL,
+                          "offset: offset + k = %llu is beyond the recall depth %u (paging stops "
+                          "at R)",
+                          (unsigned long long)q->offset + k, keep);
+    if (q->nexclude > BROKER_MAX_EXCLUDE)
+        return ps_err_set(err, PS_ETOOBIG, "exclude: more than %d ids", BROKER_MAX_EXCLUDE);
+    if (q->timeout_ms > BROKER_MAX_TIMEOUT)
+        return ps_err_set(err, PS_EINVAL, "timeout: must be 1..%d ms", BROKER_MAX_TIMEOUT);
+    /* The excluded ids may be among the best: the shards return that many more. */
+    uint32_t R = keep + (uint32_t)q->nexclude;
+    if (R > PS_SEARCH_MAX_R) R = PS_SEARCH_MAX_R;
     ps_search_opts opts;
     ps_search_opts_default(&opts);
     opts.R = R;
@@ -442,7 +491,9 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_search_fn
         !(j->failures = calloc(ns, sizeof *j->failures)) ||
         !(j->hits = malloc((size_t)ns * R * sizeof *j->hits)) ||
         !(j->nhit = calloc(ns, sizeof *j->nhit)) || !(j->answered = calloc(ns, 1)) ||
-        !(j->scratch = malloc((size_t)ns * depth * sizeof *j->scratch))) {
+        !(j->scratch = malloc((size_t)ns * depth * sizeof *j->scratch)) ||
+        (q->nexclude && !(j->exclude = malloc(q->nexclude * sizeof *j->exclude))) ||
+        (q->trace && !(j->trace = strdup(q->trace)))) {
         job_free(j);
         return ps_err_set(err, PS_ENOMEM, "out of memory for a search");
     }
@@ -456,19 +507,27 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_search_fn
     j->version = want_version(c);
     j->explain = q->explain;
     j->personalized = opts.profile != NULL;
+    j->keep = keep;
+    j->offset = q->offset;
+    j->nexclude = q->nexclude;
+    if (q->nexclude) memcpy(j->exclude, q->exclude, q->nexclude * sizeof *j->exclude);
+    j->allow_partial = q->allow_partial;
+    j->t_end = q->timeout_ms ? broker_now() + q->timeout_ms / 1e3 : 0;
 
     /* One request for every shard, encoded once (request_id 0, no deadline: the fan-out stamps
      * each attempt's). An encoding failure is the client's input (nothing was sent). */
     size_t flen = 0;
-    if (depth < R && (rc = ps_wire_encode_search(0, 0, c->tok, c->tokens.n, &opts, j->version,
-                                                 &j->frame_r, &j->flen_r, err))) {
+    if (depth < R && ((rc = ps_wire_encode_search(0, 0, c->tok, c->tokens.n, &opts, j->version,
+                                                  &j->frame_r, &j->flen_r, err)) ||
+                      (rc = ps_wire_append_trace(&j->frame_r, &j->flen_r, j->trace, err)))) {
         job_free(j);
         return rc;
     }
     opts.R = depth;
     opts.k = k < depth ? k : depth;
     if ((rc = ps_wire_encode_search(0, 0, c->tok, c->tokens.n, &opts, j->version, &j->frame, &flen,
-                                    err))) {
+                                    err)) ||
+        (rc = ps_wire_append_trace(&j->frame, &flen, j->trace, err))) {
         job_free(j);
         return rc;
     }
@@ -477,7 +536,8 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_search_fn
                                     .replica = -1,
                                     .expect = PERSRV__ENVELOPE__BODY_SEARCH_REPLY,
                                     .frame = j->frame,
-                                    .len = flen};
+                                    .len = flen,
+                                    .budget_ms = q->timeout_ms};
     rc = broker_fan_start(c->fan, j->calls, ns, search_done, j, err);
     if (rc) job_free(j);
     return rc;
@@ -489,8 +549,13 @@ static int encode_get_sticker_emb(void *arg, uint64_t request_id, uint32_t deadl
                                   uint8_t **buf, size_t *len, ps_err *err)
 {
     const sticker_args *a = arg;
-    return ps_wire_encode_get_sticker_emb(request_id, deadline_ms, a->id, 1, a->version, buf, len,
-                                          err);
+    int rc = ps_wire_encode_get_sticker_emb(request_id, deadline_ms, a->id, 1, a->version, buf, len,
+                                            err);
+    if (!rc && (rc = ps_wire_append_trace(buf, len, a->trace, err))) {
+        free(*buf);
+        *buf = NULL;
+    }
+    return rc;
 }
 
 /* A click id for a click that came without one: 128 random bits as 32 hex digits, unlike any
@@ -509,6 +574,7 @@ typedef struct click_job {
     broker_call call; /* the sticker's embedding */
     sticker_args sa;
     char click_id[PS_WIRE_MAX_CLICK_ID + 1];
+    char *trace; /* the request's trace id, or NULL */
     char *query; /* NUL-terminated, after user */
     char user[]; /* NUL-terminated */
 } click_job;
@@ -521,6 +587,7 @@ static void click_done(void *arg, int rc, const ps_err *err, const Persrv__Click
     if (rc == 0) broker_profcache_clicked(j->core->profiles, j->user, reply->seq);
     broker_metrics_click_done(j->core->metrics, rc, rc == 0 && reply->duplicate);
     j->done(j->arg, rc, err, reply, j->click_id);
+    free(j->trace);
     free(j);
 }
 
@@ -565,6 +632,7 @@ static void click_fetched(void *arg, broker_call *calls, size_t n)
     }
     ps_wire_free(call->reply);
     j->done(j->arg, rc, &err, NULL, j->click_id);
+    free(j->trace);
     free(j);
 }
 
@@ -605,13 +673,21 @@ int broker_core_click(broker_core_t *c, const broker_click *k, broker_click_fn d
     else
         derive_click_id(j->click_id);
     /* The sticker's embedding, from the shard that holds it (within the search deadline). */
-    j->sa = (sticker_args){k->sticker_id, want_version(c)};
+    j->sa = (sticker_args){k->sticker_id, want_version(c), NULL};
+    if (k->trace && !(j->trace = strdup(k->trace))) {
+        free(j);
+        return ps_err_set(err, PS_ENOMEM, "out of memory for a click");
+    }
+    j->sa.trace = j->trace;
     j->call = (broker_call){.shard = ps_jump_hash(k->sticker_id, broker_fan_nshards(c->fan)),
                             .replica = -1,
                             .expect = PERSRV__ENVELOPE__BODY_STICKER_REPLY,
                             .encode = encode_get_sticker_emb,
                             .arg = &j->sa};
-    if ((rc = broker_fan_start(c->fan, &j->call, 1, click_fetched, j, err))) free(j);
+    if ((rc = broker_fan_start(c->fan, &j->call, 1, click_fetched, j, err))) {
+        free(j->trace);
+        free(j);
+    }
     return rc;
 }
 
@@ -657,7 +733,7 @@ int broker_core_sticker(broker_core_t *c, uint64_t id, broker_sticker_fn done, v
     j->done = done;
     j->arg = arg;
     j->metrics = c->metrics;
-    j->sa = (sticker_args){id, want_version(c)};
+    j->sa = (sticker_args){id, want_version(c), NULL};
     j->call = (broker_call){.shard = ps_jump_hash(id, broker_fan_nshards(c->fan)),
                             .replica = -1,
                             .expect = PERSRV__ENVELOPE__BODY_STICKER_REPLY,

@@ -537,6 +537,7 @@ int broker_fan_start(broker_fan_t *f, broker_call *calls, size_t n, broker_fan_d
         c->prev = c->next = NULL;
         c->run = run;
         c->budget_end = now + (double)f->deadline_ms * (c->replica >= 0 ? 1 : f->retries + 1);
+        if (c->budget_ms && now + c->budget_ms < c->budget_end) c->budget_end = now + c->budget_ms;
         if (!(c->timer = evtimer_new(f->base, on_timeout, c))) oom("fan-out");
     }
     for (size_t i = 0; i < n; i++) {

@@ -172,7 +172,13 @@ static int do_query(broker_core_t *core, broker_metrics_t *metrics, const Persrv
                       .user = qr->user,
                       .user_len = strlen(qr->user),
                       .k = qr->k,
-                      .explain = qr->explain};
+                      .explain = qr->explain,
+                      .exclude = qr->exclude,
+                      .nexclude = qr->n_exclude,
+                      .offset = qr->offset,
+                      .timeout_ms = qr->timeout_ms,
+                      .allow_partial = !qr->no_partial,
+                      .trace = in->trace_id && in->trace_id[0] ? in->trace_id : NULL};
     front_later *fl = later_new(metrics, in, BROKER_EP_ZMQ_SEARCH, later, ticket);
     if (!fl) return ps_err_set(err, PS_ENOMEM, "out of memory for a search");
     int rc = broker_core_search(core, &q, query_answered, fl, err);

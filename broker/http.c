@@ -1,13 +1,23 @@
 /*
  * http.c — the broker's HTTP/JSON endpoints on libevent evhttp (DESIGN §3, §3.1):
  *
- *   GET /v1/search?q=&user=&k=&explain=   search the cluster (k 1..max-k, default 10; every
- *                                         hit carries its score breakdown, so explain (0|1)
- *                                         is accepted and checked but changes nothing yet)
+ *   GET /v1/search?q=&user=&k=&offset=&exclude=&explain=&timeout=&allow_partial=
+ *                                         search the cluster (k 1..max-k, default 10; offset +
+ *                                         k within the recall depth R: paging stops at R;
+ *                                         exclude: up to 100 comma-separated ids never
+ *                                         returned; timeout: the search's whole time, "150",
+ *                                         "150ms", "2s"; allow_partial=false: 503/504 instead of
+ *                                         a partial answer); any other parameter is a 400
+ *   POST /v1/search                       the same parameters as a JSON object
+ *   POST /v1/msearch                      {"searches": [...]}: up to 32 searches, answered
+ *                                         together ({"responses": [...]}, each an answer or its
+ *                                         own {"status", "error"})
  *   POST /v1/click                        {"user", "sticker_id", "query", "click_id"}: to the
  *                                         profile primary (answered from the lane's loop once
  *                                         the primary answers: the lane does not wait)
  *   GET /v1/stickers/{id}                 a sticker's stored fields, from the shard holding it
+ *   GET /openapi.json                     the OpenAPI 3 description of this API
+ *                                         (broker/www/openapi.json, embedded)
  *   GET /healthz                          the process is alive
  *   GET /readyz                           every shard has a replica answering (else 503)
  *   GET /metrics                          Prometheus text (metrics.c)
@@ -17,6 +27,13 @@
  * of a key with the scope (search; click): 401 without a valid key, 403 without the scope, 429
  * with Retry-After over the key's rate; a refused request reaches no shard and stores nothing.
  * /healthz, /readyz and /metrics stay open.
+ *
+ * Request ids: X-Request-Id (1..128 printable ASCII bytes; else a 400), or a W3C traceparent's
+ * trace id, or a new random one, is the request's id (a bad X-Request-Id: 400, or 413 over 128
+ * bytes): sent back in X-Request-Id (and the
+ * traceparent as it came), in a search answer's "request_id", in the broker's log lines about
+ * the request, and to the shards in the envelope's trace_id (their log lines name it).
+ * With access-log, a line per request at info.
  *
  * Every error is {"error": {"code", "type", "message"}} with the status of ps_err_http_status
  * (404 for an unknown path, 405 for a method other than GET or HEAD): malformed input is a
@@ -48,6 +65,7 @@
 #include "broker.h"
 #include "ps/fields.h"
 #include "ps/log.h"
+#include "ps/rand.h"
 #include "ps/wire.h"
 
 struct broker_http {
@@ -55,8 +73,31 @@ struct broker_http {
     broker_metrics_t *metrics;
     uint32_t max_k;
     broker_keys_t *keys;    /* NULL: open */
+    int access_log;         /* a log line per request at info (else at debug) */
     const char *image_root; /* NULL: /images/ is 404 */
 };
+
+static const char *method_name(int cmd)
+{
+    switch (cmd) {
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+        return "OPTIONS";
+    case EVHTTP_REQ_PATCH:
+        return "PATCH";
+    default:
+        return "OTHER";
+    }
+}
 
 /* ---- replies ----------------------------------------------------------------------------- */
 
@@ -121,13 +162,74 @@ static int reply_err(struct evhttp_request *req, const ps_err *err)
 
 /* One request's log line and metrics, once it is answered. */
 static void request_done(broker_http_t *h, int ep, int cmd, const char *path, const char *who,
-                         int status, double t0)
+                         int status, double t0, const char *rid)
 {
     double secs = broker_now() - t0;
     broker_metrics_http(h->metrics, ep, status, secs);
-    ps_log(status >= 500 ? PS_LOG_WARN : PS_LOG_DEBUG, "broker", "request",
-           "method=%d path=\"%.64s\" key=%s status=%d took_ms=%.3f", cmd, path, who ? who : "-",
-           status, secs * 1e3);
+    ps_log(status >= 500   ? PS_LOG_WARN
+           : h->access_log ? PS_LOG_INFO
+                           : PS_LOG_DEBUG,
+           "broker", "request",
+           "method=%s path=\"%.64s\" request_id=%s key=%s status=%d took_ms=%.3f", method_name(cmd),
+           path, rid && rid[0] ? rid : "-", who ? who : "-", status, secs * 1e3);
+}
+
+/* ---- request ids ------------------------------------------------------------------------- */
+
+/* A W3C traceparent "00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>" (version 00, ids
+ * not all zeros): 1 and its trace id into out[33], or 0. */
+static int traceparent_id(const char *tp, char out[33])
+{
+    static const char hex[] = "0123456789abcdef";
+    if (!tp || strlen(tp) != 55 || strncmp(tp, "00-", 3) || tp[35] != '-' || tp[52] != '-')
+        return 0;
+    int nz_trace = 0, nz_parent = 0;
+    for (int i = 3; i < 55; i++) {
+        if (i == 35 || i == 52) continue;
+        if (!memchr(hex, tp[i], 16)) return 0;
+        if (tp[i] != '0') {
+            if (i < 35)
+                nz_trace = 1;
+            else if (i < 52)
+                nz_parent = 1;
+        }
+    }
+    if (!nz_trace || !nz_parent) return 0;
+    memcpy(out, tp + 3, 32);
+    out[32] = '\0';
+    return 1;
+}
+
+/* The request's id into rid: X-Request-Id as sent (checked: 1..128 printable ASCII bytes), else
+ * a valid traceparent's trace id, else a new random one; X-Request-Id (and a valid traceparent,
+ * as it came) go back in the answer's headers. Returns 0, or the status of the 400 (413 when
+ * too long) sent for a bad X-Request-Id, whose answer carries a new id. */
+static int request_id(struct evhttp_request *req, char rid[PS_WIRE_MAX_TRACE + 1])
+{
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    const char *x = evhttp_find_header(in, "X-Request-Id");
+    const char *tp = evhttp_find_header(in, "traceparent");
+    char tid[33];
+    int have_tp = traceparent_id(tp, tid);
+    ps_err e = {0, ""};
+    if (!x && have_tp) {
+        memcpy(rid, tid, 33);
+    } else if (!x || ps_wire_check_trace(x, &e)) {
+        char r[33];
+        ps_random_hex_id(r, (uint64_t)(uintptr_t)req);
+        memcpy(rid, r, 16);
+        rid[16] = '\0';
+    } else {
+        snprintf(rid, PS_WIRE_MAX_TRACE + 1, "%s", x);
+    }
+    evhttp_add_header(out, "X-Request-Id", rid);
+    if (have_tp) evhttp_add_header(out, "traceparent", tp);
+    if (e.code) /* the answer names the id the broker logged it under */
+        return reply_error(req, ps_err_http_status(e.code), ps_errname(e.code),
+                           "X-Request-Id: 1..%d bytes of printable ASCII without spaces",
+                           PS_WIRE_MAX_TRACE);
+    return 0;
 }
 
 /* ---- search ------------------------------------------------------------------------------ */
@@ -160,6 +262,17 @@ static json_t *failures_json(const broker_result *r)
     return a;
 }
 
+/* A POST /v1/msearch waiting for its searches. */
+typedef struct http_batch {
+    broker_http_t *h;
+    struct evhttp_request *req;
+    const char *who;
+    double t0;
+    size_t n, left;
+    json_t **resp; /* n: each search's answer or error, as it comes */
+    char rid[PS_WIRE_MAX_TRACE + 1];
+} http_batch;
+
 /* A search or sticker lookup waiting for its shards. */
 typedef struct http_pending {
     broker_http_t *h;
@@ -167,64 +280,239 @@ typedef struct http_pending {
     const char *who;            /* the key's name (borrowed from the key set), NULL: open */
     int cmd;
     double t0;
-    uint64_t id;   /* the sticker asked for */
-    char path[72]; /* for the log line */
+    uint64_t id;       /* the sticker asked for */
+    http_batch *batch; /* a search of a batch, or NULL */
+    size_t slot;       /* its place in the batch */
+    char path[72];     /* for the log line */
+    char rid[PS_WIRE_MAX_TRACE + 1];
 } http_pending;
 
 static http_pending *pending_new(broker_http_t *h, struct evhttp_request *req, const char *who,
-                                 double t0, const char *path)
+                                 double t0, const char *path, const char *rid)
 {
     http_pending *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     *p = (http_pending){
         .h = h, .req = req, .who = who, .cmd = (int)evhttp_request_get_command(req), .t0 = t0};
     snprintf(p->path, sizeof p->path, "%s", path);
+    snprintf(p->rid, sizeof p->rid, "%s", rid ? rid : "");
     return p;
+}
+
+/* took (integer ms, as Elasticsearch) and took_us since t0. */
+static void set_took(json_t *o, double t0)
+{
+    double secs = broker_now() - t0;
+    json_object_set_new(o, "took", json_integer((json_int_t)(secs * 1e3)));
+    json_object_set_new(o, "took_us", json_integer((json_int_t)(secs * 1e6)));
+}
+
+static json_t *search_body(const broker_result *r, double t0, const char *rid)
+{
+    json_t *hits = json_array();
+    for (size_t i = 0; i < r->nhits; i++)
+        json_array_append_new(hits, hit_json(&r->hits[i], r->fields ? r->fields[i] : NULL));
+    json_t *body = json_pack("{s:s, s:b, s:b, s:I, s:b, s:{s:i, s:i, s:i, s:o}, s:o}", "request_id",
+                             rid, "timed_out", r->timed_out, "partial", r->ok < r->nshards,
+                             "version", (json_int_t)r->version, "personalized", r->personalized,
+                             "shards", "total", (int)r->nshards, "successful", (int)r->ok, "failed",
+                             (int)(r->nshards - r->ok), "failures", failures_json(r), "hits", hits);
+    if (body) set_took(body, t0);
+    return body;
+}
+
+/* The error shape of one search of a batch: {"status", "error": {code, type, message}}. */
+static json_t *error_body(int status, const char *code, const char *msg)
+{
+    char m[512];
+    snprintf(m, sizeof m, "%s", msg);
+    for (char *c = m; *c; c++)
+        if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f) *c = '?';
+    const char *type = status == 404  ? "not_found"
+                       : status < 500 ? "invalid_request"
+                                      : "server_error";
+    return json_pack("{s:i, s:{s:s, s:s, s:s}}", "status", status, "error", "code", code, "type",
+                     type, "message", m);
+}
+
+/* Every search of b has its answer: send them. */
+static void batch_answer(http_batch *b)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < b->n; i++) json_array_append_new(a, b->resp[i]);
+    json_t *body = json_pack("{s:s, s:o}", "request_id", b->rid, "responses", a);
+    set_took(body, b->t0);
+    int status = reply_json(b->req, 200, body);
+    request_done(b->h, BROKER_EP_MSEARCH, EVHTTP_REQ_POST, "/v1/msearch", b->who, status, b->t0,
+                 b->rid);
+    free(b->resp);
+    free(b);
+}
+
+/* One search of a batch has its answer (taken): the batch answers once all have. */
+static void batch_put(http_batch *b, size_t slot, json_t *answer)
+{
+    b->resp[slot] = answer;
+    if (--b->left == 0) batch_answer(b);
 }
 
 static void search_answered(void *arg, int rc, const ps_err *err, const broker_result *r)
 {
     http_pending *p = arg;
-    int status;
-    if (rc) {
-        status = reply_err(p->req, err);
-    } else {
-        json_t *hits = json_array();
-        for (size_t i = 0; i < r->nhits; i++)
-            json_array_append_new(hits, hit_json(&r->hits[i], r->fields ? r->fields[i] : NULL));
-        json_t *body = json_pack(
-            "{s:I, s:b, s:b, s:I, s:b, s:{s:i, s:i, s:i, s:o}, s:o}", "took",
-            (json_int_t)((broker_now() - p->t0) * 1e3), "timed_out", r->timed_out, "partial",
-            r->ok < r->nshards, "version", (json_int_t)r->version, "personalized", r->personalized,
-            "shards", "total", (int)r->nshards, "successful", (int)r->ok, "failed",
-            (int)(r->nshards - r->ok), "failures", failures_json(r), "hits", hits);
-        status = reply_json(p->req, 200, body);
+    if (p->batch) {
+        batch_put(p->batch, p->slot,
+                  rc ? error_body(ps_err_http_status(err->code), ps_errname(err->code), err->msg)
+                     : search_body(r, p->t0, p->rid));
+        free(p);
+        return;
     }
-    request_done(p->h, BROKER_EP_SEARCH, p->cmd, p->path, p->who, status, p->t0);
+    int status =
+        rc ? reply_err(p->req, err) : reply_json(p->req, 200, search_body(r, p->t0, p->rid));
+    request_done(p->h, BROKER_EP_SEARCH, p->cmd, p->path, p->who, status, p->t0, p->rid);
     free(p);
 }
 
-/* GET /v1/search. Returns the status of an answer sent now, or 0 when search_answered will
- * answer once the shards have. */
+/* The request's body as JSON (a JSON object is required). Returns NULL with err set. */
+static json_t *body_json(struct evhttp_request *req, ps_err *err)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    const char *body = n ? (const char *)evbuffer_pullup(in, -1) : "";
+    if (!ps_utf8_valid(body, n)) {
+        ps_err_set(err, PS_EUTF8, "body: not valid UTF-8 (JSON is UTF-8)");
+        return NULL;
+    }
+    json_error_t jerr;
+    json_t *j = json_loadb(body, n, JSON_REJECT_DUPLICATES, &jerr);
+    if (!j) {
+        ps_err_set(err, PS_EPARSE, "body: %s at byte %d (a JSON object)", jerr.text, jerr.position);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        ps_err_set(err, PS_EINVAL, "body: must be a JSON object");
+        return NULL;
+    }
+    return j;
+}
+
+/* GET /v1/search (query string) or POST /v1/search (JSON body). Returns the status of an answer
+ * sent now, or 0 when search_answered will answer once the shards have. */
 static int handle_search(broker_http_t *h, struct evhttp_request *req, const char *query,
-                         const char *who, double t0)
+                         const char *who, double t0, const char *rid)
 {
     broker_search_params sp;
     broker_query q;
     ps_err err = {0, ""};
     http_pending *p = NULL;
-    int status;
-    if (broker_search_parse(query, h->max_k, &sp, &q, &err)) {
-        status = reply_err(req, &err);
-    } else if (!(p = pending_new(h, req, who, t0, "/v1/search"))) {
-        status = reply_error(req, 503, "out_of_memory", "out of memory for a search");
-    } else if (broker_core_search(h->core, &q, search_answered, p, &err)) {
-        free(p);
-        status = reply_err(req, &err);
+    json_t *doc = NULL;
+    int status, rc;
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_POST) {
+        memset(sp.v, 0, sizeof sp.v);
+        if (query && *query)
+            rc = ps_err_set(&err, PS_EINVAL,
+                            "a POST search takes its parameters in the JSON body, not the URL");
+        else if (!(doc = body_json(req, &err)))
+            rc = err.code;
+        else
+            rc = broker_search_parse_json(doc, "body", h->max_k, &sp, &q, &err);
     } else {
-        status = 0;
+        rc = broker_search_parse(query, h->max_k, &sp, &q, &err);
+    }
+    if (rc) {
+        status = reply_err(req, &err);
+    } else if (!(p = pending_new(h, req, who, t0, "/v1/search", rid))) {
+        status = reply_error(req, 503, "out_of_memory", "out of memory for a search");
+    } else {
+        q.trace = rid;
+        if (broker_core_search(h->core, &q, search_answered, p, &err)) {
+            free(p);
+            status = reply_err(req, &err);
+        } else {
+            status = 0;
+        }
     }
     broker_search_params_free(&sp);
+    json_decref(doc);
+    return status;
+}
+
+/* POST /v1/msearch {"searches": [{search}, ...]}: every search started at once, answered
+ * together as {"responses": [...]} in the same order, each a search's answer or its own error
+ * ({"status", "error"}). A body that is not such an object, or of more than BROKER_MAX_BATCH
+ * searches, is an error for the whole request. */
+static int handle_msearch(broker_http_t *h, struct evhttp_request *req, const char *query,
+                          const char *who, double t0, const char *rid)
+{
+    ps_err err = {0, ""};
+    json_t *doc = NULL, *list = NULL;
+    if (query && *query)
+        return reply_error(req, 400, "invalid_argument",
+                           "msearch takes its searches in the JSON body, not the URL");
+    if (!(doc = body_json(req, &err))) return reply_err(req, &err);
+    const char *key;
+    json_t *v;
+    json_object_foreach(doc, key, v)
+    {
+        if (strcmp(key, "searches")) {
+            json_decref(doc);
+            return reply_error(req, 400, "invalid_argument",
+                               "body.%.40s: not a member of an msearch body (searches)", key);
+        }
+    }
+    list = json_object_get(doc, "searches");
+    size_t n = json_array_size(list);
+    int status;
+    if (!json_is_array(list) || n == 0) {
+        status =
+            reply_error(req, 400, "invalid_argument",
+                        "body.searches: required, an array of 1..%d searches", BROKER_MAX_BATCH);
+    } else if (n > BROKER_MAX_BATCH) {
+        status = reply_error(req, 413, "too_large",
+                             "body.searches: %zu searches, more than %d in one msearch", n,
+                             BROKER_MAX_BATCH);
+    } else {
+        http_batch *b = calloc(1, sizeof *b);
+        if (!b || !(b->resp = calloc(n, sizeof *b->resp))) {
+            free(b);
+            json_decref(doc);
+            return reply_error(req, 503, "out_of_memory", "out of memory for a batch");
+        }
+        *b = (http_batch){
+            .h = h, .req = req, .who = who, .t0 = t0, .n = n, .left = n, .resp = b->resp};
+        snprintf(b->rid, sizeof b->rid, "%s", rid);
+        /* Parse every search first, so that the answers of those that fail at once are in
+         * place; then start the others. b->left counts the searches not answered yet, plus one
+         * held until every search is started, so the batch cannot answer early. */
+        b->left++;
+        for (size_t i = 0; i < n; i++) {
+            char at[32];
+            snprintf(at, sizeof at, "searches[%zu]", i);
+            broker_search_params sp;
+            broker_query q;
+            ps_err e = {0, ""};
+            http_pending *p = NULL;
+            int rc = broker_search_parse_json(json_array_get(list, i), at, h->max_k, &sp, &q, &e);
+            if (!rc && !(p = pending_new(h, req, who, t0, "/v1/msearch", rid)))
+                rc = ps_err_set(&e, PS_ENOMEM, "out of memory for a search");
+            if (!rc) {
+                char sub[PS_WIRE_MAX_TRACE + 1];
+                /* each search's trace id: the request's, and its place in the batch */
+                snprintf(sub, sizeof sub, "%.*s.%zu", PS_WIRE_MAX_TRACE - 4, rid, i);
+                snprintf(p->rid, sizeof p->rid, "%s", sub);
+                p->batch = b;
+                p->slot = i;
+                q.trace = p->rid;
+                if ((rc = broker_core_search(h->core, &q, search_answered, p, &e))) free(p);
+            }
+            if (rc) batch_put(b, i, error_body(ps_err_http_status(rc), ps_errname(rc), e.msg));
+            broker_search_params_free(&sp);
+        }
+        json_decref(doc);
+        if (--b->left == 0) batch_answer(b); /* every search failed at once */
+        return 0;
+    }
+    json_decref(doc);
     return status;
 }
 
@@ -237,6 +525,7 @@ typedef struct http_click {
     const char *who;            /* the key's name (borrowed from the key set), NULL: open */
     double t0;
     uint64_t sticker_id;
+    char rid[PS_WIRE_MAX_TRACE + 1];
     char user[]; /* NUL-terminated */
 } http_click;
 
@@ -264,7 +553,8 @@ static void click_answered(void *arg, int rc, const ps_err *err, const Persrv__C
     } else {
         status = reply_err(req, err);
     }
-    request_done(hc->h, BROKER_EP_CLICK, EVHTTP_REQ_POST, "/v1/click", hc->who, status, hc->t0);
+    request_done(hc->h, BROKER_EP_CLICK, EVHTTP_REQ_POST, "/v1/click", hc->who, status, hc->t0,
+                 hc->rid);
     free(hc);
 }
 
@@ -272,7 +562,8 @@ static void click_answered(void *arg, int rc, const ps_err *err, const Persrv__C
  * "click_id": "..."} (query and click_id optional): acknowledged (200) once the profile
  * primary has made it durable. Returns the status of an answer sent now, or 0 when the click
  * went to the primary and click_answered answers it. */
-static int handle_click(broker_http_t *h, struct evhttp_request *req, const char *who, double t0)
+static int handle_click(broker_http_t *h, struct evhttp_request *req, const char *who, double t0,
+                        const char *rid)
 {
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t n = evbuffer_get_length(in);
@@ -288,9 +579,13 @@ static int handle_click(broker_http_t *h, struct evhttp_request *req, const char
         status = reply_error(req, 503, "out_of_memory", "out of memory for a click");
     } else {
         *hc = (http_click){.h = h, .req = req, .who = who, .t0 = t0, .sticker_id = c.sticker_id};
+        snprintf(hc->rid, sizeof hc->rid, "%s", rid);
         memcpy(hc->user, c.user, ulen + 1);
-        broker_click k = {
-            .user = c.user, .sticker_id = c.sticker_id, .query = c.query, .click_id = c.click_id};
+        broker_click k = {.user = c.user,
+                          .sticker_id = c.sticker_id,
+                          .query = c.query,
+                          .click_id = c.click_id,
+                          .trace = rid};
         if (broker_core_click(h->core, &k, click_answered, hc, &err)) {
             free(hc);
             status = reply_err(req, &err);
@@ -325,13 +620,13 @@ static void sticker_answered(void *arg, int rc, const ps_err *err, Persrv__Envel
         status = reply_json(p->req, 200, o);
         ps_wire_free(env);
     }
-    request_done(p->h, BROKER_EP_STICKER, p->cmd, p->path, p->who, status, p->t0);
+    request_done(p->h, BROKER_EP_STICKER, p->cmd, p->path, p->who, status, p->t0, p->rid);
     free(p);
 }
 
 /* GET /v1/stickers/{id}: the status of an answer sent now, or 0 (sticker_answered answers). */
 static int handle_sticker(broker_http_t *h, struct evhttp_request *req, const char *path,
-                          const char *who, double t0)
+                          const char *rid, const char *who, double t0)
 {
     const char *idtext = path + strlen(BROKER_STICKERS_PREFIX);
     uint64_t id;
@@ -339,7 +634,7 @@ static int handle_sticker(broker_http_t *h, struct evhttp_request *req, const ch
         return reply_error(req, 400, "invalid_argument",
                            "id: must be an unsigned 64-bit decimal integer");
     ps_err err = {0, ""};
-    http_pending *p = pending_new(h, req, who, t0, path);
+    http_pending *p = pending_new(h, req, who, t0, path, rid);
     if (!p) return reply_error(req, 503, "out_of_memory", "out of memory for a sticker lookup");
     p->id = id;
     if (broker_core_sticker(h->core, id, sticker_answered, p, &err)) {
@@ -449,11 +744,14 @@ static void on_request(struct evhttp_request *req, void *arg)
     const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     int status;
+    char rid[PS_WIRE_MAX_TRACE + 1];
     if (!path) path = "";
     int ep = broker_http_endpoint(path);
 
     const char *bad_framing = framing_error(req);
-    if (!uri) {
+    if ((status = request_id(req, rid)) != 0) {
+        /* a bad X-Request-Id: answered */
+    } else if (!uri) {
         status = reply_error(req, 400, "invalid_argument", "the request URI does not parse");
     } else if (bad_framing) {
         /* the connection's next bytes cannot be trusted to start a request: close it */
@@ -461,10 +759,15 @@ static void on_request(struct evhttp_request *req, void *arg)
         status = reply_error(req, 400, "invalid_argument", "the request has %s", bad_framing);
     } else if (ep == BROKER_EP_OTHER) {
         status = reply_error(req, 404, "not_found", "no endpoint at this path");
-    } else if (ep == BROKER_EP_CLICK && cmd != EVHTTP_REQ_POST) {
+    } else if ((ep == BROKER_EP_CLICK || ep == BROKER_EP_MSEARCH) && cmd != EVHTTP_REQ_POST) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
         status = reply_error(req, 405, "method_not_allowed", "this endpoint takes POST");
-    } else if (ep != BROKER_EP_CLICK && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+    } else if (ep == BROKER_EP_SEARCH && cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD &&
+               cmd != EVHTTP_REQ_POST) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD, POST");
+        status = reply_error(req, 405, "method_not_allowed", "this endpoint takes GET or POST");
+    } else if (ep != BROKER_EP_CLICK && ep != BROKER_EP_MSEARCH && ep != BROKER_EP_SEARCH &&
+               cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
         status = reply_error(req, 405, "method_not_allowed", "this endpoint takes GET or HEAD");
     } else if ((status = authorize(h, req, ep, &who)) != 0) {
@@ -472,13 +775,16 @@ static void on_request(struct evhttp_request *req, void *arg)
     } else {
         switch (ep) {
         case BROKER_EP_CLICK:
-            if ((status = handle_click(h, req, who, t0)) == 0) return; /* answered later */
+            if ((status = handle_click(h, req, who, t0, rid)) == 0) return; /* answered later */
             break;
         case BROKER_EP_SEARCH:
-            if ((status = handle_search(h, req, query, who, t0)) == 0) return; /* later */
+            if ((status = handle_search(h, req, query, who, t0, rid)) == 0) return; /* later */
+            break;
+        case BROKER_EP_MSEARCH:
+            if ((status = handle_msearch(h, req, query, who, t0, rid)) == 0) return; /* later */
             break;
         case BROKER_EP_STICKER:
-            if ((status = handle_sticker(h, req, path, who, t0)) == 0) return; /* later */
+            if ((status = handle_sticker(h, req, path, rid, who, t0)) == 0) return; /* later */
             break;
         case BROKER_EP_HEALTHZ:
             status = reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
@@ -493,16 +799,25 @@ static void on_request(struct evhttp_request *req, void *arg)
                 broker_page_serve(req, ep, path, h->image_root, &err) ? reply_err(req, &err) : 200;
             break;
         }
+        case BROKER_EP_OPENAPI: {
+            struct evbuffer *out = evhttp_request_get_output_buffer(req);
+            evbuffer_add_reference(out, broker_openapi_json, broker_openapi_json_len, NULL, NULL);
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                              "application/json");
+            evhttp_send_reply(req, 200, "OK", NULL);
+            status = 200;
+            break;
+        }
         default:
             status = handle_metrics(h, req);
             break;
         }
     }
-    request_done(h, ep, (int)cmd, path, who, status, t0);
+    request_done(h, ep, (int)cmd, path, who, status, t0, rid);
 }
 
 broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_metrics_t *metrics,
-                               uint32_t max_k, broker_keys_t *keys, ps_err *err)
+                               uint32_t max_k, broker_keys_t *keys, int access_log, ps_err *err)
 {
     broker_http_t *h = calloc(1, sizeof *h);
     if (!h) {
@@ -513,6 +828,7 @@ broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_
     h->metrics = metrics;
     h->max_k = max_k;
     h->keys = keys;
+    h->access_log = access_log;
     evhttp_set_gencb(http, on_request, h);
     return h;
 }

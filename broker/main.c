@@ -141,6 +141,10 @@ static const ps_cfg_opt broker_opts[] = {
      0, 0, 9223372036854775807.0},
     PS_CURVE_CFG_OPTS,
     {"log-level", PS_CFG_STRING, "info", "debug, info, warn, error or off", 0, 0, 0},
+    {"access-log", PS_CFG_BOOL, "false",
+     "log a line per HTTP request at info (method, path, request_id, key, status, took_ms); "
+     "otherwise those lines are at debug",
+     0, 0, 0},
     {"pid-file", PS_CFG_STRING, NULL, "write the process id here (removed on exit)", 0, 0, 0},
     {"ready-file", PS_CFG_STRING, NULL,
      "write the HTTP address here once listening and every shard answered a health probe "
@@ -430,6 +434,7 @@ int main(int argc, char **argv)
                           .replicas_upmap = rep_upmap,
                           .primary_upmap = prim_upmap,
                           .http_fd = http_fd,
+                          .access_log = ps_cfg_bool(cfg, "access-log"),
                           .image_root = ps_cfg_str(cfg, "image-root"),
                           .max_body = (size_t)ps_cfg_uint(cfg, "max-body"),
                           .max_headers = (size_t)ps_cfg_uint(cfg, "max-headers"),

@@ -69,8 +69,9 @@ struct broker_metrics {
 };
 
 static const char *const ep_names[BROKER_NEP] = {
-    "search",     "click",       "sticker",    "healthz",   "readyz",    "metrics", "other",
-    "zmq_search", "zmq_sticker", "zmq_health", "zmq_other", "zmq_click", "page",    "image"};
+    "search",  "click",      "sticker",     "healthz",    "readyz",    "metrics",
+    "other",   "zmq_search", "zmq_sticker", "zmq_health", "zmq_other", "zmq_click",
+    "msearch", "openapi",    "page",        "image"};
 
 broker_metrics_t *broker_metrics_new(uint32_t nshards)
 {

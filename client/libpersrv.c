@@ -173,11 +173,31 @@ void persrv__env_free(Persrv__Envelope *env)
     ps_wire_free(env);
 }
 
+/* q's QueryRequest with its options and request id (no API key). */
+static int persrv__encode_query_body(uint64_t rid, uint32_t deadline_ms, const persrv_query *q,
+                                     size_t qlen, uint8_t **buf, size_t *len, ps_err *e)
+{
+    ps_wire_query_opts o = {.exclude = q->exclude,
+                            .nexclude = q->nexclude,
+                            .offset = q->offset,
+                            .timeout_ms = q->timeout_ms,
+                            .no_partial = q->no_partial};
+    int rc = ps_wire_encode_query_ex(rid, deadline_ms, q->text, qlen, q->user, q->k, q->explain, &o,
+                                     buf, len, e);
+    if (!rc && q->request_id && q->request_id[0])
+        rc = ps_wire_append_trace(buf, len, q->request_id, e);
+    if (rc) {
+        free(*buf);
+        *buf = NULL;
+        *len = 0;
+    }
+    return rc;
+}
+
 int persrv__encode_query(uint64_t rid, uint32_t deadline_ms, const persrv_query *q, size_t qlen,
                          const char *api_key, uint8_t **buf, size_t *len, ps_err *e)
 {
-    int rc = ps_wire_encode_query(rid, deadline_ms, q->text, qlen, q->user, q->k, q->explain, buf,
-                                  len, e);
+    int rc = persrv__encode_query_body(rid, deadline_ms, q, qlen, buf, len, e);
     if (!rc) rc = ps_wire_append_api_key(buf, len, api_key, e);
     if (rc) {
         free(*buf);
@@ -430,8 +450,7 @@ static int encode(const request *r, uint64_t rid, uint32_t deadline, uint8_t **b
 {
     switch (r->body) {
     case PERSRV__ENVELOPE__BODY_QUERY:
-        return ps_wire_encode_query(rid, deadline, r->q->text, r->qlen, r->q->user, r->q->k,
-                                    r->q->explain, buf, len, e);
+        return persrv__encode_query_body(rid, deadline, r->q, r->qlen, buf, len, e);
     case PERSRV__ENVELOPE__BODY_GET_STICKER:
         return ps_wire_encode_get_sticker(rid, deadline, r->id, buf, len, e);
     case PERSRV__ENVELOPE__BODY_CLICK:

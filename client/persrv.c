@@ -59,6 +59,12 @@ static void usage(FILE *f)
                "  --timeout MS    --broker: wait at most MS ms per attempt, 2 attempts "
                "(default 1000;\n"
                "                  click: 5000, above the broker's click-deadline-ms)\n"
+               "  --offset N      --broker: skip the first N results (offset + k <= 100)\n"
+               "  --exclude IDS   --broker: never return these sticker ids (comma-separated, "
+               "<= 100)\n"
+               "  --timeout-ms MS --broker: the broker's whole time for the search (1..60000)\n"
+               "  --no-partial    --broker: fail rather than answer without a shard\n"
+               "  --request-id ID --broker: the id the broker and shards log this search under\n"
                "  --explain       print the score breakdown and stored fields\n"
                "  --json          print one JSON object\n"
                "  --help          this text\n"
@@ -169,13 +175,17 @@ static int broker_fail(const char *cmd, persrv_t *c)
 /* search --broker: the same output as the single node, from the cluster. --json always asks
  * for the stored fields (explain), since the single node's --json prints them. */
 static int search_broker(const char *ep, const char *q, const char *user, uint32_t k,
-                         uint32_t timeout_ms, int explain, int json)
+                         uint32_t timeout_ms, int explain, int json, const persrv_query *extra)
 {
     persrv_t *c = broker_connect("search", ep, timeout_ms);
     persrv_result *r = NULL;
     if (!c) return 1;
-    persrv_query pq = {
-        .text = q, .len = strlen(q), .user = user, .k = k, .explain = explain || json};
+    persrv_query pq = *extra;
+    pq.text = q;
+    pq.len = strlen(q);
+    pq.user = user;
+    pq.k = k;
+    pq.explain = explain || json;
     if (persrv_search(c, &pq, &r)) return broker_fail("search", c);
 
     if (r->partial) {
@@ -237,16 +247,27 @@ static int search_broker(const char *ep, const char *q, const char *user, uint32
 static int cmd_search(int argc, char **argv)
 {
     const char *index = NULL, *user = NULL, *broker = NULL;
-    int explain = 0, json = 0, r_given = 0;
+    int explain = 0, json = 0, r_given = 0, api_given = 0;
     uint32_t timeout_ms = 0;
     ps_search_opts o;
     ps_search_opts_default(&o);
-    static const struct option opts[] = {
-        {"index", required_argument, 0, 'i'}, {"broker", required_argument, 0, 'b'},
-        {"user", required_argument, 0, 'u'},  {"k", required_argument, 0, 'k'},
-        {"R", required_argument, 0, 'R'},     {"timeout", required_argument, 0, 't'},
-        {"explain", no_argument, 0, 'x'},     {"json", no_argument, 0, 'j'},
-        {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+    persrv_query extra = {0}; /* --broker: the search API's options */
+    uint64_t exclude[100];
+    static const struct option opts[] = {{"index", required_argument, 0, 'i'},
+                                         {"broker", required_argument, 0, 'b'},
+                                         {"user", required_argument, 0, 'u'},
+                                         {"k", required_argument, 0, 'k'},
+                                         {"R", required_argument, 0, 'R'},
+                                         {"timeout", required_argument, 0, 't'},
+                                         {"explain", no_argument, 0, 'x'},
+                                         {"json", no_argument, 0, 'j'},
+                                         {"offset", required_argument, 0, 'o'},
+                                         {"exclude", required_argument, 0, 'e'},
+                                         {"timeout-ms", required_argument, 0, 'T'},
+                                         {"no-partial", no_argument, 0, 'P'},
+                                         {"request-id", required_argument, 0, 'I'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     int ch;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -286,6 +307,44 @@ static int cmd_search(int argc, char **argv)
         case 'j':
             json = 1;
             break;
+        case 'o':
+        case 'T':
+            v = strtoul(optarg, &end, 10);
+            if (*end || !*optarg || v > (ch == 'o' ? PS_SEARCH_MAX_R : 60000) ||
+                (ch == 'T' && !v)) {
+                fprintf(stderr, "persrv search: --%s must be %s\n",
+                        ch == 'o' ? "offset" : "timeout-ms",
+                        ch == 'o' ? "0..10000" : "1..60000 (ms)");
+                return 2;
+            }
+            if (ch == 'o')
+                extra.offset = (uint32_t)v;
+            else
+                extra.timeout_ms = (uint32_t)v;
+            api_given = 1;
+            break;
+        case 'e':
+            for (const char *p = optarg; *p;) {
+                unsigned long long id = strtoull(p, &end, 10);
+                if (end == p || (*end && *end != ',') || extra.nexclude == 100 || *p == '-') {
+                    fprintf(stderr, "persrv search: --exclude takes up to 100 sticker ids "
+                                    "separated by commas\n");
+                    return 2;
+                }
+                exclude[extra.nexclude++] = id;
+                p = *end ? end + 1 : end;
+            }
+            extra.exclude = exclude;
+            api_given = 1;
+            break;
+        case 'P':
+            extra.no_partial = 1;
+            api_given = 1;
+            break;
+        case 'I':
+            extra.request_id = optarg;
+            api_given = 1;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -314,7 +373,13 @@ static int cmd_search(int argc, char **argv)
         fprintf(stderr, "persrv search: --timeout is for --broker\n");
         return 2;
     }
-    if (broker) return search_broker(broker, argv[optind], user, o.k, timeout_ms, explain, json);
+    if (index && api_given) {
+        fprintf(stderr, "persrv search: --offset, --exclude, --timeout-ms, --no-partial and "
+                        "--request-id are for --broker\n");
+        return 2;
+    }
+    if (broker)
+        return search_broker(broker, argv[optind], user, o.k, timeout_ms, explain, json, &extra);
     if (o.k > o.R) o.R = o.k;
     const char *q = argv[optind];
 

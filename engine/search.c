@@ -744,9 +744,27 @@ int ps_search_shard(ps_searcher_t *s, const ps_tokens *tok, const ps_search_opts
 
 size_t ps_merge_hits(ps_hit *hits, size_t n, uint32_t R, uint32_t k)
 {
+    return ps_rank_hits(hits, n, R, NULL, 0, 0, k);
+}
+
+size_t ps_rank_hits(ps_hit *hits, size_t n, uint32_t R, const uint64_t *exclude, size_t nexclude,
+                    uint32_t offset, uint32_t k)
+{
+    if (nexclude) { /* at most a hundred ids: a scan per hit costs less than a set */
+        size_t m = 0;
+        for (size_t i = 0; i < n; i++) {
+            size_t e = 0;
+            while (e < nexclude && exclude[e] != hits[i].id) e++;
+            if (e == nexclude) hits[m++] = hits[i];
+        }
+        n = m;
+    }
     qsort(hits, n, sizeof *hits, ps_hit_cmp_recall);
     if (n > R) n = R;
     qsort(hits, n, sizeof *hits, cmp_hit_score);
+    if (offset >= n) return 0;
+    n -= offset;
+    if (offset) memmove(hits, hits + offset, n * sizeof *hits);
     return n < k ? n : k;
 }
 

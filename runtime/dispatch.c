@@ -3,6 +3,7 @@
  */
 #include "ps/dispatch.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "ps/log.h"
@@ -28,6 +29,7 @@ int ps_dispatch(const ps_door *door, void *state, size_t max_frame, const void *
     Persrv__Envelope *env = NULL;
     ps_err err = {0, ""};
     ps_dispatch_result r = {.tag = door->other_tag, .code = 0, .request_id = 0};
+    char trace[PS_WIRE_MAX_TRACE + 1] = "-";
     int rc;
 
     *reply = NULL;
@@ -37,6 +39,7 @@ int ps_dispatch(const ps_door *door, void *state, size_t max_frame, const void *
     } else {
         const ps_route *route = route_of(door, env->body_case);
         r.request_id = env->request_id;
+        snprintf(trace, sizeof trace, "%s", PS_WIRE_TRACE(env));
         if (!route)
             rc = ps_err_set(&err, PS_EINVAL, "body: %s does not take %s messages", door->name,
                             ps_body_name(env->body_case));
@@ -65,8 +68,8 @@ int ps_dispatch(const ps_door *door, void *state, size_t max_frame, const void *
                 : status >= 500                  ? PS_LOG_WARN
                                                  : door->client_error_level;
     ps_log(level, door->component, "request_failed",
-           "request_id=%llu bytes=%zu code=%s msg=\"%.200s\"", (unsigned long long)r.request_id,
-           len, ps_errname(rc), err.msg);
+           "request_id=%llu trace=%s bytes=%zu code=%s msg=\"%.200s\"",
+           (unsigned long long)r.request_id, trace, len, ps_errname(rc), err.msg);
     ps_err eerr = {0, ""};
     int erc = ps_wire_encode_error(r.request_id, rc, err.msg, reply, reply_len, &eerr);
     if (res) *res = r;

@@ -105,8 +105,10 @@ static int do_search(void *state, const Persrv__Envelope *env, uint8_t **out, si
         atomic_fetch_add(&m->searches, 1);
         atomic_fetch_add(&m->postings_visited, st.visited);
         ps_hist_observe(&m->latency, now_s() - t0);
-        ps_log(PS_LOG_DEBUG, "shard", "search", "request_id=%llu tokens=%zu hits=%zu visited=%llu",
-               (unsigned long long)env->request_id, q->n_tokens, n, (unsigned long long)st.visited);
+        ps_log(PS_LOG_DEBUG, "shard", "search",
+               "request_id=%llu trace=%s tokens=%zu hits=%zu visited=%llu",
+               (unsigned long long)env->request_id, PS_WIRE_TRACE(env), q->n_tokens, n,
+               (unsigned long long)st.visited);
     } else {
         atomic_fetch_add(&m->search_errors, 1);
     }
@@ -126,8 +128,8 @@ static int do_get_sticker(void *state, const Persrv__Envelope *env, uint8_t **ou
     atomic_fetch_add(&h->ctx->metrics->stickers, 1);
     if (ps_index_doc(ix, id, &doc) != 0) {
         shard_versions_release(h->ctx->versions, v);
-        ps_log(PS_LOG_DEBUG, "shard", "get_sticker", "request_id=%llu id=%llu found=0",
-               (unsigned long long)env->request_id, (unsigned long long)id);
+        ps_log(PS_LOG_DEBUG, "shard", "get_sticker", "request_id=%llu trace=%s id=%llu found=0",
+               (unsigned long long)env->request_id, PS_WIRE_TRACE(env), (unsigned long long)id);
         return ps_wire_encode_sticker_reply(env->request_id, h->ctx->shard, id, NULL, 0, out,
                                             out_len, err);
     }
@@ -153,8 +155,8 @@ static int do_get_sticker(void *state, const Persrv__Envelope *env, uint8_t **ou
     for (int f = 0; f < PS_NFIELDS; f++) free(rec.field[f]);
     free(rec.image);
     if (!rc)
-        ps_log(PS_LOG_DEBUG, "shard", "get_sticker", "request_id=%llu id=%llu found=1",
-               (unsigned long long)env->request_id, (unsigned long long)id);
+        ps_log(PS_LOG_DEBUG, "shard", "get_sticker", "request_id=%llu trace=%s id=%llu found=1",
+               (unsigned long long)env->request_id, PS_WIRE_TRACE(env), (unsigned long long)id);
     return rc;
 }
 

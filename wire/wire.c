@@ -62,6 +62,8 @@ static const field_cap caps[] = {
     {&persrv__search_reply__descriptor, "hits", PS_WIRE_MAX_HITS, 0},
     {&persrv__query_request__descriptor, "user", 0, PS_WIRE_MAX_USER},
     {&persrv__envelope__descriptor, "api_key", 0, PS_WIRE_MAX_API_KEY},
+    {&persrv__envelope__descriptor, "trace_id", 0, PS_WIRE_MAX_TRACE},
+    {&persrv__query_request__descriptor, "exclude", PS_WIRE_MAX_EXCLUDE, 0},
     {&persrv__health_reply__descriptor, "held", PS_WIRE_MAX_HELD, 0},
     {&persrv__snapshot_held__descriptor, "fingerprint", 0, 16},
     {&persrv__query_reply__descriptor, "hits", PS_WIRE_MAX_HITS, 0},
@@ -721,6 +723,8 @@ static int check_env(const Persrv__Envelope *e, ps_err *err)
     if (e->version != PS_WIRE_VERSION)
         return ps_err_set(err, PS_EINVAL, "version: %u not supported (this peer speaks %d)",
                           e->version, PS_WIRE_VERSION);
+    int trc;
+    if (e->trace_id && e->trace_id[0] && (trc = ps_wire_check_trace(e->trace_id, err))) return trc;
     switch (e->body_case) {
     case PERSRV__ENVELOPE__BODY_SEARCH:
         return e->search ? check_search(e->search, err)
@@ -1002,6 +1006,14 @@ int ps_wire_encode_query(uint64_t request_id, uint32_t deadline_ms, const char *
                          const char *user, uint32_t k, int explain, uint8_t **buf, size_t *len,
                          ps_err *err)
 {
+    return ps_wire_encode_query_ex(request_id, deadline_ms, q, qlen, user, k, explain, NULL, buf,
+                                   len, err);
+}
+
+int ps_wire_encode_query_ex(uint64_t request_id, uint32_t deadline_ms, const char *q, size_t qlen,
+                            const char *user, uint32_t k, int explain, const ps_wire_query_opts *o,
+                            uint8_t **buf, size_t *len, ps_err *err)
+{
     Persrv__Envelope e;
     Persrv__QueryRequest r;
     char *copy = NULL;
@@ -1031,6 +1043,18 @@ int ps_wire_encode_query(uint64_t request_id, uint32_t deadline_ms, const char *
     r.user = (char *)user;
     r.k = k;
     r.explain = explain != 0;
+    if (o) {
+        if (o->nexclude > PS_WIRE_MAX_EXCLUDE) {
+            ps_free(copy);
+            return ps_err_set(err, PS_ETOOBIG, "query.exclude: %zu ids, at most %d", o->nexclude,
+                              PS_WIRE_MAX_EXCLUDE);
+        }
+        r.exclude = (uint64_t *)o->exclude;
+        r.n_exclude = o->nexclude;
+        r.offset = o->offset;
+        r.timeout_ms = o->timeout_ms;
+        r.no_partial = o->no_partial != 0;
+    }
     ps_wire_env_init(&e, request_id, deadline_ms);
     e.body_case = PERSRV__ENVELOPE__BODY_QUERY;
     e.query = &r;
@@ -1118,6 +1142,46 @@ int ps_wire_error_code(const Persrv__Error *e)
     return PS_EINTERNAL;
 }
 
+int ps_wire_check_trace(const char *id, ps_err *err)
+{
+    size_t n = id ? strnlen(id, PS_WIRE_MAX_TRACE + 1) : 0;
+    if (n == 0) return ps_err_set(err, PS_EINVAL, "trace_id: empty");
+    if (n > PS_WIRE_MAX_TRACE)
+        return ps_err_set(err, PS_ETOOBIG, "trace_id: longer than %d bytes", PS_WIRE_MAX_TRACE);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)id[i] < 0x21 || (unsigned char)id[i] > 0x7e)
+            return ps_err_set(err, PS_EINVAL, "trace_id: a byte outside 0x21..0x7e");
+    return 0;
+}
+
+/* Append the string field `tag` (n bytes at s, n <= 16383) to an encoded envelope. */
+static int append_string(uint8_t **buf, size_t *len, unsigned tag, const char *s, size_t n,
+                         const char *name, ps_err *err)
+{
+    /* the tag, wire type 2 (length-delimited), the length as a varint (1 or 2 bytes) */
+    uint8_t hdr[3] = {(uint8_t)((tag << 3) | 2)};
+    size_t h = 1;
+    for (size_t v = n; h < sizeof hdr; v >>= 7) {
+        hdr[h++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        if (v <= 0x7f) break;
+    }
+    uint8_t *b = ps_realloc(*buf, *len + h + n);
+    if (!b) return ps_err_set(err, PS_ENOMEM, "%s: out of memory", name);
+    memcpy(b + *len, hdr, h);
+    memcpy(b + *len + h, s, n);
+    *buf = b;
+    *len += h + n;
+    return 0;
+}
+
+int ps_wire_append_trace(uint8_t **buf, size_t *len, const char *id, ps_err *err)
+{
+    int rc;
+    if (!id || !*id) return 0;
+    if ((rc = ps_wire_check_trace(id, err))) return rc;
+    return append_string(buf, len, 5, id, strlen(id), "trace_id", err);
+}
+
 int ps_wire_append_api_key(uint8_t **buf, size_t *len, const char *key, ps_err *err)
 {
     size_t n = key ? strnlen(key, PS_WIRE_MAX_API_KEY + 1) : 0;
@@ -1127,18 +1191,5 @@ int ps_wire_append_api_key(uint8_t **buf, size_t *len, const char *key, ps_err *
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)key[i] < 0x20 || key[i] == 0x7f)
             return ps_err_set(err, PS_EINVAL, "api_key: contains a control byte");
-    /* tag 4, wire type 2 (length-delimited), the length as a varint (n <= 256: 1 or 2 bytes) */
-    uint8_t hdr[3] = {(4 << 3) | 2};
-    size_t h = 1;
-    for (size_t v = n; h < sizeof hdr; v >>= 7) {
-        hdr[h++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
-        if (v <= 0x7f) break;
-    }
-    uint8_t *b = ps_realloc(*buf, *len + h + n);
-    if (!b) return ps_err_set(err, PS_ENOMEM, "api_key: out of memory");
-    memcpy(b + *len, hdr, h);
-    memcpy(b + *len + h, key, n);
-    *buf = b;
-    *len += h + n;
-    return 0;
+    return append_string(buf, len, 4, key, n, "api_key", err);
 }

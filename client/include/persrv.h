@@ -163,6 +163,18 @@ typedef struct persrv_query {
     const char *user; /* NULL or "" = no personalization */
     uint32_t k;       /* results wanted; 0 = the broker's default (10) */
     int explain;      /* 1: also fetch the stored fields of every hit */
+    /* Added in 0.2 (zero = the old behaviour; the struct may grow again before 1.0, so
+     * initialize it with designated initializers or memset and rebuild against the header): */
+    const uint64_t *exclude; /* ids never returned (chat: the stickers already sent), at most
+                                100; the broker asks the shards for that many more */
+    size_t nexclude;
+    uint32_t offset;        /* ranks skipped: offset + k must stay within the recall depth (100) */
+    uint32_t timeout_ms;    /* the broker's whole time for this search, 1..60000; 0 = its
+                               deadline and retries */
+    int no_partial;         /* 1: a shard without an answer fails the search (PERSRV_EUNAVAIL or
+                               PERSRV_ETIMEDOUT) instead of a partial result */
+    const char *request_id; /* NULL or 1..128 printable ASCII bytes: the broker and the shards
+                               name it in their log lines about this search */
 } persrv_query;
 
 /* A sticker's stored fields. Strings are never NULL ("" when empty). */

@@ -28,7 +28,7 @@ static void check_err(int rc, const ps_err *err)
 /* Append "&name=<encoded value>" for every value p holds. */
 static char *render(const broker_search_params *p)
 {
-    static const char *const names[BROKER_NPARAMS] = {"q", "user", "k", "explain"};
+    const char *const *names = broker_search_param_names;
     size_t cap = 1, n = 0;
     char *enc[BROKER_NPARAMS] = {0};
     for (int i = 0; i < BROKER_NPARAMS; i++)

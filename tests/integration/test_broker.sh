@@ -149,7 +149,7 @@ expect_error 404 not_found "unknown sticker" "/v1/stickers/18446744073709551615"
 expect_error 400 invalid_argument "non-numeric sticker id" "/v1/stickers/12ab"
 expect_error 400 invalid_argument "sticker id over 2^64" "/v1/stickers/18446744073709551616"
 expect_error 404 not_found "unknown path" "/v1/nothing"
-expect_error 405 method_not_allowed "POST /v1/search" "/v1/search?q=a" -X POST
+expect_error 405 method_not_allowed "PUT /v1/search" "/v1/search?q=a" -X PUT
 expect_error 405 method_not_allowed "DELETE /healthz" "/healthz" -X DELETE
 expect_error 400 invalid_argument "user with a control character" "/v1/search?q=a&user=u%01x"
 expect_error 400 invalid_argument "user with a C1 control" "/v1/search?q=a&user=u%C2%85x"

@@ -374,7 +374,7 @@ static persrv_t *connect_fake(const fake *f)
     return c;
 }
 
-static const persrv_query tired = {"so tired", 0, "u01", 2, 1};
+static const persrv_query tired = {.text = "so tired", .user = "u01", .k = 2, .explain = 1};
 
 /* ---- tests -------------------------------------------------------------------------------- */
 
@@ -423,7 +423,7 @@ static void test_search_round_trip(void **state)
     pthread_mutex_unlock(&f->mu);
 
     /* without explain there are no fields; len cuts the text */
-    persrv_query q = {"hello world", 5, NULL, 0, 0};
+    persrv_query q = {.text = "hello world", .len = 5};
     assert_int_equal(persrv_search(c, &q, &r), PERSRV_OK);
     assert_null(r->hits[0].fields);
     persrv_result_free(r);
@@ -719,7 +719,7 @@ static void test_bad_arguments(void **state)
     assert_int_equal(persrv_search(c, NULL, &r), PERSRV_EINVAL);
     assert_int_equal(persrv_errcode(c), PERSRV_EINVAL);
     assert_int_equal(persrv_search(c, &tired, NULL), PERSRV_EINVAL);
-    persrv_query q = {NULL, 0, NULL, 1, 0};
+    persrv_query q = {.k = 1};
     assert_int_equal(persrv_search(c, &q, &r), PERSRV_EINVAL);
     q.text = "a\0b";
     q.len = 3; /* a NUL byte cannot be sent */

@@ -101,6 +101,13 @@ int ps_search_shard(ps_searcher_t *s, const ps_tokens *tokens, const ps_search_o
  * results (<= k). Ties break by id. */
 size_t ps_merge_hits(ps_hit *hits, size_t n, uint32_t R, uint32_t k);
 
+/* ps_merge_hits with what a search API adds: the stickers whose ids are in exclude[0..nexclude)
+ * are dropped before the top R by recall is taken (so the slices must have returned their top
+ * R + nexclude), and the answer is ranks offset .. offset + k - 1 by score, moved to hits[0..).
+ * Returns their number (0 when offset is past the end). */
+size_t ps_rank_hits(ps_hit *hits, size_t n, uint32_t R, const uint64_t *exclude, size_t nexclude,
+                    uint32_t offset, uint32_t k);
+
 /* The recall order every top R uses, as a qsort comparator: higher recall first, ties by lower
  * id. */
 int ps_hit_cmp_recall(const void *a, const void *b);

@@ -18,6 +18,8 @@
  *   query.q                        <= PS_WIRE_MAX_STRING bytes, valid UTF-8, no NUL (empty is
  *                                  the broker's to reject, as are k and its own size caps)
  *   query.user                     <= PS_WIRE_MAX_USER bytes, valid UTF-8, no NUL
+ *   query.exclude                  <= PS_WIRE_MAX_EXCLUDE ids
+ *   trace_id                       <= PS_WIRE_MAX_TRACE bytes, 0x21..0x7e (ps_wire_check_trace)
  *   query_reply.hits               as search_reply.hits
  *   query_reply.fields             exactly 0 or n_hits; fields[i].id == hits[i].id; each as
  *                                  a sticker_reply
@@ -61,6 +63,8 @@
 #define PS_WIRE_MAX_SHARDS    1024       /* query_reply.failures entries */
 #define PS_WIRE_MAX_USER      256        /* bytes of any user name */
 #define PS_WIRE_MAX_API_KEY   256        /* bytes of Envelope.api_key */
+#define PS_WIRE_MAX_TRACE     128        /* bytes of Envelope.trace_id */
+#define PS_WIRE_MAX_EXCLUDE   100        /* query.exclude entries */
 #define PS_WIRE_MAX_CLICK_ID  64         /* bytes of click.click_id (0x21..0x7e) */
 #define PS_WIRE_MAX_HISTORY   1024       /* load_profile.history entries */
 #define PS_WIRE_MAX_CLICKS    (1 << 19)  /* clicks_reply.sticker_ids entries */
@@ -157,6 +161,22 @@ int ps_wire_encode_query(uint64_t request_id, uint32_t deadline_ms, const char *
                          const char *user, uint32_t k, int explain, uint8_t **buf, size_t *len,
                          ps_err *err);
 
+/* A QueryRequest's search options beyond q, user, k and explain (QueryRequest in
+ * proto/persrv.proto): exclude[0..nexclude) (at most PS_WIRE_MAX_EXCLUDE), offset, timeout_ms (0:
+ * the broker's) and no_partial. The broker checks their values. */
+typedef struct ps_wire_query_opts {
+    const uint64_t *exclude;
+    size_t nexclude;
+    uint32_t offset, timeout_ms;
+    int no_partial;
+} ps_wire_query_opts;
+
+/* ps_wire_encode_query with o's options (NULL: none). Errors as ps_wire_encode_query, and
+ * PS_ETOOBIG for too many excluded ids. */
+int ps_wire_encode_query_ex(uint64_t request_id, uint32_t deadline_ms, const char *q, size_t qlen,
+                            const char *user, uint32_t k, int explain, const ps_wire_query_opts *o,
+                            uint8_t **buf, size_t *len, ps_err *err);
+
 /* A ClickRequest (client → broker front door): a click of `user` (1..PS_WIRE_MAX_USER bytes)
  * on sticker_id for query (NULL = ""), under click_id (NULL or "" = the broker derives one;
  * else checked by ps_wire_check_click_id). No embedding: the broker fetches it. UTF-8 is the
@@ -181,6 +201,18 @@ uint64_t ps_wire_peek_request_id(const void *buf, size_t len);
  * key this way. key NULL or "": nothing appended. Errors: PS_ETOOBIG (over
  * PS_WIRE_MAX_API_KEY bytes), PS_EINVAL (a NUL or control byte), PS_ENOMEM. */
 int ps_wire_append_api_key(uint8_t **buf, size_t *len, const char *key, ps_err *err);
+
+/* Check a trace id (Envelope.trace_id: a client's request id, X-Request-Id or a W3C
+ * traceparent): 1..PS_WIRE_MAX_TRACE bytes of 0x21..0x7e, so it can be logged and echoed as it
+ * is. Errors: PS_EINVAL, PS_ETOOBIG. */
+int ps_wire_check_trace(const char *id, ps_err *err);
+
+/* Append Envelope.trace_id = id to an encoded envelope, as ps_wire_append_api_key does (id NULL
+ * or "": nothing appended; else checked by ps_wire_check_trace). */
+int ps_wire_append_trace(uint8_t **buf, size_t *len, const char *id, ps_err *err);
+
+/* An envelope's trace id for a log line: "-" when it has none (a decoded one is checked). */
+#define PS_WIRE_TRACE(env) ((env)->trace_id && (env)->trace_id[0] ? (env)->trace_id : "-")
 
 /* Bytes ps_wire_stamp writes at most: request_id (tag + 10-byte varint) and deadline_ms (tag +
  * 5-byte varint). */
