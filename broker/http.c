@@ -26,7 +26,7 @@
  * With --api-keys (keys.c), search, sticker and click requests need `Authorization: Bearer KEY`
  * of a key with the scope (search; click): 401 without a valid key, 403 without the scope, 429
  * with Retry-After over the key's rate; a refused request reaches no shard and stores nothing.
- * /healthz, /readyz and /metrics stay open.
+ * /healthz, /readyz, /metrics, /openapi.json, the page (/) and /images/ stay open.
  *
  * Request ids: X-Request-Id (1..128 printable ASCII bytes; else a 400), or a W3C traceparent's
  * trace id, or a new random one, is the request's id (a bad X-Request-Id: 400, or 413 over 128

@@ -23,7 +23,7 @@
  *                   multi-phrase fields joined with '\n' (JSON-escaped); ocr "" when absent;
  *                   ,"image":"<hex2>/<id>.png" last for the stickers with a picture
  *                   (--images: the first N in corpus order, or the top P% by quality, which
- *                   clicks favour so most clicked stickers have one; drawn by gen_image.c into
+ *                   clicks favour; drawn by gen_image.c into
  *                   images/<hex2>/<id>.png, hex2 = id mod 256 in two hex digits).
  *   embeddings.npy  NumPy format 1.0: "\x93NUMPY" 0x01 0x00, uint16 LE header length, the
  *                   header dict "{'descr': '<f4', 'fortran_order': False, 'shape': (N, D), }"

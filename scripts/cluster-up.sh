@@ -11,7 +11,7 @@
 #   PERSRV_DEMO_IMAGES    which generated stickers get a placeholder picture (`builder generate
 #                         --images`): N (the first N), P% (the P% of highest quality, the ones
 #                         clicks favour) or all; default 25% (~135,000 pictures at the default
-#                         size, ~1 min and ~550 MB; all: ~3 min and 2.2 GB). The broker serves
+#                         size, ~1 min and ~550 MB; all: ~4 min and 2.2 GB). The broker serves
 #                         them (--image-root DIR/data/images) to the search page at its URL /
 #   PERSRV_IMAGE_ROOT     the directory the corpus's image paths are relative to (default
 #                         DATA/images when it exists: the generated pictures; for a corpus of
