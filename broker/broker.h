@@ -647,18 +647,22 @@ broker_auth broker_keys_check(broker_keys_t *ks, const char *key, size_t n, unsi
 broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_metrics_t *metrics,
                                uint32_t max_k, broker_keys_t *keys, int access_log, ps_err *err);
 void broker_http_free(broker_http_t *h);
-/* Serve /images/ from `root` (borrowed, must outlive h; NULL: /images/ is 404). */
-void broker_http_set_image_root(broker_http_t *h, const char *root);
+/* What /images/ serves: the files under root (NULL: nothing, 404) of at most max_bytes. */
+typedef struct broker_images {
+    const char *root;
+    size_t max_bytes;
+} broker_images;
+
+/* Serve /images/ as img says (copied; img->root borrowed, must outlive h). */
+void broker_http_set_images(broker_http_t *h, const broker_images *img);
 
 /* ---- page.c: the search page and the sticker pictures ----------------------------------- */
 
-#define BROKER_IMAGE_MAX (1 << 20) /* bytes of a picture /images/ serves (larger: 413) */
-
-/* Answer GET/HEAD of ep BROKER_EP_PAGE (the page) or BROKER_EP_IMAGE (`path` under
- * image_root, NULL: none). Returns 0 once answered, or a PS_E* code with err set and nothing
- * sent (PS_ENOTFOUND, PS_EFORBIDDEN for a symbolic link, PS_ETOOBIG, PS_ENOMEM). */
-int broker_page_serve(struct evhttp_request *req, int ep, const char *path, const char *image_root,
-                      ps_err *err);
+/* Answer GET/HEAD of ep BROKER_EP_PAGE (the page) or BROKER_EP_IMAGE (`path` as img says).
+ * Returns 0 once answered, or a PS_E* code with err set and nothing sent (PS_ENOTFOUND,
+ * PS_EFORBIDDEN for a symbolic link, PS_ETOOBIG over img->max_bytes, PS_ENOMEM). */
+int broker_page_serve(struct evhttp_request *req, int ep, const char *path,
+                      const broker_images *img, ps_err *err);
 /* The URL a page loads a sticker's picture from: an http(s) image reference as it is, a path
  * as "/images/<path>" (percent-encoded). New reference, or NULL for no image (or no memory). */
 struct json_t *broker_page_image_url(const char *image);
@@ -708,8 +712,8 @@ typedef struct broker_lane_cfg {
     uint32_t profile_staleness_ms, click_deadline_ms;
     uint32_t max_clicks; /* clicks in flight to the primary per lane */
     broker_upmap_t *replicas_upmap, *primary_upmap;
-    int http_fd;            /* listening socket to accept on (the lane dups it), -1: none */
-    const char *image_root; /* directory /images/ serves (NULL: none) */
+    int http_fd;          /* listening socket to accept on (the lane dups it), -1: none */
+    broker_images images; /* what /images/ serves (root NULL: nothing) */
     size_t max_body, max_headers;
     int http_timeout_s;
     uint32_t max_connections;    /* the HTTP door's, all lanes together (0: no cap) */

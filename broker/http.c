@@ -72,9 +72,9 @@ struct broker_http {
     broker_core_t *core;
     broker_metrics_t *metrics;
     uint32_t max_k;
-    broker_keys_t *keys;    /* NULL: open */
-    int access_log;         /* a log line per request at info (else at debug) */
-    const char *image_root; /* NULL: /images/ is 404 */
+    broker_keys_t *keys;  /* NULL: open */
+    int access_log;       /* a log line per request at info (else at debug) */
+    broker_images images; /* root NULL: /images/ is 404 */
 };
 
 static const char *method_name(int cmd)
@@ -796,7 +796,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         case BROKER_EP_IMAGE: {
             ps_err err = {0, ""};
             status =
-                broker_page_serve(req, ep, path, h->image_root, &err) ? reply_err(req, &err) : 200;
+                broker_page_serve(req, ep, path, &h->images, &err) ? reply_err(req, &err) : 200;
             break;
         }
         case BROKER_EP_OPENAPI: {
@@ -833,9 +833,9 @@ broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_
     return h;
 }
 
-void broker_http_set_image_root(broker_http_t *h, const char *root)
+void broker_http_set_images(broker_http_t *h, const broker_images *img)
 {
-    h->image_root = root;
+    h->images = *img;
 }
 
 void broker_http_free(broker_http_t *h)

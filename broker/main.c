@@ -127,6 +127,10 @@ static const ps_cfg_opt broker_opts[] = {
      "directory of the stickers' pictures (a corpus 'image' that is a path is relative to it), "
      "served read-only under /images/ for the search page at /; unset: /images/ is 404",
      0, 0, 0},
+    {"max-image-bytes", PS_CFG_UINT, "1048576",
+     "largest picture /images/ serves in bytes (larger: 413); a picture goes out with sendfile, "
+     "the lane only opens and stats it",
+     0, 1, 1u << 30},
     {"drain-ms", PS_CFG_UINT, "200", "on shutdown, time replies still being written get (ms)", 0, 0,
      60000},
     {"api-keys", PS_CFG_STRING, NULL,
@@ -409,6 +413,8 @@ int main(int argc, char **argv)
     ps_log(PS_LOG_INFO, "broker", "listening", "http=%s zmq=%s shards=%u lanes=%u", addr,
            front ? ps_zserver_endpoint(front) : "-", nshards, nlanes);
 
+    broker_images images = {.root = image_root,
+                            .max_bytes = (size_t)ps_cfg_uint(cfg, "max-image-bytes")};
     broker_lane_cfg lc = {.topology = ps_cfg_str(cfg, "shards"),
                           .deadline_ms = (uint32_t)ps_cfg_uint(cfg, "deadline-ms"),
                           .retries = (uint32_t)ps_cfg_uint(cfg, "retries"),
@@ -435,7 +441,7 @@ int main(int argc, char **argv)
                           .primary_upmap = prim_upmap,
                           .http_fd = http_fd,
                           .access_log = ps_cfg_bool(cfg, "access-log"),
-                          .image_root = ps_cfg_str(cfg, "image-root"),
+                          .images = images,
                           .max_body = (size_t)ps_cfg_uint(cfg, "max-body"),
                           .max_headers = (size_t)ps_cfg_uint(cfg, "max-headers"),
                           .http_timeout_s = (int)ps_cfg_uint(cfg, "http-timeout-s"),

@@ -5,7 +5,7 @@
  *
  *   GET /                  the search page (text/html; it calls /v1/search and /v1/click)
  *   GET /images/<path>     the file <image-root>/<path>: png, jpeg/jpg, gif or webp, at most
- *                          BROKER_IMAGE_MAX bytes; 404 without image-root
+ *                          max-image-bytes (default 1 MiB); 404 without image-root
  *
  * An image path is percent-decoded once, then refused (404) if it is empty, absolute, has an
  * empty, "." or ".." component, a backslash or a NUL or control byte, or an extension other
@@ -105,8 +105,10 @@ static int open_under(const char *root, char *rel, ps_err *err)
 }
 
 /* GET /images/<path>. Returns 0 once answered, or a PS_E* code with err set. */
-static int serve_image(struct evhttp_request *req, const char *path, const char *root, ps_err *err)
+static int serve_image(struct evhttp_request *req, const char *path, const broker_images *img,
+                       ps_err *err)
 {
+    const char *root = img->root;
     if (!root) return ps_err_set(err, PS_ENOTFOUND, "no image root is configured");
     size_t n = 0;
     char *rel = evhttp_uridecode(path + strlen(IMAGES_PREFIX), 0, &n);
@@ -122,9 +124,10 @@ static int serve_image(struct evhttp_request *req, const char *path, const char 
     free(rel);
     if (rc) return rc;
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || sb.st_size > BROKER_IMAGE_MAX) {
+    if (fstat(fd, &sb) != 0 || (uint64_t)sb.st_size > img->max_bytes) {
         close(fd);
-        return ps_err_set(err, PS_ETOOBIG, "the image is over %d bytes", BROKER_IMAGE_MAX);
+        return ps_err_set(err, PS_ETOOBIG, "the image is over %zu bytes (max-image-bytes)",
+                          img->max_bytes);
     }
     struct evbuffer *out = evhttp_request_get_output_buffer(req);
     if (sb.st_size == 0) {
@@ -140,10 +143,10 @@ static int serve_image(struct evhttp_request *req, const char *path, const char 
     return 0;
 }
 
-int broker_page_serve(struct evhttp_request *req, int ep, const char *path, const char *image_root,
-                      ps_err *err)
+int broker_page_serve(struct evhttp_request *req, int ep, const char *path,
+                      const broker_images *img, ps_err *err)
 {
-    if (ep == BROKER_EP_IMAGE) return serve_image(req, path, image_root, err);
+    if (ep == BROKER_EP_IMAGE) return serve_image(req, path, img, err);
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evbuffer_add(evhttp_request_get_output_buffer(req), broker_page_html, broker_page_html_len);
     evhttp_add_header(h, "Content-Type", "text/html; charset=utf-8");
