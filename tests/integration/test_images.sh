@@ -29,6 +29,11 @@ $B generate --out "$T/data" --stickers 3000 --dim 16 --users 2 --clicks 300 --pa
 [ "$(find "$T/data/images" -name '*.png' | wc -l)" = 300 ] || fail "not 300 PNG files"
 # line 1: an http(s) URL instead of the generated path
 sed -i '1s|"image":"[^"]*"|"image":"https://img.example.com/s/1.png?x=1"|' "$T/data/corpus.jsonl"
+# line 3: a path that needs percent-encoding in its image_url
+mkdir -p "$T/data/images/zz"
+cp "$T/data/images/$(sed -n 3p "$T/data/corpus.jsonl" | jq -r .image)" \
+  "$T/data/images/zz/sp ace+%é.png"
+sed -i '3s|"image":"[^"]*"|"image":"zz/sp ace+%é.png"|' "$T/data/corpus.jsonl"
 $B build --corpus "$T/data/corpus.jsonl" --embeddings "$T/data/embeddings.npy" \
   --clicks "$T/data/clicks.tsv" --out "$T/cluster" --shards 2 >"$T/build.out" 2>&1 \
   || fail "build: $(cat "$T/build.out")"
@@ -82,6 +87,12 @@ id1=$(sed -n 1p "$T/data/corpus.jsonl" | grep -oE '^\{"id":[0-9]+' | tr -dc 0-9)
 [ "$(get "/v1/stickers/$id1")" = 200 ] || fail "sticker $id1"
 [ "$(jq -r .image_url "$T/body")" = "https://img.example.com/s/1.png?x=1" ] \
   || fail "a URL image does not pass through: $(cat "$T/body")"
+id3=$(sed -n 3p "$T/data/corpus.jsonl" | grep -oE '^\{"id":[0-9]+' | tr -dc 0-9)
+[ "$(get "/v1/stickers/$id3")" = 200 ] || fail "sticker $id3"
+u3=$(jq -r .image_url "$T/body")
+[ "$u3" = "/images/zz/sp%20ace%2B%25%C3%A9.png" ] || fail "image_url of 'zz/sp ace+%é.png' is $u3"
+[ "$(get "$u3")" = 200 ] && cmp -s "$T/body" "$T/data/images/zz/sp ace+%é.png" \
+  || fail "$u3 is not the file"
 id500=$(sed -n 500p "$T/data/corpus.jsonl" | grep -oE '^\{"id":[0-9]+' | tr -dc 0-9)
 [ "$(get "/v1/stickers/$id500")" = 200 ] || fail "sticker $id500"
 [ "$(jq 'has("image") or has("image_url")' "$T/body")" = false ] \
