@@ -5,7 +5,8 @@
 # --image-root at /images/.
 #   1. A sticker with a picture: its image and image_url; GET image_url returns the very bytes
 #      the generator wrote, as image/png with a Cache-Control; a URL image passes through; a
-#      sticker without one has neither key; explain=1 hits carry them too.
+#      sticker without one has neither key; explain=1 hits carry them too; a path with a
+#      space, "+", "%" and UTF-8 gets a percent-encoded image_url that loads the file.
 #   2. Refused, in the JSON error shape: links under the root (to /etc/passwd, to a file
 #      outside, a directory link out) 403; "..", encoded %2e%2e and %2f, an absolute path, NUL,
 #      a directory, a non-image, a missing file 404; a file over the cap 413. None of them
