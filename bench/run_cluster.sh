@@ -125,7 +125,7 @@ daemons_ns() { # broker and shards: "BROKER SHARDS"
 }
 searches() { # searches the broker answered so far (every status code), or -1 without curl
   command -v curl >/dev/null || { echo -1; return; }
-  curl -fsS "$URL/metrics" | awk '/^persrv_http_requests_total\{endpoint="search"/ {s += $2}
+  curl -fsS "$URL/metrics" | awk '/^persrv_requests_total\{door="[a-z]*",endpoint="search"/ {s += $2}
     END {printf "%.0f\n", s}'
 }
 read -r b0 s0 < <(daemons_ns)

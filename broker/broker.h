@@ -314,6 +314,9 @@ void broker_profcache_use_service(broker_profcache_t *c, broker_pool_t *replicas
 /* The profile of `user` (borrowed, valid until the next broker_profcache_get), or NULL for an
  * unknown user or one without centroids. A storage error is logged and treated as unknown. */
 const ps_profile *broker_profcache_get(broker_profcache_t *c, const char *user);
+/* The same, naming the request's trace id (NULL: none) to the profile service it may read. */
+const ps_profile *broker_profcache_get_traced(broker_profcache_t *c, const char *user,
+                                              const char *trace);
 
 /* A click of `user` was acknowledged at sequence `seq`: the next read of the user must come
  * from a node that has applied it. */
@@ -348,6 +351,12 @@ void broker_metrics_http(broker_metrics_t *m, int endpoint, int status, double s
 void broker_metrics_shard(broker_metrics_t *m, uint32_t shard, int ok, double seconds,
                           uint32_t failovers);
 /* A click was sent to the profile primary; ... and how it ended (rc 0 or a PS_E* code). */
+/* A search was answered (r: the result the door sends) on the door of `endpoint`
+ * (BROKER_EP_SEARCH or BROKER_EP_ZMQ_SEARCH): counts it when it is partial (r->ok <
+ * r->nshards). Every door calls it once per search it answers with a result. */
+struct broker_result; /* core.c's, below */
+void broker_metrics_search_answered(broker_metrics_t *m, int endpoint,
+                                    const struct broker_result *r);
 /* A search needed a second round for n shards (its first-round depth was not enough). */
 void broker_metrics_second_round(broker_metrics_t *m, uint32_t n);
 void broker_metrics_click_sent(broker_metrics_t *m);
@@ -382,7 +391,7 @@ uint32_t broker_clicks_pending(const broker_clicks_t *q);
  * done(arg, ...) runs exactly once, later, from the base's loop. Else (done never called, and
  * nothing can have been stored): PS_EUNAVAIL (no connection up, its queue full, max_pending in
  * flight), PS_EINVAL and friends (a click ps_wire_pack refuses), PS_ENOMEM. */
-int broker_clicks_send(broker_clicks_t *q, const Persrv__ClickRequest *click,
+int broker_clicks_send(broker_clicks_t *q, const Persrv__ClickRequest *click, const char *trace,
                        broker_click_done_fn done, void *arg, ps_err *err);
 
 /* ---- core.c: search and sticker lookup, whichever door they came in by --------------- */
@@ -461,6 +470,18 @@ typedef void (*broker_search_fn)(void *arg, int rc, const ps_err *err, const bro
  * does not answer makes the result partial (res->ok < res->nshards). */
 int broker_core_search(broker_core_t *c, const broker_query *q, broker_search_fn done, void *arg,
                        ps_err *err);
+
+/* Many searches (POST /v1/msearch) in one round: every shard gets one request holding all of
+ * them (each at depth R: no second round) and answers each in its place. qs[0..n) (n <=
+ * BROKER_MAX_BATCH) are checked as broker_core_search checks one: rcs[i] and errs[i] are search
+ * i's error at once (done is never called for it), else 0 and done(args[i], ...) is called for
+ * it exactly once, later, from the lane's loop, as for broker_core_search. trace: the batch's
+ * id for the shards' logs (each search carries its own qs[i].trace). Returns 0 with *started
+ * the number of searches started, or a PS_E* code for the whole batch (none started: PS_ENOMEM,
+ * PS_EUNAVAIL when stopping). */
+int broker_core_msearch(broker_core_t *c, const broker_query *qs, size_t n, broker_search_fn done,
+                        void *const *args, int *rcs, ps_err *errs, const char *trace,
+                        size_t *started, ps_err *err);
 
 /* How a sticker lookup ended: rc 0 with reply (an envelope whose sticker_reply is the answer;
  * the callee takes it: ps_wire_free), or PS_ENOTFOUND / PS_EUNAVAIL (no replica of its shard

@@ -214,7 +214,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-int broker_clicks_send(broker_clicks_t *q, const Persrv__ClickRequest *click,
+int broker_clicks_send(broker_clicks_t *q, const Persrv__ClickRequest *click, const char *trace,
                        broker_click_done_fn done, void *arg, ps_err *err)
 {
     if (q->npending >= q->max_pending)
@@ -237,6 +237,7 @@ int broker_clicks_send(broker_clicks_t *q, const Persrv__ClickRequest *click,
     e.deadline_ms = q->deadline_ms;
     e.body_case = PERSRV__ENVELOPE__BODY_CLICK;
     e.click = (Persrv__ClickRequest *)click;
+    e.trace_id = trace && trace[0] ? (char *)trace : (char *)"";
     uint8_t *buf = NULL;
     size_t len = 0;
     int rc = ps_wire_pack(&e, &buf, &len, err);

@@ -373,27 +373,41 @@ static void search_done2(void *arg, broker_call *calls, size_t n)
     merge_finish(j);
 }
 
-/* Every shard has answered or given up: merge, or first ask again at depth R the shards whose
- * first-round hits may not hold all of their share of the top R. */
+/* Take shard s's first-round answer (call: its reply, or why there is none). */
+static void first_round_take(search_job *j, broker_call *call, uint32_t s)
+{
+    j->answered[s] = (uint8_t)take_reply(j, call, s, j->depth);
+    j->res.ok += j->answered[s];
+    if (call->reason[0]) record_failure(j, call, s);
+}
+
+static void first_round_end(search_job *j);
+
 static void search_done(void *arg, broker_call *calls, size_t n)
 {
     search_job *j = arg;
-    broker_core_t *c = j->c;
-    broker_result *res = &j->res;
     (void)n;
     for (uint32_t s = 0; s < j->ns; s++) {
         broker_call *call = &calls[s];
-        j->answered[s] = (uint8_t)take_reply(j, call, s, j->depth);
-        res->ok += j->answered[s];
-        broker_metrics_shard(c->metrics, s, call->reason[0] == '\0', call->seconds,
+        first_round_take(j, call, s);
+        broker_metrics_shard(j->c->metrics, s, call->reason[0] == '\0', call->seconds,
                              call->failovers);
-        if (call->reason[0]) record_failure(j, call, s);
     }
+    first_round_end(j);
+}
+
+/* Every shard's first-round answer is in: merge, or first ask again at depth R the shards whose
+ * hits may not hold all of their share of the top R. */
+static void first_round_end(search_job *j)
+{
+    broker_core_t *c = j->c;
+    broker_result *res = &j->res;
     res->nshards = j->ns;
     res->failures = j->failures;
     if (res->ok == 0) {
         ps_err e;
-        ps_err_set(&e, PS_EUNAVAIL, "no shard answered (shard 0: %s)", calls[0].reason);
+        ps_err_set(&e, PS_EUNAVAIL, "no shard answered (shard %u: %s)", j->failures[0].shard,
+                   j->failures[0].reason);
         job_finish(j, PS_EUNAVAIL, &e);
         return;
     }
@@ -431,9 +445,14 @@ static int printable(const char *u, size_t n)
     return 1;
 }
 
-int broker_core_search(broker_core_t *c, const broker_query *q, broker_search_fn done, void *arg,
-                       ps_err *err)
+/* Check q, analyze it and build its job: the shards' request frame (j->frame, and j->frame_r
+ * for a second round), at a first-round depth below R unless one_round. Returns 0 with *out, or
+ * a PS_E* code (nothing built). */
+static int search_prepare(broker_core_t *c, const broker_query *q, int one_round,
+                          broker_search_fn done, void *arg, search_job **out, size_t *flen_out,
+                          ps_err *err)
 {
+    *out = NULL;
     uint32_t k = q->k ? q->k : BROKER_DEFAULT_K;
     if (k > c->lim.max_k)
         return ps_err_set(err, PS_EINVAL, "k: must be an integer in 1..%u", c->lim.max_k);
@@ -475,12 +494,12 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_search_fn
     ps_search_opts_default(&opts);
     opts.R = R;
     opts.k = k;
-    opts.profile = user ? broker_profcache_get(c->profiles, user) : NULL;
+    opts.profile = user ? broker_profcache_get_traced(c->profiles, user, q->trace) : NULL;
 
     /* Each shard is asked first for its best `depth`, about its share of R with room to spare;
      * the few shards that may hold more of the top R are asked again at R (search_done). */
     uint32_t depth = R;
-    if (ns > 1) {
+    if (ns > 1 && !one_round) {
         uint32_t share = (R + ns - 1) / ns;
         depth = c->lim.shard_depth ? c->lim.shard_depth : share + share / 2 + 8;
         if (depth > R) depth = R;
@@ -531,16 +550,146 @@ int broker_core_search(broker_core_t *c, const broker_query *q, broker_search_fn
         job_free(j);
         return rc;
     }
-    for (uint32_t s = 0; s < ns; s++)
+    *out = j;
+    *flen_out = flen;
+    return 0;
+}
+
+int broker_core_search(broker_core_t *c, const broker_query *q, broker_search_fn done, void *arg,
+                       ps_err *err)
+{
+    search_job *j;
+    size_t flen;
+    int rc = search_prepare(c, q, 0, done, arg, &j, &flen, err);
+    if (rc) return rc;
+    for (uint32_t s = 0; s < j->ns; s++)
         j->calls[s] = (broker_call){.shard = s,
                                     .replica = -1,
                                     .expect = PERSRV__ENVELOPE__BODY_SEARCH_REPLY,
                                     .frame = j->frame,
                                     .len = flen,
                                     .budget_ms = q->timeout_ms};
-    rc = broker_fan_start(c->fan, j->calls, ns, search_done, j, err);
+    rc = broker_fan_start(c->fan, j->calls, j->ns, search_done, j, err);
     if (rc) job_free(j);
     return rc;
+}
+
+/* ---- batches (POST /v1/msearch) ----------------------------------------------------------- */
+
+/* Many searches in one round: each shard gets one BatchRequest holding every search's request
+ * (at depth R, so no second round), and answers each in its place. */
+typedef struct batch_job {
+    broker_core_t *c;
+    size_t n;
+    search_job *jobs[BROKER_MAX_BATCH];
+    uint8_t *frame;
+    broker_call *calls; /* one per shard */
+} batch_job;
+
+static void batch_free(batch_job *b)
+{
+    for (size_t i = 0; i < b->n; i++) job_free(b->jobs[i]);
+    free(b->frame);
+    free(b->calls);
+    free(b);
+}
+
+/* Every shard has answered the batch or given up: each search takes its shards' answers and
+ * ends as a search of its own does (explain's fields fetched by its own round). */
+static void batch_done(void *arg, broker_call *calls, size_t ns)
+{
+    batch_job *b = arg;
+    for (uint32_t s = 0; s < ns; s++) {
+        broker_call *call = &calls[s];
+        const Persrv__BatchReply *br = call->reply ? call->reply->batch_reply : NULL;
+        if (br && br->n_replies != b->n)
+            snprintf(call->reason, sizeof call->reason, "%zu answers to a batch of %zu",
+                     br->n_replies, b->n);
+        broker_metrics_shard(b->c->metrics, s, call->reason[0] == '\0', call->seconds,
+                             call->failovers);
+        for (size_t i = 0; i < b->n; i++) {
+            broker_call one = {.timed_out = call->timed_out};
+            snprintf(one.reason, sizeof one.reason, "%s", call->reason);
+            if (!one.reason[0]) {
+                ps_err e = {0, ""};
+                const ProtobufCBinaryData *d = &br->replies[i];
+                if (ps_wire_decode(d->data, d->len, SIZE_MAX, &one.reply, &e))
+                    snprintf(one.reason, sizeof one.reason, "answer %zu: %s", i, e.msg);
+                else if (one.reply->body_case == PERSRV__ENVELOPE__BODY_ERROR)
+                    snprintf(one.reason, sizeof one.reason, "%s: %s", one.reply->error->code,
+                             one.reply->error->message);
+                else if (one.reply->body_case != PERSRV__ENVELOPE__BODY_SEARCH_REPLY)
+                    snprintf(one.reason, sizeof one.reason, "answer %zu: not a search reply", i);
+                if (one.reason[0]) {
+                    ps_wire_free(one.reply);
+                    one.reply = NULL;
+                }
+            }
+            first_round_take(b->jobs[i], &one, s);
+        }
+        ps_wire_free(call->reply);
+        call->reply = NULL;
+    }
+    for (size_t i = 0; i < b->n; i++) {
+        search_job *j = b->jobs[i];
+        b->jobs[i] = NULL;
+        first_round_end(j); /* ends j (depth R: no second round) */
+    }
+    b->n = 0;
+    batch_free(b);
+}
+
+int broker_core_msearch(broker_core_t *c, const broker_query *qs, size_t n, broker_search_fn done,
+                        void *const *args, int *rcs, ps_err *errs, const char *trace,
+                        size_t *started, ps_err *err)
+{
+    *started = 0;
+    if (n > BROKER_MAX_BATCH)
+        return ps_err_set(err, PS_ETOOBIG, "searches: more than %d in one batch", BROKER_MAX_BATCH);
+    batch_job *b = calloc(1, sizeof *b);
+    uint32_t ns = broker_fan_nshards(c->fan), budget = 0;
+    if (!b || !(b->calls = calloc(ns, sizeof *b->calls))) {
+        free(b);
+        return ps_err_set(err, PS_ENOMEM, "out of memory for a batch");
+    }
+    b->c = c;
+    const uint8_t *frames[BROKER_MAX_BATCH];
+    size_t lens[BROKER_MAX_BATCH];
+    for (size_t i = 0; i < n; i++) {
+        search_job *j;
+        ps_err_clear(&errs[i]);
+        if ((rcs[i] = search_prepare(c, &qs[i], 1, done, args[i], &j, &lens[b->n], &errs[i])))
+            continue;
+        frames[b->n] = j->frame;
+        b->jobs[b->n++] = j;
+        /* the batch's calls get the shortest of the searches' timeouts */
+        if (qs[i].timeout_ms && (!budget || qs[i].timeout_ms < budget)) budget = qs[i].timeout_ms;
+    }
+    int rc = 0;
+    size_t flen = 0;
+    if (b->n == 0) {
+        batch_free(b);
+        return 0;
+    }
+    if ((rc = ps_wire_encode_batch(0, 0, 0, frames, lens, b->n, &b->frame, &flen, err)) ||
+        (rc = ps_wire_append_trace(&b->frame, &flen, trace, err))) {
+        batch_free(b);
+        return rc;
+    }
+    for (uint32_t s = 0; s < ns; s++)
+        b->calls[s] = (broker_call){.shard = s,
+                                    .replica = -1,
+                                    .expect = PERSRV__ENVELOPE__BODY_BATCH_REPLY,
+                                    .frame = b->frame,
+                                    .len = flen,
+                                    .budget_ms = budget};
+    size_t nb = b->n;
+    if ((rc = broker_fan_start(c->fan, b->calls, ns, batch_done, b, err))) {
+        batch_free(b);
+        return rc;
+    }
+    *started = nb;
+    return 0;
 }
 
 /* ---- clicks ------------------------------------------------------------------------------ */
@@ -623,7 +772,7 @@ static void click_fetched(void *arg, broker_call *calls, size_t n)
         if (!c->clicks)
             rc = ps_err_set(&err, PS_EUNAVAIL, "clicks need the profile service");
         else
-            rc = broker_clicks_send(c->clicks, &click, click_done, j, &err);
+            rc = broker_clicks_send(c->clicks, &click, j->trace, click_done, j, &err);
         if (rc == 0) {
             broker_metrics_click_sent(c->metrics);
             ps_wire_free(call->reply);

@@ -158,6 +158,7 @@ static void query_answered(void *arg, int rc, const ps_err *err, const broker_re
     ps_err perr = {0, ""};
     if (rc == 0 && (rc = pack_query_reply(r, fl->request_id, fl->t0, &reply, &reply_len, &perr)))
         err = &perr;
+    if (rc == 0) broker_metrics_search_answered(fl->metrics, fl->endpoint, r);
     later_answer(fl, rc, err, reply, reply_len);
 }
 

@@ -9,9 +9,10 @@
  *                                         "150ms", "2s"; allow_partial=false: 503/504 instead of
  *                                         a partial answer); any other parameter is a 400
  *   POST /v1/search                       the same parameters as a JSON object
- *   POST /v1/msearch                      {"searches": [...]}: up to 32 searches, answered
- *                                         together ({"responses": [...]}, each an answer or its
- *                                         own {"status", "error"})
+ *   POST /v1/msearch                      {"searches": [...]}: up to 32 searches in one
+ *                                         request per shard, answered together
+ *                                         ({"responses": [...]}, each an answer or its own
+ *                                         {"status", "error"})
  *   POST /v1/click                        {"user", "sticker_id", "query", "click_id"}: to the
  *                                         profile primary (answered from the lane's loop once
  *                                         the primary answers: the lane does not wait)
@@ -359,6 +360,7 @@ static void batch_put(http_batch *b, size_t slot, json_t *answer)
 static void search_answered(void *arg, int rc, const ps_err *err, const broker_result *r)
 {
     http_pending *p = arg;
+    if (rc == 0) broker_metrics_search_answered(p->h->metrics, BROKER_EP_SEARCH, r);
     if (p->batch) {
         batch_put(p->batch, p->slot,
                   rc ? error_body(ps_err_http_status(err->code), ps_errname(err->code), err->msg)
@@ -481,32 +483,50 @@ static int handle_msearch(broker_http_t *h, struct evhttp_request *req, const ch
         *b = (http_batch){
             .h = h, .req = req, .who = who, .t0 = t0, .n = n, .left = n, .resp = b->resp};
         snprintf(b->rid, sizeof b->rid, "%s", rid);
-        /* Parse every search first, so that the answers of those that fail at once are in
-         * place; then start the others. b->left counts the searches not answered yet, plus one
-         * held until every search is started, so the batch cannot answer early. */
+        /* Parse every search, then start those that parse in one batch (one request per
+         * shard); those that fail at once have their answers in place at once. b->left counts
+         * the searches not answered yet, plus one held until the batch is started, so it cannot
+         * answer early. */
         b->left++;
+        broker_search_params sp[BROKER_MAX_BATCH];
+        broker_query qs[BROKER_MAX_BATCH];
+        http_pending *ps[BROKER_MAX_BATCH];
+        int rcs[BROKER_MAX_BATCH];
+        ps_err errs[BROKER_MAX_BATCH];
+        size_t slot[BROKER_MAX_BATCH], m = 0, started = 0;
         for (size_t i = 0; i < n; i++) {
             char at[32];
             snprintf(at, sizeof at, "searches[%zu]", i);
-            broker_search_params sp;
-            broker_query q;
             ps_err e = {0, ""};
             http_pending *p = NULL;
-            int rc = broker_search_parse_json(json_array_get(list, i), at, h->max_k, &sp, &q, &e);
+            int rc =
+                broker_search_parse_json(json_array_get(list, i), at, h->max_k, &sp[m], &qs[m], &e);
             if (!rc && !(p = pending_new(h, req, who, t0, "/v1/msearch", rid)))
                 rc = ps_err_set(&e, PS_ENOMEM, "out of memory for a search");
-            if (!rc) {
-                char sub[PS_WIRE_MAX_TRACE + 1];
-                /* each search's trace id: the request's, and its place in the batch */
-                snprintf(sub, sizeof sub, "%.*s.%zu", PS_WIRE_MAX_TRACE - 4, rid, i);
-                snprintf(p->rid, sizeof p->rid, "%s", sub);
-                p->batch = b;
-                p->slot = i;
-                q.trace = p->rid;
-                if ((rc = broker_core_search(h->core, &q, search_answered, p, &e))) free(p);
+            if (rc) {
+                broker_search_params_free(&sp[m]);
+                batch_put(b, i, error_body(ps_err_http_status(rc), ps_errname(rc), e.msg));
+                continue;
             }
-            if (rc) batch_put(b, i, error_body(ps_err_http_status(rc), ps_errname(rc), e.msg));
-            broker_search_params_free(&sp);
+            /* each search's trace id: the request's, and its place in the batch */
+            snprintf(p->rid, sizeof p->rid, "%.*s.%zu", PS_WIRE_MAX_TRACE - 4, rid, i);
+            p->batch = b;
+            p->slot = i;
+            qs[m].trace = p->rid;
+            ps[m] = p;
+            slot[m++] = i;
+        }
+        int brc = m ? broker_core_msearch(h->core, qs, m, search_answered, (void *const *)ps, rcs,
+                                          errs, rid, &started, &err)
+                    : 0;
+        for (size_t i = 0; i < m; i++) {
+            if (brc || rcs[i]) {
+                const ps_err *e = brc ? &err : &errs[i];
+                int rc = brc ? brc : rcs[i];
+                free(ps[i]);
+                batch_put(b, slot[i], error_body(ps_err_http_status(rc), ps_errname(rc), e->msg));
+            }
+            broker_search_params_free(&sp[i]);
         }
         json_decref(doc);
         if (--b->left == 0) batch_answer(b); /* every search failed at once */

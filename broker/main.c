@@ -139,12 +139,12 @@ static const ps_cfg_opt broker_opts[] = {
      "'Authorization: Bearer KEY' (401/403/429); without it the door is open (development)",
      0, 0, 0},
     PS_ADMIN_CFG_OPTS("/admin/switch"),
-    {"version", PS_CFG_UINT, "0",
+    {"snapshot-version", PS_CFG_UINT, "0",
      "snapshot version to serve at start (0: the shards' active version, adopted from the first "
      "answer every shard gives from one version)",
      0, 0, 9223372036854775807.0},
     PS_CURVE_CFG_OPTS,
-    {"log-level", PS_CFG_STRING, "info", "debug, info, warn, error or off", 0, 0, 0},
+    PS_LOG_CFG_OPTS,
     {"access-log", PS_CFG_BOOL, "false",
      "log a line per HTTP request at info (method, path, request_id, key, status, took_ms); "
      "otherwise those lines are at debug",
@@ -361,7 +361,7 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    broker_version_init(&version, ps_cfg_uint(cfg, "version"));
+    broker_version_init(&version, ps_cfg_uint(cfg, "snapshot-version"));
     if (ps_admin_token_load(ps_cfg_str(cfg, "admin-token"), ps_cfg_str(cfg, "admin-token-file"),
                             &token, &err)) {
         ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"%s\"", err.msg);

@@ -1,7 +1,9 @@
 /*
  * metrics.c — the broker's Prometheus metrics (text exposition format 0.0.4):
- *   persrv_http_requests_total{endpoint,code}          counter
- *   persrv_http_request_duration_seconds{endpoint}     histogram
+ *   persrv_requests_total{door,endpoint,code}          counter: requests of both front doors
+ *   persrv_request_duration_seconds{door,endpoint}     histogram
+ *   persrv_broker_partial_answers_total{door}          counter: searches answered while some
+ *                                                      shard did not answer (partial: true)
  *   persrv_shard_request_duration_seconds{shard}       histogram (answered calls)
  *   persrv_shard_failovers_total{shard}                counter
  *   persrv_shard_failures_total{shard}                 counter (calls no replica answered)
@@ -14,10 +16,14 @@
  *                                                      (no answer in click-deadline-ms),
  *                                                      refused (the primary's Error)
  *   persrv_http_connections*{door}, ...               the HTTP doors' connections (httpguard.h)
+ *   persrv_build_info{version,commit,build_type}       gauge, 1 (ps/version.h)
  * Buckets span 0.5 ms .. 1 s around the latency targets (DESIGN §7). No per-user labels.
- * The front door's requests count under the same names with endpoint="zmq_search",
- * "zmq_sticker", "zmq_health", "zmq_click" (code: the HTTP status the same outcome would have;
- * a click whose outcome is unknown counts as 504).
+ * door is "http" (the HTTP/JSON door) or "zmq" (the ZeroMQ front door); endpoint is search,
+ * msearch, click, sticker, healthz, readyz, metrics, openapi, page (the search page, /), image
+ * (/images/) or other over HTTP, and search, click, sticker, health or other over ZeroMQ, so one
+ * endpoint sums over both doors (each search of an msearch counts as a partial answer on its
+ * own, the msearch once as a request). code is the HTTP status (on the ZeroMQ door: the status
+ * the same outcome would have over HTTP; a click whose outcome is unknown counts as 504).
  *
  * Every lane thread records into one broker_metrics_t: a mutex guards it (a few counter
  * increments per request; rendering holds it while it formats).
@@ -30,6 +36,7 @@
 
 #include "broker.h"
 #include "ps/httpguard.h"
+#include "ps/version.h"
 
 #define NBUCKETS 12
 static const double bucket_le[NBUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -58,6 +65,9 @@ enum { CLICK_STORED, CLICK_DUPLICATE, CLICK_IN_DOUBT, CLICK_REFUSED, NCLICK_OUTC
 static const char *const click_outcomes[NCLICK_OUTCOMES] = {"stored", "duplicate", "in_doubt",
                                                             "refused"};
 
+enum { DOOR_HTTP, DOOR_ZMQ, NDOORS };
+static const char *const door_names[NDOORS] = {"http", "zmq"};
+
 struct broker_metrics {
     pthread_mutex_t mu;
     endpoint_stats ep[BROKER_NEP];
@@ -66,12 +76,23 @@ struct broker_metrics {
     uint64_t clicks_in_flight;
     uint64_t second_rounds, second_round_shards;
     uint64_t clicks[NCLICK_OUTCOMES];
+    uint64_t partial[NDOORS];
 };
 
-static const char *const ep_names[BROKER_NEP] = {
-    "search",  "click",      "sticker",     "healthz",    "readyz",    "metrics",
-    "other",   "zmq_search", "zmq_sticker", "zmq_health", "zmq_other", "zmq_click",
-    "msearch", "openapi",    "page",        "image"};
+/* The door and endpoint labels of each BROKER_EP_*. */
+static const struct {
+    int door; /* DOOR_* */
+    const char *endpoint;
+} ep_labels[BROKER_NEP] = {
+    [BROKER_EP_SEARCH] = {DOOR_HTTP, "search"},      [BROKER_EP_CLICK] = {DOOR_HTTP, "click"},
+    [BROKER_EP_STICKER] = {DOOR_HTTP, "sticker"},    [BROKER_EP_HEALTHZ] = {DOOR_HTTP, "healthz"},
+    [BROKER_EP_READYZ] = {DOOR_HTTP, "readyz"},      [BROKER_EP_METRICS] = {DOOR_HTTP, "metrics"},
+    [BROKER_EP_OTHER] = {DOOR_HTTP, "other"},        [BROKER_EP_ZMQ_SEARCH] = {DOOR_ZMQ, "search"},
+    [BROKER_EP_ZMQ_STICKER] = {DOOR_ZMQ, "sticker"}, [BROKER_EP_ZMQ_HEALTH] = {DOOR_ZMQ, "health"},
+    [BROKER_EP_ZMQ_OTHER] = {DOOR_ZMQ, "other"},     [BROKER_EP_ZMQ_CLICK] = {DOOR_ZMQ, "click"},
+    [BROKER_EP_MSEARCH] = {DOOR_HTTP, "msearch"},    [BROKER_EP_OPENAPI] = {DOOR_HTTP, "openapi"},
+    [BROKER_EP_PAGE] = {DOOR_HTTP, "page"},          [BROKER_EP_IMAGE] = {DOOR_HTTP, "image"},
+};
 
 broker_metrics_t *broker_metrics_new(uint32_t nshards)
 {
@@ -111,6 +132,15 @@ void broker_metrics_http(broker_metrics_t *m, int endpoint, int status, double s
     if (i == e->ncodes && e->ncodes < MAX_CODES) e->code[e->ncodes++] = status;
     if (i < e->ncodes) e->count[i]++;
     observe(&e->latency, seconds);
+    pthread_mutex_unlock(&m->mu);
+}
+
+void broker_metrics_search_answered(broker_metrics_t *m, int endpoint,
+                                    const struct broker_result *r)
+{
+    if (r->ok >= r->nshards) return;
+    pthread_mutex_lock(&m->mu);
+    m->partial[ep_labels[endpoint].door]++;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -171,20 +201,31 @@ void broker_metrics_render(broker_metrics_t *m, ps_buf *b)
 {
     pthread_mutex_lock(&m->mu);
     char label[64];
-    ps_buf_printf(b,
-                  "# HELP persrv_http_requests_total HTTP requests by endpoint and status code.\n"
-                  "# TYPE persrv_http_requests_total counter\n");
+    ps_buf_printf(b, "# HELP persrv_requests_total Requests by front door (http, zmq), endpoint "
+                     "and status code.\n"
+                     "# TYPE persrv_requests_total counter\n");
     for (int e = 0; e < BROKER_NEP; e++)
         for (int i = 0; i < m->ep[e].ncodes; i++)
-            ps_buf_printf(b, "persrv_http_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n",
-                          ep_names[e], m->ep[e].code[i], (unsigned long long)m->ep[e].count[i]);
-    ps_buf_printf(b, "# HELP persrv_http_request_duration_seconds HTTP request latency.\n"
-                     "# TYPE persrv_http_request_duration_seconds histogram\n");
+            ps_buf_printf(b,
+                          "persrv_requests_total{door=\"%s\",endpoint=\"%s\",code=\"%d\"} "
+                          "%llu\n",
+                          door_names[ep_labels[e].door], ep_labels[e].endpoint, m->ep[e].code[i],
+                          (unsigned long long)m->ep[e].count[i]);
+    ps_buf_printf(b, "# HELP persrv_request_duration_seconds Request latency by front door and "
+                     "endpoint.\n"
+                     "# TYPE persrv_request_duration_seconds histogram\n");
     for (int e = 0; e < BROKER_NEP; e++) {
         if (!m->ep[e].latency.count) continue;
-        snprintf(label, sizeof label, "endpoint=\"%s\"", ep_names[e]);
-        put_histo(b, "persrv_http_request_duration_seconds", label, &m->ep[e].latency);
+        snprintf(label, sizeof label, "door=\"%s\",endpoint=\"%s\"", door_names[ep_labels[e].door],
+                 ep_labels[e].endpoint);
+        put_histo(b, "persrv_request_duration_seconds", label, &m->ep[e].latency);
     }
+    ps_buf_printf(b, "# HELP persrv_broker_partial_answers_total Searches answered while some "
+                     "shard did not answer (partial: true), by front door.\n"
+                     "# TYPE persrv_broker_partial_answers_total counter\n");
+    for (int d = 0; d < NDOORS; d++)
+        ps_buf_printf(b, "persrv_broker_partial_answers_total{door=\"%s\"} %llu\n", door_names[d],
+                      (unsigned long long)m->partial[d]);
     ps_buf_printf(b,
                   "# HELP persrv_shard_request_duration_seconds Latency of answered shard calls.\n"
                   "# TYPE persrv_shard_request_duration_seconds histogram\n");
@@ -227,4 +268,5 @@ void broker_metrics_render(broker_metrics_t *m, ps_buf *b)
                       (unsigned long long)m->clicks[o]);
     pthread_mutex_unlock(&m->mu);
     ps_httpguard_render_metrics(b); /* the HTTP doors' connection counters (ps/httpguard.h) */
+    ps_version_render_metrics(b);   /* persrv_build_info */
 }

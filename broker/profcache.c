@@ -100,12 +100,20 @@ static entry *insert(broker_profcache_t *c, const char *user, size_t len)
     return e;
 }
 
+/* A profile read: whose, and for which request. */
+typedef struct profile_args {
+    char *user;
+    const char *trace; /* NULL: none */
+} profile_args;
+
 static int encode_get_profile(void *arg, uint64_t request_id, uint32_t deadline_ms, uint8_t **buf,
                               size_t *len, ps_err *err)
 {
+    const profile_args *a = arg;
     Persrv__ProfileRequest q = PERSRV__PROFILE_REQUEST__INIT;
-    q.user = (char *)arg;
+    q.user = a->user;
     Persrv__Envelope e = PERSRV__ENVELOPE__INIT;
+    if (a->trace && a->trace[0]) e.trace_id = (char *)a->trace;
     e.version = PS_WIRE_VERSION;
     e.request_id = request_id;
     e.deadline_ms = deadline_ms;
@@ -116,13 +124,15 @@ static int encode_get_profile(void *arg, uint64_t request_id, uint32_t deadline_
 
 /* get_profile from `pool` (one shard of replicas). 1 with *prof filled (k = 0 for a user without
  * a profile) and *seq the answering node's applied sequence, 0 when no node answered. */
-static int fetch(broker_pool_t *pool, char *user, ps_profile *prof, uint64_t *seq)
+static int fetch(broker_pool_t *pool, char *user, const char *trace, ps_profile *prof,
+                 uint64_t *seq)
 {
+    profile_args a = {user, trace};
     broker_call call = {.shard = 0,
                         .replica = -1,
                         .expect = PERSRV__ENVELOPE__BODY_PROFILE_REPLY,
                         .encode = encode_get_profile,
-                        .arg = user};
+                        .arg = &a};
     ps_err err = {0, ""};
     memset(prof, 0, sizeof *prof);
     if (broker_pool_run(pool, &call, 1, &err) || !call.reply) {
@@ -167,17 +177,18 @@ void broker_profcache_clicked(broker_profcache_t *c, const char *user, uint64_t 
 
 /* The service path: the cached entry while fresh, else a read (from a replica that has
  * applied min_seq, else the primary); a failed read keeps the stale entry. */
-static const ps_profile *get_remote(broker_profcache_t *c, const char *user, size_t len)
+static const ps_profile *get_remote(broker_profcache_t *c, const char *user, size_t len,
+                                    const char *trace)
 {
     entry *e = lookup(c, user, len);
     double now = broker_now();
     if (e && now - e->fetched <= c->staleness) return e->prof.k ? &e->prof : NULL;
     ps_profile prof;
     uint64_t seq = 0, min_seq = e ? e->min_seq : 0;
-    int got = fetch(c->replicas, (char *)user, &prof, &seq);
+    int got = fetch(c->replicas, (char *)user, trace, &prof, &seq);
     if (got && seq < min_seq) { /* this replica has not applied the user's last click */
         ps_profile_clear(&prof);
-        got = c->primary ? fetch(c->primary, (char *)user, &prof, &seq) : 0;
+        got = c->primary ? fetch(c->primary, (char *)user, trace, &prof, &seq) : 0;
         if (got && seq < min_seq) {
             ps_profile_clear(&prof);
             got = 0;
@@ -193,8 +204,14 @@ static const ps_profile *get_remote(broker_profcache_t *c, const char *user, siz
 
 const ps_profile *broker_profcache_get(broker_profcache_t *c, const char *user)
 {
+    return broker_profcache_get_traced(c, user, NULL);
+}
+
+const ps_profile *broker_profcache_get_traced(broker_profcache_t *c, const char *user,
+                                              const char *trace)
+{
     size_t len = strlen(user);
-    if (c->replicas) return get_remote(c, user, len);
+    if (c->replicas) return get_remote(c, user, len, trace);
     const entry *hit = lookup(c, user, len);
     if (hit) return hit->prof.k ? &hit->prof : NULL;
 

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "builder.h"
+#include "ps/version.h"
 
 static const struct {
     const char *name;
@@ -26,7 +27,8 @@ static const struct {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: builder COMMAND [options]   (builder COMMAND --help for its options)\n\n"
+    fprintf(f, "usage: builder COMMAND [options]   (builder COMMAND --help for its options)\n"
+               "       builder --version           version, commit and build type\n\n"
                "commands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].help);
@@ -40,6 +42,11 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(stdout);
+        return 0;
+    }
+    /* only before a command: `builder build --version V` names a snapshot version */
+    if (strcmp(argv[1], "--version") == 0) {
+        ps_version_print("persrv-builder", stdout);
         return 0;
     }
     /* `enrich` runs its own OCR threads, and Tesseract's LSTM its own OpenMP loops with a

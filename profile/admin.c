@@ -35,6 +35,7 @@
 #include "ps/httpguard.h"
 #include "ps/log.h"
 #include "ps/wire.h"
+#include "ps/version.h"
 #include "profile.h"
 
 #define MAX_DIR_PARAM 1024 /* bytes of ?dir= */
@@ -125,6 +126,7 @@ static void on_metrics(struct evhttp_request *req, void *arg)
     ps_hist_render(&s->click_seconds, "persrv_profile_click_duration_seconds",
                    "Time to record a click, its synced write included.", &b);
     ps_httpguard_render_metrics(&b); /* the admin port's connections */
+    ps_version_render_metrics(&b);   /* persrv_build_info */
     if (b.rc)
         ps_admin_reply_error(req, PS_ENOMEM, "out of memory rendering the metrics");
     else

@@ -79,9 +79,10 @@ static int do_click(void *state, const Persrv__Envelope *env, uint8_t **out, siz
     }
     ps_log(r.duplicate ? PS_LOG_INFO : PS_LOG_DEBUG, "profile",
            r.duplicate ? "click_duplicate" : "click",
-           "request_id=%llu sticker=%llu click_id=%s seq=%llu history=%u k=%u",
-           (unsigned long long)env->request_id, (unsigned long long)c->sticker_id,
-           c->click_id[0] ? c->click_id : "-", (unsigned long long)r.seq, r.history, r.k);
+           "request_id=%llu trace=%s sticker=%llu click_id=%s seq=%llu history=%u k=%u",
+           (unsigned long long)env->request_id, PS_WIRE_TRACE(env),
+           (unsigned long long)c->sticker_id, c->click_id[0] ? c->click_id : "-",
+           (unsigned long long)r.seq, r.history, r.k);
     return write_reply(env->request_id, &r, c->click_id, out, out_len, err);
 }
 
@@ -194,6 +195,8 @@ static int do_get_profile(void *state, const Persrv__Envelope *env, uint8_t **ou
     Persrv__Envelope e = reply_env(env->request_id, PERSRV__ENVELOPE__BODY_PROFILE_REPLY);
     e.profile_reply = &pr;
     rc = ps_wire_pack(&e, out, out_len, err);
+    ps_log(PS_LOG_DEBUG, "profile", "get_profile", "request_id=%llu trace=%s found=%d k=%u",
+           (unsigned long long)env->request_id, PS_WIRE_TRACE(env), found, prof.k);
     ps_profile_clear(&prof);
     return rc;
 }

@@ -78,7 +78,7 @@ static const ps_cfg_opt profsvc_opts[] = {
      "created at start if missing (unset: admin checkpoints are refused)",
      0, 0, 0},
     PS_CURVE_CFG_OPTS,
-    {"log-level", PS_CFG_STRING, "info", "debug, info, warn, error or off", 0, 0, 0},
+    PS_LOG_CFG_OPTS,
     {"pid-file", PS_CFG_STRING, NULL, "write the process id here (removed on exit)", 0, 0, 0},
     {"ready-file", PS_CFG_STRING, NULL,
      "once the database is open and both ports bound, write the ZeroMQ endpoint (line 1) and "

@@ -16,6 +16,7 @@
 
 #include "ps/file.h"
 #include "ps/log.h"
+#include "ps/version.h"
 
 extern char **environ;
 
@@ -157,7 +158,8 @@ ps_cfg_t *ps_cfg_new(const char *prog, const char *about, const ps_cfg_opt *tabl
     }
     for (size_t i = 0; i < n; i++) {
         if (!valid_name(table[i].name) || !strcmp(table[i].name, "help") ||
-            !strcmp(table[i].name, "config") || (unsigned)table[i].type > PS_CFG_BOOL) {
+            !strcmp(table[i].name, "config") || !strcmp(table[i].name, "version") ||
+            (unsigned)table[i].type > PS_CFG_BOOL) {
             ps_err_set(err, PS_EINVAL, "ps_cfg_new: option %zu: bad name '%s' or type", i,
                        table[i].name ? table[i].name : "(null)");
             return NULL;
@@ -284,8 +286,12 @@ int ps_cfg_parse(ps_cfg_t *c, int argc, char **argv, char **env, ps_err *err)
     const char *file = env_get(env, "PERSRV_CONFIG");
     int rc;
 
-    for (int a = 1; a < argc; a++)
-        if (!strcmp(argv[a], "--help") || !strcmp(argv[a], "-h")) return 1;
+    int version = 0;
+    for (int a = 1; a < argc; a++) {
+        if (!strcmp(argv[a], "--help") || !strcmp(argv[a], "-h")) return PS_CFG_HELP;
+        if (!strcmp(argv[a], "--version")) version = 1;
+    }
+    if (version) return PS_CFG_VERSION;
 
     /* Pass 1: --config, and the shape of every flag. */
     for (int a = 1; a < argc; a++) {
@@ -376,7 +382,8 @@ void ps_cfg_help(const ps_cfg_t *c, FILE *f)
                "of 'name = value' lines ('#' comments), in that order of precedence.\n\n"
                "options:\n"
                "  --config FILE  read settings from FILE (env PERSRV_CONFIG)\n"
-               "  --help         this text\n");
+               "  --help         this text\n"
+               "  --version      print the version, commit and build type, and exit\n");
     for (size_t i = 0; i < c->n; i++) {
         const ps_cfg_opt *o = &c->opt[i];
         char env[160];
@@ -469,6 +476,13 @@ int ps_cfg_bool(const ps_cfg_t *c, const char *name)
     return v && v->text ? v->v.b : 0;
 }
 
+const char *ps_cfg_text(const ps_cfg_t *c, const char *name)
+{
+    if (!c || !name) return NULL;
+    int i = find_opt(c, name, strlen(name));
+    return i < 0 ? NULL : c->val[i].text;
+}
+
 const char *ps_cfg_source(const ps_cfg_t *c, const char *name)
 {
     if (!c || !name) return src_names[SRC_UNSET];
@@ -482,8 +496,14 @@ ps_cfg_t *ps_cfg_daemon(const char *prog, const char *about, const ps_cfg_opt *t
     ps_err err = {0, ""};
     ps_cfg_t *c = ps_cfg_new(prog, about, table, n, &err);
     int rc = c ? ps_cfg_parse(c, argc, argv, NULL, &err) : err.code;
-    if (c && rc == 1) {
-        ps_cfg_help(c, stdout);
+    if (c && (rc == PS_CFG_HELP || rc == PS_CFG_VERSION)) {
+        if (rc == PS_CFG_HELP) {
+            ps_cfg_help(c, stdout);
+        } else {
+            char name[128];
+            snprintf(name, sizeof name, "persrv-%s", prog);
+            ps_version_print(name, stdout);
+        }
         ps_cfg_free(c);
         *exit_code = 0;
         return NULL;
@@ -492,6 +512,9 @@ ps_cfg_t *ps_cfg_daemon(const char *prog, const char *about, const ps_cfg_opt *t
     if (!rc && level < 0)
         rc = ps_err_set(&err, PS_EINVAL, "log-level: '%s' is not debug, info, warn, error or off",
                         ps_cfg_str(c, "log-level"));
+    const char *log_file = rc ? NULL : ps_cfg_str(c, "log-file");
+    if (log_file && ps_log_reopen(log_file))
+        rc = ps_err_set(&err, PS_EINVAL, "log-file %s: %s", log_file, strerror(errno));
     if (rc) {
         fprintf(stderr, "%s: %s\n", prog, err.msg);
         ps_cfg_free(c);
@@ -500,6 +523,12 @@ ps_cfg_t *ps_cfg_daemon(const char *prog, const char *about, const ps_cfg_opt *t
     }
     ps_log_level = level;
     ps_cfg_log(c, prog);
+    if (ps_daemon_reload_start(prog, table, n, argc, argv, &err)) {
+        ps_log(PS_LOG_ERROR, prog, "start_failed", "msg=\"%s\"", err.msg);
+        ps_cfg_free(c);
+        *exit_code = 1;
+        return NULL;
+    }
     return c;
 }
 

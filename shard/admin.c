@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "ps/httpguard.h"
+#include "ps/version.h"
 #include "shard.h"
 
 static shard_versions_t *vs_of(void *arg)
@@ -132,6 +133,7 @@ static void h_metrics(struct evhttp_request *req, void *arg)
                    &b);
     render_rcache(ctx->rcache, &b);
     ps_httpguard_render_metrics(&b); /* the admin port's connections */
+    ps_version_render_metrics(&b);   /* persrv_build_info */
     if (b.rc)
         ps_admin_reply_error(req, PS_ENOMEM, "out of memory rendering metrics");
     else

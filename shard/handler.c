@@ -186,8 +186,47 @@ static int do_health(void *state, const Persrv__Envelope *env, uint8_t **out, si
     return ps_wire_encode_health_reply(env->request_id, &hr, out, out_len, err);
 }
 
+/* A batch of searches (the broker's msearch): each element decoded and searched as a request
+ * of its own, its reply (or its own Error) in its place. */
+static int do_batch(void *state, const Persrv__Envelope *env, uint8_t **out, size_t *out_len,
+                    ps_err *err)
+{
+    shard_handler_t *h = state;
+    const Persrv__BatchRequest *b = env->batch;
+    uint8_t *frames[PS_WIRE_MAX_BATCH] = {0};
+    size_t lens[PS_WIRE_MAX_BATCH] = {0};
+    int rc = 0;
+    if (b->n_requests > PS_WIRE_MAX_BATCH) /* ps_wire_decode caps it: cannot happen */
+        return ps_err_set(err, PS_ETOOBIG, "batch: more than %d requests", PS_WIRE_MAX_BATCH);
+    for (size_t i = 0; i < b->n_requests && !rc; i++) {
+        const ProtobufCBinaryData *r = &b->requests[i];
+        Persrv__Envelope *sub = NULL;
+        ps_err e = {0, ""};
+        int src = ps_wire_decode(r->data, r->len, h->ctx->max_frame, &sub, &e);
+        if (!src && sub->body_case != PERSRV__ENVELOPE__BODY_SEARCH)
+            src = ps_err_set(&e, PS_EINVAL, "batch.requests[%zu]: a batch holds searches only", i);
+        if (!src) src = do_search(h, sub, &frames[i], &lens[i], &e);
+        if (src) {
+            free(frames[i]);
+            frames[i] = NULL;
+            uint64_t rid = sub ? sub->request_id : ps_wire_peek_request_id(r->data, r->len);
+            rc = ps_wire_encode_error(rid, src, e.msg, &frames[i], &lens[i], err);
+        }
+        ps_wire_free(sub);
+    }
+    if (!rc)
+        rc = ps_wire_encode_batch(env->request_id, 0, 1, (const uint8_t *const *)frames, lens,
+                                  b->n_requests, out, out_len, err);
+    for (size_t i = 0; i < b->n_requests; i++) free(frames[i]);
+    if (!rc)
+        ps_log(PS_LOG_DEBUG, "shard", "batch", "request_id=%llu trace=%s searches=%zu",
+               (unsigned long long)env->request_id, PS_WIRE_TRACE(env), b->n_requests);
+    return rc;
+}
+
 static const ps_route routes[] = {
     {PERSRV__ENVELOPE__BODY_SEARCH, do_search, 0},
+    {PERSRV__ENVELOPE__BODY_BATCH, do_batch, 0},
     {PERSRV__ENVELOPE__BODY_GET_STICKER, do_get_sticker, 0},
     {PERSRV__ENVELOPE__BODY_HEALTH, do_health, 0},
 };

@@ -61,7 +61,7 @@ static const ps_cfg_opt shard_opts[] = {
     {"drain-ms", PS_CFG_UINT, "1000",
      "on shutdown, how long replies still queued may take to leave (ms)", 0, 0, 60000},
     PS_CURVE_CFG_OPTS,
-    {"log-level", PS_CFG_STRING, "info", "debug, info, warn, error or off", 0, 0, 0},
+    PS_LOG_CFG_OPTS,
     {"pid-file", PS_CFG_STRING, NULL, "write the process id here (removed on exit)", 0, 0, 0},
     {"ready-file", PS_CFG_STRING, NULL,
      "write the bound endpoint here once the index is loaded and the socket bound (removed "

@@ -64,6 +64,8 @@ static const field_cap caps[] = {
     {&persrv__envelope__descriptor, "api_key", 0, PS_WIRE_MAX_API_KEY},
     {&persrv__envelope__descriptor, "trace_id", 0, PS_WIRE_MAX_TRACE},
     {&persrv__query_request__descriptor, "exclude", PS_WIRE_MAX_EXCLUDE, 0},
+    {&persrv__batch_request__descriptor, "requests", PS_WIRE_MAX_BATCH, PS_WIRE_MAX_FRAME},
+    {&persrv__batch_reply__descriptor, "replies", PS_WIRE_MAX_BATCH, PS_WIRE_MAX_FRAME},
     {&persrv__health_reply__descriptor, "held", PS_WIRE_MAX_HELD, 0},
     {&persrv__snapshot_held__descriptor, "fingerprint", 0, 16},
     {&persrv__query_reply__descriptor, "hits", PS_WIRE_MAX_HITS, 0},
@@ -784,6 +786,10 @@ static int check_env(const Persrv__Envelope *e, ps_err *err)
     case PERSRV__ENVELOPE__BODY_CHECKPOINT_REPLY:
         return e->checkpoint_reply ? check_checkpoint_reply(e->checkpoint_reply, err)
                                    : ps_err_set(err, PS_EINVAL, "checkpoint_reply: NULL");
+    case PERSRV__ENVELOPE__BODY_BATCH: /* the elements are checked as their reader decodes them */
+        return e->batch ? 0 : ps_err_set(err, PS_EINVAL, "batch: NULL");
+    case PERSRV__ENVELOPE__BODY_BATCH_REPLY:
+        return e->batch_reply ? 0 : ps_err_set(err, PS_EINVAL, "batch_reply: NULL");
     default:
         return ps_err_set(err, PS_EINVAL, "body: no message set");
     }
@@ -1061,6 +1067,39 @@ int ps_wire_encode_query_ex(uint64_t request_id, uint32_t deadline_ms, const cha
     rc = pack_checked(&e, buf, len, err);
     ps_free(copy);
     return rc;
+}
+
+int ps_wire_encode_batch(uint64_t request_id, uint32_t deadline_ms, int reply,
+                         const uint8_t *const *frames, const size_t *lens, size_t n, uint8_t **buf,
+                         size_t *len, ps_err *err)
+{
+    Persrv__Envelope e;
+    Persrv__BatchRequest q;
+    Persrv__BatchReply r;
+    ProtobufCBinaryData items[PS_WIRE_MAX_BATCH];
+
+    ps_err_clear(err);
+    if (!buf || !len) return ps_err_set(err, PS_EINVAL, "ps_wire_encode_batch: buf or len is NULL");
+    *buf = NULL;
+    *len = 0;
+    if (n > PS_WIRE_MAX_BATCH)
+        return ps_err_set(err, PS_ETOOBIG, "batch: %zu elements, at most %d", n, PS_WIRE_MAX_BATCH);
+    for (size_t i = 0; i < n; i++) items[i] = (ProtobufCBinaryData){lens[i], (uint8_t *)frames[i]};
+    ps_wire_env_init(&e, request_id, deadline_ms);
+    if (reply) {
+        persrv__batch_reply__init(&r);
+        r.n_replies = n;
+        r.replies = items;
+        e.body_case = PERSRV__ENVELOPE__BODY_BATCH_REPLY;
+        e.batch_reply = &r;
+    } else {
+        persrv__batch_request__init(&q);
+        q.n_requests = n;
+        q.requests = items;
+        e.body_case = PERSRV__ENVELOPE__BODY_BATCH;
+        e.batch = &q;
+    }
+    return pack_checked(&e, buf, len, err);
 }
 
 int ps_wire_encode_click(uint64_t request_id, uint32_t deadline_ms, const char *user,

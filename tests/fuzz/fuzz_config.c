@@ -10,8 +10,8 @@
  * (--config X, --config=X, PERSRV_CONFIG=X) is replaced by that file's, so no other file is
  * read, and PERSRV_CONFIG names it when the file part is not empty and nothing else does.
  *
- * Any input must give 0, 1 (--help) or a negative PS_E* code with a message, never a crash or
- * a leak. A configuration that parses has every required setting, every number within its
+ * Any input must give 0, 1 (--help), 2 (--version) or a negative PS_E* code with a message, never a
+ * crash or a leak. A configuration that parses has every required setting, every number within its
  * range, and renders --help and its log line. A topology that parses, joined again with ',' and
  * '|', gives the string it came from; an address that splits gives a host that fits.
  */
@@ -40,7 +40,7 @@ static const ps_cfg_opt opts[] = {
     {"http", PS_CFG_STRING, "127.0.0.1:8080", "listen address", 0, 0, 0},
     {"lanes", PS_CFG_UINT, "4", "lanes", 0, 1, 64},
     {"max-frame", PS_CFG_UINT, "4194304", "frame cap", 0, 64, 1u << 30},
-    {"version", PS_CFG_UINT, "0", "version", 0, 0, 9223372036854775807.0},
+    {"snapshot-version", PS_CFG_UINT, "0", "version", 0, 0, 9223372036854775807.0},
     {"offset", PS_CFG_INT, "-3", "a signed number", 0, -1000000, 1000000},
     {"alpha", PS_CFG_DOUBLE, "0.3", "a real number", 0, 0, 10},
     {"ratio", PS_CFG_DOUBLE, NULL, "an unbounded real", 0, 0, 0},
@@ -201,7 +201,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ps_cfg_t *c = ps_cfg_new("fuzz", "a table like the broker's", opts, NOPTS, &err);
     if (!c) abort();
     int rc = ps_cfg_parse(c, (int)argc, argv, env, &err);
-    if (rc > 1 || (rc < 0 && (err.code != rc || !err.msg[0]))) abort();
+    if (rc > PS_CFG_VERSION || (rc < 0 && (err.code != rc || !err.msg[0]))) abort();
     if (rc == 0) check_config(c);
     ps_cfg_free(c);
 

@@ -167,7 +167,7 @@ for k in "$K_SEARCH" "$K_CLICK" "$K_BOTH"; do
 done
 req GET /metrics
 for code in 401 403 429; do
-  grep -qE "^persrv_http_requests_total\{[^}]*code=\"$code\"[^}]*\} [1-9]" "$T/body" \
+  grep -qE "^persrv_requests_total\{door=\"http\"[^}]*code=\"$code\"[^}]*\} [1-9]" "$T/body" \
     || fail "/metrics does not count the $code answers"
 done
 echo "  the unlimited key searches and clicks (5 stored); no key in the log; 401/403/429 in /metrics"

@@ -13,9 +13,10 @@
 #     unknown user -> unpersonalized; still serving afterwards;
 #   - the persrv CLI over libpersrv (--broker): the same hits and stored fields as the single
 #     node and as HTTP explain=1; sticker, health, and errors with their codes;
-#   - /v1/stickers/{id}, /healthz, /readyz, /metrics;
+#   - /v1/stickers/{id}, /healthz, /readyz, /metrics (requests per door, build info);
 #   - kill -9 of one replica of shard 0: still complete answers; of both: partial, shard 0
-#     named, both replicas down in /metrics; of every shard: 503 unavailable;
+#     named, one partial answer counted per door, both replicas down in /metrics; of every
+#     shard: 503 unavailable;
 #   - SIGTERM -> exit status 0, pid and ready files removed.
 # usage: test_broker.sh BUILDER SHARD SHARD_CLIENT BROKER PERSRV
 set -euo pipefail
@@ -230,12 +231,23 @@ want=$(head -n 1 "$T/data/corpus.jsonl" | jq -c --arg id "$id" '{id: $id, keywor
 
 # ---- (d) metrics -------------------------------------------------------------------------
 [ "$(get /metrics)" = 200 ] || fail "/metrics"
-for m in 'persrv_http_requests_total{endpoint="search",code="200"}' \
-  'persrv_http_requests_total{endpoint="search",code="400"}' \
-  'persrv_http_request_duration_seconds_bucket{endpoint="search",le="+Inf"}' \
+for m in 'persrv_requests_total{door="http",endpoint="search",code="200"}' \
+  'persrv_requests_total{door="http",endpoint="search",code="400"}' \
+  'persrv_requests_total{door="zmq",endpoint="search",code="200"}' \
+  'persrv_request_duration_seconds_bucket{door="http",endpoint="search",le="+Inf"}' \
+  'persrv_request_duration_seconds_bucket{door="zmq",endpoint="search",le="+Inf"}' \
   'persrv_shard_request_duration_seconds_count{shard="2"}' 'persrv_shard_failovers_total{shard="0"}' \
-  'persrv_shard_failures_total{shard="0"}'; do
+  'persrv_shard_failures_total{shard="0"}' 'persrv_build_info{version="'; do
   grep -qF "$m" "$T/body" || fail "/metrics lacks $m"
+done
+# the 20 searches of the persrv CLI above came through the ZeroMQ door, none partial yet
+zs=$(sed -n 's/^persrv_requests_total{door="zmq",endpoint="search",code="200"} //p' "$T/body")
+[ "${zs:-0}" -ge 20 ] || fail "/metrics: $zs ZeroMQ searches counted, want >= 20"
+grep -q '^persrv_requests_total{endpoint=\|^persrv_http_requests_total\|endpoint="zmq_' "$T/body" \
+  && fail "/metrics still has the old request metric names"
+for d in http zmq; do
+  grep -qx "persrv_broker_partial_answers_total{door=\"$d\"} 0" "$T/body" \
+    || fail "/metrics: partial answers on $d before any shard is down"
 done
 
 # ---- (c) failover, partial answers, all shards down ---------------------------------------
@@ -259,10 +271,19 @@ jq -e '.partial == true and .shards.successful == 2 and
        (.timed_out == true or (.shards.failures[0].reason | test("not connected")))' \
   "$T/body" >/dev/null || fail "shard 0 down: not a partial answer: $(head -c 400 "$T/body")"
 echo "  shard 0 down: partial, reason: $(jq -r '.shards.failures[0].reason' "$T/body")"
+# the same search through the ZeroMQ door (the CLI warns on stderr, exits 0): one partial
+# answer counted per door
+"$P" search --broker "$ZEP" --json -- "$q1" >"$T/z.json" 2>"$T/z.err" \
+  || fail "persrv --broker with shard 0 down: $(cat "$T/z.err")"
+jq -e '.partial == true' "$T/z.json" >/dev/null || fail "persrv --broker: not partial: $(head -c 300 "$T/z.json")"
 [ "$(get /readyz)" = 503 ] || fail "/readyz with shard 0 down: $(cat "$T/body")"
 get /metrics >/dev/null
 grep -q '^persrv_shard_failures_total{shard="0"} [1-9]' "$T/body" || fail "no shard 0 failure counted"
 grep -q '^persrv_shard_failovers_total{shard="0"} [1-9]' "$T/body" || fail "no failover counted"
+for d in http zmq; do
+  grep -qx "persrv_broker_partial_answers_total{door=\"$d\"} 1" "$T/body" \
+    || fail "/metrics: not 1 partial answer on $d: $(grep partial_answers "$T/body")"
+done
 # health: both killed replicas end up down (a transport error or missed probes: a replica whose
 # connection has not yet been seen gone may first be slow), shard 0's two and no other
 for _ in $(seq 1 300); do

@@ -99,7 +99,7 @@ id=$(grep -oE '"id":"?[0-9]+' "$T/body" | head -n 1 | tr -dc 0-9)
 st=$(curl -s -o "$T/body" -w '%{http_code}' "$URL/v1/stickers/$id")
 { [ "$st" = 200 ] && grep -q "$id" "$T/body"; } || fail "/v1/stickers/$id: status $st"
 st=$(curl -s -o "$T/body" -w '%{http_code}' "$URL/metrics")
-{ [ "$st" = 200 ] && grep -q '^persrv_http_requests_total' "$T/body"; } || fail "/metrics: status $st"
+{ [ "$st" = 200 ] && grep -q '^persrv_requests_total' "$T/body"; } || fail "/metrics: status $st"
 echo "  /v1/search, /v1/stickers/$id, /metrics answer"
 # the search page and the generated pictures (PERSRV_DEMO_IMAGES, --image-root)
 st=$(curl -s -o "$T/body" -w '%{http_code}' "$URL/")

@@ -7,7 +7,8 @@
 #     ids: 413; not ids: 400); timeout and allow_partial bad values: 400;
 #   - POST /v1/search with a JSON body answers as GET does; malformed JSON, a non-object, an
 #     unknown member, wrong types, parameters in the URL: 4xx with the error shape;
-#   - POST /v1/msearch: every answer equals the single search's hits; a bad search of the batch
+#   - POST /v1/msearch: one request per shard for the whole batch (the shards' logs); every
+#     answer equals the single search's hits, explain included; a bad search of the batch
 #     gets its own error and the others their answers; over 32 searches: 413; no searches, not
 #     JSON, an unknown member: 400;
 #   - request ids: X-Request-Id echoed (header and body) and in the broker's and the shards' log
@@ -140,7 +141,7 @@ expect 413 too_large "101 ids in a body" /v1/search -X POST \
 expect 405 method_not_allowed "PUT /v1/search" /v1/search -X PUT --data-binary '{}'
 
 # ---- POST /v1/msearch ------------------------------------------------------------------------
-batch=$(for q in "${Q[@]}"; do jq -cn --arg q "$q" --arg u "$USER1" '{q: $q, user: $u, k: 12}'; done \
+batch=$(for q in "${Q[@]}"; do jq -cn --arg q "$q" --arg u "$USER1" '{q: $q, user: $u, k: 12, explain: true}'; done \
   | jq -sc '{searches: .}')
 [ "$(post /v1/msearch "$batch")" = 200 ] || fail "msearch: $(cat "$T/body")"
 cp "$T/body" "$T/msearch.json"
@@ -148,7 +149,8 @@ cp "$T/body" "$T/msearch.json"
 i=0
 for q in "${Q[@]}"; do
   enc=$(jq -rn --arg q "$q" '$q | @uri')
-  req "/v1/search?q=$enc&user=$USER1&k=12" >/dev/null
+  req "/v1/search?q=$enc&user=$USER1&k=12&explain=1" >/dev/null
+  jq -e '.hits[0].ocr | type == "string"' "$T/body" >/dev/null || fail "explain: no fields"
   [ "$(jq -c --argjson i $i '.responses[$i].hits' "$T/msearch.json")" = "$(jq -c .hits "$T/body")" ] \
     || fail "msearch answer $i ('$q') differs from the single search"
   i=$((i + 1))
@@ -201,6 +203,11 @@ mid="batch-$RANDOM"
 [ "$(post /v1/msearch "$batch" -H "X-Request-Id: $mid")" = 200 ] || fail "msearch with an id"
 [ "$(jq -r .request_id "$T/body")" = "$mid" ] || fail "msearch: request_id"
 grep -q "event=search .*trace=$mid.3 " "$T/s1.log" || fail "msearch: search 3's id not at shard 1"
+# one request per shard for the whole batch
+for s in s0 s1; do
+  [ "$(grep -c "event=batch .*trace=$mid searches=${#Q[@]}\$" "$T/$s.log")" -eq 1 ] \
+    || fail "msearch: $s did not get the ${#Q[@]} searches in one batch request"
+done
 
 # ---- the CLI over libpersrv --------------------------------------------------------------------
 req "/v1/search?q=$enc&user=$USER1&k=5&offset=2&exclude=1,2" >/dev/null

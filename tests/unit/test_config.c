@@ -3,8 +3,8 @@
  * flag forms (--name value, --name=value, bare and --no- bools); the config file (comments,
  * quotes, '_' for '-', CRLF); every error names its flag, variable or file:line (unknown flag
  * and key, repeated key, malformed and out-of-range values, missing value, required setting,
- * stray argument, over-long line, unreadable file); --help generated from the table; bad
- * tables rejected. Nothing leaks (ASan/LSan).
+ * stray argument, over-long line, unreadable file); --help generated from the table; --version
+ * and its line (ps/version.h); bad tables rejected (reserved names too). Nothing leaks (ASan/LSan).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "ps/config.h"
+#include "ps/version.h"
 
 static const ps_cfg_opt opts[] = {
     {"listen", PS_CFG_STRING, NULL, "endpoint to bind", PS_CFG_REQUIRED, 0, 0},
@@ -254,6 +255,53 @@ static void test_help(void **state)
     ps_cfg_free(c);
 }
 
+static void test_version(void **state)
+{
+    (void)state;
+    ps_cfg_t *c;
+    ps_err err;
+    /* --version, like --help, skips every other check (a required setting is missing here)... */
+    char *argv[] = {"testd", "--bogus", "--version", NULL};
+    assert_int_equal(parse(&c, argv, noenv, &err), PS_CFG_VERSION);
+    ps_cfg_free(c);
+    /* ... and --help wins over it. */
+    char *both[] = {"testd", "--version", "--help", NULL};
+    assert_int_equal(parse(&c, both, noenv, &err), PS_CFG_HELP);
+    ps_cfg_free(c);
+    /* --version=x is not --version: an unknown flag. */
+    char *eq[] = {"testd", "--listen", "x", "--version=3", NULL};
+    expect_fail(eq, noenv, PS_EINVAL, "unknown flag --version");
+
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    assert_non_null(f);
+    ps_version_print("persrv-testd", f);
+    fclose(f);
+    char want[256];
+    snprintf(want, sizeof want, "persrv-testd %s (commit %s, %s)\n", ps_version(),
+             ps_version_commit(), ps_version_build_type());
+    assert_string_equal(text, want);
+    free(text);
+    /* a version x.y.z, and a commit that is hex or "unknown" */
+    unsigned x, y, z;
+    assert_int_equal(sscanf(ps_version(), "%u.%u.%u", &x, &y, &z), 3);
+    const char *commit = ps_version_commit();
+    assert_true(strcmp(commit, "unknown") == 0 ||
+                (strlen(commit) >= 7 && strspn(commit, "0123456789abcdef") == strlen(commit)));
+    assert_true(ps_version_build_type()[0] != '\0');
+
+    ps_buf b = PS_BUF_INIT;
+    ps_version_render_metrics(&b);
+    assert_int_equal(b.rc, 0);
+    snprintf(want, sizeof want,
+             "\npersrv_build_info{version=\"%s\",commit=\"%s\",build_type=\"%s\"} 1\n",
+             ps_version(), ps_version_commit(), ps_version_build_type());
+    assert_non_null(strstr(b.p, want));
+    assert_non_null(strstr(b.p, "# TYPE persrv_build_info gauge\n"));
+    ps_buf_free(&b);
+}
+
 static void test_bad_table(void **state)
 {
     (void)state;
@@ -268,6 +316,8 @@ static void test_bad_table(void **state)
     assert_non_null(strstr(err.msg, "Max_Frame"));
     static const ps_cfg_opt reserved[] = {{"config", PS_CFG_STRING, NULL, "", 0, 0, 0}};
     assert_null(ps_cfg_new("t", NULL, reserved, 1, &err));
+    static const ps_cfg_opt reserved2[] = {{"version", PS_CFG_UINT, "0", "", 0, 0, 0}};
+    assert_null(ps_cfg_new("t", NULL, reserved2, 1, &err));
     static const ps_cfg_opt baddef[] = {{"n", PS_CFG_UINT, "-3", "", 0, 0, 0}};
     assert_null(ps_cfg_new("t", NULL, baddef, 1, &err));
     assert_non_null(strstr(err.msg, "default of n"));
@@ -282,6 +332,7 @@ int main(void)
         cmocka_unit_test(test_bad_flags_and_env),
         cmocka_unit_test(test_bad_file),
         cmocka_unit_test(test_help),
+        cmocka_unit_test(test_version),
         cmocka_unit_test(test_bad_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1384,6 +1384,108 @@ static void test_append_api_key(void **state)
     free(buf);
 }
 
+/* Trace ids: appended like a key, checked on both sides (printable ASCII without spaces, at
+ * most PS_WIRE_MAX_TRACE bytes); a frame carrying a bad one does not decode. */
+static void test_trace(void **state)
+{
+    (void)state;
+    ps_err err;
+    uint8_t *buf;
+    size_t len, before;
+    assert_int_equal(ps_wire_encode_health(9, 0, &buf, &len, &err), 0);
+    before = len;
+    assert_int_equal(ps_wire_append_trace(&buf, &len, NULL, &err), 0);
+    assert_int_equal(len, before);
+    assert_int_equal(ps_wire_append_trace(&buf, &len, "chat-42.3", &err), 0);
+    Persrv__Envelope *env = decode_ok(buf, len);
+    assert_string_equal(env->trace_id, "chat-42.3");
+    assert_string_equal(PS_WIRE_TRACE(env), "chat-42.3");
+    ps_wire_free(env);
+    char big[PS_WIRE_MAX_TRACE + 2];
+    memset(big, 't', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    assert_int_equal(ps_wire_append_trace(&buf, &len, big, &err), PS_ETOOBIG);
+    assert_int_equal(ps_wire_append_trace(&buf, &len, "a b", &err), PS_EINVAL);
+    big[PS_WIRE_MAX_TRACE] = '\0';
+    assert_int_equal(ps_wire_check_trace(big, &err), 0);
+    free(buf);
+    /* a space smuggled in by a peer that does not check: refused by the decoder */
+    assert_int_equal(ps_wire_encode_health(9, 0, &buf, &len, &err), 0);
+    assert_int_equal(ps_wire_append_api_key(&buf, &len, "x", &err), 0);
+    /* the key went in as tag, length 1, 'x': re-tag it as trace_id (5) of length 2, "x " */
+    uint8_t *b2 = realloc(buf, len + 1);
+    assert_non_null(b2);
+    buf = b2;
+    buf[len - 3] = (5 << 3) | 2;
+    buf[len - 2] = 2;
+    buf[len++] = ' ';
+    env = NULL;
+    assert_int_equal(ps_wire_decode(buf, len, PS_WIRE_MAX_FRAME, &env, &err), PS_EINVAL);
+    assert_null(env);
+    free(buf);
+}
+
+/* A batch of search frames: encoded, decoded, each element decodes to its search; a batch
+ * reply likewise; more than PS_WIRE_MAX_BATCH elements is refused on both sides. */
+static void test_batch(void **state)
+{
+    (void)state;
+    ps_err err;
+    const char *toks[] = {"好", "累"};
+    ps_search_opts o;
+    ps_search_opts_default(&o);
+    uint8_t *f[PS_WIRE_MAX_BATCH + 1];
+    size_t fl[PS_WIRE_MAX_BATCH + 1];
+    for (int i = 0; i <= PS_WIRE_MAX_BATCH; i++) {
+        o.R = (uint32_t)(10 + i);
+        assert_int_equal(ps_wire_encode_search(0, 0, toks, 2, &o, 0, &f[i], &fl[i], &err), 0);
+    }
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(
+        ps_wire_encode_batch(3, 50, 0, (const uint8_t *const *)f, fl, 5, &buf, &len, &err), 0);
+    Persrv__Envelope *env = decode_ok(buf, len);
+    assert_int_equal(env->body_case, PERSRV__ENVELOPE__BODY_BATCH);
+    assert_int_equal(env->batch->n_requests, 5);
+    for (int i = 0; i < 5; i++) {
+        Persrv__Envelope *sub =
+            decode_ok(env->batch->requests[i].data, env->batch->requests[i].len);
+        assert_int_equal(sub->body_case, PERSRV__ENVELOPE__BODY_SEARCH);
+        assert_int_equal(sub->search->recall_depth, 10 + i);
+        ps_wire_free(sub);
+    }
+    ps_wire_free(env);
+    free(buf);
+    assert_int_equal(
+        ps_wire_encode_batch(3, 0, 1, (const uint8_t *const *)f, fl, 2, &buf, &len, &err), 0);
+    env = decode_ok(buf, len);
+    assert_int_equal(env->body_case, PERSRV__ENVELOPE__BODY_BATCH_REPLY);
+    assert_int_equal(env->batch_reply->n_replies, 2);
+    ps_wire_free(env);
+    free(buf);
+    assert_int_equal(ps_wire_encode_batch(3, 0, 0, (const uint8_t *const *)f, fl,
+                                          PS_WIRE_MAX_BATCH + 1, &buf, &len, &err),
+                     PS_ETOOBIG);
+    /* 33 elements packed by hand (protobuf-c does not check counts): the decoder refuses them */
+    Persrv__Envelope e = PERSRV__ENVELOPE__INIT;
+    Persrv__BatchRequest q = PERSRV__BATCH_REQUEST__INIT;
+    ProtobufCBinaryData items[PS_WIRE_MAX_BATCH + 1];
+    for (int i = 0; i <= PS_WIRE_MAX_BATCH; i++) items[i] = (ProtobufCBinaryData){fl[i], f[i]};
+    q.n_requests = PS_WIRE_MAX_BATCH + 1;
+    q.requests = items;
+    e.version = PS_WIRE_VERSION;
+    e.body_case = PERSRV__ENVELOPE__BODY_BATCH;
+    e.batch = &q;
+    len = persrv__envelope__get_packed_size(&e);
+    buf = malloc(len);
+    assert_non_null(buf);
+    persrv__envelope__pack(&e, buf);
+    env = NULL;
+    assert_int_equal(ps_wire_decode(buf, len, PS_WIRE_MAX_FRAME, &env, &err), PS_ETOOBIG);
+    free(buf);
+    for (int i = 0; i <= PS_WIRE_MAX_BATCH; i++) free(f[i]);
+}
+
 /* A search encoded once with request_id 0 and deadline 0, then stamped: the decoder reads the
  * stamped ids (small and largest values), the body is untouched, a second stamp overrides the
  * first (zeros too), ps_wire_peek_request_id agrees, and an API key appended after still
@@ -1555,6 +1657,8 @@ int main(void)
         cmocka_unit_test(test_encode_rejects),
         cmocka_unit_test(test_to_opts_defaults),
         cmocka_unit_test(test_append_api_key),
+        cmocka_unit_test(test_trace),
+        cmocka_unit_test(test_batch),
         cmocka_unit_test(test_stamp),
         cmocka_unit_test(test_click_id),
     };

@@ -20,6 +20,9 @@
  *   query.user                     <= PS_WIRE_MAX_USER bytes, valid UTF-8, no NUL
  *   query.exclude                  <= PS_WIRE_MAX_EXCLUDE ids
  *   trace_id                       <= PS_WIRE_MAX_TRACE bytes, 0x21..0x7e (ps_wire_check_trace)
+ *   batch.requests, batch_reply.replies
+ *                                  <= PS_WIRE_MAX_BATCH elements, each an encoded envelope that
+ *                                  its reader decodes (and checks) with ps_wire_decode
  *   query_reply.hits               as search_reply.hits
  *   query_reply.fields             exactly 0 or n_hits; fields[i].id == hits[i].id; each as
  *                                  a sticker_reply
@@ -65,6 +68,7 @@
 #define PS_WIRE_MAX_API_KEY   256        /* bytes of Envelope.api_key */
 #define PS_WIRE_MAX_TRACE     128        /* bytes of Envelope.trace_id */
 #define PS_WIRE_MAX_EXCLUDE   100        /* query.exclude entries */
+#define PS_WIRE_MAX_BATCH     32         /* batch.requests, batch_reply.replies entries */
 #define PS_WIRE_MAX_CLICK_ID  64         /* bytes of click.click_id (0x21..0x7e) */
 #define PS_WIRE_MAX_HISTORY   1024       /* load_profile.history entries */
 #define PS_WIRE_MAX_CLICKS    (1 << 19)  /* clicks_reply.sticker_ids entries */
@@ -176,6 +180,13 @@ typedef struct ps_wire_query_opts {
 int ps_wire_encode_query_ex(uint64_t request_id, uint32_t deadline_ms, const char *q, size_t qlen,
                             const char *user, uint32_t k, int explain, const ps_wire_query_opts *o,
                             uint8_t **buf, size_t *len, ps_err *err);
+
+/* A BatchRequest of the n encoded request envelopes frames[i] (lens[i] bytes each; n <=
+ * PS_WIRE_MAX_BATCH), or a BatchReply of n encoded reply envelopes (reply != 0). Errors:
+ * PS_ETOOBIG (n), PS_ENOMEM. */
+int ps_wire_encode_batch(uint64_t request_id, uint32_t deadline_ms, int reply,
+                         const uint8_t *const *frames, const size_t *lens, size_t n, uint8_t **buf,
+                         size_t *len, ps_err *err);
 
 /* A ClickRequest (client → broker front door): a click of `user` (1..PS_WIRE_MAX_USER bytes)
  * on sticker_id for query (NULL = ""), under click_id (NULL or "" = the broker derives one;
