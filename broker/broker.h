@@ -339,6 +339,8 @@ enum {
     BROKER_EP_ZMQ_CLICK,
     BROKER_EP_MSEARCH,
     BROKER_EP_OPENAPI,
+    BROKER_EP_PAGE,  /* GET / (page.c) */
+    BROKER_EP_IMAGE, /* GET /images/... (page.c) */
     BROKER_NEP
 };
 
@@ -526,13 +528,15 @@ uint32_t broker_core_shards_up(broker_core_t *c, uint32_t *down, uint32_t cap, u
 /* ---- parse.c: outside input parsed without a socket (HTTP requests, settings) ----------- */
 
 #define BROKER_STICKERS_PREFIX "/v1/stickers/"
+#define BROKER_IMAGES_PREFIX   "/images/"
 
 /* A decimal integer in [lo, hi] from the len bytes at s: digits only (no sign, no space), at
  * most 20. Returns 0 with *out set, or -1. */
 int broker_parse_uint(const char *s, size_t len, uint64_t lo, uint64_t hi, uint64_t *out);
 
-/* The endpoint of an HTTP request path (BROKER_EP_SEARCH ... BROKER_EP_METRICS, or
- * BROKER_EP_OTHER); any path under BROKER_STICKERS_PREFIX is BROKER_EP_STICKER. */
+/* The endpoint of an HTTP request path (BROKER_EP_SEARCH ... BROKER_EP_METRICS, BROKER_EP_PAGE
+ * for "/", or BROKER_EP_OTHER); any path under BROKER_STICKERS_PREFIX is BROKER_EP_STICKER, any
+ * under BROKER_IMAGES_PREFIX BROKER_EP_IMAGE. */
 int broker_http_endpoint(const char *path);
 
 enum {
@@ -633,6 +637,7 @@ int broker_parse_addr(const char *s, char *host, size_t cap, uint16_t *port);
 
 typedef struct broker_http broker_http_t;
 struct evhttp;
+struct evhttp_request;
 
 /* ---- keys.c: API keys of the public HTTP door ------------------------------------------- */
 
@@ -663,6 +668,25 @@ broker_auth broker_keys_check(broker_keys_t *ks, const char *key, size_t n, unsi
 broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_metrics_t *metrics,
                                uint32_t max_k, broker_keys_t *keys, int access_log, ps_err *err);
 void broker_http_free(broker_http_t *h);
+/* What /images/ serves: the files under root (NULL: nothing, 404) of at most max_bytes. */
+typedef struct broker_images {
+    const char *root;
+    size_t max_bytes;
+} broker_images;
+
+/* Serve /images/ as img says (copied; img->root borrowed, must outlive h). */
+void broker_http_set_images(broker_http_t *h, const broker_images *img);
+
+/* ---- page.c: the search page and the sticker pictures ----------------------------------- */
+
+/* Answer GET/HEAD of ep BROKER_EP_PAGE (the page) or BROKER_EP_IMAGE (`path` as img says).
+ * Returns 0 once answered, or a PS_E* code with err set and nothing sent (PS_ENOTFOUND,
+ * PS_EFORBIDDEN for a symbolic link, PS_ETOOBIG over img->max_bytes, PS_ENOMEM). */
+int broker_page_serve(struct evhttp_request *req, int ep, const char *path,
+                      const broker_images *img, ps_err *err);
+/* The URL a page loads a sticker's picture from: an http(s) image reference as it is, a path
+ * as "/images/<path>" (percent-encoded). New reference, or NULL for no image (or no memory). */
+struct json_t *broker_page_image_url(const char *image);
 
 /* broker/www/openapi.json, embedded at build time (CMakeLists.txt): NUL-terminated. */
 extern const char broker_openapi_json[];
@@ -709,7 +733,8 @@ typedef struct broker_lane_cfg {
     uint32_t profile_staleness_ms, click_deadline_ms;
     uint32_t max_clicks; /* clicks in flight to the primary per lane */
     broker_upmap_t *replicas_upmap, *primary_upmap;
-    int http_fd; /* listening socket to accept on (the lane dups it), -1: none */
+    int http_fd;          /* listening socket to accept on (the lane dups it), -1: none */
+    broker_images images; /* what /images/ serves (root NULL: nothing) */
     size_t max_body, max_headers;
     int http_timeout_s;
     uint32_t max_connections;    /* the HTTP door's, all lanes together (0: no cap) */

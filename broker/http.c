@@ -22,11 +22,12 @@
  *   GET /healthz                          the process is alive
  *   GET /readyz                           every shard has a replica answering (else 503)
  *   GET /metrics                          Prometheus text (metrics.c)
+ *   GET /, GET /images/<path>             the search page and the stickers' pictures (page.c)
  *
  * With --api-keys (keys.c), search, sticker and click requests need `Authorization: Bearer KEY`
  * of a key with the scope (search; click): 401 without a valid key, 403 without the scope, 429
  * with Retry-After over the key's rate; a refused request reaches no shard and stores nothing.
- * /healthz, /readyz and /metrics stay open.
+ * /healthz, /readyz, /metrics, /openapi.json, the page (/) and /images/ stay open.
  *
  * Request ids: X-Request-Id (1..128 printable ASCII bytes; else a 400), or a W3C traceparent's
  * trace id, or a new random one, is the request's id (a bad X-Request-Id: 400, or 413 over 128
@@ -46,7 +47,9 @@
  * requests meanwhile); parse.c parses the path, the query string and the click body; this file
  * renders JSON. /metrics adds the replicas' health (fan.c) to metrics.c's.
  * explain=1 adds every hit's stored fields (ocr, queries, keywords, desc, emotion), fetched
- * from the shards holding them.
+ * from the shards holding them, and for a sticker with a picture its reference (image) and where
+ * a page loads it (image_url: a URL as it is, a path under the image root as /images/<path>);
+ * GET /v1/stickers/{id} adds the same two.
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -70,8 +73,9 @@ struct broker_http {
     broker_core_t *core;
     broker_metrics_t *metrics;
     uint32_t max_k;
-    broker_keys_t *keys; /* NULL: open */
-    int access_log;      /* a log line per request at info (else at debug) */
+    broker_keys_t *keys;  /* NULL: open */
+    int access_log;       /* a log line per request at info (else at debug) */
+    broker_images images; /* root NULL: /images/ is 404 */
 };
 
 static const char *method_name(int cmd)
@@ -242,6 +246,10 @@ static json_t *hit_json(const ps_hit *h, const Persrv__GetStickerReply *f)
         const char *text[PS_NFIELDS] = {f->ocr, f->queries, f->keywords, f->desc, f->emotion};
         for (int i = 0; i < PS_NFIELDS; i++)
             json_object_set_new(o, ps_field_names[i], json_string(text[i]));
+        if (f->image && f->image[0]) {
+            json_object_set_new(o, "image", json_string(f->image));
+            json_object_set_new(o, "image_url", broker_page_image_url(f->image));
+        }
     }
     return o;
 }
@@ -622,11 +630,15 @@ static void sticker_answered(void *arg, int rc, const ps_err *err, Persrv__Envel
         const Persrv__GetStickerReply *r = env->sticker_reply;
         char idbuf[24];
         snprintf(idbuf, sizeof idbuf, "%llu", (unsigned long long)p->id);
-        status = reply_json(p->req, 200,
-                            json_pack("{s:s, s:i, s:f, s:s, s:s, s:s, s:s, s:s}", "id", idbuf,
-                                      "shard", (int)r->shard, "utility", r->utility, "ocr", r->ocr,
-                                      "queries", r->queries, "keywords", r->keywords, "desc",
-                                      r->desc, "emotion", r->emotion));
+        json_t *o =
+            json_pack("{s:s, s:i, s:f, s:s, s:s, s:s, s:s, s:s}", "id", idbuf, "shard",
+                      (int)r->shard, "utility", r->utility, "ocr", r->ocr, "queries", r->queries,
+                      "keywords", r->keywords, "desc", r->desc, "emotion", r->emotion);
+        if (o && r->image && r->image[0]) {
+            json_object_set_new(o, "image", json_string(r->image));
+            json_object_set_new(o, "image_url", broker_page_image_url(r->image));
+        }
+        status = reply_json(p->req, 200, o);
         ps_wire_free(env);
     }
     request_done(p->h, BROKER_EP_STICKER, p->cmd, p->path, p->who, status, p->t0, p->rid);
@@ -801,6 +813,13 @@ static void on_request(struct evhttp_request *req, void *arg)
         case BROKER_EP_READYZ:
             status = handle_readyz(h, req);
             break;
+        case BROKER_EP_PAGE:
+        case BROKER_EP_IMAGE: {
+            ps_err err = {0, ""};
+            status =
+                broker_page_serve(req, ep, path, &h->images, &err) ? reply_err(req, &err) : 200;
+            break;
+        }
         case BROKER_EP_OPENAPI: {
             struct evbuffer *out = evhttp_request_get_output_buffer(req);
             evbuffer_add_reference(out, broker_openapi_json, broker_openapi_json_len, NULL, NULL);
@@ -833,6 +852,11 @@ broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_
     h->access_log = access_log;
     evhttp_set_gencb(http, on_request, h);
     return h;
+}
+
+void broker_http_set_images(broker_http_t *h, const broker_images *img)
+{
+    h->images = *img;
 }
 
 void broker_http_free(broker_http_t *h)

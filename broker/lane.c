@@ -245,6 +245,7 @@ broker_lane_t *broker_lane_start(const broker_lane_cfg *cfg, ps_err *err)
     if (!(l->handlers = broker_http_new(l->http, l->core, cfg->metrics, cfg->lim.max_k, cfg->keys,
                                         cfg->access_log, err)))
         goto fail;
+    broker_http_set_images(l->handlers, &cfg->images);
     ps_httpguard_cfg gc = {.door = "http",
                            .comp = "broker",
                            .max_connections = cfg->max_connections,

@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "broker.h"
@@ -122,6 +123,14 @@ static const ps_cfg_opt broker_opts[] = {
      "over it: 408 and the connection closed (0: no limit; http-timeout-s is only an idle "
      "timeout, which a request trickled a byte at a time never hits)",
      0, 0, 3600000},
+    {"image-root", PS_CFG_STRING, NULL,
+     "directory of the stickers' pictures (a corpus 'image' that is a path is relative to it), "
+     "served read-only under /images/ for the search page at /; unset: /images/ is 404",
+     0, 0, 0},
+    {"max-image-bytes", PS_CFG_UINT, "1048576",
+     "largest picture /images/ serves in bytes (larger: 413); a picture goes out with sendfile, "
+     "the lane only opens and stats it",
+     0, 1, 1u << 30},
     {"drain-ms", PS_CFG_UINT, "200", "on shutdown, time replies still being written get (ms)", 0, 0,
      60000},
     {"api-keys", PS_CFG_STRING, NULL,
@@ -358,6 +367,18 @@ int main(int argc, char **argv)
         ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"%s\"", err.msg);
         goto out;
     }
+    const char *image_root = ps_cfg_str(cfg, "image-root");
+    struct stat isb;
+    if (image_root && stat(image_root, &isb) != 0) {
+        ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"image-root %s: %s\"", image_root,
+               strerror(errno));
+        goto out;
+    }
+    if (image_root && !S_ISDIR(isb.st_mode)) {
+        ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"image-root %s: not a directory\"",
+               image_root);
+        goto out;
+    }
     const char *keys_file = ps_cfg_str(cfg, "api-keys");
     if (keys_file && !(keys = broker_keys_load(keys_file, &err))) {
         ps_log(PS_LOG_ERROR, "broker", "start_failed", "msg=\"%s\"", err.msg);
@@ -392,6 +413,8 @@ int main(int argc, char **argv)
     ps_log(PS_LOG_INFO, "broker", "listening", "http=%s zmq=%s shards=%u lanes=%u", addr,
            front ? ps_zserver_endpoint(front) : "-", nshards, nlanes);
 
+    broker_images images = {.root = image_root,
+                            .max_bytes = (size_t)ps_cfg_uint(cfg, "max-image-bytes")};
     broker_lane_cfg lc = {.topology = ps_cfg_str(cfg, "shards"),
                           .deadline_ms = (uint32_t)ps_cfg_uint(cfg, "deadline-ms"),
                           .retries = (uint32_t)ps_cfg_uint(cfg, "retries"),
@@ -418,6 +441,7 @@ int main(int argc, char **argv)
                           .primary_upmap = prim_upmap,
                           .http_fd = http_fd,
                           .access_log = ps_cfg_bool(cfg, "access-log"),
+                          .images = images,
                           .max_body = (size_t)ps_cfg_uint(cfg, "max-body"),
                           .max_headers = (size_t)ps_cfg_uint(cfg, "max-headers"),
                           .http_timeout_s = (int)ps_cfg_uint(cfg, "http-timeout-s"),

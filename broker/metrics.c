@@ -19,11 +19,11 @@
  *   persrv_build_info{version,commit,build_type}       gauge, 1 (ps/version.h)
  * Buckets span 0.5 ms .. 1 s around the latency targets (DESIGN §7). No per-user labels.
  * door is "http" (the HTTP/JSON door) or "zmq" (the ZeroMQ front door); endpoint is search,
- * msearch, click, sticker, healthz, readyz, metrics, openapi or other over HTTP, and search,
- * click, sticker, health or other over ZeroMQ, so one endpoint sums over both doors (each
- * search of an msearch counts as a partial answer on its own, the msearch once as a request). code
- * is the HTTP status (on the ZeroMQ door: the status the same outcome would have over HTTP; a click
- * whose outcome is unknown counts as 504).
+ * msearch, click, sticker, healthz, readyz, metrics, openapi, page (the search page, /), image
+ * (/images/) or other over HTTP, and search, click, sticker, health or other over ZeroMQ, so one
+ * endpoint sums over both doors (each search of an msearch counts as a partial answer on its
+ * own, the msearch once as a request). code is the HTTP status (on the ZeroMQ door: the status
+ * the same outcome would have over HTTP; a click whose outcome is unknown counts as 504).
  *
  * Every lane thread records into one broker_metrics_t: a mutex guards it (a few counter
  * increments per request; rendering holds it while it formats).
@@ -91,6 +91,7 @@ static const struct {
     [BROKER_EP_ZMQ_STICKER] = {DOOR_ZMQ, "sticker"}, [BROKER_EP_ZMQ_HEALTH] = {DOOR_ZMQ, "health"},
     [BROKER_EP_ZMQ_OTHER] = {DOOR_ZMQ, "other"},     [BROKER_EP_ZMQ_CLICK] = {DOOR_ZMQ, "click"},
     [BROKER_EP_MSEARCH] = {DOOR_HTTP, "msearch"},    [BROKER_EP_OPENAPI] = {DOOR_HTTP, "openapi"},
+    [BROKER_EP_PAGE] = {DOOR_HTTP, "page"},          [BROKER_EP_IMAGE] = {DOOR_HTTP, "image"},
 };
 
 broker_metrics_t *broker_metrics_new(uint32_t nshards)

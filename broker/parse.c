@@ -46,6 +46,8 @@ int broker_http_endpoint(const char *path)
     if (!strcmp(path, "/healthz")) return BROKER_EP_HEALTHZ;
     if (!strcmp(path, "/readyz")) return BROKER_EP_READYZ;
     if (!strcmp(path, "/metrics")) return BROKER_EP_METRICS;
+    if (!strcmp(path, "/")) return BROKER_EP_PAGE;
+    if (!strncmp(path, BROKER_IMAGES_PREFIX, strlen(BROKER_IMAGES_PREFIX))) return BROKER_EP_IMAGE;
     return BROKER_EP_OTHER;
 }
 

@@ -54,6 +54,15 @@ static const char *stored_text(void *ctx, uint32_t doc, int f, size_t *len)
     return t->c->recs[row].field[f];
 }
 
+/* The image reference for the store writer (stored, not indexed). */
+static const char *stored_image(void *ctx, uint32_t doc, size_t *len)
+{
+    const textctx *t = ctx;
+    uint32_t row = t->b->row_of_doc[t->gdoc ? t->gdoc[doc] : doc];
+    *len = t->c->recs[row].image_len;
+    return t->c->recs[row].image;
+}
+
 /* Create `dir` or accept it if empty. */
 static int make_empty_dir(const char *dir, ps_err *err)
 {
@@ -92,6 +101,7 @@ static int write_sharded(const char *out, uint32_t nshards, const builder_corpus
                                  .emb_row = rows,
                                  .text = stored_text,
                                  .text_ctx = &tc,
+                                 .image = stored_image,
                                  .info_json = info};
             snprintf(path, sizeof path, "%s/shard-%03u", out, i);
             rc = ps_store_write(path, &in, err);
@@ -256,6 +266,7 @@ int builder_cmd_build(int argc, char **argv)
                          .emb_row = b.row_of_doc,
                          .text = stored_text,
                          .text_ctx = &tc,
+                         .image = stored_image,
                          .nprofiles = b.nusers,
                          .users = (const char *const *)b.users,
                          .profiles = b.profiles,

@@ -9,7 +9,9 @@
  * 63-bit hash of its relative path (builder_enrich_id); its `image` is the relative path. A
  * manifest (--manifest) is JSON Lines: `id`, `path` (relative to the manifest's directory
  * unless absolute) and any fields already known, which are kept as they are (a given `ocr`
- * is not OCRed again, given `keywords`/`desc`/`emotion` are not asked of the VLM).
+ * is not OCRed again, given `keywords`/`desc`/`emotion` are not asked of the VLM); its `image`
+ * is its own `image` or else `path`, left out when neither is a valid corpus image (an
+ * absolute or ".." path: ps_image_check).
  *
  * Work. --ocr-threads workers each own a Tesseract engine; a worker reads a file (capped by
  * --max-bytes), decodes it (header checked against --max-pixels first) and OCRs it (enrich.c).
@@ -773,7 +775,10 @@ static int record(enrich *e, result *r, const char *kw, const char *desc, const 
         if (desc && !json_object_get(f, "desc")) json_object_set_new(f, "desc", json_string(desc));
         if (emo && !json_object_get(f, "emotion"))
             json_object_set_new(f, "emotion", json_string(emo));
-        json_object_set_new(f, "image", json_string(it->image));
+        /* a corpus image is a URL or a path under the image root (ps_image_check): an absolute
+         * or ".." manifest path is not one, and is left out */
+        if (ps_image_check(it->image, strlen(it->image), NULL) == 0)
+            json_object_set_new(f, "image", json_string(it->image));
         rec = json_pack("{s:s, s:b, s:o}", "id", id, "ok", 1, "fields", f);
         if (rec && emb) {
             json_t *a = json_array();

@@ -35,12 +35,21 @@ static void usage(FILE *f)
         "  --clicks C      clicks in the log (default %zu)\n"
         "  --pairs P       distinct (user, query) pairs (default %zu)\n"
         "  --queries Q     distinct queries (default %zu)\n"
+        "  --images N|P%%|all\n"
+        "                  draw a %dx%d PNG for the first N stickers in corpus order, or for\n"
+        "                  about P%% of them, those of highest latent quality (the ones clicks\n"
+        "                  favour: at 25%%, half the clicked stickers), or all (default 0):\n"
+        "                  DIR/images/<hex2>/<id>.png, named in the corpus's \"image\" relative\n"
+        "                  to DIR/images (the broker's --image-root). ~0.4 ms and 4 KB of disk\n"
+        "                  (one block) a picture: all 543,098 take ~4 min and 2.2 GB\n"
+        "  --image-font F  font for the pictures' text (default %s)\n"
         "  --no-progress   no progress line, even on a terminal\n"
         "  -h, --help      show this help\n"
         "\n"
         "Constraints: users <= pairs, queries <= pairs <= users x queries, clicks >= pairs.\n"
         "--clicks 0 --pairs 0 --queries 0 writes an empty click log.\n",
-        (unsigned long long)d.seed, d.nstickers, d.dim, d.nusers, d.nclicks, d.npairs, d.nqueries);
+        (unsigned long long)d.seed, d.nstickers, d.dim, d.nusers, d.nclicks, d.npairs, d.nqueries,
+        BUILDER_IMAGE_SIDE, BUILDER_IMAGE_SIDE, BUILDER_IMAGE_FONT);
 }
 
 /* Strict unsigned parse: digits only, no sign, no overflow. */
@@ -73,7 +82,18 @@ static int parse_size(const char *flag, const char *s, size_t *out)
 
 int builder_cmd_generate(int argc, char **argv)
 {
-    enum { O_SEED = 256, O_STICKERS, O_DIM, O_USERS, O_CLICKS, O_PAIRS, O_QUERIES, O_NOPROG };
+    enum {
+        O_SEED = 256,
+        O_STICKERS,
+        O_DIM,
+        O_USERS,
+        O_CLICKS,
+        O_PAIRS,
+        O_QUERIES,
+        O_NOPROG,
+        O_IMAGES,
+        O_FONT
+    };
     static const struct option opts[] = {
         {"out", required_argument, NULL, 'o'},
         {"seed", required_argument, NULL, O_SEED},
@@ -84,6 +104,8 @@ int builder_cmd_generate(int argc, char **argv)
         {"pairs", required_argument, NULL, O_PAIRS},
         {"queries", required_argument, NULL, O_QUERIES},
         {"no-progress", no_argument, NULL, O_NOPROG},
+        {"images", required_argument, NULL, O_IMAGES},
+        {"image-font", required_argument, NULL, O_FONT},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -128,6 +150,29 @@ int builder_cmd_generate(int argc, char **argv)
         case O_NOPROG:
             cfg.progress = 0;
             break;
+        case O_IMAGES:
+            if (optarg && strcmp(optarg, "all") == 0) {
+                cfg.nimages = BUILDER_IMAGES_ALL;
+            } else if (optarg && *optarg && optarg[strlen(optarg) - 1] == '%') {
+                char *end;
+                errno = 0;
+                double p = strtod(optarg, &end);
+                if (errno || end != optarg + strlen(optarg) - 1 || end == optarg || !(p >= 0) ||
+                    p > 100) {
+                    fprintf(stderr,
+                            "builder generate: --images expects N, P%% (0..100) or all, "
+                            "got '%s'\n",
+                            optarg);
+                    bad = 1;
+                }
+                cfg.image_share = p / 100;
+            } else {
+                bad |= parse_size("--images", optarg, &cfg.nimages);
+            }
+            break;
+        case O_FONT:
+            cfg.image_font = optarg;
+            break;
         case ':':
             fprintf(stderr, "builder generate: %s needs a value\n", flag);
             bad = 1;
@@ -166,8 +211,9 @@ int builder_cmd_generate(int argc, char **argv)
     }
     ps_log(PS_LOG_INFO, "builder", "generated",
            "out=%s seed=%llu stickers=%zu dim=%zu users=%zu clicks=%zu pairs=%zu queries=%zu "
-           "seconds=%.2f",
+           "first_images=%zu image_share=%g seconds=%.2f",
            out, (unsigned long long)cfg.seed, cfg.nstickers, cfg.dim, cfg.nusers, cfg.nclicks,
-           cfg.npairs, cfg.nqueries, builder_now() - t0);
+           cfg.npairs, cfg.nqueries, cfg.nimages < cfg.nstickers ? cfg.nimages : cfg.nstickers,
+           cfg.image_share, builder_now() - t0);
     return 0;
 }

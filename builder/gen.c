@@ -20,7 +20,11 @@
  *
  * Output formats (DESIGN §3):
  *   corpus.jsonl    {"id":<19 digits>,"ocr":"…","keywords":"…","desc":"…","emotion":"…"}\n
- *                   multi-phrase fields joined with '\n' (JSON-escaped); ocr "" when absent.
+ *                   multi-phrase fields joined with '\n' (JSON-escaped); ocr "" when absent;
+ *                   ,"image":"<hex2>/<id>.png" last for the stickers with a picture
+ *                   (--images: the first N in corpus order, or the top P% by quality, which
+ *                   clicks favour; drawn by gen_image.c into
+ *                   images/<hex2>/<id>.png, hex2 = id mod 256 in two hex digits).
  *   embeddings.npy  NumPy format 1.0: "\x93NUMPY" 0x01 0x00, uint16 LE header length, the
  *                   header dict "{'descr': '<f4', 'fortran_order': False, 'shape': (N, D), }"
  *                   padded with spaces and a final '\n' so data starts at a multiple of 64,
@@ -257,6 +261,7 @@ typedef struct series {
 typedef struct gen {
     const builder_gen_cfg *cfg;
     ps_err *err;
+    const char *outdir;
 
     /* vocabulary */
     size_t nvocab;
@@ -517,17 +522,81 @@ static int make_desc(gen *g, ps_rng *r, const series *se, const uint32_t *ocr, i
     return 0;
 }
 
+/* outdir/images and its 256 fan-out directories. */
+static int image_dirs(gen *g)
+{
+    char path[4096];
+    for (int k = -1; k < 256; k++) {
+        int n = k < 0 ? snprintf(path, sizeof path, "%s/" BUILDER_IMAGES_DIR, g->outdir)
+                      : snprintf(path, sizeof path, "%s/" BUILDER_IMAGES_DIR "/%02x", g->outdir, k);
+        if (n >= (int)sizeof path)
+            return ps_err_set(g->err, PS_EINVAL, "generate: output directory name too long");
+        if (mkdir(path, 0777) != 0 && errno != EEXIST)
+            return ps_err_set(g->err, PS_EIO, "generate: creating directory %s: %s", path,
+                              strerror(errno));
+    }
+    return 0;
+}
+
+/* Sticker i's picture: draw its OCR phrases, write the PNG, add "image" to its line. */
+static int gen_image(gen *g, builder_imgr *im, size_t i, const uint32_t *ocr, int nocr,
+                     ps_buf *text, ps_buf *png, ps_buf *line)
+{
+    char rel[64], path[4200];
+    ps_buf_reset(text);
+    for (int k = 0; k < nocr; k++) {
+        if (k) ps_buf_byte(text, '\n');
+        ps_buf_add(text, g->phrase[ocr[k]], g->plen[ocr[k]]);
+    }
+    if (text->rc) return ps_err_set(g->err, PS_ENOMEM, "generate: out of memory for a picture");
+    int rc = builder_imgr_render(im, g->sser[i], text->p, text->n, png, g->err);
+    if (rc) return rc;
+    snprintf(rel, sizeof rel, "%02x/%llu.png", (unsigned)(g->id[i] & 0xff),
+             (unsigned long long)g->id[i]);
+    snprintf(path, sizeof path, "%s/" BUILDER_IMAGES_DIR "/%s", g->outdir, rel);
+    FILE *f = fopen(path, "wb");
+    int ok = f && fwrite(png->p, 1, png->n, f) == png->n;
+    if (f && fclose(f) != 0) ok = 0;
+    if (!ok) return ps_err_set(g->err, PS_EIO, "generate: writing %s: %s", path, strerror(errno));
+    ps_buf_str(line, ",\"image\":\"");
+    ps_buf_str(line, rel);
+    ps_buf_str(line, "\"");
+    return 0;
+}
+
 static int gen_corpus(gen *g, FILE *f, const char *path)
 {
     ps_rng r;
-    ps_buf line = PS_BUF_INIT, desc = PS_BUF_INIT;
+    ps_buf line = PS_BUF_INIT, desc = PS_BUF_INIT, text = PS_BUF_INIT, png = PS_BUF_INIT;
     builder_progress pr;
+    builder_imgr *im = NULL;
     int rc = 0;
+    size_t nimages = g->cfg->nimages < g->n ? g->cfg->nimages : g->n;
+    /* quality = exp(sigma z), z standard normal: the top share s is z >= z0, P(Z >= z0) = s */
+    double share = g->cfg->image_share, qmin = INFINITY;
+    if (share >= 1)
+        qmin = 0;
+    else if (share > 0) {
+        double lo = -10, hi = 10;
+        for (int k = 0; k < 100; k++) {
+            double mid = (lo + hi) / 2;
+            if (0.5 * erfc(mid / sqrt(2.0)) > share)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        qmin = exp(GEN_QUALITY_SIGMA * hi);
+    }
 
     g->quality = xmalloc(g->n * sizeof *g->quality, g->err, "the sticker qualities");
     g->ocr = xmalloc(g->n * 2 * sizeof *g->ocr, g->err, "the OCR phrases");
     g->kw = xmalloc(g->n * 4 * sizeof *g->kw, g->err, "the keywords");
     if (!g->quality || !g->ocr || !g->kw) return PS_ENOMEM;
+    if (nimages || share > 0) {
+        if ((rc = image_dirs(g))) return rc;
+        im = builder_imgr_new(g->cfg->image_font ? g->cfg->image_font : BUILDER_IMAGE_FONT, g->err);
+        if (!im) return g->err ? g->err->code : PS_EIO;
+    }
 
     ps_rng_seed(&r, g->cfg->seed, STREAM_TEXT);
     builder_progress_start(&pr, "generating stickers", g->n, g->cfg->progress);
@@ -562,7 +631,11 @@ static int gen_corpus(gen *g, FILE *f, const char *path)
         buf_json(&line, desc.p, desc.n);
         ps_buf_str(&line, "\",\"emotion\":\"");
         put_phrases(&line, g, emo, nemo);
-        ps_buf_str(&line, "\"}\n");
+        ps_buf_str(&line, "\"");
+        if ((i < nimages || g->quality[i] >= qmin) &&
+            (rc = gen_image(g, im, i, ocr, nocr, &text, &png, &line)))
+            goto out;
+        ps_buf_str(&line, "}\n");
         if (line.rc) goto oom;
         if (fwrite(line.p, 1, line.n, f) != line.n) {
             rc = ps_err_set(g->err, PS_EIO, "generate: writing %s: %s", path, strerror(errno));
@@ -577,6 +650,9 @@ oom:
 out:
     ps_buf_free(&line);
     ps_buf_free(&desc);
+    ps_buf_free(&text);
+    ps_buf_free(&png);
+    builder_imgr_free(im);
     return rc;
 }
 
@@ -1176,6 +1252,7 @@ int builder_generate(const builder_gen_cfg *cfg, const char *outdir, ps_err *err
 
     g.cfg = cfg;
     g.err = err;
+    g.outdir = outdir;
     g.n = cfg->nstickers;
     if ((rc = gen_vocab(&g)) || (rc = gen_series(&g)) || (rc = gen_ids(&g)) ||
         (rc = gen_corpus(&g, f[OUT_CORPUS], tmp[OUT_CORPUS])) ||

@@ -541,6 +541,59 @@ static int field_text(ps_buf *b, int f, const json_t *v, const char *key, ps_err
     return 0;
 }
 
+int ps_image_is_url(const char *s)
+{
+    return s && (strncmp(s, "http://", 7) == 0 || strncmp(s, "https://", 8) == 0);
+}
+
+int ps_image_check(const char *s, size_t n, ps_err *err)
+{
+    if (!s || n == 0) return ps_err_set(err, PS_EPARSE, "field image: empty");
+    if (n > PS_IMAGE_MAX)
+        return ps_err_set(err, PS_EPARSE, "field image: %zu bytes, at most %d", n, PS_IMAGE_MAX);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f)
+            return ps_err_set(err, PS_EPARSE, "field image: control byte 0x%02x at byte %zu", c, i);
+    }
+    if (utf8_invalid_at(s, n) < n) return ps_err_set(err, PS_EPARSE, "field image: invalid UTF-8");
+    if ((n > 7 && strncmp(s, "http://", 7) == 0) || (n > 8 && strncmp(s, "https://", 8) == 0))
+        return 0;
+    if (s[0] == '/')
+        return ps_err_set(err, PS_EPARSE,
+                          "field image: an absolute path; give an http(s) URL or a path relative "
+                          "to the image root");
+    if (memchr(s, '\\', n)) return ps_err_set(err, PS_EPARSE, "field image: contains a backslash");
+    for (size_t i = 0; i <= n;) { /* every component between slashes */
+        size_t j = i;
+        while (j < n && s[j] != '/') j++;
+        size_t len = j - i;
+        if (len == 0 || (len == 1 && s[i] == '.') || (len == 2 && s[i] == '.' && s[i + 1] == '.'))
+            return ps_err_set(err, PS_EPARSE,
+                              "field image: the path has an empty, \".\" or \"..\" component");
+        i = j + 1;
+    }
+    return 0;
+}
+
+/* The image field: a string passing ps_image_check, or null or "" (no image). */
+static int image_field(ps_sticker_rec *out, const json_t *v, ps_err *err)
+{
+    if (json_is_null(v) || (json_is_string(v) && json_string_length(v) == 0)) return 0;
+    if (!json_is_string(v))
+        return ps_err_set(err, PS_EPARSE, "field image: expected a string or null, got a %s",
+                          json_type_name(v));
+    const char *s = json_string_value(v);
+    size_t n = json_string_length(v);
+    int rc = ps_image_check(s, n, err);
+    if (rc) return rc;
+    if (!(out->image = ps_malloc(n + 1)))
+        return ps_err_set(err, PS_ENOMEM, "field image: out of memory");
+    memcpy(out->image, s, n + 1);
+    out->image_len = n;
+    return 0;
+}
+
 /* Explain a line jansson refused. */
 static int decode_error(const char *line, size_t len, const json_error_t *je, ps_err *err)
 {
@@ -609,6 +662,8 @@ int ps_sticker_parse(const char *line, size_t len, ps_sticker_rec *out, ps_err *
             goto err;
         }
     }
+    json_t *image = json_object_get(root, "image");
+    if (image && (rc = image_field(out, image, err))) goto err;
     ps_buf_free(&b);
     json_decref(root);
     return 0;
@@ -623,6 +678,7 @@ void ps_sticker_rec_clear(ps_sticker_rec *r)
 {
     if (!r) return;
     for (int f = 0; f < PS_NFIELDS; f++) ps_free(r->field[f]);
+    ps_free(r->image);
     memset(r, 0, sizeof *r);
 }
 
@@ -775,6 +831,11 @@ int ps_sticker_write(FILE *f, const ps_sticker_rec *r, ps_err *err)
             return ps_err_set(err, PS_EINVAL, "sticker %llu: field %s: contains a NUL byte",
                               (unsigned long long)r->id, ps_field_names[fi]);
     }
+    int rc;
+    if (r->image_len && (rc = ps_image_check(r->image, r->image_len, err))) {
+        ps_err_prefix(err, "sticker %llu", (unsigned long long)r->id);
+        return rc;
+    }
 
     wbuf wb, *w = &wb;
     w->f = f;
@@ -795,6 +856,10 @@ int ps_sticker_write(FILE *f, const ps_sticker_rec *r, ps_err *err)
         wb_put(w, ps_field_names[fi], strlen(ps_field_names[fi]));
         wb_put(w, "\":", 2);
         wb_json_string(w, r->field[fi], r->field_len[fi]);
+    }
+    if (r->image_len) {
+        wb_put(w, ",\"image\":", 9);
+        wb_json_string(w, r->image, r->image_len);
     }
     wb_put(w, "}\n", 2);
     wb_flush(w);

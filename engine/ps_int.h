@@ -153,8 +153,9 @@ int ps__store_list_decode(ps_index_t *ix, uint32_t l, uint32_t nlists, uint64_t 
                           uint64_t *off, const uint8_t *k, size_t kl, const uint8_t *v, size_t vl,
                           ps_err *err);
 /* The T value of doc `doc`. OUT fields[f]: malloc'd NUL-terminated texts (caller frees each;
- * all NULL after an error). */
+ * all NULL after an error); OUT *image (when image is not NULL): the image reference, malloc'd,
+ * or NULL when the record has none. */
 int ps__store_fields_decode(uint32_t doc, const uint8_t *v, size_t len, char *fields[PS_NFIELDS],
-                            ps_err *err);
+                            char **image, ps_err *err);
 
 #endif

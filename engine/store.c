@@ -29,6 +29,7 @@
 #include "ps_int.h"
 #include "ps/alloc.h"
 #include "ps/buf.h"
+#include "ps/corpus.h"
 
 struct ps_store {
     rocksdb_t *db;
@@ -247,6 +248,12 @@ static int write_index(wctx *c, const ps_store_input *in, ps_err *err)
             if (!t) len = 0;
             ps_buf_varint(&c->val, len);
             ps_buf_add(&c->val, t, len);
+        }
+        size_t ilen = 0;
+        const char *img = in->image ? in->image(in->text_ctx, d, &ilen) : NULL;
+        if (img && ilen) { /* absent when none: the record is as before images */
+            ps_buf_varint(&c->val, ilen);
+            ps_buf_add(&c->val, img, ilen);
         }
         if ((rc = put(c, err))) return rc;
     }
@@ -704,41 +711,70 @@ void ps_profiles_close(ps_profiles_t *p)
     ps_free(p);
 }
 
+/* n bytes at p as a malloc'd NUL-terminated string, or NULL. */
+static char *dup_bytes(const uint8_t *p, uint64_t n)
+{
+    char *s = ps_malloc(n + 1);
+    if (s) {
+        memcpy(s, p, n);
+        s[n] = '\0';
+    }
+    return s;
+}
+
 int ps__store_fields_decode(uint32_t doc, const uint8_t *p, size_t len, char *fields[PS_NFIELDS],
-                            ps_err *err)
+                            char **image, ps_err *err)
 {
     const uint8_t *end = p + len;
     int rc = 0;
+    uint64_t n;
     for (int f = 0; f < PS_NFIELDS; f++) fields[f] = NULL;
+    if (image) *image = NULL;
     for (int f = 0; f < PS_NFIELDS && !rc; f++) {
-        uint64_t n;
         if (rd_varint(&p, end, &n) || n > (uint64_t)(end - p)) {
             rc = ps_err_set(err, PS_ECORRUPT, "stored fields of doc %u are malformed", doc);
             break;
         }
-        if (!(fields[f] = ps_malloc(n + 1))) {
+        if (!(fields[f] = dup_bytes(p, n))) {
             rc = ps_err_set(err, PS_ENOMEM, "out of memory reading fields");
             break;
         }
-        memcpy(fields[f], p, n);
-        fields[f][n] = '\0';
         p += n;
     }
-    if (rc)
+    if (!rc && p < end) { /* the image reference, exactly to the end of the record */
+        if (rd_varint(&p, end, &n) || n == 0 || n != (uint64_t)(end - p) || n > PS_IMAGE_MAX ||
+            memchr(p, 0, n))
+            rc = ps_err_set(err, PS_ECORRUPT, "stored image of doc %u is malformed", doc);
+        else if (image && !(*image = dup_bytes(p, n)))
+            rc = ps_err_set(err, PS_ENOMEM, "out of memory reading fields");
+    }
+    if (rc) {
         for (int f = 0; f < PS_NFIELDS; f++) {
             ps_free(fields[f]);
             fields[f] = NULL;
         }
+        if (image) {
+            ps_free(*image);
+            *image = NULL;
+        }
+    }
     return rc;
 }
 
 int ps_store_fields(ps_store_t *st, uint32_t doc, char *fields[PS_NFIELDS], ps_err *err)
+{
+    return ps_store_fields_image(st, doc, fields, NULL, err);
+}
+
+int ps_store_fields_image(ps_store_t *st, uint32_t doc, char *fields[PS_NFIELDS], char **image,
+                          ps_err *err)
 {
     uint8_t k[5];
     char *rerr = NULL;
     size_t len = 0;
     int rc = 0;
     for (int f = 0; f < PS_NFIELDS; f++) fields[f] = NULL;
+    if (image) *image = NULL;
     if (doc >= st->ix->ndocs) return ps_err_set(err, PS_ENOTFOUND, "no doc %u", doc);
     key_doc(k, 'T', doc);
     char *v = rocksdb_get(st->db, st->ropts, (const char *)k, 5, &len, &rerr);
@@ -748,7 +784,7 @@ int ps_store_fields(ps_store_t *st, uint32_t doc, char *fields[PS_NFIELDS], ps_e
         return rc;
     }
     if (!v) return ps_err_set(err, PS_ECORRUPT, "doc %u has no stored fields", doc);
-    rc = ps__store_fields_decode(doc, (const uint8_t *)v, len, fields, err);
+    rc = ps__store_fields_decode(doc, (const uint8_t *)v, len, fields, image, err);
     rocksdb_free(v);
     return rc;
 }

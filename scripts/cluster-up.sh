@@ -8,6 +8,14 @@
 # how to query and how to stop the cluster (scripts/cluster-down.sh).
 #
 #   PERSRV_DEMO_STICKERS  corpus size (default 543098, the paper's)
+#   PERSRV_DEMO_IMAGES    which generated stickers get a placeholder picture (`builder generate
+#                         --images`): N (the first N), P% (the P% of highest quality, the ones
+#                         clicks favour) or all; default 25% (~135,000 pictures at the default
+#                         size, ~1 min and ~550 MB; all: ~4 min and 2.2 GB). The broker serves
+#                         them (--image-root DIR/data/images) to the search page at its URL /
+#   PERSRV_IMAGE_ROOT     the directory the corpus's image paths are relative to (default
+#                         DATA/images when it exists: the generated pictures; for a corpus of
+#                         `builder enrich --input DIR`, that DIR)
 #   PERSRV_CORPUS         serve this corpus instead of generating one: a directory holding
 #                         corpus.jsonl and embeddings.npy (what `builder enrich` writes) and,
 #                         optionally, clicks.tsv (user \t query \t sticker_id); rebuilt
@@ -24,7 +32,7 @@
 #   PERSRV_DEMO_QUERY     the sample query (default 好累)
 #
 # Layout of PERSRV_DEMO_DIR:
-#   data/           corpus.jsonl, embeddings.npy, clicks.tsv (builder generate)
+#   data/           corpus.jsonl, embeddings.npy, clicks.tsv, images/ (builder generate)
 #   cluster/        shard-000, shard-001, profiles, cluster.json (builder build --shards 2)
 #   run/            NAME.log (NAME.log.prev: the run before), NAME.pid, NAME.ready for
 #                   shard0a shard0b shard1a shard1b profile0 profile1 broker
@@ -38,8 +46,8 @@
 #                   persrv CLI's), allow-lists and the known-servers file (builder keys)
 #   topology.json   the admin addresses of every replica and the broker, for `builder push`
 #                   (rewritten on every start: admin ports are picked at run time)
-#   .stickers       the corpus size data/ was generated with (with PERSRV_CORPUS: a checksum
-#                   of its files; data/ is then not used)
+#   .stickers       the corpus size and pictures data/ was generated with (with PERSRV_CORPUS:
+#                   a checksum of its files; data/ is then not used)
 # Exit status: 0 when the cluster is up and answered; 1 on any failure (the processes this
 # run started are stopped again); 3 when a port is already in use or a cluster already runs.
 set -euo pipefail
@@ -47,6 +55,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 abspath() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
 N=${PERSRV_DEMO_STICKERS:-543098}
+IMAGES=${PERSRV_DEMO_IMAGES:-25%}
 DIR=$(abspath "${PERSRV_DEMO_DIR:-$ROOT/demo}")
 BIN=$(abspath "${PERSRV_BIN_DIR:-$ROOT/build}")
 BASE_PORT=${PERSRV_BASE_PORT:-7100}
@@ -64,6 +73,8 @@ isnum() { [[ $1 =~ ^[0-9]+$ ]]; }
 if ! isnum "$N" || [ "$N" -lt 1 ]; then
   die "PERSRV_DEMO_STICKERS='$N' is not a positive integer"
 fi
+[[ $IMAGES =~ ^([0-9]+|[0-9]+(\.[0-9]+)?%|all)$ ]] \
+  || die "PERSRV_DEMO_IMAGES='$IMAGES' is not N, P% or all"
 CORPUS=${PERSRV_CORPUS:+$(abspath "$PERSRV_CORPUS")}
 if [ -n "$CORPUS" ]; then
   for f in corpus.jsonl embeddings.npy; do
@@ -167,13 +178,21 @@ if [ -n "$CORPUS" ]; then
   N=$(grep -c . "$CORPUS/corpus.jsonl")
 else
   DATA=$DIR/data
-  KEY=$N
-  if [ "$(cat "$DIR/.stickers" 2>/dev/null)" != "$N" ] || [ ! -s "$DIR/data/clicks.tsv" ]; then
+  KEY="$N images=$IMAGES"
+  if [ "$(cat "$DIR/.stickers" 2>/dev/null)" != "$KEY" ] || [ ! -s "$DIR/data/clicks.tsv" ]; then
     rm -rf "$DIR/data" "$DIR/index" "$DIR/cluster" "$DIR/cluster.tmp" "$DIR/.stickers"
-    echo "cluster-up: generating a $N-sticker corpus into $DIR/data"
-    "$B" generate --out "$DIR/data" --stickers "$N"
-    echo "$N" >"$DIR/.stickers"
+    echo "cluster-up: generating a $N-sticker corpus into $DIR/data (pictures: $IMAGES)"
+    "$B" generate --out "$DIR/data" --stickers "$N" --images "$IMAGES"
+    echo "$KEY" >"$DIR/.stickers"
   fi
+fi
+# The pictures the corpus names by path, served at /images/ for the search page at /.
+IMAGE_ROOT=()
+if [ -n "${PERSRV_IMAGE_ROOT:-}" ]; then
+  [ -d "$PERSRV_IMAGE_ROOT" ] || die "PERSRV_IMAGE_ROOT=$PERSRV_IMAGE_ROOT is not a directory"
+  IMAGE_ROOT=(--image-root "$(abspath "$PERSRV_IMAGE_ROOT")")
+elif [ -d "$DATA/images" ]; then
+  IMAGE_ROOT=(--image-root "$DATA/images")
 fi
 CLICKS=()
 [ -s "$DATA/clicks.tsv" ] && CLICKS=(--clicks "$DATA/clicks.tsv")
@@ -316,7 +335,7 @@ wait_ready shard0a shard0b shard1a shard1b
 ZEP="tcp://127.0.0.1:$ZMQ_PORT"
 launch broker "$BR" --shards "$TOPO" --profile-replicas "$REP|$PEP" --profile-primary "$PEP" \
   --http "127.0.0.1:$HTTP_PORT" --zmq "$ZEP" "${ADMIN[@]}" --curve-key "$K/broker.key" \
-  --curve-allow "$K/broker.allow" --curve-servers "$K/servers"
+  --curve-allow "$K/broker.allow" --curve-servers "$K/servers" "${IMAGE_ROOT[@]}"
 wait_ready broker
 URL="http://$(sed -n 1p "$RUN/broker.ready")"
 # The admin addresses, for `builder push` and `builder activate`.
@@ -368,7 +387,8 @@ cat <<MSG
 
 The PerSRV cluster is up: 2 shards x 2 replicas, the profile service (primary $PEP,
 replica $REP) and a broker at $URL (HTTP) and $ZEP (ZeroMQ, libpersrv); logs, pid and
-ready files in $RUN. Try:
+ready files in $RUN. Open the search page in a browser: $URL/
+Try:
   curl '$URL/v1/search?q=$QUERY&user=u01&k=5'
   curl '$URL/v1/search?q=thumbs%20up&user=u03&k=10&explain=1'
   curl '$URL/v1/stickers/$id'

@@ -5,7 +5,7 @@ pkgs=(build-essential cmake pkg-config curl jq libicu-dev libjansson-dev librock
       libopenblas-dev libcmocka-dev libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
       libevent-dev libcurl4-openssl-dev zlib1g-dev docker-compose
       libtesseract-dev tesseract-ocr-chi-sim tesseract-ocr-eng libleptonica-dev libfreetype-dev
-      fonts-wqy-zenhei python3-yaml python3-jsonschema)
+      fonts-wqy-zenhei python3-yaml python3-jsonschema chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -136,7 +136,7 @@ static int do_get_sticker(void *state, const Persrv__Envelope *env, uint8_t **ou
     ps_sticker_rec rec = {.id = id};
     float *emb = NULL;
     uint32_t dim = ps_index_dim(ix);
-    int rc = ps_store_fields(shard_version_store(v), doc, rec.field, err);
+    int rc = ps_store_fields_image(shard_version_store(v), doc, rec.field, &rec.image, err);
     if (!rc && env->get_sticker->with_embedding) {
         if (!(emb = malloc((size_t)dim * sizeof *emb)))
             rc = ps_err_set(err, PS_ENOMEM, "out of memory for an embedding");
@@ -145,6 +145,7 @@ static int do_get_sticker(void *state, const Persrv__Envelope *env, uint8_t **ou
     }
     if (!rc) {
         for (int f = 0; f < PS_NFIELDS; f++) rec.field_len[f] = strlen(rec.field[f]);
+        rec.image_len = rec.image ? strlen(rec.image) : 0;
         rc = ps_wire_encode_sticker_reply_emb(env->request_id, h->ctx->shard, id, &rec,
                                               ps_index_utility(ix, doc), emb, dim, out, out_len,
                                               err);
@@ -152,6 +153,7 @@ static int do_get_sticker(void *state, const Persrv__Envelope *env, uint8_t **ou
     shard_versions_release(h->ctx->versions, v);
     free(emb);
     for (int f = 0; f < PS_NFIELDS; f++) free(rec.field[f]);
+    free(rec.image);
     if (!rc)
         ps_log(PS_LOG_DEBUG, "shard", "get_sticker", "request_id=%llu trace=%s id=%llu found=1",
                (unsigned long long)env->request_id, PS_WIRE_TRACE(env), (unsigned long long)id);

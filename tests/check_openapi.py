@@ -150,6 +150,9 @@ check("GET", "/healthz", "/healthz", want=200)
 check("GET", "/readyz", "/readyz", want=200)
 check("GET", "/metrics", "/metrics", want=200)
 check("GET", "/openapi.json", "/openapi.json", want=200)
+check("GET", "/", "/", want=200)
+check("GET", "/images/{path}", "/images/no/such.png", want=404)
+check("GET", "/images/{path}", "/images/%2e%2e/x.png", want=404)
 for op in sorted(operations - seen):
     fail("%s %s: in the document, never exercised" % (op[1].upper(), op[0]))
 if failures:

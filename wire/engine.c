@@ -143,6 +143,11 @@ int ps_wire_encode_sticker_reply_emb(uint64_t request_id, uint32_t shard, uint64
                                   ps_field_names[f]);
             if (s) *dst[f] = (char *)s;
         }
+        if (rec->image_len) {
+            if (!rec->image || memchr(rec->image, 0, rec->image_len))
+                return ps_err_set(err, PS_EINVAL, "sticker_reply.image: NULL or a NUL byte");
+            r.image = rec->image;
+        }
         r.n_embedding = emb ? dim : 0;
         r.embedding = (float *)emb;
     }

@@ -529,6 +529,8 @@ static int check_sticker_at(const Persrv__GetStickerReply *r, const char *at, ps
         snprintf(path, sizeof path, "%s.%s", at, ps_field_names[f]);
         if ((rc = check_text(text[f], PS_WIRE_MAX_STRING, path, err))) return rc;
     }
+    snprintf(path, sizeof path, "%s.image", at);
+    if ((rc = check_text(r->image, PS_WIRE_MAX_STRING, path, err))) return rc;
     if (!isfinite(r->utility)) return ps_err_set(err, PS_EINVAL, "%s.utility: not finite", at);
     snprintf(path, sizeof path, "%s.embedding", at);
     return check_embedding(r->embedding, r->n_embedding, 0, path, err);

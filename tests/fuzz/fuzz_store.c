@@ -149,11 +149,13 @@ static void search(const ps_index_t *ix)
 
 static void fields(const rec *r)
 {
-    char *f[PS_NFIELDS];
+    char *f[PS_NFIELDS], *image;
     ps_err err = {0, ""};
-    int rc = ps__store_fields_decode(0, r->v, r->vl, f, &err);
+    int rc = ps__store_fields_decode(0, r->v, r->vl, f, &image, &err);
     check_err(rc, &err);
-    size_t total = 0;
+    size_t total = image ? strlen(image) : 0;
+    if (rc && image) abort();
+    free(image);
     for (int i = 0; i < PS_NFIELDS; i++) {
         if (rc ? f[i] != NULL : f[i] == NULL) abort();
         if (f[i]) total += strlen(f[i]);

@@ -6,7 +6,8 @@
 # /v1/stickers/{id} and /metrics, and the persrv CLI (libpersrv) answers search, sticker and
 # health over the broker's ZeroMQ front door; a second cluster-up in the same directory and one on a port
 # already taken are refused; scripts/cluster-down.sh stops every process (their pids are
-# gone) and removes the pid files. The cluster is always stopped on exit. When the
+# gone) and removes the pid files; the search page at / and the generated pictures at /images/
+# answer. The cluster is always stopped on exit. When the
 # docker-compose command exists, docker-compose.yml must pass `docker-compose config -q`.
 # usage: test_demo.sh BUILD_DIR   (the build tree: BUILD_DIR/shard/shard, BUILD_DIR/broker/broker ...)
 set -euo pipefail
@@ -100,6 +101,17 @@ st=$(curl -s -o "$T/body" -w '%{http_code}' "$URL/v1/stickers/$id")
 st=$(curl -s -o "$T/body" -w '%{http_code}' "$URL/metrics")
 { [ "$st" = 200 ] && grep -q '^persrv_requests_total' "$T/body"; } || fail "/metrics: status $st"
 echo "  /v1/search, /v1/stickers/$id, /metrics answer"
+# the search page and the generated pictures (PERSRV_DEMO_IMAGES, --image-root)
+st=$(curl -s -o "$T/body" -w '%{http_code}' "$URL/")
+{ [ "$st" = 200 ] && grep -q '<title>PerSRV' "$T/body"; } || fail "the search page /: status $st"
+grep -qF "search page in a browser: $URL/" "$T/up.out" || fail "cluster-up.sh does not name the search page"
+img=$(curl -s -G --data-urlencode "q=${PERSRV_DEMO_QUERY:-好累}" --data-urlencode k=50 \
+  --data-urlencode explain=1 "$URL/v1/search" | jq -r '[.hits[].image_url | select(.)][0]')
+case $img in /images/*) ;; *) fail "no hit of the demo query has a picture (image_url '$img')" ;; esac
+st=$(curl -s -o "$T/img" -w '%{http_code}' "$URL$img")
+{ [ "$st" = 200 ] && cmp -s "$T/img" "$T/demo/data/images/${img#/images/}"; } \
+  || fail "$img: status $st, or not the generated file"
+echo "  the search page at /, and the demo's pictures at /images/ ($img)"
 
 # ---- README "Versions": push a second build into the running cluster, roll back ---------------
 DEMO=$(dirname "$RUN")

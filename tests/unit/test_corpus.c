@@ -106,6 +106,7 @@ static void parse_fails_n(const char *json, size_t len, int code, const char *ne
     assert_int_equal(e.code, code);
     if (!strstr(e.msg, needle)) fail_msg("%s: message \"%s\" lacks \"%s\"", json, e.msg, needle);
     for (int f = 0; f < PS_NFIELDS; f++) assert_null(r.field[f]);
+    assert_null(r.image);
 }
 
 static void parse_fails(const char *json, int code, const char *needle)
@@ -365,6 +366,93 @@ static void expect_eof(ps_jsonl_t *j)
     ps_sticker_rec r;
     assert_int_equal(ps_jsonl_next(j, &r, NULL), 0);
     assert_int_equal(ps_jsonl_next(j, &r, NULL), 0);
+}
+
+/* image: a URL or a relative path, stored as given; null or "" is none; anything else fails
+ * naming the field, and in a file the line. */
+static void test_parse_image(void **state)
+{
+    (void)state;
+    ps_sticker_rec r;
+    parse_ok("{\"id\":1,\"image\":\"https://example.com/s/1.png\"}", &r);
+    assert_string_equal(r.image, "https://example.com/s/1.png");
+    assert_int_equal(r.image_len, strlen(r.image));
+    assert_true(ps_image_is_url(r.image));
+    ps_sticker_rec_clear(&r);
+    assert_null(r.image);
+    parse_ok("{\"id\":2,\"image\":\"ab/2 x.webp\",\"ocr\":\"hi\"}", &r);
+    assert_string_equal(r.image, "ab/2 x.webp");
+    assert_false(ps_image_is_url(r.image));
+    ps_sticker_rec_clear(&r);
+    parse_ok("{\"id\":3,\"image\":null}", &r);
+    assert_null(r.image);
+    assert_int_equal(r.image_len, 0);
+    ps_sticker_rec_clear(&r);
+    parse_ok("{\"id\":3,\"image\":\"\"}", &r);
+    assert_null(r.image);
+    ps_sticker_rec_clear(&r);
+
+    static const char *const bad[][2] = {
+        {"{\"id\":4,\"image\":5}", "expected a string"},
+        {"{\"id\":4,\"image\":[\"a.png\"]}", "expected a string"},
+        {"{\"id\":4,\"image\":\"../x.png\"}", "\"..\""},
+        {"{\"id\":4,\"image\":\"a/../../x.png\"}", "\"..\""},
+        {"{\"id\":4,\"image\":\"a/./x.png\"}", "component"},
+        {"{\"id\":4,\"image\":\"a//x.png\"}", "component"},
+        {"{\"id\":4,\"image\":\"a/\"}", "component"},
+        {"{\"id\":4,\"image\":\"/etc/passwd\"}", "absolute"},
+        {"{\"id\":4,\"image\":\"a\\\\b.png\"}", "backslash"},
+        {"{\"id\":4,\"image\":\"a\\nb.png\"}", "control byte 0x0a"},
+        {"{\"id\":4,\"image\":\"a\\u0000b.png\"}", "control byte 0x00"},
+        {"{\"id\":4,\"image\":\"a\\u007fb.png\"}", "control byte 0x7f"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        parse_fails(bad[i][0], PS_EPARSE, bad[i][1]);
+        parse_fails(bad[i][0], PS_EPARSE, "field image");
+    }
+    char line[PS_IMAGE_MAX + 64];
+    int n = snprintf(line, sizeof line, "{\"id\":5,\"image\":\"");
+    memset(line + n, 'a', PS_IMAGE_MAX + 1);
+    strcpy(line + n + PS_IMAGE_MAX + 1, "\"}");
+    parse_fails(line, PS_EPARSE, "at most 1024");
+    line[n + PS_IMAGE_MAX] = '"'; /* exactly the cap is fine */
+    line[n + PS_IMAGE_MAX + 1] = '}';
+    line[n + PS_IMAGE_MAX + 2] = '\0';
+    parse_ok(line, &r);
+    assert_int_equal(r.image_len, PS_IMAGE_MAX);
+    ps_sticker_rec_clear(&r);
+
+    static const char text[] = "{\"id\":1,\"image\":\"a/1.png\"}\n"
+                               "{\"id\":2,\"image\":\"../../etc/passwd\"}\n";
+    const char *p = write_file("images.jsonl", text, sizeof text - 1);
+    ps_err e;
+    ps_jsonl_t *j = ps_jsonl_open(p, 0, &e);
+    assert_non_null(j);
+    assert_int_equal(ps_jsonl_next(j, &r, &e), 1);
+    assert_string_equal(r.image, "a/1.png");
+    ps_sticker_rec_clear(&r);
+    assert_int_equal(ps_jsonl_next(j, &r, &e), PS_EPARSE);
+    char want[300];
+    snprintf(want, sizeof want, "%s:2: field image", p);
+    if (!strstr(e.msg, want)) fail_msg("message \"%s\" lacks \"%s\"", e.msg, want);
+    ps_jsonl_close(j);
+
+    /* written back as it was read; a bad one is refused */
+    ps_sticker_rec w = {.id = 9, .image = "ab/9.png", .image_len = 8};
+    char *buf = NULL;
+    size_t blen = 0;
+    FILE *f = open_memstream(&buf, &blen);
+    assert_int_equal(ps_sticker_write(f, &w, &e), 0);
+    fclose(f);
+    assert_string_equal(buf, "{\"id\":9,\"image\":\"ab/9.png\"}\n");
+    free(buf);
+    w.image = "../9.png";
+    w.image_len = 8;
+    f = open_memstream(&buf, &blen);
+    assert_int_equal(ps_sticker_write(f, &w, &e), PS_EPARSE);
+    fclose(f);
+    free(buf);
+    assert_non_null(strstr(e.msg, "sticker 9: field image"));
 }
 
 static void test_jsonl_bad_line_continues(void **state)
@@ -876,6 +964,7 @@ int main(void)
         cmocka_unit_test(test_parse_big_ids),
         cmocka_unit_test(test_parse_bad_ids),
         cmocka_unit_test(test_parse_bad_lines),
+        cmocka_unit_test(test_parse_image),
         cmocka_unit_test(test_jsonl_bad_line_continues),
         cmocka_unit_test(test_jsonl_long_lines),
         cmocka_unit_test(test_write_read_roundtrip),

@@ -692,6 +692,85 @@ static void test_edge_shapes(void **state)
     free(buf);
 }
 
+/* ------------------------------------------------------------------------------------------
+ * Pictures (--images): the same files every run, a valid PNG per sticker chosen, named by the
+ * corpus line, and nothing else changed.
+ */
+static void test_images(void **state)
+{
+    (void)state;
+    builder_gen_cfg cfg;
+    small_cfg(&cfg, T_SEED);
+    cfg.nimages = 40;
+    generate_into("img1", &cfg);
+    generate_into("img2", &cfg);
+    assert_true(files_equal(path_in("img1", "clicks.tsv"), path_in("a", "clicks.tsv")));
+    assert_true(files_equal(path_in("img1", "embeddings.npy"), path_in("a", "embeddings.npy")));
+    assert_true(files_equal(path_in("img1", "corpus.jsonl"), path_in("img2", "corpus.jsonl")));
+
+    size_t la, lb, na, nb;
+    char *a = slurp(path_in("a", "corpus.jsonl"), &la);
+    char *b = slurp(path_in("img1", "corpus.jsonl"), &lb);
+    char **al = split_lines(a, la, &na), **bl = split_lines(b, lb, &nb);
+    assert_int_equal(na, nb);
+    size_t with = 0;
+    for (size_t i = 0; i < na; i++) {
+        json_error_t je;
+        json_t *row = json_loads(bl[i], 0, &je);
+        assert_non_null(row);
+        json_t *img = json_object_get(row, "image");
+        if (i >= 40) {
+            assert_null(img);
+            assert_string_equal(al[i], bl[i]);
+            json_decref(row);
+            continue;
+        }
+        with++;
+        /* the line is the one without a picture plus ,"image":"<hex2>/<id>.png" */
+        char want[64]; /* the id from the text: 19 digits exceed a double */
+        const char *idp = strstr(bl[i], "\"id\":") + 5;
+        unsigned long long idv = strtoull(idp, NULL, 10);
+        snprintf(want, sizeof want, "%02x/%llu.png", (unsigned)(idv & 0xff), idv);
+        assert_string_equal(json_string_value(img), want);
+        size_t al_n = strlen(al[i]);
+        assert_memory_equal(al[i], bl[i], al_n - 1); /* all but the closing brace */
+        char rel[128];
+        snprintf(rel, sizeof rel, "images/%s", want);
+        size_t pn, pn2;
+        char *png = slurp(path_in("img1", rel), &pn), *png2 = slurp(path_in("img2", rel), &pn2);
+        assert_true(pn > 100 && pn < 8192);
+        assert_memory_equal(png, "\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x60\0\0\0\x60", 24);
+        assert_int_equal(pn, pn2);
+        assert_memory_equal(png, png2, pn);
+        free(png);
+        free(png2);
+        json_decref(row);
+    }
+    assert_int_equal(with, 40);
+    free(al);
+    free(bl);
+    free(a);
+    free(b);
+
+    /* a share: about that many, and a font that is not there is an error naming it */
+    small_cfg(&cfg, T_SEED);
+    cfg.image_share = 0.25;
+    generate_into("img3", &cfg);
+    size_t l3, n3, with3 = 0;
+    char *c = slurp(path_in("img3", "corpus.jsonl"), &l3);
+    char **cl = split_lines(c, l3, &n3);
+    for (size_t i = 0; i < n3; i++) with3 += strstr(cl[i], "\"image\":") != NULL;
+    assert_true(with3 > n3 / 5 && with3 < n3 * 3 / 10);
+    free(cl);
+    free(c);
+    cfg.image_font = "/nonexistent/font.ttc";
+    ps_err err;
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/img4", tmpdir);
+    assert_int_equal(builder_generate(&cfg, dir, &err), PS_EIO);
+    assert_non_null(strstr(err.msg, "/nonexistent/font.ttc"));
+}
+
 static int run_cli(const char *first, ...)
 {
     char *argv[32];
@@ -719,6 +798,9 @@ static void test_cli(void **state)
     assert_int_equal(run_cli("generate", "--out", out, "--dim", "-3", NULL), 2);
     assert_int_equal(run_cli("generate", "--out", out, "--seed", "99999999999999999999", NULL), 2);
     assert_int_equal(run_cli("generate", "--out", out, "stray", NULL), 2);
+    assert_int_equal(run_cli("generate", "--out", out, "--images", "x", NULL), 2);
+    assert_int_equal(run_cli("generate", "--out", out, "--images", "101%", NULL), 2);
+    assert_int_equal(run_cli("generate", "--out", out, "--images", "%", NULL), 2);
     assert_int_equal(run_cli("generate", "--out", NULL), 2); /* missing value */
     assert_int_equal(run_cli("generate", "--out", out, "--pairs", "5", "--queries", "10", NULL),
                      2); /* infeasible */
@@ -741,6 +823,7 @@ int main(void)
         cmocka_unit_test(test_clicks),       cmocka_unit_test(test_embeddings),
         cmocka_unit_test(test_gen_queries),  cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_edge_shapes),  cmocka_unit_test(test_cli),
+        cmocka_unit_test(test_images),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -323,12 +323,90 @@ static void test_store_roundtrip_and_corruption(void **state)
     ps_index_free(ix);
 }
 
+/* Images: stored after the fields for docs that have one, read back with the fields; a T
+ * record without one (as every index before images) reads as none; a malformed tail is
+ * corrupt. */
+static const char *doc_image(void *ctx, uint32_t d, size_t *len)
+{
+    (void)ctx;
+    static char buf[32];
+    if (d % 2) {
+        *len = 0;
+        return NULL;
+    }
+    *len = (size_t)snprintf(buf, sizeof buf, "i%u/%u.png", d, d);
+    return buf;
+}
+
+static void test_store_images(void **state)
+{
+    (void)state;
+    ps_index_t *ix = build(DOCS, NDOCS);
+    float emb[NDOCS * DIM] = {0};
+    char path[128];
+    ps_err err = {0};
+    snprintf(path, sizeof path, "%s/images", tmpdir);
+    ps_store_input in = {.ix = ix, .emb = emb, .text = doc_text, .image = doc_image};
+    if (ps_store_write(path, &in, &err)) fail_msg("write %s: %s", path, err.msg);
+    ps_store_t *st = ps_store_open(path, &err);
+    if (!st) fail_msg("open: %s", err.msg);
+    for (uint32_t d = 0; d < ps_index_ndocs(ps_store_index(st)); d++) {
+        char *fields[PS_NFIELDS], *image = (char *)"x", want[32];
+        assert_int_equal(ps_store_fields_image(st, d, fields, &image, &err), 0);
+        assert_string_equal(fields[PS_F_OCR],
+                            DOCS[d].field[PS_F_OCR] ? DOCS[d].field[PS_F_OCR] : "");
+        if (d % 2) {
+            assert_null(image);
+        } else {
+            snprintf(want, sizeof want, "i%u/%u.png", d, d);
+            assert_string_equal(image, want);
+        }
+        for (int f = 0; f < PS_NFIELDS; f++) free(fields[f]);
+        free(image);
+        assert_int_equal(ps_store_fields(st, d, fields, &err), 0); /* without the image */
+        for (int f = 0; f < PS_NFIELDS; f++) free(fields[f]);
+    }
+    ps_store_close(st);
+
+    /* doc 0's record: 5 empty fields and then a tail that is not one image reference */
+    static const struct {
+        const char *v;
+        size_t n;
+        const char *image; /* NULL: corrupt */
+    } recs[] = {{"\0\0\0\0\0", 5, ""},        {"\0\0\0\0\0\3a.b", 9, "a.b"},
+                {"\0\0\0\0\0\4a.b", 9, NULL}, {"\0\0\0\0\0\2a.b", 9, NULL},
+                {"\0\0\0\0\0\0", 6, NULL},    {"\0\0\0\0\0\3a\0b", 9, NULL}};
+    for (size_t i = 0; i < sizeof recs / sizeof recs[0]; i++) {
+        rocks_put(path, "T\0\0\0\0", 5, recs[i].v, recs[i].n);
+        if (!(st = ps_store_open(path, &err))) fail_msg("open: %s", err.msg);
+        char *fields[PS_NFIELDS], *image = NULL;
+        int rc = ps_store_fields_image(st, 0, fields, &image, &err);
+        if (!recs[i].image) {
+            assert_int_equal(rc, PS_ECORRUPT);
+            assert_non_null(strstr(err.msg, "image of doc 0"));
+            assert_null(image);
+            for (int f = 0; f < PS_NFIELDS; f++) assert_null(fields[f]);
+        } else {
+            assert_int_equal(rc, 0);
+            if (recs[i].image[0])
+                assert_string_equal(image, recs[i].image);
+            else
+                assert_null(image);
+            for (int f = 0; f < PS_NFIELDS; f++) free(fields[f]);
+            free(image);
+        }
+        ps_store_close(st);
+    }
+    ps_index_free(ix);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hand_computed_scores),
         cmocka_unit_test(test_preference),
         cmocka_unit_test(test_build_order_checked),
+        cmocka_unit_test_setup_teardown(test_store_images, store_setup, store_teardown),
         cmocka_unit_test_setup_teardown(test_store_roundtrip_and_corruption, store_setup,
                                         store_teardown),
     };

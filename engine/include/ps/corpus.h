@@ -13,6 +13,7 @@
 #include "ps/fields.h"
 
 #define PS_JSONL_MAX_LINE_DEFAULT (1u << 20) /* 1 MiB */
+#define PS_IMAGE_MAX              1024       /* bytes of a sticker's image reference */
 
 /* One sticker as read from a JSONL line. Each field is UTF-8 text; a field given as an array
  * (keywords, queries, ocr lines) is joined with '\n'. ocr lines given with a confidence keep
@@ -21,16 +22,28 @@ typedef struct ps_sticker_rec {
     uint64_t id;
     char *field[PS_NFIELDS];
     size_t field_len[PS_NFIELDS];
+    char *image;      /* the picture (stored, not indexed): NULL = none, else a reference that */
+    size_t image_len; /* passes ps_image_check, NUL-terminated at image_len */
 } ps_sticker_rec;
 
 /* Parse one JSON object (a line without its newline). On success the record owns fresh
  * strings (free with ps_sticker_rec_clear). Accepted keys: id (unsigned 64-bit integer, or a
  * string of digits), ocr|paddleocr, keywords|llava_keywords, desc|llava34b_image_desc,
- * emotion|llava34b_image_emotions, queries|raw_queries; other keys are ignored.
+ * emotion|llava34b_image_emotions, queries|raw_queries, image (a string or null: see
+ * ps_image_check); other keys are ignored.
  * Errors (message names the field): PS_EPARSE (not JSON, not an object, missing/invalid id,
- * wrong field type), PS_EUTF8, PS_ENOMEM. On error `out` holds nothing to free. */
+ * wrong field type, a bad image reference), PS_EUTF8, PS_ENOMEM. On error `out` holds nothing
+ * to free. */
 int ps_sticker_parse(const char *line, size_t len, ps_sticker_rec *out, ps_err *err);
 void ps_sticker_rec_clear(ps_sticker_rec *r);
+
+/* Check a sticker's image reference s[0..n): either an http:// or https:// URL, or a relative
+ * path under an image root: not empty, not absolute ('/'), no empty, "." or ".." component, no
+ * backslash. Either way 1..PS_IMAGE_MAX bytes of valid UTF-8 without control bytes (< 0x20,
+ * 0x7f). Returns 0, or PS_EPARSE with a message starting "field image: ". */
+int ps_image_check(const char *s, size_t n, ps_err *err);
+/* 1 when s (NUL-terminated) starts with http:// or https://, else 0. */
+int ps_image_is_url(const char *s);
 
 /* Streaming JSONL reader. Blank lines are skipped. */
 typedef struct ps_jsonl ps_jsonl_t;
@@ -45,9 +58,10 @@ int ps_jsonl_next(ps_jsonl_t *r, ps_sticker_rec *out, ps_err *err);
 size_t ps_jsonl_lineno(const ps_jsonl_t *r);
 
 /* Write one sticker as a JSON line to f: {"id":<integer>,"ocr":"…","keywords":"…","desc":"…",
- * "emotion":"…","queries":"…"}, leaving out empty fields. field_len[f] is authoritative (a NULL
- * field[f] with length 0 is empty). Errors: PS_EUTF8 / PS_EINVAL (invalid UTF-8 or a NUL byte
- * in a field, named in the message), PS_EIO. */
+ * "emotion":"…","queries":"…","image":"…"}, leaving out empty fields. field_len[f] is
+ * authoritative (a NULL field[f] with length 0 is empty); image_len 0 = no image. Errors:
+ * PS_EUTF8 / PS_EINVAL (invalid UTF-8 or a NUL byte in a field, named in the message),
+ * PS_EPARSE (an image failing ps_image_check), PS_EIO. */
 int ps_sticker_write(FILE *f, const ps_sticker_rec *r, ps_err *err);
 
 /* A float32 matrix, row-major. */

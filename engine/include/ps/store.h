@@ -15,7 +15,10 @@
  *                       u64 npostings | per field: u32 N_f, u64 tokens_f
  *   'P' u8 field term-> varint n | varint df | n × varint doc delta (first from 0) |
  *                       n × varint tf
- *   'T' u32 doc      -> per field: varint len | len bytes of UTF-8 text
+ *   'T' u32 doc      -> per field: varint len | len bytes of UTF-8 text, then, only for a
+ *                       sticker with a picture: varint len | len bytes of its image reference
+ *                       (a URL or a path under the image root, ps_image_check); indexes
+ *                       written before images have none, which reads as "no image"
  *   'U' user         -> ps_profile encoding (profile.h)
  *   'X' u64 id       -> u32 doc
  */
@@ -40,6 +43,9 @@ typedef struct ps_store_input {
     /* Stored text of field f of doc d (borrowed; NULL or len 0 = empty). */
     const char *(*text)(void *ctx, uint32_t doc, int field, size_t *len);
     void *text_ctx;
+    /* The image reference of doc d (borrowed; NULL or len 0 = none), or NULL: no images. Called
+     * with text_ctx. */
+    const char *(*image)(void *ctx, uint32_t doc, size_t *len);
     size_t nprofiles;
     const char *const *users;   /* nprofiles user names */
     const ps_profile *profiles; /* nprofiles profiles */
@@ -72,6 +78,10 @@ int ps_store_profile(ps_store_t *st, const char *user, ps_profile *prof, ps_err 
 /* Stored text of every field of doc `doc`. OUT fields[f]: malloc'd NUL-terminated strings
  * (caller frees each). PS_ENOTFOUND for a doc out of range. */
 int ps_store_fields(ps_store_t *st, uint32_t doc, char *fields[PS_NFIELDS], ps_err *err);
+/* The same, and OUT *image: the doc's image reference, malloc'd (caller frees), or NULL when it
+ * has none (image may be NULL: not wanted). One read for both. */
+int ps_store_fields_image(ps_store_t *st, uint32_t doc, char *fields[PS_NFIELDS], char **image,
+                          ps_err *err);
 
 /* The build information JSON (malloc'd, caller frees), or NULL. */
 char *ps_store_info(ps_store_t *st);
