@@ -3,7 +3,8 @@
 # exports the PERSRV_* settings (PERSRV_DEMO_DIR, PERSRV_SKIP_BUILD=1, PERSRV_BIN_DIR ...),
 # and defines ROOT (the source tree), T (its temp dir), RUN ($PERSRV_DEMO_DIR/run) and fail.
 #
-#   cluster_up_free_ports   runs cluster-up.sh (output in $T/up.out) on a random free base
+#   cluster_up_free_ports   runs cluster-up.sh (or $UP_SCRIPT: demo.sh, which runs it and then
+#                           tells about the single node; output in $T/up.out) on a random free base
 #                           port; another process may take a port between the pick and the
 #                           bind: then it retries (5 attempts). Sets BASE (the front door,
 #                           shards on BASE+1..BASE+4, profiles BASE+5, BASE+6) and HTTP.
@@ -22,8 +23,8 @@ cluster_up_free_ports() {
     done
     [ $busy = 0 ] || continue
     rc=0
-    PERSRV_BASE_PORT=$BASE PERSRV_HTTP_PORT=$HTTP "$ROOT/scripts/cluster-up.sh" >"$T/up.out" 2>&1 \
-      || rc=$?
+    PERSRV_BASE_PORT=$BASE PERSRV_HTTP_PORT=$HTTP "$ROOT/scripts/${UP_SCRIPT:-cluster-up.sh}" \
+      >"$T/up.out" 2>&1 || rc=$?
     [ $rc = 0 ] && return 0
     [ $rc = 3 ] || grep -q "Address already in use" "$RUN"/*.log 2>/dev/null \
       || fail "cluster-up.sh exited with status $rc (attempt $attempt)"

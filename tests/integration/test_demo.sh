@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's local cluster end to end, small and on ports picked at run time:
-# scripts/cluster-up.sh with a 20,000-sticker corpus in a temporary directory and the
+# scripts/demo.sh (the README's first command: cluster-up.sh, then how to use the single node)
+# with a 20,000-sticker corpus in a temporary directory and the
 # binaries of this build tree (no rebuild) must start 2 shards x 2 replicas and the broker,
 # print a sample query with hits; the broker then answers /v1/search (complete, 2 shards),
 # /v1/stickers/{id} and /metrics, and the persrv CLI (libpersrv) answers search, sticker and
@@ -38,8 +39,11 @@ alive() {
   [ ! -r "/proc/$1/stat" ] || [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]
 }
 
-# ---- cluster-up on free ports ----------------------------------------------------------------
-cluster_up_free_ports
+# ---- the README's first command on free ports: scripts/demo.sh (cluster-up.sh and more) -------
+UP_SCRIPT=demo.sh cluster_up_free_ports
+grep -qF "search --index $T/demo/index" "$T/up.out" \
+  || fail "demo.sh did not tell how to search the single-node index: $(tail -5 "$T/up.out")"
+grep -qF "eval --data" "$T/up.out" || fail "demo.sh did not tell how to run the evaluation"
 base=$BASE http=$HTTP
 echo "  cluster-up.sh: shards on $((base + 1))..$((base + 4)), broker on $http"
 

@@ -52,7 +52,8 @@ start_fake_models "$FM" --dim $DIM --embed palette --log "$T/fm.log"
 FMPID=$FM_PID
 
 # ---- enrich --------------------------------------------------------------------------------
-"$B" enrich --input "$T/img" --out "$T/stickers" --vlm-url "$MURL" --embed-url "$MURL" \
+"$B" enrich --input "$T/img" --out "$T/stickers" --vlm-url "$MURL" --vlm-model fake \
+  --embed-url "$MURL" --embed-model fake \
   --dim $DIM --ocr-threads 2 --inflight 8 >"$T/enrich.out" 2>"$T/enrich.err" \
   || fail "builder enrich: exit status $?"
 cat "$T/enrich.out"

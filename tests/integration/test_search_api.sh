@@ -213,8 +213,17 @@ done
 req "/v1/search?q=$enc&user=$USER1&k=5&offset=2&exclude=1,2" >/dev/null
 want=$(ids)
 got=$($P search --broker "$ZEP" --user "$USER1" --k 5 --offset 2 --exclude 1,2 --timeout-ms 2000 \
-  --no-partial --json "${Q[0]}" | jq -c '[.hits[].id]') || fail "persrv search with options"
+  --no-partial --request-id cli-77 --json "${Q[0]}" | jq -c '[.hits[].id]') \
+  || fail "persrv search with options"
 [ "$got" = "$want" ] || fail "CLI with options: $got, HTTP: $want"
+grep -q "event=search .*trace=cli-77 " "$T/s0.log" || fail "the CLI's --request-id is not in shard 0's log"
+# --explain (human output): the hits with their stored fields
+$P search --broker "$ZEP" --user "$USER1" --k 3 --explain "${Q[0]}" >"$T/explain.out" \
+  || fail "persrv search --explain"
+req "/v1/search?q=$enc&user=$USER1&k=3&explain=1" >/dev/null
+ocr=$(jq -r '.hits[0].ocr' "$T/body")
+grep -qF "$(jq -r '.hits[0].id' "$T/body")" "$T/explain.out" || fail "--explain: first hit missing"
+[ -z "$ocr" ] || grep -qF "$ocr" "$T/explain.out" || fail "--explain: stored fields missing: $(head "$T/explain.out")"
 set +e
 $P search --broker "$ZEP" --offset 100 --k 5 "${Q[0]}" >"$T/cli.out" 2>&1
 rc=$?
