@@ -4,20 +4,15 @@
  * it, and the sticker's OCR phrases drawn under it with FreeType in a CJK font (wqy-zenhei).
  *
  * Everything is a pure function of the inputs: the colour comes from the series number, the text
- * from the corpus, and the PNG is encoded here (8-bit RGB, no ancillary chunks, filter 0, zlib
- * level 6), so the bytes are the same on every run with the same zlib. Glyph bitmaps are cached
- * per (code point, pixel size): the corpus says the same few thousand characters over and over.
- *
- * PNG layout (ISO/IEC 15948): the 8-byte signature, then chunks of u32be length | 4-byte type |
- * data | u32be CRC-32 of type and data: IHDR (u32be width, u32be height, bit depth 8, colour
- * type 2 = RGB, compression 0, filter 0, interlace 0), one IDAT (the zlib stream of the rows,
- * each a filter byte 0 and width × 3 bytes), IEND.
+ * from the corpus, and Leptonica (libpng) encodes the PNG (8-bit RGB), so the bytes are the
+ * same on every run with the same libraries. Glyph bitmaps are cached per (code point, pixel
+ * size): the corpus says the same few thousand characters over and over.
  */
 #include <ft2build.h>
 #include FT_FREETYPE_H
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
+#include <leptonica/allheaders.h>
 
 #include "gen.h"
 #include "ps/map.h"
@@ -41,7 +36,6 @@ struct builder_imgr {
     glyph *glyphs;
     size_t nglyphs, cap;
     uint8_t rgb[IMG_SIDE * IMG_SIDE * 3];
-    uint8_t raw[IMG_SIDE * (1 + IMG_SIDE * 3)];
 };
 
 builder_imgr *builder_imgr_new(const char *font, ps_err *err)
@@ -210,26 +204,6 @@ static void disc(builder_imgr *r, int cx, int cy, int rad, const uint8_t col[3])
         }
 }
 
-static void be32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-static void chunk(ps_buf *b, const char *type, const uint8_t *data, size_t n)
-{
-    uint8_t w[4];
-    be32(w, (uint32_t)n);
-    ps_buf_add(b, w, 4);
-    ps_buf_add(b, type, 4);
-    if (n) ps_buf_add(b, data, n);
-    uLong crc = crc32(crc32(0L, (const Bytef *)type, 4), data ? data : (const Bytef *)"", (uInt)n);
-    be32(w, (uint32_t)crc);
-    ps_buf_add(b, w, 4);
-}
-
 int builder_imgr_render(builder_imgr *r, uint32_t series, const char *text, size_t len, ps_buf *png,
                         ps_err *err)
 {
@@ -276,26 +250,23 @@ int builder_imgr_render(builder_imgr *r, uint32_t series, const char *text, size
         draw_line(r, line[k], ll[k], size, x < IMG_MARGIN ? IMG_MARGIN : x, base, dark);
     }
 
-    /* encode */
-    for (int y = 0; y < IMG_SIDE; y++) {
-        uint8_t *row = r->raw + (size_t)y * (1 + IMG_SIDE * 3);
-        row[0] = 0;
-        memcpy(row + 1, r->rgb + (size_t)y * IMG_SIDE * 3, IMG_SIDE * 3);
-    }
-    uint8_t z[sizeof r->raw + sizeof r->raw / 100 + 64];
-    uLongf zn = sizeof z;
-    if (compress2(z, &zn, r->raw, sizeof r->raw, 6) != Z_OK)
-        return ps_err_set(err, PS_EINTERNAL, "zlib cannot compress an image");
-    uint8_t ihdr[13];
-    be32(ihdr, IMG_SIDE);
-    be32(ihdr + 4, IMG_SIDE);
-    ihdr[8] = 8;
-    ihdr[9] = 2;
-    ihdr[10] = ihdr[11] = ihdr[12] = 0;
+    /* encode: Leptonica's PNG writer (libpng) */
+    PIX *pix = pixCreate(IMG_SIDE, IMG_SIDE, 32);
+    if (!pix) return ps_err_set(err, PS_ENOMEM, "out of memory encoding an image");
+    l_uint32 *data = pixGetData(pix);
+    int wpl = pixGetWpl(pix);
+    for (int y = 0; y < IMG_SIDE; y++)
+        for (int x = 0; x < IMG_SIDE; x++) {
+            const uint8_t *c = r->rgb + ((size_t)y * IMG_SIDE + x) * 3;
+            composeRGBPixel(c[0], c[1], c[2], &data[(size_t)y * wpl + x]);
+        }
+    l_uint8 *out = NULL;
+    size_t n = 0;
+    int bad = pixWriteMem(&out, &n, pix, IFF_PNG);
+    pixDestroy(&pix);
+    if (bad || !out) return ps_err_set(err, PS_EINTERNAL, "cannot encode an image as PNG");
     ps_buf_reset(png);
-    ps_buf_add(png, "\x89PNG\r\n\x1a\n", 8);
-    chunk(png, "IHDR", ihdr, sizeof ihdr);
-    chunk(png, "IDAT", z, zn);
-    chunk(png, "IEND", NULL, 0);
+    ps_buf_add(png, out, n);
+    lept_free(out);
     return png->rc ? ps_err_set(err, PS_ENOMEM, "out of memory encoding an image") : 0;
 }
