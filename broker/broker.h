@@ -396,7 +396,15 @@ int broker_clicks_send(broker_clicks_t *q, const Persrv__ClickRequest *click, co
 
 /* ---- core.c: search and sticker lookup, whichever door they came in by --------------- */
 
+/* The broker's limits that SIGHUP changes (main.c registers them with ps_daemon_reload_live):
+ * shared by every lane, loaded per request. */
+typedef struct broker_live {
+    atomic_uint max_k;
+    atomic_ullong max_query_bytes;
+} broker_live;
+
 typedef struct broker_limits {
+    broker_live *live; /* max-k and max-query-bytes as they are now (NULL: the two below) */
     uint32_t R;
     uint32_t shard_depth; /* hits asked of each shard in a first round (0: R/N + half + 8) */
     uint32_t max_k;
@@ -521,6 +529,9 @@ typedef void (*broker_click_fn)(void *arg, int rc, const ps_err *err,
  * (no profile service configured, stopping), PS_ENOMEM. */
 int broker_core_click(broker_core_t *c, const broker_click *k, broker_click_fn done, void *arg,
                       ps_err *err);
+
+/* max-k as it is now (the live value after a SIGHUP). */
+uint32_t broker_core_max_k(const broker_core_t *c);
 
 /* Shards with a replica up; the first `cap` of the others into down[0..*ndown). */
 uint32_t broker_core_shards_up(broker_core_t *c, uint32_t *down, uint32_t cap, uint32_t *ndown);
@@ -666,7 +677,7 @@ broker_auth broker_keys_check(broker_keys_t *ks, const char *key, size_t n, unsi
 /* Attach the endpoints to `http` (core, metrics and keys borrowed; they must outlive the
  * result; keys NULL: open, no key asked). Caller owns the result. NULL when out of memory. */
 broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_metrics_t *metrics,
-                               uint32_t max_k, broker_keys_t *keys, int access_log, ps_err *err);
+                               broker_keys_t *keys, int access_log, ps_err *err);
 void broker_http_free(broker_http_t *h);
 /* What /images/ serves: the files under root (NULL: nothing, 404) of at most max_bytes. */
 typedef struct broker_images {

@@ -42,6 +42,17 @@ struct broker_core {
     const char **tok; /* PS_WIRE_MAX_TOKENS pointers into tokens */
 };
 
+uint32_t broker_core_max_k(const broker_core_t *c)
+{
+    return c->lim.live ? atomic_load(&c->lim.live->max_k) : c->lim.max_k;
+}
+
+static size_t query_cap(const broker_core_t *c)
+{
+    return c->lim.live ? (size_t)atomic_load(&c->lim.live->max_query_bytes)
+                       : c->lim.max_query_bytes;
+}
+
 double broker_now(void)
 {
     struct timespec ts;
@@ -454,12 +465,13 @@ static int search_prepare(broker_core_t *c, const broker_query *q, int one_round
 {
     *out = NULL;
     uint32_t k = q->k ? q->k : BROKER_DEFAULT_K;
-    if (k > c->lim.max_k)
-        return ps_err_set(err, PS_EINVAL, "k: must be an integer in 1..%u", c->lim.max_k);
+    uint32_t max_k = broker_core_max_k(c);
+    size_t max_query_bytes = query_cap(c);
+    if (k > max_k) return ps_err_set(err, PS_EINVAL, "k: must be an integer in 1..%u", max_k);
     if (!q->q || q->qlen == 0) return ps_err_set(err, PS_EQUERY, "q: a query is required");
-    if (q->qlen > c->lim.max_query_bytes)
+    if (q->qlen > max_query_bytes)
         return ps_err_set(err, PS_ETOOBIG, "q: %zu bytes, more than max-query-bytes %zu", q->qlen,
-                          c->lim.max_query_bytes);
+                          max_query_bytes);
     const char *user = q->user && q->user_len ? q->user : NULL;
     if (user && (q->user_len > BROKER_MAX_USER_BYTES || strlen(user) != q->user_len ||
                  !ps_utf8_valid(user, q->user_len) || !printable(user, q->user_len)))
@@ -798,9 +810,9 @@ int broker_core_click(broker_core_t *c, const broker_click *k, broker_click_fn d
     if (!ps_utf8_valid(user, ulen)) return ps_err_set(err, PS_EUTF8, "user: not valid UTF-8");
     if (!printable(user, ulen))
         return ps_err_set(err, PS_EINVAL, "user: must not contain control characters");
-    if (qlen > c->lim.max_query_bytes)
+    if (qlen > query_cap(c))
         return ps_err_set(err, PS_ETOOBIG, "query: %zu bytes, more than max-query-bytes %zu", qlen,
-                          c->lim.max_query_bytes);
+                          query_cap(c));
     if (!ps_utf8_valid(query, qlen)) return ps_err_set(err, PS_EUTF8, "query: not valid UTF-8");
     if (k->click_id && k->click_id[0] &&
         (rc = ps_wire_check_click_id(k->click_id, "click_id", err)))

@@ -72,7 +72,6 @@
 struct broker_http {
     broker_core_t *core;
     broker_metrics_t *metrics;
-    uint32_t max_k;
     broker_keys_t *keys;  /* NULL: open */
     int access_log;       /* a log line per request at info (else at debug) */
     broker_images images; /* root NULL: /images/ is 404 */
@@ -417,9 +416,9 @@ static int handle_search(broker_http_t *h, struct evhttp_request *req, const cha
         else if (!(doc = body_json(req, &err)))
             rc = err.code;
         else
-            rc = broker_search_parse_json(doc, "body", h->max_k, &sp, &q, &err);
+            rc = broker_search_parse_json(doc, "body", broker_core_max_k(h->core), &sp, &q, &err);
     } else {
-        rc = broker_search_parse(query, h->max_k, &sp, &q, &err);
+        rc = broker_search_parse(query, broker_core_max_k(h->core), &sp, &q, &err);
     }
     if (rc) {
         status = reply_err(req, &err);
@@ -500,8 +499,8 @@ static int handle_msearch(broker_http_t *h, struct evhttp_request *req, const ch
             snprintf(at, sizeof at, "searches[%zu]", i);
             ps_err e = {0, ""};
             http_pending *p = NULL;
-            int rc =
-                broker_search_parse_json(json_array_get(list, i), at, h->max_k, &sp[m], &qs[m], &e);
+            int rc = broker_search_parse_json(json_array_get(list, i), at,
+                                              broker_core_max_k(h->core), &sp[m], &qs[m], &e);
             if (!rc && !(p = pending_new(h, req, who, t0, "/v1/msearch", rid)))
                 rc = ps_err_set(&e, PS_ENOMEM, "out of memory for a search");
             if (rc) {
@@ -838,7 +837,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 }
 
 broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_metrics_t *metrics,
-                               uint32_t max_k, broker_keys_t *keys, int access_log, ps_err *err)
+                               broker_keys_t *keys, int access_log, ps_err *err)
 {
     broker_http_t *h = calloc(1, sizeof *h);
     if (!h) {
@@ -847,7 +846,6 @@ broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_
     }
     h->core = core;
     h->metrics = metrics;
-    h->max_k = max_k;
     h->keys = keys;
     h->access_log = access_log;
     evhttp_set_gencb(http, on_request, h);

@@ -242,8 +242,8 @@ broker_lane_t *broker_lane_start(const broker_lane_cfg *cfg, ps_err *err)
                                             EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
                                             EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
     evhttp_set_flags(l->http, EVHTTP_SERVER_LINGERING_CLOSE);
-    if (!(l->handlers = broker_http_new(l->http, l->core, cfg->metrics, cfg->lim.max_k, cfg->keys,
-                                        cfg->access_log, err)))
+    if (!(l->handlers =
+              broker_http_new(l->http, l->core, cfg->metrics, cfg->keys, cfg->access_log, err)))
         goto fail;
     broker_http_set_images(l->handlers, &cfg->images);
     ps_httpguard_cfg gc = {.door = "http",

@@ -245,6 +245,18 @@ static int listen_tcp(const char *host, uint16_t port, char *addr, size_t cap)
     return fd;
 }
 
+/* SIGHUP (the reload thread): the new max-k / max-query-bytes, for the next requests. */
+static void reload_max_k(void *arg, const ps_cfg_t *cfg)
+{
+    atomic_store(&((broker_live *)arg)->max_k, (unsigned)ps_cfg_uint(cfg, "max-k"));
+}
+
+static void reload_max_query_bytes(void *arg, const ps_cfg_t *cfg)
+{
+    atomic_store(&((broker_live *)arg)->max_query_bytes,
+                 (unsigned long long)ps_cfg_uint(cfg, "max-query-bytes"));
+}
+
 int main(int argc, char **argv)
 {
     ps_err err = {0, ""};
@@ -263,6 +275,12 @@ int main(int argc, char **argv)
                                   sizeof broker_opts / sizeof broker_opts[0], argc, argv, &status);
     if (!cfg) return status;
     status = 1;
+    /* max-k and max-query-bytes change on SIGHUP: every lane loads them per request */
+    static broker_live live;
+    atomic_store(&live.max_k, (unsigned)ps_cfg_uint(cfg, "max-k"));
+    atomic_store(&live.max_query_bytes, (unsigned long long)ps_cfg_uint(cfg, "max-query-bytes"));
+    ps_daemon_reload_live("max-k", reload_max_k, &live);
+    ps_daemon_reload_live("max-query-bytes", reload_max_query_bytes, &live);
     char host[128], addr[128];
     uint16_t port = 0;
     if (broker_parse_addr(ps_cfg_str(cfg, "http"), host, sizeof host, &port)) {
@@ -422,7 +440,8 @@ int main(int argc, char **argv)
                           .curve = curve,
                           .profiles = ps_cfg_str(cfg, "profiles"),
                           .profile_cache = (size_t)ps_cfg_uint(cfg, "profile-cache"),
-                          .lim = {.R = (uint32_t)ps_cfg_uint(cfg, "recall-depth"),
+                          .lim = {.live = &live,
+                                  .R = (uint32_t)ps_cfg_uint(cfg, "recall-depth"),
                                   .shard_depth = (uint32_t)ps_cfg_uint(cfg, "shard-depth"),
                                   .max_k = (uint32_t)ps_cfg_uint(cfg, "max-k"),
                                   .max_query_bytes = (size_t)ps_cfg_uint(cfg, "max-query-bytes"),

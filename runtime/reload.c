@@ -4,12 +4,11 @@
  * log file, applies what can change while the daemon runs and logs one line saying what
  * changed and what waits for a restart.
  *
- * What changes live is the log: its level (ps_log_level is atomic) and its file (one dup2,
- * ps_log_reopen). Every other setting was copied into the daemon's own structures at start —
- * the broker's max-k and max-query-bytes into each lane's parser and core, caps into the
- * ZeroMQ server and the admin port — so a new value there is reported as restart_needed.
- * Making one live means giving its readers a value they load per request (an atomic), then
- * adding it to live_opts below with the code that stores it.
+ * What changes live is the log — its level (ps_log_level is atomic) and its file (one dup2,
+ * ps_log_reopen) — and the settings a daemon registers with ps_daemon_reload_live (the broker's
+ * max-k and max-query-bytes: its lanes load them per request). Every other setting was copied
+ * into the daemon's own structures at start — caps into the ZeroMQ server and the admin port —
+ * so a new value there is reported as restart_needed.
  *
  * SIGHUP is blocked in every other thread of the daemon (ps_daemon_reload_start runs before
  * the daemon starts any), so the handler runs on this thread and no other thread's system call
@@ -46,6 +45,34 @@ typedef struct reload_state {
 } reload_state;
 
 static int hup_pipe[2] = {-1, -1};
+
+/* The daemon's own live settings (ps_daemon_reload_live), registered before the first SIGHUP. */
+#define MAX_LIVE 16
+static struct live_reg {
+    const char *name;
+    ps_reload_apply_fn apply;
+    void *arg;
+    char *applied; /* the value in effect (malloc'd text), NULL until the first reload */
+    int have;      /* applied holds it */
+} live_regs[MAX_LIVE];
+static size_t nlive_regs;
+static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER; /* registering vs a reload */
+
+int ps_daemon_reload_live(const char *name, ps_reload_apply_fn apply, void *arg)
+{
+    pthread_mutex_lock(&live_mu);
+    int rc = nlive_regs == MAX_LIVE ? PS_ETOOBIG : 0;
+    if (!rc) live_regs[nlive_regs++] = (struct live_reg){.name = name, .apply = apply, .arg = arg};
+    pthread_mutex_unlock(&live_mu);
+    return rc;
+}
+
+static struct live_reg *live_reg_of(const char *name)
+{
+    for (size_t i = 0; i < nlive_regs; i++)
+        if (!strcmp(live_regs[i].name, name)) return &live_regs[i];
+    return NULL;
+}
 
 static void on_hup(int sig)
 {
@@ -98,7 +125,16 @@ static ps_cfg_t *parse_again(const reload_state *r, ps_err *err)
     return c;
 }
 
+static void reload_locked(reload_state *r);
+
 static void reload(reload_state *r)
+{
+    pthread_mutex_lock(&live_mu);
+    reload_locked(r);
+    pthread_mutex_unlock(&live_mu);
+}
+
+static void reload_locked(reload_state *r)
 {
     ps_err err = {0, ""};
     ps_cfg_t *next = parse_again(r, &err);
@@ -130,8 +166,18 @@ static void reload(reload_state *r)
         list_add(changed, sizeof changed, "log-file");
     for (size_t i = 0; i < r->n; i++) {
         const char *name = r->table[i].name;
-        if (!is_live(name) && !same(ps_cfg_text(r->running, name), ps_cfg_text(next, name)))
+        struct live_reg *lr = live_reg_of(name);
+        if (lr) { /* the daemon's own: applied when it differs from the value in effect */
+            const char *now = lr->have ? lr->applied : ps_cfg_text(r->running, name);
+            if (!same(now, ps_cfg_text(next, name))) {
+                lr->apply(lr->arg, next);
+                if (set_copy(&lr->applied, ps_cfg_text(next, name)) == 0) lr->have = 1;
+                list_add(changed, sizeof changed, name);
+            }
+        } else if (!is_live(name) &&
+                   !same(ps_cfg_text(r->running, name), ps_cfg_text(next, name))) {
             list_add(restart, sizeof restart, name);
+        }
     }
     atomic_store(&ps_log_level, level);
     if (set_copy(&r->log_level, ps_cfg_str(next, "log-level")) ||

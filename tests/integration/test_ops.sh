@@ -7,10 +7,11 @@
 #     commit and build type as --version prints;
 #   - log-file: the daemons' lines go to the file, not stderr;
 #   - SIGHUP after the log file was moved away and the config changed (log-level = debug, and
-#     on the broker max-k, a setting read at start only): the daemon is still alive, writes a
-#     new log file, the moved file keeps the old lines, the reload line names log-level as
-#     changed and max-k as restart_needed, debug lines now appear (the broker's event=request,
-#     the shard's event=search), and max-k is still the old value (k above the new one: 200);
+#     on the broker max-k, which lanes load per request, and drain-ms, read at start only): the
+#     daemon is still alive, writes a new log file, the moved file keeps the old lines, the
+#     reload line names log-level and max-k as changed and drain-ms as restart_needed, debug
+#     lines now appear (the broker's event=request, the shard's event=search), and the new
+#     max-k holds (k = 80 over it: 400, k = 50: 200);
 #   - 20 SIGHUPs among 20 searches: every search answered, the daemons alive;
 #   - SIGHUP with a broken config file: still alive, event=reload_failed naming the line, the
 #     level unchanged; with an unchanged one (profile): changed=- restart_needed=-; to
@@ -51,7 +52,8 @@ start_shard s0 --config "$T/s0.conf" --workers 1 --index "$T/cluster/shard-000" 
 start_shard s1 --config "$T/s1.conf" --workers 1 --index "$T/cluster/shard-001" --shard 1 --shards 2
 printf 'log-level = info\nlog-file = %s\n' "$T/p.file.log" >"$T/p.conf"
 start_profile p --config "$T/p.conf" --db "$T/pdb"
-printf 'log-level = info\nlog-file = "%s"\nmax-k = 100\n' "$T/broker.file.log" >"$T/broker.conf"
+printf 'log-level = info\nlog-file = "%s"\nmax-k = 100\ndrain-ms = 200\n' "$T/broker.file.log" \
+  >"$T/broker.conf"
 start_broker broker "${EP[s0]},${EP[s1]}" --config "$T/broker.conf" --health-interval-ms 200
 for n in s0 s1 p broker; do
   grep -q "event=config" "$T/$n.file.log" || fail "$n: no config line in its log file"
@@ -82,7 +84,8 @@ search() { # GET /v1/search?q=$q&k=$1: prints the status
 grep -q "event=request" "$T/broker.file.log" && fail "a debug line at log-level info"
 grep -q "event=search" "$T/s0.file.log" && fail "shard: a debug line at log-level info"
 
-sed -i 's/^log-level = info/log-level = debug/; s/^max-k = 100/max-k = 50/' "$T/broker.conf"
+sed -i 's/^log-level = info/log-level = debug/; s/^max-k = 100/max-k = 50/; s/^drain-ms = 200/drain-ms = 300/' \
+  "$T/broker.conf"
 sed -i 's/^log-level = info/log-level = debug/' "$T/s0.conf"
 for n in broker s0 p; do mv "$T/$n.file.log" "$T/$n.file.log.1"; done
 for n in broker s0 p; do kill -HUP "${PID[$n]}"; done
@@ -90,7 +93,7 @@ for n in broker s0 p; do wait_for "$T/$n.file.log" "event=reload"; done
 for n in broker s0 p; do alive "$n" "after SIGHUP"; done
 grep -q "event=reload " "$T/broker.file.log.1" && fail "the reload line went to the moved file"
 grep -q "event=config" "$T/broker.file.log.1" || fail "the moved file lost its lines"
-grep -qE "level=info comp=broker event=reload changed=log-level restart_needed=max-k log_level=debug log_file=$T/broker.file.log$" \
+grep -qE "level=info comp=broker event=reload changed=log-level,max-k restart_needed=drain-ms log_level=debug log_file=$T/broker.file.log$" \
   "$T/broker.file.log" || fail "broker reload line: $(grep event=reload "$T/broker.file.log")"
 grep -qE "comp=shard event=reload changed=log-level restart_needed=- log_level=debug" \
   "$T/s0.file.log" || fail "shard reload line: $(grep event=reload "$T/s0.file.log")"
@@ -98,8 +101,10 @@ grep -qE "comp=profile event=reload changed=- restart_needed=- log_level=info" "
   || fail "profile reload line: $(grep event=reload "$T/p.file.log")"
 echo "  SIGHUP: $(grep -o 'event=reload.*' "$T/broker.file.log")"
 
-# the new level is in effect; max-k, read at start only, is not
-[ "$(search 80)" = 200 ] || fail "k=80 after the reload: $(cat "$T/body") (max-k should need a restart)"
+# the new level is in effect, and the new max-k (lanes load it per request)
+[ "$(search 80)" = 400 ] || fail "k=80 after the reload to max-k 50: $(cat "$T/body")"
+grep -q "k: must be an integer in 1..50" "$T/body" || fail "k=80: $(cat "$T/body")"
+[ "$(search 50)" = 200 ] || fail "k=50 after the reload: $(cat "$T/body")"
 wait_for "$T/broker.file.log" "level=debug comp=broker event=request"
 wait_for "$T/s0.file.log" "level=debug comp=shard event=search"
 grep -q "event=request" "$T/broker.file.log.1" && fail "a debug line in the moved file"
@@ -124,7 +129,7 @@ mv "$T/broker.file.log" "$T/broker.file.log.2"
 kill -HUP "${PID[broker]}"
 wait_for "$T/broker.file.log" "event=reload_failed"
 alive broker "after SIGHUP with a broken config"
-grep -q "reload_failed msg=\"$T/broker.conf:4: expected 'key = value', got 'max-k is many'\"" \
+grep -q "reload_failed msg=\"$T/broker.conf:5: expected 'key = value', got 'max-k is many'\"" \
   "$T/broker.file.log" || fail "reload_failed line: $(grep reload_failed "$T/broker.file.log")"
 grep -q "log_level=debug" "$T/broker.file.log" || fail "reload_failed: the level changed"
 [ "$(search 10)" = 200 ] || fail "search after a failed reload"

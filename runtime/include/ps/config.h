@@ -133,7 +133,8 @@ ps_cfg_t *ps_cfg_daemon(const char *prog, const char *about, const ps_cfg_opt *t
  *      log moved away by logrotate is followed by a new file;
  *   3. applies "log-level";
  *   4. logs one line, event=reload (at any log level but off): changed= the settings
- *      applied now (log-level, log-file), restart_needed= every other setting whose value
+ *      applied now (log-level, log-file, those registered with ps_daemon_reload_live),
+ *      restart_needed= every other setting whose value
  *      differs from the one the daemon started with (it takes effect at the next start only),
  *      and the log level and file.
  * A configuration that no longer parses changes nothing (the log file is still reopened):
@@ -142,6 +143,14 @@ ps_cfg_t *ps_cfg_daemon(const char *prog, const char *about, const ps_cfg_opt *t
  * table do); the thread runs until the process exits. 0, or a negative PS_E* code (err set). */
 int ps_daemon_reload_start(const char *prog, const ps_cfg_opt *table, size_t n, int argc,
                            char **argv, ps_err *err);
+
+/* A setting of the daemon's own that takes effect without a restart: on a reload where `name`
+ * (a setting of the table) differs from the value in effect, the reload thread calls
+ * apply(arg, cfg) with the new configuration — from that thread, so apply stores into what the
+ * readers load per request (atomics) — and the reload line lists it as changed. Register before
+ * the first SIGHUP can arrive (right after ps_cfg_daemon). 0, or PS_ETOOBIG past 16. */
+typedef void (*ps_reload_apply_fn)(void *arg, const ps_cfg_t *cfg);
+int ps_daemon_reload_live(const char *name, ps_reload_apply_fn apply, void *arg);
 
 /* The daemons' stop signal: SIGTERM and SIGINT write a byte to a self-pipe whose read end this
  * returns (non-blocking, close-on-exec; it lives until exit, and later calls return the same
