@@ -79,7 +79,7 @@ Q=$(awk -F'\t' '$2 ~ /[^[:space:]]/ {print $2; exit}' "$T/data/clicks.tsv")
 QS="/v1/search?q=$(jq -rn --arg q "$Q" '$q | @uri')&k=5"
 req GET "$QS" "$K_SEARCH"
 expect 200 "" "search with the search key"
-ID=$(grep -oE '"id":"[0-9]+"' "$T/body" | head -n 1 | tr -dc 0-9)
+ID=$(grep -oE '"id":"[0-9]+"' "$T/body" | awk 'NR == 1' | tr -dc 0-9)
 [ -n "$ID" ] || fail "the search with the search key returned no hit"
 CLICK="{\"user\": \"u-keys\", \"sticker_id\": \"$ID\", \"query\": \"$Q\"}"
 

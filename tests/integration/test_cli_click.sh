@@ -40,7 +40,7 @@ start_broker broker "${EP[s0]}" --profile-replicas "${EP[r1]}" --profile-primary
 
 U=cli-user-1
 mapfile -t ST < <(cut -f1 "$T/data/series.tsv" | head -n 8)
-Q=$(cut -f2 "$T/data/clicks.tsv" | head -n 1)
+Q=$(head -n 1 "$T/data/clicks.tsv" | cut -f2)
 nclicks() { "$PC" clicks "${EP[pp]}" "$U" | wc -l; }
 sum_of() { "$PC" checksum "$1" | awk '{print $1}'; }
 seq_of() { "$PC" checksum "$1" | awk '{print $3}'; }

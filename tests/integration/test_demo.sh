@@ -99,7 +99,7 @@ st=$(curl -s -o "$T/body" -w '%{http_code}' -G --data-urlencode "q=thumbs up" \
 jq -e '.partial == false and .shards.total == 2 and .shards.successful == 2 and
        (.hits | length) > 0 and (.hits[0].score | type) == "number"' "$T/body" >/dev/null \
   || fail "/v1/search: not a complete answer with hits: $(head -c 400 "$T/body")"
-id=$(grep -oE '"id":"?[0-9]+' "$T/body" | head -n 1 | tr -dc 0-9)
+id=$(grep -oE '"id":"?[0-9]+' "$T/body" | awk 'NR == 1' | tr -dc 0-9)
 st=$(curl -s -o "$T/body" -w '%{http_code}' "$URL/v1/stickers/$id")
 { [ "$st" = 200 ] && grep -q "$id" "$T/body"; } || fail "/v1/stickers/$id: status $st"
 st=$(curl -s -o "$T/body" -w '%{http_code}' "$URL/metrics")

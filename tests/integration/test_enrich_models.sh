@@ -27,7 +27,7 @@ command -v jq >/dev/null || fail "jq is required (scripts/deps.sh installs it)"
 
 . "$(dirname "$0")/enrich_lib.sh"
 render_images "$R" $N 11 "$VOCAB" "$FONT"
-victim=$(ls "$T/img" | sort | head -n 1)
+victim=$(ls "$T/img" | sort | awk 'NR == 1')
 vcrc=$(image_crc "$T/img/$victim")
 
 cat >"$T/faults" <<EOF

@@ -22,7 +22,7 @@ mkdir "$T/img"
 "$R" render "$T/img" 120 2 "$VOCAB" "$FONT"
 mv "$T/img/truth.tsv" "$T/truth.tsv"
 head -c 3000 /dev/urandom > "$T/img/9000000000000000001.png"                # corrupt
-good=$(ls "$T/img"/*.png | head -1)
+good=$(ls "$T/img"/*.png | awk 'NR == 1')
 head -c $(( $(stat -c %s "$good") / 2 )) "$good" > "$T/img/9000000000000000002.png"  # truncated
 echo "not an image at all" > "$T/img/9000000000000000003.png"               # text named .png
 "$R" blank "$T/img/9000000000000000004.png" 2500 2000                        # 5 megapixels

@@ -25,7 +25,7 @@ PREFIX=$T/prefix
 
 # ---- 1. install; the README's example is client/example.c ---------------------------------
 cmake --install "$BUILD" --prefix "$PREFIX" >"$T/install.log" 2>&1 || fail "cmake --install: $(tail -5 "$T/install.log")"
-LIBDIR=$(dirname "$(find "$PREFIX" -name persrv.pc | head -1)")/..
+LIBDIR=$(dirname "$(find "$PREFIX" -name persrv.pc | awk 'NR == 1')")/..
 [ -e "$LIBDIR/libpersrv.so" ] && [ -e "$LIBDIR/libpersrv.a" ] || fail "no libpersrv.so / libpersrv.a installed"
 for f in include/persrv.h include/persrv_event.h; do [ -e "$PREFIX/$f" ] || fail "$f not installed"; done
 [ -e "$LIBDIR/cmake/persrv/persrvConfig.cmake" ] || fail "no CMake package config installed"

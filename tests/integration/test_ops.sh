@@ -33,7 +33,7 @@ $B generate --out "$T/data" --stickers 2000 --dim 16 --users 4 --clicks 500 --pa
 $B build --corpus "$T/data/corpus.jsonl" --embeddings "$T/data/embeddings.npy" \
   --clicks "$T/data/clicks.tsv" --out "$T/cluster" --shards 2 >"$T/build.out" 2>&1 \
   || fail "2-shard build: $(cat "$T/build.out")"
-q=$(cut -f2 "$T/data/clicks.tsv" | head -n 1)
+q=$(head -n 1 "$T/data/clicks.tsv" | cut -f2)
 
 # wait_for FILE PATTERN: until FILE exists and holds a line matching PATTERN (grep -E), at most
 # 30 s (a bound for a stalled daemon, not a timing check).

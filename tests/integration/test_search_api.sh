@@ -39,7 +39,7 @@ start_shard s0 --workers 1 --index "$T/cluster/shard-000" --shard 0 --shards 2 -
 start_shard s1 --workers 1 --index "$T/cluster/shard-001" --shard 1 --shards 2 --log-level debug
 start_broker broker "${EP[s0]},${EP[s1]}" --profiles "$T/cluster/profiles" --deadline-ms 2000 \
   --retries 0 --health-interval-ms 200 --access-log
-USER1=$(cut -f1 "$T/data/clicks.tsv" | sort -u | head -1)
+USER1=$(cut -f1 "$T/data/clicks.tsv" | sort -u | awk 'NR == 1')
 echo "broker at $URL, user $USER1"
 
 # req PATH [curl args...]: body to $T/body, headers to $T/headers, prints the status code.

@@ -40,7 +40,7 @@ start_broker broker "${EP[s0]},${EP[s1]}" --profile-replicas "${EP[pp]}" \
 
 # The click log's most asked query: it has hits to spare. A user with no history, so the click
 # makes a visible difference (the answer becomes personalized).
-Q=$(cut -f2 "$T/data/clicks.tsv" | sort | uniq -c | sort -k1,1nr -k2 | head -n 1 | sed -E 's/^ *[0-9]+ //')
+Q=$(cut -f2 "$T/data/clicks.tsv" | sort | uniq -c | sort -k1,1nr -k2 | awk 'NR == 1' | sed -E 's/^ *[0-9]+ //')
 [ -n "$Q" ] || fail "no query in the click log"
 U=page-user
 
