@@ -41,6 +41,7 @@ typedef struct pending {
     struct event *timer;
     broker_click_done_fn done;
     void *arg;
+    char trace[PS_WIRE_MAX_TRACE + 1]; /* the request's trace id, "" for none */
 } pending;
 
 struct broker_clicks {
@@ -152,8 +153,9 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     ps_err_set(&e, PS_EINDOUBT,
                "profile primary %s: sent, no answer in %u ms: the click may have been stored",
                q->endpoint, q->deadline_ms);
-    ps_log(PS_LOG_WARN, "broker", "click_in_doubt", "primary=%s request_id=%llu deadline_ms=%u",
-           q->endpoint, (unsigned long long)p->request_id, q->deadline_ms);
+    ps_log(PS_LOG_WARN, "broker", "click_in_doubt",
+           "primary=%s request_id=%llu trace=%s deadline_ms=%u", q->endpoint,
+           (unsigned long long)p->request_id, p->trace[0] ? p->trace : "-", q->deadline_ms);
     finish(p, PS_EINDOUBT, &e, NULL);
 }
 
@@ -227,6 +229,7 @@ int broker_clicks_send(broker_clicks_t *q, const Persrv__ClickRequest *click, co
     p->done = done;
     p->arg = arg;
     p->request_id = q->next_id++;
+    snprintf(p->trace, sizeof p->trace, "%s", trace ? trace : "");
     if (!(p->timer = evtimer_new(q->base, on_timeout, p))) {
         free(p);
         return ps_err_set(err, PS_ENOMEM, "out of memory for a click timer");

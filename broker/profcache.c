@@ -136,8 +136,8 @@ static int fetch(broker_pool_t *pool, char *user, const char *trace, ps_profile 
     ps_err err = {0, ""};
     memset(prof, 0, sizeof *prof);
     if (broker_pool_run(pool, &call, 1, &err) || !call.reply) {
-        ps_log(PS_LOG_WARN, "broker", "profile_unavailable", "reason=\"%.200s\"",
-               call.reason[0] ? call.reason : err.msg);
+        ps_log(PS_LOG_WARN, "broker", "profile_unavailable", "trace=%s reason=\"%.200s\"",
+               trace && trace[0] ? trace : "-", call.reason[0] ? call.reason : err.msg);
         return 0;
     }
     const Persrv__ProfileReply *r = call.reply->profile_reply;

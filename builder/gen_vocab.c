@@ -1,6 +1,6 @@
 /*
  * gen_vocab.c — the shipped sticker-phrase vocabulary (builder/vocab.txt, compiled in as
- * builder_vocab_txt by embed_vocab.cmake), parsed once on first use.
+ * builder_vocab_txt by ps_embed), parsed once on first use.
  *
  * File format: UTF-8 text, one phrase a line, most common first. Leading lines that start
  * with '#' are comments; blank lines are skipped; a trailing '\r' is dropped. A phrase is
