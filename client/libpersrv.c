@@ -605,6 +605,7 @@ static void sticker_from(persrv_sticker *s, const Persrv__GetStickerReply *r)
     s->desc = r->desc;
     s->emotion = r->emotion;
     s->utility = r->utility;
+    s->image = r->image ? r->image : "";
 }
 
 int persrv__result_from(Persrv__Envelope **penv, persrv_result **out)

@@ -172,10 +172,10 @@ static void first_line(const char *s, char *out, size_t max)
 }
 
 /* Print hit i (1-based rank i + 1) as a text line (fields shown under explain), or append
- * it to arr for --json (arr not NULL): id as a string, the scores, and the 5 stored fields
- * (fields[f] NULL = ""). */
-static void emit_hit(const hit_view *h, const char *const *fields, size_t i, int explain,
-                     json_t *arr)
+ * it to arr for --json (arr not NULL): id as a string, the scores, the 5 stored fields
+ * (fields[f] NULL = "") and the picture when the sticker has one (image NULL or "": none). */
+static void emit_hit(const hit_view *h, const char *const *fields, const char *image, size_t i,
+                     int explain, json_t *arr)
 {
     if (arr) {
         /* Ids are strings: 19-digit ids exceed what JSON numbers carry exactly. */
@@ -186,6 +186,7 @@ static void emit_hit(const hit_view *h, const char *const *fields, size_t i, int
                                 h->utility, "preference", h->preference, "centroid", h->centroid);
         for (int f = 0; f < PS_NFIELDS; f++)
             json_object_set_new(hit, ps_field_names[f], json_string(fields[f] ? fields[f] : ""));
+        if (image && image[0]) json_object_set_new(hit, "image", json_string(image));
         json_array_append_new(arr, hit);
         return;
     }
@@ -205,6 +206,7 @@ static void emit_hit(const hit_view *h, const char *const *fields, size_t i, int
         printf("       %-8s %s%s\n", ps_field_names[f], line,
                strlen(line) < strlen(fields[f]) ? " …" : "");
     }
+    if (image && image[0]) printf("       %-8s %s\n", "image", image);
 }
 
 /* --timeout MS: 1..3600000. 0, or -1 after printing why (usage error). */
@@ -289,7 +291,7 @@ static int search_broker(const char *ep, const char *q, const char *user, uint32
         }
         hit_view v = {h->id,      h->score,      h->recall,  h->relevance,
                       h->utility, h->preference, h->centroid};
-        emit_hit(&v, fields, i, explain, arr);
+        emit_hit(&v, fields, st ? st->image : NULL, i, explain, arr);
     }
     if (json) {
         json_t *fails = json_array();
@@ -387,15 +389,16 @@ static int local_json(local_node *n, size_t nh, int personalized, uint64_t took_
     *out = NULL;
     for (size_t i = 0; i < nh; i++) {
         const ps_hit *h = &n->hits[i];
-        char *fields[PS_NFIELDS] = {0};
-        if (ps_store_fields(n->st, h->doc, fields, err) != 0) {
+        char *fields[PS_NFIELDS] = {0}, *image = NULL;
+        if (ps_store_fields_image(n->st, h->doc, fields, &image, err) != 0) {
             json_decref(arr);
             return err->code;
         }
         hit_view v = {h->id,      h->score,      h->recall,  h->relevance,
                       h->utility, h->preference, h->centroid};
-        emit_hit(&v, (const char *const *)fields, i, 0, arr);
+        emit_hit(&v, (const char *const *)fields, image, i, 0, arr);
         for (int f = 0; f < PS_NFIELDS; f++) free(fields[f]);
+        free(image);
     }
     *out = json_pack("{s:I, s:I, s:b, s:o}", "took", (json_int_t)(took_us / 1000), "took_us",
                      (json_int_t)took_us, "personalized", personalized, "hits", arr);
@@ -427,12 +430,13 @@ static int search_local(const char *index, const char *q, const char *user, ps_s
            took_us / 1e3);
     for (size_t i = 0; i < nh; i++) {
         const ps_hit *h = &n.hits[i];
-        char *fields[PS_NFIELDS] = {0};
-        if (explain && ps_store_fields(n.st, h->doc, fields, &err) != 0) goto fail;
+        char *fields[PS_NFIELDS] = {0}, *image = NULL;
+        if (explain && ps_store_fields_image(n.st, h->doc, fields, &image, &err) != 0) goto fail;
         hit_view v = {h->id,      h->score,      h->recall,  h->relevance,
                       h->utility, h->preference, h->centroid};
-        emit_hit(&v, (const char *const *)fields, i, explain, NULL);
+        emit_hit(&v, (const char *const *)fields, image, i, explain, NULL);
         for (int f = 0; f < PS_NFIELDS; f++) free(fields[f]);
+        free(image);
     }
     local_close(&n);
     return 0;
@@ -814,10 +818,12 @@ static int cmd_sticker(int argc, char **argv)
         json_t *o = json_pack("{s:s, s:f}", "id", idbuf, "utility", st->utility);
         for (int f = 0; f < PS_NFIELDS; f++)
             json_object_set_new(o, ps_field_names[f], json_string(fields[f]));
+        if (st->image[0]) json_object_set_new(o, "image", json_string(st->image));
         put_json(o);
     } else {
         printf("sticker %llu  utility %.4f\n", (unsigned long long)st->id, st->utility);
         for (int f = 0; f < PS_NFIELDS; f++) printf("  %-8s %s\n", ps_field_names[f], fields[f]);
+        if (st->image[0]) printf("  %-8s %s\n", "image", st->image);
     }
     persrv_sticker_free(st);
     persrv_close(c);

@@ -181,7 +181,9 @@ typedef struct persrv_query {
 typedef struct persrv_sticker {
     uint64_t id;
     const char *ocr, *queries, *keywords, *desc, *emotion;
-    double utility; /* the sticker's stored utility */
+    double utility;    /* the sticker's stored utility */
+    const char *image; /* its picture (0.2): a URL, or a path under the broker's image root
+                          (served at /images/<path>); "" when it has none */
 } persrv_sticker;
 
 typedef struct persrv_hit {

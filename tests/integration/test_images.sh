@@ -13,12 +13,15 @@
 #      answers with the linked file's bytes.
 #   3. A broker without --image-root: /images/ is 404; one with a root that is not a directory
 #      does not start. The search page at / is text/html; POST / is 405.
-# usage: test_images.sh BUILDER SHARD SHARD_CLIENT BROKER
+#   4. The persrv CLI shows the picture: `sticker --broker --json` has image (none: no key), and
+#      `search --broker --json` and `search --index --json` agree hit for hit, images included.
+# usage: test_images.sh BUILDER SHARD SHARD_CLIENT BROKER PERSRV
 set -euo pipefail
 B=$1
 S=$2
 C=$3
 BR=$4
+P=$5
 . "$(dirname "$0")/lib.sh"
 ps_test_init images
 command -v curl >/dev/null || fail "curl is required (scripts/deps.sh installs it)"
@@ -38,6 +41,9 @@ sed -i '3s|"image":"[^"]*"|"image":"zz/sp ace+%é.png"|' "$T/data/corpus.jsonl"
 $B build --corpus "$T/data/corpus.jsonl" --embeddings "$T/data/embeddings.npy" \
   --clicks "$T/data/clicks.tsv" --out "$T/cluster" --shards 2 >"$T/build.out" 2>&1 \
   || fail "build: $(cat "$T/build.out")"
+$B build --corpus "$T/data/corpus.jsonl" --embeddings "$T/data/embeddings.npy" \
+  --clicks "$T/data/clicks.tsv" --out "$T/single" >"$T/build.out" 2>&1 \
+  || fail "single-node build: $(cat "$T/build.out")"
 
 # The root and the traps in it.
 R=$T/data/images
@@ -117,6 +123,24 @@ while read -r id url; do
   [ "$url" = "$want" ] || fail "hit $id: image_url $url, corpus says $want"
 done <"$T/urls"
 echo "  explain=1: $with of $(jq '.hits | length' "$T/search.json") hits of '$q' carry the image_url of their corpus line"
+
+# ---- 4. the persrv CLI (libpersrv) -------------------------------------------------------------
+[ "$($P sticker --broker "$ZEP" --json "$id2" | jq -r .image)" = "$img2" ] \
+  || fail "persrv sticker: no image for $id2"
+[ "$($P sticker --broker "$ZEP" --json "$id500" | jq 'has("image")')" = false ] \
+  || fail "persrv sticker: an image key for $id500, which has none"
+$P sticker --broker "$ZEP" "$id2" | grep -qE "^  image +$img2\$" || fail "persrv sticker: text"
+withimg=0
+while IFS= read -r q; do
+  $P search --broker "$ZEP" --json --k 50 -- "$q" | jq -c '.hits' >"$T/cli_b.json" \
+    || fail "persrv search --broker '$q'"
+  $P search --index "$T/single" --json --k 50 -- "$q" | jq -c '.hits' >"$T/cli_i.json" \
+    || fail "persrv search --index '$q'"
+  cmp -s "$T/cli_b.json" "$T/cli_i.json" || fail "'$q': --broker and --index hits differ"
+  withimg=$((withimg + $(jq '[.[] | select(has("image"))] | length' "$T/cli_b.json")))
+done < <(cut -f2 "$T/data/clicks.tsv" | sort -u | awk 'NR <= 10')
+[ "$withimg" -gt 0 ] || fail "no hit of 10 searches shows an image"
+echo "  persrv CLI: sticker and search show the picture ($withimg hits with one, --broker = --index)"
 
 # ---- 2. refused paths -------------------------------------------------------------------------
 # refused PATH STATUS: answered STATUS in the JSON error shape, and not with a linked file.
