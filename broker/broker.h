@@ -613,6 +613,11 @@ typedef struct broker_click_body {
     struct json_t *doc;   /* owns user, query and click_id */
 } broker_click_body;
 
+/* The n bytes of a request body as a JSON object (the caller owns it), or NULL with err:
+ * PS_EUTF8 (not UTF-8), PS_EPARSE (not JSON, a repeated key; the message ends with `shape`,
+ * what the body should be), PS_EINVAL (JSON but not an object). */
+struct json_t *broker_json_object(const char *body, size_t n, const char *shape, ps_err *err);
+
 /* Parse the n bytes of a click body into c (free with broker_click_body_free, also after an
  * error). Errors: PS_EUTF8 (not UTF-8), PS_EPARSE (not JSON, or a repeated key), PS_EINVAL
  * naming the field, PS_ENOMEM. */

@@ -121,15 +121,16 @@ static uint64_t want_version(const broker_core_t *c)
 
 typedef struct sticker_args {
     uint64_t id, version;
-    const char *trace; /* the request's trace id, or NULL */
+    const char *trace;  /* the request's trace id, or NULL */
+    int with_embedding; /* a click's: the sticker's embedding too */
 } sticker_args;
 
 static int encode_get_sticker(void *arg, uint64_t request_id, uint32_t deadline_ms, uint8_t **buf,
                               size_t *len, ps_err *err)
 {
     const sticker_args *a = arg;
-    int rc = ps_wire_encode_get_sticker_emb(request_id, deadline_ms, a->id, 0, a->version, buf, len,
-                                            err);
+    int rc = ps_wire_encode_get_sticker_emb(request_id, deadline_ms, a->id, a->with_embedding,
+                                            a->version, buf, len, err);
     if (!rc && (rc = ps_wire_append_trace(buf, len, a->trace, err))) {
         free(*buf);
         *buf = NULL;
@@ -237,7 +238,7 @@ static int fetch_fields(search_job *j, ps_err *err)
         !(j->fenv = calloc(n, sizeof *j->fenv)) || !(j->fields = calloc(n, sizeof *j->fields)))
         return ps_err_set(err, PS_ENOMEM, "out of memory for explain");
     for (size_t i = 0; i < n; i++) {
-        j->fargs[i] = (sticker_args){j->hits[i].id, j->res.version, j->trace};
+        j->fargs[i] = (sticker_args){j->hits[i].id, j->res.version, j->trace, 0};
         j->fcalls[i] = (broker_call){.shard = ps_jump_hash(j->hits[i].id, j->ns),
                                      .replica = -1,
                                      .expect = PERSRV__ENVELOPE__BODY_STICKER_REPLY,
@@ -706,19 +707,6 @@ int broker_core_msearch(broker_core_t *c, const broker_query *qs, size_t n, brok
 
 /* ---- clicks ------------------------------------------------------------------------------ */
 
-static int encode_get_sticker_emb(void *arg, uint64_t request_id, uint32_t deadline_ms,
-                                  uint8_t **buf, size_t *len, ps_err *err)
-{
-    const sticker_args *a = arg;
-    int rc = ps_wire_encode_get_sticker_emb(request_id, deadline_ms, a->id, 1, a->version, buf, len,
-                                            err);
-    if (!rc && (rc = ps_wire_append_trace(buf, len, a->trace, err))) {
-        free(*buf);
-        *buf = NULL;
-    }
-    return rc;
-}
-
 /* A click id for a click that came without one: 128 random bits as 32 hex digits, unlike any
  * other broker's. Only the broker's answer names it, so only a client that reads it back can
  * retry safely (every answer does, the in-doubt one included). */
@@ -834,7 +822,7 @@ int broker_core_click(broker_core_t *c, const broker_click *k, broker_click_fn d
     else
         derive_click_id(j->click_id);
     /* The sticker's embedding, from the shard that holds it (within the search deadline). */
-    j->sa = (sticker_args){k->sticker_id, want_version(c), NULL};
+    j->sa = (sticker_args){k->sticker_id, want_version(c), NULL, 1};
     if (k->trace && !(j->trace = strdup(k->trace))) {
         free(j);
         return ps_err_set(err, PS_ENOMEM, "out of memory for a click");
@@ -843,7 +831,7 @@ int broker_core_click(broker_core_t *c, const broker_click *k, broker_click_fn d
     j->call = (broker_call){.shard = ps_jump_hash(k->sticker_id, broker_fan_nshards(c->fan)),
                             .replica = -1,
                             .expect = PERSRV__ENVELOPE__BODY_STICKER_REPLY,
-                            .encode = encode_get_sticker_emb,
+                            .encode = encode_get_sticker,
                             .arg = &j->sa};
     if ((rc = broker_fan_start(c->fan, &j->call, 1, click_fetched, j, err))) {
         free(j->trace);
@@ -894,7 +882,7 @@ int broker_core_sticker(broker_core_t *c, uint64_t id, broker_sticker_fn done, v
     j->done = done;
     j->arg = arg;
     j->metrics = c->metrics;
-    j->sa = (sticker_args){id, want_version(c), NULL};
+    j->sa = (sticker_args){id, want_version(c), NULL, 0};
     j->call = (broker_call){.shard = ps_jump_hash(id, broker_fan_nshards(c->fan)),
                             .replica = -1,
                             .expect = PERSRV__ENVELOPE__BODY_STICKER_REPLY,

@@ -74,6 +74,7 @@ struct broker_http {
     broker_metrics_t *metrics;
     broker_keys_t *keys;  /* NULL: open */
     int access_log;       /* a log line per request at info (else at debug) */
+    uint64_t rid_state;   /* splitmix64 state of the request ids this lane makes */
     broker_images images; /* root NULL: /images/ is 404 */
 };
 
@@ -203,8 +204,10 @@ static int traceparent_id(const char *tp, char out[33])
 /* The request's id into rid: X-Request-Id as sent (checked: 1..128 printable ASCII bytes), else
  * a valid traceparent's trace id, else a new random one; X-Request-Id (and a valid traceparent,
  * as it came) go back in the answer's headers. Returns 0, or the status of the 400 (413 when
- * too long) sent for a bad X-Request-Id, whose answer carries a new id. */
-static int request_id(struct evhttp_request *req, char rid[PS_WIRE_MAX_TRACE + 1])
+ * too long) sent for a bad X-Request-Id, whose answer carries a new id. A new id is the next
+ * of the lane's splitmix64 sequence from a random seed: distinct within the lane (splitmix64 is
+ * a bijection of its counter), no system call per request. */
+static int request_id(broker_http_t *h, struct evhttp_request *req, char rid[PS_WIRE_MAX_TRACE + 1])
 {
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     struct evkeyvalq *out = evhttp_request_get_output_headers(req);
@@ -216,10 +219,8 @@ static int request_id(struct evhttp_request *req, char rid[PS_WIRE_MAX_TRACE + 1
     if (!x && have_tp) {
         memcpy(rid, tid, 33);
     } else if (!x || ps_wire_check_trace(x, &e)) {
-        char r[33];
-        ps_random_hex_id(r, (uint64_t)(uintptr_t)req);
-        memcpy(rid, r, 16);
-        rid[16] = '\0';
+        snprintf(rid, PS_WIRE_MAX_TRACE + 1, "%016llx",
+                 (unsigned long long)ps_splitmix64(&h->rid_state));
     } else {
         snprintf(rid, PS_WIRE_MAX_TRACE + 1, "%s", x);
     }
@@ -374,27 +375,13 @@ static void search_answered(void *arg, int rc, const ps_err *err, const broker_r
 }
 
 /* The request's body as JSON (a JSON object is required). Returns NULL with err set. */
+/* The request's body as a JSON object, or NULL with err (broker_json_object). */
 static json_t *body_json(struct evhttp_request *req, ps_err *err)
 {
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t n = evbuffer_get_length(in);
     const char *body = n ? (const char *)evbuffer_pullup(in, -1) : "";
-    if (!ps_utf8_valid(body, n)) {
-        ps_err_set(err, PS_EUTF8, "body: not valid UTF-8 (JSON is UTF-8)");
-        return NULL;
-    }
-    json_error_t jerr;
-    json_t *j = json_loadb(body, n, JSON_REJECT_DUPLICATES, &jerr);
-    if (!j) {
-        ps_err_set(err, PS_EPARSE, "body: %s at byte %d (a JSON object)", jerr.text, jerr.position);
-        return NULL;
-    }
-    if (!json_is_object(j)) {
-        json_decref(j);
-        ps_err_set(err, PS_EINVAL, "body: must be a JSON object");
-        return NULL;
-    }
-    return j;
+    return broker_json_object(body, n, "a JSON object", err);
 }
 
 /* GET /v1/search (query string) or POST /v1/search (JSON body). Returns the status of an answer
@@ -769,7 +756,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     int ep = broker_http_endpoint(path);
 
     const char *bad_framing = framing_error(req);
-    if ((status = request_id(req, rid)) != 0) {
+    if ((status = request_id(h, req, rid)) != 0) {
         /* a bad X-Request-Id: answered */
     } else if (!uri) {
         status = reply_error(req, 400, "invalid_argument", "the request URI does not parse");
@@ -848,6 +835,8 @@ broker_http_t *broker_http_new(struct evhttp *http, broker_core_t *core, broker_
     h->metrics = metrics;
     h->keys = keys;
     h->access_log = access_log;
+    if (ps_random_bytes(&h->rid_state, sizeof h->rid_state))
+        h->rid_state = (uint64_t)(uintptr_t)h ^ (uint64_t)time(NULL) << 20;
     evhttp_set_gencb(http, on_request, h);
     return h;
 }

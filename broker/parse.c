@@ -116,8 +116,10 @@ static int params_split(const char *query, broker_search_params *p, ps_err *err)
     return 0;
 }
 
-static int parse_bool(const char *v, int *out)
+/* "1", "true", "0" or "false" (the len bytes at v, NUL-terminated; a NUL inside is none). */
+static int parse_bool(const char *v, size_t len, int *out)
 {
+    if (strlen(v) != len) return -1;
     if (!strcmp(v, "1") || !strcmp(v, "true"))
         *out = 1;
     else if (!strcmp(v, "0") || !strcmp(v, "false"))
@@ -131,6 +133,7 @@ static int parse_bool(const char *v, int *out)
 static int parse_timeout(const char *v, size_t len, uint32_t *ms)
 {
     uint64_t scale = 1, t;
+    if (strlen(v) != len) return -1;
     if (len > 2 && !strcmp(v + len - 2, "ms"))
         len -= 2;
     else if (len > 1 && v[len - 1] == 's')
@@ -177,9 +180,11 @@ int broker_search_check(broker_search_params *p, uint32_t max_k, broker_query *q
                                                    0, PS_SEARCH_MAX_R, &offset))
         return ps_err_set(err, PS_EINVAL, "offset: must be an integer in 0..%d", PS_SEARCH_MAX_R);
     int explain = 0, partial = 1;
-    if (p->v[BROKER_P_EXPLAIN] && parse_bool(p->v[BROKER_P_EXPLAIN], &explain))
+    if (p->v[BROKER_P_EXPLAIN] &&
+        parse_bool(p->v[BROKER_P_EXPLAIN], p->len[BROKER_P_EXPLAIN], &explain))
         return ps_err_set(err, PS_EINVAL, "explain: must be 0, 1, true or false");
-    if (p->v[BROKER_P_ALLOW_PARTIAL] && parse_bool(p->v[BROKER_P_ALLOW_PARTIAL], &partial))
+    if (p->v[BROKER_P_ALLOW_PARTIAL] &&
+        parse_bool(p->v[BROKER_P_ALLOW_PARTIAL], p->len[BROKER_P_ALLOW_PARTIAL], &partial))
         return ps_err_set(err, PS_EINVAL, "allow_partial: must be 0, 1, true or false");
     uint32_t timeout = 0;
     if (p->v[BROKER_P_TIMEOUT] &&
@@ -331,24 +336,38 @@ void broker_click_body_free(broker_click_body *c)
     memset(c, 0, sizeof *c);
 }
 
+json_t *broker_json_object(const char *body, size_t n, const char *shape, ps_err *err)
+{
+    if (!ps_utf8_valid(body, n)) {
+        ps_err_set(err, PS_EUTF8, "body: not valid UTF-8 (JSON is UTF-8)");
+        return NULL;
+    }
+    json_error_t jerr;
+    json_t *j = json_loadb(body, n, JSON_REJECT_DUPLICATES, &jerr);
+    if (!j) {
+        ps_err_set(err, PS_EPARSE, "body: %s at byte %d (%s)", jerr.text, jerr.position, shape);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        ps_err_set(err, PS_EINVAL, "body: must be a JSON object");
+        return NULL;
+    }
+    return j;
+}
+
 int broker_click_parse(const char *body, size_t n, broker_click_body *c, ps_err *err)
 {
     memset(c, 0, sizeof *c);
-    if (!ps_utf8_valid(body, n))
-        return ps_err_set(err, PS_EUTF8, "body: not valid UTF-8 (JSON is UTF-8)");
-    json_error_t jerr;
-    json_t *j = json_loadb(body, n, JSON_REJECT_DUPLICATES, &jerr);
-    if (!j)
-        return ps_err_set(err, PS_EPARSE,
-                          "body: %s at byte %d (a JSON object with user, sticker_id, query)",
-                          jerr.text, jerr.position);
+    ps_err local = {0, ""};
+    if (!err) err = &local;
+    json_t *j = broker_json_object(body, n, "a JSON object with user, sticker_id, query", err);
+    if (!j) return err->code;
     int rc = 0;
     json_t *ju = json_object_get(j, "user"), *js = json_object_get(j, "sticker_id"),
            *jq = json_object_get(j, "query"), *jc = json_object_get(j, "click_id");
     uint64_t id = 0;
-    if (!json_is_object(j)) {
-        rc = ps_err_set(err, PS_EINVAL, "body: must be a JSON object");
-    } else if (!json_is_string(ju)) {
+    if (!json_is_string(ju)) {
         rc = ps_err_set(err, PS_EINVAL, "user: required, a string");
     } else if (!(json_is_string(js) &&
                  !broker_parse_uint(json_string_value(js), json_string_length(js), 0, UINT64_MAX,
