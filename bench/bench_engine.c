@@ -354,6 +354,9 @@ int main(int argc, char **argv)
     double *lat = malloc(nq * sizeof *lat), *lat_ex = calloc(nq ? nq : 1, sizeof *lat_ex);
     double *clat = malloc(nq * sizeof *clat), ctotal = 0;
     uint64_t visited = 0, visited_ex = 0, npost = 0, scored = 0, cands = 0, bounded = 0;
+    /* where the pruned pass's work and time went (ps_search_stats) */
+    uint64_t windows = 0, scanned = 0, probes = 0, probe_hits = 0;
+    uint64_t analyze_ns = 0, recall_ns = 0, prefer_ns = 0;
     size_t errors = 0, nhits_total = 0, mismatches_ex = 0;
     double total = 0, total_ex = 0;
     /* The timed pass's answers, which the exhaustive pass must repeat bit for bit. */
@@ -382,6 +385,13 @@ int main(int argc, char **argv)
                 scored += sst.scored;
                 cands += sst.candidates;
                 bounded += sst.bounded;
+                windows += sst.windows;
+                scanned += sst.scanned;
+                probes += sst.probes;
+                probe_hits += sst.probe_hits;
+                analyze_ns += sst.analyze_ns;
+                recall_ns += sst.recall_ns;
+                prefer_ns += sst.prefer_ns;
                 errors += rc != 0;
                 nhits_total += nh;
                 nkept[i] = nh;
@@ -414,7 +424,10 @@ int main(int argc, char **argv)
                "\"errors\":%zu,\"exhaustive_mismatches\":%zu,\"hits_per_query\":%.2f,\"build_s\":%."
                "2f,\"load_s\":%.2f,"
                "\"index_bytes\":%lld,\"rss_bytes\":%ld,\"peak_rss_bytes\":%ld,"
-               "\"cpu_p50_ms\":%.4f,\"cpu_p99_ms\":%.4f,\"cpu_qps\":%.1f",
+               "\"cpu_p50_ms\":%.4f,\"cpu_p99_ms\":%.4f,\"cpu_qps\":%.1f,"
+               "\"windows_per_query\":%.1f,\"scanned_per_query\":%.0f,\"probes_per_query\":%.0f,"
+               "\"probe_hits_per_query\":%.0f,\"analyze_us\":%.2f,\"recall_us\":%.2f,"
+               "\"prefer_us\":%.2f",
                ps_index_ndocs(ix), ps_index_dim(ix), (unsigned long long)ps_index_npostings(ix), nq,
                personalized, bench_pct(lat, nq, 0.5), bench_pct(lat, nq, 0.9),
                bench_pct(lat, nq, 0.99), total * 1e3 / nq, nq / total, bench_pct(lat_ex, nq, 0.5),
@@ -422,7 +435,10 @@ int main(int argc, char **argv)
                (double)npost / nq, (double)visited / nq, (double)visited_ex / nq,
                (double)cands / nq, (double)bounded / nq, (double)scored / nq, errors, mismatches_ex,
                (double)nhits_total / nq, build_s, load_s, size, rss * 1024, hwm * 1024,
-               bench_pct(clat, nq, 0.5), bench_pct(clat, nq, 0.99), ctotal > 0 ? nq / ctotal : 0.0);
+               bench_pct(clat, nq, 0.5), bench_pct(clat, nq, 0.99), ctotal > 0 ? nq / ctotal : 0.0,
+               (double)windows / nq, (double)scanned / nq, (double)probes / nq,
+               (double)probe_hits / nq, analyze_ns / 1e3 / nq, recall_ns / 1e3 / nq,
+               prefer_ns / 1e3 / nq);
         if (zipf)
             printf(",\"zipf_queries\":%zu,\"zipf_s\":%.2f,\"zipf_distinct_queries\":%zu,"
                    "\"rcache_bytes\":%zu,\"rcache_hit_rate\":%.4f,\"rcache_qps\":%.1f,"
@@ -441,6 +457,11 @@ int main(int argc, char **argv)
         printf("pruned:     p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  %.0f QPS  %.0f postings/query\n",
                bench_pct(lat, nq, 0.5), bench_pct(lat, nq, 0.9), bench_pct(lat, nq, 0.99),
                nq / total, (double)visited / nq);
+        printf("per query:  %.0f windows, %.0f postings scanned, %.0f probes (%.0f found); "
+               "analyze %.1f us, recall %.1f us, preference %.1f us (means)\n",
+               (double)windows / nq, (double)scanned / nq, (double)probes / nq,
+               (double)probe_hits / nq, analyze_ns / 1e3 / nq, recall_ns / 1e3 / nq,
+               prefer_ns / 1e3 / nq);
         printf("exhaustive: p50 %.3f ms  p99 %.3f ms  %.0f QPS  %.0f postings/query\n",
                bench_pct(lat_ex, nq, 0.5), bench_pct(lat_ex, nq, 0.99),
                (total_ex > 0 ? nq / total_ex : 0.0), (double)visited_ex / nq);

@@ -36,6 +36,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ps/search.h"
 #include "ps_int.h"
@@ -434,6 +435,8 @@ run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stat
     size_t nheap = 0, R = o->R;
     double theta = -INFINITY;
     uint64_t visited = 0, scored = 0, candidates = 0, bounded = 0;
+    uint64_t scanned = 0, probes = 0, probe_hits = 0;
+    uint32_t windows = 0;
 
     window_totals(s, m);
     uint32_t first = END_DOC;
@@ -471,11 +474,14 @@ run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stat
 
         /* Essential clauses, strongest first, into the accumulator. */
         int live = 0;
+        uint64_t before = visited;
+        windows++;
         for (size_t i = m; i-- > ne;) {
             if (cl[i].cur == END_DOC) continue;
             taat(s, &cl[i], w0, w1, &visited);
             live |= cl[i].cur != END_DOC;
         }
+        scanned += visited - before;
 
         /* The touched docs that may still win, in doc order. The bounds are sums of floats (or
          * carry a slack far above rounding), so comparing rel with theta − u − bound decides
@@ -506,14 +512,17 @@ run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stat
              * next clause's threshold is the same and dropping can wait for it. */
             if (bound[i + 1] == bound[i]) continue;
             double rest = theta - u - bound[i + 1];
-            uint32_t kept = 0;
+            uint32_t kept = 0, hits = 0;
             if (c->bits) {
                 for (uint32_t k = 0; k < nc; k++) {
                     double rel = cand[k].rel;
                     if (rel < rest) continue;
                     uint32_t doc = cand[k].doc;
                     uint32_t p;
-                    if (dense_find(c, doc, &p)) rel += (double)(c->qw * c->tfn[p]);
+                    if (dense_find(c, doc, &p)) {
+                        rel += (double)(c->qw * c->tfn[p]);
+                        hits++;
+                    }
                     visited++;
                     cand[kept].doc = doc;
                     cand[kept].rel = rel;
@@ -528,7 +537,10 @@ run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stat
                     if (rel < rest) continue;
                     uint32_t doc = cand[k].doc;
                     while (p < end && c->docs[p] < doc) p++;
-                    if (p < end && c->docs[p] == doc) rel += (double)(c->qw * c->tfn[p]);
+                    if (p < end && c->docs[p] == doc) {
+                        rel += (double)(c->qw * c->tfn[p]);
+                        hits++;
+                    }
                     cand[kept].doc = doc;
                     cand[kept].rel = rel;
                     kept++;
@@ -540,12 +552,17 @@ run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stat
                     if (rel < rest) continue;
                     uint32_t doc = cand[k].doc;
                     seek(c, doc, &visited);
-                    if (c->cur == doc) rel += (double)(c->qw * c->tfn[c->pos]);
+                    if (c->cur == doc) {
+                        rel += (double)(c->qw * c->tfn[c->pos]);
+                        hits++;
+                    }
                     cand[kept].doc = doc;
                     cand[kept].rel = rel;
                     kept++;
                 }
             }
+            probes += kept;
+            probe_hits += hits;
             nc = kept;
         }
         for (uint32_t k = 0; k < nc; k++) {
@@ -578,6 +595,10 @@ run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stat
     st->scored += scored;
     st->candidates += candidates;
     st->bounded += bounded;
+    st->windows += windows;
+    st->scanned += scanned;
+    st->probes += probes;
+    st->probe_hits += probe_hits;
     return nheap;
 }
 
@@ -688,6 +709,13 @@ static void clear_stats(ps_search_stats *st)
     memset(st, 0, sizeof *st);
 }
 
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 int ps_search_recall(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts *o,
                      ps_hit *hits, size_t *nhits, ps_search_stats *stats, ps_err *err)
 {
@@ -696,8 +724,13 @@ int ps_search_recall(ps_searcher_t *s, const char *q, size_t qlen, const ps_sear
     int rc;
     clear_stats(st);
     *nhits = 0;
+    uint64_t t0 = now_ns();
     if ((rc = check_opts(o, err)) || (rc = analyze(s, q, qlen, err))) return rc;
-    return recall(s, o, hits, nhits, st, err);
+    uint64_t t1 = now_ns();
+    rc = recall(s, o, hits, nhits, st, err);
+    st->analyze_ns = t1 - t0;
+    st->recall_ns = now_ns() - t1;
+    return rc;
 }
 
 static void prefer_rows(ps_hit *hits, size_t n, const float *emb, const uint32_t *rows,
@@ -736,10 +769,16 @@ int ps_search_shard(ps_searcher_t *s, const ps_tokens *tok, const ps_search_opts
     int rc;
     clear_stats(st);
     *nhits = 0;
-    if ((rc = check_opts(o, err)) || (rc = take_tokens(s, tok, err)) ||
-        (rc = recall(s, o, hits, nhits, st, err)))
-        return rc;
-    return prefer(s, o, hits, *nhits, err);
+    uint64_t t0 = now_ns(), t1, t2;
+    if ((rc = check_opts(o, err)) || (rc = take_tokens(s, tok, err))) return rc;
+    t1 = now_ns();
+    if ((rc = recall(s, o, hits, nhits, st, err))) return rc;
+    t2 = now_ns();
+    rc = prefer(s, o, hits, *nhits, err);
+    st->analyze_ns = t1 - t0;
+    st->recall_ns = t2 - t1;
+    st->prefer_ns = now_ns() - t2;
+    return rc;
 }
 
 size_t ps_merge_hits(ps_hit *hits, size_t n, uint32_t R, uint32_t k)
@@ -842,9 +881,15 @@ int ps_search(ps_searcher_t *s, const char *q, size_t qlen, const ps_search_opts
     int rc;
     clear_stats(st);
     *nhits = 0;
-    if ((rc = check_opts(o, err)) || (rc = analyze(s, q, qlen, err)) ||
-        (rc = recall(s, o, hits, nhits, st, err)) || (rc = prefer(s, o, hits, *nhits, err)))
-        return rc;
+    uint64_t t0 = now_ns(), t1, t2;
+    if ((rc = check_opts(o, err)) || (rc = analyze(s, q, qlen, err))) return rc;
+    t1 = now_ns();
+    if ((rc = recall(s, o, hits, nhits, st, err))) return rc;
+    t2 = now_ns();
+    if ((rc = prefer(s, o, hits, *nhits, err))) return rc;
     *nhits = ps_merge_hits(hits, *nhits, o->R, o->k);
+    st->analyze_ns = t1 - t0;
+    st->recall_ns = t2 - t1;
+    st->prefer_ns = now_ns() - t2;
     return 0;
 }

@@ -250,6 +250,16 @@ static void test_pruned_equals_exhaustive(void **state)
             assert_int_equal(rc, rc2);
             if (rc) continue;
             assert_same_hits(q, a, na, b, nb);
+            /* The work counters add up: every posting scanned is a visited one, a probe finds
+             * at most one posting, the exhaustive path has no windows, and each search took
+             * some time in recall. */
+            assert_true(sp.windows > 0);
+            assert_true(sp.scanned <= sp.visited);
+            assert_true(sp.probe_hits <= sp.probes);
+            assert_true(sp.recall_ns > 0);
+            assert_int_equal(se.windows, 0);
+            assert_int_equal(se.scanned, 0);
+            assert_int_equal(se.probes, 0);
             vp += sp.visited;
             ve += se.visited;
             nposting += sp.npostings;

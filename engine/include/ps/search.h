@@ -67,6 +67,14 @@ typedef struct ps_search_stats {
     uint64_t candidates; /* stickers whose essential clauses were scored */
     uint64_t bounded;    /* candidates completed on non-essential clauses */
     uint64_t scored;     /* stickers fully scored */
+    /* Where the pruned evaluation's work went (0 on the exhaustive path and on cache hits): */
+    uint32_t windows;    /* doc windows evaluated (of ndocs / 512) */
+    uint64_t scanned;    /* postings of essential clauses added term-at-a-time */
+    uint64_t probes;     /* candidates looked up in non-essential clauses */
+    uint64_t probe_hits; /* those found there */
+    /* and its time per phase, monotonic clock: analyzing the query (or taking the shard's
+     * tokens), recall (clause setup, pruning, the top R), preference and the final ranking */
+    uint64_t analyze_ns, recall_ns, prefer_ns;
 } ps_search_stats;
 
 typedef struct ps_searcher ps_searcher_t;
