@@ -217,6 +217,43 @@ int ps_ixbuild_add(ps_ixbuild_t *b, uint64_t id, float utility,
     return 0;
 }
 
+/* The palette of a dense list: its distinct ptfn values, at most 256, sorted, into pal, and
+ * each posting's index in it into pq; 0 when there are more, or a value that is not a
+ * positive number (a damaged index: its postings are then read as they are). */
+static int build_palette(const float *tfn, uint32_t n, float *pal, uint8_t *pq)
+{
+    uint32_t np = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (!(tfn[i] > 0.0f)) return 0;
+        uint32_t lo = 0, hi = np; /* binary search in the sorted palette */
+        while (lo < hi) {
+            uint32_t mid = (lo + hi) / 2;
+            if (pal[mid] < tfn[i])
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo == np || pal[lo] != tfn[i]) {
+            if (np == 256) return 0;
+            memmove(pal + lo + 1, pal + lo, (np - lo) * sizeof *pal);
+            pal[lo] = tfn[i];
+            np++;
+        }
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t lo = 0, hi = np;
+        while (lo < hi) {
+            uint32_t mid = (lo + hi) / 2;
+            if (pal[mid] < tfn[i])
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        pq[i] = (uint8_t)lo;
+    }
+    return 1;
+}
+
 int ps__index_build_blocks(ps_index_t *ix, ps_err *err)
 {
     uint32_t nblocks = 0, nwin = (ix->ndocs + PS_WIN - 1) >> PS_WIN_BITS;
@@ -238,6 +275,13 @@ int ps__index_build_blocks(ps_index_t *ix, ps_err *err)
     ps_free(ix->win_q);
     ps_free(ix->dense_bits);
     ps_free(ix->dense_base);
+    ps_free(ix->pq);
+    ps_free(ix->palette);
+    ix->pq = ps_malloc((ix->npostings ? ix->npostings : 1) * sizeof *ix->pq);
+    ix->palette = ps_malloc(((size_t)ndense * 256 + 1) * sizeof *ix->palette);
+    ix->npal = 0;
+    if (!ix->pq || !ix->palette)
+        return ps_err_set(err, PS_ENOMEM, "out of memory allocating the dense lists' palettes");
     ix->blk_last = ps_malloc((nblocks ? nblocks : 1) * sizeof *ix->blk_last);
     ix->win_q = ps_calloc(nwin_q ? nwin_q : 1, 1);
     ix->dense_bits = ps_calloc((size_t)ndense * nwords + 1, sizeof *ix->dense_bits);
@@ -261,6 +305,10 @@ int ps__index_build_blocks(ps_index_t *ix, ps_err *err)
             ix->blk_last[pl->blk + i / PS_BLOCK] = docs[end - 1];
         }
         pl->max_tfn = lmax;
+        pl->pal = PS_NOLIST;
+        if (pl->dense != PS_NOLIST &&
+            build_palette(tfn, pl->n, ix->palette + (size_t)ix->npal * 256, ix->pq + pl->off))
+            pl->pal = ix->npal++ * 256;
         if (pl->dense != PS_NOLIST) {
             uint64_t *bits = ix->dense_bits + (size_t)pl->dense * nwords;
             uint32_t *base = ix->dense_base + (size_t)pl->dense * nwin, w = 0;
@@ -500,6 +548,8 @@ void ps_index_free(ps_index_t *ix)
     ps_free(ix->win_q);
     ps_free(ix->dense_bits);
     ps_free(ix->dense_base);
+    ps_free(ix->pq);
+    ps_free(ix->palette);
     ps_free(ix->idmap);
     ps_free(ix->emb);
     ps_free(ix);
@@ -557,6 +607,7 @@ size_t ps_index_memory(const ps_index_t *ix)
     n += (size_t)ix->nblocks * sizeof *ix->blk_last + ix->nwin_q;
     n += (size_t)ix->ndense *
          (ix->nwords * sizeof *ix->dense_bits + ix->nwin * sizeof *ix->dense_base);
+    n += ix->npostings * sizeof *ix->pq + (size_t)ix->npal * 256 * sizeof *ix->palette;
     n += ((size_t)ix->idmask + 1) * sizeof *ix->idmap;
     if (ix->emb) n += (size_t)ix->ndocs * ix->dim * sizeof *ix->emb;
     return n;

@@ -35,6 +35,10 @@
  * dense_bits[D · nwords ..] (bit d set when doc d is in the list; PS_WIN / 64 words per
  * window) and dense_base[D · nwin ..], so a probe finds doc d's posting with a bit test and a
  * popcount instead of a search. The bitmaps take at most half the bytes of the lists' own postings.
+ * A dense list whose postings hold at most 256 distinct ptfn values (most do: ptfn depends on
+ * tf and the field's length alone) also has a palette, those values in palette[L.pal ..], and
+ * the byte pq[L.off + i] naming posting i's value in it: a probe reads that byte, a quarter of
+ * the float's memory, so the probed postings of a window span a few cache lines, not a dozen.
  */
 #define PS_BLOCK     64
 #define PS_NOLIST    UINT32_MAX
@@ -49,6 +53,7 @@ typedef struct ps__plist {
     uint32_t blk;   /* first block */
     uint32_t win;   /* first byte of its window table in win_q, or PS_NOLIST */
     uint32_t dense; /* its dense number, or PS_NOLIST */
+    uint32_t pal;   /* dense list: its palette's first value, or PS_NOLIST */
     float max_tfn;  /* largest ptfn of the list */
 } ps__plist;
 
@@ -104,6 +109,9 @@ struct ps_index {
     uint64_t *dense_bits; /* bitmaps of the dense lists */
     uint32_t *dense_base; /* their postings before each window */
     uint32_t ndense, nwords, nwin;
+    uint8_t *pq;    /* npostings: palette index of each posting of a list with a palette */
+    float *palette; /* the palettes, 256 values each */
+    uint32_t npal;
 
     uint32_t *idmap; /* open addressing: doc + 1 keyed by hash of ids[doc]; 0 = empty */
     uint32_t idmask;

@@ -22,8 +22,9 @@
  * candidate, and fewer docs then pass as candidates). ne is a prefix of the global order in
  * every window, so every doc's sum still runs in descending clause order. A clause with no
  * posting in the window is not probed at all. A probe into a dense list is a bit test and a
- * popcount (ps_int.h); a short list's postings in the window, which its exact bound has just
- * read, are merged with the candidates; any other list is galloped.
+ * popcount, and the posting's ptfn read from the list's palette by a byte (ps_int.h); a short
+ * list's postings in the window, which its exact bound has just read, are merged with the
+ * candidates; any other list is galloped.
  *
  * The preference step reads each candidate's embedding row where it lies (resident or mapped),
  * prefetching the next row, and takes e·e and e·c for every centroid in one pass
@@ -53,6 +54,8 @@ typedef struct clause {
     const uint8_t *wq;     /* window table (ps_int.h), NULL for a short list */
     const uint64_t *bits;  /* dense list: its bitmap (ps_int.h), else NULL */
     const uint32_t *wbase; /* dense list: its postings before each window */
+    const uint8_t *pq;     /* dense list with a palette: each posting's index in it */
+    const float *pal;      /* its palette (ps_int.h), else NULL */
     double wscale;         /* bound of a window = wscale · wq[window] */
     uint32_t n, pos;
     uint32_t cur;    /* docs[pos], or END_DOC once the list is exhausted */
@@ -276,6 +279,8 @@ static int setup(ps_searcher_t *s, const ps_search_opts *o, size_t *m, ps_search
                 pl->dense != PS_NOLIST ? ix->dense_bits + (size_t)pl->dense * ix->nwords : NULL;
             c->wbase =
                 pl->dense != PS_NOLIST ? ix->dense_base + (size_t)pl->dense * ix->nwin : NULL;
+            c->pal = pl->pal != PS_NOLIST ? ix->palette + pl->pal : NULL;
+            c->pq = ix->pq + pl->off;
             c->wscale = (double)c->qw * (double)pl->max_tfn / 255.0 * (1.0 + 0x1p-20);
             c->order = (uint32_t)n;
             if (!(c->qw > 0.0f) || pl->n == 0) continue;
@@ -520,7 +525,7 @@ run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stat
                     uint32_t doc = cand[k].doc;
                     uint32_t p;
                     if (dense_find(c, doc, &p)) {
-                        rel += (double)(c->qw * c->tfn[p]);
+                        rel += (double)(c->qw * (c->pal ? c->pal[c->pq[p]] : c->tfn[p]));
                         hits++;
                     }
                     visited++;

@@ -1,6 +1,7 @@
 /*
  * test_index.c — the index, search and store on hand-built corpora: BM25F and recall values
- * computed by hand, tie order, build-order checks, and corrupt index directories.
+ * computed by hand, tie order, build-order checks, corrupt index directories, and the dense
+ * lists' palettes (ps_int.h) with and without them.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +18,7 @@
 
 #include "ps/search.h"
 #include "ps/store.h"
+#include "ps_int.h"
 
 #define DIM 4
 
@@ -400,12 +402,84 @@ static void test_store_images(void **state)
     ps_index_free(ix);
 }
 
+/* Dense lists are probed through a palette of their ptfn values when they have at most 256
+ * of them, else read as they are: a corpus with one of each, where the pruned search must
+ * still equal the exhaustive one bit for bit. "x" is in every desc with tf 1..4 and desc
+ * lengths 4..100 (388 (tf, dl) pairs: no palette); "y" in every ocr with 5 lengths (a
+ * palette); "z" in one keywords field in 37, the rare clause that makes the others
+ * non-essential. */
+static void test_dense_palettes(void **state)
+{
+    (void)state;
+    enum { N = 4000 };
+    static char text[N][3][512];
+    doc *docs = calloc(N, sizeof *docs);
+    assert_non_null(docs);
+    for (size_t i = 0; i < N; i++) {
+        char *desc = text[i][0], *ocr = text[i][1], *kw = text[i][2];
+        size_t tf = 1 + i % 4, filler = i % 97, o = 0;
+        for (size_t t = 0; t < tf; t++) o += (size_t)snprintf(desc + o, 512 - o, "x ");
+        for (size_t t = 0; t < filler; t++) o += (size_t)snprintf(desc + o, 512 - o, "w ");
+        o = (size_t)snprintf(ocr, 512, "y");
+        for (size_t t = 0; t < i % 5; t++) o += (size_t)snprintf(ocr + o, 512 - o, " v%zu", t);
+        snprintf(kw, 512, "%s", i % 37 == 0 ? "z k" : "k");
+        docs[i].id = 1000 + i;
+        docs[i].utility = (float)(N - i) / N;
+        docs[i].field[PS_F_DESC] = desc;
+        docs[i].field[PS_F_OCR] = ocr;
+        docs[i].field[PS_F_KEYWORDS] = kw;
+    }
+    ps_index_t *ix = build(docs, N);
+    int64_t x = ps__dict_find(&ix->dict, "x", 1), y = ps__dict_find(&ix->dict, "y", 1);
+    assert_true(x >= 0 && y >= 0);
+    const ps__plist *lx = &ix->lists[ix->dict.terms[x].list[PS_F_DESC]];
+    const ps__plist *ly = &ix->lists[ix->dict.terms[y].list[PS_F_OCR]];
+    assert_int_not_equal(lx->dense, PS_NOLIST);
+    assert_int_not_equal(ly->dense, PS_NOLIST);
+    assert_int_equal(lx->pal, PS_NOLIST);     /* 388 values */
+    assert_int_not_equal(ly->pal, PS_NOLIST); /* 5 values */
+    for (uint32_t i = 0; i < ly->n; i++)
+        assert_true(ix->palette[ly->pal + ix->pq[ly->off + i]] == ix->ptfn[ly->off + i]);
+
+    static const char *queries[] = {"z x y", "x y z", "z x", "z y", "x y", "z"};
+    static const uint32_t Rs[] = {1, 5, 20, 100};
+    ps_searcher_t *s = ps_searcher_new(ix, NULL);
+    ps_hit a[100], b[100];
+    uint64_t probes = 0;
+    for (size_t q = 0; q < sizeof queries / sizeof *queries; q++)
+        for (size_t r = 0; r < sizeof Rs / sizeof *Rs; r++) {
+            ps_search_opts o;
+            ps_search_opts_default(&o);
+            o.R = Rs[r];
+            o.k = Rs[r];
+            ps_search_stats st;
+            size_t na = 0, nb = 0;
+            assert_int_equal(ps_search(s, queries[q], strlen(queries[q]), &o, a, &na, &st, NULL),
+                             0);
+            probes += st.probes;
+            o.exhaustive = 1;
+            assert_int_equal(ps_search(s, queries[q], strlen(queries[q]), &o, b, &nb, NULL, NULL),
+                             0);
+            assert_int_equal(na, nb);
+            for (size_t i = 0; i < na; i++) {
+                assert_int_equal(a[i].id, b[i].id);
+                assert_memory_equal(&a[i].recall, &b[i].recall, sizeof a[i].recall);
+                assert_memory_equal(&a[i].relevance, &b[i].relevance, sizeof a[i].relevance);
+            }
+        }
+    assert_true(probes > 0); /* the dense lists were probed, not only scanned */
+    ps_searcher_free(s);
+    ps_index_free(ix);
+    free(docs);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hand_computed_scores),
         cmocka_unit_test(test_preference),
         cmocka_unit_test(test_build_order_checked),
+        cmocka_unit_test(test_dense_palettes),
         cmocka_unit_test_setup_teardown(test_store_images, store_setup, store_teardown),
         cmocka_unit_test_setup_teardown(test_store_roundtrip_and_corruption, store_setup,
                                         store_teardown),
