@@ -217,39 +217,27 @@ int ps_ixbuild_add(ps_ixbuild_t *b, uint64_t id, float utility,
     return 0;
 }
 
-/* The palette of a dense list: its distinct ptfn values, at most 256, sorted, into pal, and
- * each posting's index in it into pq; 0 when there are more, or a value that is not a
- * positive number (a damaged index: its postings are then read as they are). */
+/* The palette of a dense list: its distinct ptfn values, at most 256, into pal in the order
+ * met, and each posting's index in it into pq; 0 when there are more, or a value that is not
+ * a positive number (a damaged index: its postings are then read as they are). One pass, the
+ * values found through a small hash table on their bits. */
 static int build_palette(const float *tfn, uint32_t n, float *pal, uint8_t *pq)
 {
+    uint16_t slot[1024] = {0}; /* palette index + 1, 0 = free; at most a quarter full */
     uint32_t np = 0;
     for (uint32_t i = 0; i < n; i++) {
-        if (!(tfn[i] > 0.0f)) return 0;
-        uint32_t lo = 0, hi = np; /* binary search in the sorted palette */
-        while (lo < hi) {
-            uint32_t mid = (lo + hi) / 2;
-            if (pal[mid] < tfn[i])
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        if (lo == np || pal[lo] != tfn[i]) {
+        float v = tfn[i];
+        if (!(v > 0.0f)) return 0;
+        uint32_t bits;
+        memcpy(&bits, &v, sizeof bits);
+        uint32_t h = (bits * 0x9E3779B1u) >> 22;
+        while (slot[h] && pal[slot[h] - 1] != v) h = (h + 1) & 1023;
+        if (!slot[h]) {
             if (np == 256) return 0;
-            memmove(pal + lo + 1, pal + lo, (np - lo) * sizeof *pal);
-            pal[lo] = tfn[i];
-            np++;
+            pal[np++] = v;
+            slot[h] = (uint16_t)np;
         }
-    }
-    for (uint32_t i = 0; i < n; i++) {
-        uint32_t lo = 0, hi = np;
-        while (lo < hi) {
-            uint32_t mid = (lo + hi) / 2;
-            if (pal[mid] < tfn[i])
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        pq[i] = (uint8_t)lo;
+        pq[i] = (uint8_t)(slot[h] - 1);
     }
     return 1;
 }
