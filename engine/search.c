@@ -26,13 +26,21 @@
  * list's postings in the window, which its exact bound has just read, are merged with the
  * candidates; any other list is galloped.
  *
+ * theta does not start at -infinity: before the windows, the docs of the query's short lists
+ * (its rarest terms) are ranked by what those lists give them, the best 2R are scored exactly,
+ * and the R-th best of those recalls is where theta starts (theta_floor). Docs are numbered by
+ * utility, not relevance, so the heap alone fills with weak docs first and theta would climb
+ * for hundreds of windows; from the floor most windows prune from the start (a quarter fewer
+ * postings and probes on the benchmark's queries).
+ *
  * The preference step reads each candidate's embedding row where it lies (resident or mapped),
  * prefetching the next row, and takes e·e and e·c for every centroid in one pass
  * (ps_dot_many, ps_dot's bits).
  *
- * Where the time goes (543k stickers, unpersonalized top 100): the non-essential probes, most
- * of it waiting for the probed posting's cache line; then the per-window partition; the
- * term-at-a-time scoring of the essential clauses is a few percent.
+ * Where the time goes (543k stickers, unpersonalized top 100; ps_search_stats counts it): the
+ * non-essential probes, most of it waiting for the probed posting's cache line; then the
+ * term-at-a-time scoring of the essential clauses and the per-window partition; the floor's
+ * own exact scoring (2R docs on every clause) takes back about half of what it saves.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -91,6 +99,14 @@ struct ps_searcher {
     uint64_t wbits[WIN / 64]; /* docs of the window the essential clauses touched */
     heapent *heap;
     size_t heap_cap;
+    uint32_t *fl_key; /* theta_floor: a hash of docs (doc + 1, 0 = free) to partial sums */
+    double *fl_sum;
+    size_t fl_key_cap, fl_sum_cap;
+    struct flcand {
+        uint32_t doc;
+        double v; /* partial sum + utility, then the exact recall */
+    } * fl;
+    size_t fl_cap;
     double *acc;   /* exhaustive path: per-doc sums, all zero between queries */
     uint8_t *seen; /* exhaustive path: doc touched in this query */
     uint32_t *touched;
@@ -138,6 +154,9 @@ void ps_searcher_free(ps_searcher_t *s)
     ps_free(s->prefix);
     ps_free(s->wall);
     ps_free(s->heap);
+    ps_free(s->fl_key);
+    ps_free(s->fl_sum);
+    ps_free(s->fl);
     ps_free(s->acc);
     ps_free(s->seen);
     ps_free(s->touched);
@@ -423,6 +442,142 @@ static void window_totals(ps_searcher_t *s, size_t m)
     for (uint32_t w = 0; w < nwin; w++) wall[w] *= 1.0 + 0x1p-30;
 }
 
+/* Most postings a query's threshold floor reads from its short lists (theta_floor). */
+#define FLOOR_POSTINGS 16384
+
+/* Reorder a[0..n) so that a[0..k) hold k largest values (1 <= k <= n): a selection with
+ * three-way partitions, so runs of equal values end it early. */
+static void select_top(struct flcand *a, size_t n, size_t k)
+{
+    size_t lo = 0, hi = n; /* a[0..lo) >= a[lo..hi) >= a[hi..n) */
+    while (hi - lo > 1) {
+        double p = a[lo + (hi - lo) / 2].v;
+        size_t lt = lo, i = lo, gt = hi; /* [lo, lt) > p, [lt, i) == p, [gt, hi) < p */
+        while (i < gt) {
+            struct flcand t = a[i];
+            if (t.v > p) {
+                a[i++] = a[lt];
+                a[lt++] = t;
+            } else if (t.v < p) {
+                a[i] = a[--gt];
+                a[gt] = t;
+            } else {
+                i++;
+            }
+        }
+        if (k <= lt)
+            hi = lt;
+        else if (k <= gt)
+            return;
+        else
+            lo = gt;
+    }
+}
+
+/* Sort a[0..n) by doc: an insertion sort for the few, a radix sort by 11-bit digits beyond. */
+static void sort_by_doc(struct flcand *a, struct flcand *tmp, size_t n)
+{
+    if (n <= 32) {
+        for (size_t i = 1; i < n; i++) {
+            struct flcand v = a[i];
+            size_t j = i;
+            for (; j > 0 && a[j - 1].doc > v.doc; j--) a[j] = a[j - 1];
+            a[j] = v;
+        }
+        return;
+    }
+    for (int shift = 0; shift < 33; shift += 11) {
+        size_t cnt[2048] = {0};
+        for (size_t i = 0; i < n; i++) cnt[(a[i].doc >> shift) & 2047]++;
+        for (size_t i = 0, sum = 0; i < 2048; i++) {
+            size_t c = cnt[i];
+            cnt[i] = sum;
+            sum += c;
+        }
+        for (size_t i = 0; i < n; i++) tmp[cnt[(a[i].doc >> shift) & 2047]++] = a[i];
+        memcpy(a, tmp, n * sizeof *a);
+    }
+}
+
+/* A threshold to start from: a recall that at least R docs are known to reach, so no doc
+ * below it can be in the top R. The docs of the short lists (the query's rarest terms, read
+ * whole) are ranked by their contributions there plus their utility; the best 2R of them are
+ * scored on every clause, in the canonical order (descending clauses, then utility), and the
+ * R-th best of those exact recalls is the floor (lowered by 2^-30 relative, which costs
+ * nothing). Docs are numbered by utility, so without a floor the threshold climbs only as the
+ * windows fill the heap, and the first windows are evaluated with almost no pruning; with it
+ * most queries prune from the first window near where they end. -INFINITY when the short
+ * lists hold fewer than R docs, or more than FLOOR_POSTINGS postings would be read. */
+static double theta_floor(ps_searcher_t *s, size_t m, const ps_search_opts *o)
+{
+    const ps_index_t *ix = s->ix;
+    const clause *cl = s->cl;
+    size_t R = o->R, K = 2 * R, total = 0;
+    for (size_t i = 0; i < m; i++)
+        if (!cl[i].wq) total += cl[i].n;
+    if (total < R || total > FLOOR_POSTINGS) return -INFINITY;
+    size_t cap = 64;
+    while (cap < 2 * total) cap *= 2;
+    if (grow((void **)&s->fl_key, &s->fl_key_cap, cap, sizeof *s->fl_key) ||
+        grow((void **)&s->fl_sum, &s->fl_sum_cap, cap, sizeof *s->fl_sum) ||
+        grow((void **)&s->fl, &s->fl_cap, total + K, sizeof *s->fl))
+        return -INFINITY; /* out of memory: the search only starts lower */
+    uint32_t *key = s->fl_key, mask = (uint32_t)cap - 1;
+    double *sum = s->fl_sum;
+    memset(key, 0, cap * sizeof *key);
+    for (size_t i = 0; i < m; i++) {
+        const clause *c = &cl[i];
+        if (c->wq) continue;
+        for (uint32_t p = 0; p < c->n; p++) {
+            uint32_t d = c->docs[p], h = (d * 0x9E3779B1u) & mask;
+            while (key[h] && key[h] != d + 1) h = (h + 1) & mask;
+            if (!key[h]) {
+                key[h] = d + 1;
+                sum[h] = 0.0;
+            }
+            sum[h] += (double)(c->qw * c->tfn[p]);
+        }
+    }
+    struct flcand *fl = s->fl;
+    size_t n = 0;
+    for (size_t h = 0; h < cap; h++) {
+        if (!key[h]) continue;
+        fl[n].doc = key[h] - 1;
+        fl[n].v = sum[h] + (o->use_utility ? (double)ix->utility[key[h] - 1] : 0.0);
+        n++;
+    }
+    if (n < R) return -INFINITY;
+    if (n > K) {
+        select_top(fl, n, K);
+        n = K;
+    }
+    /* Their exact recalls, a clause at a time over the docs in doc order. */
+    sort_by_doc(fl, fl + n, n);
+    for (size_t k = 0; k < n; k++) fl[k].v = 0.0;
+    for (size_t i = m; i-- > 0;) {
+        const clause *c = &cl[i];
+        uint32_t p = 0;
+        for (size_t k = 0; k < n; k++) {
+            uint32_t d = fl[k].doc, q;
+            float t = 0.0f;
+            if (c->bits) {
+                if (dense_find(c, d, &q)) t = c->pal ? c->pal[c->pq[q]] : c->tfn[q];
+            } else {
+                p = gallop(c->docs, p, c->n, d);
+                if (p == c->n) break;
+                if (c->docs[p] == d) t = c->tfn[p];
+            }
+            if (t != 0.0f) fl[k].v += (double)(c->qw * t);
+        }
+    }
+    for (size_t k = 0; k < n; k++) fl[k].v += o->use_utility ? (double)ix->utility[fl[k].doc] : 0.0;
+    select_top(fl, n, R);
+    double v = fl[0].v;
+    for (size_t k = 1; k < R; k++)
+        if (fl[k].v < v) v = fl[k].v;
+    return v > 0.0 ? v - v * 0x1p-30 : -INFINITY;
+}
+
 /* Compiled for x86-64-v2 (hardware popcount for the dense probes) beside the baseline, the
  * better chosen at load time; the arithmetic is the same either way. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__)
@@ -438,7 +593,7 @@ run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stat
     struct wcand *cand = s->wcand;
     heapent *heap = s->heap;
     size_t nheap = 0, R = o->R;
-    double theta = -INFINITY;
+    double theta = theta_floor(s, m, o);
     uint64_t visited = 0, scored = 0, candidates = 0, bounded = 0;
     uint64_t scanned = 0, probes = 0, probe_hits = 0;
     uint32_t windows = 0;
@@ -458,7 +613,7 @@ run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stat
         /* The non-essential prefix for this window. */
         size_t ne = 0;
         bound[0] = 0.0;
-        if (nheap == R) {
+        if (theta > -INFINITY) {
             while (ne < m) {
                 double wb = window_bound(&cl[ne], w0, w1), b = bound[ne] + wb;
                 if (!(b + u < theta)) break;
@@ -574,13 +729,13 @@ run_maxscore(ps_searcher_t *s, size_t m, const ps_search_opts *o, ps_search_stat
             uint32_t doc = cand[k].doc;
             double rel = cand[k].rel;
             /* The doc's utility is at most u: most candidates fail without reading it. */
-            if (!(rel > 0.0) || (nheap == R && rel + u < theta)) continue;
+            if (!(rel > 0.0) || rel + u < theta) continue;
             double ud = o->use_utility ? (double)ix->utility[doc] : 0.0;
-            if (nheap == R && rel + ud < theta) continue;
+            if (rel + ud < theta) continue;
             scored++;
             heapent e = {rel + ud, rel, ix->ids[doc], doc};
             heap_push(heap, &nheap, R, &e);
-            if (nheap == R) theta = heap[0].recall;
+            if (nheap == R && heap[0].recall > theta) theta = heap[0].recall;
         }
         /* Every essential clause is exhausted: later docs can only come from clauses that are
          * non-essential here, and they only become more so (theta rises, utility falls) —
