@@ -507,8 +507,13 @@ static void sort_by_doc(struct flcand *a, struct flcand *tmp, size_t n)
  * nothing). Docs are numbered by utility, so without a floor the threshold climbs only as the
  * windows fill the heap, and the first windows are evaluated with almost no pruning; with it
  * most queries prune from the first window near where they end. -INFINITY when the short
- * lists hold fewer than R docs, or more than FLOOR_POSTINGS postings would be read. */
-static double theta_floor(ps_searcher_t *s, size_t m, const ps_search_opts *o)
+ * lists hold fewer than R docs, or more than FLOOR_POSTINGS postings would be read. Cloned
+ * for x86-64-v2 as run_maxscore is: its dense probes count bits too. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("arch=x86-64-v2", "default")))
+#endif
+static double
+theta_floor(ps_searcher_t *s, size_t m, const ps_search_opts *o)
 {
     const ps_index_t *ix = s->ix;
     const clause *cl = s->cl;
