@@ -595,7 +595,7 @@ size_t ps_index_memory(const ps_index_t *ix)
     n += (size_t)ix->nblocks * sizeof *ix->blk_last + ix->nwin_q;
     n += (size_t)ix->ndense *
          (ix->nwords * sizeof *ix->dense_bits + ix->nwin * sizeof *ix->dense_base);
-    n += ix->npostings * sizeof *ix->pq + (size_t)ix->npal * 256 * sizeof *ix->palette;
+    n += ix->npostings * sizeof *ix->pq + (size_t)ix->ndense * 256 * sizeof *ix->palette;
     n += ((size_t)ix->idmask + 1) * sizeof *ix->idmap;
     if (ix->emb) n += (size_t)ix->ndocs * ix->dim * sizeof *ix->emb;
     return n;
