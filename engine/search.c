@@ -342,20 +342,27 @@ static inline uint32_t gallop(const uint32_t *a, uint32_t lo, uint32_t n, uint32
     return lo;
 }
 
+/* First posting of c at or after pos whose doc is >= d (c->n if none), c's cursor untouched:
+ * galloping over the block ends, then within the one block. */
+static inline uint32_t find_from(const clause *c, uint32_t pos, uint32_t d)
+{
+    uint32_t b = gallop(c->blast, pos / PS_BLOCK, c->nblk, d);
+    if (b == c->nblk) return c->n;
+    uint32_t lo = b * PS_BLOCK > pos ? b * PS_BLOCK : pos;
+    uint32_t hi = b * PS_BLOCK + PS_BLOCK < c->n ? b * PS_BLOCK + PS_BLOCK : c->n;
+    return gallop(c->docs, lo, hi, d);
+}
+
 /* Move c to its first posting >= d, skipping whole blocks by their last doc. */
 static inline void seek(clause *c, uint32_t d, uint64_t *visited)
 {
     if (c->cur >= d) return;
-    uint32_t b = gallop(c->blast, c->pos / PS_BLOCK, c->nblk, d);
-    if (b == c->nblk) {
-        c->pos = c->n;
+    c->pos = find_from(c, c->pos, d);
+    if (c->pos == c->n) {
         c->cur = END_DOC;
         return;
     }
-    uint32_t lo = b * PS_BLOCK > c->pos ? b * PS_BLOCK : c->pos;
-    uint32_t hi = b * PS_BLOCK + PS_BLOCK < c->n ? b * PS_BLOCK + PS_BLOCK : c->n;
-    c->pos = gallop(c->docs, lo, hi, d);
-    c->cur = c->docs[c->pos]; /* block b holds a doc >= d, so pos < hi */
+    c->cur = c->docs[c->pos];
     (*visited)++;
 }
 
@@ -529,6 +536,8 @@ theta_floor(ps_searcher_t *s, size_t m, const ps_search_opts *o)
         return -INFINITY; /* out of memory: the search only starts lower */
     uint32_t *key = s->fl_key, mask = (uint32_t)cap - 1;
     double *sum = s->fl_sum;
+    struct flcand *fl = s->fl;
+    size_t n = 0;
     memset(key, 0, cap * sizeof *key);
     for (size_t i = 0; i < m; i++) {
         const clause *c = &cl[i];
@@ -539,17 +548,15 @@ theta_floor(ps_searcher_t *s, size_t m, const ps_search_opts *o)
             if (!key[h]) {
                 key[h] = d + 1;
                 sum[h] = 0.0;
+                fl[n++].doc = h; /* its slot, for now */
             }
             sum[h] += (double)(c->qw * c->tfn[p]);
         }
     }
-    struct flcand *fl = s->fl;
-    size_t n = 0;
-    for (size_t h = 0; h < cap; h++) {
-        if (!key[h]) continue;
-        fl[n].doc = key[h] - 1;
-        fl[n].v = sum[h] + (o->use_utility ? (double)ix->utility[key[h] - 1] : 0.0);
-        n++;
+    for (size_t k = 0; k < n; k++) {
+        uint32_t h = fl[k].doc;
+        fl[k].doc = key[h] - 1;
+        fl[k].v = sum[h] + (o->use_utility ? (double)ix->utility[key[h] - 1] : 0.0);
     }
     if (n < R) return -INFINITY;
     if (n > K) {
@@ -568,7 +575,7 @@ theta_floor(ps_searcher_t *s, size_t m, const ps_search_opts *o)
             if (c->bits) {
                 if (dense_find(c, d, &q)) t = c->pal ? c->pal[c->pq[q]] : c->tfn[q];
             } else {
-                p = gallop(c->docs, p, c->n, d);
+                p = find_from(c, p, d);
                 if (p == c->n) break;
                 if (c->docs[p] == d) t = c->tfn[p];
             }
