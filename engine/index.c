@@ -261,7 +261,7 @@ int ps__index_build_blocks(ps_index_t *ix, ps_err *err)
     }
     ps_free(ix->blk_last);
     ps_free(ix->win_q);
-    ps_free(ix->dense_bits);
+    ps_free(ix->dense_bits_mem);
     ps_free(ix->dense_base);
     ps_free(ix->pq);
     ps_free(ix->palette);
@@ -272,7 +272,12 @@ int ps__index_build_blocks(ps_index_t *ix, ps_err *err)
         return ps_err_set(err, PS_ENOMEM, "out of memory allocating the dense lists' palettes");
     ix->blk_last = ps_malloc((nblocks ? nblocks : 1) * sizeof *ix->blk_last);
     ix->win_q = ps_calloc(nwin_q ? nwin_q : 1, 1);
-    ix->dense_bits = ps_calloc((size_t)ndense * nwords + 1, sizeof *ix->dense_bits);
+    /* A window's words are one cache line: a probe's bit test and popcount, and the line
+     * search.c prefetches for them, never straddle two. */
+    ix->dense_bits_mem = ps_calloc((size_t)ndense * nwords + PS_WIN / 64 + 1, sizeof(uint64_t));
+    ix->dense_bits = ix->dense_bits_mem
+                         ? (uint64_t *)(((uintptr_t)ix->dense_bits_mem + 63) & ~(uintptr_t)63)
+                         : NULL;
     ix->dense_base = ps_malloc(((size_t)ndense * nwin + 1) * sizeof *ix->dense_base);
     if (!ix->blk_last || !ix->win_q || !ix->dense_bits || !ix->dense_base)
         return ps_err_set(err, PS_ENOMEM, "out of memory allocating %u blocks", nblocks);
@@ -534,7 +539,7 @@ void ps_index_free(ps_index_t *ix)
     ps_free(ix->ptfn);
     ps_free(ix->blk_last);
     ps_free(ix->win_q);
-    ps_free(ix->dense_bits);
+    ps_free(ix->dense_bits_mem);
     ps_free(ix->dense_base);
     ps_free(ix->pq);
     ps_free(ix->palette);

@@ -106,7 +106,8 @@ struct ps_index {
     uint32_t nblocks;
     uint8_t *win_q; /* window tables of the long lists */
     uint64_t nwin_q;
-    uint64_t *dense_bits; /* bitmaps of the dense lists */
+    uint64_t *dense_bits; /* bitmaps of the dense lists, each window's 8 words one cache line */
+    void *dense_bits_mem; /* the allocation dense_bits lies in (aligned up in it) */
     uint32_t *dense_base; /* their postings before each window */
     uint32_t ndense, nwords, nwin;
     uint8_t *pq;    /* npostings: palette index of each posting of a list with a palette */
