@@ -2,12 +2,12 @@
  * bench_shard.c — the CPU cost of one shard's search on its slice (one thread, warm).
  *
  *   bench_shard --index SLICE [--profiles DIR] [--queries N] [--seed S] [--repeat R]
- *               [--depth D] [--personalized SHARE] [--json]
+ *               [--depth D | --shards N] [--personalized SHARE] [--json]
  *
  * SLICE is one shard directory of `builder build --shards N` (or a single-node index). The
  * work timed is what a shard's worker does for one search request, without the wire:
- * ps_search_shard with R = D (--depth, default 100; the broker asks a shard of N for
- * R/N + half + 8 first, bench/run_capacity.sh passes that) on the distinct tokens the broker's
+ * ps_search_shard with R = D (--depth, default 100; --shards N: what the broker asks each
+ * of N shards for first, ps_shard_depth(100, N), as bench/run_capacity.sh passes) on the distinct tokens the broker's
  * analyzer sends (the queries are analyzed once up front, as the broker does, and not timed), with
  * the profile of user u01..u64 in rotation (those found in --profiles DIR, default the slice
  * itself; a
@@ -49,9 +49,10 @@ int main(int argc, char **argv)
     uint64_t seed = 1;
     double personalized = 1.0;
     int json = 0;
-    uint32_t depth = 100;
+    uint32_t depth = 100, nshards = 0;
     static const struct option opts[] = {{"index", required_argument, 0, 'i'},
                                          {"depth", required_argument, 0, 'd'},
+                                         {"shards", required_argument, 0, 'n'},
                                          {"profiles", required_argument, 0, 'P'},
                                          {"queries", required_argument, 0, 'q'},
                                          {"seed", required_argument, 0, 's'},
@@ -87,18 +88,23 @@ int main(int argc, char **argv)
         case 'd':
             depth = (uint32_t)strtoul(optarg, NULL, 10);
             break;
+        case 'n':
+            nshards = (uint32_t)strtoul(optarg, NULL, 10);
+            if (nshards == 0) nshards = UINT32_MAX; /* refused below */
+            break;
         default:
             fprintf(stderr, "usage: bench_shard --index SLICE [--profiles DIR] [--queries N] "
-                            "[--seed S] [--repeat R] [--depth D] [--personalized SHARE] "
-                            "[--json]\n");
+                            "[--seed S] [--repeat R] [--depth D | --shards N] "
+                            "[--personalized SHARE] [--json]\n");
             return ch == 'h' ? 0 : 2;
         }
     }
+    if (nshards && nshards <= 1000) depth = ps_shard_depth(100, nshards);
     if (!index || nq == 0 || repeat == 0 || repeat > MAX_REPEAT || depth < 10 ||
-        depth > PS_SEARCH_MAX_R) {
+        depth > PS_SEARCH_MAX_R || nshards > 1000) {
         fprintf(stderr,
                 "bench_shard: --index is required; --queries >= 1; --repeat 1..%d; --depth "
-                "10..%d\n",
+                "10..%d; --shards 1..1000\n",
                 MAX_REPEAT, PS_SEARCH_MAX_R);
         return 2;
     }

@@ -5,7 +5,7 @@
 #
 #  1. A shard's cost against its slice size: for N in SHARDS (default 1,2,4,8,16) the full
 #     corpus DATA is built into N slices (WORK/cluster-N) and bench_shard times ps_search_shard
-#     (at the depth the broker asks of N shards first: R/N + half + 8 of R = 100, 100 for N = 1;
+#     (at the depth the broker asks of N shards first, ps_shard_depth(100, N): 100 for N = 1;
 #     the broker's analyzed tokens, personalized, recall cache off) on slice 0, in
 #     thread CPU time: {"bench":"shard","shards":N,"slice_stickers":...,"cpu_us_per_query":...}.
 #     Each build is deleted after its measurement except WORK/cluster-4, the build
@@ -83,13 +83,6 @@ build() { # build SRC OUT N
   "$B" build --corpus "$src/corpus.jsonl" --embeddings "$src/embeddings.npy" \
     --clicks "$src/clicks.tsv" --out "$out" --shards "$n" >&2 || fail "builder build --out $out"
 }
-# depth N: what the broker (default --shard-depth) asks each of N shards for first, of R = 100.
-depth() {
-  local share=$(((100 + $1 - 1) / $1))
-  local d=$((share + share / 2 + 8))
-  echo $((d < 100 ? d : 100))
-}
-
 # cpu_ns PID: CPU time of every thread of PID so far, in nanoseconds.
 cpu_ns() {
   cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'
@@ -101,7 +94,7 @@ if [ "${SKIP_SLICES:-0}" = 0 ]; then
     CL=$WORK/cluster-$n
     build "$DATA" "$CL" "$n"
     "$BS" --index "$CL/shard-000" --profiles "$CL/profiles" --queries "$QUERIES" --seed "$SEED" \
-      --repeat "$REPEAT" --depth "$(depth "$n")" --json >"$RUN/shard.json" \
+      --repeat "$REPEAT" --shards "$n" --json >"$RUN/shard.json" \
       || fail "bench_shard on $CL/shard-000"
     jq -c --argjson n "$n" --argjson c "$(jq .stickers "$CL/cluster.json")" \
       '{bench, shards: $n, corpus_stickers: $c} + .' "$RUN/shard.json"
@@ -129,7 +122,7 @@ for n in "${NS[@]}"; do
   CL=$WORK/small-$n
   build "$SMALL" "$CL" "$n"
   "$BS" --index "$CL/shard-000" --profiles "$CL/profiles" --queries "$QUERIES" --seed "$SEED" \
-    --repeat "$REPEAT" --depth "$(depth "$n")" --json >"$RUN/small-shard.json" \
+    --repeat "$REPEAT" --shards "$n" --json >"$RUN/small-shard.json" \
     || fail "bench_shard on $CL/shard-000"
   rm -f "$RUN"/*.ready
   TOPO=""

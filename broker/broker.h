@@ -406,7 +406,7 @@ typedef struct broker_live {
 typedef struct broker_limits {
     broker_live *live; /* max-k and max-query-bytes as they are now (NULL: the two below) */
     uint32_t R;
-    uint32_t shard_depth; /* hits asked of each shard in a first round (0: R/N + half + 8) */
+    uint32_t shard_depth; /* hits asked of each shard in a first round (0: ps_shard_depth) */
     uint32_t max_k;
     size_t max_query_bytes;
     uint32_t deadline_ms;

@@ -40,6 +40,7 @@ struct broker_core {
     ps_analyzer_t *analyzer;
     ps_tokens tokens; /* scratch of the search being started */
     const char **tok; /* PS_WIRE_MAX_TOKENS pointers into tokens */
+    uint32_t depth_R, depth_ns, depth; /* ps_shard_depth(depth_R, depth_ns), the last asked */
 };
 
 uint32_t broker_core_max_k(const broker_core_t *c)
@@ -509,12 +510,21 @@ static int search_prepare(broker_core_t *c, const broker_query *q, int one_round
     opts.k = k;
     opts.profile = user ? broker_profcache_get_traced(c->profiles, user, q->trace) : NULL;
 
-    /* Each shard is asked first for its best `depth`, about its share of R with room to spare;
-     * the few shards that may hold more of the top R are asked again at R (search_done). */
+    /* Each shard is asked first for its best `depth`, its share of R with room for all but
+     * ~1 search in 1,000 (ps_shard_depth); the few shards that may hold more of the top R are
+     * asked again at R (search_done). R rarely changes: the depth is kept for the last one. */
     uint32_t depth = R;
     if (ns > 1 && !one_round) {
-        uint32_t share = (R + ns - 1) / ns;
-        depth = c->lim.shard_depth ? c->lim.shard_depth : share + share / 2 + 8;
+        if (c->lim.shard_depth) {
+            depth = c->lim.shard_depth;
+        } else {
+            if (c->depth_R != R || c->depth_ns != ns) {
+                c->depth = ps_shard_depth(R, ns);
+                c->depth_R = R;
+                c->depth_ns = ns;
+            }
+            depth = c->depth;
+        }
         if (depth > R) depth = R;
     }
     search_job *j = calloc(1, sizeof *j);

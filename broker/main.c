@@ -90,7 +90,7 @@ static const ps_cfg_opt broker_opts[] = {
      "R, the recall depth: the top R by recall are ranked by score", 0, 1, PS_SEARCH_MAX_R},
     {"shard-depth", PS_CFG_UINT, "0",
      "hits asked of each shard in a search's first round; a shard that may hold more of the top "
-     "R is asked again at R (0: R/N plus half of that plus 8)",
+     "R is asked again at R (0: R/N with room for all but ~1 search in 1,000, ps_shard_depth)",
      0, 0, PS_SEARCH_MAX_R},
     {"max-body", PS_CFG_UINT, "65536", "largest HTTP request body in bytes (larger: 413)", 0, 0,
      1u << 30},

@@ -953,6 +953,21 @@ int ps_search_shard(ps_searcher_t *s, const ps_tokens *tok, const ps_search_opts
     return rc;
 }
 
+uint32_t ps_shard_depth(uint32_t R, uint32_t nshards)
+{
+    if (nshards <= 1 || R <= 1) return R;
+    /* P(X >= d) summed from d = R down, each term from lgamma (no overflow at any R), until it
+     * passes the budget: then d + 1 is the depth. */
+    double p = 1.0 / nshards, budget = PS_SHARD_SECOND_ROUNDS / nshards, tail = 0.0;
+    double lp = log(p), lq = log1p(-p), lr = lgamma((double)R + 1.0);
+    for (uint32_t d = R; d >= 1; d--) {
+        tail += exp(lr - lgamma((double)d + 1.0) - lgamma((double)(R - d) + 1.0) + d * lp +
+                    (R - d) * lq);
+        if (tail > budget) return d < R ? d + 1 : R;
+    }
+    return R;
+}
+
 size_t ps_merge_hits(ps_hit *hits, size_t n, uint32_t R, uint32_t k)
 {
     return ps_rank_hits(hits, n, R, NULL, 0, 0, k);

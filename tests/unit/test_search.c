@@ -532,9 +532,47 @@ static void test_bad_queries(void **state)
     ps_searcher_free(s);
 }
 
+/* P(Binomial(R, p) >= d), by the pmf's recurrence from x = 0 (not ps_shard_depth's lgamma). */
+static double binomial_tail(uint32_t R, double p, uint32_t d)
+{
+    double pmf = pow(1.0 - p, R), tail = 0.0;
+    for (uint32_t x = 0; x <= R; x++) {
+        if (x >= d) tail += pmf;
+        pmf *= (double)(R - x) / (double)(x + 1) * p / (1.0 - p);
+    }
+    return tail;
+}
+
+/* The broker's first-round depth: the smallest depth whose chance of a second round (some
+ * slice holding that many of the top R) is within PS_SHARD_SECOND_ROUNDS. */
+static void test_shard_depth(void **state)
+{
+    (void)state;
+    assert_int_equal(ps_shard_depth(100, 1), 100);
+    assert_int_equal(ps_shard_depth(100, 0), 100);
+    assert_int_equal(ps_shard_depth(1, 4), 1);
+    assert_int_equal(ps_shard_depth(100, 2), 67);
+    assert_int_equal(ps_shard_depth(100, 4), 42);
+    assert_int_equal(ps_shard_depth(100, 8), 27);
+    assert_int_equal(ps_shard_depth(100, 16), 18);
+    static const uint32_t Rs[] = {2, 10, 25, 50, 100, 101, 200, 500, 1000};
+    for (size_t i = 0; i < sizeof Rs / sizeof Rs[0]; i++) {
+        for (uint32_t n = 2; n <= 16; n++) {
+            uint32_t R = Rs[i], d = ps_shard_depth(R, n);
+            assert_true(d >= (R + n - 1) / n && d <= R);
+            double p = 1.0 / n;
+            if (d < R) assert_true(n * binomial_tail(R, p, d) <= PS_SHARD_SECOND_ROUNDS * 1.000001);
+            if (d > (R + n - 1) / n)
+                assert_true(n * binomial_tail(R, p, d - 1) > PS_SHARD_SECOND_ROUNDS * 0.999999);
+        }
+    }
+    assert_true(ps_shard_depth(10000, 2) < 10000); /* no overflow at PS_SEARCH_MAX_R */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_shard_depth),
         cmocka_unit_test(test_exact_unpersonalized),
         cmocka_unit_test(test_exact_personalized),
         cmocka_unit_test(test_exact_unknown_user),

@@ -109,6 +109,15 @@ int ps_search_shard(ps_searcher_t *s, const ps_tokens *tokens, const ps_search_o
  * results (<= k). Ties break by id. */
 size_t ps_merge_hits(ps_hit *hits, size_t n, uint32_t R, uint32_t k);
 
+/* How many hits to ask of each of nshards slices first, for the top R of their merge: the
+ * smallest depth d such that, with the stickers spread over the slices at random (a hash of
+ * their ids, as ps_index_partition's jump hash does), the chance that any slice holds d or more
+ * of the top R — and so must be asked again, at R — is at most PS_SHARD_SECOND_ROUNDS:
+ * nshards · P(Binomial(R, 1/nshards) >= d) <= PS_SHARD_SECOND_ROUNDS. R when nshards <= 1.
+ * About R/N + 3.3 standard deviations (R = 100: 67 of 2, 42 of 4, 27 of 8, 18 of 16). */
+#define PS_SHARD_SECOND_ROUNDS 1e-3
+uint32_t ps_shard_depth(uint32_t R, uint32_t nshards);
+
 /* ps_merge_hits with what a search API adds: the stickers whose ids are in exclude[0..nexclude)
  * are dropped before the top R by recall is taken (so the slices must have returned their top
  * R + nexclude), and the answer is ranks offset .. offset + k - 1 by score, moved to hits[0..).
