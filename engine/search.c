@@ -956,13 +956,15 @@ int ps_search_shard(ps_searcher_t *s, const ps_tokens *tok, const ps_search_opts
 uint32_t ps_shard_depth(uint32_t R, uint32_t nshards)
 {
     if (nshards <= 1 || R <= 1) return R;
-    /* P(X >= d) summed from d = R down, each term from lgamma (no overflow at any R), until it
-     * passes the budget: then d + 1 is the depth. */
+    /* P(X >= d) summed from d = R down until it passes the budget: then d + 1 is the depth.
+     * The pmf in logs (no underflow at any R), each term from the one above it:
+     * pmf(d) = pmf(d + 1) · (d + 1) / (R − d) · (1 − p) / p. (Not lgamma: it writes the
+     * global signgam, and every broker lane calls this.) */
     double p = 1.0 / nshards, budget = PS_SHARD_SECOND_ROUNDS / nshards, tail = 0.0;
-    double lp = log(p), lq = log1p(-p), lr = lgamma((double)R + 1.0);
+    double lratio = log1p(-p) - log(p), lpmf = (double)R * log(p); /* log pmf(R) */
     for (uint32_t d = R; d >= 1; d--) {
-        tail += exp(lr - lgamma((double)d + 1.0) - lgamma((double)(R - d) + 1.0) + d * lp +
-                    (R - d) * lq);
+        if (d < R) lpmf += log((double)(d + 1) / (double)(R - d)) + lratio;
+        tail += exp(lpmf);
         if (tail > budget) return d < R ? d + 1 : R;
     }
     return R;
