@@ -7,11 +7,11 @@
  * SLICE is one shard directory of `builder build --shards N` (or a single-node index). The
  * work timed is what a shard's worker does for one search request, without the wire:
  * ps_search_shard with R = D (--depth, default 100; --shards N: what the broker asks each
- * of N shards for first, ps_shard_depth(100, N), as bench/run_capacity.sh passes) on the distinct tokens the broker's
- * analyzer sends (the queries are analyzed once up front, as the broker does, and not timed), with
- * the profile of user u01..u64 in rotation (those found in --profiles DIR, default the slice
- * itself; a
- * --personalized share of the queries carries one, default 1), recall cache off. The N
+ * of N shards for first, ps_shard_depth(100, N), as bench/run_capacity.sh passes) on the
+ * distinct tokens the broker's analyzer sends (the queries are analyzed once up front, as the
+ * broker does, and not timed), with the profile of user u01..u64 in rotation (those found in
+ * --profiles DIR, default the slice itself; a --personalized share of the queries carries one,
+ * default 1), recall cache off. The N
  * generated queries are the ones bench_engine and bench_cluster ask (same seed, same
  * generator). One warm-up pass, then --repeat (default 5) timed passes; each pass's cost is
  * its thread CPU time (CLOCK_THREAD_CPUTIME_ID) over its queries, which a shared, loaded
@@ -50,6 +50,7 @@ int main(int argc, char **argv)
     double personalized = 1.0;
     int json = 0;
     uint32_t depth = 100, nshards = 0;
+    int shards_given = 0;
     static const struct option opts[] = {{"index", required_argument, 0, 'i'},
                                          {"depth", required_argument, 0, 'd'},
                                          {"shards", required_argument, 0, 'n'},
@@ -90,7 +91,7 @@ int main(int argc, char **argv)
             break;
         case 'n':
             nshards = (uint32_t)strtoul(optarg, NULL, 10);
-            if (nshards == 0) nshards = UINT32_MAX; /* refused below */
+            shards_given = 1;
             break;
         default:
             fprintf(stderr, "usage: bench_shard --index SLICE [--profiles DIR] [--queries N] "
@@ -99,9 +100,10 @@ int main(int argc, char **argv)
             return ch == 'h' ? 0 : 2;
         }
     }
-    if (nshards && nshards <= 1000) depth = ps_shard_depth(100, nshards);
+    int shards_ok = !shards_given || (nshards >= 1 && nshards <= 1000);
+    if (shards_given && shards_ok) depth = ps_shard_depth(100, nshards);
     if (!index || nq == 0 || repeat == 0 || repeat > MAX_REPEAT || depth < 10 ||
-        depth > PS_SEARCH_MAX_R || nshards > 1000) {
+        depth > PS_SEARCH_MAX_R || !shards_ok) {
         fprintf(stderr,
                 "bench_shard: --index is required; --queries >= 1; --repeat 1..%d; --depth "
                 "10..%d; --shards 1..1000\n",

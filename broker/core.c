@@ -38,8 +38,8 @@ struct broker_core {
     broker_metrics_t *metrics;
     broker_limits lim;
     ps_analyzer_t *analyzer;
-    ps_tokens tokens; /* scratch of the search being started */
-    const char **tok; /* PS_WIRE_MAX_TOKENS pointers into tokens */
+    ps_tokens tokens;                  /* scratch of the search being started */
+    const char **tok;                  /* PS_WIRE_MAX_TOKENS pointers into tokens */
     uint32_t depth_R, depth_ns, depth; /* ps_shard_depth(depth_R, depth_ns), the last asked */
 };
 
