@@ -3,15 +3,17 @@
  *
  *   bench_cluster --url http://127.0.0.1:PORT [--connections 1,4,16] [--requests N]
  *                 [--queries N] [--seed S] [--users u01,u02,...] [--k K] [--repeat R]
- *                 [--warmup N] [--json]
+ *                 [--warmup N] [--query TEXT] [--json]
  *
  * Queries come from builder_gen_queries (1–2 phrases, 80% Chinese, deterministic from the
  * seed), URL-encoded once up front; request i asks queries[i % N] for users[i % nusers] (no
- * user when --users is absent), like bench_engine's profile rotation. Each connection is a
- * libevent evhttp client connection (HTTP/1.1 keep-alive) with exactly one request in flight:
- * a connection sends its next request from the callback of the previous one (closed loop), so
- * C connections are C concurrent users. A warm-up pass over all connections runs first. Then,
- * for each connection level, --repeat runs of --requests requests each: per run QPS (requests
+ * user when --users is absent), like bench_engine's profile rotation. --query TEXT asks TEXT in
+ * every request instead: with a text that matches nothing ("zzqqxx") the figures are the
+ * cluster's cost per request apart from the search itself (HTTP, fan-out, merge, answer). Each
+ * connection is a libevent evhttp client connection (HTTP/1.1 keep-alive) with exactly one request
+ * in flight: a connection sends its next request from the callback of the previous one (closed
+ * loop), so C connections are C concurrent users. A warm-up pass over all connections runs first.
+ * Then, for each connection level, --repeat runs of --requests requests each: per run QPS (requests
  * / wall time) and p50/p90/p99 of per-request latency (send to full response); the reported
  * figure for each is the median over the runs. "errors" counts transport failures and non-200
  * answers, "partial" counts 200 answers with "partial":true, both summed over the runs.
@@ -170,25 +172,31 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: bench_cluster --url http://HOST:PORT [--connections 1,4,16] "
                "[--requests N] [--queries N] [--seed S] [--users u01,u02,...] [--k K] "
-               "[--repeat R] [--warmup N] [--json]\n");
+               "[--repeat R] [--warmup N] [--query TEXT] [--json]\n");
 }
 
 int main(int argc, char **argv)
 {
-    const char *url = NULL;
+    const char *url = NULL, *fixed_query = NULL;
     char users_arg[1024] = "";
     size_t levels[MAX_LEVELS] = {1, 4, 16};
     int nlevels = 3;
     size_t requests = 1000, nq = 1000, k = 10, repeat = 3, warmup = 0;
     uint64_t seed = 1;
     int json = 0, warmup_set = 0;
-    static const struct option opts[] = {
-        {"url", required_argument, 0, 'u'},      {"connections", required_argument, 0, 'c'},
-        {"requests", required_argument, 0, 'n'}, {"queries", required_argument, 0, 'q'},
-        {"seed", required_argument, 0, 's'},     {"users", required_argument, 0, 'U'},
-        {"k", required_argument, 0, 'k'},        {"repeat", required_argument, 0, 'r'},
-        {"warmup", required_argument, 0, 'w'},   {"json", no_argument, 0, 'j'},
-        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+    static const struct option opts[] = {{"url", required_argument, 0, 'u'},
+                                         {"connections", required_argument, 0, 'c'},
+                                         {"requests", required_argument, 0, 'n'},
+                                         {"queries", required_argument, 0, 'q'},
+                                         {"seed", required_argument, 0, 's'},
+                                         {"users", required_argument, 0, 'U'},
+                                         {"k", required_argument, 0, 'k'},
+                                         {"repeat", required_argument, 0, 'r'},
+                                         {"warmup", required_argument, 0, 'w'},
+                                         {"json", no_argument, 0, 'j'},
+                                         {"query", required_argument, 0, 'Q'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
@@ -226,6 +234,13 @@ int main(int argc, char **argv)
             break;
         case 'j':
             json = 1;
+            break;
+        case 'Q':
+            if (!*optarg) {
+                fprintf(stderr, "bench_cluster: --query: empty text\n");
+                return 2;
+            }
+            fixed_query = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -276,7 +291,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < nq; i++) {
         char path[4096];
         size_t len = (size_t)snprintf(path, sizeof path, "/v1/search?q=");
-        int rc = url_encode(queries[i], path, sizeof path, &len);
+        int rc = url_encode(fixed_query ? fixed_query : queries[i], path, sizeof path, &len);
         len += (size_t)snprintf(path + len, sizeof path - len, "&k=%zu", k);
         if (rc == 0 && nusers) {
             len += (size_t)snprintf(path + len, sizeof path - len, "&user=");
@@ -339,9 +354,9 @@ int main(int argc, char **argv)
             printf("{\"bench\":\"cluster\",\"url\":\"%s\",\"connections\":%zu,\"requests\":%zu,"
                    "\"repeat\":%zu,\"queries\":%zu,\"users\":%zu,\"k\":%zu,\"qps\":%.1f,"
                    "\"p50_ms\":%.4f,\"p90_ms\":%.4f,\"p99_ms\":%.4f,\"errors\":%zu,"
-                   "\"partial\":%zu}\n",
+                   "\"partial\":%zu,\"fixed_query\":%s}\n",
                    url, levels[l], requests, repeat, nq, nusers, k, mq, m50, m90, m99, b.errors,
-                   b.partial);
+                   b.partial, fixed_query ? "true" : "false");
         else
             printf("%-6zu %9.1f %9.3f %9.3f %9.3f %7zu %8zu\n", levels[l], mq, m50, m90, m99,
                    b.errors, b.partial);
