@@ -262,9 +262,9 @@ static int take_reply(search_job *j, broker_call *call, uint32_t s, uint32_t lim
     const Persrv__SearchReply *r = call->reply->search_reply;
     if (r->shard != s) {
         snprintf(call->reason, sizeof call->reason, "reply from shard %u, not %u", r->shard, s);
-    } else if (r->n_hits > limit) {
+    } else if (ps_wire_reply_nhits(r) > limit) {
         snprintf(call->reason, sizeof call->reason, "%zu hits, more than the %u asked for",
-                 r->n_hits, limit);
+                 ps_wire_reply_nhits(r), limit);
     } else if (j->version ? r->snapshot_version != j->version
                           : res->version && r->snapshot_version != res->version) {
         /* never merge two versions: this shard's answer does not count */

@@ -99,7 +99,8 @@ static int do_search(void *state, const Persrv__Envelope *env, uint8_t **out, si
     shard_version_return(v, searcher);
     if (!rc)
         rc = ps_wire_encode_search_reply(env->request_id, h->ctx->shard, shard_version_number(v),
-                                         h->hits, n, st.visited, out, out_len, err);
+                                         h->hits, n, st.visited, q->columnar_hits, out, out_len,
+                                         err);
     shard_versions_release(h->ctx->versions, v);
     if (!rc) {
         atomic_fetch_add(&m->searches, 1);

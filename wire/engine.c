@@ -36,6 +36,7 @@ int ps_wire_encode_search(uint64_t request_id, uint32_t deadline_ms, const char 
     q.use_utility = opts->use_utility != 0;
     q.alpha = opts->alpha;
     q.snapshot_version = snapshot_version;
+    q.columnar_hits = 1;
     p = opts->profile;
     if (p && p->k) {
         if (p->k > PS_PROFILE_KMAX)
@@ -60,11 +61,13 @@ int ps_wire_encode_search(uint64_t request_id, uint32_t deadline_ms, const char 
 
 int ps_wire_encode_search_reply(uint64_t request_id, uint32_t shard, uint64_t snapshot_version,
                                 const ps_hit *hits, size_t n, uint64_t postings_visited,
-                                uint8_t **buf, size_t *len, ps_err *err)
+                                int columnar, uint8_t **buf, size_t *len, ps_err *err)
 {
     Persrv__Envelope e;
     Persrv__SearchReply r;
+    Persrv__HitColumns cols;
     Persrv__Hit *hv = NULL, **hp = NULL;
+    void *mem = NULL;
     int rc;
 
     if (buf) *buf = NULL;
@@ -73,34 +76,61 @@ int ps_wire_encode_search_reply(uint64_t request_id, uint32_t shard, uint64_t sn
         return ps_err_set(err, PS_ETOOBIG, "search_reply.hits: %zu entries, at most %d", n,
                           PS_WIRE_MAX_HITS);
     if (n && !hits) return ps_err_set(err, PS_EINVAL, "search_reply.hits: NULL");
-    if (n) {
+    persrv__search_reply__init(&r);
+    if (columnar) {
+        /* one block: the id column, five double columns, the centroid column */
+        mem = n ? ps_malloc(n * (sizeof(uint64_t) + 5 * sizeof(double) + sizeof(int32_t))) : NULL;
+        if (n && !mem) return ps_err_set(err, PS_ENOMEM, "search_reply.columns: out of memory");
+        persrv__hit_columns__init(&cols);
+        uint64_t *id = mem;
+        double *d = (double *)(id + n);
+        int32_t *centroid = (int32_t *)(d + 5 * n);
+        cols.n_id = cols.n_relevance = cols.n_utility = cols.n_recall = cols.n_preference =
+            cols.n_score = cols.n_centroid = n;
+        cols.id = id;
+        cols.relevance = d;
+        cols.utility = d + n;
+        cols.recall = d + 2 * n;
+        cols.preference = d + 3 * n;
+        cols.score = d + 4 * n;
+        cols.centroid = centroid;
+        for (size_t i = 0; i < n; i++) {
+            id[i] = hits[i].id;
+            cols.relevance[i] = hits[i].relevance;
+            cols.utility[i] = hits[i].utility;
+            cols.recall[i] = hits[i].recall;
+            cols.preference[i] = hits[i].preference;
+            cols.score[i] = hits[i].score;
+            centroid[i] = hits[i].centroid;
+        }
+        r.columns = &cols;
+    } else if (n) {
         /* one block: the messages, then the pointer array protobuf-c wants */
-        hv = ps_malloc(n * (sizeof *hv + sizeof *hp));
+        mem = hv = ps_malloc(n * (sizeof *hv + sizeof *hp));
         if (!hv) return ps_err_set(err, PS_ENOMEM, "search_reply.hits: out of memory");
         hp = (Persrv__Hit **)(hv + n);
+        for (size_t i = 0; i < n; i++) {
+            persrv__hit__init(&hv[i]);
+            hv[i].id = hits[i].id;
+            hv[i].relevance = hits[i].relevance;
+            hv[i].utility = hits[i].utility;
+            hv[i].recall = hits[i].recall;
+            hv[i].preference = hits[i].preference;
+            hv[i].score = hits[i].score;
+            hv[i].centroid = hits[i].centroid;
+            hp[i] = &hv[i];
+        }
+        r.n_hits = n;
+        r.hits = hp;
     }
-    for (size_t i = 0; i < n; i++) {
-        persrv__hit__init(&hv[i]);
-        hv[i].id = hits[i].id;
-        hv[i].relevance = hits[i].relevance;
-        hv[i].utility = hits[i].utility;
-        hv[i].recall = hits[i].recall;
-        hv[i].preference = hits[i].preference;
-        hv[i].score = hits[i].score;
-        hv[i].centroid = hits[i].centroid;
-        hp[i] = &hv[i];
-    }
-    persrv__search_reply__init(&r);
     r.shard = shard;
     r.snapshot_version = snapshot_version;
-    r.n_hits = n;
-    r.hits = hp;
     r.postings_visited = postings_visited;
     ps_wire_env_init(&e, request_id, 0);
     e.body_case = PERSRV__ENVELOPE__BODY_SEARCH_REPLY;
     e.search_reply = &r;
     rc = ps_wire_pack(&e, buf, len, err);
-    ps_free(hv);
+    ps_free(mem);
     return rc;
 }
 
@@ -164,10 +194,22 @@ int ps_wire_to_hits(const Persrv__SearchReply *r, ps_hit *hits, size_t cap, size
     if (n) *n = 0;
     if (!r || !n || (cap && !hits))
         return ps_err_set(err, PS_EINVAL, "ps_wire_to_hits: NULL argument");
-    if (r->n_hits > cap)
-        return ps_err_set(err, PS_ETOOBIG, "search_reply.hits: %zu entries, room for %zu",
-                          r->n_hits, cap);
-    for (size_t i = 0; i < r->n_hits; i++) {
+    const Persrv__HitColumns *c = r->columns;
+    size_t m = ps_wire_reply_nhits(r);
+    if (m > cap)
+        return ps_err_set(err, PS_ETOOBIG, "search_reply.hits: %zu entries, room for %zu", m, cap);
+    for (size_t i = 0; i < m; i++) {
+        if (c) { /* ps_wire_decode checked that every column has m entries */
+            hits[i] = (ps_hit){.id = c->id[i],
+                               .doc = UINT32_MAX,
+                               .centroid = c->centroid[i],
+                               .relevance = c->relevance[i],
+                               .utility = c->utility[i],
+                               .recall = c->recall[i],
+                               .preference = c->preference[i],
+                               .score = c->score[i]};
+            continue;
+        }
         const Persrv__Hit *h = r->hits[i];
         hits[i] = (ps_hit){.id = h->id,
                            .doc = UINT32_MAX,
@@ -178,8 +220,13 @@ int ps_wire_to_hits(const Persrv__SearchReply *r, ps_hit *hits, size_t cap, size
                            .preference = h->preference,
                            .score = h->score};
     }
-    *n = r->n_hits;
+    *n = m;
     return 0;
+}
+
+size_t ps_wire_reply_nhits(const Persrv__SearchReply *r)
+{
+    return r->columns ? r->columns->n_id : r->n_hits;
 }
 
 int ps_wire_to_opts(const Persrv__SearchRequest *q, ps_search_opts *opts, ps_err *err)

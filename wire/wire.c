@@ -60,6 +60,13 @@ static const field_cap caps[] = {
     {&persrv__search_request__descriptor, "centroids", PS_WIRE_MAX_CENTROIDS, 0},
     {&persrv__centroid__descriptor, "vector", PS_WIRE_MAX_DIM, 0},
     {&persrv__search_reply__descriptor, "hits", PS_WIRE_MAX_HITS, 0},
+    {&persrv__hit_columns__descriptor, "id", PS_WIRE_MAX_HITS, 0},
+    {&persrv__hit_columns__descriptor, "relevance", PS_WIRE_MAX_HITS, 0},
+    {&persrv__hit_columns__descriptor, "utility", PS_WIRE_MAX_HITS, 0},
+    {&persrv__hit_columns__descriptor, "recall", PS_WIRE_MAX_HITS, 0},
+    {&persrv__hit_columns__descriptor, "preference", PS_WIRE_MAX_HITS, 0},
+    {&persrv__hit_columns__descriptor, "score", PS_WIRE_MAX_HITS, 0},
+    {&persrv__hit_columns__descriptor, "centroid", PS_WIRE_MAX_HITS, 0},
     {&persrv__query_request__descriptor, "user", 0, PS_WIRE_MAX_USER},
     {&persrv__envelope__descriptor, "api_key", 0, PS_WIRE_MAX_API_KEY},
     {&persrv__envelope__descriptor, "trace_id", 0, PS_WIRE_MAX_TRACE},
@@ -486,36 +493,76 @@ static int check_search(const Persrv__SearchRequest *q, ps_err *err)
     return check_centroids(q->centroids, q->n_centroids, "search.centroids", err);
 }
 
-/* hits[0..n) under the wire path `at` ("search_reply.hits"): finite scores, centroid in range.
- * Shared by the shard's SearchReply and the broker's QueryReply. */
+/* Hit i under the wire path `at` ("search_reply.hits"): finite scores, centroid in range. */
+static int check_hit(const char *at, size_t i, double relevance, double utility, double recall,
+                     double preference, double score, int32_t centroid, ps_err *err)
+{
+    const struct {
+        const char *name;
+        double v;
+    } val[] = {{"relevance", relevance},
+               {"utility", utility},
+               {"recall", recall},
+               {"preference", preference},
+               {"score", score}};
+    for (size_t j = 0; j < sizeof val / sizeof val[0]; j++)
+        if (!isfinite(val[j].v))
+            return ps_err_set(err, PS_EINVAL, "%s[%zu].%s: not finite", at, i, val[j].name);
+    if (centroid < -1 || centroid >= PS_WIRE_MAX_CENTROIDS)
+        return ps_err_set(err, PS_EINVAL, "%s[%zu].centroid: %d, need -1..%d", at, i, (int)centroid,
+                          PS_WIRE_MAX_CENTROIDS - 1);
+    return 0;
+}
+
+/* hits[0..n) under the wire path `at`. Shared by the shard's SearchReply and the broker's
+ * QueryReply. */
 static int check_hits(Persrv__Hit *const *hits, size_t n, const char *at, ps_err *err)
 {
+    int rc;
     if (n > PS_WIRE_MAX_HITS)
         return ps_err_set(err, PS_ETOOBIG, "%s: %zu entries, at most %d", at, n, PS_WIRE_MAX_HITS);
     if (n && !hits) return ps_err_set(err, PS_EINVAL, "%s: NULL", at);
     for (size_t i = 0; i < n; i++) {
         const Persrv__Hit *h = hits[i];
         if (!h) return ps_err_set(err, PS_EINVAL, "%s[%zu]: NULL", at, i);
-        const struct {
-            const char *name;
-            double v;
-        } val[] = {{"relevance", h->relevance},
-                   {"utility", h->utility},
-                   {"recall", h->recall},
-                   {"preference", h->preference},
-                   {"score", h->score}};
-        for (size_t j = 0; j < sizeof val / sizeof val[0]; j++)
-            if (!isfinite(val[j].v))
-                return ps_err_set(err, PS_EINVAL, "%s[%zu].%s: not finite", at, i, val[j].name);
-        if (h->centroid < -1 || h->centroid >= PS_WIRE_MAX_CENTROIDS)
-            return ps_err_set(err, PS_EINVAL, "%s[%zu].centroid: %d, need -1..%d", at, i,
-                              (int)h->centroid, PS_WIRE_MAX_CENTROIDS - 1);
+        if ((rc = check_hit(at, i, h->relevance, h->utility, h->recall, h->preference, h->score,
+                            h->centroid, err)))
+            return rc;
     }
+    return 0;
+}
+
+/* The columns of a SearchReply: every column as long as id, each hit as check_hit. */
+static int check_hit_columns(const Persrv__HitColumns *c, ps_err *err)
+{
+    const struct {
+        const char *name;
+        size_t n;
+    } len[] = {{"relevance", c->n_relevance}, {"utility", c->n_utility},
+               {"recall", c->n_recall},       {"preference", c->n_preference},
+               {"score", c->n_score},         {"centroid", c->n_centroid}};
+    size_t n = c->n_id;
+    int rc;
+    if (n > PS_WIRE_MAX_HITS)
+        return ps_err_set(err, PS_ETOOBIG, "search_reply.columns.id: %zu entries, at most %d", n,
+                          PS_WIRE_MAX_HITS);
+    for (size_t j = 0; j < sizeof len / sizeof len[0]; j++)
+        if (len[j].n != n)
+            return ps_err_set(err, PS_EINVAL, "search_reply.columns.%s: %zu entries, id has %zu",
+                              len[j].name, len[j].n, n);
+    for (size_t i = 0; i < n; i++)
+        if ((rc = check_hit("search_reply.columns", i, c->relevance[i], c->utility[i], c->recall[i],
+                            c->preference[i], c->score[i], c->centroid[i], err)))
+            return rc;
     return 0;
 }
 
 static int check_search_reply(const Persrv__SearchReply *r, ps_err *err)
 {
+    if (r->columns) {
+        if (r->n_hits) return ps_err_set(err, PS_EINVAL, "search_reply: both hits and columns");
+        return check_hit_columns(r->columns, err);
+    }
     return check_hits(r->hits, r->n_hits, "search_reply.hits", err);
 }
 

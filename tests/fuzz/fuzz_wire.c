@@ -34,7 +34,7 @@ static void convert_or_die(const Persrv__Envelope *env)
         ps_profile_clear(&prof);
     } else if (env->body_case == PERSRV__ENVELOPE__BODY_SEARCH_REPLY) {
         if (ps_wire_to_hits(env->search_reply, hits, PS_WIRE_MAX_HITS, &n, NULL)) abort();
-        if (n != env->search_reply->n_hits) abort();
+        if (n != ps_wire_reply_nhits(env->search_reply)) abort();
     }
 }
 

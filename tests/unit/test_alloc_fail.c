@@ -1323,7 +1323,8 @@ static int op_encode(void *ctx)
     } while (0)
 
     ENC(ps_wire_encode_search(1, 10, toks, 3, &o, 0, &b, &len, &err));
-    ENC(ps_wire_encode_search_reply(1, 0, 3, hits, 3, 99, &b, &len, &err));
+    ENC(ps_wire_encode_search_reply(1, 0, 3, hits, 3, 99, 0, &b, &len, &err));
+    ENC(ps_wire_encode_search_reply(1, 0, 3, hits, 3, 99, 1, &b, &len, &err));
     ENC(ps_wire_encode_sticker_reply(1, 0, 4, &rec, 1.5, &b, &len, &err));
     ENC(ps_wire_encode_sticker_reply_emb(1, 0, 4, &rec, 1.5, F.emb, DIM, &b, &len, &err));
     ENC(ps_wire_encode_sticker_reply(1, 0, 4, NULL, 0, &b, &len, &err));

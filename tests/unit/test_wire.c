@@ -139,6 +139,7 @@ static void test_search_round_trip(void **state)
     assert_memory_equal(q->field_weights, w, sizeof w);
     assert_int_equal(q->recall_depth, 250);
     assert_false(q->use_utility);
+    assert_true(q->columnar_hits); /* the reply comes back as columns */
     assert_true(q->alpha == 0.3f);
     assert_true(q->snapshot_version == UINT64_MAX);
 
@@ -243,40 +244,120 @@ static void test_search_reply_round_trip(void **state)
     size_t len;
     ps_err err;
 
-    assert_int_equal(ps_wire_encode_search_reply(UINT64_MAX, 6, UINT64_MAX, hits, 3, UINT64_MAX,
-                                                 &buf, &len, &err),
-                     0);
-    Persrv__Envelope *env = decode_ok(buf, len);
-    assert_true(env->request_id == UINT64_MAX);
-    assert_int_equal(env->deadline_ms, 0);
-    assert_int_equal(env->body_case, PERSRV__ENVELOPE__BODY_SEARCH_REPLY);
-    const Persrv__SearchReply *r = env->search_reply;
-    assert_int_equal(r->shard, 6);
-    assert_true(r->snapshot_version == UINT64_MAX);
-    assert_true(r->postings_visited == UINT64_MAX);
-    assert_int_equal(ps_wire_to_hits(r, back, PS_WIRE_MAX_HITS, &n, &err), 0);
-    assert_int_equal(n, 3);
-    for (size_t i = 0; i < 3; i++) {
-        assert_true(back[i].id == hits[i].id);
-        assert_int_equal(back[i].doc, UINT32_MAX);
-        assert_int_equal(back[i].centroid, hits[i].centroid);
-        assert_memory_equal(&back[i].relevance, &hits[i].relevance, 5 * sizeof(double));
-    }
-    /* a caller array too small is an error, not an overflow */
-    assert_int_equal(ps_wire_to_hits(r, back, 2, &n, &err), PS_ETOOBIG);
-    assert_non_null(strstr(err.msg, "search_reply.hits"));
-    assert_int_equal(n, 0);
-    ps_wire_free(env);
-    free(buf);
+    /* both forms: one Hit message per hit, and columns */
+    for (int columnar = 0; columnar <= 1; columnar++) {
+        assert_int_equal(ps_wire_encode_search_reply(UINT64_MAX, 6, UINT64_MAX, hits, 3, UINT64_MAX,
+                                                     columnar, &buf, &len, &err),
+                         0);
+        Persrv__Envelope *env = decode_ok(buf, len);
+        assert_true(env->request_id == UINT64_MAX);
+        assert_int_equal(env->deadline_ms, 0);
+        assert_int_equal(env->body_case, PERSRV__ENVELOPE__BODY_SEARCH_REPLY);
+        const Persrv__SearchReply *r = env->search_reply;
+        assert_int_equal(r->shard, 6);
+        assert_true(r->snapshot_version == UINT64_MAX);
+        assert_true(r->postings_visited == UINT64_MAX);
+        assert_int_equal(r->columns != NULL, columnar);
+        assert_int_equal(r->n_hits, columnar ? 0 : 3);
+        assert_int_equal(ps_wire_reply_nhits(r), 3);
+        assert_int_equal(ps_wire_to_hits(r, back, PS_WIRE_MAX_HITS, &n, &err), 0);
+        assert_int_equal(n, 3);
+        for (size_t i = 0; i < 3; i++) {
+            assert_true(back[i].id == hits[i].id);
+            assert_int_equal(back[i].doc, UINT32_MAX);
+            assert_int_equal(back[i].centroid, hits[i].centroid);
+            assert_memory_equal(&back[i].relevance, &hits[i].relevance, 5 * sizeof(double));
+        }
+        /* a caller array too small is an error, not an overflow */
+        assert_int_equal(ps_wire_to_hits(r, back, 2, &n, &err), PS_ETOOBIG);
+        assert_non_null(strstr(err.msg, "search_reply.hits"));
+        assert_int_equal(n, 0);
+        ps_wire_free(env);
+        free(buf);
 
-    /* a shard with no candidate */
-    assert_int_equal(ps_wire_encode_search_reply(5, 0, 1, NULL, 0, 0, &buf, &len, &err), 0);
-    env = decode_ok(buf, len);
-    assert_int_equal(env->search_reply->n_hits, 0);
-    assert_int_equal(ps_wire_to_hits(env->search_reply, back, 0, &n, &err), 0);
-    assert_int_equal(n, 0);
+        /* a shard with no candidate */
+        assert_int_equal(
+            ps_wire_encode_search_reply(5, 0, 1, NULL, 0, 0, columnar, &buf, &len, &err), 0);
+        env = decode_ok(buf, len);
+        assert_int_equal(ps_wire_reply_nhits(env->search_reply), 0);
+        assert_int_equal(ps_wire_to_hits(env->search_reply, back, 0, &n, &err), 0);
+        assert_int_equal(n, 0);
+        ps_wire_free(env);
+        free(buf);
+    }
+}
+
+/* The columns a peer could send wrong: columns of different lengths, hits and columns together,
+ * a non-finite score or a centroid out of range in one column, more entries than the cap. */
+static void test_search_reply_columns_bad(void **state)
+{
+    (void)state;
+    uint64_t id[2] = {1, 2};
+    double d[2] = {1.0, 2.0}, bad[2] = {1.0, NAN};
+    int32_t centroid[2] = {0, -1}, far[2] = {0, PS_WIRE_MAX_CENTROIDS};
+    Persrv__HitColumns c = PERSRV__HIT_COLUMNS__INIT;
+    c.n_id = c.n_relevance = c.n_utility = c.n_recall = c.n_preference = c.n_score = c.n_centroid =
+        2;
+    c.id = id;
+    c.relevance = c.utility = c.recall = c.preference = c.score = d;
+    c.centroid = centroid;
+    Persrv__Hit h = PERSRV__HIT__INIT, *hp = &h;
+    Persrv__SearchReply r = PERSRV__SEARCH_REPLY__INIT;
+    r.columns = &c;
+    Persrv__Envelope e;
+    ps_wire_env_init(&e, 9, 0);
+    e.body_case = PERSRV__ENVELOPE__BODY_SEARCH_REPLY;
+    e.search_reply = &r;
+    uint8_t buf[4096];
+    size_t len = persrv__envelope__pack(&e, buf);
+    Persrv__Envelope *env = decode_ok(buf, len);
+    ps_hit back[2];
+    size_t n;
+    ps_err err;
+    assert_int_equal(ps_wire_to_hits(env->search_reply, back, 2, &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(back[1].centroid, -1);
+    assert_true(back[1].id == 2 && back[1].score == 2.0);
     ps_wire_free(env);
-    free(buf);
+
+    const struct {
+        const char *what, *msg;
+    } cases[] = {{"short", "search_reply.columns.score: 1 entries, id has 2"},
+                 {"both", "search_reply: both hits and columns"},
+                 {"nan", "search_reply.columns[1].recall: not finite"},
+                 {"centroid", "search_reply.columns[1].centroid"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        Persrv__HitColumns cc = c;
+        Persrv__SearchReply rr = r;
+        rr.columns = &cc;
+        e.search_reply = &rr;
+        if (i == 0) cc.n_score = 1;
+        if (i == 1) rr.n_hits = 1, rr.hits = &hp;
+        if (i == 2) cc.recall = bad;
+        if (i == 3) cc.centroid = far;
+        len = persrv__envelope__pack(&e, buf);
+        env = (Persrv__Envelope *)1;
+        assert_int_equal(ps_wire_decode(buf, len, 0, &env, &err), PS_EINVAL);
+        assert_null(env);
+        if (!strstr(err.msg, cases[i].msg)) fail_msg("%s: %s", cases[i].what, err.msg);
+    }
+
+    /* more ids than the cap, before anything is unpacked */
+    size_t big = PS_WIRE_MAX_HITS + 1;
+    uint64_t *many = calloc(big, sizeof *many);
+    uint8_t *bigbuf = malloc(big * 8 + 64);
+    assert_non_null(many);
+    assert_non_null(bigbuf);
+    Persrv__HitColumns cc = PERSRV__HIT_COLUMNS__INIT;
+    cc.n_id = big;
+    cc.id = many;
+    r.columns = &cc;
+    e.search_reply = &r;
+    len = persrv__envelope__pack(&e, bigbuf);
+    assert_int_equal(ps_wire_decode(bigbuf, len, 0, &env, &err), PS_ETOOBIG);
+    assert_non_null(strstr(err.msg, "id"));
+    free(many);
+    free(bigbuf);
 }
 
 static void test_sticker_round_trip(void **state)
@@ -1306,12 +1387,18 @@ static void test_encode_rejects(void **state)
     assert_int_equal(ps_wire_encode_search(1, 0, tokens, 2, &opts, 0, &buf, &len, &err),
                      PS_ETOOBIG);
 
-    assert_int_equal(ps_wire_encode_search_reply(1, 0, 0, &hit, 1, 0, &buf, &len, &err), PS_EINVAL);
-    assert_non_null(strstr(err.msg, "hits[0].recall"));
-    assert_int_equal(ps_wire_encode_search_reply(1, 0, 0, NULL, 1, 0, &buf, &len, &err), PS_EINVAL);
-    assert_int_equal(
-        ps_wire_encode_search_reply(1, 0, 0, &hit, PS_WIRE_MAX_HITS + 1, 0, &buf, &len, &err),
-        PS_ETOOBIG);
+    for (int columnar = 0; columnar <= 1; columnar++) {
+        assert_int_equal(
+            ps_wire_encode_search_reply(1, 0, 0, &hit, 1, 0, columnar, &buf, &len, &err),
+            PS_EINVAL);
+        assert_non_null(strstr(err.msg, columnar ? "columns[0].recall" : "hits[0].recall"));
+        assert_int_equal(
+            ps_wire_encode_search_reply(1, 0, 0, NULL, 1, 0, columnar, &buf, &len, &err),
+            PS_EINVAL);
+        assert_int_equal(ps_wire_encode_search_reply(1, 0, 0, &hit, PS_WIRE_MAX_HITS + 1, 0,
+                                                     columnar, &buf, &len, &err),
+                         PS_ETOOBIG);
+    }
 
     assert_int_equal(ps_wire_encode_sticker_reply(1, 0, 6, &rec, 0, &buf, &len, &err), PS_EINVAL);
     assert_non_null(strstr(err.msg, "sticker_reply.id"));
@@ -1638,6 +1725,7 @@ int main(void)
         cmocka_unit_test(test_search_round_trip),
         cmocka_unit_test(test_profile_5x512_bit_exact),
         cmocka_unit_test(test_search_reply_round_trip),
+        cmocka_unit_test(test_search_reply_columns_bad),
         cmocka_unit_test(test_sticker_round_trip),
         cmocka_unit_test(test_health_round_trip),
         cmocka_unit_test(test_error_round_trip),

@@ -15,6 +15,8 @@
  *   search.centroids               <= PS_WIRE_MAX_CENTROIDS; every vector the same length,
  *                                  1..PS_WIRE_MAX_DIM, finite; radius finite, >= 0
  *   search_reply.hits              <= PS_WIRE_MAX_HITS; scores finite; centroid -1..KMAX-1
+ *   search_reply.columns           not with hits; every column as long as id (<=
+ *                                  PS_WIRE_MAX_HITS); each hit as in hits
  *   query.q                        <= PS_WIRE_MAX_STRING bytes, valid UTF-8, no NUL (empty is
  *                                  the broker's to reject, as are k and its own size caps)
  *   query.user                     <= PS_WIRE_MAX_USER bytes, valid UTF-8, no NUL
