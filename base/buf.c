@@ -6,6 +6,7 @@
 #include "ps/alloc.h"
 #include "ps/err.h"
 
+#include <math.h>
 #include <stdio.h>
 
 int ps__buf_grow(ps_buf *b, size_t more)
@@ -76,6 +77,80 @@ void ps_buf_varint(ps_buf *b, uint64_t v)
         v >>= 7;
     } while (v);
     ps_buf_add(b, x, n);
+}
+
+void ps_buf_json_str(ps_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    ps_buf_byte(b, '"');
+    size_t run = 0; /* s[run..i) needs no escape */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        ps_buf_add(b, s + run, i - run);
+        run = i + 1;
+        char esc[6] = {'\\', 0, '0', '0', 0, 0};
+        size_t len = 2;
+        switch (c) {
+        case '"':
+        case '\\':
+            esc[1] = (char)c;
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        default:
+            esc[1] = 'u';
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            len = 6;
+        }
+        ps_buf_add(b, esc, len);
+    }
+    ps_buf_add(b, s + run, n - run);
+    ps_buf_byte(b, '"');
+}
+
+void ps_buf_json_real(ps_buf *b, double v)
+{
+    char t[40];
+    if (b->rc) return;
+    if (!isfinite(v)) {
+        b->rc = PS_EINVAL;
+        return;
+    }
+    int n = snprintf(t, sizeof t, "%.17g", v);
+    if (n <= 0 || (size_t)n >= sizeof t - 2) { /* cannot happen for a finite double */
+        b->rc = PS_EINVAL;
+        return;
+    }
+    char *e = strchr(t, 'e');
+    if (!e && !strchr(t, '.')) {
+        memcpy(t + n, ".0", 3);
+        n += 2;
+    } else if (e) { /* "e+05" -> "e5", "e-05" -> "e-5" */
+        char *from = e + 1, *to = e + 1;
+        if (*from == '-')
+            from++, to++;
+        else if (*from == '+')
+            from++;
+        while (*from == '0' && from[1]) from++;
+        memmove(to, from, strlen(from) + 1);
+        n = (int)strlen(t);
+    }
+    ps_buf_add(b, t, (size_t)n);
 }
 
 void ps_buf_free(ps_buf *b)

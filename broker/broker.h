@@ -34,6 +34,7 @@
 #include "persrv.pb-c.h"
 #include "ps/admin.h"
 #include "ps/analyzer.h"
+#include "ps/buf.h"
 #include "ps/curve_zap.h"
 #include "ps/err.h"
 #include "ps/profile.h"
@@ -700,9 +701,9 @@ void broker_http_set_images(broker_http_t *h, const broker_images *img);
  * PS_EFORBIDDEN for a symbolic link, PS_ETOOBIG over img->max_bytes, PS_ENOMEM). */
 int broker_page_serve(struct evhttp_request *req, int ep, const char *path,
                       const broker_images *img, ps_err *err);
-/* The URL a page loads a sticker's picture from: an http(s) image reference as it is, a path
- * as "/images/<path>" (percent-encoded). New reference, or NULL for no image (or no memory). */
-struct json_t *broker_page_image_url(const char *image);
+/* The URL a page loads a sticker's picture from, appended to b: an http(s) image reference as
+ * it is, a path as "/images/<path>" (percent-encoded); nothing for no image. */
+void broker_page_image_url(ps_buf *b, const char *image);
 
 /* broker/www/openapi.json, embedded at build time (CMakeLists.txt): NUL-terminated. */
 extern const char broker_openapi_json[];

@@ -102,19 +102,12 @@ static const char *method_name(int cmd)
 
 /* ---- replies ----------------------------------------------------------------------------- */
 
-/* Send `body` (consumed) with `status`. Returns status. */
-static int reply_json(struct evhttp_request *req, int status, json_t *body)
+/* Send the JSON text body[0..len) and a newline with `status`. Returns status. */
+static int reply_text(struct evhttp_request *req, int status, const char *body, size_t len)
 {
-    char *s = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    json_decref(body);
-    if (!s) {
-        ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=reply");
-        abort();
-    }
     struct evbuffer *out = evhttp_request_get_output_buffer(req);
-    evbuffer_add(out, s, strlen(s));
+    evbuffer_add(out, body, len);
     evbuffer_add(out, "\n", 1);
-    free(s);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
     const char *reason = status == 200   ? "OK"
                          : status == 400 ? "Bad Request"
@@ -129,6 +122,32 @@ static int reply_json(struct evhttp_request *req, int status, json_t *body)
                          : status == 504 ? "Gateway Timeout"
                                          : "Error";
     evhttp_send_reply(req, status, reason, NULL);
+    return status;
+}
+
+static void out_of_memory(void)
+{
+    ps_log(PS_LOG_ERROR, "broker", "out_of_memory", "where=reply");
+    abort();
+}
+
+/* Send `body` (consumed) with `status`. Returns status. */
+static int reply_json(struct evhttp_request *req, int status, json_t *body)
+{
+    char *s = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (!s) out_of_memory();
+    reply_text(req, status, s, strlen(s));
+    free(s);
+    return status;
+}
+
+/* Send the JSON text in b (freed) with `status`. Returns status. */
+static int reply_buf(struct evhttp_request *req, int status, ps_buf *b)
+{
+    if (b->rc) out_of_memory(); /* the writers below append finite numbers only */
+    reply_text(req, status, b->p, b->n);
+    ps_buf_free(b);
     return status;
 }
 
@@ -235,32 +254,112 @@ static int request_id(broker_http_t *h, struct evhttp_request *req, char rid[PS_
 
 /* ---- search ------------------------------------------------------------------------------ */
 
-static json_t *hit_json(const ps_hit *h, const Persrv__GetStickerReply *f)
+/* The answer's JSON is written straight into a buffer, not built as a json_t tree: for a
+ * search it is most of the broker's work after the merge. ps_buf_json_* write what json_dumps
+ * would, so the answer's bytes are the same. */
+
+/* "k": — or ,"name": for k = ",name" (a member after the first). */
+static void key(ps_buf *b, const char *k)
+{
+    if (*k == ',') ps_buf_byte(b, *k++);
+    ps_buf_byte(b, '"');
+    ps_buf_str(b, k);
+    ps_buf_add(b, "\":", 2);
+}
+
+static void key_str(ps_buf *b, const char *k, const char *v)
+{
+    key(b, k);
+    ps_buf_json_str(b, v, strlen(v));
+}
+
+static void key_real(ps_buf *b, const char *k, double v)
+{
+    key(b, k);
+    ps_buf_json_real(b, v);
+}
+
+static void key_int(ps_buf *b, const char *k, long long v)
+{
+    char t[24];
+    key(b, k);
+    ps_buf_add(b, t, (size_t)snprintf(t, sizeof t, "%lld", v));
+}
+
+static void key_bool(ps_buf *b, const char *k, int v)
+{
+    key(b, k);
+    ps_buf_str(b, v ? "true" : "false");
+}
+
+/* One hit: id, the scores, the centroid, and with f (explain) the stored fields and image. */
+static void hit_text(ps_buf *b, const ps_hit *h, const Persrv__GetStickerReply *f)
 {
     char id[24];
     snprintf(id, sizeof id, "%llu", (unsigned long long)h->id);
-    json_t *o = json_pack("{s:s, s:f, s:f, s:f, s:f, s:f, s:i}", "id", id, "score", h->score,
-                          "recall", h->recall, "relevance", h->relevance, "utility", h->utility,
-                          "preference", h->preference, "centroid", (int)h->centroid);
-    if (o && f) {
+    ps_buf_byte(b, '{');
+    key_str(b, "id", id);
+    key_real(b, ",score", h->score);
+    key_real(b, ",recall", h->recall);
+    key_real(b, ",relevance", h->relevance);
+    key_real(b, ",utility", h->utility);
+    key_real(b, ",preference", h->preference);
+    key_int(b, ",centroid", h->centroid);
+    if (f) {
         const char *text[PS_NFIELDS] = {f->ocr, f->queries, f->keywords, f->desc, f->emotion};
-        for (int i = 0; i < PS_NFIELDS; i++)
-            json_object_set_new(o, ps_field_names[i], json_string(text[i]));
+        for (int i = 0; i < PS_NFIELDS; i++) {
+            ps_buf_byte(b, ',');
+            key_str(b, ps_field_names[i], text[i] ? text[i] : "");
+        }
         if (f->image && f->image[0]) {
-            json_object_set_new(o, "image", json_string(f->image));
-            json_object_set_new(o, "image_url", broker_page_image_url(f->image));
+            key_str(b, ",image", f->image);
+            ps_buf url = PS_BUF_INIT;
+            broker_page_image_url(&url, f->image);
+            key(b, ",image_url");
+            ps_buf_json_str(b, url.p, url.n);
+            if (url.rc) b->rc = url.rc;
+            ps_buf_free(&url);
         }
     }
-    return o;
+    ps_buf_byte(b, '}');
 }
 
-static json_t *failures_json(const broker_result *r)
+/* took (integer ms, as Elasticsearch) and took_us since t0, as the object's last members. */
+static void took_text(ps_buf *b, double t0)
 {
-    json_t *a = json_array();
-    for (size_t i = 0; i < r->nfailures; i++)
-        json_array_append_new(a, json_pack("{s:i, s:s}", "shard", (int)r->failures[i].shard,
-                                           "reason", r->failures[i].reason));
-    return a;
+    double secs = broker_now() - t0;
+    key_int(b, ",took", (long long)(secs * 1e3));
+    key_int(b, ",took_us", (long long)(secs * 1e6));
+}
+
+/* A search's answer object. */
+static void search_text(ps_buf *b, const broker_result *r, double t0, const char *rid)
+{
+    ps_buf_byte(b, '{');
+    key_str(b, "request_id", rid);
+    key_bool(b, ",timed_out", r->timed_out);
+    key_bool(b, ",partial", r->ok < r->nshards);
+    key_int(b, ",version", (long long)r->version);
+    key_bool(b, ",personalized", r->personalized);
+    ps_buf_str(b, ",\"shards\":{");
+    key_int(b, "total", (int)r->nshards);
+    key_int(b, ",successful", (int)r->ok);
+    key_int(b, ",failed", (int)(r->nshards - r->ok));
+    ps_buf_str(b, ",\"failures\":[");
+    for (size_t i = 0; i < r->nfailures; i++) {
+        ps_buf_str(b, i ? ",{" : "{");
+        key_int(b, "shard", (int)r->failures[i].shard);
+        key_str(b, ",reason", r->failures[i].reason);
+        ps_buf_byte(b, '}');
+    }
+    ps_buf_str(b, "]},\"hits\":[");
+    for (size_t i = 0; i < r->nhits; i++) {
+        if (i) ps_buf_byte(b, ',');
+        hit_text(b, &r->hits[i], r->fields ? r->fields[i] : NULL);
+    }
+    ps_buf_byte(b, ']');
+    took_text(b, t0);
+    ps_buf_byte(b, '}');
 }
 
 /* A POST /v1/msearch waiting for its searches. */
@@ -270,7 +369,7 @@ typedef struct http_batch {
     const char *who;
     double t0;
     size_t n, left;
-    json_t **resp; /* n: each search's answer or error, as it comes */
+    ps_buf *resp; /* n: each search's answer or error (JSON text), as it comes */
     char rid[PS_WIRE_MAX_TRACE + 1];
 } http_batch;
 
@@ -300,30 +399,8 @@ static http_pending *pending_new(broker_http_t *h, struct evhttp_request *req, c
     return p;
 }
 
-/* took (integer ms, as Elasticsearch) and took_us since t0. */
-static void set_took(json_t *o, double t0)
-{
-    double secs = broker_now() - t0;
-    json_object_set_new(o, "took", json_integer((json_int_t)(secs * 1e3)));
-    json_object_set_new(o, "took_us", json_integer((json_int_t)(secs * 1e6)));
-}
-
-static json_t *search_body(const broker_result *r, double t0, const char *rid)
-{
-    json_t *hits = json_array();
-    for (size_t i = 0; i < r->nhits; i++)
-        json_array_append_new(hits, hit_json(&r->hits[i], r->fields ? r->fields[i] : NULL));
-    json_t *body = json_pack("{s:s, s:b, s:b, s:I, s:b, s:{s:i, s:i, s:i, s:o}, s:o}", "request_id",
-                             rid, "timed_out", r->timed_out, "partial", r->ok < r->nshards,
-                             "version", (json_int_t)r->version, "personalized", r->personalized,
-                             "shards", "total", (int)r->nshards, "successful", (int)r->ok, "failed",
-                             (int)(r->nshards - r->ok), "failures", failures_json(r), "hits", hits);
-    if (body) set_took(body, t0);
-    return body;
-}
-
 /* The error shape of one search of a batch: {"status", "error": {code, type, message}}. */
-static json_t *error_body(int status, const char *code, const char *msg)
+static void error_text(ps_buf *b, int status, const char *code, const char *msg)
 {
     char m[512];
     snprintf(m, sizeof m, "%s", msg);
@@ -332,44 +409,67 @@ static json_t *error_body(int status, const char *code, const char *msg)
     const char *type = status == 404  ? "not_found"
                        : status < 500 ? "invalid_request"
                                       : "server_error";
-    return json_pack("{s:i, s:{s:s, s:s, s:s}}", "status", status, "error", "code", code, "type",
-                     type, "message", m);
+    ps_buf_byte(b, '{');
+    key_int(b, "status", status);
+    ps_buf_str(b, ",\"error\":{");
+    key_str(b, "code", code);
+    key_str(b, ",type", type);
+    key_str(b, ",message", m);
+    ps_buf_str(b, "}}");
 }
 
 /* Every search of b has its answer: send them. */
 static void batch_answer(http_batch *b)
 {
-    json_t *a = json_array();
-    for (size_t i = 0; i < b->n; i++) json_array_append_new(a, b->resp[i]);
-    json_t *body = json_pack("{s:s, s:o}", "request_id", b->rid, "responses", a);
-    set_took(body, b->t0);
-    int status = reply_json(b->req, 200, body);
+    ps_buf out = PS_BUF_INIT;
+    ps_buf_byte(&out, '{');
+    key_str(&out, "request_id", b->rid);
+    ps_buf_str(&out, ",\"responses\":[");
+    for (size_t i = 0; i < b->n; i++) {
+        if (i) ps_buf_byte(&out, ',');
+        ps_buf_add(&out, b->resp[i].p, b->resp[i].n);
+        if (b->resp[i].rc) out.rc = b->resp[i].rc;
+        ps_buf_free(&b->resp[i]);
+    }
+    ps_buf_byte(&out, ']');
+    took_text(&out, b->t0);
+    ps_buf_byte(&out, '}');
+    int status = reply_buf(b->req, 200, &out);
     request_done(b->h, BROKER_EP_MSEARCH, EVHTTP_REQ_POST, "/v1/msearch", b->who, status, b->t0,
                  b->rid);
     free(b->resp);
     free(b);
 }
 
-/* One search of a batch has its answer (taken): the batch answers once all have. */
-static void batch_put(http_batch *b, size_t slot, json_t *answer)
+/* One search of a batch has its answer (its text, taken): the batch answers once all have. */
+static void batch_put(http_batch *b, size_t slot, ps_buf *answer)
 {
-    b->resp[slot] = answer;
+    b->resp[slot] = *answer;
+    *answer = (ps_buf)PS_BUF_INIT;
     if (--b->left == 0) batch_answer(b);
 }
 
 static void search_answered(void *arg, int rc, const ps_err *err, const broker_result *r)
 {
     http_pending *p = arg;
+    ps_buf out = PS_BUF_INIT;
     if (rc == 0) broker_metrics_search_answered(p->h->metrics, BROKER_EP_SEARCH, r);
     if (p->batch) {
-        batch_put(p->batch, p->slot,
-                  rc ? error_body(ps_err_http_status(err->code), ps_errname(err->code), err->msg)
-                     : search_body(r, p->t0, p->rid));
+        if (rc)
+            error_text(&out, ps_err_http_status(err->code), ps_errname(err->code), err->msg);
+        else
+            search_text(&out, r, p->t0, p->rid);
+        batch_put(p->batch, p->slot, &out);
         free(p);
         return;
     }
-    int status =
-        rc ? reply_err(p->req, err) : reply_json(p->req, 200, search_body(r, p->t0, p->rid));
+    int status;
+    if (rc) {
+        status = reply_err(p->req, err);
+    } else {
+        search_text(&out, r, p->t0, p->rid);
+        status = reply_buf(p->req, 200, &out);
+    }
     request_done(p->h, BROKER_EP_SEARCH, p->cmd, p->path, p->who, status, p->t0, p->rid);
     free(p);
 }
@@ -492,7 +592,9 @@ static int handle_msearch(broker_http_t *h, struct evhttp_request *req, const ch
                 rc = ps_err_set(&e, PS_ENOMEM, "out of memory for a search");
             if (rc) {
                 broker_search_params_free(&sp[m]);
-                batch_put(b, i, error_body(ps_err_http_status(rc), ps_errname(rc), e.msg));
+                ps_buf t = PS_BUF_INIT;
+                error_text(&t, ps_err_http_status(rc), ps_errname(rc), e.msg);
+                batch_put(b, i, &t);
                 continue;
             }
             /* each search's trace id: the request's, and its place in the batch */
@@ -511,7 +613,9 @@ static int handle_msearch(broker_http_t *h, struct evhttp_request *req, const ch
                 const ps_err *e = brc ? &err : &errs[i];
                 int rc = brc ? brc : rcs[i];
                 free(ps[i]);
-                batch_put(b, slot[i], error_body(ps_err_http_status(rc), ps_errname(rc), e->msg));
+                ps_buf t = PS_BUF_INIT;
+                error_text(&t, ps_err_http_status(rc), ps_errname(rc), e->msg);
+                batch_put(b, slot[i], &t);
             }
             broker_search_params_free(&sp[i]);
         }
@@ -621,8 +725,12 @@ static void sticker_answered(void *arg, int rc, const ps_err *err, Persrv__Envel
                       (int)r->shard, "utility", r->utility, "ocr", r->ocr, "queries", r->queries,
                       "keywords", r->keywords, "desc", r->desc, "emotion", r->emotion);
         if (o && r->image && r->image[0]) {
+            ps_buf url = PS_BUF_INIT;
+            broker_page_image_url(&url, r->image);
+            if (url.rc) out_of_memory();
             json_object_set_new(o, "image", json_string(r->image));
-            json_object_set_new(o, "image_url", broker_page_image_url(r->image));
+            json_object_set_new(o, "image_url", json_stringn(url.p, url.n));
+            ps_buf_free(&url);
         }
         status = reply_json(p->req, 200, o);
         ps_wire_free(env);

@@ -159,29 +159,24 @@ int broker_page_serve(struct evhttp_request *req, int ep, const char *path,
     return 0;
 }
 
-json_t *broker_page_image_url(const char *image)
+void broker_page_image_url(ps_buf *b, const char *image)
 {
-    if (!image || !image[0]) return NULL;
-    if (ps_image_is_url(image)) return json_string(image);
+    if (!image || !image[0]) return;
+    if (ps_image_is_url(image)) {
+        ps_buf_str(b, image);
+        return;
+    }
     /* a path: /images/ and the path with every byte outside [A-Za-z0-9/._~-] percent-encoded */
     static const char hex[] = "0123456789ABCDEF";
-    size_t n = strlen(image);
-    char *s = malloc(strlen(IMAGES_PREFIX) + 3 * n + 1);
-    if (!s) return NULL;
-    char *o = stpcpy(s, IMAGES_PREFIX);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)image[i];
+    ps_buf_str(b, IMAGES_PREFIX);
+    for (const char *p = image; *p; p++) {
+        unsigned char c = (unsigned char)*p;
         if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
             strchr("/._~-", c)) {
-            *o++ = (char)c;
+            ps_buf_byte(b, c);
         } else {
-            *o++ = '%';
-            *o++ = hex[c >> 4];
-            *o++ = hex[c & 15];
+            char esc[3] = {'%', hex[c >> 4], hex[c & 15]};
+            ps_buf_add(b, esc, 3);
         }
     }
-    *o = '\0';
-    json_t *j = json_string(s);
-    free(s);
-    return j;
 }

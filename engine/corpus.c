@@ -739,79 +739,6 @@ size_t ps_jsonl_lineno(const ps_jsonl_t *r)
  * JSONL writer
  */
 
-/* Output through a stack buffer: one fwrite per 8 KiB, sticky error. */
-typedef struct wbuf {
-    FILE *f;
-    size_t n;
-    int failed;
-    char b[8192];
-} wbuf;
-
-static void wb_flush(wbuf *w)
-{
-    if (w->n && !w->failed && fwrite(w->b, 1, w->n, w->f) != w->n) w->failed = 1;
-    w->n = 0;
-}
-
-static void wb_put(wbuf *w, const char *s, size_t n)
-{
-    while (n) {
-        if (w->n == sizeof w->b) wb_flush(w);
-        size_t k = sizeof w->b - w->n < n ? sizeof w->b - w->n : n;
-        memcpy(w->b + w->n, s, k);
-        w->n += k;
-        s += k;
-        n -= k;
-    }
-}
-
-/* s as a JSON string literal; s is valid UTF-8 without NUL, which is written through. */
-static void wb_json_string(wbuf *w, const char *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t run = 0;
-    wb_put(w, "\"", 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') continue;
-        wb_put(w, s + run, i - run);
-        run = i + 1;
-        char esc[6] = {'\\', 0, 0, 0, 0, 0};
-        size_t en = 2;
-        switch (c) {
-        case '"':
-            esc[1] = '"';
-            break;
-        case '\\':
-            esc[1] = '\\';
-            break;
-        case '\n':
-            esc[1] = 'n';
-            break;
-        case '\r':
-            esc[1] = 'r';
-            break;
-        case '\t':
-            esc[1] = 't';
-            break;
-        case '\b':
-            esc[1] = 'b';
-            break;
-        case '\f':
-            esc[1] = 'f';
-            break;
-        default:
-            memcpy(esc + 1, "u00", 3);
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            en = 6;
-        }
-        wb_put(w, esc, en);
-    }
-    wb_put(w, s + run, n - run);
-    wb_put(w, "\"", 1);
-}
-
 int ps_sticker_write(FILE *f, const ps_sticker_rec *r, ps_err *err)
 {
     static const int order[PS_NFIELDS] = {PS_F_OCR, PS_F_KEYWORDS, PS_F_DESC, PS_F_EMOTION,
@@ -837,33 +764,30 @@ int ps_sticker_write(FILE *f, const ps_sticker_rec *r, ps_err *err)
         return rc;
     }
 
-    wbuf wb, *w = &wb;
-    w->f = f;
-    w->n = 0;
-    w->failed = 0;
-    char digits[24], *d = digits + sizeof digits;
-    uint64_t id = r->id;
-    do {
-        *--d = (char)('0' + id % 10);
-        id /= 10;
-    } while (id);
-    wb_put(w, "{\"id\":", 6);
-    wb_put(w, d, (size_t)(digits + sizeof digits - d));
+    /* the line in one buffer, one fwrite; strings escaped as jansson writes them */
+    ps_buf w = PS_BUF_INIT;
+    ps_buf_printf(&w, "{\"id\":%llu", (unsigned long long)r->id);
     for (int i = 0; i < PS_NFIELDS; i++) {
         int fi = order[i];
         if (!r->field_len[fi]) continue;
-        wb_put(w, ",\"", 2);
-        wb_put(w, ps_field_names[fi], strlen(ps_field_names[fi]));
-        wb_put(w, "\":", 2);
-        wb_json_string(w, r->field[fi], r->field_len[fi]);
+        ps_buf_add(&w, ",\"", 2);
+        ps_buf_str(&w, ps_field_names[fi]);
+        ps_buf_add(&w, "\":", 2);
+        ps_buf_json_str(&w, r->field[fi], r->field_len[fi]);
     }
     if (r->image_len) {
-        wb_put(w, ",\"image\":", 9);
-        wb_json_string(w, r->image, r->image_len);
+        ps_buf_add(&w, ",\"image\":", 9);
+        ps_buf_json_str(&w, r->image, r->image_len);
     }
-    wb_put(w, "}\n", 2);
-    wb_flush(w);
-    if (w->failed)
+    ps_buf_add(&w, "}\n", 2);
+    if (w.rc) {
+        ps_buf_free(&w);
+        return ps_err_set(err, PS_ENOMEM, "sticker %llu: out of memory for its line",
+                          (unsigned long long)r->id);
+    }
+    int failed = fwrite(w.p, 1, w.n, f) != w.n;
+    ps_buf_free(&w);
+    if (failed)
         return ps_err_set(err, PS_EIO, "sticker %llu: write failed: %s", (unsigned long long)r->id,
                           strerror(errno));
     return 0;

@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -116,6 +118,87 @@ static void test_detach(void **state)
     ps_free(s);
 }
 
+/* ps_buf_json_real and ps_buf_json_str write what jansson's json_dumps writes for the same
+ * value, byte for byte, and the number reads back to the same bits: doubles of random bit
+ * patterns (every exponent), integers, tiny and huge ones; strings with every control byte,
+ * quotes, backslashes and UTF-8. Not finite is the sticky PS_EINVAL. */
+static void test_json(void **state)
+{
+    (void)state;
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    const double fixed[] = {0.0,
+                            -0.0,
+                            1.0,
+                            -3.0,
+                            1e21,
+                            1e22,
+                            123456789012345680.0,
+                            0.5,
+                            1e-5,
+                            1.5e-300,
+                            5e-324,
+                            1.7976931348623157e308,
+                            22.657885046426987,
+                            0.1,
+                            100.0,
+                            1e100,
+                            -2.5e-7};
+    for (size_t i = 0; i < 200000 + sizeof fixed / sizeof fixed[0]; i++) {
+        double v;
+        if (i < sizeof fixed / sizeof fixed[0]) {
+            v = fixed[i];
+        } else {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            uint64_t bits = i % 2 ? x : (x >> 12) | 0x4030000000000000ull; /* or near 16..32 */
+            memcpy(&v, &bits, sizeof v);
+            if (!isfinite(v)) continue;
+        }
+        ps_buf b = PS_BUF_INIT;
+        ps_buf_json_real(&b, v);
+        json_t *j = json_real(v);
+        char *want = json_dumps(j, JSON_ENCODE_ANY | JSON_COMPACT);
+        assert_int_equal(b.rc, 0);
+        if (strcmp(b.p, want)) fail_msg("%.17g: %s, jansson %s", v, b.p, want);
+        double back = strtod(b.p, NULL);
+        assert_memory_equal(&back, &v, sizeof v);
+        free(want);
+        json_decref(j);
+        ps_buf_free(&b);
+    }
+
+    char s[256];
+    for (int c = 1; c < 256; c++) s[c - 1] = (char)c; /* every byte but NUL, as Latin-1 */
+    const char *texts[] = {"",
+                           "plain",
+                           "好累~ So TIRED😭",
+                           "\"quoted\" \\back\\slash",
+                           "tab\there\nnew\rline\b\f\x01\x1f\x7f",
+                           "a/b"};
+    for (size_t i = 0; i <= sizeof texts / sizeof texts[0]; i++) {
+        /* the last round: bytes 0x01..0x7f (valid UTF-8, the ASCII ones jansson accepts) */
+        const char *t = i < sizeof texts / sizeof texts[0] ? texts[i] : s;
+        size_t n = i < sizeof texts / sizeof texts[0] ? strlen(t) : 0x7f;
+        ps_buf b = PS_BUF_INIT;
+        ps_buf_json_str(&b, t, n);
+        json_t *j = json_stringn(t, n);
+        assert_non_null(j);
+        char *want = json_dumps(j, JSON_ENCODE_ANY | JSON_COMPACT);
+        assert_int_equal(b.rc, 0);
+        if (strcmp(b.p, want)) fail_msg("string %zu: %s, jansson %s", i, b.p, want);
+        free(want);
+        json_decref(j);
+        ps_buf_free(&b);
+    }
+
+    ps_buf b = PS_BUF_INIT;
+    ps_buf_str(&b, "[");
+    ps_buf_json_real(&b, NAN);
+    assert_int_equal(b.rc, PS_EINVAL);
+    ps_buf_json_real(&b, 1.0); /* sticky: nothing more is written */
+    assert_int_equal(b.n, 1);
+    ps_buf_free(&b);
+}
+
 /* Fail at every allocation in turn of a sequence of appends: the first failure sticks, later
  * appends change nothing, the bytes before it are intact and free releases everything. */
 static void test_sticky_error(void **state)
@@ -174,6 +257,7 @@ int main(void)
         cmocka_unit_test(test_printf_past_room),
         cmocka_unit_test(test_encodings),
         cmocka_unit_test(test_detach),
+        cmocka_unit_test(test_json),
         cmocka_unit_test_teardown(test_sticky_error, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
