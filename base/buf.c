@@ -5,6 +5,7 @@
 #include "ps/buf.h"
 #include "ps/alloc.h"
 #include "ps/err.h"
+#include "ps/utf8.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -86,6 +87,18 @@ void ps_buf_json_str(ps_buf *b, const char *s, size_t n)
     size_t run = 0; /* s[run..i) needs no escape */
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
+        if (c >= 0x80) { /* a well-formed sequence goes through, an ill-formed byte is U+FFFD */
+            int32_t cp;
+            size_t k = ps_utf8_multi((const uint8_t *)s + i, n - i, &cp);
+            if (k) {
+                i += k - 1;
+                continue;
+            }
+            ps_buf_add(b, s + run, i - run);
+            run = i + 1;
+            ps_buf_add(b, "\xEF\xBF\xBD", 3);
+            continue;
+        }
         if (c >= 0x20 && c != '"' && c != '\\') continue;
         ps_buf_add(b, s + run, i - run);
         run = i + 1;

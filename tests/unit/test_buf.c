@@ -190,6 +190,28 @@ static void test_json(void **state)
         ps_buf_free(&b);
     }
 
+    /* ill-formed UTF-8 (jansson refuses it): each bad byte becomes U+FFFD, the rest stays */
+    const struct {
+        const char *in, *want;
+    } bad[] = {{"a\xff"
+                "b",
+                "\"a\xEF\xBF\xBD"
+                "b\""},
+               {"\xE5\xBC", "\"\xEF\xBF\xBD\xEF\xBF\xBD\""},   /* 开 cut after 2 bytes */
+               {"\xC0\xAF/", "\"\xEF\xBF\xBD\xEF\xBF\xBD/\""}, /* overlong '/' */
+               {"\xED\xA0\x80", "\"\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD\""}, /* surrogate */
+               {"\xE5\xBC\x80\x80\"", "\"\xE5\xBC\x80\xEF\xBF\xBD\\\"\""}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ps_buf t = PS_BUF_INIT;
+        ps_buf_json_str(&t, bad[i].in, strlen(bad[i].in));
+        if (strcmp(t.p, bad[i].want)) fail_msg("ill-formed %zu: %s", i, t.p);
+        json_error_t je;
+        json_t *j = json_loads(t.p, JSON_DECODE_ANY, &je);
+        if (!j) fail_msg("ill-formed %zu: not JSON: %s", i, je.text);
+        json_decref(j);
+        ps_buf_free(&t);
+    }
+
     ps_buf b = PS_BUF_INIT;
     ps_buf_str(&b, "[");
     ps_buf_json_real(&b, NAN);

@@ -80,8 +80,9 @@ void ps_buf_varint(ps_buf *b, uint64_t v);
 /* JSON text, in the form jansson's json_dumps writes it, so an answer written straight into a
  * buffer reads the same as one built as a json_t tree:
  *   ps_buf_json_str  a quoted string: '"' and '\\' escaped, control characters (< 0x20) as
- *                    \b \f \n \r \t or \u00XX (upper-case hex), every other byte as it is (the
- *                    caller passes UTF-8);
+ *                    \b \f \n \r \t or \u00XX (upper-case hex), UTF-8 as it is; a byte
+ *                    that is not part of well-formed UTF-8 (where jansson refuses the string)
+ *                    is written as U+FFFD, so the text is always valid JSON;
  *   ps_buf_json_real a double as "%.17g" (it reads back to the same bits), with ".0" added
  *                    when that looks like an integer and the exponent without '+' or leading
  *                    zeros ("1e-05" -> "1e-5"); not finite is the sticky PS_EINVAL (JSON has
