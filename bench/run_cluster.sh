@@ -16,7 +16,10 @@
 #   (default 3), CONNECTIONS (default 1,4,16), SEED (default 1), SHARD_WORKERS (default 1),
 #   BROKER_FLAGS (extra broker flags, e.g. "--deadline-ms 1000"), SHARD_FLAGS (extra shard
 #   flags; default "--rcache-bytes 0": headline figures are without the recall cache, and a
-#   1,000-query set repeated would be mostly cache hits; SHARD_FLAGS="" runs with it)
+#   1,000-query set repeated would be mostly cache hits; SHARD_FLAGS="" runs with it),
+#   SKIP_ENGINE=1 (no bench_engine run and no cluster_vs_engine line: for alternating runs of
+#   two builds, e.g. CONNECTIONS=16 REPEAT=1 REQUESTS=5000 SKIP_ENGINE=1, comparing their
+#   cluster_cpu lines)
 # After the cluster's levels, one more line, {"bench":"cluster_cpu",...}: the CPU time the
 # broker, the shards and bench_cluster spent over the whole bench_cluster run (warm-up and every
 # level; threads' schedstat, bash's `time`), per search the broker answered (its /metrics), and
@@ -79,9 +82,11 @@ SINGLE=$DATA/index.bench
 USERS=$(cut -f1 "$DATA/clicks.tsv" | sort -u | head -n 64 | paste -sd, -)
 
 # ---- the single-node engine (alone on the machine) ------------------------------------------
-"$BE" --index "$SINGLE" --queries "$QUERIES" --seed "$SEED" --json >"$RUN/engine.json" \
-  || fail "bench_engine"
-cat "$RUN/engine.json"
+if [ "${SKIP_ENGINE:-0}" != 1 ]; then
+  "$BE" --index "$SINGLE" --queries "$QUERIES" --seed "$SEED" --json >"$RUN/engine.json" \
+    || fail "bench_engine"
+  cat "$RUN/engine.json"
+fi
 
 # ---- the cluster ----------------------------------------------------------------------------
 # wait_ready NAME FILE: until FILE exists, or fail when NAME's process has exited.
@@ -151,6 +156,7 @@ jq -cn --argjson b "$((b1 - b0))" --argjson s "$((s1 - s0))" --argjson cu "$cu" 
     ($s / 1e3 / $q), client_cpu_us_per_query: (($cu + $cs) * 1e6 / $q)} else {} end'
 
 # ---- the broker's cost over the engine ------------------------------------------------------
+[ "${SKIP_ENGINE:-0}" = 1 ] && exit 0
 jq -cn --slurpfile e "$RUN/engine.json" --slurpfile c "$RUN/cluster.json" '
   ($c | map(select(.connections == 1)) | first) as $c1 |
   if $c1 == null then {bench: "cluster_vs_engine", error: "no 1-connection level"} else
