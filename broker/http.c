@@ -449,17 +449,26 @@ static void batch_put(http_batch *b, size_t slot, ps_buf *answer)
     if (--b->left == 0) batch_answer(b);
 }
 
+/* One search of a batch failed with code (a ps_err code) and msg: its answer is the error. */
+static void batch_fail(http_batch *b, size_t slot, int code, const char *msg)
+{
+    ps_buf t = PS_BUF_INIT;
+    error_text(&t, ps_err_http_status(code), ps_errname(code), msg);
+    batch_put(b, slot, &t);
+}
+
 static void search_answered(void *arg, int rc, const ps_err *err, const broker_result *r)
 {
     http_pending *p = arg;
     ps_buf out = PS_BUF_INIT;
     if (rc == 0) broker_metrics_search_answered(p->h->metrics, BROKER_EP_SEARCH, r);
     if (p->batch) {
-        if (rc)
-            error_text(&out, ps_err_http_status(err->code), ps_errname(err->code), err->msg);
-        else
+        if (rc) {
+            batch_fail(p->batch, p->slot, err->code, err->msg);
+        } else {
             search_text(&out, r, p->t0, p->rid);
-        batch_put(p->batch, p->slot, &out);
+            batch_put(p->batch, p->slot, &out);
+        }
         free(p);
         return;
     }
@@ -592,9 +601,7 @@ static int handle_msearch(broker_http_t *h, struct evhttp_request *req, const ch
                 rc = ps_err_set(&e, PS_ENOMEM, "out of memory for a search");
             if (rc) {
                 broker_search_params_free(&sp[m]);
-                ps_buf t = PS_BUF_INIT;
-                error_text(&t, ps_err_http_status(rc), ps_errname(rc), e.msg);
-                batch_put(b, i, &t);
+                batch_fail(b, i, rc, e.msg);
                 continue;
             }
             /* each search's trace id: the request's, and its place in the batch */
@@ -613,9 +620,7 @@ static int handle_msearch(broker_http_t *h, struct evhttp_request *req, const ch
                 const ps_err *e = brc ? &err : &errs[i];
                 int rc = brc ? brc : rcs[i];
                 free(ps[i]);
-                ps_buf t = PS_BUF_INIT;
-                error_text(&t, ps_err_http_status(rc), ps_errname(rc), e->msg);
-                batch_put(b, slot[i], &t);
+                batch_fail(b, slot[i], rc, e->msg);
             }
             broker_search_params_free(&sp[i]);
         }

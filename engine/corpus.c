@@ -785,11 +785,11 @@ int ps_sticker_write(FILE *f, const ps_sticker_rec *r, ps_err *err)
         return ps_err_set(err, PS_ENOMEM, "sticker %llu: out of memory for its line",
                           (unsigned long long)r->id);
     }
-    int failed = fwrite(w.p, 1, w.n, f) != w.n;
+    int failed = fwrite(w.p, 1, w.n, f) != w.n ? errno : 0;
     ps_buf_free(&w);
     if (failed)
         return ps_err_set(err, PS_EIO, "sticker %llu: write failed: %s", (unsigned long long)r->id,
-                          strerror(errno));
+                          strerror(failed));
     return 0;
 }
 

@@ -82,26 +82,23 @@ int ps_wire_encode_search_reply(uint64_t request_id, uint32_t shard, uint64_t sn
         mem = n ? ps_malloc(n * (sizeof(uint64_t) + 5 * sizeof(double) + sizeof(int32_t))) : NULL;
         if (n && !mem) return ps_err_set(err, PS_ENOMEM, "search_reply.columns: out of memory");
         persrv__hit_columns__init(&cols);
-        uint64_t *id = mem;
-        double *d = (double *)(id + n);
-        int32_t *centroid = (int32_t *)(d + 5 * n);
         cols.n_id = cols.n_relevance = cols.n_utility = cols.n_recall = cols.n_preference =
             cols.n_score = cols.n_centroid = n;
-        cols.id = id;
-        cols.relevance = d;
-        cols.utility = d + n;
-        cols.recall = d + 2 * n;
-        cols.preference = d + 3 * n;
-        cols.score = d + 4 * n;
-        cols.centroid = centroid;
+        cols.id = mem;
+        cols.relevance = (double *)(cols.id + n);
+        cols.utility = cols.relevance + n;
+        cols.recall = cols.utility + n;
+        cols.preference = cols.recall + n;
+        cols.score = cols.preference + n;
+        cols.centroid = (int32_t *)(cols.score + n);
         for (size_t i = 0; i < n; i++) {
-            id[i] = hits[i].id;
+            cols.id[i] = hits[i].id;
             cols.relevance[i] = hits[i].relevance;
             cols.utility[i] = hits[i].utility;
             cols.recall[i] = hits[i].recall;
             cols.preference[i] = hits[i].preference;
             cols.score[i] = hits[i].score;
-            centroid[i] = hits[i].centroid;
+            cols.centroid[i] = hits[i].centroid;
         }
         r.columns = &cols;
     } else if (n) {
@@ -198,8 +195,8 @@ int ps_wire_to_hits(const Persrv__SearchReply *r, ps_hit *hits, size_t cap, size
     size_t m = ps_wire_reply_nhits(r);
     if (m > cap)
         return ps_err_set(err, PS_ETOOBIG, "search_reply.hits: %zu entries, room for %zu", m, cap);
-    for (size_t i = 0; i < m; i++) {
-        if (c) { /* ps_wire_decode checked that every column has m entries */
+    if (c) { /* ps_wire_decode checked that every column has m entries */
+        for (size_t i = 0; i < m; i++)
             hits[i] = (ps_hit){.id = c->id[i],
                                .doc = UINT32_MAX,
                                .centroid = c->centroid[i],
@@ -208,17 +205,18 @@ int ps_wire_to_hits(const Persrv__SearchReply *r, ps_hit *hits, size_t cap, size
                                .recall = c->recall[i],
                                .preference = c->preference[i],
                                .score = c->score[i]};
-            continue;
+    } else {
+        for (size_t i = 0; i < m; i++) {
+            const Persrv__Hit *h = r->hits[i];
+            hits[i] = (ps_hit){.id = h->id,
+                               .doc = UINT32_MAX,
+                               .centroid = h->centroid,
+                               .relevance = h->relevance,
+                               .utility = h->utility,
+                               .recall = h->recall,
+                               .preference = h->preference,
+                               .score = h->score};
         }
-        const Persrv__Hit *h = r->hits[i];
-        hits[i] = (ps_hit){.id = h->id,
-                           .doc = UINT32_MAX,
-                           .centroid = h->centroid,
-                           .relevance = h->relevance,
-                           .utility = h->utility,
-                           .recall = h->recall,
-                           .preference = h->preference,
-                           .score = h->score};
     }
     *n = m;
     return 0;
