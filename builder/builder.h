@@ -24,13 +24,14 @@ typedef struct builder_inputs {
     builder_cfg cfg;
 } builder_inputs;
 
-/* getopt_long entries of the input options (their short codes are c e l k s b w). */
+/* getopt_long entries of the input options (their short codes are c e l k s b w r). */
 #define BUILDER_INPUT_OPTIONS                                                                      \
     {"corpus", required_argument, 0, 'c'}, {"embeddings", required_argument, 0, 'e'},              \
         {"clicks", required_argument, 0, 'l'}, {"kmax", required_argument, 0, 'k'},                \
         {"seed", required_argument, 0, 's'}, {"utility-base", required_argument, 0, 'b'},          \
+        {"utility-w", required_argument, 0, 'w'},                                                  \
     {                                                                                              \
-        "utility-w", required_argument, 0, 'w'                                                     \
+        "reorder", required_argument, 0, 'r'                                                       \
     }
 
 #define BUILDER_INPUT_USAGE                                                                        \
@@ -40,7 +41,10 @@ typedef struct builder_inputs {
     "  --kmax N            style centroids per user, 1..5 (default 5)\n"                           \
     "  --seed N            k-means seed (default 42)\n"                                            \
     "  --utility-base X    base added to zero utility components (default 1)\n"                    \
-    "  --utility-w A,B,C   weights of (Pop, Cross, QA) (default 1,1,1)\n"
+    "  --utility-w A,B,C   weights of (Pop, Cross, QA) (default 1,1,1)\n"                          \
+    "  --reorder FIELDS    put stickers of equal utility that share terms of these fields\n"       \
+    "                      side by side (faster search, same answers): field names\n"              \
+    "                      separated by commas, or none (default ocr,queries)\n"
 
 /* Take option ch (getopt's return) with argument arg if it is an input option: 1 taken, 0 not
  * an input option, -1 a bad value (reported on stderr as "builder CMD: ..."). */
@@ -48,5 +52,9 @@ int builder_input_opt(int ch, const char *arg, builder_inputs *in, const char *c
 
 /* Parse "A,B,C" (three numbers >= 0) into w; -1 if malformed. */
 int builder_parse_utility_w(const char *s, double w[3]);
+
+/* Parse a comma-separated list of field names (ps_field_lookup), or "none", into a mask of
+ * bit f per field f; -1 if a name is unknown or the list is empty. */
+int builder_parse_fields(const char *s, uint32_t *mask);
 
 #endif

@@ -491,6 +491,7 @@ int builder_cmd_push_profiles(int argc, char **argv)
         if (admin_open(&ac, admin, token, timeout_ms, &err) || admin_preflight(&ac, &err))
             goto fail;
     }
+    inp.cfg.reorder_fields = 0; /* only the profiles are sent, and they ignore doc numbers */
     if (ps_clicklog_read(inp.clicks, &log, &err) ||
         builder_corpus_load(inp.corpus, inp.npy, 1, &c, &err) ||
         builder_build_index(&c, &log, &inp.cfg, 0, &b, &err))

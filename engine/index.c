@@ -1,7 +1,9 @@
 /*
  * index.c — building the in-memory inverted index (ps_ixbuild_*) and reading it (ps_index_*).
  *
- * Build: stickers arrive in doc order (utility desc, id asc). Each field's tokens are mapped
+ * Build: stickers arrive in doc order, utility non-increasing (search.c bounds a window's
+ * utility by its first doc's; stickers of equal utility come in any order, and the builder
+ * numbers them so that those sharing terms are neighbours). Each field's tokens are mapped
  * to term numbers, sorted, and run-length counted into (doc, tf) appended to the (field, term)
  * list, so every list is born sorted by doc. ps_ixbuild_finish computes the field statistics,
  * then packs all lists into the flat pdocs/ptfn arrays described in ps_int.h.
@@ -198,14 +200,9 @@ int ps_ixbuild_add(ps_ixbuild_t *b, uint64_t id, float utility,
     if (!(utility >= 0.0f) || isinf(utility))
         return ps_err_set(err, PS_EINVAL, "sticker %llu: utility %g is not a finite number >= 0",
                           (unsigned long long)id, (double)utility);
-    if (doc > 0) {
-        float pu = ix->utility[doc - 1];
-        uint64_t pid = ix->ids[doc - 1];
-        if (utility > pu || (utility == pu && id <= pid))
-            return ps_err_set(err, PS_EINVAL,
-                              "sticker %llu arrives out of (utility desc, id asc) order",
-                              (unsigned long long)id);
-    }
+    if (doc > 0 && utility > ix->utility[doc - 1])
+        return ps_err_set(err, PS_EINVAL, "sticker %llu arrives out of order: utility %g after %g",
+                          (unsigned long long)id, (double)utility, (double)ix->utility[doc - 1]);
     for (int f = 0; f < PS_NFIELDS; f++) {
         if (!fields[f] || fields[f]->n == 0) continue;
         int rc = add_field(b, doc, f, fields[f], err);

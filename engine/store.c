@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <rocksdb/c.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdint.h>
@@ -434,6 +435,13 @@ int ps__store_doc_decode(ps_index_t *ix, uint32_t d, const uint8_t *k, size_t kl
         return ps_err_set(err, PS_ECORRUPT, "doc record %u is out of sequence or malformed", d);
     ix->ids[d] = rd_u64le(v);
     ix->utility[d] = rd_f32le(v + 8);
+    /* search.c bounds a window's utility by its first doc's */
+    if (!(ix->utility[d] >= 0.0f) || isinf(ix->utility[d]) ||
+        (d > 0 && ix->utility[d] > ix->utility[d - 1]))
+        return ps_err_set(
+            err, PS_ECORRUPT,
+            "doc record %u: utility %g is negative, not finite or above the previous doc's", d,
+            (double)ix->utility[d]);
     for (int f = 0; f < PS_NFIELDS; f++)
         ix->dl[(size_t)d * PS_NFIELDS + f] = rd_u32le(v + 12 + 4 * f);
     return 0;

@@ -275,6 +275,51 @@ static void test_pruned_equals_exhaustive(void **state)
     ps_searcher_free(s);
 }
 
+/* The builder numbers stickers of equal utility by recursive graph bisection (the default
+ * `--reorder`): the same corpus numbered by id gives the same answers, bit for bit. */
+static void test_numbering_changes_no_answer(void **state)
+{
+    (void)state;
+    builder_cfg cfg;
+    builder_built byid;
+    ps_err err = {0};
+    builder_cfg_defaults(&cfg);
+    assert_true(cfg.reorder_fields != 0);
+    cfg.reorder_fields = 0;
+    if (builder_build_index(&F.corpus, &F.log, &cfg, 1, &byid, &err)) fail_msg("%s", err.msg);
+    const ps_index_t *x = F.built.ix, *y = byid.ix;
+    uint32_t n = ps_index_ndocs(x), moved = 0;
+    assert_int_equal(ps_index_ndocs(y), n);
+    for (uint32_t d = 0; d < n; d++) {
+        moved += ps_index_id(x, d) != ps_index_id(y, d);
+        assert_true(ps_index_utility(x, d) == ps_index_utility(y, d)); /* same utility order */
+        if (d > 0 && ps_index_utility(y, d) == ps_index_utility(y, d - 1))
+            assert_true(ps_index_id(y, d) > ps_index_id(y, d - 1)); /* by id: ascending */
+    }
+    assert_true(moved > n / 2); /* most docs of the one big utility run moved */
+
+    ps_searcher_t *a = ps_searcher_new(x, NULL), *b = ps_searcher_new(y, NULL);
+    ps_hit *ha = malloc(TOPR * sizeof *ha), *hb = malloc(TOPR * sizeof *hb);
+    for (size_t qi = 0; qi < F.nqueries; qi++) {
+        const char *q = F.queries[qi];
+        for (int variant = 0; variant < 2; variant++) {
+            ps_search_opts o;
+            ps_search_opts_default(&o);
+            o.k = TOPR;
+            if (variant == 1) o.profile = &F.built.profiles[qi % F.built.nusers];
+            size_t na = 0, nb = 0;
+            int rc = ps_search(a, q, strlen(q), &o, ha, &na, NULL, NULL);
+            assert_int_equal(rc, ps_search(b, q, strlen(q), &o, hb, &nb, NULL, NULL));
+            if (!rc) assert_same_hits(q, ha, na, hb, nb);
+        }
+    }
+    free(ha);
+    free(hb);
+    ps_searcher_free(a);
+    ps_searcher_free(b);
+    builder_built_free(&byid);
+}
+
 static const char *stored_text(void *ctx, uint32_t doc, int f, size_t *len)
 {
     (void)ctx;
@@ -577,6 +622,7 @@ int main(void)
         cmocka_unit_test(test_exact_personalized),
         cmocka_unit_test(test_exact_unknown_user),
         cmocka_unit_test(test_pruned_equals_exhaustive),
+        cmocka_unit_test(test_numbering_changes_no_answer),
         cmocka_unit_test(test_store_roundtrip),
         cmocka_unit_test(test_shards_equal_single_node),
         cmocka_unit_test(test_shard_stores),

@@ -44,8 +44,9 @@ void ps_ixbuild_free(ps_ixbuild_t *b);
 
 /* Add the next sticker (it gets doc number = number of stickers added before it).
  * fields[f] are the analyzed tokens of field f (repeats kept; NULL = empty field).
- * Errors: PS_EINVAL when stickers arrive out of (utility desc, id asc) order, when an id
- * repeats the previous one, or more than `ndocs` are added; PS_ENOMEM. */
+ * Stickers come in non-increasing utility; those of equal utility in any order.
+ * Errors: PS_EINVAL when utility rises, or more than `ndocs` are added (a repeated id fails
+ * ps_ixbuild_finish); PS_ENOMEM. */
 int ps_ixbuild_add(ps_ixbuild_t *b, uint64_t id, float utility,
                    const ps_tokens *const fields[PS_NFIELDS], ps_err *err);
 
