@@ -268,11 +268,10 @@ static int reorder_run(const builder_corpus *c, const builder_built *b, docorder
 {
     ps_map terms;
     ps_tokens tok;
+    ps_buf key = PS_BUF_INIT, fwd = PS_BUF_INIT; /* fwd: each doc's term numbers, uint32 */
     uint64_t *off = malloc((n + 1) * sizeof *off);
-    uint32_t *perm = malloc(n * sizeof *perm), *fwd = NULL, nterms = 0;
+    uint32_t *perm = malloc(n * sizeof *perm), nterms = 0;
     docorder *tmp = malloc(n * sizeof *tmp);
-    size_t nfwd = 0, cap = 0;
-    ps_buf key = PS_BUF_INIT;
     int rc = 0;
     ps_map_init(&terms, PS_MAP_BYTES);
     ps_tokens_init(&tok);
@@ -285,16 +284,11 @@ static int reorder_run(const builder_corpus *c, const builder_built *b, docorder
             const char *text = f == PS_F_QUERIES ? b->queries[order[i].row] : rec->field[f];
             size_t len = f == PS_F_QUERIES ? b->queries_len[order[i].row] : rec->field_len[f];
             if (!text || !len) continue;
-            if ((rc = ps_analyze(an, text, len, ps_field_names[f], &tok, err))) goto out;
-            ps_tokens_distinct(&tok);
-            if (nfwd + tok.n > cap) {
-                size_t nc = cap ? cap * 2 : 1024;
-                while (nc < nfwd + tok.n) nc *= 2;
-                uint32_t *q = realloc(fwd, nc * sizeof *fwd);
-                if (!q) goto oom;
-                fwd = q;
-                cap = nc;
+            if ((rc = ps_analyze(an, text, len, ps_field_names[f], &tok, err))) {
+                ps_err_prefix(err, "sticker %llu", (unsigned long long)rec->id);
+                goto out;
             }
+            ps_tokens_distinct(&tok);
             for (size_t t = 0; t < tok.n; t++) {
                 uint64_t *v;
                 key.n = 0;
@@ -304,13 +298,17 @@ static int reorder_run(const builder_corpus *c, const builder_built *b, docorder
                 int added = ps_map_bytes_add(&terms, key.p, key.n, &v);
                 if (added < 0) goto oom;
                 if (added) *v = nterms++;
-                fwd[nfwd++] = (uint32_t)*v;
+                uint32_t term = (uint32_t)*v;
+                ps_buf_add(&fwd, &term, sizeof term);
             }
         }
-        off[i + 1] = nfwd;
+        if (fwd.rc) goto oom;
+        off[i + 1] = fwd.n / sizeof(uint32_t);
         perm[i] = (uint32_t)i;
     }
-    if ((rc = builder_reorder(perm, n, off, fwd, nterms, cfg->reorder_iters, err))) goto out;
+    if ((rc = builder_reorder(perm, n, off, (const uint32_t *)fwd.p, nterms, cfg->reorder_iters,
+                              err)))
+        goto out;
     for (size_t i = 0; i < n; i++) tmp[i] = order[perm[i]];
     memcpy(order, tmp, n * sizeof *order);
     goto out;
@@ -320,9 +318,9 @@ out:
     ps_map_free(&terms);
     ps_tokens_free(&tok);
     ps_buf_free(&key);
+    ps_buf_free(&fwd);
     free(off);
     free(perm);
-    free(fwd);
     free(tmp);
     return rc;
 }
@@ -447,8 +445,8 @@ int builder_build_index(const builder_corpus *c, const ps_clicklog *train, const
     /* The engine bounds a window's utility by its first doc's, so docs of equal utility may
      * be numbered in any order: put those that share terms together. */
     for (size_t lo = 0, hi; cfg->reorder_fields && lo < c->n; lo = hi) {
-        for (hi = lo + 1; hi < c->n && order[hi].util == order[lo].util; hi++) {
-        }
+        hi = lo + 1;
+        while (hi < c->n && order[hi].util == order[lo].util) hi++;
         if (hi - lo > BUILDER_REORDER_LEAF &&
             (rc = reorder_run(c, b, order + lo, hi - lo, cfg, an, err)))
             goto err;

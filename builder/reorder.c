@@ -141,9 +141,9 @@ out:
 double builder_reorder_cost(const uint32_t *perm, size_t n, const uint64_t *off,
                             const uint32_t *terms, uint32_t nterms, size_t block)
 {
-    uint32_t *deg = calloc(nterms ? nterms : 1, sizeof *deg);
+    uint32_t *deg = ps_calloc(nterms ? nterms : 1, sizeof *deg);
     if (!deg || block == 0) {
-        free(deg);
+        ps_free(deg);
         return NAN;
     }
     double cost = 0.0;
@@ -159,6 +159,6 @@ double builder_reorder_cost(const uint32_t *perm, size_t n, const uint64_t *off,
                 deg[terms[p]] = 0;
             }
     }
-    free(deg);
+    ps_free(deg);
     return cost;
 }

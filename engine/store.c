@@ -14,9 +14,9 @@
  * bit-identically to the one that was written.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <rocksdb/c.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdint.h>

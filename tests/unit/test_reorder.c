@@ -10,8 +10,6 @@
 
 #include <cmocka.h>
 
-#include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "builder.h"
