@@ -12,7 +12,8 @@
 #     run_cluster.sh then reuses (KEEP=1 keeps them all; a full build needs ~1.2 GB of disk).
 #  2. The broker's cost against fan-out width: for N in SHARDS, a small corpus (SMALL, default
 #     WORK/small: `builder generate --stickers 50000`, generated if missing) is built into N
-#     slices and served by N shards (1 worker each, recall cache off) and a broker; a warm-up
+#     slices and served by N shards (SHARD_WORKERS each, default 0 as in run_cluster.sh: the
+#     server thread searches; recall cache off) and a broker; a warm-up
 #     run, then RUNS (default 5) runs of bench_cluster at CONNECTIONS (default 8) connections
 #     and REQUESTS (default 4000) requests, personalized as run_cluster.sh. Each process's CPU
 #     time is summed over its threads from /proc/PID/task/*/schedstat (nanoseconds) before and
@@ -28,7 +29,7 @@
 #   WORK  where builds go (default /tmp/capacity)
 # environment: SHARDS (1,2,4,8,16), QUERIES (1000), REPEAT (bench_shard passes, 5), RUNS (5),
 #   REQUESTS (4000), CONNECTIONS (8), SEED (1), KEEP (0), SKIP_SLICES / SKIP_FANOUT (0: run
-#   both parts), SMALL (WORK/small)
+#   both parts), SMALL (WORK/small), SHARD_WORKERS (0)
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: run_capacity.sh DATA BIN [WORK]" >&2; exit 2; }
 DATA=$(cd "$1" && pwd)
@@ -128,7 +129,8 @@ for n in "${NS[@]}"; do
   TOPO=""
   for ((i = 0; i < n; i++)); do
     "$S" --index "$CL/$(printf 'shard-%03d' $i)" --shard $i --shards "$n" \
-      --listen 'tcp://127.0.0.1:*' --workers 1 --rcache-bytes 0 --ready-file "$RUN/s$i.ready" \
+      --listen 'tcp://127.0.0.1:*' --workers "${SHARD_WORKERS:-0}" --rcache-bytes 0 \
+      --ready-file "$RUN/s$i.ready" \
       2>>"$RUN/s$i.log" &
     PID[s$i]=$!
   done

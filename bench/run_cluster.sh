@@ -13,7 +13,9 @@
 #         single-node index is DATA/index.bench if it exists, else WORK/single (built if
 #         missing)
 # environment: REQUESTS (per level and run, default 1000), QUERIES (default 1000), REPEAT
-#   (default 3), CONNECTIONS (default 1,4,16), SEED (default 1), SHARD_WORKERS (default 1),
+#   (default 3), CONNECTIONS (default 1,4,16), SEED (default 1), SHARD_WORKERS (default 0:
+#   each shard searches on its server thread, no hand-over to a worker; four shards share two
+#   cores),
 #   BROKER_FLAGS (extra broker flags, e.g. "--deadline-ms 1000"), SHARD_FLAGS (extra shard
 #   flags; default "--rcache-bytes 0": headline figures are without the recall cache, and a
 #   1,000-query set repeated would be mostly cache hits; SHARD_FLAGS="" runs with it),
@@ -36,7 +38,7 @@ QUERIES=${QUERIES:-1000}
 REPEAT=${REPEAT:-3}
 CONNECTIONS=${CONNECTIONS:-1,4,16}
 SEED=${SEED:-1}
-SHARD_WORKERS=${SHARD_WORKERS:-1}
+SHARD_WORKERS=${SHARD_WORKERS:-0}
 NSHARDS=4
 B=$BIN/builder/builder
 S=$BIN/shard/shard

@@ -224,8 +224,130 @@ static int answer_inline(ps_zserver_t *s, zmq_msg_t *parts, int n, uint64_t *dro
     return 1;
 }
 
+/* The stop byte arrived on stop_fd: read it and, the first time, start stopping. */
+static void take_stop(ps_zserver_t *s, int stop_fd, int *stopping, uint64_t inflight)
+{
+    char b;
+    ssize_t got = read(stop_fd, &b, 1);
+    (void)got;
+    if (*stopping) return;
+    *stopping = 1;
+    ps_log(PS_LOG_INFO, s->cfg.component, "stopping", "inflight=%llu",
+           (unsigned long long)inflight);
+}
+
+/* Serving on the loop (cfg.loop_fn; ps/zserver.h): the requests read and not yet answered, in
+ * a ring that grows up to max_inflight. */
+typedef struct zqueued {
+    zmq_msg_t parts[PS_ZMSG_MAX_PARTS];
+    int n;
+} zqueued;
+
+typedef struct zqueue {
+    zqueued *q;
+    size_t cap, head, len;
+} zqueue;
+
+/* Move parts src[0..n) into dst[0..n) (zmq_msg_move: src is left empty). */
+static void zmsg_move(zmq_msg_t *dst, zmq_msg_t *src, int n)
+{
+    for (int i = 0; i < n; i++) {
+        zmq_msg_init(&dst[i]);
+        zmq_msg_move(&dst[i], &src[i]);
+        zmq_msg_close(&src[i]);
+    }
+}
+
+static zqueued *zqueue_push(zqueue *z)
+{
+    if (z->len == z->cap) {
+        size_t cap = z->cap ? z->cap * 2 : 16;
+        zqueued *q = malloc(cap * sizeof *q);
+        if (!q) return NULL;
+        for (size_t i = 0; i < z->len; i++)
+            zmsg_move(q[i].parts, z->q[(z->head + i) % z->cap].parts,
+                      q[i].n = z->q[(z->head + i) % z->cap].n);
+        free(z->q);
+        z->q = q;
+        z->cap = cap;
+        z->head = 0;
+    }
+    return &z->q[(z->head + z->len++) % z->cap];
+}
+
+static zqueued *zqueue_pop(zqueue *z)
+{
+    zqueued *e = &z->q[z->head];
+    z->head = (z->head + 1) % z->cap;
+    z->len--;
+    return e;
+}
+
+/* Read what waits on the front without blocking, until it is empty or the queue holds
+ * max_inflight: oversized requests refused, inline ones answered, the rest queued. */
+static void read_front(ps_zserver_t *s, zqueue *z, uint64_t *dropped, uint64_t *inlined)
+{
+    zmq_msg_t parts[PS_ZMSG_MAX_PARTS];
+    while (z->len < s->cfg.max_inflight) {
+        int n;
+        if (recv_request(s, parts, &n) < 0) return; /* EAGAIN: nothing more */
+        if (n < 2) {                                /* a ROUTER always prepends the identity */
+            ps_zmsg_close(parts, n);
+        } else if (n > PS_ZMSG_MAX_PARTS) {
+            refuse_oversized(s, parts);
+        } else if (s->cfg.inline_fn && answer_inline(s, parts, n, dropped)) {
+            (*inlined)++;
+        } else {
+            zqueued *e = zqueue_push(z);
+            if (!e) {
+                ps_log(PS_LOG_ERROR, s->cfg.component, "out_of_memory", "where=queue");
+                abort(); /* as ps_zmsg_answer: a request would go unanswered */
+            }
+            zmsg_move(e->parts, parts, e->n = n);
+        }
+    }
+}
+
+static int run_on_loop(ps_zserver_t *s, int stop_fd, ps_err *err)
+{
+    const char *who = s->cfg.component;
+    zqueue z = {0};
+    uint64_t served = 0, dropped = 0, inlined = 0;
+    int stopping = 0, rc = 0;
+    while (!stopping || z.len > 0) {
+        zmq_pollitem_t items[2] = {{NULL, stop_fd, ZMQ_POLLIN, 0}, {s->front, 0, ZMQ_POLLIN, 0}};
+        int nitems = (!stopping && z.len < s->cfg.max_inflight) ? 2 : 1;
+        if (zmq_poll(items, nitems, z.len ? 0 : -1) < 0) {
+            if (errno == EINTR) continue;
+            rc = ps_err_set(err, PS_EINTERNAL, "zmq_poll: %s", zmq_strerror(errno));
+            break;
+        }
+        if (items[0].revents & ZMQ_POLLIN) take_stop(s, stop_fd, &stopping, z.len);
+        if (!stopping && nitems == 2 && (items[1].revents & ZMQ_POLLIN))
+            read_front(s, &z, &dropped, &inlined);
+        if (!z.len) continue;
+        zqueued *e = zqueue_pop(&z);
+        if (ps_zmsg_answer(e->parts, e->n, s->cfg.loop_fn, s->cfg.loop_state, who)) continue;
+        served++;
+        if (ps_zmsg_send_multi(s->front, e->parts, e->n, ZMQ_DONTWAIT) < 0) {
+            dropped++;
+            ps_log(PS_LOG_WARN, who, "reply_dropped", "reason=\"%s\"",
+                   errno == EHOSTUNREACH ? "peer gone" : zmq_strerror(errno));
+        }
+    }
+    while (z.len) { /* left by an error */
+        zqueued *e = zqueue_pop(&z);
+        ps_zmsg_close(e->parts, e->n);
+    }
+    free(z.q);
+    ps_log(PS_LOG_INFO, who, "drained", "served=%llu served_inline=%llu replies_dropped=%llu",
+           (unsigned long long)served, (unsigned long long)inlined, (unsigned long long)dropped);
+    return rc;
+}
+
 int ps_zserver_run(ps_zserver_t *s, int stop_fd, ps_err *err)
 {
+    if (s->cfg.loop_fn) return run_on_loop(s, stop_fd, err);
     const char *who = s->cfg.component;
     zmq_msg_t parts[PS_ZMSG_MAX_PARTS];
     uint64_t inflight = 0, served = 0, dropped = 0, inlined = 0;
@@ -240,15 +362,7 @@ int ps_zserver_run(ps_zserver_t *s, int stop_fd, ps_err *err)
             rc = ps_err_set(err, PS_EINTERNAL, "zmq_poll: %s", zmq_strerror(errno));
             break;
         }
-        if (items[1].revents & ZMQ_POLLIN) {
-            char b;
-            ssize_t got = read(stop_fd, &b, 1);
-            (void)got;
-            if (!stopping) {
-                stopping = 1;
-                ps_log(PS_LOG_INFO, who, "stopping", "inflight=%llu", (unsigned long long)inflight);
-            }
-        }
+        if (items[1].revents & ZMQ_POLLIN) take_stop(s, stop_fd, &stopping, inflight);
         if (items[0].revents & ZMQ_POLLIN) { /* a worker's reply */
             int n;
             if (ps_zmsg_recv_multi(s->back, parts, PS_ZMSG_MAX_PARTS, &n, 0) < 0) continue;
@@ -405,7 +519,12 @@ int ps_zserve(const ps_zserver_cfg *cfg, uint32_t workers, ps_zhandler_fn fn, vo
         goto out;
     }
     const char *endpoint = ps_zserver_endpoint(srv);
-    rc = ps_zworkers_start(zctx, cfg->backend, workers, fn, states, cfg->component, &ws, err);
+    if (workers == 0) { /* the loop answers: see the file comment of ps/zserver.h */
+        srv->cfg.loop_fn = fn;
+        srv->cfg.loop_state = states[0];
+    } else {
+        rc = ps_zworkers_start(zctx, cfg->backend, workers, fn, states, cfg->component, &ws, err);
+    }
     if (!rc && ready_file) {
         char text[2048];
         int tn = snprintf(text, sizeof text, "%s%s%s", endpoint, cfg->ready_extra ? "\n" : "",

@@ -2,7 +2,9 @@
  * server.c — the shard's ZeroMQ side: the request server and worker threads of ps/zserver.h
  * (ROUTER front, inproc DEALER back, in-flight counting and drain), each worker with its own
  * shard handler; HealthRequests are answered by the server loop itself with a handler of its
- * own (shard_handle_inline), so they do not wait behind searches.
+ * own (shard_handle_inline), so they do not wait behind searches. With workers 0 the loop
+ * searches too, with that same handler (no hand-over to a worker thread and back; a probe then
+ * waits at most for the search in progress).
  *
  * Stopping: the signal handler writes a byte to a self-pipe that the server loop watches.
  * Once nothing is in flight, zmq_ctx_shutdown makes every worker's blocking receive return
@@ -46,7 +48,7 @@ static void on_ready(const char *endpoint, void *arg)
 int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, ps_err *err)
 {
     int rc = 0;
-    void **handlers = calloc(cfg->workers, sizeof *handlers);
+    void **handlers = calloc(cfg->workers ? cfg->workers : 1, sizeof *handlers);
     if (!handlers) return ps_err_set(err, PS_ENOMEM, "out of memory starting the server");
     for (uint32_t i = 0; i < cfg->workers && !rc; i++)
         if (!(handlers[i] = shard_handler_new(ctx, err))) rc = err->code;
@@ -63,9 +65,9 @@ int shard_serve(const shard_ctx *ctx, const shard_server_cfg *cfg, int stop_fd, 
                          .curve = cfg->curve,
                          .inline_fn = handle_inline,
                          .inline_state = loop_handler};
-    if (!rc)
-        rc = ps_zserve(&zc, cfg->workers, handle, handlers, cfg->ready_file, stop_fd, on_ready,
-                       (void *)ctx, err);
+    if (!rc) /* workers 0: the loop searches with its own handler */
+        rc = ps_zserve(&zc, cfg->workers, handle, cfg->workers ? handlers : (void **)&loop_handler,
+                       cfg->ready_file, stop_fd, on_ready, (void *)ctx, err);
     for (uint32_t i = 0; i < cfg->workers; i++) shard_handler_free(handlers[i]);
     shard_handler_free(loop_handler);
     free(handlers);

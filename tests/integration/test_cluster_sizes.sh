@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sharding does not change answers, for several cluster sizes: one small generated corpus,
 # built once single-node and once per N in {1, 2, 4, 7} with `builder build --shards N`. For
-# each N, N `shard` processes (one replica each) and a `broker` run on 127.0.0.1 (shard ports
+# each N, N `shard` processes (one replica each; the even ones search on their server thread,
+# --workers 0, the odd ones in a worker, --workers 1) and a `broker` run on 127.0.0.1 (shard ports
 # picked at run time, the broker on port 0, readiness from --ready-file); >= 300 distinct
 # queries, each without and with a user (u01..u04 in turn), must give over /v1/search, and
 # through libpersrv over the broker's ZeroMQ front door (`persrv search --broker EP --json`),
@@ -133,7 +134,7 @@ http_searches() {
 for n in "${SIZES[@]}"; do
   topo=""
   for ((s = 0; s < n; s++)); do
-    start_shard "n${n}s$s" --workers 1 --index "$T/cluster$n/shard-$(printf %03d $s)" --shard $s --shards "$n"
+    start_shard "n${n}s$s" --workers $((s % 2)) --index "$T/cluster$n/shard-$(printf %03d $s)" --shard $s --shards "$n"
     topo+="${topo:+,}${EP[n${n}s$s]}"
   done
   start_broker "broker$n" "$topo" --profiles "$T/cluster$n/profiles" --deadline-ms 5000 \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # DESIGN invariant 4 under load: killing one replica of a shard costs no request beyond its
 # deadline, and a shard with every replica dead makes answers partial, never errors.
-# A small generated corpus in 2 shards; shard 0 has 2 replicas, shard 1 one; a broker with
+# A small generated corpus in 2 shards; shard 0 has 2 replicas (b, the survivor, searching on
+# its server thread: --workers 0), shard 1 one; a broker with
 # deadline-ms D and 1 retry. load_client (libpersrv, 4 threads) sends bounded closed-loop load
 # through the broker's ZeroMQ front door, and bench_cluster's HTTP load runs beside it:
 #   1. 3,000 searches; 0.5 s in, replica a of shard 0 is killed with SIGKILL: every answer must
@@ -35,7 +36,7 @@ cut -f2 "$T/data/clicks.tsv" | sed '/^[[:space:]]*$/d' | sort -u >"$T/queries"
 [ "$(wc -l <"$T/queries")" -ge 100 ] || fail "too few queries"
 
 start_shard s0a --workers 1 --index "$T/cluster/shard-000" --shard 0 --shards 2
-start_shard s0b --workers 1 --index "$T/cluster/shard-000" --shard 0 --shards 2
+start_shard s0b --workers 0 --index "$T/cluster/shard-000" --shard 0 --shards 2
 start_shard s1 --workers 2 --index "$T/cluster/shard-001" --shard 1 --shards 2
 start_broker broker "${EP[s0a]}|${EP[s0b]},${EP[s1]}" --profiles "$T/cluster/profiles" \
   --deadline-ms "$D" --retries 1 --health-interval-ms 200

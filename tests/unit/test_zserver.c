@@ -12,7 +12,9 @@
  * byte is read is still answered, one sent after is never handled, and ps_zserve returns 0;
  * with every worker held, the loop's inline_fn answers a "ping" (DEALER and REQ) while a
  * request for a worker sent before it stays unhandled and unanswered until the workers are
- * released; the ready file holds the endpoint and ready_extra; start errors; CURVE admits a client
+ * released; with no workers the loop answers on its own thread, a "ping" ahead of the requests
+ * queued (at most after the one being answered), and a stop still answers what it had read;
+ * the ready file holds the endpoint and ready_extra; start errors; CURVE admits a client
  * on the allow-list and refuses a stranger's handshake (a monitor sees it) before any worker runs.
  *
  * No sleep decides a result. Waits for something that must happen fail after 10 s; the one
@@ -60,6 +62,9 @@ typedef struct shared {
     int gate_open;               /* "slow" requests may finish */
     int pairs;                   /* "pair" requests that reached a worker */
     int pair_timeouts;           /* "pair" requests that never met a second one */
+    int held;                    /* "hold" requests that reached the handler */
+    int released;                /* the first `released` of them may finish */
+    pthread_t thread;            /* the thread of the last handler call */
     _Atomic int inline_offered;  /* requests the server loop offered inline_handler */
     _Atomic int inline_answered; /* of which it answered */
 } shared;
@@ -80,7 +85,8 @@ static void deadline_in(struct timespec *ts, int ms)
     }
 }
 
-/* Reply "w<index>|" + the request. A request starting "slow" waits for the gate; one starting
+/* Reply "w<index>|" + the request. A request starting "slow" waits for the gate; the k-th
+ * starting "hold" until k have been released (release()); one starting
  * "pair" waits (10 s at most) for a second "pair" to reach a worker: they meet only when both
  * are in workers at once. */
 static int handler(void *state, const void *req, size_t len, uint8_t **reply, size_t *reply_len)
@@ -92,8 +98,13 @@ static int handler(void *state, const void *req, size_t len, uint8_t **reply, si
     if (++sh->inside > sh->max_inside) sh->max_inside = sh->inside;
     if (len > sh->max_len) sh->max_len = len;
     sh->used |= 1u << w->index;
+    sh->thread = pthread_self();
     pthread_cond_broadcast(&sh->cv);
-    if (len >= 4 && !memcmp(req, "slow", 4)) {
+    if (len >= 4 && !memcmp(req, "hold", 4)) {
+        int k = ++sh->held;
+        pthread_cond_broadcast(&sh->cv);
+        while (sh->released < k) pthread_cond_wait(&sh->cv, &sh->mu);
+    } else if (len >= 4 && !memcmp(req, "slow", 4)) {
         sh->slow_entered++;
         pthread_cond_broadcast(&sh->cv);
         while (!sh->gate_open) pthread_cond_wait(&sh->cv, &sh->mu);
@@ -164,6 +175,14 @@ static void open_gate(shared *sh)
     pthread_mutex_unlock(&sh->mu);
 }
 
+static void release(shared *sh, int upto)
+{
+    pthread_mutex_lock(&sh->mu);
+    sh->released = upto;
+    pthread_cond_broadcast(&sh->cv);
+    pthread_mutex_unlock(&sh->mu);
+}
+
 /* ---- a server in a thread ------------------------------------------------------------------- */
 
 typedef struct server {
@@ -227,7 +246,7 @@ static void server_init(server *s, uint32_t workers)
     s->workers = workers;
     pthread_mutex_init(&s->sh.mu, NULL);
     pthread_cond_init(&s->sh.cv, NULL);
-    for (uint32_t i = 0; i < workers; i++) {
+    for (uint32_t i = 0; i < (workers ? workers : 1); i++) { /* 0: the loop's state 0 */
         s->ws[i] = (wstate){.sh = &s->sh, .index = (int)i};
         s->states[i] = &s->ws[i];
     }
@@ -794,6 +813,143 @@ static void test_inline_while_busy(void **state)
     server_stop(&s);
 }
 
+/* Serving on the loop (ps_zserve with no workers): DEALER and REQ peers answered along their
+ * routes by the handler's state 0, on the thread that runs the server (the one on_ready is
+ * called from), and the stop returns 0. */
+static void test_loop_roundtrip(void **state)
+{
+    (void)state;
+    server s;
+    server_init(&s, 0);
+    assert_true(server_start(&s));
+    void *zctx = zmq_ctx_new();
+    void *d = client(zctx, ZMQ_DEALER, s.endpoint);
+    void *r = client(zctx, ZMQ_REQ, s.endpoint);
+    const char *frames[] = {"route-1", "route-2", "", "payload"};
+    send_frames(d, frames, NULL, 4);
+    msg m;
+    assert_true(recv_msg(d, &m, GUARD_MS));
+    assert_int_equal(m.n, 4);
+    assert_string_equal(m.frame[0], "route-1");
+    assert_string_equal(m.frame[3], "w0|payload");
+    msg_free(&m);
+    send_str(r, "via-req");
+    expect_exact(r, "w0|via-req");
+    pthread_mutex_lock(&s.sh.mu);
+    int same = pthread_equal(s.sh.thread, s.tid);
+    pthread_mutex_unlock(&s.sh.mu);
+    assert_true(same); /* no worker thread: the server's own */
+    assert_int_equal(get(&s.sh, &s.sh.calls), 2);
+    void *socks[] = {d, r};
+    close_all(zctx, socks, 2);
+    server_stop(&s);
+}
+
+/* A server on the loop in the test's own context, reached over inproc: a message sent on an
+ * inproc pipe is in the server's queue when zmq_send returns, so what the loop finds when it
+ * next reads is known (over TCP it would depend on the I/O threads). */
+typedef struct lserver {
+    void *zctx;
+    ps_zserver_t *srv;
+    server s; /* its handler state, stop pipe and thread */
+} lserver;
+
+static void *lserver_main(void *arg)
+{
+    lserver *l = arg;
+    l->s.rc = ps_zserver_run(l->srv, l->s.stop[0], &l->s.err);
+    return NULL;
+}
+
+static void lserver_start(lserver *l, const char *name)
+{
+    char back[64];
+    server_init(&l->s, 0);
+    snprintf(l->s.endpoint, sizeof l->s.endpoint, "inproc://%s-front", name);
+    snprintf(back, sizeof back, "inproc://%s-back", name);
+    l->s.cfg.listen = l->s.endpoint;
+    l->s.cfg.backend = back;
+    l->s.cfg.loop_fn = handler;
+    l->s.cfg.loop_state = &l->s.ws[0];
+    l->s.cfg.inline_fn = inline_handler;
+    l->s.cfg.inline_state = &l->s.sh;
+    l->zctx = zmq_ctx_new();
+    l->srv = ps_zserver_bind(l->zctx, &l->s.cfg, &l->s.err);
+    assert_non_null(l->srv);
+    assert_int_equal(pipe(l->s.stop), 0);
+    assert_int_equal(pthread_create(&l->s.tid, NULL, lserver_main, l), 0);
+}
+
+static void lserver_join(lserver *l, void **socks, int n)
+{
+    assert_int_equal(server_join(&l->s), 0);
+    ps_zserver_close(l->srv);
+    close_all(l->zctx, socks, n);
+}
+
+/* On the loop, a probe waits for the request being answered, never behind the queue: with
+ * "hold-1" in the handler, "hold-2" and "hold-3" queued behind it and a "ping" sent after them,
+ * the ping is answered once hold-1 ends, while hold-2 is still held and hold-3 not begun (a
+ * loop answering in arrival order would answer it after both); then the queue runs in order. */
+static void test_loop_probe_ahead_of_queue(void **state)
+{
+    (void)state;
+    lserver l;
+    lserver_start(&l, "ahead");
+    shared *sh = &l.s.sh;
+    void *a = client(l.zctx, ZMQ_DEALER, l.s.endpoint);
+    void *b = client(l.zctx, ZMQ_DEALER, l.s.endpoint);
+    void *p = client(l.zctx, ZMQ_DEALER, l.s.endpoint);
+    send_str(a, "hold-1");
+    assert_true(wait_for(sh, &sh->held, 1, GUARD_MS));
+    send_str(b, "hold-2");
+    send_str(b, "hold-3");
+    send_str(p, "ping-queued");
+    release(sh, 1);
+    expect_reply(a, "hold-1", NULL);
+    expect_exact(p, "inline|ping-queued");
+    assert_true(wait_for(sh, &sh->held, 2, GUARD_MS));
+    assert_int_equal(get(sh, &sh->held), 2); /* hold-3 still waits */
+    msg m;
+    assert_false(recv_msg(b, &m, 0));
+    release(sh, 3);
+    expect_reply(b, "hold-2", NULL);
+    expect_reply(b, "hold-3", NULL);
+    assert_int_equal(atomic_load(&sh->inline_answered), 1);
+    assert_int_equal(atomic_load(&sh->inline_offered), 4);
+    server_signal_stop(&l.s);
+    void *socks[] = {a, b, p};
+    lserver_join(&l, socks, 3);
+}
+
+/* On the loop, the stop drains what was read: with "hold-1" in the handler and "quick-2" queued,
+ * the stop byte is read when hold-1 ends; quick-2 is still answered, "late" (sent before the
+ * stop was read but not yet read from the front) is never handled, and the run returns 0. */
+static void test_loop_stop_drains(void **state)
+{
+    (void)state;
+    lserver l;
+    lserver_start(&l, "drain");
+    shared *sh = &l.s.sh;
+    void *a = client(l.zctx, ZMQ_DEALER, l.s.endpoint);
+    void *b = client(l.zctx, ZMQ_DEALER, l.s.endpoint);
+    send_str(a, "hold-1");
+    assert_true(wait_for(sh, &sh->held, 1, GUARD_MS));
+    send_str(b, "hold-2");
+    send_str(b, "quick-3");
+    release(sh, 1);
+    expect_reply(a, "hold-1", NULL);
+    assert_true(wait_for(sh, &sh->held, 2, GUARD_MS)); /* hold-2 in, quick-3 queued */
+    send_str(a, "late");
+    server_signal_stop(&l.s);
+    release(sh, 2);
+    expect_reply(b, "hold-2", NULL);
+    expect_reply(b, "quick-3", NULL);
+    void *socks[] = {a, b};
+    lserver_join(&l, socks, 2);
+    assert_int_equal(sh->calls, 3); /* "late" never handled */
+}
+
 /* Errors that keep it from starting: returned, with err set; no ready file. */
 static void test_start_errors(void **state)
 {
@@ -899,6 +1055,9 @@ int main(void)
         cmocka_unit_test(test_max_inflight),
         cmocka_unit_test(test_stop_drains),
         cmocka_unit_test(test_inline_while_busy),
+        cmocka_unit_test(test_loop_roundtrip),
+        cmocka_unit_test(test_loop_probe_ahead_of_queue),
+        cmocka_unit_test(test_loop_stop_drains),
         cmocka_unit_test_setup_teardown(test_start_errors, tmp_setup, tmp_teardown),
         cmocka_unit_test_setup_teardown(test_curve, tmp_setup, tmp_teardown),
     };

@@ -36,6 +36,14 @@
  * read thread-safely (atomics, or a lock that no one holds for long), and it must be cheap —
  * every request waits for it, and the loop answers nothing else while it runs.
  *
+ * Serving on the loop (cfg.loop_fn): no workers and no back socket hop. The loop reads every
+ * request waiting on the front (inline_fn answering what it can at once), queues the rest in
+ * order (at most max_inflight), answers the oldest with loop_fn, and reads the front again before
+ * the next: a request costs no hand-over between threads, and a health probe waits at most for
+ * the one request being answered, never behind the queue. For a daemon with one thread of work
+ * per core or less (e.g. several shards on one host), where the hand-over to a worker and back
+ * costs more than the work it lets overlap.
+ *
  * Threads: the server's sockets belong to the thread that calls ps_zserver_run; each worker
  * socket to its worker.
  */
@@ -78,12 +86,19 @@ int ps_zmsg_set_payload(zmq_msg_t *parts, int n, const void *buf, size_t len);
 typedef int (*ps_zinline_fn)(void *state, const void *req, size_t len, uint8_t **reply,
                              size_t *reply_len);
 
+/* Answer one request frame (len bytes at req) with one reply frame (*reply, malloc'd, the
+ * caller frees), using the worker's (or the loop's) own state. Returns 0, or PS_ENOMEM when not
+ * even an error reply could be built (the server then aborts the process: it cannot answer). */
+typedef int (*ps_zhandler_fn)(void *state, const void *req, size_t len, uint8_t **reply,
+                              size_t *reply_len);
+
 typedef struct ps_zserver_cfg {
     const char *component;        /* log component ("shard", "broker") */
     const char *listen;           /* ZeroMQ endpoint of the ROUTER front */
     const char *backend;          /* inproc endpoint the workers connect to */
     size_t max_frame;             /* request frame cap (ZMQ_MAXMSGSIZE of the front) */
-    uint32_t max_inflight;        /* requests handed to workers and not yet answered */
+    uint32_t max_inflight;        /* requests handed to workers (or queued on the loop) and not
+                                     yet answered */
     uint32_t drain_ms;            /* linger for replies still queued when closing */
     uint32_t hwm;                 /* ZMQ_SNDHWM / ZMQ_RCVHWM of the front socket */
     const char *ready_extra;      /* ps_zserve: lines written after the endpoint in the ready file
@@ -92,6 +107,8 @@ typedef struct ps_zserver_cfg {
                                      the context), NULL: plain */
     ps_zinline_fn inline_fn;      /* NULL: every request goes to a worker */
     void *inline_state;           /* inline_fn's state (borrowed; read thread-safely) */
+    ps_zhandler_fn loop_fn;       /* the loop answers every request (above); NULL: workers */
+    void *loop_state;             /* loop_fn's state (borrowed) */
 } ps_zserver_cfg;
 
 typedef struct ps_zserver ps_zserver_t;
@@ -114,12 +131,6 @@ void ps_zserver_close(ps_zserver_t *s);
 
 /* ---- worker threads ---- */
 
-/* Answer one request frame (len bytes at req) with one reply frame (*reply, malloc'd, the
- * caller frees), using the worker's own state. Returns 0, or PS_ENOMEM when not even an error
- * reply could be built (the worker then aborts the process: it cannot answer). */
-typedef int (*ps_zhandler_fn)(void *state, const void *req, size_t len, uint8_t **reply,
-                              size_t *reply_len);
-
 /* A worker's turn on one received message parts[0..n): a message that is not route frames +
  * payload (n outside 2..PS_ZMSG_MAX_PARTS) is closed and dropped (returns -1); otherwise the
  * payload is replaced by fn's reply, ready to send back along the same route (returns 0). Out of
@@ -137,7 +148,8 @@ int ps_zworkers_start(void *zctx, const char *backend, uint32_t n, ps_zhandler_f
                       void *const *states, const char *component, ps_zworkers_t **out, ps_err *err);
 
 /* A whole daemon's serving life: a ZeroMQ context, the server bound per cfg, `workers` threads
- * answering with fn(states[i]) (ps_zworkers_start), the ready file (when not NULL) holding the
+ * answering with fn(states[i]) (ps_zworkers_start) — or, with workers 0, the loop answering with
+ * fn(states[0]) (cfg.loop_fn, see the file comment) — the ready file (when not NULL) holding the
  * bound endpoint, on_ready(endpoint, arg) (may be NULL) to log it, then ps_zserver_run until a
  * byte on stop_fd and its drain; everything is stopped and freed before it returns. Returns 0
  * on a clean stop, or the error that kept it from starting (err set). */
