@@ -3,6 +3,8 @@
 # by bench_cluster at 1, 4 and 16 connections, and bench_engine on the single-node index of the
 # same data, for the broker's cost over the engine (cluster p50 at 1 connection / engine p50).
 # Prints JSON lines only (bench_engine, bench_cluster per level, then the ratio) on stdout;
+# the ratio's line also holds floor_p50_ms: the cluster's p50 at one connection for a query
+# that matches nothing (FLOOR_QUERY), what HTTP, the broker and the fan-out cost by themselves;
 # progress and daemon logs go to stderr / WORK/*.log.
 #
 # usage: run_cluster.sh DATA BIN [WORK]
@@ -22,6 +24,7 @@
 #   SKIP_ENGINE=1 (no bench_engine run and no cluster_vs_engine line: for alternating runs of
 #   two builds, e.g. CONNECTIONS=16 REPEAT=1 REQUESTS=5000 SKIP_ENGINE=1, comparing their
 #   cluster_cpu lines)
+#   FLOOR_QUERY (default qzxjkvw7391: a text no sticker holds; see cluster_vs_engine below)
 # After the cluster's levels, one more line, {"bench":"cluster_cpu",...}: the CPU time the
 # broker, the shards and bench_cluster spent over the whole bench_cluster run (warm-up and every
 # level; threads' schedstat, bash's `time`), per search the broker answered (its /metrics), and
@@ -39,6 +42,7 @@ REPEAT=${REPEAT:-3}
 CONNECTIONS=${CONNECTIONS:-1,4,16}
 SEED=${SEED:-1}
 SHARD_WORKERS=${SHARD_WORKERS:-0}
+FLOOR_QUERY=${FLOOR_QUERY:-qzxjkvw7391}
 NSHARDS=4
 B=$BIN/builder/builder
 S=$BIN/shard/shard
@@ -159,9 +163,16 @@ jq -cn --argjson b "$((b1 - b0))" --argjson s "$((s1 - s0))" --argjson cu "$cu" 
 
 # ---- the broker's cost over the engine ------------------------------------------------------
 [ "${SKIP_ENGINE:-0}" = 1 ] && exit 0
-jq -cn --slurpfile e "$RUN/engine.json" --slurpfile c "$RUN/cluster.json" '
+# The floor: the same requests at one connection asking a text that matches nothing, so every
+# shard answers at once: what HTTP, the broker and the four round trips cost with no search.
+"$BC" --url "$URL" --connections 1 --requests "$REQUESTS" --seed "$SEED" --repeat "$REPEAT" \
+  --users "$USERS" --query "$FLOOR_QUERY" --json >"$RUN/floor.json" 2>>"$RUN/bench_cluster.log" \
+  || fail "bench_cluster --query"
+jq -cn --slurpfile e "$RUN/engine.json" --slurpfile c "$RUN/cluster.json" \
+  --slurpfile f "$RUN/floor.json" '
   ($c | map(select(.connections == 1)) | first) as $c1 |
   if $c1 == null then {bench: "cluster_vs_engine", error: "no 1-connection level"} else
   {bench: "cluster_vs_engine", shards: 4, cluster_p50_ms: $c1.p50_ms,
    engine_p50_ms: $e[0].p50_ms, p50_ratio: ($c1.p50_ms / $e[0].p50_ms),
+   p50_over_engine_ms: ($c1.p50_ms - $e[0].p50_ms), floor_p50_ms: $f[0].p50_ms,
    cluster_qps_1conn: $c1.qps, engine_qps: $e[0].qps} end'
