@@ -23,6 +23,8 @@ struct ps_zserver {
     char *component, *listen, *backend;
     char endpoint[1024];
     uint64_t oversized;         /* requests refused for their number of frames */
+    uint64_t served, inlined;   /* requests answered by a worker or loop_fn, by inline_fn */
+    uint64_t dropped;           /* replies the front could not send (peer gone, queue full) */
     long long oversized_logged; /* second of the last such log line */
 };
 
@@ -197,10 +199,20 @@ static void refuse_oversized(ps_zserver_t *s, zmq_msg_t *parts)
     free(buf);
 }
 
+/* Send a reply parts[0..n) back along its route (consumed either way); a reply the front
+ * cannot send (the peer is gone or its queue full) is counted and logged. */
+static void send_back(ps_zserver_t *s, zmq_msg_t *parts, int n, int inl)
+{
+    if (ps_zmsg_send_multi(s->front, parts, n, ZMQ_DONTWAIT) == 0) return;
+    s->dropped++;
+    ps_log(PS_LOG_WARN, s->cfg.component, "reply_dropped", "reason=\"%s\"%s",
+           errno == EHOSTUNREACH ? "peer gone" : zmq_strerror(errno), inl ? " inline=1" : "");
+}
+
 /* Offer a request parts[0..n) (n in 2..PS_ZMSG_MAX_PARTS) to cfg.inline_fn. 1: it answered and
- * the answer went back along the route (or was dropped and counted in *dropped: the peer is
- * gone or its queue full), parts consumed; 0: for a worker, parts untouched. */
-static int answer_inline(ps_zserver_t *s, zmq_msg_t *parts, int n, uint64_t *dropped)
+ * the answer went back along the route (send_back), parts consumed; 0: for a worker, parts
+ * untouched. */
+static int answer_inline(ps_zserver_t *s, zmq_msg_t *parts, int n)
 {
     zmq_msg_t *payload = &parts[n - 1], answer;
     uint8_t *reply = NULL;
@@ -216,11 +228,8 @@ static int answer_inline(ps_zserver_t *s, zmq_msg_t *parts, int n, uint64_t *dro
     free(reply);
     zmq_msg_move(payload, &answer); /* releases the request's payload */
     zmq_msg_close(&answer);
-    if (ps_zmsg_send_multi(s->front, parts, n, ZMQ_DONTWAIT) < 0) {
-        (*dropped)++;
-        ps_log(PS_LOG_WARN, s->cfg.component, "reply_dropped", "reason=\"%s\" inline=1",
-               errno == EHOSTUNREACH ? "peer gone" : zmq_strerror(errno));
-    }
+    s->inlined++;
+    send_back(s, parts, n, 1);
     return 1;
 }
 
@@ -234,6 +243,13 @@ static void take_stop(ps_zserver_t *s, int stop_fd, int *stopping, uint64_t infl
     *stopping = 1;
     ps_log(PS_LOG_INFO, s->cfg.component, "stopping", "inflight=%llu",
            (unsigned long long)inflight);
+}
+
+static void log_drained(const ps_zserver_t *s)
+{
+    ps_log(PS_LOG_INFO, s->cfg.component, "drained",
+           "served=%llu served_inline=%llu replies_dropped=%llu", (unsigned long long)s->served,
+           (unsigned long long)s->inlined, (unsigned long long)s->dropped);
 }
 
 /* Serving on the loop (cfg.loop_fn; ps/zserver.h): the requests read and not yet answered, in
@@ -285,7 +301,7 @@ static zqueued *zqueue_pop(zqueue *z)
 
 /* Read what waits on the front without blocking, until it is empty or the queue holds
  * max_inflight: oversized requests refused, inline ones answered, the rest queued. */
-static void read_front(ps_zserver_t *s, zqueue *z, uint64_t *dropped, uint64_t *inlined)
+static void read_front(ps_zserver_t *s, zqueue *z)
 {
     zmq_msg_t parts[PS_ZMSG_MAX_PARTS];
     while (z->len < s->cfg.max_inflight) {
@@ -295,9 +311,7 @@ static void read_front(ps_zserver_t *s, zqueue *z, uint64_t *dropped, uint64_t *
             ps_zmsg_close(parts, n);
         } else if (n > PS_ZMSG_MAX_PARTS) {
             refuse_oversized(s, parts);
-        } else if (s->cfg.inline_fn && answer_inline(s, parts, n, dropped)) {
-            (*inlined)++;
-        } else {
+        } else if (!s->cfg.inline_fn || !answer_inline(s, parts, n)) {
             zqueued *e = zqueue_push(z);
             if (!e) {
                 ps_log(PS_LOG_ERROR, s->cfg.component, "out_of_memory", "where=queue");
@@ -312,7 +326,6 @@ static int run_on_loop(ps_zserver_t *s, int stop_fd, ps_err *err)
 {
     const char *who = s->cfg.component;
     zqueue z = {0};
-    uint64_t served = 0, dropped = 0, inlined = 0;
     int stopping = 0, rc = 0;
     while (!stopping || z.len > 0) {
         zmq_pollitem_t items[2] = {{NULL, stop_fd, ZMQ_POLLIN, 0}, {s->front, 0, ZMQ_POLLIN, 0}};
@@ -323,34 +336,27 @@ static int run_on_loop(ps_zserver_t *s, int stop_fd, ps_err *err)
             break;
         }
         if (items[0].revents & ZMQ_POLLIN) take_stop(s, stop_fd, &stopping, z.len);
-        if (!stopping && nitems == 2 && (items[1].revents & ZMQ_POLLIN))
-            read_front(s, &z, &dropped, &inlined);
+        if (!stopping && nitems == 2 && (items[1].revents & ZMQ_POLLIN)) read_front(s, &z);
         if (!z.len) continue;
         zqueued *e = zqueue_pop(&z);
         if (ps_zmsg_answer(e->parts, e->n, s->cfg.loop_fn, s->cfg.loop_state, who)) continue;
-        served++;
-        if (ps_zmsg_send_multi(s->front, e->parts, e->n, ZMQ_DONTWAIT) < 0) {
-            dropped++;
-            ps_log(PS_LOG_WARN, who, "reply_dropped", "reason=\"%s\"",
-                   errno == EHOSTUNREACH ? "peer gone" : zmq_strerror(errno));
-        }
+        s->served++;
+        send_back(s, e->parts, e->n, 0);
     }
     while (z.len) { /* left by an error */
         zqueued *e = zqueue_pop(&z);
         ps_zmsg_close(e->parts, e->n);
     }
     free(z.q);
-    ps_log(PS_LOG_INFO, who, "drained", "served=%llu served_inline=%llu replies_dropped=%llu",
-           (unsigned long long)served, (unsigned long long)inlined, (unsigned long long)dropped);
+    log_drained(s);
     return rc;
 }
 
 int ps_zserver_run(ps_zserver_t *s, int stop_fd, ps_err *err)
 {
     if (s->cfg.loop_fn) return run_on_loop(s, stop_fd, err);
-    const char *who = s->cfg.component;
     zmq_msg_t parts[PS_ZMSG_MAX_PARTS];
-    uint64_t inflight = 0, served = 0, dropped = 0, inlined = 0;
+    uint64_t inflight = 0;
     int stopping = 0, rc = 0;
     while (!stopping || inflight > 0) {
         zmq_pollitem_t items[3] = {{s->back, 0, ZMQ_POLLIN, 0},
@@ -367,13 +373,9 @@ int ps_zserver_run(ps_zserver_t *s, int stop_fd, ps_err *err)
             int n;
             if (ps_zmsg_recv_multi(s->back, parts, PS_ZMSG_MAX_PARTS, &n, 0) < 0) continue;
             if (inflight) inflight--;
-            served++;
+            s->served++;
             if (n > PS_ZMSG_MAX_PARTS) continue; /* cannot happen: workers echo the route */
-            if (ps_zmsg_send_multi(s->front, parts, n, ZMQ_DONTWAIT) < 0) {
-                dropped++;
-                ps_log(PS_LOG_WARN, who, "reply_dropped", "reason=\"%s\"",
-                       errno == EHOSTUNREACH ? "peer gone" : zmq_strerror(errno));
-            }
+            send_back(s, parts, n, 0);
         }
         if (nitems == 3 && (items[2].revents & ZMQ_POLLIN)) { /* a peer's request */
             int n;
@@ -386,10 +388,7 @@ int ps_zserver_run(ps_zserver_t *s, int stop_fd, ps_err *err)
                 refuse_oversized(s, parts);
                 continue;
             }
-            if (s->cfg.inline_fn && answer_inline(s, parts, n, &dropped)) {
-                inlined++;
-                continue;
-            }
+            if (s->cfg.inline_fn && answer_inline(s, parts, n)) continue;
             if (ps_zmsg_send_multi(s->back, parts, n, 0) < 0) {
                 rc = ps_err_set(err, PS_EINTERNAL, "to workers: %s", zmq_strerror(errno));
                 break;
@@ -397,8 +396,7 @@ int ps_zserver_run(ps_zserver_t *s, int stop_fd, ps_err *err)
             inflight++;
         }
     }
-    ps_log(PS_LOG_INFO, who, "drained", "served=%llu served_inline=%llu replies_dropped=%llu",
-           (unsigned long long)served, (unsigned long long)inlined, (unsigned long long)dropped);
+    log_drained(s);
     return rc;
 }
 

@@ -162,7 +162,7 @@ int shard_handle_inline(shard_handler_t *h, const void *req, size_t len, uint8_t
 typedef struct shard_server_cfg {
     const char *listen;           /* ZeroMQ endpoint of the ROUTER front */
     uint32_t workers;             /* worker threads; 0: the server loop searches */
-    uint32_t max_inflight;        /* requests handed to workers and not yet answered */
+    uint32_t max_inflight;        /* requests handed to workers (or queued on the loop) */
     uint32_t drain_ms;            /* linger for replies still queued when stopping */
     uint32_t hwm;                 /* ZMQ_SNDHWM / ZMQ_RCVHWM of the front socket */
     const char *ready_file;       /* written once bound (NULL: none) */
