@@ -18,6 +18,7 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,35 +29,36 @@
 
 #define MAX_REPEAT 101
 
-typedef struct peer {
+/* The echo thread: pinned at creation; passes the token back n times, or stops (and wakes
+ * the other side once) when either side set `failed`. */
+typedef struct echo {
     int in, out; /* eventfds: read from in, write to out */
-    int cpu;
     long n;
-    int failed;
-} peer;
+    _Atomic int failed;
+} echo;
 
-static int pin(int cpu)
+static int wake(int fd)
 {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    return pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    uint64_t v = 1;
+    return write(fd, &v, sizeof v) == (ssize_t)sizeof v ? 0 : -1;
 }
 
-static int pass_token(const peer *p)
+static int wait_for(int fd)
 {
     uint64_t v;
-    if (read(p->in, &v, sizeof v) != (ssize_t)sizeof v) return -1;
-    v = 1;
-    return write(p->out, &v, sizeof v) == (ssize_t)sizeof v ? 0 : -1;
+    return read(fd, &v, sizeof v) == (ssize_t)sizeof v ? 0 : -1;
 }
 
 static void *echo_main(void *arg)
 {
-    peer *p = arg;
-    if (pin(p->cpu)) p->failed = 1;
-    for (long i = 0; i < p->n && !p->failed; i++)
-        if (pass_token(p)) p->failed = 1;
+    echo *e = arg;
+    for (long i = 0; i < e->n && !atomic_load(&e->failed); i++) {
+        if (wait_for(e->in) || atomic_load(&e->failed) || wake(e->out)) {
+            atomic_store(&e->failed, 1);
+            (void)wake(e->out); /* the other side may be waiting */
+            break;
+        }
+    }
     return NULL;
 }
 
@@ -67,40 +69,53 @@ static double now_s(clockid_t id)
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* One pass: n round trips between a thread on cpu a (this one) and one on cpu b. OUT: wall
- * and CPU (both threads) microseconds per round trip. Returns 0, or -1 (errno). */
+static int pin_attr(pthread_attr_t *attr, int cpu)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return pthread_attr_setaffinity_np(attr, sizeof set, &set);
+}
+
+/* One pass: n round trips between this thread, moved to cpu a for the pass, and one on cpu b.
+ * OUT: wall and CPU (both threads) microseconds per round trip. Returns 0, or -1. */
 static int one_pass(int a, int b, long n, double *wall_us, double *cpu_us)
 {
-    int ping = eventfd(0, 0), pong = eventfd(0, 0);
-    if (ping < 0 || pong < 0) return -1;
-    peer echo = {.in = ping, .out = pong, .cpu = b, .n = n};
-    peer self = {.in = pong, .out = ping, .cpu = a, .n = n};
-    cpu_set_t old;
-    pthread_getaffinity_np(pthread_self(), sizeof old, &old);
-    double c0 = now_s(CLOCK_PROCESS_CPUTIME_ID);
+    int rc = -1;
+    echo e = {.in = eventfd(0, 0), .out = eventfd(0, 0), .n = n};
+    cpu_set_t old, here;
+    CPU_ZERO(&here);
+    CPU_SET(a, &here);
+    pthread_attr_t attr;
     pthread_t t;
-    if (pthread_create(&t, NULL, echo_main, &echo)) return -1;
-    int rc = pin(a) ? -1 : 0;
-    double w0 = now_s(CLOCK_MONOTONIC);
-    uint64_t v = 1;
-    for (long i = 0; i < n && !rc; i++) {
-        if (write(self.out, &v, sizeof v) != (ssize_t)sizeof v || read(self.in, &v, sizeof v) < 0)
-            rc = -1;
+    if (e.in < 0 || e.out < 0 || pthread_getaffinity_np(pthread_self(), sizeof old, &old) ||
+        pthread_setaffinity_np(pthread_self(), sizeof here, &here))
+        goto out;
+    pthread_attr_init(&attr);
+    int started = !pin_attr(&attr, b) && !pthread_create(&t, &attr, echo_main, &e);
+    pthread_attr_destroy(&attr);
+    if (started) {
+        double c0 = now_s(CLOCK_PROCESS_CPUTIME_ID), w0 = now_s(CLOCK_MONOTONIC);
+        for (long i = 0; i < n && !atomic_load(&e.failed); i++) {
+            if (wake(e.in) || wait_for(e.out)) {
+                atomic_store(&e.failed, 1);
+                (void)wake(e.in); /* the echo thread may be waiting */
+            }
+        }
+        double w1 = now_s(CLOCK_MONOTONIC);
+        pthread_join(t, NULL);
+        double c1 = now_s(CLOCK_PROCESS_CPUTIME_ID);
+        if (!atomic_load(&e.failed)) {
+            *wall_us = (w1 - w0) * 1e6 / (double)n;
+            *cpu_us = (c1 - c0) * 1e6 / (double)n;
+            rc = 0;
+        }
     }
-    double w1 = now_s(CLOCK_MONOTONIC);
-    if (rc) { /* unblock the echo thread */
-        v = (uint64_t)n;
-        (void)!write(ping, &v, sizeof v);
-    }
-    pthread_join(t, NULL);
-    double c1 = now_s(CLOCK_PROCESS_CPUTIME_ID);
     pthread_setaffinity_np(pthread_self(), sizeof old, &old);
-    close(ping);
-    close(pong);
-    if (rc || echo.failed) return -1;
-    *wall_us = (w1 - w0) * 1e6 / (double)n;
-    *cpu_us = (c1 - c0) * 1e6 / (double)n;
-    return 0;
+out:
+    if (e.in >= 0) close(e.in);
+    if (e.out >= 0) close(e.out);
+    return rc;
 }
 
 static int cmp_double(const void *x, const void *y)
@@ -157,7 +172,8 @@ int main(int argc, char **argv)
         double wall[MAX_REPEAT], cpu[MAX_REPEAT];
         for (int r = 0; r < repeat; r++) {
             if (one_pass(cpus[0], cpus[p], n, &wall[r], &cpu[r])) {
-                fprintf(stderr, "bench_wakeup: %s: %s\n", placement[p], strerror(errno));
+                fprintf(stderr, "bench_wakeup: %s: a pass failed (%s)\n", placement[p],
+                        strerror(errno));
                 return 1;
             }
         }
